@@ -1,0 +1,111 @@
+"""Checked import of foreign weights: every source tensor consumed, every target leaf filled.
+
+Each source module (hf_clip, openai_clip, openpar) keeps its own name table
+and feeds `SourceTensors.take` one entry at a time; `build_tree` then checks
+the result against the shapes our Flax modules expect. Any mismatch is one
+`WeightImportError` naming the key, the expected and the found shape, and
+the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+
+class WeightImportError(ValueError):
+    """A checkpoint does not fit the model; the message says which key and file."""
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A numpy float32/int array from a numpy array or a torch tensor (no torch import)."""
+    if hasattr(value, "detach"):  # torch.Tensor
+        value = value.detach().cpu()
+        if str(value.dtype) in ("torch.bfloat16", "torch.float16"):
+            value = value.float()
+        value = value.numpy()
+    array = np.asarray(value)
+    if array.dtype.kind == "f" and array.dtype != np.float32:
+        array = array.astype(np.float32)
+    return array
+
+
+class SourceTensors:
+    """The tensors of one checkpoint, tracking which ones the import has used."""
+
+    def __init__(self, tensors: Mapping[str, Any], source: str):
+        self.tensors = dict(tensors)
+        self.source = source
+        self.consumed: set[str] = set()
+        self.flat: dict[tuple[str, ...], tuple[str, np.ndarray]] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.tensors
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def get(self, key: str) -> np.ndarray:
+        if key not in self.tensors:
+            raise WeightImportError(f"{self.source}: missing key {key!r}")
+        self.consumed.add(key)
+        return to_numpy(self.tensors[key])
+
+    def take(self, key: str, path: str, transform: Callable[[np.ndarray], np.ndarray] | None = None):
+        """Map source `key` to target `path` ('a/b/kernel'), transformed (e.g. transposed)."""
+        array = self.get(key)
+        self.put(path, transform(array) if transform else array, key)
+
+    def put(self, path: str, array: np.ndarray, key: str):
+        self.flat[tuple(path.split("/"))] = (key, array)
+
+    def drop(self, predicate: Callable[[str], bool]):
+        """Mark tensors the model does not use (buffers, unused layers) as consumed."""
+        self.consumed.update(k for k in self.tensors if predicate(k))
+
+    def check_consumed(self):
+        unused = [k for k in self.tensors if k not in self.consumed]
+        if unused:
+            shown = ", ".join(repr(k) for k in unused[:5])
+            more = f" and {len(unused) - 5} more" if len(unused) > 5 else ""
+            raise WeightImportError(f"{self.source}: unexpected key(s) {shown}{more} "
+                                    "(a checkpoint of another architecture?)")
+
+    def build_tree(self, expected: Any, prefix: Iterable[str] = ()) -> dict:
+        """The nested params whose leaves have exactly the shapes of `expected`.
+
+        `expected` is a tree of arrays or ShapeDtypeStructs (e.g. `jax.eval_shape`
+        of an init); only mapped paths under `prefix` are used.
+        """
+        prefix = tuple(prefix)
+        out: dict = {}
+        for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]:
+            names = tuple(getattr(p, "key", getattr(p, "name", str(p))) for p in path)
+            full = prefix + names
+            if full not in self.flat:
+                raise WeightImportError(f"{self.source}: nothing provides parameter "
+                                        f"{'/'.join(full)!r} {tuple(leaf.shape)}")
+            key, array = self.flat[full]
+            if tuple(array.shape) != tuple(leaf.shape):
+                raise WeightImportError(f"{self.source}: key {key!r} has shape {array.shape}, "
+                                        f"expected {tuple(leaf.shape)} for {'/'.join(full)!r}")
+            node = out
+            for n in names[:-1]:
+                node = node.setdefault(n, {})
+            node[names[-1]] = array
+        return out
+
+
+def transpose(array: np.ndarray) -> np.ndarray:
+    """torch Linear (out, in) -> Flax Dense kernel (in, out)."""
+    return np.ascontiguousarray(array.T)
+
+
+def conv_kernel(array: np.ndarray) -> np.ndarray:
+    """torch Conv2d OIHW -> Flax Conv HWIO; also takes 1x1 conv weights as Dense kernels."""
+    if array.ndim == 4 and array.shape[2:] == (1, 1) or array.ndim == 3 and array.shape[2] == 1:
+        return np.ascontiguousarray(array.reshape(array.shape[0], array.shape[1]).T)
+    return np.ascontiguousarray(array.transpose(2, 3, 1, 0))
