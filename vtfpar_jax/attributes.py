@@ -201,4 +201,5 @@ def get(name: str) -> AttributeSet:
     try:
         return ATTRIBUTE_SETS[name]
     except KeyError:
-        raise ValueError(f"unknown attribute set {name!r}; known: {sorted(ATTRIBUTE_SETS)}") from None
+        raise ValueError(f"unknown attribute set {name!r}; "
+                         f"known: {sorted(ATTRIBUTE_SETS)}") from None

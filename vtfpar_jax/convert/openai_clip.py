@@ -24,7 +24,7 @@ from vtfpar_jax.models import clip
 # Buffers that OpenAI's archives carry besides the weights.
 _METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
-_BLOCK_TABLE = (  # OpenAI residual-block names -> ours
+BLOCK_TABLE = (  # OpenAI residual-block names -> ours
     ("ln_1.weight", "ln_1/scale", None), ("ln_1.bias", "ln_1/bias", None),
     ("ln_2.weight", "ln_2/scale", None), ("ln_2.bias", "ln_2/bias", None),
     ("attn.in_proj_weight", "attn/qkv/kernel", transpose),
@@ -98,12 +98,12 @@ def take_clip(tensors: SourceTensors, cfg: clip.ClipConfig, prefix: str = "") ->
     t("visual.ln_post.bias", "vision/post_layernorm/bias")
     t("visual.proj", "vision/projection/kernel")
     for i in range(cfg.vision.layers):
-        for src, dst, fn in _BLOCK_TABLE:
+        for src, dst, fn in BLOCK_TABLE:
             t(f"visual.transformer.resblocks.{i}.{src}", f"vision/layers_{i}/{dst}", fn)
     t("token_embedding.weight", "text/token_embedding/embedding")
     t("positional_embedding", "text/position_embedding")
     for i in range(cfg.text.layers):
-        for src, dst, fn in _BLOCK_TABLE:
+        for src, dst, fn in BLOCK_TABLE:
             t(f"transformer.resblocks.{i}.{src}", f"text/layers_{i}/{dst}", fn)
     t("ln_final.weight", "text/final_layernorm/scale")
     t("ln_final.bias", "text/final_layernorm/bias")

@@ -149,7 +149,8 @@ class VisionTower(nn.Module):
             x = _block(c, self.dtype, f"layers_{i}")(x)
             outputs[i + 1] = x
         post_ln = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="post_layernorm")
-        proj = nn.Dense(self.cfg.projection_dim, use_bias=False, dtype=self.dtype, name="projection")
+        proj = nn.Dense(self.cfg.projection_dim, use_bias=False, dtype=self.dtype,
+                        name="projection")
         if project or self.is_initializing():
             embeds = proj(post_ln(x[:, 0]))
             if project:

@@ -61,7 +61,9 @@ class TransformerBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-        ln = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
+        def ln(name):
+            return nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
+
         y = Attention(self.width, self.heads, self.causal, self.dtype, name="attn")(ln("ln_1")(x))
         x = x + self._drop_path(y, deterministic)
         y = nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(ln("ln_2")(x))
@@ -73,5 +75,6 @@ class TransformerBlock(nn.Module):
         if deterministic or self.drop_path_rate == 0.0:
             return y
         keep = 1.0 - self.drop_path_rate
-        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
+        shape = (y.shape[0],) + (1,) * (y.ndim - 1)
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
         return jnp.where(mask, y / keep, 0).astype(y.dtype)

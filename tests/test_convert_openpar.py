@@ -1,0 +1,110 @@
+"""Parity with the published PyTorch VTFPAR++ on its fixtures (../shared/fixtures/openpar_parity).
+
+Tolerances from the fixtures' README: 1e-4 absolute on features and logits,
+1e-4 relative on the loss, 1e-3 relative on each module's gradient norm.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vtfpar_jax import losses, predict
+from vtfpar_jax.convert import openpar
+from vtfpar_jax.convert.weights import WeightImportError
+from vtfpar_jax.models import clip, vtfpar
+
+pytestmark = pytest.mark.slow
+
+# Published top-level modules -> our parameter groups.
+MODULES = {"spatial_sidenet": ["spatial_side_net"], "crossframe_sidenet": ["temporal_side_net"],
+           "word_embed": ["word_embed"], "blocks": ["fusion_block"], "norm": ["norm"],
+           "weight_layer": ["heads_kernel", "heads_bias"], "bn": ["bn"],
+           "spatial_feat_aggregation": ["spatial_aggregation"],
+           "temporal_feat_aggregation": ["temporal_aggregation"]}
+
+
+def _norm(tree) -> float:
+    return float(np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64)))
+                             for x in jax.tree.leaves(tree))))
+
+
+@pytest.fixture(scope="module", params=["default", "variant"])
+def converted(request, openpar_case):
+    case = openpar_case(request.param)
+    cfg, variables = openpar.convert(case["state_dict"], **case["meta"]["openpar_options"])
+    video = jnp.asarray(case["video"].transpose(0, 1, 3, 4, 2))  # NCHW frames -> NHWC
+    return case, cfg, variables, video
+
+
+def test_logits_and_intermediates_match_published(converted):
+    case, cfg, variables, video = converted
+    e = case["expected"]
+    logits = predict.compute_logits(cfg, variables, np.asarray(video), e["tokens"])
+    np.testing.assert_allclose(logits, e["logits"], atol=1e-4, rtol=0)
+    text = clip.text_features(cfg.clip, variables["clip"], e["tokens"])
+    np.testing.assert_allclose(text, e["text_features"], atol=1e-4, rtol=0)
+    model_vars = {k: v for k, v in variables.items() if k != "clip"}
+    _, state = vtfpar.apply(cfg, model_vars, variables["clip"], video, text,
+                            capture_intermediates=True)
+    got = state["intermediates"]
+    for name in ("spatial_side", "temporal_side", "logits_pre_bn"):
+        np.testing.assert_allclose(got[name][0], e[name], atol=1e-4, rtol=0, err_msg=name)
+
+
+def test_loss_and_gradient_norms_match_published(converted):
+    case, cfg, variables, video = converted
+    e = case["expected"]
+    text = clip.text_features(cfg.clip, variables["clip"], e["tokens"])
+
+    def loss_fn(params):
+        logits, _ = vtfpar.apply(cfg, {"params": params, "batch_stats": variables["batch_stats"]},
+                                 variables["clip"], video, text)
+        return losses.weighted_bce(logits, e["labels"], e["pos_ratio"])
+
+    loss, grads = jax.value_and_grad(loss_fn)(variables["params"])
+    np.testing.assert_allclose(float(loss), float(e["loss"]), rtol=1e-4)
+    for module, expected in case["meta"]["grad_norms"].items():
+        ours = _norm([grads[name] for name in MODULES[module]])
+        assert abs(ours - expected) <= 1e-3 * expected, (module, ours, expected)
+
+
+def test_bfloat16_logits_stay_close(openpar_case):
+    case = openpar_case("default")
+    cfg, variables = openpar.convert(case["state_dict"], **case["meta"]["openpar_options"])
+    video = case["video"].transpose(0, 1, 3, 4, 2)
+    bf16 = vtfpar.VTFPARConfig(**{**cfg.__dict__, "dtype": "bfloat16", "clip_dtype": "bfloat16"})
+    logits = predict.compute_logits(bf16, variables, video, case["expected"]["tokens"])
+    delta = np.abs(logits - case["expected"]["logits"]).max()
+    assert delta <= 5e-2, delta
+
+
+def test_unknown_and_missing_keys_are_named(openpar_case):
+    case = openpar_case("default")
+    options = case["meta"]["openpar_options"]
+    state = dict(case["state_dict"])
+    state["model/surprise.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(WeightImportError, match="surprise.weight"):
+        openpar.convert(state, **options)
+    state = dict(case["state_dict"])
+    del state["model/word_embed.bias"]
+    with pytest.raises(WeightImportError, match="word_embed.bias"):
+        openpar.convert(state, **options)
+    state = dict(case["state_dict"])
+    state["model/norm.weight"] = np.zeros(7, np.float32)
+    with pytest.raises(WeightImportError, match=r"norm.weight.*\(7,\).*\(240,\)"):
+        openpar.convert(state, **options)
+
+
+def test_bad_options_are_clear_errors(openpar_case):
+    state = openpar_case("default")["state_dict"]
+    with pytest.raises(ValueError, match="temporal"):
+        openpar.convert(state, frames=9)
+    with pytest.raises(ValueError, match="interaction map"):
+        openpar.convert(state, spatial_interact_map="nine")
+    with pytest.raises(ValueError, match="spatial_feat_aggregation"):
+        openpar.convert(state, spatial_feat_aggregation="max")
+    with pytest.raises(ValueError, match="unknown option"):
+        openpar.convert(state, lr=1)

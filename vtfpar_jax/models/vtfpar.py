@@ -1,0 +1,222 @@
+"""The whole VTFPAR++ model: frozen CLIP features -> side nets -> fusion block -> heads -> BN.
+
+Parameters come in two trees that never mix:
+    clip_params   the CLIP towers (frozen by default; models/clip.py)
+    variables     {'params': side nets, fusion and heads, 'batch_stats': BN}
+
+`apply` is the pure forward pass used by training, evaluation and prediction.
+Shapes: video (B, F, H, W, 3) normalised; text features (A, E) computed once
+from the frozen text tower; logits (B, A) float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vtfpar_jax.models import clip
+from vtfpar_jax.models.side_nets import (
+    AGGREGATIONS,
+    INTERACTION_MAPS,
+    SIDE_DEPTH,
+    SIDE_HEADS,
+    Aggregation,
+    InteractionMap,
+    SpatialSideNet,
+    TemporalSideNet,
+    side_block,
+)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class VTFPARConfig:
+    """Everything that shapes the model; hashable (a static jit argument)."""
+
+    clip: clip.ClipConfig
+    num_attributes: int
+    frames: int = 6
+    spatial_map: InteractionMap = INTERACTION_MAPS["default"]
+    temporal_map: InteractionMap = INTERACTION_MAPS["default"]
+    spatial_aggregation: str = "mean"
+    temporal_aggregation: str = "mean"
+    dim: int = 240                      # side width: spatial = temporal = fusion, as published
+    heads: int | None = None            # None: the published table by width
+    side_patch_size: int = 16
+    use_spatial: bool = True
+    use_temporal: bool = True
+    drop_path_rate: float = 0.1         # on the fusion block, in training
+    dtype: str = "float32"              # compute dtype of side nets, fusion and heads
+    clip_dtype: str = "float32"         # compute dtype of the frozen CLIP
+
+    def __post_init__(self):
+        self.validate()
+
+    @property
+    def num_heads(self) -> int:
+        return self.heads if self.heads is not None else SIDE_HEADS[self.dim]
+
+    @property
+    def side_grid(self) -> int:
+        return self.clip.image_size // self.side_patch_size
+
+    @property
+    def clip_sources(self) -> tuple[int, ...]:
+        """The CLIP feature indices the side nets read (CLIP runs only up to the deepest)."""
+        maps = (self.spatial_map if self.use_spatial else ()) + (
+            self.temporal_map if self.use_temporal else ())
+        return tuple(sorted({s for s, _ in maps}))
+
+    def validate(self):
+        if not (self.use_spatial or self.use_temporal):
+            raise ValueError("config: use_spatial and use_temporal are both off; keep at least one")
+        if self.heads is None and self.dim not in SIDE_HEADS:
+            raise ValueError(f"config: side width dim={self.dim} has no published head count "
+                             f"({sorted(SIDE_HEADS)}); set heads explicitly")
+        if self.dim % self.num_heads:
+            raise ValueError(f"config: dim={self.dim} is not divisible by heads={self.num_heads}")
+        for name in ("spatial_aggregation", "temporal_aggregation"):
+            if getattr(self, name) not in AGGREGATIONS:
+                raise ValueError(f"config: unknown {name} {getattr(self, name)!r}; expected one "
+                                 f"of {AGGREGATIONS}")
+        for name in ("dtype", "clip_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"config: {name}={getattr(self, name)!r}; expected one of "
+                                 f"{sorted(DTYPES)}")
+        if self.use_temporal and not 1 <= self.frames <= SIDE_DEPTH:
+            raise ValueError(f"config: frames={self.frames} with the temporal side net; it runs "
+                             f"side block f on frame f, so 1..{SIDE_DEPTH} frames only (or set "
+                             "use_temporal=False)")
+        if self.frames < 1:
+            raise ValueError(f"config: frames={self.frames}; need at least 1")
+        layers = self.clip.vision.layers
+        for name, entries, use in (("spatial_map", self.spatial_map, self.use_spatial),
+                                   ("temporal_map", self.temporal_map, self.use_temporal)):
+            if not use:
+                continue
+            for s, t in entries:
+                if not 0 <= s <= layers:
+                    raise ValueError(f"config: {name} entry {s}->{t} reads CLIP feature {s}; "
+                                     f"this CLIP has indices 0..{layers}")
+                if name == "spatial_map" and not 0 <= t < SIDE_DEPTH:
+                    raise ValueError(f"config: spatial_map entry {s}->{t} targets side layer {t}; "
+                                     f"the spatial side net has layers 0..{SIDE_DEPTH - 1}")
+        if self.clip.image_size % self.side_patch_size:
+            raise ValueError(f"config: image size {self.clip.image_size} is not a multiple of "
+                             f"side_patch_size={self.side_patch_size}")
+
+
+class TorchBatchNorm(nn.Module):
+    """BatchNorm1d as torch computes it: biased variance to normalise, unbiased
+    variance into the running average (momentum 0.1), eps 1e-5."""
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,))
+        bias = self.param("bias", nn.initializers.zeros, (features,))
+        mean_r = self.variable("batch_stats", "mean", jnp.zeros, (features,))
+        var_r = self.variable("batch_stats", "var", jnp.ones, (features,))
+        if train:
+            mean, var = x.mean(axis=0), x.var(axis=0)
+            if not self.is_initializing():
+                n = x.shape[0]
+                unbiased = var * n / max(n - 1, 1)
+                mean_r.value = (1 - self.momentum) * mean_r.value + self.momentum * mean
+                var_r.value = (1 - self.momentum) * var_r.value + self.momentum * unbiased
+        else:
+            mean, var = mean_r.value, var_r.value
+        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
+class VTFPAR(nn.Module):
+    """Side nets, aggregation, fusion with the text tokens, per-attribute heads, BN."""
+
+    cfg: VTFPARConfig
+
+    @nn.compact
+    def __call__(self, video: jax.Array, clip_tokens: Mapping[int, jax.Array],
+                 text_features: jax.Array, train: bool = False) -> jax.Array:
+        cfg, dtype = self.cfg, DTYPES[self.cfg.dtype]
+        b, f, h, w, _ = video.shape
+        sides = []
+        if cfg.use_spatial:
+            spatial = SpatialSideNet(cfg.dim, cfg.num_heads, cfg.side_patch_size, cfg.side_grid,
+                                     cfg.spatial_map, dtype, name="spatial_side_net")(
+                video.reshape(b * f, h, w, 3).astype(dtype), clip_tokens)
+            self.sow("intermediates", "spatial_side", spatial)
+            sides.append(Aggregation(cfg.spatial_aggregation, dtype, name="spatial_aggregation")(
+                spatial.reshape(b, f, *spatial.shape[1:])))
+        if cfg.use_temporal:
+            temporal = TemporalSideNet(cfg.dim, cfg.num_heads, cfg.side_grid, cfg.temporal_map,
+                                       f, dtype, name="temporal_side_net")(clip_tokens)
+            self.sow("intermediates", "temporal_side", temporal)
+            sides.append(Aggregation(cfg.temporal_aggregation, dtype,
+                                     name="temporal_aggregation")(jnp.moveaxis(temporal, 0, 1)))
+        side = sides[0] if len(sides) == 1 else sides[0] + sides[1]
+        a = cfg.num_attributes
+        words = nn.Dense(cfg.dim, dtype=dtype, name="word_embed")(text_features.astype(dtype))
+        x = jnp.concatenate([jnp.broadcast_to(words, (b, a, cfg.dim)), side.astype(dtype)], axis=1)
+        x = side_block(cfg.dim, cfg.num_heads, dtype, "fusion_block", cfg.drop_path_rate)(
+            x, deterministic=not train)
+        x = nn.LayerNorm(epsilon=1e-6, dtype=dtype, name="norm")(x)
+        # One Linear(D -> 1) per attribute, applied to that attribute's text token.
+        kernel = self.param("heads_kernel", nn.initializers.lecun_normal(), (a, cfg.dim))
+        bias = self.param("heads_bias", nn.initializers.zeros, (a,))
+        logits = jnp.einsum("bad,ad->ba", x[:, :a], kernel.astype(dtype)).astype(jnp.float32)
+        logits = logits + bias
+        self.sow("intermediates", "logits_pre_bn", logits)
+        return TorchBatchNorm(name="bn")(logits, train)
+
+
+def clip_tokens(cfg: VTFPARConfig, clip_params: Mapping[str, Any], video: jax.Array,
+                frozen: bool = True) -> dict[int, jax.Array]:
+    """CLIP tokens {index: (B*F, 1+P, C)} at the indices the side nets read.
+
+    With `frozen`, under stop_gradient: no backward pass runs through CLIP.
+    """
+    b, f, h, w, _ = video.shape
+    sources = cfg.clip_sources
+    tower = clip.VisionTower(cfg.clip, DTYPES[cfg.clip_dtype])
+    outs = tower.apply({"params": clip_params["vision"]}, video.reshape(b * f, h, w, 3), sources)
+    if frozen:
+        outs = [jax.lax.stop_gradient(o) for o in outs]
+    return dict(zip(sources, outs, strict=True))
+
+
+def apply(cfg: VTFPARConfig, variables: Mapping[str, Any], clip_params: Mapping[str, Any],
+          video: jax.Array, text_features: jax.Array, *, train: bool = False,
+          rng: jax.Array | None = None, clip_frozen: bool = True,
+          capture_intermediates: bool = False) -> tuple[jax.Array, dict]:
+    """Logits (B, A) and the updated collections (batch_stats in training,
+    intermediates when captured)."""
+    tokens = clip_tokens(cfg, clip_params, video, frozen=clip_frozen)
+    mutable = (["batch_stats"] if train else []) + (
+        ["intermediates"] if capture_intermediates else [])
+    rngs = {"dropout": rng} if train and rng is not None else {}
+    if train and rng is None and cfg.drop_path_rate > 0:
+        raise ValueError("apply(train=True) needs an rng for drop-path")
+    if not mutable:
+        return VTFPAR(cfg).apply(variables, video, tokens, text_features, train, rngs=rngs), {}
+    return VTFPAR(cfg).apply(variables, video, tokens, text_features, train, rngs=rngs,
+                             mutable=mutable)
+
+
+def init(cfg: VTFPARConfig, rng: jax.Array) -> dict:
+    """Fresh variables {'params', 'batch_stats'} (float32)."""
+    c = cfg.clip
+    n = cfg.frames
+    video = jnp.zeros((1, cfg.frames, c.image_size, c.image_size, 3), jnp.float32)
+    tokens = {s: jnp.zeros((n, 1 + c.grid_size ** 2, c.vision.width), jnp.float32)
+              for s in cfg.clip_sources}
+    text = jnp.zeros((cfg.num_attributes, c.projection_dim), jnp.float32)
+    return dict(VTFPAR(cfg).init(rng, video, tokens, text, False))
