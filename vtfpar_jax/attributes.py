@@ -67,7 +67,7 @@ class AttributeSet:
         raise ValueError(f"attribute text {text!r}: expected 'published' or 'expanded'")
 
 
-def _build(name, binary, multiclass, published, expanded):
+def _build(name, binary, multiclass, published):
     """binary: [(column, expanded)], multiclass: [(group, [(column, expanded)])]."""
     columns, groups, expanded_all = [], [], []
     for column, phrase in binary:

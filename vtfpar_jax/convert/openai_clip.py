@@ -11,6 +11,7 @@ that would run code.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -48,6 +49,8 @@ def read_state_dict(path: str) -> dict[str, Any]:
         if "TorchScript" not in str(e):
             raise WeightImportError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
         state = torch.jit.load(path, map_location="cpu").state_dict()
+    except pickle.UnpicklingError as e:
+        raise WeightImportError(refusal_message(path, e)) from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
         raise WeightImportError(f"{path}: not a readable PyTorch checkpoint "
                                 f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
@@ -56,6 +59,14 @@ def read_state_dict(path: str) -> dict[str, Any]:
     if not isinstance(state, Mapping):
         raise WeightImportError(f"{path}: expected a state dict, found {type(state).__name__}")
     return dict(state)
+
+
+def refusal_message(path: str, error: Exception) -> str:
+    """Why a weights-only load refused a file: its pickle names Python objects to call."""
+    detail = next((line for line in str(error).splitlines() if "GLOBAL" in line), "").strip()
+    return (f"{path}: refused: its pickle references Python objects that a weights-only load "
+            f"does not allow ({detail or type(error).__name__}), so loading it could run code. "
+            "If you trust the file, re-save it as a plain state dict of tensors.")
 
 
 def config_from_state_dict(tensors: SourceTensors, prefix: str = "") -> clip.ClipConfig:

@@ -15,6 +15,7 @@ any other unknown or missing key is an error naming it.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -65,6 +66,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise WeightImportError(f"{path}: no such file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightImportError(openai_clip.refusal_message(path, e)) from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
         raise WeightImportError(
             f"{path}: refused or unreadable ({type(e).__name__}: {str(e).splitlines()[0]}). "

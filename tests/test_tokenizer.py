@@ -1,0 +1,118 @@
+"""The tokenizer reproduces OpenAI's CLIP ids (recorded in the shared fixtures) exactly."""
+
+import json
+
+import numpy as np
+import pytest
+
+from vtfpar_jax import tokenizer
+
+
+@pytest.fixture(scope="module")
+def expected_ids(shared_dir) -> dict:
+    with open(shared_dir / "clip_tokenizer" / "expected_ids.json") as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer(shared_dir):
+    return tokenizer.from_bpe_file(shared_dir / "clip_tokenizer" / tokenizer.BPE_FILE_NAME)
+
+
+def _rows(entries: list[dict]) -> np.ndarray:
+    """OpenAI's layout: the recorded ids padded with zeros to 77."""
+    rows = np.zeros((len(entries), 77), np.int32)
+    for row, entry in zip(rows, entries, strict=True):
+        row[:len(entry["ids"])] = entry["ids"]
+    return rows
+
+
+def test_vocabulary_layout(bpe_tokenizer):
+    assert len(bpe_tokenizer) == 49408
+    assert bpe_tokenizer.convert_tokens_to_ids(["<|startoftext|>", "<|endoftext|>"]) == [
+        49406, 49407]
+    # Byte symbols: printable bytes first ('!' is 0), then the shifted ones ('Ā' is byte 0).
+    assert bpe_tokenizer.convert_tokens_to_ids(["!", "a", "Ā", "a</w>"]) == [0, 64, 188, 320]
+
+
+@pytest.mark.parametrize("group", ["mars", "duke", "extra"])
+def test_expected_ids(bpe_tokenizer, expected_ids, group):
+    entries = expected_ids[group]
+    ids = tokenizer.tokenize(bpe_tokenizer, [e["text"] for e in entries])
+    assert ids.dtype == np.int32 and ids.shape == (len(entries), 77)
+    mismatched = [e["text"] for e, row, want in zip(entries, ids, _rows(entries), strict=True)
+                  if not np.array_equal(row, want)]
+    assert not mismatched, f"ids differ from OpenAI's for {mismatched}"
+
+
+def test_all_82_phrases_covered(expected_ids):
+    assert sum(len(v) for v in expected_ids.values()) == 82
+
+
+@pytest.mark.parametrize("name", ["mars", "duke"])
+def test_published_phrases(bpe_tokenizer, expected_ids, name):
+    # Imported here so that a broken attributes module fails this test, not the whole file.
+    from vtfpar_jax import attributes
+
+    attribute_set = {"mars": attributes.MARS, "duke": attributes.DUKE}[name]
+    ids = tokenizer.tokenize(bpe_tokenizer, attribute_set.published_phrases)
+    np.testing.assert_array_equal(ids, _rows(expected_ids[name]))
+
+
+def test_parity_fixture_tokens(bpe_tokenizer, shared_dir):
+    """The published model's own token array (openpar_parity) is what we produce."""
+    case = shared_dir / "openpar_parity" / "default"
+    with open(case / "params.json") as f:
+        phrases = json.load(f)["attributes"]
+    expected = np.load(case / "expected.npz")["tokens"]
+    np.testing.assert_array_equal(tokenizer.tokenize(bpe_tokenizer, phrases), expected)
+
+
+def test_too_long_phrase(bpe_tokenizer):
+    phrase = "a red coat " * 30
+    with pytest.raises(ValueError, match="a red coat"):
+        tokenizer.tokenize(bpe_tokenizer, ["hat", phrase])
+    # Exactly 77 with SOT/EOT fits; 78 does not.
+    assert tokenizer.tokenize(bpe_tokenizer, ["hat " * 75]).shape == (1, 77)
+    with pytest.raises(ValueError, match="78 tokens"):
+        tokenizer.tokenize(bpe_tokenizer, ["hat " * 76])
+
+
+def test_shorter_context(bpe_tokenizer):
+    ids = tokenizer.tokenize(bpe_tokenizer, ["hat"], context_length=8)
+    np.testing.assert_array_equal(ids, [[49406, 3801, 49407, 0, 0, 0, 0, 0]])
+
+
+def test_from_pretrained_folder(bpe_tokenizer, expected_ids, tmp_path):
+    bpe_tokenizer.save_pretrained(tmp_path)
+    reloaded = tokenizer.from_pretrained(tmp_path)
+    entries = expected_ids["extra"] + expected_ids["duke"]
+    np.testing.assert_array_equal(
+        tokenizer.tokenize(reloaded, [e["text"] for e in entries]), _rows(entries))
+
+
+def test_default_tokenizer_sources(shared_dir, tmp_path, monkeypatch):
+    bpe = shared_dir / "clip_tokenizer" / tokenizer.BPE_FILE_NAME
+    monkeypatch.setenv(tokenizer.BPE_ENV_VAR, str(tmp_path / "absent.txt.gz"))
+    with pytest.raises(FileNotFoundError, match=tokenizer.BPE_ENV_VAR):
+        tokenizer.default_tokenizer()
+    # An explicit path wins over the environment variable.
+    assert len(tokenizer.default_tokenizer(bpe)) == 49408
+    monkeypatch.delenv(tokenizer.BPE_ENV_VAR)
+    monkeypatch.setattr(tokenizer, "_SHARED_BPE", tmp_path / "nowhere" / tokenizer.BPE_FILE_NAME)
+    with pytest.raises(FileNotFoundError, match="from_pretrained") as info:
+        tokenizer.default_tokenizer()
+    assert "bpe_simple_vocab_16e6.txt.gz" in str(info.value)
+
+
+def test_default_tokenizer_finds_shared_copy(shared_dir, monkeypatch):
+    monkeypatch.delenv(tokenizer.BPE_ENV_VAR, raising=False)
+    ids = tokenizer.tokenize(tokenizer.default_tokenizer(), ["hat"])
+    assert ids[0, :3].tolist() == [49406, 3801, 49407]
+
+
+def test_not_a_bpe_file(tmp_path):
+    bad = tmp_path / "bpe.txt.gz"
+    bad.write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match="bpe.txt.gz"):
+        tokenizer.from_bpe_file(bad)
