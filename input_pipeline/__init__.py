@@ -38,3 +38,17 @@ def get_builder(name: str, data_dir: str | os.PathLike | None = None, **kwargs):
         kwargs.setdefault("config", config)
     return builder_class(base)(data_dir=None if data_dir is None else os.fspath(data_dir),
                                **kwargs)
+
+
+class DatasetNotBuiltError(FileNotFoundError):
+    """A dataset that has not been prepared: the message says how to build it."""
+
+    def __init__(self, builder):
+        name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
+        manual = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+        how = (f"put the downloaded files in a manual dir, then run\n  tfds build "
+               f"input_pipeline/{builder.name.split('_')[0]}.py --data_dir {builder.data_dir_root}"
+               f" --manual_dir DIR\n{manual.strip()}" if manual else
+               f"build it with\n  python -m vtfpar_jax.demo --prepare_only --data_dir "
+               f"{builder.data_dir_root}")
+        super().__init__(f"dataset {name!r} is not built in {builder.data_dir_root}; {how}")

@@ -1,0 +1,95 @@
+"""Fields every experiment shares; each config file overrides what it needs.
+
+Launch: python -m vtfpar_jax.train --config configs/mars.py[:arg] --workdir DIR
+        [--config.optimizer.lr=3e-4 ...]
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """'key=value,flag' after the config path -> typed fields (big_vision's convention)."""
+    out = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in defaults:
+            raise ValueError(f"config argument {key!r}: expected one of {sorted(defaults)}")
+        default = defaults[key]
+        if isinstance(default, bool):
+            out[key] = value.lower() in ("", "1", "true", "yes")
+        else:
+            out[key] = type(default)(value)
+    return out
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The published recipe (reference sections 1-8) on ViT-B/16."""
+    c = ml_collections.ConfigDict()
+    c.dataset = ""                  # a TFDS builder name (input_pipeline.BUILDERS)
+    c.data_dir = ""                 # TFDS data dir; empty: TFDS' default
+    c.seed = 12240321               # the published seed
+
+    c.clip = ml_collections.ConfigDict()
+    c.clip.source = "hf"            # 'hf' (hub id or folder), 'openai' (.pt file) or 'random'
+    c.clip.path = "openai/clip-vit-base-patch16"
+    c.clip.preset = "tiny"          # for source='random': 'tiny', 'vit_b16' or 'vit_l14'
+    c.clip.image_size = 224
+    c.clip.patch_size = 16
+
+    c.model = ml_collections.ConfigDict()
+    c.model.frames = 6
+    c.model.spatial_map = "default"       # a published map name or 's->t,s->t,...'
+    c.model.temporal_map = "default"
+    c.model.spatial_aggregation = "mean"  # mean | mlp | lstm | gru
+    c.model.temporal_aggregation = "mean"
+    c.model.dim = 240
+    c.model.heads = 0                     # 0: the published table by width
+    c.model.side_patch_size = 16
+    c.model.use_spatial = True
+    c.model.use_temporal = True
+    c.model.drop_path_rate = 0.1
+    c.model.dtype = "float32"             # side nets; 'bfloat16' for speed
+    c.model.clip_dtype = "float32"
+
+    c.text = ml_collections.ConfigDict()
+    c.text.phrases = "published"          # 'published' or 'expanded'
+    c.text.template = "A pedestrian whose {}."
+    c.text.bpe_path = ""                  # OpenAI's bpe_simple_vocab_16e6.txt.gz for 'openai'
+
+    c.input = ml_collections.ConfigDict()
+    c.input.batch_size = 16               # global, over all hosts
+    c.input.eval_batch_size = 32
+    c.input.frame_choice = "random"       # random (published) | uniform | first
+    c.input.augment = True
+    c.input.normalization = "published"   # published (0.5/0.5) | clip
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adam"
+    c.optimizer.lr = 1e-3
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.schedule = "published"    # published (per epoch) | cosine (per step) | constant
+    c.optimizer.warmup_epochs = 5
+    c.optimizer.warmup_lr = 1e-5
+    c.optimizer.min_lr = 2e-6
+    c.optimizer.grad_clip_norm = 0.0
+    c.optimizer.accumulate_steps = 1
+
+    # Regexes over '/'-joined param paths ('clip/vision/layers_11/fc1/kernel',
+    # 'model/fusion_block/...'): full matches are frozen. Side tuning freezes all
+    # of CLIP; e.g. 'clip/text/.*', 'clip/vision/(?!layers_11/).*' fine-tunes
+    # CLIP's last vision block too.
+    c.frozen_patterns = ("clip/.*",)
+
+    c.num_epochs = 30
+    c.log_every_steps = 20
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 3
+    c.keep_every_steps = 0                # 0: none kept beyond the last N
+    c.eval_every_epochs = 1
+    c.max_steps = 0                       # 0: num_epochs full epochs
+    return c

@@ -1,0 +1,66 @@
+"""From a config to the pieces a run needs: CLIP, model config, attribute tokens.
+
+Shared by training, evaluation and prediction so that a work dir always
+rebuilds the same model.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from vtfpar_jax import attributes, text, tokenizer
+from vtfpar_jax.convert import hf_clip, openai_clip
+from vtfpar_jax.models import clip, vtfpar
+from vtfpar_jax.models.side_nets import parse_interaction_map
+
+CLIP_PRESETS = {"tiny": clip.tiny, "vit_b16": clip.vit_b16, "vit_l14": clip.vit_l14}
+
+
+def load_clip(c: ml_collections.ConfigDict, seed: int) -> tuple[clip.ClipConfig, dict]:
+    """CLIP from a HuggingFace id/folder, an OpenAI file, or a seeded random init."""
+    if c.source == "hf":
+        return hf_clip.load(c.path)
+    if c.source == "openai":
+        return openai_clip.load(c.path)
+    if c.source == "random":
+        if c.preset not in CLIP_PRESETS:
+            raise ValueError(f"config.clip.preset={c.preset!r}; expected one of "
+                             f"{sorted(CLIP_PRESETS)}")
+        cfg = CLIP_PRESETS[c.preset]()
+        if c.preset == "tiny":
+            cfg = clip.tiny(image_size=c.image_size, patch_size=c.patch_size)
+        return cfg, clip.init_params(cfg, jax.random.PRNGKey(seed))
+    raise ValueError(f"config.clip.source={c.source!r}; expected 'hf', 'openai' or 'random'")
+
+
+def model_config(config: ml_collections.ConfigDict, clip_cfg: clip.ClipConfig,
+                 num_attributes: int) -> vtfpar.VTFPARConfig:
+    m = config.model
+    return vtfpar.VTFPARConfig(
+        clip=clip_cfg, num_attributes=num_attributes, frames=m.frames,
+        spatial_map=parse_interaction_map(m.spatial_map),
+        temporal_map=parse_interaction_map(m.temporal_map),
+        spatial_aggregation=m.spatial_aggregation, temporal_aggregation=m.temporal_aggregation,
+        dim=m.dim, heads=m.heads or None, side_patch_size=m.side_patch_size,
+        use_spatial=m.use_spatial, use_temporal=m.use_temporal,
+        drop_path_rate=m.drop_path_rate, dtype=m.dtype, clip_dtype=m.clip_dtype)
+
+
+def attribute_tokens(config: ml_collections.ConfigDict, attribute_set: attributes.AttributeSet,
+                     clip_folder: str | None = None) -> tuple[tuple[str, ...], np.ndarray]:
+    """(phrases, (A, 77) ids) in OpenAI's layout, with the tokenizer that fits the CLIP."""
+    phrases = attribute_set.phrases(config.text.phrases, config.text.template)
+    source = config.clip.source
+    if source == "random":
+        return phrases, text.byte_tokens(phrases)
+    if source == "hf" and clip_folder is None and os.path.isdir(config.clip.path):
+        clip_folder = config.clip.path
+    if clip_folder and os.path.exists(os.path.join(clip_folder, "vocab.json")):
+        tok = tokenizer.from_pretrained(clip_folder)
+    else:
+        tok = tokenizer.default_tokenizer(config.text.bpe_path or None)
+    return phrases, tokenizer.tokenize(tok, phrases)

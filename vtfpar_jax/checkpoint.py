@@ -1,0 +1,76 @@
+"""Orbax checkpoints of a training run: asynchronous, keep-N plus every K-th, resumable.
+
+Layout of a work dir:
+    config.json          the resolved config (written once, before training)
+    clip/                the frozen CLIP in HuggingFace format (safetensors)
+    checkpoints/<step>/  {state: trainable params, BN stats, optimiser state, rng;
+                          meta: step, epoch, batch in epoch (the data position)}
+Restoring walks back from the newest step: a checkpoint that fails to load is
+reported by step and left on disk, and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class NoCheckpointError(FileNotFoundError):
+    """A model dir without any loadable checkpoint."""
+
+
+class CheckpointStore:
+    """The checkpoints of one work dir."""
+
+    def __init__(self, workdir: str, keep: int = 3, keep_every: int | None = None,
+                 async_save: bool = True):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, keep_period=keep_every, create=True,
+            enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "meta"))
+
+    def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
+        """Start writing `step` (asynchronously); a step already on disk is left as it is."""
+        if step in self.manager.all_steps():
+            return False
+        return self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+        """(state, meta) of `step`, or of the newest checkpoint that loads."""
+        candidates = [step] if step is not None else self.steps()[::-1]
+        if not candidates:
+            raise NoCheckpointError(f"{self.directory}: no checkpoint")
+        errors = []
+        for s in candidates:
+            try:
+                restored = self.manager.restore(s, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                if errors:
+                    logging.warning("resumed from step %d; newer checkpoint(s) unreadable and "
+                                    "left on disk: %s", s, "; ".join(errors))
+                return restored["state"], dict(restored["meta"])
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+                errors.append(f"step {s} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+                logging.warning("checkpoint at step %d is unreadable: %s", s, errors[-1])
+        raise NoCheckpointError(f"{self.directory}: no readable checkpoint: {'; '.join(errors)}")
+
+    def wait(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.close()
+
+
+def abstract(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
+    """ShapeDtypeStructs to restore onto (with the target sharding)."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

@@ -1,0 +1,98 @@
+"""A model dir (a training work dir, or a converted published checkpoint) loaded for inference.
+
+It holds config.json (config, attribute set, phrases, token ids), clip/ (the
+frozen CLIP, HuggingFace format) and checkpoints/<step>/ (Orbax).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vtfpar_jax import attributes, builders, optim, sharding, text
+from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
+from vtfpar_jax.convert import hf_clip
+from vtfpar_jax.models import vtfpar
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    config: ml_collections.ConfigDict
+    model_cfg: vtfpar.VTFPARConfig
+    attribute_set: attributes.AttributeSet
+    state: Any          # train.TrainState
+    frozen: Any         # train.Frozen
+    mesh: jax.sharding.Mesh
+    step: int
+
+    def builder(self):
+        import input_pipeline
+        from input_pipeline import pipeline
+        b = input_pipeline.get_builder(self.config.dataset, self.config.data_dir or None)
+        if not b.is_prepared():
+            raise input_pipeline.DatasetNotBuiltError(b)
+        if pipeline.attribute_set(b).name != self.attribute_set.name:
+            raise ValueError(f"model attributes {self.attribute_set.name!r} do not match "
+                             f"dataset {self.config.dataset!r}")
+        return b
+
+    def variables(self) -> dict:
+        """{'params', 'batch_stats', 'clip'}: the form `predict.compute_logits` takes."""
+        params = optim.merge(self.state.trainable, self.frozen.params)
+        return {"params": params["model"], "batch_stats": self.state.batch_stats,
+                "clip": params["clip"]}
+
+
+def read_run_file(model: str) -> dict:
+    path = os.path.join(model, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{model}: not a model dir (no config.json); expected a training "
+                                "work dir or the output of vtfpar_jax.convert.openpar_cli")
+    with open(path) as f:
+        return json.load(f)
+
+
+def fresh_state(config, model_cfg, clip_params, seed: int = 0):
+    """(TrainState with fresh optimiser state, frozen params, tx) for this config."""
+    from vtfpar_jax.train import TrainState
+    variables = vtfpar.init(model_cfg, jax.random.PRNGKey(seed))
+    trainable, frozen = optim.partition({"model": variables["params"], "clip": clip_params},
+                                        config.frozen_patterns)
+    tx = optim.make_optimizer(config.optimizer, optim.make_schedule(config.optimizer,
+                                                                    config.num_epochs, 1))
+    state = TrainState(step=jnp.asarray(0, jnp.int32), trainable=trainable,
+                       batch_stats=variables["batch_stats"], opt_state=tx.init(trainable))
+    return state, frozen
+
+
+def load(model: str, step: int | None = None) -> LoadedModel:
+    from vtfpar_jax.train import Frozen
+    run = read_run_file(model)
+    config = ml_collections.ConfigDict(run["config"])
+    attribute_set = attributes.get(run["attribute_set"])
+    clip_cfg, clip_params = hf_clip.load(os.path.join(model, "clip"))
+    model_cfg = builders.model_config(config, clip_cfg, attribute_set.num_attributes)
+    template, frozen_params = fresh_state(config, model_cfg, clip_params)
+    mesh = sharding.make_mesh()
+    store = CheckpointStore(model, async_save=False)
+    try:
+        state, meta = store.restore(abstract(template, sharding.replicated(mesh)), step)
+    except NoCheckpointError as e:
+        raise FileNotFoundError(f"{model}: no checkpoint to load ({e})") from None
+    finally:
+        store.close()
+    tokens = np.asarray(run["tokens"], np.int32)
+    features = text.attribute_text_features(clip_cfg, clip_params, run["phrases"], tokens,
+                                            cache_dir=os.path.join(model, "text_cache"))
+    ratio = run.get("positive_ratio")
+    frozen = sharding.replicate(Frozen(params=frozen_params, text_features=jnp.asarray(features),
+                                       positive_ratio=None if ratio is None else
+                                       jnp.asarray(ratio, jnp.float32)), mesh)
+    return LoadedModel(config, model_cfg, attribute_set, state, frozen, mesh, int(meta["step"]))

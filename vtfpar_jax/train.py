@@ -1,0 +1,295 @@
+"""Training: `python -m vtfpar_jax.train --config configs/mars.py --workdir DIR`.
+
+One pure `train_step(state, batch, rng)` jitted over a `data` mesh axis: the
+batch is sharded, the trainable params and optimiser state are replicated, the
+frozen params (all of CLIP by default) are a separate, never-donated argument
+that no gradient or optimiser state ever touches. The same code runs on one
+CPU, several GPUs or a TPU pod slice (one process per host).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vtfpar_jax import builders, losses, optim, sharding
+from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
+from vtfpar_jax.models import vtfpar
+from vtfpar_jax.run_logging import MetricsLogger, WorkdirLock
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    trainable: Any          # {'model': ..., 'clip': ...} leaves not frozen
+    batch_stats: Any
+    opt_state: Any
+
+
+@flax.struct.dataclass
+class Frozen:
+    """Inputs of every step that training never changes."""
+    params: Any             # frozen leaves of {'model', 'clip'}
+    text_features: jax.Array
+    positive_ratio: jax.Array
+
+
+def make_train_step(cfg: vtfpar.VTFPARConfig, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, clip_frozen: bool):
+    """The pure step: (state, batch, rng, frozen) -> (state, metrics).
+
+    A step whose loss or gradients are not finite is not applied; its
+    `finite` metric is 0 so the loop can stop and name it.
+    """
+
+    def train_step(state: TrainState, batch: dict, rng: jax.Array, frozen: Frozen):
+        rng = jax.random.fold_in(rng, state.step)
+
+        def loss_fn(trainable):
+            params = optim.merge(trainable, frozen.params)
+            logits, updates = vtfpar.apply(
+                cfg, {"params": params["model"], "batch_stats": state.batch_stats},
+                params["clip"], batch["video"], frozen.text_features, train=True, rng=rng,
+                clip_frozen=clip_frozen)
+            loss = losses.weighted_bce(logits, batch["labels"], frozen.positive_ratio)
+            return loss, updates["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
+        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = state.replace(step=state.step + 1,
+                            trainable=optax.apply_updates(state.trainable, updates),
+                            batch_stats=batch_stats, opt_state=opt_state)
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
+                   "lr": schedule(state.step // max(getattr(tx, "every_k", 1), 1))}
+        return new, metrics
+
+    return train_step
+
+
+def load_config_file(path_and_arg: str) -> ml_collections.ConfigDict:
+    from ml_collections import config_flags
+    return config_flags.config_flags._ConfigFileParser(name="config").parse(path_and_arg)
+
+
+class Trainer:
+    """Builds everything a run needs from a config and a work dir, then trains."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        import input_pipeline
+        from input_pipeline import pipeline
+
+        self.config, self.workdir = config, workdir
+        self.pipeline = pipeline
+        self.builder = input_pipeline.get_builder(config.dataset, config.data_dir or None)
+        if not self.builder.is_prepared():
+            raise input_pipeline.DatasetNotBuiltError(self.builder)
+        self.attribute_set = pipeline.attribute_set(self.builder)
+        self.clip_cfg, clip_params = builders.load_clip(config.clip, config.seed)
+        self.model_cfg = builders.model_config(config, self.clip_cfg,
+                                               self.attribute_set.num_attributes)
+        self.phrases, self.tokens = builders.attribute_tokens(config, self.attribute_set)
+        self.steps_per_epoch = pipeline.steps_per_epoch(
+            self.builder, config.input.batch_size, jax.process_count())
+        self.total_steps = config.max_steps or config.num_epochs * self.steps_per_epoch
+
+        self.mesh = sharding.make_mesh()
+        variables = vtfpar.init(self.model_cfg, jax.random.PRNGKey(config.seed))
+        trainable, frozen = optim.partition({"model": variables["params"], "clip": clip_params},
+                                            config.frozen_patterns)
+        self.clip_frozen = "clip" not in trainable
+        self.schedule = optim.make_schedule(config.optimizer, config.num_epochs,
+                                            self.steps_per_epoch)
+        self.tx = optim.make_optimizer(config.optimizer, self.schedule)
+        from vtfpar_jax import text
+        text_features = text.attribute_text_features(
+            self.clip_cfg, clip_params, self.phrases, self.tokens,
+            cache_dir=os.path.join(workdir, "text_cache"))
+        self.frozen = sharding.replicate(Frozen(
+            params=frozen, text_features=jnp.asarray(text_features),
+            positive_ratio=jnp.asarray(pipeline.positive_ratio(self.builder))), self.mesh)
+        state = TrainState(step=jnp.asarray(0, jnp.int32), trainable=trainable,
+                           batch_stats=variables["batch_stats"],
+                           opt_state=self.tx.init(trainable))
+        self.state = sharding.replicate(state, self.mesh)
+        self.clip_params = clip_params
+        replicated = sharding.replicated(self.mesh)
+        self.train_step = jax.jit(
+            make_train_step(self.model_cfg, self.tx, self.schedule, self.clip_frozen),
+            donate_argnums=(0,), out_shardings=(replicated, replicated))
+        self.rng = jax.random.PRNGKey(config.seed + 1)
+
+    def count_params(self) -> dict[str, int]:
+        size = lambda t: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t))  # noqa: E731
+        return {"trainable": size(self.state.trainable), "frozen": size(self.frozen.params),
+                "optimizer_state": size(self.state.opt_state)}
+
+    def batches(self, step: int):
+        """Training batches from `step` on, epoch after epoch (exactly resumable)."""
+        c = self.config
+        size = (self.clip_cfg.image_size,) * 2
+        epoch, start = divmod(step, self.steps_per_epoch)
+        while True:
+            yield from (sharding.global_batch(b, self.mesh) for b in self.pipeline.train_batches(
+                self.builder, batch_size=c.input.batch_size, frames=self.model_cfg.frames,
+                epoch=epoch, start_batch=start, seed=c.seed, image_size=size,
+                frame_choice=c.input.frame_choice, augment=c.input.augment,
+                normalization=c.input.normalization, process_index=jax.process_index(),
+                process_count=jax.process_count()))
+            epoch, start = epoch + 1, 0
+
+
+def save_run_files(trainer: Trainer):
+    """config.json and the frozen CLIP (HF format) beside the checkpoints, once."""
+    from vtfpar_jax.convert import hf_clip
+
+    if jax.process_index() != 0:
+        return
+    with open(os.path.join(trainer.workdir, "config.json"), "w") as f:
+        json.dump({"config": trainer.config.to_dict(),
+                   "attribute_set": trainer.attribute_set.name,
+                   "phrases": list(trainer.phrases), "tokens": trainer.tokens.tolist(),
+                   "positive_ratio": np.asarray(trainer.frozen.positive_ratio).tolist()},
+                  f, indent=1, default=list)
+    clip_dir = os.path.join(trainer.workdir, "clip")
+    if not os.path.exists(os.path.join(clip_dir, "model.safetensors")):
+        hf_clip.save(trainer.clip_cfg, trainer.clip_params, clip_dir)
+
+
+class Preemption:
+    """SIGTERM (preemption notice) asks the loop to checkpoint and exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM: saving a checkpoint and stopping")
+        self.requested = True
+
+    def agreed(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train (resuming from the work dir's newest good checkpoint) and evaluate."""
+    from vtfpar_jax import evaluate
+
+    os.makedirs(workdir, exist_ok=True)
+    lock = WorkdirLock(workdir)
+    trainer = Trainer(config, workdir)
+    save_run_files(trainer)
+    store = CheckpointStore(workdir, keep=config.keep_checkpoints,
+                            keep_every=config.keep_every_steps or None)
+    state = trainer.state
+    try:
+        state, meta = store.restore(abstract(state, sharding.replicated(trainer.mesh)))
+        logging.info("resumed at step %d (epoch %d, batch %d)", meta["step"], meta["epoch"],
+                     meta["batch"])
+    except NoCheckpointError:
+        logging.info("no checkpoint in %s: training from scratch", workdir)
+    step = int(state.step)
+    logger = MetricsLogger(workdir, total_steps=trainer.total_steps, initial_step=step)
+    logging.info("params: %s", trainer.count_params())
+    preemption = Preemption()
+    evaluator = evaluate.Evaluator.from_trainer(trainer)
+
+    def checkpoint(state, force=False):
+        epoch, batch = divmod(int(state.step), trainer.steps_per_epoch)
+        store.save(int(state.step), state, {"step": int(state.step), "epoch": epoch,
+                                            "batch": batch}, force=force)
+
+    batches = trainer.batches(step)
+    last_time, last_step = time.time(), step
+    try:
+        while step < trainer.total_steps:
+            batch = next(batches)
+            state, metrics = trainer.train_step(state, batch, trainer.rng, trainer.frozen)
+            step += 1
+            if step % config.log_every_steps == 0 or step == trainer.total_steps:
+                metrics = jax.device_get(metrics)
+                if not metrics["finite"]:
+                    raise FloatingPointError(
+                        f"step {step}: loss {metrics['loss']} or gradient norm "
+                        f"{metrics['grad_norm']} is not finite; the step was not applied and "
+                        f"the last good checkpoint is kept")
+                elapsed = time.time() - last_time
+                rate = (step - last_step) / max(elapsed, 1e-9)
+                logger.write(step, {"loss": float(metrics["loss"]),
+                                    "learning_rate": float(metrics["lr"]),
+                                    "grad_norm": float(metrics["grad_norm"]),
+                                    "steps_per_s": rate,
+                                    "clips_per_s": rate * config.input.batch_size})
+                last_time, last_step = time.time(), step
+            if step % config.checkpoint_every_steps == 0:
+                checkpoint(state)
+            if step % trainer.steps_per_epoch == 0 and config.eval_every_epochs and (
+                    step // trainer.steps_per_epoch) % config.eval_every_epochs == 0:
+                results = evaluator.run(state, "test")
+                logger.write(step, {f"eval/{k}": v for k, v in evaluate.headline(results).items()})
+            if preemption.agreed():
+                checkpoint(state, force=True)
+                store.wait()
+                logging.warning("stopped at step %d after SIGTERM; rerun to resume", step)
+                return {"preempted_at": step}
+        checkpoint(state, force=True)
+        store.wait()
+    finally:
+        store.close()
+        logger.close()
+        lock.release()
+    results = evaluator.run(state, "test", report_dir=os.path.join(workdir, "eval"))
+    logger.plot_curves()
+    return results
+
+
+def untrained_results(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The same evaluation on the freshly initialised model, for contrast."""
+    from vtfpar_jax import evaluate
+    trainer = Trainer(config, workdir)
+    return evaluate.Evaluator.from_trainer(trainer).run(trainer.state, "test")
+
+
+def main(argv=None):
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    flags_ = flags.FLAGS
+    config_flags.DEFINE_config_file("config", None, "A configs/<name>.py[:args] file.")
+    flags.DEFINE_string("workdir", None, "Work dir for checkpoints, logs and the CLIP copy.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def run(_):
+        logging.getLogger().setLevel(logging.INFO)
+        sharding.initialize_distributed()
+        try:
+            results = train_and_evaluate(flags_.config, flags_.workdir)
+        except (ValueError, FileNotFoundError, FloatingPointError, OSError) as e:
+            logging.error("%s", e)
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        from vtfpar_jax import evaluate
+        print(evaluate.summary_line(results))
+
+    app.run(run, argv)
+
+
+if __name__ == "__main__":
+    main()
