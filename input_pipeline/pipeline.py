@@ -170,7 +170,7 @@ def _make_example_fn(frames: int, image_size: tuple[int, int], frame_choice: str
 
     def one_frame(args):
         data, seed = args
-        image = tf.io.decode_jpeg(data, channels=3)
+        image = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
         # PIL's bilinear (the published transforms) filters when it shrinks, which
         # antialias=True matches; when only enlarging (synthetic 64x32 -> 224) the
         # filter changes nothing and costs time, so it is skipped.

@@ -1,15 +1,34 @@
-"""Prediction: logits and probabilities for clips, from a trained or converted model."""
+"""Prediction: logits and probabilities for clips, from a trained or converted model.
+
+    python -m vtfpar_jax.predict --model DIR [--out OUTDIR] [--frames T] INPUT...
+
+INPUT is a folder of frames (one tracklet, image files sorted by name) or a
+video file (mp4, avi, ... decoded with PyAV). Each is read as evaluation reads
+a tracklet (vtfpar_jax.video: T uniformly spaced frames, resized and
+normalised as the input pipeline does), all are run as one batch, and per
+input OUTDIR gets <name>.json (every attribute's probability, one decision per
+group: argmax for multi-class groups, p > 0.45 for binary ones, as published)
+and <name>.png (the frames and the probabilities as bars).
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import functools
+import json
+import logging
+import os
+import sys
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vtfpar_jax import attributes, metrics, model_dir, video
 from vtfpar_jax.models import clip, vtfpar
 
 
@@ -28,3 +47,184 @@ def compute_logits(config: vtfpar.VTFPARConfig, variables: Mapping[str, Any],
     text = clip.text_features(config.clip, variables["clip"], jnp.asarray(tokens),
                               vtfpar.DTYPES[config.clip_dtype])
     return np.asarray(_logits(config, variables, jnp.asarray(video, jnp.float32), text))
+
+
+# --- Prediction on clips read from disk: `python -m vtfpar_jax.predict` -----------------------
+
+BINARY_RULE = "present when probability > {threshold} (the published threshold)"
+MULTICLASS_RULE = "the column with the highest probability (argmax over the group)"
+
+
+def config_for_frames(cfg: vtfpar.VTFPARConfig, frames: int) -> vtfpar.VTFPARConfig:
+    """`cfg` running on `frames` frames per clip instead of the trained `cfg.frames`.
+
+    Fewer frames reuse the first temporal side blocks (block f runs on frame f)
+    and average over fewer frames; more frames would need blocks that were
+    never trained, and a learned ('mlp') spatial aggregation has one weight
+    per trained frame, so both are refused.
+    """
+    if frames == cfg.frames:
+        return cfg
+    if frames < 1:
+        raise ValueError(f"frames={frames}: need at least 1")
+    if cfg.use_temporal and frames > cfg.frames:
+        raise ValueError(f"frames={frames}: the model was trained on {cfg.frames} frames and its "
+                         f"temporal side net has one block per frame; use at most {cfg.frames}")
+    if cfg.use_spatial and cfg.spatial_aggregation == "mlp":
+        raise ValueError(f"frames={frames}: the model's spatial aggregation learned one weight "
+                         f"per frame for {cfg.frames} frames; use exactly {cfg.frames}")
+    return dataclasses.replace(cfg, frames=frames)
+
+
+def predict_clips(loaded: model_dir.LoadedModel, videos: np.ndarray) -> np.ndarray:
+    """Sigmoid probabilities (N, A) float64 for videos (N, T, H, W, 3) float32, normalised.
+
+    One jitted evaluation-mode batch; T may be fewer than the trained frames
+    (see `config_for_frames`). The text features are the ones the model dir
+    computed once from its phrases.
+    """
+    videos = np.asarray(videos, np.float32)
+    if videos.ndim != 5 or videos.shape[-1] != 3:
+        raise ValueError(f"videos {videos.shape}: expected (N, T, H, W, 3)")
+    size = loaded.model_cfg.clip.image_size
+    if videos.shape[2:4] != (size, size):
+        raise ValueError(f"videos {videos.shape}: the model takes {size}x{size} frames")
+    cfg = config_for_frames(loaded.model_cfg, videos.shape[1])
+    logits = _logits(cfg, loaded.variables(), jnp.asarray(videos),
+                     loaded.frozen.text_features)
+    return metrics.sigmoid(np.asarray(logits))
+
+
+def decide(probs: np.ndarray, attribute_set: attributes.AttributeSet,
+           threshold: float = metrics.PUBLISHED_THRESHOLD) -> list[dict[str, Any]]:
+    """One decision per group for one clip's probabilities (A,).
+
+    Binary groups: present when p > threshold. Multi-class groups: argmax.
+    """
+    probs = np.asarray(probs, np.float64)
+    if probs.shape != (attribute_set.num_attributes,):
+        raise ValueError(f"probs {probs.shape}: attribute set {attribute_set.name!r} has "
+                         f"{attribute_set.num_attributes} columns")
+    decisions = []
+    for group in attribute_set.groups:
+        if group.is_binary:
+            (column,) = group.columns
+            decisions.append({"group": group.name, "kind": "binary",
+                              "attribute": attribute_set.columns[column],
+                              "probability": float(probs[column]),
+                              "present": bool(probs[column] > threshold)})
+        else:
+            best = group.columns[int(np.argmax(probs[list(group.columns)]))]
+            decisions.append({"group": group.name, "kind": "multi-class",
+                              "attribute": attribute_set.columns[best],
+                              "value": attribute_set.columns[best].split(": ", 1)[-1],
+                              "probability": float(probs[best])})
+    return decisions
+
+
+def decided_columns(decisions: list[dict[str, Any]],
+                    attribute_set: attributes.AttributeSet) -> set[int]:
+    """Columns that the decisions select: present binaries and each group's argmax."""
+    index = {name: i for i, name in enumerate(attribute_set.columns)}
+    return {index[d["attribute"]] for d in decisions
+            if d["kind"] == "multi-class" or d["present"]}
+
+
+def prediction_record(probs: np.ndarray, attribute_set: attributes.AttributeSet,
+                      threshold: float = metrics.PUBLISHED_THRESHOLD,
+                      **about: Any) -> dict[str, Any]:
+    """The JSON written per input: `about` (input, model, ...), every probability, decisions."""
+    decisions = decide(probs, attribute_set, threshold)   # also checks the shape
+    return {**about,
+            "attribute_set": attribute_set.name,
+            "threshold": threshold,
+            "decision_rules": {"binary": BINARY_RULE.format(threshold=threshold),
+                               "multi-class": MULTICLASS_RULE},
+            "probabilities": {name: float(p) for name, p in zip(attribute_set.columns, probs,
+                                                                    strict=True)},
+            "decisions": decisions}
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """File stems for the outputs: the input's name, made unique when two inputs share one."""
+    names, seen = [], {}
+    for path in paths:
+        stem = path.name if path.is_dir() else path.stem
+        stem = stem or "input"
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return names
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """CLI: predict every INPUT, write <name>.json and <name>.png under --out."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vtfpar_jax.predict",
+        description="Pedestrian attributes of clips: folders of frames or video files.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="a folder of frames (one tracklet, sorted by name) or a video file")
+    parser.add_argument("--model", required=True, help="a training work dir or converted model")
+    parser.add_argument("--out", default="predictions", help="output folder (default %(default)s)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="frames sampled per clip (default: the model's)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+    parser.add_argument("--threshold", type=float, default=metrics.PUBLISHED_THRESHOLD,
+                        help="binary decision threshold (default %(default)s, as published)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    paths = [Path(p) for p in args.inputs]
+    missing = [p for p in paths if not p.exists()]
+    if missing:   # before loading the model: the cheapest mistake to report
+        _fail(f"{missing[0]}: no such file or folder")
+    try:
+        loaded = model_dir.load(args.model, step=args.step)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        _fail(str(e).splitlines()[0])
+    frames = args.frames or loaded.model_cfg.frames
+    size = loaded.model_cfg.clip.image_size
+    normalization = loaded.config.input.get("normalization", "published")
+    clips = []
+    try:
+        config_for_frames(loaded.model_cfg, frames)
+        for path in paths:
+            clips.append(video.read_input(path, frames, (size, size), normalization))
+    except ValueError as e:   # video.InputError included
+        _fail(str(e).splitlines()[0])
+    probs = predict_clips(loaded, np.stack([v for _, v in clips]))
+    # Imported here: visualize draws this module's decisions, so it imports us.
+    from vtfpar_jax import visualize
+
+    os.makedirs(args.out, exist_ok=True)
+    records = []
+    for path, name, (frames_uint8, _), row in zip(paths, output_names(paths), clips, probs,
+                                                  strict=True):
+        record = prediction_record(row, loaded.attribute_set, args.threshold,
+                                   input=str(path), model=str(args.model), step=loaded.step,
+                                   frames=frames, image_size=[size, size],
+                                   normalization=normalization)
+        with open(os.path.join(args.out, f"{name}.json"), "w") as f:
+            json.dump(record, f, indent=1)
+        visualize.save_prediction(os.path.join(args.out, f"{name}.png"), frames_uint8, row,
+                                  loaded.attribute_set, args.threshold, title=path.name)
+        print(f"{path}: {os.path.join(args.out, name)}.json/.png  " + summary(record))
+        records.append(record)
+    return records
+
+
+def summary(record: dict[str, Any]) -> str:
+    """One line: present binary attributes and each multi-class group's choice."""
+    parts = [d["attribute"] for d in record["decisions"]
+             if d["kind"] == "binary" and d["present"]]
+    parts += [f"{d['group']}={d['value']}" for d in record["decisions"]
+              if d["kind"] == "multi-class"]
+    return ", ".join(parts) or "no binary attribute present"
+
+
+if __name__ == "__main__":
+    main()

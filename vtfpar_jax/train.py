@@ -47,7 +47,7 @@ class Frozen:
 
 
 def make_train_step(cfg: vtfpar.VTFPARConfig, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, clip_frozen: bool):
+                    schedule: optax.Schedule, clip_frozen: bool, accumulate_steps: int = 1):
     """The pure step: (state, batch, rng, frozen) -> (state, metrics).
 
     A step whose loss or gradients are not finite is not applied; its
@@ -75,7 +75,7 @@ def make_train_step(cfg: vtfpar.VTFPARConfig, tx: optax.GradientTransformation,
                             batch_stats=batch_stats, opt_state=opt_state)
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
-                   "lr": schedule(state.step // max(getattr(tx, "every_k", 1), 1))}
+                   "lr": schedule(state.step // accumulate_steps)}
         return new, metrics
 
     return train_step
@@ -112,8 +112,10 @@ class Trainer:
         trainable, frozen = optim.partition({"model": variables["params"], "clip": clip_params},
                                             config.frozen_patterns)
         self.clip_frozen = "clip" not in trainable
-        self.schedule = optim.make_schedule(config.optimizer, config.num_epochs,
-                                            self.steps_per_epoch)
+        # The schedule counts optimiser updates: one per `accumulate_steps` batches.
+        self.schedule = optim.make_schedule(
+            config.optimizer, config.num_epochs,
+            max(self.steps_per_epoch // config.optimizer.accumulate_steps, 1))
         self.tx = optim.make_optimizer(config.optimizer, self.schedule)
         from vtfpar_jax import text
         text_features = text.attribute_text_features(
@@ -129,7 +131,8 @@ class Trainer:
         self.clip_params = clip_params
         replicated = sharding.replicated(self.mesh)
         self.train_step = jax.jit(
-            make_train_step(self.model_cfg, self.tx, self.schedule, self.clip_frozen),
+            make_train_step(self.model_cfg, self.tx, self.schedule, self.clip_frozen,
+                            config.optimizer.accumulate_steps),
             donate_argnums=(0,), out_shardings=(replicated, replicated))
         self.rng = jax.random.PRNGKey(config.seed + 1)
 

@@ -100,6 +100,10 @@ class VTFPARConfig:
                                    ("temporal_map", self.temporal_map, self.use_temporal)):
             if not use:
                 continue
+            targets = [t for _, t in entries]
+            if not entries or len(set(targets)) != len(targets):
+                raise ValueError(f"config: {name} {entries} needs at least one entry and distinct "
+                                 "targets (the published code keeps one source per target)")
             for s, t in entries:
                 if not 0 <= s <= layers:
                     raise ValueError(f"config: {name} entry {s}->{t} reads CLIP feature {s}; "

@@ -1,0 +1,109 @@
+"""Convert a published VTFPAR++ checkpoint into a model dir (the format training writes).
+
+    python -m vtfpar_jax.convert.openpar_cli --checkpoint ckpt.pth --clip ViT-B-16.pt \\
+        --dataset mars --out runs/published_mars [--frames 6 --spatial_interact_map default ...]
+
+`--clip` is OpenAI's `ViT-B-16.pt` or a HuggingFace CLIP id/folder: the
+published checkpoint lacks the text tower. The model dir then works with
+`vtfpar_jax.evaluate --model` and `vtfpar_jax.predict --model`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vtfpar_jax import attributes, optim, tokenizer
+from vtfpar_jax.checkpoint import CheckpointStore
+from vtfpar_jax.convert import hf_clip, openai_clip, openpar
+from vtfpar_jax.convert.weights import WeightImportError
+
+DATASETS = {"mars": ("configs.mars", "mars"), "duke": ("configs.duke", "duke")}
+
+
+def write_model_dir(out: str, cfg, variables: dict, config, attribute_set, tokens: np.ndarray,
+                    phrases) -> None:
+    """config.json + clip/ + checkpoints/0 exactly as a training run lays them out."""
+    from vtfpar_jax.model_dir import fresh_state
+    if os.path.exists(os.path.join(out, "checkpoints")):
+        raise FileExistsError(f"{out} already holds checkpoints; choose an empty --out")
+    os.makedirs(out, exist_ok=True)
+    state, frozen = fresh_state(config, cfg, variables["clip"])
+    trainable, _ = optim.partition({"model": variables["params"], "clip": variables["clip"]},
+                                   config.frozen_patterns)
+    state = state.replace(trainable=jax.tree.map(jnp.asarray, trainable),
+                          batch_stats=variables["batch_stats"])
+    hf_clip.save(cfg.clip, variables["clip"], os.path.join(out, "clip"))
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump({"config": config.to_dict(), "attribute_set": attribute_set.name,
+                   "phrases": list(phrases), "tokens": tokens.tolist(),
+                   "converted_from": "published VTFPAR++ checkpoint"}, f, indent=1, default=list)
+    store = CheckpointStore(out, async_save=False)
+    store.save(0, state, {"step": 0, "epoch": 0, "batch": 0}, force=True)
+    store.wait()
+    store.close()
+
+
+def convert_files(checkpoint: str, clip_path: str, dataset: str, out: str,
+                  bpe_path: str | None = None, **options) -> str:
+    import importlib
+    module, set_name = DATASETS[dataset]
+    config = importlib.import_module(module).get_config()
+    attribute_set = attributes.get(set_name)
+    state = openpar.read_checkpoint(checkpoint)
+    if os.path.isfile(clip_path):
+        state.update({"clip/" + k: v for k, v in openai_clip.read_state_dict(clip_path).items()})
+        clip = None
+        tok = tokenizer.default_tokenizer(bpe_path)
+    else:
+        clip = hf_clip.load(clip_path)
+        folder = clip_path if os.path.isdir(clip_path) else None
+        tok = tokenizer.from_pretrained(folder) if folder else tokenizer.default_tokenizer(bpe_path)
+    cfg, variables = openpar.convert(state, clip=clip, source=checkpoint, **options)
+    if cfg.num_attributes != attribute_set.num_attributes:
+        raise ValueError(f"{checkpoint}: {cfg.num_attributes} attributes, but dataset {dataset!r} "
+                         f"has {attribute_set.num_attributes}")
+    m = config.model
+    m.frames, m.dim = cfg.frames, cfg.dim
+    m.spatial_map = ",".join(f"{s}->{t}" for s, t in cfg.spatial_map)
+    m.temporal_map = ",".join(f"{s}->{t}" for s, t in cfg.temporal_map)
+    m.spatial_aggregation = cfg.spatial_aggregation
+    m.temporal_aggregation = cfg.temporal_aggregation
+    m.use_spatial, m.use_temporal = cfg.use_spatial, cfg.use_temporal
+    config.clip.source, config.clip.path = "hf", os.path.join(os.path.abspath(out), "clip")
+    config.clip.image_size, config.clip.patch_size = cfg.clip.image_size, cfg.clip.patch_size
+    phrases = attribute_set.published_phrases
+    tokens = tokenizer.tokenize(tok, phrases)
+    write_model_dir(out, cfg, variables, config, attribute_set, tokens, phrases)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="the published train.py checkpoint")
+    parser.add_argument("--clip", required=True, help="OpenAI ViT-B-16.pt, or a HF CLIP id/folder")
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    parser.add_argument("--out", required=True, help="the model dir to write (must be new)")
+    parser.add_argument("--bpe", default=None, help="OpenAI's bpe_simple_vocab_16e6.txt.gz")
+    for name, default in openpar.PUBLISHED_DEFAULTS.items():
+        kind = {bool: lambda v: v.lower() in ("1", "true", "yes"), int: int}.get(type(default), str)
+        parser.add_argument(f"--{name}", type=kind, default=default)
+    args = vars(parser.parse_args(argv))
+    fixed = {k: args.pop(k) for k in ("checkpoint", "clip", "dataset", "out", "bpe")}
+    try:
+        out = convert_files(fixed["checkpoint"], fixed["clip"], fixed["dataset"], fixed["out"],
+                            fixed["bpe"], **args)
+    except (WeightImportError, ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"wrote model dir {out}: evaluate with python -m vtfpar_jax.evaluate --model {out}")
+
+
+if __name__ == "__main__":
+    main()
