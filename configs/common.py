@@ -79,10 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.grad_clip_norm = 0.0
     c.optimizer.accumulate_steps = 1
 
-    # Regexes over '/'-joined param paths ('clip/vision/layers_11/fc1/kernel',
+    # Regexes over '/'-joined param paths ('clip/vision/layers_10/fc1/kernel',
     # 'model/fusion_block/...'): full matches are frozen. Side tuning freezes all
-    # of CLIP; e.g. 'clip/text/.*', 'clip/vision/(?!layers_11/).*' fine-tunes
-    # CLIP's last vision block too.
+    # of CLIP; e.g. ('clip/text/.*', 'clip/logit_scale', 'clip/vision/(?!layers_10/).*')
+    # also fine-tunes block 11 (layers_10), the deepest the default maps read.
     c.frozen_patterns = ("clip/.*",)
 
     c.num_epochs = 30

@@ -40,6 +40,9 @@ def get_builder(name: str, data_dir: str | os.PathLike | None = None, **kwargs):
                                **kwargs)
 
 
+_MODULE_FILES = {name: module.split(".")[-1] + ".py" for name, (module, _) in BUILDERS.items()}
+
+
 class DatasetNotBuiltError(FileNotFoundError):
     """A dataset that has not been prepared: the message says how to build it."""
 
@@ -47,7 +50,7 @@ class DatasetNotBuiltError(FileNotFoundError):
         name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
         manual = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
         how = (f"put the downloaded files in a manual dir, then run\n  tfds build "
-               f"input_pipeline/{builder.name.split('_')[0]}.py --data_dir {builder.data_dir_root}"
+               f"input_pipeline/{_MODULE_FILES[builder.name]} --data_dir {builder.data_dir_root}"
                f" --manual_dir DIR\n{manual.strip()}" if manual else
                f"build it with\n  python -m vtfpar_jax.demo --prepare_only --data_dir "
                f"{builder.data_dir_root}")

@@ -3,7 +3,7 @@
 Layout of a work dir:
     config.json          the resolved config (written once, before training)
     clip/                the frozen CLIP in HuggingFace format (safetensors)
-    checkpoints/<step>/  {state: trainable params, BN stats, optimiser state, rng;
+    checkpoints/<step>/  {state: step, trainable params, BN stats, optimiser state;
                           meta: step, epoch, batch in epoch (the data position)}
 Restoring walks back from the newest step: a checkpoint that fails to load is
 reported by step and left on disk, and the previous one is used.

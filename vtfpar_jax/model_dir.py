@@ -61,7 +61,7 @@ def read_run_file(model: str) -> dict:
 
 def fresh_state(config, model_cfg, clip_params, seed: int = 0):
     """(TrainState with fresh optimiser state, frozen params, tx) for this config."""
-    from vtfpar_jax.train import TrainState
+    from vtfpar_jax.train_step import TrainState
     variables = vtfpar.init(model_cfg, jax.random.PRNGKey(seed))
     trainable, frozen = optim.partition({"model": variables["params"], "clip": clip_params},
                                         config.frozen_patterns)
@@ -73,7 +73,7 @@ def fresh_state(config, model_cfg, clip_params, seed: int = 0):
 
 
 def load(model: str, step: int | None = None) -> LoadedModel:
-    from vtfpar_jax.train import Frozen
+    from vtfpar_jax.train_step import Frozen
     run = read_run_file(model)
     config = ml_collections.ConfigDict(run["config"])
     attribute_set = attributes.get(run["attribute_set"])

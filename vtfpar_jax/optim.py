@@ -5,7 +5,9 @@ weight decay, learning rate set once per epoch e = 1..E:
     e < warmup:  warmup_lr + e * (lr - warmup_lr) / warmup
     else:        min_lr + (lr - min_lr) * (1 + cos(pi * e / E)) / 2
 Params are split before the optimiser sees them (`partition`), so frozen ones
-get neither gradients nor optimiser state.
+get neither gradients nor optimiser state. `opt` arguments are the
+`config.optimizer` field (any object with those attributes: this module stays
+free of ml_collections so the GPU benchmark can import it).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import traverse_util
 
@@ -29,7 +30,7 @@ def published_epoch_lr(epoch: int, *, lr: float, num_epochs: int, warmup_epochs:
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * epoch / num_epochs))
 
 
-def make_schedule(opt: ml_collections.ConfigDict, num_epochs: int,
+def make_schedule(opt: Any, num_epochs: int,
                   steps_per_epoch: int) -> optax.Schedule:
     """Learning rate by optimiser update count: `published` (per epoch) or `cosine` (per step)."""
     if opt.schedule == "published":
@@ -54,7 +55,7 @@ def make_schedule(opt: ml_collections.ConfigDict, num_epochs: int,
                      "'cosine' or 'constant'")
 
 
-def make_optimizer(opt: ml_collections.ConfigDict, schedule: optax.Schedule
+def make_optimizer(opt: Any, schedule: optax.Schedule
                    ) -> optax.GradientTransformation:
     """Adam (published) or AdamW, optional global-norm clipping and gradient accumulation."""
     if opt.name == "adam":

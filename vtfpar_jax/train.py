@@ -15,75 +15,29 @@ import os
 import signal
 import sys
 import time
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from vtfpar_jax import builders, losses, optim, sharding
+from vtfpar_jax import builders, optim, sharding
 from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.models import vtfpar
 from vtfpar_jax.run_logging import MetricsLogger, WorkdirLock
+from vtfpar_jax.train_step import Frozen, TrainState, make_train_step
 
 
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    trainable: Any          # {'model': ..., 'clip': ...} leaves not frozen
-    batch_stats: Any
-    opt_state: Any
-
-
-@flax.struct.dataclass
-class Frozen:
-    """Inputs of every step that training never changes."""
-    params: Any             # frozen leaves of {'model', 'clip'}
-    text_features: jax.Array
-    positive_ratio: jax.Array
-
-
-def make_train_step(cfg: vtfpar.VTFPARConfig, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, clip_frozen: bool, accumulate_steps: int = 1):
-    """The pure step: (state, batch, rng, frozen) -> (state, metrics).
-
-    A step whose loss or gradients are not finite is not applied; its
-    `finite` metric is 0 so the loop can stop and name it.
-    """
-
-    def train_step(state: TrainState, batch: dict, rng: jax.Array, frozen: Frozen):
-        rng = jax.random.fold_in(rng, state.step)
-
-        def loss_fn(trainable):
-            params = optim.merge(trainable, frozen.params)
-            logits, updates = vtfpar.apply(
-                cfg, {"params": params["model"], "batch_stats": state.batch_stats},
-                params["clip"], batch["video"], frozen.text_features, train=True, rng=rng,
-                clip_frozen=clip_frozen)
-            loss = losses.weighted_bce(logits, batch["labels"], frozen.positive_ratio)
-            return loss, updates["batch_stats"]
-
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
-        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = state.replace(step=state.step + 1,
-                            trainable=optax.apply_updates(state.trainable, updates),
-                            batch_stats=batch_stats, opt_state=opt_state)
-        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
-                   "lr": schedule(state.step // accumulate_steps)}
-        return new, metrics
-
-    return train_step
-
-
-def load_config_file(path_and_arg: str) -> ml_collections.ConfigDict:
-    from ml_collections import config_flags
-    return config_flags.config_flags._ConfigFileParser(name="config").parse(path_and_arg)
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """'configs/mars.py[:arg]' -> that file's get_config(arg), as --config reads it."""
+    import importlib.util
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module_spec = importlib.util.spec_from_file_location("_vtfpar_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
 
 
 class Trainer:
@@ -221,18 +175,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     batches = trainer.batches(step)
     last_time, last_step = time.time(), step
+    # The first non-finite step, kept on the device (no host sync per step); checked
+    # before anything is logged or saved, so no checkpoint follows a skipped step.
+    first_bad = jnp.asarray(0, jnp.int32)
     try:
         while step < trainer.total_steps:
             batch = next(batches)
             state, metrics = trainer.train_step(state, batch, trainer.rng, trainer.frozen)
             step += 1
-            if step % config.log_every_steps == 0 or step == trainer.total_steps:
+            first_bad = jnp.where((first_bad == 0) & ~metrics["finite"], step, first_bad)
+            log_now = step % config.log_every_steps == 0 or step == trainer.total_steps
+            if (log_now or step % config.checkpoint_every_steps == 0) and int(first_bad):
+                raise FloatingPointError(
+                    f"step {int(first_bad)}: the loss or gradient norm is not finite; the step "
+                    f"was not applied and the last good checkpoint is kept")
+            if log_now:
                 metrics = jax.device_get(metrics)
-                if not metrics["finite"]:
-                    raise FloatingPointError(
-                        f"step {step}: loss {metrics['loss']} or gradient norm "
-                        f"{metrics['grad_norm']} is not finite; the step was not applied and "
-                        f"the last good checkpoint is kept")
                 elapsed = time.time() - last_time
                 rate = (step - last_step) / max(elapsed, 1e-9)
                 logger.write(step, {"loss": float(metrics["loss"]),
@@ -248,6 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 results = evaluator.run(state, "test")
                 logger.write(step, {f"eval/{k}": v for k, v in evaluate.headline(results).items()})
             if preemption.agreed():
+                if int(first_bad):
+                    raise FloatingPointError(f"step {int(first_bad)}: not finite; not saved")
                 checkpoint(state, force=True)
                 store.wait()
                 logging.warning("stopped at step %d after SIGTERM; rerun to resume", step)
@@ -284,7 +244,7 @@ def main(argv=None):
         sharding.initialize_distributed()
         try:
             results = train_and_evaluate(flags_.config, flags_.workdir)
-        except (ValueError, FileNotFoundError, FloatingPointError, OSError) as e:
+        except (ValueError, FileNotFoundError, FloatingPointError, OSError, RuntimeError) as e:
             logging.error("%s", e)
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)

@@ -1,0 +1,233 @@
+"""The published learning-rate schedule, and frozen params selected by path patterns."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+
+from vtfpar_jax import attributes, builders, optim, text
+from vtfpar_jax.models import vtfpar
+from vtfpar_jax.train import Frozen, TrainState, load_config_file, make_train_step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def reference_lr(e: int) -> float:
+    """Reference section 8, written out independently of vtfpar_jax.optim."""
+    if e < 5:
+        return 1e-5 + e * (1e-3 - 1e-5) / 5
+    return 2e-6 + 0.5 * (1e-3 - 2e-6) * (1 + math.cos(math.pi * e / 30))
+
+
+def published_optimizer() -> ml_collections.ConfigDict:
+    return load_config_file(os.path.join(REPO, "configs", "mars.py")).optimizer
+
+
+def test_reference_formula_end_points():
+    assert reference_lr(30) == pytest.approx(2e-6, rel=1e-12, abs=0)
+    assert reference_lr(1) == pytest.approx(1e-5 + (1e-3 - 1e-5) / 5)
+    cos_at_5 = 2e-6 + 0.5 * (1e-3 - 2e-6) * (1 + math.cos(math.pi / 6))
+    assert reference_lr(5) == pytest.approx(cos_at_5)
+
+
+def test_published_config_is_the_published_recipe():
+    opt = published_optimizer()
+    assert (opt.name, opt.lr, opt.b1, opt.b2, opt.eps, opt.weight_decay) == (
+        "adam", 1e-3, 0.9, 0.999, 1e-8, 0.0)
+    assert (opt.schedule, opt.warmup_epochs, opt.warmup_lr, opt.min_lr) == (
+        "published", 5, 1e-5, 2e-6)
+
+
+@pytest.mark.parametrize("epoch", range(1, 31))
+def test_published_epoch_lr_matches_reference(epoch):
+    opt = published_optimizer()
+    got = optim.published_epoch_lr(epoch, lr=opt.lr, num_epochs=30,
+                                   warmup_epochs=opt.warmup_epochs, warmup_lr=opt.warmup_lr,
+                                   min_lr=opt.min_lr)
+    assert got == pytest.approx(reference_lr(epoch), rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("steps_per_epoch", [1, 7, 375])
+def test_schedule_is_constant_within_each_epoch_and_matches_reference(steps_per_epoch):
+    schedule = optim.make_schedule(published_optimizer(), 30, steps_per_epoch)
+    spe = steps_per_epoch
+    for e in range(1, 31):
+        # Epoch e (1-based) is updates (e-1)*spe .. e*spe-1: first, middle, last of them.
+        for step in sorted({(e - 1) * spe, (e - 1) * spe + spe // 2, e * spe - 1}):
+            got = float(schedule(jnp.asarray(step)))
+            assert got == pytest.approx(reference_lr(e), rel=1e-6, abs=0), (e, step)
+    # Past the last epoch the schedule stays at the last epoch's value.
+    assert float(schedule(jnp.asarray(30 * spe + 5))) == pytest.approx(2e-6, rel=1e-6)
+    # And it is traceable (used inside the jitted step).
+    assert float(jax.jit(schedule)(jnp.asarray(4 * spe))) == pytest.approx(reference_lr(5),
+                                                                          rel=1e-6)
+
+
+def test_unknown_schedule_and_optimizer_are_clear_errors():
+    opt = published_optimizer()
+    opt.schedule = "linear"
+    with pytest.raises(ValueError, match="schedule='linear'"):
+        optim.make_schedule(opt, 30, 10)
+    opt = published_optimizer()
+    opt.name = "sgd"
+    with pytest.raises(ValueError, match="optimizer.name='sgd'"):
+        optim.make_optimizer(opt, optax.constant_schedule(1e-3))
+
+
+# ---------------------------------------------------------------- partition / frozen
+
+
+def toy_params():
+    k = iter(jax.random.split(jax.random.PRNGKey(0), 8))
+    return {
+        "model": {"head": {"kernel": jax.random.normal(next(k), (3, 2)),
+                           "bias": jnp.zeros((2,))},
+                  "norm": {"scale": jnp.ones((3,))}},
+        "clip": {"vision": {"layers_0": {"fc1": {"kernel": jax.random.normal(next(k), (3, 3))}},
+                            "layers_1": {"fc1": {"kernel": jax.random.normal(next(k), (3, 3))}}},
+                 "text": {"embed": jax.random.normal(next(k), (5, 3))}},
+    }
+
+
+def flat(tree):
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def test_partition_merge_round_trip():
+    params = toy_params()
+    trainable, frozen = optim.partition(params, ("clip/.*",))
+    assert set(flat(trainable)) == {"model/head/kernel", "model/head/bias", "model/norm/scale"}
+    assert set(flat(frozen)) == {"clip/vision/layers_0/fc1/kernel",
+                                 "clip/vision/layers_1/fc1/kernel", "clip/text/embed"}
+    merged = optim.merge(trainable, frozen)
+    assert jax.tree.structure(merged) == jax.tree.structure(params)
+    assert set(flat(merged)) == set(flat(params))
+    for path, value in flat(params).items():
+        np.testing.assert_array_equal(flat(merged)[path], value, err_msg=path)
+    # Full match only: 'clip' alone matches no leaf, so nothing is frozen.
+    trainable, frozen = optim.partition(params, ("clip",))
+    assert frozen == {} and set(flat(trainable)) == set(flat(params))
+    # No patterns: everything trains.
+    trainable, frozen = optim.partition(params, ())
+    assert frozen == {} and set(flat(trainable)) == set(flat(params))
+
+
+def test_freezing_everything_is_a_clear_error():
+    with pytest.raises(ValueError, match="freeze every parameter"):
+        optim.partition(toy_params(), (".*",))
+    with pytest.raises(ValueError, match="freeze every parameter"):
+        optim.partition(toy_params(), ("clip/.*", "model/.*"))
+
+
+def test_bad_regex_is_a_clear_error():
+    with pytest.raises(ValueError, match="frozen_patterns: bad regular expression"):
+        optim.partition(toy_params(), ("clip/(.*",))
+
+
+def test_frozen_leaves_get_no_optimizer_state_and_do_not_move():
+    params = toy_params()
+    trainable, frozen = optim.partition(params, ("clip/.*", "model/norm/.*"))
+    opt = published_optimizer()
+    tx = optim.make_optimizer(opt, optim.make_schedule(opt, 30, 2))
+    opt_state = tx.init(trainable)
+    n_trainable = len(jax.tree.leaves(trainable))
+    assert n_trainable == 2
+    # Adam: mu and nu for each trainable leaf, plus scalar counts; nothing shaped like CLIP.
+    big = [x for x in jax.tree.leaves(opt_state) if x.ndim > 0]
+    assert len(big) == 2 * n_trainable
+    shapes = sorted(x.shape for x in big)
+    assert shapes == sorted([(3, 2), (2,)] * 2)
+
+    def loss(t, f):
+        p = optim.merge(t, f)
+        h = p["clip"]["text"]["embed"] @ p["clip"]["vision"]["layers_0"]["fc1"]["kernel"]
+        h = h * p["model"]["norm"]["scale"]
+        return jnp.sum((h @ p["model"]["head"]["kernel"] + p["model"]["head"]["bias"]) ** 2)
+
+    t = trainable
+    for _ in range(3):
+        grads = jax.grad(loss)(t, frozen)
+        updates, opt_state = tx.update(grads, opt_state, t)
+        t = optax.apply_updates(t, updates)
+    assert not np.allclose(t["model"]["head"]["kernel"], trainable["model"]["head"]["kernel"])
+    merged = flat(optim.merge(t, frozen))
+    for path, value in flat(params).items():
+        if path.startswith("clip/") or path.startswith("model/norm/"):
+            np.testing.assert_array_equal(merged[path], value, err_msg=path)
+
+
+# ------------------------------------------------- partial fine-tune through the train step
+
+
+@pytest.fixture(scope="module")
+def smoke_parts():
+    config = load_config_file(os.path.join(REPO, "configs", "demo.py") + ":smoke")
+    config.model.frames = 2
+    aset = attributes.get("synthetic")
+    clip_cfg, clip_params = builders.load_clip(config.clip, config.seed)
+    model_cfg = builders.model_config(config, clip_cfg, aset.num_attributes)
+    phrases, tokens = builders.attribute_tokens(config, aset)
+    features = text.attribute_text_features(clip_cfg, clip_params, phrases, tokens)
+    variables = vtfpar.init(model_cfg, jax.random.PRNGKey(0))
+    return config, aset, model_cfg, clip_params, features, variables
+
+
+@pytest.mark.slow
+def test_partial_finetune_trains_clip_block_3_only(smoke_parts):
+    config, aset, model_cfg, clip_params, features, variables = smoke_parts
+    params = {"model": variables["params"], "clip": clip_params}
+    # configs/common.py suggests the first two; logit_scale (unused here) is the
+    # one CLIP leaf outside both towers.
+    patterns = ("clip/text/.*", "clip/vision/(?!layers_3/).*", "clip/logit_scale")
+    trainable, frozen = optim.partition(params, patterns)
+    block3 = {k for k in flat(params) if k.startswith("clip/vision/layers_3/")}
+    assert block3, sorted(flat(params))[:20]
+    assert {k for k in flat(trainable) if k.startswith("clip/")} == block3
+    assert not any(k.startswith("clip/vision/layers_3/") for k in flat(frozen))
+    assert any(k.startswith("clip/vision/layers_2/") for k in flat(frozen))
+
+    opt = config.optimizer
+    schedule = optim.make_schedule(opt, config.num_epochs, 3)
+    tx = optim.make_optimizer(opt, schedule)
+    state = TrainState(step=jnp.asarray(0, jnp.int32), trainable=trainable,
+                       batch_stats=variables["batch_stats"], opt_state=tx.init(trainable))
+    n_big = len([x for x in jax.tree.leaves(state.opt_state) if x.ndim > 0])
+    assert n_big == 2 * len(jax.tree.leaves(trainable))
+    fz = Frozen(params=frozen, text_features=jnp.asarray(features),
+                positive_ratio=jnp.full((aset.num_attributes,), 0.3, jnp.float32))
+    step = jax.jit(make_train_step(model_cfg, tx, schedule, clip_frozen="clip" not in trainable))
+    rng = np.random.default_rng(0)
+    size = model_cfg.clip.image_size
+    batch = {"video": jnp.asarray(rng.normal(size=(4, 2, size, size, 3)), jnp.float32),
+             "labels": jnp.asarray(rng.random((4, aset.num_attributes)) > 0.5, jnp.float32)}
+    before = jax.tree.map(np.asarray, trainable)
+    new, metrics = step(state, batch, jax.random.PRNGKey(1), fz)
+    assert bool(metrics["finite"]) and int(new.step) == 1
+    after = flat(jax.tree.map(np.asarray, new.trainable))
+    before = flat(before)
+    moved = [k for k in block3 if not np.array_equal(after[k], before[k])]
+    # Every weight matrix of block 3 gets a gradient and moves.
+    assert {k for k in block3 if k.endswith("kernel")} <= set(moved), sorted(block3 - set(moved))
+    # Everything else of CLIP is bit-identical to a fresh copy of the initial CLIP.
+    _, fresh_clip = builders.load_clip(config.clip, config.seed)
+    merged = flat(jax.tree.map(np.asarray, optim.merge(new.trainable, frozen)))
+    for k, v in flat({"clip": fresh_clip}).items():
+        if k not in block3:
+            np.testing.assert_array_equal(merged[k], v, err_msg=k)
+    assert all(not k.startswith("clip/") or k in block3 for k in after)
+
+
+def test_default_side_tuning_freezes_all_of_clip(smoke_parts):
+    config, _, _, clip_params, _, variables = smoke_parts
+    trainable, frozen = optim.partition({"model": variables["params"], "clip": clip_params},
+                                        config.frozen_patterns)
+    assert set(trainable) == {"model"}
+    assert set(flat(frozen)) == {f"clip/{k}" for k in flat(clip_params)}

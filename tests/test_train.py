@@ -1,0 +1,363 @@
+"""Training end to end on the tiny synthetic set (configs/demo.py:smoke).
+
+Multi-device and multi-process runs happen in subprocesses (tests/train_worker.py),
+because the CPU device count must be fixed before JAX starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+import input_pipeline
+from vtfpar_jax import attributes, builders, evaluate, model_dir, train
+from vtfpar_jax.checkpoint import CheckpointStore
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(REPO, "tests", "train_worker.py")
+SMOKE = os.path.join(REPO, "configs", "demo.py") + ":smoke"
+# Adam's eps for the cross-device comparisons. With the published 1e-8, leaves whose
+# gradient is zero in exact arithmetic (attention key biases, the head biases and the
+# last LayerNorm's bias ahead of the logits' BatchNorm) get +-lr updates from the sign
+# of rounding noise, which differs with the reduction order: ~2e-3 apart after 3
+# steps on 1 vs 8 devices although the losses agree to 1e-6. A larger eps keeps the
+# update a smooth function of the gradient, so 1e-5 tests the gradients themselves.
+EPS = "1e-3"
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tfds")
+    input_pipeline.get_builder("synthetic_pedestrians/tiny", d).download_and_prepare()
+    return str(d)
+
+
+def smoke_config(data_dir, **overrides):
+    config = train.load_config_file(SMOKE)
+    config.data_dir = data_dir
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def worker_env():
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
+def start_worker(data_dir, workdir, out, *extra):
+    cmd = [sys.executable, WORKER, "--data_dir", data_dir, "--workdir", str(workdir),
+           "--out", str(out), "--eps", EPS, *map(str, extra)]
+    return subprocess.Popen(cmd, env=worker_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc, timeout=900):
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"worker timed out:\n{out[-4000:]}")
+    assert proc.returncode == 0, out[-6000:]
+    return out
+
+
+def params_of(npz_path):
+    with np.load(npz_path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def assert_params_close(a, b, atol):
+    keys = [k for k in a if k.startswith(("trainable/", "batch_stats/"))]
+    assert keys and set(keys) == {k for k in b if k.startswith(("trainable/", "batch_stats/"))}
+    worst = max((float(np.max(np.abs(a[k] - b[k]))), k) for k in keys)
+    assert worst[0] <= atol, f"largest difference {worst[0]:.3g} at {worst[1]}"
+
+
+@pytest.fixture(scope="session")
+def one_device_params(data_dir, tmp_path_factory):
+    """3 steps on 1 CPU device, fed the global batches 2 hosts would assemble."""
+    d = tmp_path_factory.mktemp("one_device")
+    finish(start_worker(data_dir, d / "work", d / "params.npz", "--devices", 1,
+                        "--emulate_hosts", 2))
+    p = params_of(d / "params.npz")
+    assert int(p["device_count"]) == 1 and int(p["step"]) == 3
+    return p
+
+
+@pytest.mark.slow
+def test_eight_devices_equal_one_device(data_dir, one_device_params, tmp_path):
+    finish(start_worker(data_dir, tmp_path / "work", tmp_path / "params.npz", "--devices", 8,
+                        "--emulate_hosts", 2))
+    p8 = params_of(tmp_path / "params.npz")
+    assert int(p8["device_count"]) == 8 and int(p8["step"]) == 3
+    np.testing.assert_allclose(p8["losses"], one_device_params["losses"], rtol=1e-5)
+    assert_params_close(p8, one_device_params, atol=1e-5)
+    # The steps did train (the losses change from step to step).
+    assert not np.allclose(p8["losses"][0], p8["losses"][-1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process(data_dir, one_device_params, tmp_path):
+    port = free_port()
+    procs = [start_worker(data_dir, tmp_path / f"work{i}", tmp_path / f"params{i}.npz",
+                          "--devices", 2, "--num_processes", 2, "--process_id", i,
+                          "--port", port) for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(finish(p))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    p0, p1 = (params_of(tmp_path / f"params{i}.npz") for i in range(2))
+    for p in (p0, p1):
+        assert int(p["process_count"]) == 2 and int(p["device_count"]) == 4
+        assert int(p["step"]) == 3
+    # Both processes hold the same replicated params ...
+    assert_params_close(p0, p1, atol=0.0)
+    # ... equal to one process fed the same global batches.
+    np.testing.assert_allclose(p0["losses"], one_device_params["losses"], rtol=1e-5)
+    assert_params_close(p0, one_device_params, atol=1e-5)
+
+
+def flat(tree):
+    return traverse_util.flatten_dict(jax.tree.map(np.asarray, tree), sep="/")
+
+
+@pytest.mark.slow
+def test_frozen_params_unchanged_and_without_optimizer_state(data_dir, tmp_path):
+    config = smoke_config(data_dir)
+    trainer = train.Trainer(config, str(tmp_path / "work"))
+    assert set(trainer.state.trainable) == {"model"}
+    assert set(trainer.frozen.params) == {"clip"}
+    n_trainable = len(jax.tree.leaves(trainer.state.trainable))
+    shaped = [x for x in jax.tree.leaves(trainer.state.opt_state) if x.ndim > 0]
+    assert len(shaped) == 2 * n_trainable          # Adam's mu and nu, trainable leaves only
+    counts = trainer.count_params()
+    assert counts["optimizer_state"] - 2 * counts["trainable"] < 10
+    assert counts["frozen"] == sum(x.size for x in jax.tree.leaves(trainer.clip_params))
+
+    before = flat(trainer.state.trainable)
+    state, batches = trainer.state, trainer.batches(0)
+    for _ in range(2):
+        state, metrics = trainer.train_step(state, next(batches), trainer.rng, trainer.frozen)
+        assert bool(metrics["finite"])
+    assert int(state.step) == 2
+    after = flat(state.trainable)
+    assert any(not np.array_equal(after[k], before[k]) for k in before)
+    # CLIP: bit-identical to a fresh copy of the initial weights.
+    _, fresh = builders.load_clip(config.clip, config.seed)
+    frozen_now = flat(trainer.frozen.params["clip"])
+    assert set(frozen_now) == set(flat(fresh))
+    for k, v in flat(fresh).items():
+        np.testing.assert_array_equal(frozen_now[k], v, err_msg=k)
+
+
+def restored(workdir):
+    loaded = model_dir.load(str(workdir))
+    tree = {"trainable": loaded.state.trainable, "batch_stats": loaded.state.batch_stats,
+            "opt_state": loaded.state.opt_state}
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return loaded.step, {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+
+
+@pytest.mark.slow
+def test_stop_and_resume_equals_uninterrupted(data_dir, tmp_path):
+    overrides = {"num_epochs": 1, "eval_every_epochs": 0, "checkpoint_every_steps": 100}
+    resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    train.train_and_evaluate(smoke_config(data_dir, max_steps=2, **overrides), str(resumed))
+    assert CheckpointStore(str(resumed)).steps() == [2]
+    results = train.train_and_evaluate(smoke_config(data_dir, **overrides), str(resumed))
+    assert "group" in results
+    train.train_and_evaluate(smoke_config(data_dir, **overrides), str(straight))
+    step_a, a = restored(resumed)
+    step_b, b = restored(straight)
+    assert step_a == step_b == 6        # 24 tracklets / batch 4
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
+    steps = [json.loads(line)["step"] for line in open(resumed / "metrics.jsonl")
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def _inject_nan_at(monkeypatch, bad_step):
+    original = train.Trainer.batches
+
+    def batches(self, step):
+        for i, batch in enumerate(original(self, step), start=step + 1):
+            if i == bad_step:
+                batch = dict(batch, video=batch["video"] * jnp.nan)
+            yield batch
+
+    monkeypatch.setattr(train.Trainer, "batches", batches)
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_dir, tmp_path,
+                                                                   monkeypatch):
+    _inject_nan_at(monkeypatch, 3)
+    config = smoke_config(data_dir, num_epochs=1, eval_every_epochs=0,
+                          checkpoint_every_steps=1)
+    with pytest.raises(FloatingPointError, match=r"step 3\b") as e:
+        train.train_and_evaluate(config, str(tmp_path))
+    assert "not finite" in str(e.value)
+    assert CheckpointStore(str(tmp_path)).steps() == [1, 2]
+    step, params = restored(tmp_path)
+    assert step == 2
+    assert all(np.all(np.isfinite(v)) for v in params.values())
+
+
+@pytest.mark.slow
+def test_nan_between_log_steps_still_stops_the_run(data_dir, tmp_path, monkeypatch):
+    _inject_nan_at(monkeypatch, 3)
+    config = smoke_config(data_dir, num_epochs=1, eval_every_epochs=0, log_every_steps=2,
+                          checkpoint_every_steps=100)
+    with pytest.raises(FloatingPointError, match=r"step 3\b"):
+        train.train_and_evaluate(config, str(tmp_path))
+
+
+# ------------------------------------------------------------------ the CLI, end to end
+
+
+def run_cli(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "vtfpar_jax.train", *map(str, args)],
+                          cwd=REPO, env=worker_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def trained_dir(data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cli_run") / "run"
+    r = run_cli("--config", SMOKE, "--workdir", workdir, f"--config.data_dir={data_dir}",
+                "--config.num_epochs=1")
+    assert r.returncode == 0, r.stderr[-6000:]
+    return workdir, r
+
+
+@pytest.mark.slow
+def test_cli_trains_end_to_end(trained_dir):
+    workdir, r = trained_dir
+    assert "group (published, 0.45): acc" in r.stdout
+    for name in ("metrics.jsonl", "training_curves.png", "config.json", "eval/metrics.json",
+                 "clip/model.safetensors"):
+        assert (workdir / name).is_file(), name
+    assert CheckpointStore(str(workdir)).steps()[-1] == 6
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert any("eval/group_f1" in r for r in rows)
+    run = json.load(open(workdir / "config.json"))
+    assert run["attribute_set"] == "synthetic"
+    assert run["config"]["dataset"] == "synthetic_pedestrians/tiny"
+
+
+BAD_INPUTS = [
+    (["--config.model.frames=9"], "frames=9 with the temporal side net"),
+    (["--config.model.spatial_map=nine"], "interaction map 'nine'"),
+    (["--config.model.spatial_aggregation=median"], "unknown spatial_aggregation 'median'"),
+    (["--config.model.temporal_aggregation=max"], "unknown temporal_aggregation 'max'"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,message", BAD_INPUTS, ids=["frames", "map", "agg_s", "agg_t"])
+def test_cli_bad_model_config_is_a_clear_error(data_dir, tmp_path, args, message):
+    r = run_cli("--config", SMOKE, "--workdir", tmp_path / "run",
+                f"--config.data_dir={data_dir}", *args)
+    assert r.returncode != 0
+    assert message in r.stderr, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_cli_dataset_not_built_says_how_to_build_it(tmp_path):
+    empty = tmp_path / "empty_tfds"
+    empty.mkdir()
+    r = run_cli("--config", SMOKE, "--workdir", tmp_path / "run", f"--config.data_dir={empty}")
+    assert r.returncode != 0
+    assert "'synthetic_pedestrians/tiny' is not built" in r.stderr, r.stderr[-3000:]
+    assert "--prepare_only" in r.stderr and str(empty) in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["is_a_file", "under_a_file"])
+def test_cli_unwritable_workdir_is_a_clear_error(data_dir, tmp_path, kind):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    workdir = blocker if kind == "is_a_file" else blocker / "run"
+    r = run_cli("--config", SMOKE, "--workdir", workdir, f"--config.data_dir={data_dir}")
+    assert r.returncode != 0
+    assert "error:" in r.stderr and str(blocker) in r.stderr, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+# ------------------------------------------------------------- evaluation of a model dir
+
+
+@pytest.mark.slow
+def test_evaluate_main_prints_the_table(trained_dir, capsys):
+    workdir, _ = trained_dir
+    evaluate.main(["--model", str(workdir)])
+    out = capsys.readouterr().out
+    assert "group (published, 0.45): acc" in out
+    assert len(out.splitlines()) > 5
+    assert (workdir / "eval_test" / "metrics.json").is_file()
+
+
+def test_evaluate_main_without_model_dir_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--model", str(tmp_path)])
+    assert e.value.code not in (0, None)
+    assert "not a model dir" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_main_without_checkpoint_is_a_clear_error(trained_dir, tmp_path, capsys):
+    workdir, _ = trained_dir
+    model = tmp_path / "no_checkpoint"
+    model.mkdir()
+    shutil.copy(workdir / "config.json", model / "config.json")
+    shutil.copytree(workdir / "clip", model / "clip")
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--model", str(model)])
+    assert e.value.code not in (0, None)
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_model_attributes_must_match_the_dataset(trained_dir):
+    workdir, _ = trained_dir
+    loaded = model_dir.load(str(workdir))
+    assert loaded.builder().is_prepared()       # its own dataset: fine
+    other = dataclasses.replace(loaded, attribute_set=attributes.get("mars"))
+    with pytest.raises(ValueError, match="model attributes 'mars' do not match dataset"):
+        other.builder()

@@ -1,0 +1,284 @@
+"""Train-step and prediction throughput on whatever devices JAX sees.
+
+    python -m vtfpar_jax.bench --clip vit_b16|tiny --batch 16 --frames 6
+        [--dtype bfloat16] [--clip-dtype float16] [--steps 20] [--devices N] [--json out.json]
+
+Feeds in-memory random arrays (no input pipeline) to the project's own train
+step (`train_step.make_train_step`, jitted exactly as `train.Trainer` jits it)
+and to the evaluation forward (`evaluate._eval_logits`, jitted as `Evaluator`
+does), on random CLIP weights: speed depends on shapes, not values. Only jax,
+flax, optax and numpy are needed: nothing here imports TensorFlow or
+ml_collections, so it runs on a GPU machine that has neither.
+
+Times are medians over `--steps` calls after compilation, each call blocked on
+with `jax.block_until_ready`. Peak memory is `device.memory_stats()
+['peak_bytes_in_use']` where the backend keeps it (GPU, TPU); the CPU backend
+does not, so there it is None and the process's peak RSS is reported beside it.
+`--devices N` simulates N CPU devices (`jax_num_cpu_devices`), the batch
+sharded over the `data` mesh axis as in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import resource
+import statistics
+import sys
+import time
+import types
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CLIPS = ("tiny", "vit_b16", "vit_l14")
+DTYPES = ("float32", "bfloat16", "float16")
+
+# The published recipe (configs/common.py), as a plain object: optim only reads
+# attributes, and ml_collections is not installed on the GPU machine.
+PUBLISHED_OPTIMIZER = types.SimpleNamespace(
+    name="adam", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, schedule="published",
+    warmup_epochs=5, warmup_lr=1e-5, min_lr=2e-6, grad_clip_norm=0.0, accumulate_steps=1)
+FROZEN_PATTERNS = ("clip/.*",)
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything one benchmark run calls: the jitted functions and their inputs."""
+
+    model_cfg: Any
+    mesh: Any
+    train_step: Any
+    predict: Any
+    state: Any
+    frozen: Any
+    batch: dict
+    rng: jax.Array
+    trainable_params: int
+
+
+def clip_config(name: str):
+    from vtfpar_jax.models import clip
+    if name not in CLIPS:
+        raise ValueError(f"--clip {name!r}; expected one of {CLIPS}")
+    return getattr(clip, name)()
+
+
+def build(clip_name: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: str = "float32",
+          clip_dtype: str | None = None, num_attributes: int = 43, seed: int = 0,
+          clip_cfg=None, clip_params=None, variables=None, text_features=None,
+          video: np.ndarray | None = None) -> Setup:
+    """The train step and evaluation forward of the project, jitted over a `data` mesh.
+
+    Random CLIP params, side-net variables, text features and batch unless given
+    (compare_pytorch passes converted weights here).
+    """
+    from vtfpar_jax import evaluate, optim, sharding
+    from vtfpar_jax.models import clip, vtfpar
+    from vtfpar_jax.models.side_nets import INTERACTION_MAPS
+    from vtfpar_jax.train_step import Frozen, TrainState, make_train_step
+
+    clip_cfg = clip_cfg or clip_config(clip_name)
+    # A CLIP shallower than 12 blocks (tiny: 4) cannot feed the default map; the
+    # demo config's map '0' reads indices 0..4.
+    maps = {} if clip_cfg.vision.layers >= 12 else dict(
+        spatial_map=INTERACTION_MAPS["0"], temporal_map=INTERACTION_MAPS["0"])
+    model_cfg = vtfpar.VTFPARConfig(clip=clip_cfg, num_attributes=num_attributes, frames=frames,
+                                    dtype=dtype, clip_dtype=clip_dtype or dtype, **maps)
+    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+    if clip_params is None:
+        clip_params = clip.init_params(clip_cfg, keys[0])
+    if variables is None:
+        variables = vtfpar.init(model_cfg, keys[1])
+    if text_features is None:
+        text_features = jax.random.normal(keys[2], (num_attributes, clip_cfg.projection_dim))
+    mesh = sharding.make_mesh()
+    if batch % jax.device_count():
+        raise ValueError(f"--batch {batch} does not split over {jax.device_count()} devices")
+    trainable, frozen_params = optim.partition(
+        {"model": variables["params"], "clip": clip_params}, FROZEN_PATTERNS)
+    # Steps per epoch only places the learning rate on the published schedule.
+    schedule = optim.make_schedule(PUBLISHED_OPTIMIZER, 30, 100)
+    tx = optim.make_optimizer(PUBLISHED_OPTIMIZER, schedule)
+    rng_np = np.random.default_rng(seed)
+    positive_ratio = rng_np.uniform(0.05, 0.5, num_attributes).astype(np.float32)
+    frozen = sharding.replicate(Frozen(params=frozen_params, text_features=text_features,
+                                       positive_ratio=jnp.asarray(positive_ratio)), mesh)
+    state = sharding.replicate(TrainState(
+        step=jnp.asarray(0, jnp.int32), trainable=trainable,
+        batch_stats=variables["batch_stats"], opt_state=tx.init(trainable)), mesh)
+    size = clip_cfg.image_size
+    if video is None:
+        video = rng_np.standard_normal((batch, frames, size, size, 3), np.float32)
+    local = {"video": np.asarray(video, np.float32),
+             "labels": (rng_np.uniform(size=(batch, num_attributes)) < positive_ratio
+                        ).astype(np.float32)}
+    replicated = sharding.replicated(mesh)
+    # The same jit as train.Trainer: donated state, replicated outputs.
+    train_step = jax.jit(make_train_step(model_cfg, tx, schedule, clip_frozen=True),
+                         donate_argnums=(0,), out_shardings=(replicated, replicated))
+    # The same jit as evaluate.Evaluator.
+    predict = jax.jit(functools.partial(evaluate._eval_logits, model_cfg),
+                      out_shardings=replicated)
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable))
+    return Setup(model_cfg, mesh, train_step, predict, state, frozen,
+                 sharding.global_batch(local, mesh), jax.random.PRNGKey(seed + 1), count)
+
+
+def _timed(fn, steps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _memory_analysis(compiled) -> dict[str, int] | None:
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if m is None:
+        return None
+    return {k: int(getattr(m, k)) for k in (
+        "argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+        "generated_code_size_in_bytes") if hasattr(m, k)}
+
+
+def peak_device_bytes() -> int | None:
+    """Largest `peak_bytes_in_use` over local devices; None where the backend keeps none (CPU)."""
+    peaks = []
+    for device in jax.local_devices():
+        try:
+            stats = device.memory_stats()
+        except Exception:  # noqa: BLE001 - CPU raises or returns None depending on version
+            stats = None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(int(stats["peak_bytes_in_use"]))
+    return max(peaks) if peaks else None
+
+
+def rss_peak_bytes() -> int:
+    """This process's peak resident set size (Linux reports KiB)."""
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def measure(setup: Setup, steps: int = 20, warmup: int = 2) -> dict[str, Any]:
+    """Compile and time prediction, then the train step; peaks after each."""
+    s = setup
+    batch, frames = s.batch["video"].shape[:2]
+    start = time.perf_counter()
+    predict = s.predict.lower(s.state.trainable, s.state.batch_stats, s.frozen,
+                              s.batch["video"]).compile()
+    predict_compile_s = time.perf_counter() - start
+
+    def predict_once():
+        jax.block_until_ready(predict(s.state.trainable, s.state.batch_stats, s.frozen,
+                                      s.batch["video"]))
+
+    predict_times = _timed(predict_once, steps, warmup)
+    # Prediction runs first so that its peak is not hidden by training's.
+    predict_peak = peak_device_bytes()
+
+    start = time.perf_counter()
+    train = s.train_step.lower(s.state, s.batch, s.rng, s.frozen).compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": s.state, "metrics": None}
+
+    def train_once():
+        holder["state"], holder["metrics"] = train(holder["state"], s.batch, s.rng, s.frozen)
+        jax.block_until_ready((holder["state"], holder["metrics"]))
+
+    train_times = _timed(train_once, steps, warmup)
+    s.state = holder["state"]  # the old one was donated
+    metrics = jax.device_get(holder["metrics"])
+    step_s = statistics.median(train_times)
+    predict_s = statistics.median(predict_times)
+    device = jax.devices()[0]
+    peak = peak_device_bytes()
+    return {
+        "device": f"{jax.device_count()}x {device.device_kind}", "platform": device.platform,
+        "device_count": jax.device_count(), "jax_version": jax.__version__,
+        "clip_width": s.model_cfg.clip.vision.width, "batch": int(batch), "frames": int(frames),
+        "dtype": s.model_cfg.dtype, "clip_dtype": s.model_cfg.clip_dtype,
+        "trainable_params": s.trainable_params, "steps": steps, "warmup": warmup,
+        "compile_s": compile_s, "step_s_median": step_s, "step_s_mean": statistics.mean(
+            train_times), "step_s_min": min(train_times),
+        "clips_per_s": batch / step_s, "frames_per_s": batch * frames / step_s,
+        "predict_compile_s": predict_compile_s, "predict_s_median": predict_s,
+        "predict_clips_per_s": batch / predict_s,
+        "peak_bytes": peak, "predict_peak_bytes": predict_peak,
+        "peak_source": "device.memory_stats()['peak_bytes_in_use']" if peak is not None
+        else None,
+        "rss_peak_bytes": rss_peak_bytes(),
+        "memory_analysis": {"train": _memory_analysis(train),
+                            "predict": _memory_analysis(predict)},
+        "loss": float(metrics["loss"]), "finite": bool(metrics["finite"]),
+    }
+
+
+def _gib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2 ** 30:.2f} GiB"
+
+
+def summary(r: dict[str, Any], clip_name: str) -> str:
+    peak = (f"peak {_gib(r['peak_bytes'])} (predict {_gib(r['predict_peak_bytes'])})"
+            if r["peak_bytes"] is not None else f"peak n/a on {r['platform']} (RSS "
+            f"{_gib(r['rss_peak_bytes'])})")
+    return (f"{clip_name} batch {r['batch']} x {r['frames']} frames, {r['dtype']} (CLIP "
+            f"{r['clip_dtype']}) on {r['device']}: train {r['step_s_median']:.4f} s/step = "
+            f"{r['clips_per_s']:.1f} clips/s = {r['frames_per_s']:.0f} frames/s, compile "
+            f"{r['compile_s']:.1f} s; predict {r['predict_clips_per_s']:.1f} clips/s; {peak}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="python -m vtfpar_jax.bench", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clip", default="vit_b16", choices=CLIPS)
+    p.add_argument("--batch", type=int, default=16, help="global batch (clips)")
+    p.add_argument("--frames", type=int, default=6)
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="compute dtype of side nets, fusion and heads")
+    p.add_argument("--clip-dtype", default=None, choices=DTYPES,
+                   help="compute dtype of the frozen CLIP (default: --dtype)")
+    p.add_argument("--num-attributes", type=int, default=43)
+    p.add_argument("--steps", type=int, default=20, help="timed calls (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling")
+    p.add_argument("--devices", type=int, default=0,
+                   help="simulate N CPU devices (CPU only; must precede any JAX computation)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the figures here")
+    args = p.parse_args(argv)
+    if args.devices:
+        # Must happen before the CPU backend starts, i.e. before any device query.
+        jax.config.update("jax_num_cpu_devices", args.devices)
+        if jax.devices()[0].platform != "cpu":
+            p.error("--devices simulates CPU devices; this JAX sees "
+                    f"{jax.devices()[0].platform}")
+    try:
+        setup = build(args.clip, batch=args.batch, frames=args.frames, dtype=args.dtype,
+                      clip_dtype=args.clip_dtype, num_attributes=args.num_attributes,
+                      seed=args.seed)
+    except ValueError as e:
+        p.error(str(e))
+    result = measure(setup, steps=args.steps, warmup=args.warmup)
+    result["clip"] = args.clip
+    result["command"] = "python -m vtfpar_jax.bench " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    print(summary(result, args.clip))
+    return result
+
+
+if __name__ == "__main__":
+    main()

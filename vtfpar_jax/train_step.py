@@ -1,0 +1,70 @@
+"""The pure training step, free of TensorFlow and ml_collections (benchmarks import it).
+
+`train_step(state, batch, rng, frozen)`: the batch is sharded over the `data`
+mesh axis by its caller; params and optimiser state are replicated; `frozen`
+(CLIP by default, the text features, the loss weights) is never donated and
+no gradient or optimiser state touches it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from vtfpar_jax import losses, optim
+from vtfpar_jax.models import vtfpar
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    trainable: Any          # {'model': ..., 'clip': ...} leaves not frozen
+    batch_stats: Any
+    opt_state: Any
+
+
+@flax.struct.dataclass
+class Frozen:
+    """Inputs of every step that training never changes."""
+    params: Any             # frozen leaves of {'model', 'clip'}
+    text_features: jax.Array
+    positive_ratio: jax.Array
+
+
+def make_train_step(cfg: vtfpar.VTFPARConfig, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, clip_frozen: bool, accumulate_steps: int = 1):
+    """The pure step: (state, batch, rng, frozen) -> (state, metrics).
+
+    A step whose loss or gradients are not finite is not applied; its
+    `finite` metric is 0 so the loop can stop and name it.
+    """
+
+    def train_step(state: TrainState, batch: dict, rng: jax.Array, frozen: Frozen):
+        rng = jax.random.fold_in(rng, state.step)
+
+        def loss_fn(trainable):
+            params = optim.merge(trainable, frozen.params)
+            logits, updates = vtfpar.apply(
+                cfg, {"params": params["model"], "batch_stats": state.batch_stats},
+                params["clip"], batch["video"], frozen.text_features, train=True, rng=rng,
+                clip_frozen=clip_frozen)
+            loss = losses.weighted_bce(logits, batch["labels"], frozen.positive_ratio)
+            return loss, updates["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
+        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = state.replace(step=state.step + 1,
+                            trainable=optax.apply_updates(state.trainable, updates),
+                            batch_stats=batch_stats, opt_state=opt_state)
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
+                   "lr": schedule(state.step // accumulate_steps)}
+        return new, metrics
+
+    return train_step
