@@ -4,8 +4,8 @@
     (or simply `make demo`, which also builds the data and evaluates)
 
 Arguments: smoke (a few steps, for tests and notebooks).
-Same model code as the published recipe, scaled down: 64 px frames, a 4-layer
-CLIP of width 64, side nets of width 96, interaction map '0' (CLIP indices 0..4).
+Same model code as the published recipe, scaled down: 48 px frames, a 4-layer
+CLIP of width 64, side nets of width 64, interaction map '0' (CLIP indices 0..4).
 """
 
 from configs.common import base_config, parse_arg
@@ -18,16 +18,16 @@ def get_config(arg=None):
     c.seed = 0
     c.clip.source = "random"
     c.clip.preset = "tiny"
-    c.clip.image_size = 64
+    c.clip.image_size = 48
     c.clip.patch_size = 8
     c.model.spatial_map = c.model.temporal_map = "0"
-    c.model.dim = 96
+    c.model.dim = 64
     c.model.heads = 4
     c.model.side_patch_size = 8
     c.input.batch_size = 16
     c.input.eval_batch_size = 50
     c.optimizer.warmup_epochs = 1
-    c.num_epochs = 8
+    c.num_epochs = 12
     c.log_every_steps = 10
     c.checkpoint_every_steps = 100
     if a.smoke:

@@ -60,8 +60,9 @@ class SyntheticPedestrians(tfds.core.GeneratorBasedBuilder):
     """Drawn pedestrians whose looks follow the SYNTHETIC attribute set."""
 
     ATTRIBUTE_SET = "synthetic"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release.",
+                     "1.1.0": "Muted (low-saturation) background, blocks and occluders."}
     BUILDER_CONFIGS = [
         SyntheticConfig(name="default", description="1,200/400 tracklets, 64x32"),
         SyntheticConfig(name="large", description="4,800/1,600 tracklets, 64x32",

@@ -107,10 +107,16 @@ def _jitter_rgb(rng: np.random.Generator, rgb: tuple[int, int, int],
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in rgb)
 
 
+def _muted(rng: np.random.Generator, low: int = 50, high: int = 200) -> np.ndarray:
+    """A greyish colour: streets and walls are far less saturated than clothes, which
+    is what lets a person be told from the background by colour at all."""
+    return np.clip(rng.integers(low, high) + rng.integers(-25, 26, size=3), 0, 255)
+
+
 def _background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     """A static street-like background: a vertical gradient plus random blocks."""
     h, w = size
-    top, bottom = rng.integers(40, 220, size=(2, 3))
+    top, bottom = _muted(rng), _muted(rng)
     ramp = np.linspace(0.0, 1.0, h)[:, None, None]
     pixels = (top * (1 - ramp) + bottom * ramp) * np.ones((1, w, 1))
     image = Image.fromarray(pixels.astype(np.uint8))
@@ -118,7 +124,7 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     for _ in range(rng.integers(3, 9)):
         x0, x1 = sorted(rng.integers(-w // 4, w + w // 4, size=2))
         y0, y1 = sorted(rng.integers(-h // 4, h + h // 4, size=2))
-        draw.rectangle([x0, y0, x1, y1], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        draw.rectangle([x0, y0, x1, y1], fill=tuple(int(c) for c in _muted(rng, 30, 230)))
     return image
 
 
@@ -279,7 +285,7 @@ def draw_tracklet(rng: np.random.Generator, size: tuple[int, int],
     if rng.random() < 0.3:   # an occluder passes in front for a run of frames
         start = rng.integers(0, num_frames)
         occluded[start:start + rng.integers(1, max(2, num_frames // 2))] = True
-    occluder_rgb = tuple(int(c) for c in rng.integers(0, 256, 3))
+    occluder_rgb = tuple(int(c) for c in _muted(rng, 30, 230))
     occluder_side = rng.random() < 0.5
     frames = []
     for t in range(num_frames):
