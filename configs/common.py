@@ -93,3 +93,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_epochs = 1
     c.max_steps = 0                       # 0: num_epochs full epochs
     return c
+
+
+def published_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
+    """The published recipe on `dataset`; arguments: frames=N, vit=b16|l14, bf16."""
+    a = parse_arg(arg, frames=6, vit="b16", bf16=False)
+    c = base_config()
+    c.dataset = dataset
+    c.model.frames = a.frames
+    if a.vit == "l14":
+        c.clip.path = "openai/clip-vit-large-patch14"
+        c.clip.patch_size = 14
+        # Same depths as the default map, in ViT-L/14's 24-layer indices.
+        c.model.spatial_map = c.model.temporal_map = "0->0,6->1,12->2,18->3,23->4"
+    elif a.vit != "b16":
+        raise ValueError(f"config argument vit={a.vit!r}: expected 'b16' or 'l14'")
+    if a.bf16:
+        c.model.dtype = c.model.clip_dtype = "bfloat16"
+    return c

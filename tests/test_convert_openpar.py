@@ -6,6 +6,8 @@ Tolerances from the fixtures' README: 1e-4 absolute on features and logits,
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,3 +110,33 @@ def test_bad_options_are_clear_errors(openpar_case):
         openpar.convert(state, spatial_feat_aggregation="max")
     with pytest.raises(ValueError, match="unknown option"):
         openpar.convert(state, lr=1)
+
+
+def test_converted_model_dir_gives_the_published_logits(openpar_case, shared_dir, tmp_path):
+    """A published-format checkpoint + OpenAI CLIP file -> model dir -> the same logits."""
+    import torch
+
+    from vtfpar_jax import model_dir
+    from vtfpar_jax.convert import openpar_cli
+
+    case = openpar_case("default")
+    state = case["state_dict"]
+    model = {k.removeprefix("model/"): torch.from_numpy(v) for k, v in state.items()
+             if k.startswith("model/")}
+    torch.save({"epoch": 30, "model_state_dict": model}, tmp_path / "ckpt.pth")
+    torch.save({k.removeprefix("clip/"): torch.from_numpy(v) for k, v in state.items()
+                if k.startswith("clip/")}, tmp_path / "ViT-B-16.pt")
+    out = tmp_path / "model"
+    openpar_cli.main(["--checkpoint", str(tmp_path / "ckpt.pth"), "--clip",
+                      str(tmp_path / "ViT-B-16.pt"), "--dataset", "mars", "--out", str(out),
+                      "--bpe", str(shared_dir / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz")])
+    loaded = model_dir.load(str(out))
+    e = case["expected"]
+    tokens = np.asarray(json.loads((out / "config.json").read_text())["tokens"], np.int32)
+    np.testing.assert_array_equal(tokens, e["tokens"])
+    logits = predict.compute_logits(loaded.model_cfg, loaded.variables(),
+                                    case["video"].transpose(0, 1, 3, 4, 2), tokens)
+    np.testing.assert_allclose(logits, e["logits"], atol=1e-4, rtol=0)
+    with pytest.raises(SystemExit):  # an existing model dir is never overwritten
+        openpar_cli.main(["--checkpoint", str(tmp_path / "ckpt.pth"), "--clip",
+                          str(tmp_path / "ViT-B-16.pt"), "--dataset", "mars", "--out", str(out)])

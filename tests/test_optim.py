@@ -15,7 +15,8 @@ from flax import traverse_util
 
 from vtfpar_jax import attributes, builders, optim, text
 from vtfpar_jax.models import vtfpar
-from vtfpar_jax.train import Frozen, TrainState, load_config_file, make_train_step
+from vtfpar_jax.train import load_config_file
+from vtfpar_jax.train_step import Frozen, TrainState, make_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -39,8 +39,13 @@ class CheckpointStore:
         """Start writing `step` (asynchronously); a step already on disk is left as it is."""
         if step in self.manager.all_steps():
             return False
-        return self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+        try:
+            return self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+        except OSError as e:  # e.g. ENOSPC; an earlier asynchronous write may surface here too
+            raise OSError(e.errno, f"checkpoint at step {step} (or the write still in flight "
+                          f"before it) failed in {self.directory}: {e.strerror or e}; the "
+                          f"complete checkpoints {self.steps()} are kept") from e
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())

@@ -59,17 +59,17 @@ def read_run_file(model: str) -> dict:
         return json.load(f)
 
 
-def fresh_state(config, model_cfg, clip_params, seed: int = 0):
-    """(TrainState with fresh optimiser state, frozen params, tx) for this config."""
-    from vtfpar_jax.train_step import TrainState
-    variables = vtfpar.init(model_cfg, jax.random.PRNGKey(seed))
-    trainable, frozen = optim.partition({"model": variables["params"], "clip": clip_params},
-                                        config.frozen_patterns)
+def fresh_state(config, model_cfg, clip_params, variables: dict | None = None):
+    """(step-0 TrainState, frozen params) laid out as this config trains them.
+
+    The schedule inside the optimiser does not shape its state, so any will do.
+    """
+    from vtfpar_jax.train_step import initial_state
+    if variables is None:
+        variables = vtfpar.init(model_cfg, jax.random.PRNGKey(0))
     tx = optim.make_optimizer(config.optimizer, optim.make_schedule(config.optimizer,
                                                                     config.num_epochs, 1))
-    state = TrainState(step=jnp.asarray(0, jnp.int32), trainable=trainable,
-                       batch_stats=variables["batch_stats"], opt_state=tx.init(trainable))
-    return state, frozen
+    return initial_state(variables, clip_params, config.frozen_patterns, tx)
 
 
 def load(model: str, step: int | None = None) -> LoadedModel:

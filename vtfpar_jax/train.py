@@ -25,7 +25,7 @@ from vtfpar_jax import builders, optim, sharding
 from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.models import vtfpar
 from vtfpar_jax.run_logging import MetricsLogger, WorkdirLock
-from vtfpar_jax.train_step import Frozen, TrainState, make_train_step
+from vtfpar_jax.train_step import Frozen, initial_state, make_train_step
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -62,15 +62,14 @@ class Trainer:
         self.total_steps = config.max_steps or config.num_epochs * self.steps_per_epoch
 
         self.mesh = sharding.make_mesh()
-        variables = vtfpar.init(self.model_cfg, jax.random.PRNGKey(config.seed))
-        trainable, frozen = optim.partition({"model": variables["params"], "clip": clip_params},
-                                            config.frozen_patterns)
-        self.clip_frozen = "clip" not in trainable
         # The schedule counts optimiser updates: one per `accumulate_steps` batches.
         self.schedule = optim.make_schedule(
             config.optimizer, config.num_epochs,
             max(self.steps_per_epoch // config.optimizer.accumulate_steps, 1))
         self.tx = optim.make_optimizer(config.optimizer, self.schedule)
+        variables = vtfpar.init(self.model_cfg, jax.random.PRNGKey(config.seed))
+        state, frozen = initial_state(variables, clip_params, config.frozen_patterns, self.tx)
+        self.clip_frozen = "clip" not in state.trainable
         from vtfpar_jax import text
         text_features = text.attribute_text_features(
             self.clip_cfg, clip_params, self.phrases, self.tokens,
@@ -78,9 +77,6 @@ class Trainer:
         self.frozen = sharding.replicate(Frozen(
             params=frozen, text_features=jnp.asarray(text_features),
             positive_ratio=jnp.asarray(pipeline.positive_ratio(self.builder))), self.mesh)
-        state = TrainState(step=jnp.asarray(0, jnp.int32), trainable=trainable,
-                           batch_stats=variables["batch_stats"],
-                           opt_state=self.tx.init(trainable))
         self.state = sharding.replicate(state, self.mesh)
         self.clip_params = clip_params
         replicated = sharding.replicated(self.mesh)
@@ -161,6 +157,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("resumed at step %d (epoch %d, batch %d)", meta["step"], meta["epoch"],
                      meta["batch"])
     except NoCheckpointError:
+        if store.steps():  # checkpoints exist but none loads: never silently start over
+            raise
         logging.info("no checkpoint in %s: training from scratch", workdir)
     step = int(state.step)
     logger = MetricsLogger(workdir, total_steps=trainer.total_steps, initial_step=step)

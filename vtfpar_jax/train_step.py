@@ -35,6 +35,16 @@ class Frozen:
     positive_ratio: jax.Array
 
 
+def initial_state(variables: dict, clip_params: Any, frozen_patterns,
+                  tx: optax.GradientTransformation) -> tuple[TrainState, Any]:
+    """(step-0 state, frozen params): `frozen_patterns` split {'model', 'clip'} params."""
+    trainable, frozen = optim.partition({"model": variables["params"], "clip": clip_params},
+                                        frozen_patterns)
+    state = TrainState(step=jnp.asarray(0, jnp.int32), trainable=trainable,
+                       batch_stats=variables["batch_stats"], opt_state=tx.init(trainable))
+    return state, frozen
+
+
 def make_train_step(cfg: vtfpar.VTFPARConfig, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, clip_frozen: bool, accumulate_steps: int = 1):
     """The pure step: (state, batch, rng, frozen) -> (state, metrics).

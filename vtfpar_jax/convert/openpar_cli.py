@@ -15,11 +15,9 @@ import json
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from vtfpar_jax import attributes, optim, tokenizer
+from vtfpar_jax import attributes, tokenizer
 from vtfpar_jax.checkpoint import CheckpointStore
 from vtfpar_jax.convert import hf_clip, openai_clip, openpar
 from vtfpar_jax.convert.weights import WeightImportError
@@ -34,11 +32,7 @@ def write_model_dir(out: str, cfg, variables: dict, config, attribute_set, token
     if os.path.exists(os.path.join(out, "checkpoints")):
         raise FileExistsError(f"{out} already holds checkpoints; choose an empty --out")
     os.makedirs(out, exist_ok=True)
-    state, frozen = fresh_state(config, cfg, variables["clip"])
-    trainable, _ = optim.partition({"model": variables["params"], "clip": variables["clip"]},
-                                   config.frozen_patterns)
-    state = state.replace(trainable=jax.tree.map(jnp.asarray, trainable),
-                          batch_stats=variables["batch_stats"])
+    state, _ = fresh_state(config, cfg, variables["clip"], variables)
     hf_clip.save(cfg.clip, variables["clip"], os.path.join(out, "clip"))
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump({"config": config.to_dict(), "attribute_set": attribute_set.name,
