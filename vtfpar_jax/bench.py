@@ -5,7 +5,7 @@
 
 Feeds in-memory random arrays (no input pipeline) to the project's own train
 step (`train_step.make_train_step`, jitted exactly as `train.Trainer` jits it)
-and to the evaluation forward (`evaluate._eval_logits`, jitted as `Evaluator`
+and to the evaluation forward (`evaluate.eval_logits`, jitted as `Evaluator`
 does), on random CLIP weights: speed depends on shapes, not values. Only jax,
 flax, optax and numpy are needed: nothing here imports TensorFlow or
 ml_collections, so it runs on a GPU machine that has neither.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import resource
 import statistics
@@ -80,7 +79,7 @@ def build(clip_name: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: s
     from vtfpar_jax import evaluate, optim, sharding
     from vtfpar_jax.models import clip, vtfpar
     from vtfpar_jax.models.side_nets import INTERACTION_MAPS
-    from vtfpar_jax.train_step import Frozen, TrainState, make_train_step
+    from vtfpar_jax.train_step import Frozen, initial_state, jit_train_step, make_train_step
 
     clip_cfg = clip_cfg or clip_config(clip_name)
     # A CLIP shallower than 12 blocks (tiny: 4) cannot feed the default map; the
@@ -99,31 +98,25 @@ def build(clip_name: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: s
     mesh = sharding.make_mesh()
     if batch % jax.device_count():
         raise ValueError(f"--batch {batch} does not split over {jax.device_count()} devices")
-    trainable, frozen_params = optim.partition(
-        {"model": variables["params"], "clip": clip_params}, FROZEN_PATTERNS)
     # Steps per epoch only places the learning rate on the published schedule.
     schedule = optim.make_schedule(PUBLISHED_OPTIMIZER, 30, 100)
     tx = optim.make_optimizer(PUBLISHED_OPTIMIZER, schedule)
+    state, frozen_params = initial_state(variables, clip_params, FROZEN_PATTERNS, tx)
+    trainable = state.trainable
     rng_np = np.random.default_rng(seed)
     positive_ratio = rng_np.uniform(0.05, 0.5, num_attributes).astype(np.float32)
     frozen = sharding.replicate(Frozen(params=frozen_params, text_features=text_features,
                                        positive_ratio=jnp.asarray(positive_ratio)), mesh)
-    state = sharding.replicate(TrainState(
-        step=jnp.asarray(0, jnp.int32), trainable=trainable,
-        batch_stats=variables["batch_stats"], opt_state=tx.init(trainable)), mesh)
+    state = sharding.replicate(state, mesh)
     size = clip_cfg.image_size
     if video is None:
         video = rng_np.standard_normal((batch, frames, size, size, 3), np.float32)
     local = {"video": np.asarray(video, np.float32),
              "labels": (rng_np.uniform(size=(batch, num_attributes)) < positive_ratio
                         ).astype(np.float32)}
-    replicated = sharding.replicated(mesh)
-    # The same jit as train.Trainer: donated state, replicated outputs.
-    train_step = jax.jit(make_train_step(model_cfg, tx, schedule, clip_frozen=True),
-                         donate_argnums=(0,), out_shardings=(replicated, replicated))
-    # The same jit as evaluate.Evaluator.
-    predict = jax.jit(functools.partial(evaluate._eval_logits, model_cfg),
-                      out_shardings=replicated)
+    # The same jitted functions as train.Trainer and evaluate.Evaluator.
+    train_step = jit_train_step(make_train_step(model_cfg, tx, schedule, clip_frozen=True), mesh)
+    predict = evaluate.jit_eval_logits(model_cfg, mesh)
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable))
     return Setup(model_cfg, mesh, train_step, predict, state, frozen,
                  sharding.global_batch(local, mesh), jax.random.PRNGKey(seed + 1), count)

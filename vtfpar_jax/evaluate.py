@@ -29,8 +29,7 @@ class Evaluator:
         self.model_cfg, self.builder, self.attribute_set = model_cfg, builder, attribute_set
         self.frozen, self.mesh, self.input = frozen, mesh, input_config
         self.pipeline = pipeline
-        self.predict = jax.jit(functools.partial(_eval_logits, model_cfg),
-                               out_shardings=sharding.replicated(mesh))
+        self.predict = jit_eval_logits(model_cfg, mesh)
 
     @classmethod
     def from_trainer(cls, trainer) -> Evaluator:
@@ -67,7 +66,13 @@ class Evaluator:
         return results
 
 
-def _eval_logits(cfg, trainable, batch_stats, frozen, video):
+def jit_eval_logits(cfg, mesh):
+    """`eval_logits(trainable, batch_stats, frozen, video)` jitted, logits replicated."""
+    return jax.jit(functools.partial(eval_logits, cfg), out_shardings=sharding.replicated(mesh))
+
+
+def eval_logits(cfg, trainable, batch_stats, frozen, video):
+    """Evaluation-mode logits (B, A) from a training state's pieces."""
     params = optim.merge(trainable, frozen.params)
     logits, _ = vtfpar.apply(cfg, {"params": params["model"], "batch_stats": batch_stats},
                              params["clip"], video, frozen.text_features)

@@ -25,7 +25,7 @@ from vtfpar_jax import builders, optim, sharding
 from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.models import vtfpar
 from vtfpar_jax.run_logging import MetricsLogger, WorkdirLock
-from vtfpar_jax.train_step import Frozen, initial_state, make_train_step
+from vtfpar_jax.train_step import Frozen, initial_state, jit_train_step, make_train_step
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -79,11 +79,9 @@ class Trainer:
             positive_ratio=jnp.asarray(pipeline.positive_ratio(self.builder))), self.mesh)
         self.state = sharding.replicate(state, self.mesh)
         self.clip_params = clip_params
-        replicated = sharding.replicated(self.mesh)
-        self.train_step = jax.jit(
+        self.train_step = jit_train_step(
             make_train_step(self.model_cfg, self.tx, self.schedule, self.clip_frozen,
-                            config.optimizer.accumulate_steps),
-            donate_argnums=(0,), out_shardings=(replicated, replicated))
+                            config.optimizer.accumulate_steps), self.mesh)
         self.rng = jax.random.PRNGKey(config.seed + 1)
 
     def count_params(self) -> dict[str, int]:

@@ -35,6 +35,12 @@ class Frozen:
     positive_ratio: jax.Array
 
 
+def jit_train_step(step_fn, mesh: jax.sharding.Mesh):
+    """The jitted step as training runs it: state donated, outputs replicated."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(replicated, replicated))
+
+
 def initial_state(variables: dict, clip_params: Any, frozen_patterns,
                   tx: optax.GradientTransformation) -> tuple[TrainState, Any]:
     """(step-0 state, frozen params): `frozen_patterns` split {'model', 'clip'} params."""

@@ -1,0 +1,78 @@
+"""Smoke test of the benchmark CLI: tiny CLIP on the CPU, JSON fields, and no TensorFlow.
+
+No timing is asserted. The run happens in a subprocess whose import system
+refuses tensorflow, tensorflow_datasets and ml_collections, as on the GPU
+machine where none is installed: an import of any of them fails the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Runs before the benchmark in the child: a finder at the front of sys.meta_path
+# makes the packages the GPU machine lacks unimportable.
+BLOCKER = """
+import importlib.abc, runpy, sys
+BLOCKED = {"tensorflow", "tensorflow_datasets", "ml_collections"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked: the benchmark must not import it")
+        return None
+sys.meta_path.insert(0, Block())
+sys.argv = ["vtfpar_jax.bench"] + sys.argv[1:]
+runpy.run_module("vtfpar_jax.bench", run_name="__main__")
+"""
+
+
+def _run(args, tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", BLOCKER, *args, "--json", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_blocker_really_blocks(tmp_path):
+    code = BLOCKER.replace('runpy.run_module("vtfpar_jax.bench", run_name="__main__")',
+                           "import ml_collections")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "blocked" in proc.stderr
+
+
+@pytest.mark.slow
+def test_tiny_cpu_run_writes_every_field(tmp_path):
+    result, stdout = _run(["--clip", "tiny", "--batch", "2", "--frames", "2", "--steps", "2",
+                           "--warmup", "1", "--devices", "2"], tmp_path)
+    for key in ("device", "platform", "device_count", "batch", "frames", "dtype", "clip_dtype",
+                "compile_s", "step_s_median", "clips_per_s", "frames_per_s",
+                "predict_compile_s", "predict_clips_per_s", "peak_bytes", "predict_peak_bytes",
+                "peak_source", "rss_peak_bytes", "memory_analysis", "trainable_params",
+                "command"):
+        assert key in result, key
+    assert result["platform"] == "cpu" and result["device_count"] == 2
+    assert result["batch"] == 2 and result["frames"] == 2
+    # The CPU backend keeps no peak counter: reported as None, RSS beside it.
+    assert result["peak_bytes"] is None and result["peak_source"] is None
+    assert result["rss_peak_bytes"] > 0
+    assert result["finite"] and result["step_s_median"] > 0
+    assert result["frames_per_s"] == pytest.approx(2 * result["clips_per_s"])
+    assert "clips/s" in stdout and len(stdout.strip().splitlines()) == 1
+
+
+def test_devices_must_split_the_batch(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "vtfpar_jax.bench", "--clip", "tiny",
+                           "--batch", "3", "--devices", "2"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "does not split" in proc.stderr
