@@ -57,8 +57,9 @@ def attribute_tokens(config: ml_collections.ConfigDict, attribute_set: attribute
     source = config.clip.source
     if source == "random":
         return phrases, text.byte_tokens(phrases)
-    if source == "hf" and clip_folder is None and os.path.isdir(config.clip.path):
-        clip_folder = config.clip.path
+    if source == "hf" and clip_folder is None:
+        # A hub id resolves to its cached snapshot, which carries vocab.json/merges.txt.
+        clip_folder = hf_clip.resolve_folder(config.clip.path)
     if clip_folder and os.path.exists(os.path.join(clip_folder, "vocab.json")):
         tok = tokenizer.from_pretrained(clip_folder)
     else:

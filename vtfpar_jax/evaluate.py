@@ -96,10 +96,12 @@ def summary_line(results: dict) -> str:
 
 
 def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
-                     report_dir: str | None = None) -> dict:
-    """Evaluate a work dir's newest good checkpoint (or `step`)."""
+                     report_dir: str | None = None, data_dir: str | None = None) -> dict:
+    """Evaluate a work dir's newest good checkpoint (or `step`) on `split`."""
     from vtfpar_jax import model_dir
     loaded = model_dir.load(workdir, step=step)
+    if data_dir:
+        loaded.config.data_dir = data_dir
     evaluator = Evaluator(loaded.model_cfg, loaded.builder(), loaded.attribute_set,
                           loaded.frozen, loaded.mesh, loaded.config.input)
     return evaluator.run(loaded.state, split, report_dir or os.path.join(workdir, f"eval_{split}"))
@@ -112,10 +114,12 @@ def main(argv=None):
     parser.add_argument("--split", default="test")
     parser.add_argument("--step", type=int, default=None)
     parser.add_argument("--out", default=None, help="report folder (default MODEL/eval_SPLIT)")
+    parser.add_argument("--data_dir", default=None,
+                        help="TFDS data dir (default: the one the model was trained with)")
     args = parser.parse_args(argv)
     logging.getLogger().setLevel(logging.INFO)
     try:
-        results = evaluate_workdir(args.model, args.split, args.step, args.out)
+        results = evaluate_workdir(args.model, args.split, args.step, args.out, args.data_dir)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

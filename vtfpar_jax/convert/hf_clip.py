@@ -107,7 +107,7 @@ def _is_buffer(key: str) -> bool:
 # ---------------------------------------------------------------------------- reading
 
 
-def _resolve_folder(path: str | os.PathLike) -> str:
+def resolve_folder(path: str | os.PathLike) -> str:
     """A local folder as is; anything else is a hub id, taken from the cache or the hub."""
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -240,7 +240,7 @@ def params_from_tensors(state: Mapping[str, Any], cfg: clip.ClipConfig,
 
 def load(path: str | os.PathLike) -> tuple[clip.ClipConfig, dict]:
     """(cfg, params) from a HF CLIP checkpoint folder, or a hub id (cache, or hub if reachable)."""
-    folder = _resolve_folder(path)
+    folder = resolve_folder(path)
     cfg = read_config(folder)
     state, source = read_tensors(folder)
     return cfg, params_from_tensors(state, cfg, source)

@@ -57,8 +57,10 @@ def convert_files(checkpoint: str, clip_path: str, dataset: str, out: str,
         tok = tokenizer.default_tokenizer(bpe_path)
     else:
         clip = hf_clip.load(clip_path)
-        folder = clip_path if os.path.isdir(clip_path) else None
-        tok = tokenizer.from_pretrained(folder) if folder else tokenizer.default_tokenizer(bpe_path)
+        folder = hf_clip.resolve_folder(clip_path)
+        has_vocab = os.path.exists(os.path.join(folder, "vocab.json"))
+        tok = tokenizer.from_pretrained(folder) if has_vocab else tokenizer.default_tokenizer(
+            bpe_path)
     cfg, variables = openpar.convert(state, clip=clip, source=checkpoint, **options)
     if cfg.num_attributes != attribute_set.num_attributes:
         raise ValueError(f"{checkpoint}: {cfg.num_attributes} attributes, but dataset {dataset!r} "
