@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 import re
 
@@ -84,12 +85,29 @@ def _rows(path: str | os.PathLike) -> list[tuple[int, list[str]]]:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"attribute CSV {path} does not exist")
-    with open(path, newline="") as f:
-        rows = [(n, [c.strip() for c in row]) for n, row in enumerate(csv.reader(f), start=1)
-                if any(c.strip() for c in row)]
+    rows = _csv_rows(path)
     if rows and not _is_number(rows[0][1][0]):
         rows = rows[1:]
     return rows
+
+
+def _csv_rows(path: str | os.PathLike) -> list[tuple[int, list[str]]]:
+    """(line number, stripped cells) of the non-blank rows of a UTF-8 CSV.
+
+    'utf-8-sig' drops a byte-order mark, which would otherwise glue itself to
+    the first cell and turn a data row into a "header".
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line} is not UTF-8 text (byte {data[e.start]:#x}); "
+                         "save the CSV as UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    return [(n, [c.strip() for c in row]) for n, row in enumerate(reader, start=1)
+            if any(c.strip() for c in row)]
 
 
 def _is_number(cell: str) -> bool:
@@ -137,9 +155,7 @@ def read_chen_csv(path: str | os.PathLike,
 def read_preprocessed_csv(path: str | os.PathLike, num_attributes: int) -> dict[str, np.ndarray]:
     """{tracklet name: (A,) uint8} from a CSV of a tracklet name then A 0/1 columns."""
     labels = {}
-    with open(path, newline="") as f:
-        rows = [(n, [c.strip() for c in row]) for n, row in enumerate(csv.reader(f), start=1)
-                if any(c.strip() for c in row)]
+    rows = _csv_rows(path)
     # A header row is recognised by a non-0/1 cell where the first label goes.
     if rows and len(rows[0][1]) > 1 and rows[0][1][1] not in ("0", "1"):
         rows = rows[1:]
