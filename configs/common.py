@@ -90,6 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 3
     c.keep_every_steps = 0                # 0: none kept beyond the last N
+    c.checkpoint_retries = 0              # failed checkpoint writes retried (30 s apart)
     c.eval_every_epochs = 1
     c.max_steps = 0                       # 0: num_epochs full epochs
     return c

@@ -380,3 +380,31 @@ def test_non_finite_step_leaves_the_state_unchanged(data_dir, tmp_path):
         np.testing.assert_array_equal(x, y)     # step, params, BN stats, Adam moments
     state, metrics = trainer.train_step(state, batch, trainer.rng, trainer.frozen)
     assert bool(metrics["finite"]) and int(state.step) == 1
+
+
+def test_checkpoint_write_is_retried_as_configured(tmp_path, monkeypatch):
+    """With retries, a write that fails once (disk full) is tried again and lands."""
+    original = ocp.CheckpointManager.save
+    failures = []
+
+    def save(self, step, *args, **kwargs):
+        if not failures:
+            failures.append(step)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    store = CheckpointStore(str(tmp_path), async_save=False, retries=1, retry_wait_s=0)
+    state = {"w": np.arange(3, dtype=np.float32)}
+    assert store.save(1, state, {"step": 1})
+    store.wait()
+    assert failures == [1] and store.steps() == [1]
+    restored, meta = store.restore(jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    store.close()
+    no_retry = CheckpointStore(str(tmp_path / "other"), async_save=False)
+    failures.clear()
+    with pytest.raises(OSError, match=r"step 5\b"):
+        no_retry.save(5, state, {"step": 5})
+    no_retry.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -27,7 +28,8 @@ class CheckpointStore:
     """The checkpoints of one work dir."""
 
     def __init__(self, workdir: str, keep: int = 3, keep_every: int | None = None,
-                 async_save: bool = True):
+                 async_save: bool = True, retries: int = 0, retry_wait_s: float = 30.0):
+        self.retries, self.retry_wait_s = retries, retry_wait_s
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, keep_period=keep_every, create=True,
@@ -36,16 +38,28 @@ class CheckpointStore:
                                              item_names=("state", "meta"))
 
     def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
-        """Start writing `step` (asynchronously); a step already on disk is left as it is."""
-        if step in self.manager.all_steps():
-            return False
-        try:
-            return self.manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
-        except OSError as e:  # e.g. ENOSPC; an earlier asynchronous write may surface here too
-            raise OSError(e.errno, f"checkpoint at step {step} (or the write still in flight "
-                          f"before it) failed in {self.directory}: {e.strerror or e}; the "
-                          f"complete checkpoints {self.steps()} are kept") from e
+        """Start writing `step` (asynchronously); a step already on disk is left as it is.
+
+        A failed write (e.g. disk full) is retried `retries` times, `retry_wait_s`
+        apart, then reported; complete earlier checkpoints are never touched.
+        """
+        for attempt in range(self.retries + 1):
+            if step in self.manager.all_steps():
+                return False
+            try:
+                return self.manager.save(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                    force=force)
+            except OSError as e:  # e.g. ENOSPC; an earlier asynchronous write may surface here
+                if attempt < self.retries:
+                    logging.warning("checkpoint at step %d failed (%s); retry %d of %d in %.0f s",
+                                    step, e, attempt + 1, self.retries, self.retry_wait_s)
+                    time.sleep(self.retry_wait_s)
+                    continue
+                raise OSError(e.errno, f"checkpoint at step {step} (or the write still in flight "
+                              f"before it) failed in {self.directory}: {e.strerror or e}; the "
+                              f"complete checkpoints {self.steps()} are kept") from e
+        raise AssertionError("unreachable")
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())

@@ -148,7 +148,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     trainer = Trainer(config, workdir)
     save_run_files(trainer)
     store = CheckpointStore(workdir, keep=config.keep_checkpoints,
-                            keep_every=config.keep_every_steps or None)
+                            keep_every=config.keep_every_steps or None,
+                            retries=config.checkpoint_retries)
     state = trainer.state
     try:
         state, meta = store.restore(abstract(state, sharding.replicated(trainer.mesh)))
