@@ -18,6 +18,15 @@ def shared_dir() -> Path:
     return SHARED_FIXTURES
 
 
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    """The tiny synthetic set (24/8 tracklets), built once per test session."""
+    import input_pipeline
+    d = tmp_path_factory.mktemp("tfds")
+    input_pipeline.get_builder("synthetic_pedestrians/tiny", d).download_and_prepare()
+    return str(d)
+
+
 @functools.cache
 def _regenerate(case: str) -> dict:
     sys.path.insert(0, str(SHARED_FIXTURES / "openpar_parity"))

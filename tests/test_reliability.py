@@ -21,7 +21,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import input_pipeline
 from vtfpar_jax import model_dir, train
 from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError
 from vtfpar_jax.run_logging import WorkdirLock
@@ -32,19 +31,8 @@ SMOKE = os.path.join(REPO, "configs", "demo.py") + ":smoke"
 SHORT = {"eval_every_epochs": 0, "checkpoint_every_steps": 1}
 
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tfds")
-    input_pipeline.get_builder("synthetic_pedestrians/tiny", d).download_and_prepare()
-    return str(d)
-
-
 def smoke_config(data_dir, **overrides):
-    config = train.load_config_file(SMOKE)
-    config.data_dir = data_dir
-    for key, value in overrides.items():
-        config[key] = value
-    return config
+    return train.load_config_file(SMOKE, data_dir=data_dir, **overrides)
 
 
 def env():

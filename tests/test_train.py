@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-import input_pipeline
 from vtfpar_jax import attributes, builders, evaluate, model_dir, train
 from vtfpar_jax.checkpoint import CheckpointStore
 
@@ -36,23 +35,8 @@ SMOKE = os.path.join(REPO, "configs", "demo.py") + ":smoke"
 EPS = "1e-3"
 
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tfds")
-    input_pipeline.get_builder("synthetic_pedestrians/tiny", d).download_and_prepare()
-    return str(d)
-
-
 def smoke_config(data_dir, **overrides):
-    config = train.load_config_file(SMOKE)
-    config.data_dir = data_dir
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return train.load_config_file(SMOKE, data_dir=data_dir, **overrides)
 
 
 def worker_env():

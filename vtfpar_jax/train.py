@@ -28,8 +28,12 @@ from vtfpar_jax.run_logging import MetricsLogger, WorkdirLock
 from vtfpar_jax.train_step import Frozen, initial_state, jit_train_step, make_train_step
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """'configs/mars.py[:arg]' -> that file's get_config(arg), as --config reads it."""
+def load_config_file(spec: str, **overrides) -> ml_collections.ConfigDict:
+    """'configs/mars.py[:arg]' -> that file's get_config(arg), as --config reads it.
+
+    `overrides` set fields as --config.<field>= does; nested ones by dotted key,
+    e.g. `**{"optimizer.lr": 3e-4}`.
+    """
     import importlib.util
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
@@ -37,7 +41,14 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     module_spec = importlib.util.spec_from_file_location("_vtfpar_config", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    config = module.get_config(arg or None)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
 
 
 class Trainer:
