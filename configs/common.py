@@ -52,6 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.drop_path_rate = 0.1
     c.model.dtype = "float32"             # side nets; 'bfloat16' for speed
     c.model.clip_dtype = "float32"
+    c.model.remat = False                 # recompute side/fusion blocks in backward: less
+                                          # activation memory for large batches, more compute
 
     c.text = ml_collections.ConfigDict()
     c.text.phrases = "published"          # 'published' or 'expanded'

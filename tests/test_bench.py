@@ -55,13 +55,14 @@ def test_tiny_cpu_run_writes_every_field(tmp_path):
     result, stdout = _run(["--clip", "tiny", "--batch", "2", "--frames", "2", "--steps", "2",
                            "--warmup", "1", "--devices", "2"], tmp_path)
     for key in ("device", "platform", "device_count", "batch", "frames", "dtype", "clip_dtype",
+                "remat",
                 "compile_s", "step_s_median", "clips_per_s", "frames_per_s",
                 "predict_compile_s", "predict_clips_per_s", "peak_bytes", "predict_peak_bytes",
                 "peak_source", "rss_peak_bytes", "memory_analysis", "trainable_params",
                 "command"):
         assert key in result, key
     assert result["platform"] == "cpu" and result["device_count"] == 2
-    assert result["batch"] == 2 and result["frames"] == 2
+    assert result["batch"] == 2 and result["frames"] == 2 and result["remat"] is False
     # The CPU backend keeps no peak counter: reported as None, RSS beside it.
     assert result["peak_bytes"] is None and result["peak_source"] is None
     assert result["rss_peak_bytes"] > 0

@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 
 from vtfpar_jax.models import clip, vtfpar
-from vtfpar_jax.models.side_nets import INTERACTION_MAPS, parse_interaction_map, resize_grid
+from vtfpar_jax.models.side_nets import (
+    INTERACTION_MAPS,
+    SIDE_DEPTH,
+    parse_interaction_map,
+    resize_grid,
+)
 
 B, F, A = 3, 2, 4  # three clips: with two, training BatchNorm maps every logit to about +-1
 # Under BatchNorm with batch statistics, a per-attribute constant cancels out of
@@ -452,3 +457,44 @@ def test_clip_runs_only_to_the_deepest_index_read(clip12_params):
     assert dots(spatial_map=((0, 0), (5, 1)), temporal_map=((11, 0),)) == 11 * per_block
     # A map of a side net that is off does not deepen CLIP.
     assert dots(spatial_map=((5, 1),), temporal_map=((11, 0),), use_temporal=False) == deepest_5
+
+
+def test_remat_changes_no_parameter_logit_or_gradient(tiny_clip):
+    """model.remat recomputes the side and fusion blocks in the backward pass: the parameter
+    tree (names the converters rely on), training logits and gradients are those without it.
+    Drop-path is on, so the fusion block's static `deterministic` and its rng are exercised."""
+    clip_cfg, clip_params = tiny_clip
+    cfg = base(clip_cfg, drop_path_rate=0.5)
+    remat = vtfpar.VTFPARConfig(**{**cfg.__dict__, "remat": True})
+    hash(remat)  # still a valid static jit argument
+    logits, params, grads, _ = train_grads(cfg, clip_params)
+    logits_r, params_r, grads_r, _ = train_grads(remat, clip_params)
+    assert jax.tree_util.tree_structure(params_r) == jax.tree_util.tree_structure(params)
+    assert jax.tree_util.tree_structure(grads_r) == jax.tree_util.tree_structure(grads)
+    for path, p in _leaves(params).items():
+        np.testing.assert_array_equal(_leaves(params_r)[path], p, err_msg=str(path))
+    np.testing.assert_allclose(logits_r, logits, atol=1e-6, rtol=1e-5)
+    # float32 rounding: XLA fuses the recomputed forward otherwise, and gradient leaves
+    # reach ~10, so atol is relative to each leaf's largest gradient (the non-remat graph
+    # at XLA's default optimisation level differs from this one by as much, ~5e-6 of it);
+    # the cancelled leaves are rounding noise, so relative to the largest of all.
+    g, g_r = _leaves(grads), _leaves(grads_r)
+    scale = max(np.abs(v).max() for v in g.values())
+    for path, v in g.items():
+        ref = scale if path in CANCELLED_IN_TRAINING else np.abs(v).max()
+        np.testing.assert_allclose(g_r[path], v, atol=1e-5 * ref, rtol=1e-5, err_msg=str(path))
+
+    # Exactly the side blocks are rematerialised: 7 spatial + F temporal + fusion, no CLIP block.
+    video, text, _ = inputs(cfg)
+    variables = jax.eval_shape(lambda: vtfpar.init(cfg, jax.random.key(2)))
+    # The primitive's name varies across JAX versions ('checkpoint', 'remat2').
+    remat_name = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).jaxpr.eqns[0].primitive.name
+
+    def checkpoints(c) -> int:
+        jaxpr = jax.make_jaxpr(lambda v, p, x, t: vtfpar.apply(
+            c, v, p, x, t, train=True, rng=jax.random.key(3))[0])(variables, clip_params,
+                                                                  video, text)
+        return _count(jaxpr.jaxpr, remat_name)
+
+    assert checkpoints(cfg) == 0
+    assert checkpoints(remat) == (SIDE_DEPTH - 1) + F + 1

@@ -1,7 +1,8 @@
 """Train-step and prediction throughput on whatever devices JAX sees.
 
     python -m vtfpar_jax.bench --clip vit_b16|tiny --batch 16 --frames 6
-        [--dtype bfloat16] [--clip-dtype float16] [--steps 20] [--devices N] [--json out.json]
+        [--dtype bfloat16] [--clip-dtype float16] [--remat] [--steps 20] [--devices N]
+        [--json out.json]
 
 Feeds in-memory random arrays (no input pipeline) to the project's own train
 step (`train_step.make_train_step`, jitted exactly as `train.Trainer` jits it)
@@ -68,8 +69,8 @@ def clip_config(name: str):
 
 
 def build(clip_name: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: str = "float32",
-          clip_dtype: str | None = None, num_attributes: int = 43, seed: int = 0,
-          clip_cfg=None, clip_params=None, variables=None, text_features=None,
+          clip_dtype: str | None = None, remat: bool = False, num_attributes: int = 43,
+          seed: int = 0, clip_cfg=None, clip_params=None, variables=None, text_features=None,
           video: np.ndarray | None = None) -> Setup:
     """The train step and evaluation forward of the project, jitted over a `data` mesh.
 
@@ -87,7 +88,8 @@ def build(clip_name: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: s
     maps = {} if clip_cfg.vision.layers >= 12 else dict(
         spatial_map=INTERACTION_MAPS["0"], temporal_map=INTERACTION_MAPS["0"])
     model_cfg = vtfpar.VTFPARConfig(clip=clip_cfg, num_attributes=num_attributes, frames=frames,
-                                    dtype=dtype, clip_dtype=clip_dtype or dtype, **maps)
+                                    dtype=dtype, clip_dtype=clip_dtype or dtype, remat=remat,
+                                    **maps)
     keys = jax.random.split(jax.random.PRNGKey(seed), 4)
     if clip_params is None:
         clip_params = clip.init_params(clip_cfg, keys[0])
@@ -202,6 +204,7 @@ def measure(setup: Setup, steps: int = 20, warmup: int = 2) -> dict[str, Any]:
         "device_count": jax.device_count(), "jax_version": jax.__version__,
         "clip_width": s.model_cfg.clip.vision.width, "batch": int(batch), "frames": int(frames),
         "dtype": s.model_cfg.dtype, "clip_dtype": s.model_cfg.clip_dtype,
+        "remat": s.model_cfg.remat,
         "trainable_params": s.trainable_params, "steps": steps, "warmup": warmup,
         "compile_s": compile_s, "step_s_median": step_s, "step_s_mean": statistics.mean(
             train_times), "step_s_min": min(train_times),
@@ -226,8 +229,9 @@ def summary(r: dict[str, Any], clip_name: str) -> str:
     peak = (f"peak {_gib(r['peak_bytes'])} (predict {_gib(r['predict_peak_bytes'])})"
             if r["peak_bytes"] is not None else f"peak n/a on {r['platform']} (RSS "
             f"{_gib(r['rss_peak_bytes'])})")
+    remat = ", remat" if r.get("remat") else ""
     return (f"{clip_name} batch {r['batch']} x {r['frames']} frames, {r['dtype']} (CLIP "
-            f"{r['clip_dtype']}) on {r['device']}: train {r['step_s_median']:.4f} s/step = "
+            f"{r['clip_dtype']}){remat} on {r['device']}: train {r['step_s_median']:.4f} s/step = "
             f"{r['clips_per_s']:.1f} clips/s = {r['frames_per_s']:.0f} frames/s, compile "
             f"{r['compile_s']:.1f} s; predict {r['predict_clips_per_s']:.1f} clips/s; {peak}")
 
@@ -242,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="compute dtype of side nets, fusion and heads")
     p.add_argument("--clip-dtype", default=None, choices=DTYPES,
                    help="compute dtype of the frozen CLIP (default: --dtype)")
+    p.add_argument("--remat", action="store_true",
+                   help="rematerialise the side and fusion blocks (model.remat)")
     p.add_argument("--num-attributes", type=int, default=43)
     p.add_argument("--steps", type=int, default=20, help="timed calls (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling")
@@ -258,7 +264,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"{jax.devices()[0].platform}")
     try:
         setup = build(args.clip, batch=args.batch, frames=args.frames, dtype=args.dtype,
-                      clip_dtype=args.clip_dtype, num_attributes=args.num_attributes,
+                      clip_dtype=args.clip_dtype, remat=args.remat,
+                      num_attributes=args.num_attributes,
                       seed=args.seed)
     except ValueError as e:
         p.error(str(e))

@@ -47,7 +47,9 @@ def model_config(config: ml_collections.ConfigDict, clip_cfg: clip.ClipConfig,
         spatial_aggregation=m.spatial_aggregation, temporal_aggregation=m.temporal_aggregation,
         dim=m.dim, heads=m.heads or None, side_patch_size=m.side_patch_size,
         use_spatial=m.use_spatial, use_temporal=m.use_temporal,
-        drop_path_rate=m.drop_path_rate, dtype=m.dtype, clip_dtype=m.clip_dtype)
+        drop_path_rate=m.drop_path_rate, dtype=m.dtype, clip_dtype=m.clip_dtype,
+        # .get: config.json of runs made before the option has no model.remat.
+        remat=m.get("remat", False))
 
 
 def attribute_tokens(config: ml_collections.ConfigDict, attribute_set: attributes.AttributeSet,

@@ -24,10 +24,20 @@ SIDE_DEPTH = 8
 SIDE_LN_EPS = 1e-6
 
 
-def side_block(dim: int, heads: int, dtype, name: str, drop_path_rate: float = 0.0):
-    return TransformerBlock(width=dim, heads=heads, mlp_dim=4 * dim, activation="gelu",
-                            layer_norm_eps=SIDE_LN_EPS, drop_path_rate=drop_path_rate,
-                            dtype=dtype, name=name)
+# The block with its activations recomputed in the backward pass (jax.checkpoint).
+# `deterministic` (argument 2, counting self) is a Python bool, hence static; call
+# it as block(x, deterministic), always positionally: jax.checkpoint rejects a
+# static_argnum beyond the arguments given, and traces keyword arguments.
+RematTransformerBlock = nn.remat(TransformerBlock, static_argnums=(2,))
+
+
+def side_block(dim: int, heads: int, dtype, name: str, drop_path_rate: float = 0.0,
+               remat: bool = False):
+    """A timm side-ViT block; with `remat`, rematerialised (same parameter names)."""
+    block = RematTransformerBlock if remat else TransformerBlock
+    return block(width=dim, heads=heads, mlp_dim=4 * dim, activation="gelu",
+                 layer_norm_eps=SIDE_LN_EPS, drop_path_rate=drop_path_rate, dtype=dtype,
+                 name=name)
 
 
 def resize_grid(patches: jax.Array, grid: int) -> jax.Array:
@@ -91,6 +101,7 @@ class SpatialSideNet(nn.Module):
     grid: int
     interaction_map: InteractionMap
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, clip_tokens: Mapping[int, jax.Array]) -> jax.Array:
@@ -114,7 +125,8 @@ class SpatialSideNet(nn.Module):
 
         x = fuse(0, x)
         for i in range(1, SIDE_DEPTH):
-            x = side_block(self.dim, self.heads, self.dtype, f"blocks_{i - 1}")(x)
+            x = side_block(self.dim, self.heads, self.dtype, f"blocks_{i - 1}",
+                           remat=self.remat)(x, True)
             x = fuse(i, x)
             if i == SIDE_DEPTH - 1:
                 return x
@@ -137,6 +149,7 @@ class TemporalSideNet(nn.Module):
     interaction_map: InteractionMap
     frames: int
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, clip_tokens: Mapping[int, jax.Array]) -> jax.Array:
@@ -152,7 +165,7 @@ class TemporalSideNet(nn.Module):
         x = jnp.concatenate([jnp.broadcast_to(cls, (streams, b, 1, self.dim)).astype(first.dtype),
                              first], axis=2) + pos.astype(first.dtype)
         x = x.reshape(streams * b, 1 + p, self.dim)
-        x = side_block(self.dim, self.heads, self.dtype, "blocks_0")(x)
+        x = side_block(self.dim, self.heads, self.dtype, "blocks_0", remat=self.remat)(x, True)
         fusion_norm = nn.vmap(nn.LayerNorm, variable_axes={"params": 0},
                               split_rngs={"params": True}, in_axes=0, out_axes=0)
         fusion_proj = nn.vmap(nn.Dense, variable_axes={"params": 0},
@@ -160,7 +173,8 @@ class TemporalSideNet(nn.Module):
         norm = fusion_norm(epsilon=1e-5, dtype=self.dtype, name="fusion_norm")
         proj = fusion_proj(self.dim, dtype=self.dtype, name="fusion_proj")
         for f in range(1, self.frames):
-            x = side_block(self.dim, self.heads, self.dtype, f"blocks_{f}")(x)
+            x = side_block(self.dim, self.heads, self.dtype, f"blocks_{f}",
+                           remat=self.remat)(x, True)
             y = proj(norm(feats[:, :, f])).reshape(streams * b, p, self.dim)
             x = jnp.concatenate([x[:, :1], x[:, 1:] + y.astype(x.dtype)], axis=1)
         return x.reshape(streams, b, 1 + p, self.dim)

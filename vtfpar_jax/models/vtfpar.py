@@ -54,6 +54,7 @@ class VTFPARConfig:
     drop_path_rate: float = 0.1         # on the fusion block, in training
     dtype: str = "float32"              # compute dtype of side nets, fusion and heads
     clip_dtype: str = "float32"         # compute dtype of the frozen CLIP
+    remat: bool = False                 # recompute the side/fusion blocks' activations in backward
 
     def __post_init__(self):
         self.validate()
@@ -155,14 +156,14 @@ class VTFPAR(nn.Module):
         sides = []
         if cfg.use_spatial:
             spatial = SpatialSideNet(cfg.dim, cfg.num_heads, cfg.side_patch_size, cfg.side_grid,
-                                     cfg.spatial_map, dtype, name="spatial_side_net")(
+                                     cfg.spatial_map, dtype, cfg.remat, name="spatial_side_net")(
                 video.reshape(b * f, h, w, 3).astype(dtype), clip_tokens)
             self.sow("intermediates", "spatial_side", spatial)
             sides.append(Aggregation(cfg.spatial_aggregation, dtype, name="spatial_aggregation")(
                 spatial.reshape(b, f, *spatial.shape[1:])))
         if cfg.use_temporal:
             temporal = TemporalSideNet(cfg.dim, cfg.num_heads, cfg.side_grid, cfg.temporal_map,
-                                       f, dtype, name="temporal_side_net")(clip_tokens)
+                                       f, dtype, cfg.remat, name="temporal_side_net")(clip_tokens)
             self.sow("intermediates", "temporal_side", temporal)
             sides.append(Aggregation(cfg.temporal_aggregation, dtype,
                                      name="temporal_aggregation")(jnp.moveaxis(temporal, 0, 1)))
@@ -170,8 +171,9 @@ class VTFPAR(nn.Module):
         a = cfg.num_attributes
         words = nn.Dense(cfg.dim, dtype=dtype, name="word_embed")(text_features.astype(dtype))
         x = jnp.concatenate([jnp.broadcast_to(words, (b, a, cfg.dim)), side.astype(dtype)], axis=1)
-        x = side_block(cfg.dim, cfg.num_heads, dtype, "fusion_block", cfg.drop_path_rate)(
-            x, deterministic=not train)
+        # `deterministic` positionally: static under remat (side_nets.RematTransformerBlock).
+        x = side_block(cfg.dim, cfg.num_heads, dtype, "fusion_block", cfg.drop_path_rate,
+                       remat=cfg.remat)(x, not train)
         x = nn.LayerNorm(epsilon=1e-6, dtype=dtype, name="norm")(x)
         # One Linear(D -> 1) per attribute, applied to that attribute's text token.
         kernel = self.param("heads_kernel", nn.initializers.lecun_normal(), (a, cfg.dim))
