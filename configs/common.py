@@ -65,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.eval_batch_size = 32
     c.input.frame_choice = "random"       # random (published) | uniform | first
     c.input.augment = True
+    c.input.pad_pixels = 10               # zero pad before the random crop (published: 10 at 224)
     c.input.normalization = "published"   # published (0.5/0.5) | clip
 
     c.optimizer = ml_collections.ConfigDict()

@@ -3,7 +3,7 @@
 Graph per example: choose T frame indices -> gather their JPEG bytes ->
 decode only those -> resize to `image_size` (bilinear, aspect not kept, as
 published) -> training augmentation drawn independently per frame (zero-pad
-10 px, random crop back to size, horizontal flip p=0.5; reference section 1)
+`pad_pixels`, 10 as published, random crop back to size, horizontal flip p=0.5; reference section 1)
 -> normalise. Shapes: video (B, T, H, W, 3) float32, labels (B, A) float32,
 mask (B,) bool. B is the per-host batch: `batch_size // process_count`.
 
@@ -48,7 +48,7 @@ NORMALIZATIONS = {
     "published": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
 }
-PAD_PIXELS = 10
+PAD_PIXELS = 10  # published, at 224 px; scale it with smaller frames
 RATIO_FILE = "positive_ratio.json"
 # Seeds the stateless draws of evaluation (used only with frame_choice='random').
 _EVAL_SEED = (7, 0)
@@ -164,7 +164,8 @@ def _frame_indices(num_frames: tf.Tensor, frames: int, frame_choice: str,
 
 
 def _make_example_fn(frames: int, image_size: tuple[int, int], frame_choice: str,
-                     augment: bool, normalization: str, base_seed: tf.Tensor):
+                     augment: bool, normalization: str, base_seed: tf.Tensor,
+                     pad_pixels: int = PAD_PIXELS):
     height, width = image_size
     mean, std = (tf.constant(v, tf.float32) for v in NORMALIZATIONS[normalization])
 
@@ -183,8 +184,8 @@ def _make_example_fn(frames: int, image_size: tuple[int, int], frame_choice: str
         image = tf.clip_by_value(tf.round(image), 0.0, 255.0)
         if augment:
             crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-            image = tf.pad(image, [[PAD_PIXELS, PAD_PIXELS], [PAD_PIXELS, PAD_PIXELS], [0, 0]])
-            offset = tf.random.stateless_uniform([2], crop_seed, 0, 2 * PAD_PIXELS + 1,
+            image = tf.pad(image, [[pad_pixels, pad_pixels], [pad_pixels, pad_pixels], [0, 0]])
+            offset = tf.random.stateless_uniform([2], crop_seed, 0, 2 * pad_pixels + 1,
                                                  dtype=tf.int32)
             image = tf.slice(image, [offset[0], offset[1], 0], [height, width, 3])
             flip = tf.random.stateless_uniform([], flip_seed) < 0.5
@@ -228,8 +229,8 @@ def train_batches(builder: tfds.core.DatasetBuilder, *, batch_size: int, frames:
                   epoch: int, start_batch: int = 0, seed: int = 0,
                   image_size: tuple[int, int] = (224, 224), frame_choice: str = "random",
                   augment: bool = True, normalization: str = "published",
-                  process_index: int = 0, process_count: int = 1,
-                  shuffle_buffer: int = 1024) -> Iterator[dict]:
+                  pad_pixels: int = PAD_PIXELS, process_index: int = 0,
+                  process_count: int = 1, shuffle_buffer: int = 1024) -> Iterator[dict]:
     """One epoch of this host's training batches, from batch `start_batch` on.
 
     Args:
@@ -237,12 +238,16 @@ def train_batches(builder: tfds.core.DatasetBuilder, *, batch_size: int, frames:
       frames: T frames per clip.
       epoch, seed: the epoch is a pure function of these (shuffle and draws).
       start_batch: resume point: yields batches start_batch .. steps_per_epoch-1.
+      pad_pixels: zero padding on every side before the random crop (augment only).
       shuffle_buffer: examples held by the shuffle (serialized JPEG bytes).
 
     Yields:
       {'video': (B, T, H, W, 3) float32, 'labels': (B, A) float32, 'mask': (B,) bool}.
     """
     _check_options(frame_choice, normalization, frames, image_size)
+    if not 0 <= pad_pixels <= min(image_size):
+        raise ValueError(f"pad_pixels={pad_pixels}: expected 0..{min(image_size)} for frames "
+                         f"of {image_size[0]}x{image_size[1]}")
     host_batch = _host_batch(batch_size, process_count)
     steps = steps_per_epoch(builder, batch_size, process_count)
     if not 0 <= start_batch <= steps:
@@ -258,7 +263,7 @@ def train_batches(builder: tfds.core.DatasetBuilder, *, batch_size: int, frames:
     ds = ds.take(steps * host_batch).skip(start_batch * host_batch)
     base_seed = tf.constant([seed, epoch], tf.int64)
     ds = ds.map(_make_example_fn(frames, tuple(image_size), frame_choice, augment,
-                                 normalization, base_seed),
+                                 normalization, base_seed, pad_pixels),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return _finish(ds.batch(host_batch, drop_remainder=True))
 

@@ -48,6 +48,23 @@ def test_train_shapes_dtypes_and_range(builder):
     assert any((b["video"] == -1.0).all(axis=-1).any() for b in batches)
 
 
+def test_pad_pixels_bounds_the_crop_shift(builder):
+    """Augmented frames are the plain ones shifted by at most pad_pixels, maybe mirrored."""
+    kwargs = dict(batch_size=4, frames=2, epoch=0, image_size=SIZE, frame_choice="first")
+    plain = next(pipeline.train_batches(builder, augment=False, **kwargs))["video"]
+    for pad in (0, 3):
+        video = next(pipeline.train_batches(builder, augment=True, pad_pixels=pad,
+                                            **kwargs))["video"]
+        for got, want in zip(video.reshape(-1, *SIZE, 3), plain.reshape(-1, *SIZE, 3)):
+            padded = np.pad(want, ((pad, pad), (pad, pad), (0, 0)), constant_values=-1.0)
+            crops = [padded[dy:dy + SIZE[0], dx:dx + SIZE[1]]
+                     for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+            assert any(np.array_equal(got, c) or np.array_equal(got, c[:, ::-1])
+                       for c in crops), f"pad_pixels={pad}: frame is no such crop"
+    with pytest.raises(ValueError, match="pad_pixels=40"):
+        pipeline.train_batches(builder, pad_pixels=40, **kwargs)
+
+
 def test_clip_normalization_and_bad_options(builder):
     batch = next(pipeline.eval_batches(builder, "test", batch_size=2, frames=2, image_size=SIZE,
                                        normalization="clip"))

@@ -110,6 +110,7 @@ class Trainer:
                 self.builder, batch_size=c.input.batch_size, frames=self.model_cfg.frames,
                 epoch=epoch, start_batch=start, seed=c.seed, image_size=size,
                 frame_choice=c.input.frame_choice, augment=c.input.augment,
+                pad_pixels=c.input.pad_pixels,
                 normalization=c.input.normalization, process_index=jax.process_index(),
                 process_count=jax.process_count()))
             epoch, start = epoch + 1, 0
