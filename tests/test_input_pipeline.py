@@ -55,7 +55,8 @@ def test_pad_pixels_bounds_the_crop_shift(builder):
     for pad in (0, 3):
         video = next(pipeline.train_batches(builder, augment=True, pad_pixels=pad,
                                             **kwargs))["video"]
-        for got, want in zip(video.reshape(-1, *SIZE, 3), plain.reshape(-1, *SIZE, 3)):
+        frames = zip(video.reshape(-1, *SIZE, 3), plain.reshape(-1, *SIZE, 3), strict=True)
+        for got, want in frames:
             padded = np.pad(want, ((pad, pad), (pad, pad), (0, 0)), constant_values=-1.0)
             crops = [padded[dy:dy + SIZE[0], dx:dx + SIZE[1]]
                      for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
