@@ -4,8 +4,21 @@
     (or simply `make demo`, which also builds the data and evaluates)
 
 Arguments: smoke (a few steps, for tests and notebooks).
-Same model code as the published recipe, scaled down: 48 px frames, a 4-layer
-CLIP of width 64, side nets of width 64, interaction map '0' (CLIP indices 0..4).
+Same model code as the published recipe, scaled down to learn the synthetic set
+(group F1 >= 0.80) within 10 minutes on two CPU cores. What differs, and why
+(each measured on this set; figures in the README's "Demo results"):
+- 48 px frames, a 4-layer CLIP of width 64, side nets of width 64;
+- 3 frames per clip: the same learning per step as 6 frames at 0.6 of the cost;
+- both side nets read CLIP feature 0 only ('0->0'): a random CLIP's deeper
+  features taught nothing more at 300 steps, and CLIP then stops after its
+  patch embedding and the temporal net runs one stream instead of five;
+- no augmentation: within the budget it cost more than it gave. The published
+  crop (10 px of padding, a fifth of a 48 px frame) stalled learning; with 2 px
+  padding and flips, 27 epochs reached group F1 0.799 against 0.814 without;
+- no drop-path: it blanks a sample's image input to the heads, noise that a
+  model training from scratch for a few minutes cannot afford;
+- learning rate 3e-3 (published 1e-3) for 20 epochs of 75 steps, the published
+  per-epoch warmup (1 epoch) + cosine.
 """
 
 from configs.common import base_config, parse_arg
@@ -20,21 +33,35 @@ def get_config(arg=None):
     c.clip.preset = "tiny"
     c.clip.image_size = 48
     c.clip.patch_size = 8
-    c.model.spatial_map = c.model.temporal_map = "0"
+    c.model.frames = 3
+    c.model.spatial_map = c.model.temporal_map = "0->0"
     c.model.dim = 64
     c.model.heads = 4
     c.model.side_patch_size = 8
+    c.model.drop_path_rate = 0.0
     c.input.batch_size = 16
     c.input.eval_batch_size = 50
+    c.input.augment = False
+    c.optimizer.lr = 3e-3
     c.optimizer.warmup_epochs = 1
-    c.num_epochs = 12
-    c.log_every_steps = 10
-    c.checkpoint_every_steps = 100
+    c.num_epochs = 20
+    c.eval_every_epochs = 5
+    c.log_every_steps = 25
+    c.checkpoint_every_steps = 300
     if a.smoke:
+        # The published shape and recipe (6 frames, five temporal streams,
+        # drop-path, augmentation, lr 1e-3), so the tests and notebooks that
+        # train this cover all of it.
+        c.model.frames = 6
+        c.model.spatial_map = c.model.temporal_map = "0"
+        c.model.drop_path_rate = 0.1
+        c.input.augment = True
+        c.optimizer.lr = 1e-3
         c.dataset = "synthetic_pedestrians/tiny"
         c.input.batch_size = 4
         c.input.eval_batch_size = 4
         c.num_epochs = 2
+        c.eval_every_epochs = 1
         c.log_every_steps = 1
         c.checkpoint_every_steps = 3
     return c
