@@ -17,8 +17,9 @@ Same model code as the published recipe, scaled down to learn the synthetic set
   padding and flips, 27 epochs reached group F1 0.799 against 0.814 without;
 - no drop-path: it blanks a sample's image input to the heads, noise that a
   model training from scratch for a few minutes cannot afford;
-- learning rate 3e-3 (published 1e-3) for 20 epochs of 75 steps, the published
-  per-epoch warmup (1 epoch) + cosine.
+- learning rate 3e-3 (published 1e-3) for 20 epochs of 75 steps, set per epoch
+  by the published cosine; warmup_epochs=1 means no warmup, since epochs count
+  from 1 as published.
 """
 
 from configs.common import base_config, parse_arg
