@@ -6,6 +6,7 @@ on synthetic_pedestrians/tiny (built once per session), a few steps each.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -20,28 +21,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from smoke_runs import REPO, SMOKE, smoke_config, subprocess_env
 
 from vtfpar_jax import model_dir, train
 from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError
 from vtfpar_jax.run_logging import WorkdirLock
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = os.path.join(REPO, "configs", "demo.py") + ":smoke"
 # Short runs: no evaluation between epochs, a checkpoint after every step.
 SHORT = {"eval_every_epochs": 0, "checkpoint_every_steps": 1}
-
-
-def smoke_config(data_dir, **overrides):
-    return train.load_config_file(SMOKE, data_dir=data_dir, **overrides)
-
-
-def env():
-    e = dict(os.environ)
-    e.pop("XLA_FLAGS", None)
-    e["JAX_PLATFORMS"] = "cpu"
-    e["PYTHONPATH"] = REPO + os.pathsep + e.get("PYTHONPATH", "")
-    e["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return e
 
 
 def cli(workdir, data_dir, *extra):
@@ -147,11 +134,20 @@ time.sleep(600)
 """
 
 
-def start_holder(workdir):
+@contextlib.contextmanager
+def killed_lock_holder(workdir):
+    """A child process holding the work dir's lock; killed (-9) when the block ends.
+
+    kill -9: no clean-up code runs, yet the OS drops the flock with the process.
+    """
     proc = subprocess.Popen([sys.executable, "-c", HOLDER.format(repo=REPO, workdir=str(workdir))],
-                            env=env(), stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
+                            env=subprocess_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def test_second_lock_in_same_workdir_refuses(tmp_path):
@@ -166,36 +162,21 @@ def test_second_lock_in_same_workdir_refuses(tmp_path):
 
 @pytest.mark.slow
 def test_second_training_process_refuses_and_lock_dies_with_holder(data_dir, tmp_path):
-    holder = start_holder(tmp_path)
-    try:
-        r = subprocess.run(cli(tmp_path, data_dir, "--config.max_steps=1"), cwd=REPO, env=env(),
-                           capture_output=True, text=True, timeout=600)
+    with killed_lock_holder(tmp_path) as holder:
+        r = subprocess.run(cli(tmp_path, data_dir, "--config.max_steps=1"), cwd=REPO,
+                           env=subprocess_env(), capture_output=True, text=True, timeout=600)
         assert r.returncode != 0
         assert f"is in use by pid {holder.pid}" in r.stderr, r.stderr[-3000:]
         assert "one training process per work dir" in r.stderr
         assert "Traceback" not in r.stderr
         assert not os.path.exists(tmp_path / "checkpoints")
-        # kill -9: no clean-up code runs, yet the OS drops the flock with the process.
-        holder.kill()
-        holder.wait(timeout=30)
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait()
     WorkdirLock(str(tmp_path)).release()
 
 
 def test_lock_does_not_outlive_killed_holder(tmp_path):
-    holder = start_holder(tmp_path)
-    try:
+    with killed_lock_holder(tmp_path) as holder:
         with pytest.raises(RuntimeError, match=f"pid {holder.pid}"):
             WorkdirLock(str(tmp_path))
-        holder.kill()
-        holder.wait(timeout=30)
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait()
     lock = WorkdirLock(str(tmp_path))
     assert open(tmp_path / ".lock").read() == f"pid {os.getpid()}"
     lock.release()
@@ -254,14 +235,14 @@ def test_kill_9_and_restart_equals_uninterrupted(data_dir, tmp_path):
     args = (f"--config.max_steps={steps}", "--config.eval_every_epochs=0",
             "--config.checkpoint_every_steps=1")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    r = subprocess.run(cli(straight, data_dir, *args), cwd=REPO, env=env(),
+    r = subprocess.run(cli(straight, data_dir, *args), cwd=REPO, env=subprocess_env(),
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
 
     rng = random.Random(1234)
     kills = []
     for target in sorted(rng.sample(range(1, steps), 2)):
-        proc = subprocess.Popen(cli(killed, data_dir, *args), cwd=REPO, env=env(),
+        proc = subprocess.Popen(cli(killed, data_dir, *args), cwd=REPO, env=subprocess_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for_step(killed, target, proc)
@@ -271,7 +252,7 @@ def test_kill_9_and_restart_equals_uninterrupted(data_dir, tmp_path):
             proc.wait()
         ckpts = killed / "checkpoints"
         kills.append((target, sorted(os.listdir(ckpts)) if ckpts.exists() else []))
-    r = subprocess.run(cli(killed, data_dir, *args), cwd=REPO, env=env(),
+    r = subprocess.run(cli(killed, data_dir, *args), cwd=REPO, env=subprocess_env(),
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed at step" in r.stderr, (kills, r.stderr[-3000:])

@@ -19,13 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from smoke_runs import REPO, SMOKE, smoke_config, subprocess_env
 
 from vtfpar_jax import attributes, builders, evaluate, model_dir, train
 from vtfpar_jax.checkpoint import CheckpointStore
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "train_worker.py")
-SMOKE = os.path.join(REPO, "configs", "demo.py") + ":smoke"
 # Adam's eps for the cross-device comparisons. With the published 1e-8, leaves whose
 # gradient is zero in exact arithmetic (attention key biases, the head biases and the
 # last LayerNorm's bias ahead of the logits' BatchNorm) get +-lr updates from the sign
@@ -35,23 +34,10 @@ SMOKE = os.path.join(REPO, "configs", "demo.py") + ":smoke"
 EPS = "1e-3"
 
 
-def smoke_config(data_dir, **overrides):
-    return train.load_config_file(SMOKE, data_dir=data_dir, **overrides)
-
-
-def worker_env():
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return env
-
-
 def start_worker(data_dir, workdir, out, *extra):
     cmd = [sys.executable, WORKER, "--data_dir", data_dir, "--workdir", str(workdir),
            "--out", str(out), "--eps", EPS, *map(str, extra)]
-    return subprocess.Popen(cmd, env=worker_env(), stdout=subprocess.PIPE,
+    return subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -234,7 +220,7 @@ def test_nan_between_log_steps_still_stops_the_run(data_dir, tmp_path, monkeypat
 
 def run_cli(*args, timeout=900):
     return subprocess.run([sys.executable, "-m", "vtfpar_jax.train", *map(str, args)],
-                          cwd=REPO, env=worker_env(), capture_output=True, text=True,
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
                           timeout=timeout)
 
 
