@@ -55,7 +55,7 @@ def test_tiny_cpu_run_writes_every_field(tmp_path):
     result, stdout = _run(["--clip", "tiny", "--batch", "2", "--frames", "2", "--steps", "2",
                            "--warmup", "1", "--devices", "2"], tmp_path)
     for key in ("device", "platform", "device_count", "batch", "frames", "dtype", "clip_dtype",
-                "remat",
+                "remat", "clip_fp8",
                 "compile_s", "step_s_median", "clips_per_s", "frames_per_s",
                 "predict_compile_s", "predict_clips_per_s", "peak_bytes", "predict_peak_bytes",
                 "peak_source", "rss_peak_bytes", "memory_analysis", "trainable_params",
@@ -63,12 +63,21 @@ def test_tiny_cpu_run_writes_every_field(tmp_path):
         assert key in result, key
     assert result["platform"] == "cpu" and result["device_count"] == 2
     assert result["batch"] == 2 and result["frames"] == 2 and result["remat"] is False
+    assert result["clip_fp8"] is False
     # The CPU backend keeps no peak counter: reported as None, RSS beside it.
     assert result["peak_bytes"] is None and result["peak_source"] is None
     assert result["rss_peak_bytes"] > 0
     assert result["finite"] and result["step_s_median"] > 0
     assert result["frames_per_s"] == pytest.approx(2 * result["clips_per_s"])
     assert "clips/s" in stdout and len(stdout.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_fp8_clip_run(tmp_path):
+    result, stdout = _run(["--clip", "tiny", "--batch", "2", "--frames", "2", "--steps", "1",
+                           "--warmup", "0", "--clip-fp8"], tmp_path)
+    assert result["clip_fp8"] is True and result["finite"]
+    assert "fp8 CLIP matmuls" in stdout
 
 
 def test_devices_must_split_the_batch(tmp_path):

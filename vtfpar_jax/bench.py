@@ -1,8 +1,8 @@
 """Train-step and prediction throughput on whatever devices JAX sees.
 
     python -m vtfpar_jax.bench --clip vit_b16|tiny --batch 16 --frames 6
-        [--dtype bfloat16] [--clip-dtype float16] [--remat] [--steps 20] [--devices N]
-        [--json out.json]
+        [--dtype bfloat16] [--clip-dtype float16] [--remat] [--clip-fp8] [--steps 20]
+        [--devices N] [--json out.json]
 
 Feeds in-memory random arrays (no input pipeline) to the project's own train
 step (`train_step.make_train_step`, jitted exactly as `train.Trainer` jits it)
@@ -69,13 +69,15 @@ def clip_config(name: str):
 
 
 def build(clip_name: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: str = "float32",
-          clip_dtype: str | None = None, remat: bool = False, num_attributes: int = 43,
+          clip_dtype: str | None = None, remat: bool = False, clip_fp8: bool = False,
+          num_attributes: int = 43,
           seed: int = 0, clip_cfg=None, clip_params=None, variables=None, text_features=None,
           video: np.ndarray | None = None) -> Setup:
     """The train step and evaluation forward of the project, jitted over a `data` mesh.
 
     Random CLIP params, side-net variables, text features and batch unless given
-    (compare_pytorch passes converted weights here).
+    (compare_pytorch passes converted weights here). With `clip_fp8`, the fp8
+    scales are calibrated on the benchmark's own clip.
     """
     from vtfpar_jax import evaluate, optim, sharding
     from vtfpar_jax.models import clip, vtfpar
@@ -89,7 +91,7 @@ def build(clip_name: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: s
         spatial_map=INTERACTION_MAPS["0"], temporal_map=INTERACTION_MAPS["0"])
     model_cfg = vtfpar.VTFPARConfig(clip=clip_cfg, num_attributes=num_attributes, frames=frames,
                                     dtype=dtype, clip_dtype=clip_dtype or dtype, remat=remat,
-                                    **maps)
+                                    clip_fp8=clip_fp8, **maps)
     keys = jax.random.split(jax.random.PRNGKey(seed), 4)
     if clip_params is None:
         clip_params = clip.init_params(clip_cfg, keys[0])
@@ -103,16 +105,18 @@ def build(clip_name: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: s
     # Steps per epoch only places the learning rate on the published schedule.
     schedule = optim.make_schedule(PUBLISHED_OPTIMIZER, 30, 100)
     tx = optim.make_optimizer(PUBLISHED_OPTIMIZER, schedule)
+    rng_np = np.random.default_rng(seed)
+    size = clip_cfg.image_size
+    if video is None:
+        video = rng_np.standard_normal((batch, frames, size, size, 3), np.float32)
+    if clip_fp8:
+        clip_params = vtfpar.calibrate_clip_fp8(model_cfg, clip_params, [jnp.asarray(video)])
     state, frozen_params = initial_state(variables, clip_params, FROZEN_PATTERNS, tx)
     trainable = state.trainable
-    rng_np = np.random.default_rng(seed)
     positive_ratio = rng_np.uniform(0.05, 0.5, num_attributes).astype(np.float32)
     frozen = sharding.replicate(Frozen(params=frozen_params, text_features=text_features,
                                        positive_ratio=jnp.asarray(positive_ratio)), mesh)
     state = sharding.replicate(state, mesh)
-    size = clip_cfg.image_size
-    if video is None:
-        video = rng_np.standard_normal((batch, frames, size, size, 3), np.float32)
     local = {"video": np.asarray(video, np.float32),
              "labels": (rng_np.uniform(size=(batch, num_attributes)) < positive_ratio
                         ).astype(np.float32)}
@@ -204,7 +208,7 @@ def measure(setup: Setup, steps: int = 20, warmup: int = 2) -> dict[str, Any]:
         "device_count": jax.device_count(), "jax_version": jax.__version__,
         "clip_width": s.model_cfg.clip.vision.width, "batch": int(batch), "frames": int(frames),
         "dtype": s.model_cfg.dtype, "clip_dtype": s.model_cfg.clip_dtype,
-        "remat": s.model_cfg.remat,
+        "remat": s.model_cfg.remat, "clip_fp8": s.model_cfg.clip_fp8,
         "trainable_params": s.trainable_params, "steps": steps, "warmup": warmup,
         "compile_s": compile_s, "step_s_median": step_s, "step_s_mean": statistics.mean(
             train_times), "step_s_min": min(train_times),
@@ -230,6 +234,7 @@ def summary(r: dict[str, Any], clip_name: str) -> str:
             if r["peak_bytes"] is not None else f"peak n/a on {r['platform']} (RSS "
             f"{_gib(r['rss_peak_bytes'])})")
     remat = ", remat" if r.get("remat") else ""
+    remat += ", fp8 CLIP matmuls" if r.get("clip_fp8") else ""
     return (f"{clip_name} batch {r['batch']} x {r['frames']} frames, {r['dtype']} (CLIP "
             f"{r['clip_dtype']}){remat} on {r['device']}: train {r['step_s_median']:.4f} s/step = "
             f"{r['clips_per_s']:.1f} clips/s = {r['frames_per_s']:.0f} frames/s, compile "
@@ -248,6 +253,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="compute dtype of the frozen CLIP (default: --dtype)")
     p.add_argument("--remat", action="store_true",
                    help="rematerialise the side and fusion blocks (model.remat)")
+    p.add_argument("--clip-fp8", action="store_true",
+                   help="experiment: CLIP's block matmuls in fp8, static scales calibrated on "
+                        "the benchmark clip (models/fp8.py)")
     p.add_argument("--num-attributes", type=int, default=43)
     p.add_argument("--steps", type=int, default=20, help="timed calls (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling")
@@ -264,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"{jax.devices()[0].platform}")
     try:
         setup = build(args.clip, batch=args.batch, frames=args.frames, dtype=args.dtype,
-                      clip_dtype=args.clip_dtype, remat=args.remat,
+                      clip_dtype=args.clip_dtype, remat=args.remat, clip_fp8=args.clip_fp8,
                       num_attributes=args.num_attributes,
                       seed=args.seed)
     except ValueError as e:

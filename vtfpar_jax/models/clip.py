@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vtfpar_jax.models.fp8 import StaticFp8DotGeneral
 from vtfpar_jax.models.layers import TransformerBlock
 
 Params = dict[str, Any]
@@ -114,10 +115,15 @@ def tiny(image_size: int = 64, patch_size: int = 8, vocab_size: int = 49408) -> 
 
 
 class VisionTower(nn.Module):
-    """Patch embedding, class token, positions, ln_pre, then the residual blocks."""
+    """Patch embedding, class token, positions, ln_pre, then the residual blocks.
+
+    With `fp8`, the blocks' matmuls run on float8 operands under calibrated
+    static scales (models/fp8.py; the `fp8_amax` collection).
+    """
 
     cfg: ClipConfig
     dtype: jnp.dtype = jnp.float32
+    fp8: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, collect: Sequence[int] | None = None,
@@ -146,7 +152,7 @@ class VisionTower(nn.Module):
         outputs = {0: x}
         depth = c.layers if project else max(collect, default=0)
         for i in range(depth):
-            x = _block(c, self.dtype, f"layers_{i}")(x)
+            x = _block(c, self.dtype, f"layers_{i}", fp8=self.fp8)(x)
             outputs[i + 1] = x
         post_ln = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="post_layernorm")
         proj = nn.Dense(self.cfg.projection_dim, use_bias=False, dtype=self.dtype,
@@ -184,10 +190,13 @@ class TextTower(nn.Module):
                         name="projection")(pooled)
 
 
-def _block(c: TowerConfig, dtype, name: str, causal: bool = False) -> TransformerBlock:
+def _block(c: TowerConfig, dtype, name: str, causal: bool = False,
+           fp8: bool = False) -> TransformerBlock:
     return TransformerBlock(width=c.width, heads=c.heads, mlp_dim=c.mlp_dim,
                             activation=c.activation, layer_norm_eps=c.layer_norm_eps,
-                            causal=causal, dtype=dtype, name=name)
+                            causal=causal, dtype=dtype,
+                            dot_general_cls=StaticFp8DotGeneral if fp8 else None,
+                            name=name)
 
 
 def init_params(cfg: ClipConfig, rng: jax.Array) -> Params:

@@ -10,6 +10,7 @@ and timm's `qkv`, so imports are a transpose.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -35,16 +36,19 @@ class Attention(nn.Module):
     heads: int
     causal: bool = False
     dtype: jnp.dtype = jnp.float32
+    dot_general_cls: Any = None  # the projections' matmul (models/fp8.py); None: lax.dot_general
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, n, w = x.shape
         head_dim = self.width // self.heads
-        qkv = nn.Dense(3 * self.width, dtype=self.dtype, name="qkv")(x)
+        qkv = nn.Dense(3 * self.width, dtype=self.dtype, dot_general_cls=self.dot_general_cls,
+                       name="qkv")(x)
         q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.heads, head_dim), 2, 0)
         # XLA's fused attention on CPU/TPU, cuDNN flash attention where available.
         out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
-        return nn.Dense(self.width, dtype=self.dtype, name="out")(out.reshape(b, n, w))
+        return nn.Dense(self.width, dtype=self.dtype, dot_general_cls=self.dot_general_cls,
+                        name="out")(out.reshape(b, n, w))
 
 
 class TransformerBlock(nn.Module):
@@ -58,16 +62,22 @@ class TransformerBlock(nn.Module):
     causal: bool = False
     drop_path_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    dot_general_cls: Any = None  # the four matmuls' (models/fp8.py); None: lax.dot_general
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         def ln(name):
             return nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
 
-        y = Attention(self.width, self.heads, self.causal, self.dtype, name="attn")(ln("ln_1")(x))
+        def dense(features, name):
+            return nn.Dense(features, dtype=self.dtype, dot_general_cls=self.dot_general_cls,
+                            name=name)
+
+        y = Attention(self.width, self.heads, self.causal, self.dtype, self.dot_general_cls,
+                      name="attn")(ln("ln_1")(x))
         x = x + self._drop_path(y, deterministic)
-        y = nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(ln("ln_2")(x))
-        y = nn.Dense(self.width, dtype=self.dtype, name="fc2")(ACTIVATIONS[self.activation](y))
+        y = dense(self.mlp_dim, "fc1")(ln("ln_2")(x))
+        y = dense(self.width, "fc2")(ACTIVATIONS[self.activation](y))
         return x + self._drop_path(y, deterministic)
 
     def _drop_path(self, y: jax.Array, deterministic: bool) -> jax.Array:

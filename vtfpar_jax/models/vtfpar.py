@@ -12,14 +12,14 @@ from the frozen text tower; logits (B, A) float32.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vtfpar_jax.models import clip
+from vtfpar_jax.models import clip, fp8
 from vtfpar_jax.models.side_nets import (
     AGGREGATIONS,
     INTERACTION_MAPS,
@@ -55,6 +55,7 @@ class VTFPARConfig:
     dtype: str = "float32"              # compute dtype of side nets, fusion and heads
     clip_dtype: str = "float32"         # compute dtype of the frozen CLIP
     remat: bool = False                 # recompute the side/fusion blocks' activations in backward
+    clip_fp8: bool = False              # experiment: fp8 CLIP matmuls, static scales (fp8.py)
 
     def __post_init__(self):
         self.validate()
@@ -192,11 +193,29 @@ def clip_tokens(cfg: VTFPARConfig, clip_params: Mapping[str, Any], video: jax.Ar
     """
     b, f, h, w, _ = video.shape
     sources = cfg.clip_sources
-    tower = clip.VisionTower(cfg.clip, DTYPES[cfg.clip_dtype])
-    outs = tower.apply({"params": clip_params["vision"]}, video.reshape(b * f, h, w, 3), sources)
+    tower = clip.VisionTower(cfg.clip, DTYPES[cfg.clip_dtype], fp8=cfg.clip_fp8)
+    variables = {"params": clip_params["vision"]}
+    if cfg.clip_fp8:
+        if not frozen:
+            raise ValueError("config: clip_fp8 needs a frozen CLIP (its fp8 scales are static)")
+        if fp8.PARAMS_KEY not in clip_params:
+            raise ValueError(f"config: clip_fp8 is on but the CLIP params have no "
+                             f"{fp8.PARAMS_KEY!r}; add it with vtfpar.calibrate_clip_fp8")
+        variables[fp8.COLLECTION] = clip_params[fp8.PARAMS_KEY]
+    outs = tower.apply(variables, video.reshape(b * f, h, w, 3), sources)
     if frozen:
         outs = [jax.lax.stop_gradient(o) for o in outs]
     return dict(zip(sources, outs, strict=True))
+
+
+def calibrate_clip_fp8(cfg: VTFPARConfig, clip_params: Mapping[str, Any],
+                       videos: Iterable[jax.Array]) -> dict[str, Any]:
+    """`clip_params` plus the fp8 scales of the CLIP matmuls that `cfg` runs,
+    calibrated on `videos` (each (B, F, H, W, 3), normalised): for `clip_fp8`."""
+    tower = clip.VisionTower(cfg.clip, DTYPES[cfg.clip_dtype], fp8=True)
+    frames = (v.reshape(-1, *v.shape[2:]) for v in videos)
+    amax = fp8.calibrate(tower, clip_params["vision"], frames, cfg.clip_sources)
+    return {**clip_params, fp8.PARAMS_KEY: amax}
 
 
 def apply(cfg: VTFPARConfig, variables: Mapping[str, Any], clip_params: Mapping[str, Any],
