@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -155,17 +156,16 @@ def _torch_times(fn, steps: int, warmup: int, sync) -> list[float]:
     return times
 
 
-def compare(openpar_dir: str, batch: int = 2, frames: int = 6, device: str = "cpu",
-            steps: int = 5, warmup: int = 1, seed: int = 0, train: bool = True,
-            clip_fp16: bool | None = None) -> dict[str, Any]:
-    import jax
+def _run_published(openpar_dir: str, batch: int, frames: int, device: str, steps: int,
+                   warmup: int, seed: int, train: bool, clip_fp16: bool) -> dict[str, Any]:
+    """The published model on a random ViT-B/16 CLIP: its weights converted to ours,
+    the clip, its logits, and its timings and CUDA peaks. Its own function so that
+    every PyTorch tensor is freed on return, before JAX allocates on the same GPU."""
     import torch
 
-    from vtfpar_jax import attributes, bench
+    from vtfpar_jax import attributes
     from vtfpar_jax.convert import openpar
-    from vtfpar_jax.models import clip
 
-    clip_fp16 = device == "cuda" if clip_fp16 is None else clip_fp16
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     phrases = list(attributes.get("mars").phrases("published"))
@@ -226,11 +226,42 @@ def compare(openpar_dir: str, batch: int = 2, frames: int = 6, device: str = "cp
                 torch.cuda.reset_peak_memory_stats()
             torch_train_s = statistics.median(_torch_times(torch_step, steps, warmup, sync))
             torch_train_peak = torch.cuda.max_memory_allocated() if cuda else None
+    return {"cfg": cfg, "variables": variables, "tokens": tokens, "video": video,
+            "phrases": phrases, "logits": logits_torch, "predict_s": torch_predict_s,
+            "predict_peak": torch_predict_peak, "train_s": torch_train_s,
+            "train_peak": torch_train_peak, "torch_version": torch.__version__}
 
+
+
+def compare(openpar_dir: str, batch: int = 2, frames: int = 6, device: str = "cpu",
+            steps: int = 5, warmup: int = 1, seed: int = 0, train: bool = True,
+            clip_fp16: bool | None = None, jax_dtype: str = "float32",
+            jax_clip_dtype: str | None = None, jax_clip_fp8: bool = False) -> dict[str, Any]:
+    """Both models on the same weights and clip. The JAX side computes in the
+    published dtypes unless `jax_dtype` (side nets), `jax_clip_dtype` or
+    `jax_clip_fp8` say otherwise; the logit difference then includes theirs."""
+    # Both frameworks share one GPU: JAX must not grab 75 % of it up front (read
+    # when its GPU backend starts, which is after the PyTorch half below).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+
+    from vtfpar_jax import bench
+    from vtfpar_jax.models import clip
+
+    clip_fp16 = device == "cuda" if clip_fp16 is None else clip_fp16
+    pub = _run_published(openpar_dir, batch, frames, device, steps, warmup, seed, train,
+                         clip_fp16)
+    if device == "cuda":
+        import torch
+        gc.collect()
+        torch.cuda.empty_cache()
+    cfg, variables, video, phrases = pub["cfg"], pub["variables"], pub["video"], pub["phrases"]
+    tokens = pub["tokens"]
     # Our side, on the converted weights and the same clip (NCHW -> NHWC at the border).
-    dtype = "float16" if clip_fp16 else "float32"
+    jax_clip_dtype = jax_clip_dtype or ("float16" if clip_fp16 else "float32")
     text = clip.text_features(cfg.clip, variables["clip"], tokens)
-    setup = bench.build(clip_cfg=cfg.clip, batch=batch, frames=frames, clip_dtype=dtype,
+    setup = bench.build(clip_cfg=cfg.clip, batch=batch, frames=frames, dtype=jax_dtype,
+                        clip_dtype=jax_clip_dtype, clip_fp8=jax_clip_fp8,
                         num_attributes=len(phrases), seed=seed, clip_params=variables["clip"],
                         variables={"params": variables["params"],
                                    "batch_stats": variables["batch_stats"]},
@@ -248,22 +279,24 @@ def compare(openpar_dir: str, batch: int = 2, frames: int = 6, device: str = "cp
         jax_predict_s = ours["predict_s_median"]
     return {
         "batch": batch, "frames": frames, "device": device, "clip_fp16": clip_fp16,
-        "jax_device": str(jax.devices()[0].device_kind), "torch_version": torch.__version__,
-        "jax_version": jax.__version__,
-        "max_abs_logit_diff": float(np.abs(logits_jax - logits_torch).max()),
-        "max_abs_logit": float(np.abs(logits_torch).max()),
-        "published": {"predict_s": torch_predict_s, "predict_clips_per_s": batch / torch_predict_s,
-                      "train_s_per_step": torch_train_s,
-                      "train_clips_per_s": batch / torch_train_s if torch_train_s else None,
-                      "predict_peak_bytes": torch_predict_peak,
-                      "train_peak_bytes": torch_train_peak},
+        "jax_device": str(jax.devices()[0].device_kind), "torch_version": pub["torch_version"],
+        "jax_version": jax.__version__, "jax_dtype": jax_dtype, "jax_clip_dtype": jax_clip_dtype,
+        "jax_clip_fp8": jax_clip_fp8,
+        "max_abs_logit_diff": float(np.abs(logits_jax - pub["logits"]).max()),
+        "max_abs_logit": float(np.abs(pub["logits"]).max()),
+        "published": {"predict_s": pub["predict_s"],
+                      "predict_clips_per_s": batch / pub["predict_s"],
+                      "train_s_per_step": pub["train_s"],
+                      "train_clips_per_s": batch / pub["train_s"] if pub["train_s"] else None,
+                      "predict_peak_bytes": pub["predict_peak"],
+                      "train_peak_bytes": pub["train_peak"]},
         "jax": {"predict_s": jax_predict_s, "predict_clips_per_s": batch / jax_predict_s,
                 "train_s_per_step": ours["step_s_median"] if ours else None,
                 "train_clips_per_s": ours["clips_per_s"] if ours else None,
                 "compile_s": ours["compile_s"] if ours else None,
                 "predict_peak_bytes": ours["predict_peak_bytes"] if ours else None,
                 "train_peak_bytes": ours["peak_bytes"] if ours else None},
-        "steps": steps, "memory_note": None if cuda else
+        "steps": steps, "memory_note": None if device == "cuda" else
         "CPU: no peak-memory counter on either side (None)",
     }
 
@@ -277,13 +310,23 @@ def summary(r: dict[str, Any]) -> str:
     train = (f"train {p['train_s_per_step']:.3f} vs {j['train_s_per_step']:.3f} s/step "
              f"({ratio(p['train_s_per_step'], j['train_s_per_step'])} faster)"
              if p["train_s_per_step"] else "train not run")
-    return (f"batch {r['batch']} x {r['frames']} frames on {r['device']}: max |dlogits| "
-            f"{r['max_abs_logit_diff']:.2e}; predict {p['predict_clips_per_s']:.2f} vs "
-            f"{j['predict_clips_per_s']:.2f} clips/s (published vs JAX, "
-            f"{ratio(j['predict_clips_per_s'], p['predict_clips_per_s'])}); {train}")
+    memory = ""
+    if p["train_peak_bytes"] and j["train_peak_bytes"]:
+        memory = (f"; train peak {p['train_peak_bytes'] / 2 ** 30:.2f} vs "
+                  f"{j['train_peak_bytes'] / 2 ** 30:.2f} GiB "
+                  f"({j['train_peak_bytes'] / p['train_peak_bytes']:.0%} of published)")
+    jax_dtypes = f"{r['jax_dtype']}, CLIP {r['jax_clip_dtype']}" + (
+        " fp8 matmuls" if r["jax_clip_fp8"] else "")
+    return (f"batch {r['batch']} x {r['frames']} frames on {r['device']} (JAX {jax_dtypes}): "
+            f"max |dlogits| {r['max_abs_logit_diff']:.2e}; predict "
+            f"{p['predict_clips_per_s']:.2f} vs {j['predict_clips_per_s']:.2f} clips/s "
+            f"(published vs JAX, {ratio(j['predict_clips_per_s'], p['predict_clips_per_s'])}); "
+            f"{train}{memory}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from vtfpar_jax.bench import DTYPES
+
     p = argparse.ArgumentParser(prog="python -m vtfpar_jax.compare_pytorch",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--openpar", required=True, help="the VTFPAR++ folder of an OpenPAR checkout")
@@ -296,11 +339,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-train", action="store_true", help="parity and prediction only")
     p.add_argument("--clip-fp16", default=None, action=argparse.BooleanOptionalAction,
                    help="CLIP in fp16 on both sides (default: on for cuda, as published)")
+    p.add_argument("--jax-dtype", default="float32", choices=DTYPES,
+                   help="the JAX side's side-net dtype (default: float32, as published)")
+    p.add_argument("--jax-clip-dtype", default=None, choices=DTYPES,
+                   help="the JAX side's CLIP dtype (default: the published side's)")
+    p.add_argument("--jax-clip-fp8", action="store_true",
+                   help="the JAX side's CLIP matmuls in fp8 (experiment, models/fp8.py)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     try:
         result = compare(args.openpar, args.batch, args.frames, args.device, args.steps,
-                         args.warmup, train=not args.no_train, clip_fp16=args.clip_fp16)
+                         args.warmup, train=not args.no_train, clip_fp16=args.clip_fp16,
+                         jax_dtype=args.jax_dtype, jax_clip_dtype=args.jax_clip_dtype,
+                         jax_clip_fp8=args.jax_clip_fp8)
     except (FileNotFoundError, ImportError) as e:
         p.error(str(e))
     if args.json:
