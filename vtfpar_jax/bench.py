@@ -70,9 +70,8 @@ def clip_config(name: str):
 
 def build(clip_name: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: str = "float32",
           clip_dtype: str | None = None, remat: bool = False, clip_fp8: bool = False,
-          num_attributes: int = 43,
-          seed: int = 0, clip_cfg=None, clip_params=None, variables=None, text_features=None,
-          video: np.ndarray | None = None) -> Setup:
+          num_attributes: int = 43, seed: int = 0, clip_cfg=None, clip_params=None,
+          variables=None, text_features=None, video: np.ndarray | None = None) -> Setup:
     """The train step and evaluation forward of the project, jitted over a `data` mesh.
 
     Random CLIP params, side-net variables, text features and batch unless given

@@ -62,8 +62,8 @@ class StaticFp8DotGeneral(nn.Module):
         calibrating = self.is_mutable_collection(COLLECTION)
         if not calibrating and not self.has_variable(COLLECTION, "input_amax"):
             raise ValueError(f"clip_fp8: no calibrated fp8 scale for {'/'.join(self.path)}; "
-                             f"run vtfpar_jax.models.fp8.calibrate and keep its "
-                             f"clip_params[{PARAMS_KEY!r}]")
+                             f"calibrate first (vtfpar.calibrate_clip_fp8 adds "
+                             f"clip_params[{PARAMS_KEY!r}])")
         input_amax = self.variable(COLLECTION, "input_amax", jnp.zeros, (), jnp.float32)
         kernel_amax = self.variable(COLLECTION, "kernel_amax", jnp.zeros, (), jnp.float32)
         if calibrating:
