@@ -53,6 +53,7 @@ def test_matmul_uses_exactly_the_e4m3_rounded_operands(dense_calibrated):
     x = 4 * x1  # partly beyond the calibrated range: those entries saturate at ±448·scale
     got = np.asarray(DENSE.apply({"params": params, fp8.COLLECTION: amax}, x), np.float64)
     a = amax["StaticFp8DotGeneral_0"]
+    assert (np.abs(x) > float(a["input_amax"])).any()
     kernel = np.asarray(params["kernel"])
     want = _rounded(x, float(a["input_amax"])) @ _rounded(kernel, float(a["kernel_amax"]))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
