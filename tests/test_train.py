@@ -17,12 +17,15 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 from smoke_runs import REPO, SMOKE, smoke_config, subprocess_env
 
-from vtfpar_jax import attributes, builders, evaluate, model_dir, train
+from vtfpar_jax import attributes, builders, evaluate, losses, model_dir, optim, train
 from vtfpar_jax.checkpoint import CheckpointStore
+from vtfpar_jax.models import clip, vtfpar
+from vtfpar_jax.train_step import initial_state, step_frozen_params
 
 WORKER = os.path.join(REPO, "tests", "train_worker.py")
 # Adam's eps for the cross-device comparisons. With the published 1e-8, leaves whose
@@ -133,7 +136,9 @@ def test_frozen_params_unchanged_and_without_optimizer_state(data_dir, tmp_path)
     assert len(shaped) == 2 * n_trainable          # Adam's mu and nu, trainable leaves only
     counts = trainer.count_params()
     assert counts["optimizer_state"] - 2 * counts["trainable"] < 10
-    assert counts["frozen"] == sum(x.size for x in jax.tree.leaves(trainer.clip_params))
+    # On the devices: CLIP without its text tower (the text features are computed once).
+    held = {k: v for k, v in trainer.clip_params.items() if k != "text"}
+    assert counts["frozen"] == sum(x.size for x in jax.tree.leaves(held))
 
     before = flat(trainer.state.trainable)
     state, batches = trainer.state, trainer.batches(0)
@@ -143,12 +148,53 @@ def test_frozen_params_unchanged_and_without_optimizer_state(data_dir, tmp_path)
     assert int(state.step) == 2
     after = flat(state.trainable)
     assert any(not np.array_equal(after[k], before[k]) for k in before)
-    # CLIP: bit-identical to a fresh copy of the initial weights.
+    # CLIP: bit-identical to a fresh copy of the initial weights (less the text tower).
     _, fresh = builders.load_clip(config.clip, config.seed)
+    fresh = {k: v for k, v in fresh.items() if k != "text"}
     frozen_now = flat(trainer.frozen.params["clip"])
     assert set(frozen_now) == set(flat(fresh))
     for k, v in flat(fresh).items():
         np.testing.assert_array_equal(frozen_now[k], v, err_msg=k)
+
+
+def test_step_frozen_params_hold_less_and_change_no_bit():
+    """The step's frozen CLIP: no text tower, no block past the deepest read, kernels in
+    the CLIP compute dtype; logits and gradients bit-identical to the full float32 tree."""
+    clip_cfg = clip.tiny()
+    cfg = vtfpar.VTFPARConfig(clip=clip_cfg, num_attributes=4, frames=2,
+                              spatial_map=((0, 0), (2, 1)), temporal_map=((1, 0),),
+                              dtype="bfloat16", clip_dtype="bfloat16", drop_path_rate=0.0)
+    clip_params = clip.init_params(clip_cfg, jax.random.PRNGKey(0))
+    variables = vtfpar.init(cfg, jax.random.PRNGKey(1))
+    tx = optax.adam(1e-3)
+    state, full = initial_state(variables, clip_params, ("clip/.*",), tx)
+    held = step_frozen_params(cfg, full)
+    assert set(held["clip"]) == {"vision", "logit_scale"}
+    assert sorted(k for k in held["clip"]["vision"] if k.startswith("layers_")) == [
+        "layers_0", "layers_1"]                    # index 2 = after block 2: blocks 0, 1
+    assert "projection" not in held["clip"]["vision"]
+    for path, leaf in flat(held["clip"]["vision"]).items():
+        want = jnp.bfloat16 if path.endswith("kernel") else jnp.float32
+        assert leaf.dtype == want, path
+    video = jax.random.normal(jax.random.PRNGKey(2), (2, 2, 64, 64, 3))
+    text = jax.random.normal(jax.random.PRNGKey(3), (4, clip_cfg.projection_dim))
+    labels = jnp.asarray([[1, 0, 1, 0], [0, 1, 1, 0]], jnp.float32)
+
+    def loss_and_grads(frozen):
+        def loss_fn(trainable):
+            params = optim.merge(trainable, frozen)
+            logits, _ = vtfpar.apply(cfg, {"params": params["model"],
+                                           "batch_stats": state.batch_stats},
+                                     params["clip"], video, text, train=True)
+            return losses.weighted_bce(logits, labels, jnp.full((4,), 0.4)), logits
+        return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(state.trainable)
+
+    (loss_full, logits_full), grads_full = loss_and_grads(full)
+    (loss_held, logits_held), grads_held = loss_and_grads(held)
+    np.testing.assert_array_equal(logits_held, logits_full)
+    assert float(loss_held) == float(loss_full)
+    for k, v in flat(grads_full).items():
+        np.testing.assert_array_equal(flat(grads_held)[k], v, err_msg=k)
 
 
 def restored(workdir):

@@ -81,7 +81,13 @@ def build(clip_name: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: s
     from vtfpar_jax import evaluate, optim, sharding
     from vtfpar_jax.models import clip, vtfpar
     from vtfpar_jax.models.side_nets import INTERACTION_MAPS
-    from vtfpar_jax.train_step import Frozen, initial_state, jit_train_step, make_train_step
+    from vtfpar_jax.train_step import (
+        Frozen,
+        initial_state,
+        jit_train_step,
+        make_train_step,
+        step_frozen_params,
+    )
 
     clip_cfg = clip_cfg or clip_config(clip_name)
     # A CLIP shallower than 12 blocks (tiny: 4) cannot feed the default map; the
@@ -113,7 +119,8 @@ def build(clip_name: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: s
     state, frozen_params = initial_state(variables, clip_params, FROZEN_PATTERNS, tx)
     trainable = state.trainable
     positive_ratio = rng_np.uniform(0.05, 0.5, num_attributes).astype(np.float32)
-    frozen = sharding.replicate(Frozen(params=frozen_params, text_features=text_features,
+    frozen = sharding.replicate(Frozen(params=step_frozen_params(model_cfg, frozen_params),
+                                       text_features=text_features,
                                        positive_ratio=jnp.asarray(positive_ratio)), mesh)
     state = sharding.replicate(state, mesh)
     local = {"video": np.asarray(video, np.float32),

@@ -25,7 +25,13 @@ from vtfpar_jax import builders, optim, sharding
 from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.models import vtfpar
 from vtfpar_jax.run_logging import MetricsLogger, WorkdirLock
-from vtfpar_jax.train_step import Frozen, initial_state, jit_train_step, make_train_step
+from vtfpar_jax.train_step import (
+    Frozen,
+    initial_state,
+    jit_train_step,
+    make_train_step,
+    step_frozen_params,
+)
 
 
 def load_config_file(spec: str, **overrides) -> ml_collections.ConfigDict:
@@ -86,7 +92,8 @@ class Trainer:
             self.clip_cfg, clip_params, self.phrases, self.tokens,
             cache_dir=os.path.join(workdir, "text_cache"))
         self.frozen = sharding.replicate(Frozen(
-            params=frozen, text_features=jnp.asarray(text_features),
+            params=step_frozen_params(self.model_cfg, frozen),
+            text_features=jnp.asarray(text_features),
             positive_ratio=jnp.asarray(pipeline.positive_ratio(self.builder))), self.mesh)
         self.state = sharding.replicate(state, self.mesh)
         self.clip_params = clip_params

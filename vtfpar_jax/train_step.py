@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from vtfpar_jax import losses, optim
-from vtfpar_jax.models import vtfpar
+from vtfpar_jax.models import clip, vtfpar
 
 
 @flax.struct.dataclass
@@ -49,6 +49,27 @@ def initial_state(variables: dict, clip_params: Any, frozen_patterns,
     state = TrainState(step=jnp.asarray(0, jnp.int32), trainable=trainable,
                        batch_stats=variables["batch_stats"], opt_state=tx.init(trainable))
     return state, frozen
+
+
+def step_frozen_params(cfg: vtfpar.VTFPARConfig, frozen: dict) -> dict:
+    """The frozen params as the step reads them, to hold on the devices.
+
+    From frozen CLIP leaves, drops the text tower (the step reads the text
+    features computed once) and the vision params past the deepest block the
+    side nets read; and, when CLIP computes in a lower precision, stores the
+    matmul kernels in that dtype: `nn.Dense`/`nn.Conv` cast them to it anyway,
+    so the numbers are bit-identical, with half the bytes on the device and no
+    cast in every step.
+    """
+    if "clip" not in frozen:
+        return frozen
+    clip_frozen = {k: v for k, v in frozen["clip"].items() if k != "text"}
+    if "vision" in clip_frozen:
+        vision = clip.vision_params_up_to(clip_frozen["vision"], max(cfg.clip_sources))
+        dtype = vtfpar.DTYPES[cfg.clip_dtype]
+        clip_frozen["vision"] = jax.tree_util.tree_map_with_path(
+            lambda path, x: x.astype(dtype) if path[-1].key == "kernel" else x, vision)
+    return {**frozen, "clip": clip_frozen}
 
 
 def make_train_step(cfg: vtfpar.VTFPARConfig, tx: optax.GradientTransformation,

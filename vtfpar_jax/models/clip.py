@@ -199,6 +199,17 @@ def _block(c: TowerConfig, dtype, name: str, causal: bool = False,
                             name=name)
 
 
+def vision_params_up_to(vision: Params, depth: int) -> Params:
+    """The vision tower's params that a run collecting indices <= `depth` reads: the
+    embeddings, ln_pre and blocks 0..depth-1 (no deeper block, post-LN or projection)."""
+    def read(name: str) -> bool:
+        if name.startswith("layers_"):
+            return int(name.removeprefix("layers_")) < depth
+        return name not in ("post_layernorm", "projection")
+
+    return {name: value for name, value in vision.items() if read(name)}
+
+
 def init_params(cfg: ClipConfig, rng: jax.Array) -> Params:
     """Random CLIP parameters (float32), e.g. for the demo's small CLIP."""
     v_rng, t_rng = jax.random.split(rng)
