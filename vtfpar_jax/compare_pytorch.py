@@ -232,7 +232,6 @@ def _run_published(openpar_dir: str, batch: int, frames: int, device: str, steps
             "train_peak": torch_train_peak, "torch_version": torch.__version__}
 
 
-
 def compare(openpar_dir: str, batch: int = 2, frames: int = 6, device: str = "cpu",
             steps: int = 5, warmup: int = 1, seed: int = 0, train: bool = True,
             clip_fp16: bool | None = None, jax_dtype: str = "float32",
@@ -255,8 +254,8 @@ def compare(openpar_dir: str, batch: int = 2, frames: int = 6, device: str = "cp
         import torch
         gc.collect()
         torch.cuda.empty_cache()
-    cfg, variables, video, phrases = pub["cfg"], pub["variables"], pub["video"], pub["phrases"]
-    tokens = pub["tokens"]
+    cfg, variables, video, phrases, tokens = (
+        pub[k] for k in ("cfg", "variables", "video", "phrases", "tokens"))
     # Our side, on the converted weights and the same clip (NCHW -> NHWC at the border).
     jax_clip_dtype = jax_clip_dtype or ("float16" if clip_fp16 else "float32")
     text = clip.text_features(cfg.clip, variables["clip"], tokens)
