@@ -52,8 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.drop_path_rate = 0.1
     c.model.dtype = "float32"             # side nets; 'bfloat16' for speed
     c.model.clip_dtype = "float32"
-    c.model.remat = False                 # recompute side/fusion blocks in backward: less
-                                          # activation memory for large batches, more compute
+    c.model.remat = "dots"                # what side/fusion blocks keep for backward: none |
+                                          # dots (matmul outputs; the rest recomputed) | blocks
+    c.model.attention = "auto"            # auto (cuDNN flash on NVIDIA GPUs in bf16/fp16,
+                                          # else XLA) | xla | cudnn
 
     c.text = ml_collections.ConfigDict()
     c.text.phrases = "published"          # 'published' or 'expanded'

@@ -52,8 +52,10 @@ def test_logits_and_intermediates_match_published(converted):
     _, state = vtfpar.apply(cfg, model_vars, variables["clip"], video, text,
                             capture_intermediates=True)
     got = state["intermediates"]
+    # The published temporal tokens are (streams, B, ...); ours keep the batch first.
+    want = {**e, "temporal_side": np.moveaxis(e["temporal_side"], 0, 1)}
     for name in ("spatial_side", "temporal_side", "logits_pre_bn"):
-        np.testing.assert_allclose(got[name][0], e[name], atol=1e-4, rtol=0, err_msg=name)
+        np.testing.assert_allclose(got[name][0], want[name], atol=1e-4, rtol=0, err_msg=name)
 
 
 def test_loss_and_gradient_norms_match_published(converted):
@@ -81,27 +83,6 @@ def test_bfloat16_logits_stay_close(openpar_case):
     logits = predict.compute_logits(bf16, variables, video, case["expected"]["tokens"])
     delta = np.abs(logits - case["expected"]["logits"]).max()
     assert delta <= 5e-2, delta
-
-
-def test_fp8_clip_drift_on_the_published_logits(openpar_case):
-    """The fp8 CLIP experiment (models/fp8.py), scales calibrated on two other random clips.
-
-    Measured (docs/performance.md): max |dlogits| 0.154 against published logits up to
-    3.24, no sign flipped; CLIP's block-11 tokens drift 7.6 % (relative L2), bf16 1.0 %.
-    """
-    case = openpar_case("default")
-    cfg, variables = openpar.convert(case["state_dict"], **case["meta"]["openpar_options"])
-    video = case["video"].transpose(0, 1, 3, 4, 2)
-    rs = np.random.RandomState(1234)
-    calibration = [jnp.asarray(rs.standard_normal(video.shape), jnp.float32) for _ in range(2)]
-    fp8_cfg = vtfpar.VTFPARConfig(**{**cfg.__dict__, "clip_fp8": True})
-    fp8_vars = {**variables,
-                "clip": vtfpar.calibrate_clip_fp8(cfg, variables["clip"], calibration)}
-    logits = predict.compute_logits(fp8_cfg, fp8_vars, video, case["expected"]["tokens"])
-    published = case["expected"]["logits"]
-    delta = np.abs(logits - published).max()
-    assert 1e-3 < delta <= 0.25, delta
-    np.testing.assert_array_equal(logits > 0, published > 0)
 
 
 def test_unknown_and_missing_keys_are_named(openpar_case):

@@ -299,7 +299,7 @@ def test_real_forward_with_clip_grid_unlike_side_grid(tiny_clip):
     assert logits.shape == (B, A) and np.isfinite(np.asarray(logits)).all()
     inter = state["intermediates"]
     assert inter["spatial_side"][0].shape == (B * F, 1 + 16, cfg.dim)
-    assert inter["temporal_side"][0].shape == (3, B, 1 + 16, cfg.dim)
+    assert inter["temporal_side"][0].shape == (B, 3, 1 + 16, cfg.dim)
 
 
 @pytest.mark.parametrize("src, dst", [(8, 4), (16, 14), (4, 7), (14, 16), (5, 5)])
@@ -459,13 +459,15 @@ def test_clip_runs_only_to_the_deepest_index_read(clip12_params):
     assert dots(spatial_map=((5, 1),), temporal_map=((11, 0),), use_temporal=False) == deepest_5
 
 
-def test_remat_changes_no_parameter_logit_or_gradient(tiny_clip):
-    """model.remat recomputes the side and fusion blocks in the backward pass: the parameter
-    tree (names the converters rely on), training logits and gradients are those without it.
-    Drop-path is on, so the fusion block's static `deterministic` and its rng are exercised."""
+@pytest.mark.parametrize("policy", ["blocks", "dots"])
+def test_remat_changes_no_parameter_logit_or_gradient(tiny_clip, policy):
+    """model.remat recomputes (part of) the side and fusion blocks in the backward pass: the
+    parameter tree (names the converters rely on), training logits and gradients are those
+    without it. Drop-path is on, so the fusion block's static `deterministic` and its rng are
+    exercised."""
     clip_cfg, clip_params = tiny_clip
-    cfg = base(clip_cfg, drop_path_rate=0.5)
-    remat = vtfpar.VTFPARConfig(**{**cfg.__dict__, "remat": True})
+    cfg = base(clip_cfg, drop_path_rate=0.5, remat="none")
+    remat = vtfpar.VTFPARConfig(**{**cfg.__dict__, "remat": policy})
     hash(remat)  # still a valid static jit argument
     logits, params, grads, _ = train_grads(cfg, clip_params)
     logits_r, params_r, grads_r, _ = train_grads(remat, clip_params)

@@ -48,8 +48,15 @@ def model_config(config: ml_collections.ConfigDict, clip_cfg: clip.ClipConfig,
         dim=m.dim, heads=m.heads or None, side_patch_size=m.side_patch_size,
         use_spatial=m.use_spatial, use_temporal=m.use_temporal,
         drop_path_rate=m.drop_path_rate, dtype=m.dtype, clip_dtype=m.clip_dtype,
-        # .get: config.json of runs made before the option has no model.remat.
-        remat=m.get("remat", False))
+        remat=_remat_policy(m.get("remat", "none")), attention=m.get("attention", "auto"))
+
+
+def _remat_policy(value) -> str:
+    """model.remat as a policy name. Runs made before the policies saved a bool
+    (or no field at all: no remat), which mean 'blocks' and 'none'."""
+    if isinstance(value, bool):
+        return "blocks" if value else "none"
+    return value
 
 
 def attribute_tokens(config: ml_collections.ConfigDict, attribute_set: attributes.AttributeSet,

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vtfpar_jax.models.fp8 import StaticFp8DotGeneral
 from vtfpar_jax.models.layers import TransformerBlock
+from vtfpar_jax.models.lean_ops import LayerNorm
 
 Params = dict[str, Any]
 
@@ -116,14 +116,11 @@ def tiny(image_size: int = 64, patch_size: int = 8, vocab_size: int = 49408) -> 
 
 class VisionTower(nn.Module):
     """Patch embedding, class token, positions, ln_pre, then the residual blocks.
-
-    With `fp8`, the blocks' matmuls run on float8 operands under calibrated
-    static scales (models/fp8.py; the `fp8_amax` collection).
     """
 
     cfg: ClipConfig
     dtype: jnp.dtype = jnp.float32
-    fp8: bool = False
+    attention: str = "auto"     # attention.IMPLEMENTATIONS
 
     @nn.compact
     def __call__(self, images: jax.Array, collect: Sequence[int] | None = None,
@@ -148,13 +145,13 @@ class VisionTower(nn.Module):
                          (self.cfg.grid_size ** 2 + 1, c.width))
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (n, 1, c.width)), x], axis=1)
         x = x + pos.astype(x.dtype)
-        x = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="pre_layernorm")(x)
+        x = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="pre_layernorm")(x)
         outputs = {0: x}
         depth = c.layers if project else max(collect, default=0)
         for i in range(depth):
-            x = _block(c, self.dtype, f"layers_{i}", fp8=self.fp8)(x)
+            x = _block(c, self.dtype, f"layers_{i}", attention=self.attention)(x)
             outputs[i + 1] = x
-        post_ln = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="post_layernorm")
+        post_ln = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="post_layernorm")
         proj = nn.Dense(self.cfg.projection_dim, use_bias=False, dtype=self.dtype,
                         name="projection")
         if project or self.is_initializing():
@@ -180,7 +177,7 @@ class TextTower(nn.Module):
         x = x + pos[: token_ids.shape[1]].astype(x.dtype)
         for i in range(c.layers):
             x = _block(c, self.dtype, f"layers_{i}", causal=True)(x)
-        x = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="final_layernorm")(x)
+        x = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="final_layernorm")(x)
         if self.cfg.eos_token_id == 2:
             eot = jnp.argmax(token_ids, axis=-1)
         else:
@@ -191,12 +188,11 @@ class TextTower(nn.Module):
 
 
 def _block(c: TowerConfig, dtype, name: str, causal: bool = False,
-           fp8: bool = False) -> TransformerBlock:
+           attention: str = "auto") -> TransformerBlock:
     return TransformerBlock(width=c.width, heads=c.heads, mlp_dim=c.mlp_dim,
                             activation=c.activation, layer_norm_eps=c.layer_norm_eps,
                             causal=causal, dtype=dtype,
-                            dot_general_cls=StaticFp8DotGeneral if fp8 else None,
-                            name=name)
+                            attention=attention, name=name)
 
 
 def vision_params_up_to(vision: Params, depth: int) -> Params:

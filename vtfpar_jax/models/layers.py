@@ -5,16 +5,22 @@ side-ViT block (exact GELU, eps 1e-6, optional drop-path). The attention
 projection is packed as one (W, 3W) `qkv` kernel laid out [q | k | v], heads
 contiguous inside each, which is the layout of both OpenAI's `in_proj_weight`
 and timm's `qkv`, so imports are a transpose.
+
+LayerNorm and exact GELU are the lean ones of `lean_ops` (same math, smaller
+saved activations); attention is `attention.dot_product_attention`, whose
+implementation (`auto`, `xla`, `cudnn`) is a model option.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from vtfpar_jax.models import lean_ops
+from vtfpar_jax.models.attention import dot_product_attention
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -24,7 +30,7 @@ def quick_gelu(x: jax.Array) -> jax.Array:
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "quick_gelu": quick_gelu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": lean_ops.gelu,
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
 }
 
@@ -36,19 +42,16 @@ class Attention(nn.Module):
     heads: int
     causal: bool = False
     dtype: jnp.dtype = jnp.float32
-    dot_general_cls: Any = None  # the projections' matmul (models/fp8.py); None: lax.dot_general
+    attention: str = "auto"      # attention.IMPLEMENTATIONS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, n, w = x.shape
         head_dim = self.width // self.heads
-        qkv = nn.Dense(3 * self.width, dtype=self.dtype, dot_general_cls=self.dot_general_cls,
-                       name="qkv")(x)
+        qkv = nn.Dense(3 * self.width, dtype=self.dtype, name="qkv")(x)
         q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.heads, head_dim), 2, 0)
-        # XLA's fused attention on CPU/TPU, cuDNN flash attention where available.
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
-        return nn.Dense(self.width, dtype=self.dtype, dot_general_cls=self.dot_general_cls,
-                        name="out")(out.reshape(b, n, w))
+        out = dot_product_attention(q, k, v, causal=self.causal, implementation=self.attention)
+        return nn.Dense(self.width, dtype=self.dtype, name="out")(out.reshape(b, n, w))
 
 
 class TransformerBlock(nn.Module):
@@ -62,18 +65,17 @@ class TransformerBlock(nn.Module):
     causal: bool = False
     drop_path_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
-    dot_general_cls: Any = None  # the four matmuls' (models/fp8.py); None: lax.dot_general
+    attention: str = "auto"      # attention.IMPLEMENTATIONS
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         def ln(name):
-            return nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
+            return lean_ops.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=name)
 
         def dense(features, name):
-            return nn.Dense(features, dtype=self.dtype, dot_general_cls=self.dot_general_cls,
-                            name=name)
+            return nn.Dense(features, dtype=self.dtype, name=name)
 
-        y = Attention(self.width, self.heads, self.causal, self.dtype, self.dot_general_cls,
+        y = Attention(self.width, self.heads, self.causal, self.dtype, self.attention,
                       name="attn")(ln("ln_1")(x))
         x = x + self._drop_path(y, deterministic)
         y = dense(self.mlp_dim, "fc1")(ln("ln_2")(x))

@@ -8,13 +8,16 @@ CLIP tokens arrive per index as (B*F, 1+P, C), frames folded into the batch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vtfpar_jax.models import lean_ops
 from vtfpar_jax.models.layers import TransformerBlock
+from vtfpar_jax.models.lean_ops import LayerNorm
 
 InteractionMap = tuple[tuple[int, int], ...]
 
@@ -24,20 +27,32 @@ SIDE_DEPTH = 8
 SIDE_LN_EPS = 1e-6
 
 
-# The block with its activations recomputed in the backward pass (jax.checkpoint).
+# What a side or fusion block keeps for its backward pass (`model.remat`):
+#   none    everything autodiff saves (fastest where memory allows);
+#   blocks  only each block's input: the whole block is recomputed;
+#   dots    the outputs of its matmuls without batch dimensions (qkv, attention
+#           projection, fc1, fc2): only normalisation, activation and attention
+#           are recomputed, which are cheap next to the matmuls.
 # `deterministic` (argument 2, counting self) is a Python bool, hence static; call
-# it as block(x, deterministic), always positionally: jax.checkpoint rejects a
+# a block as block(x, deterministic), always positionally: jax.checkpoint rejects a
 # static_argnum beyond the arguments given, and traces keyword arguments.
-RematTransformerBlock = nn.remat(TransformerBlock, static_argnums=(2,))
+REMAT_BLOCKS = {
+    "none": TransformerBlock,
+    "blocks": nn.remat(TransformerBlock, static_argnums=(2,)),
+    "dots": nn.remat(TransformerBlock, static_argnums=(2,),
+                     policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable),
+}
+REMAT_POLICIES = tuple(REMAT_BLOCKS)
 
 
 def side_block(dim: int, heads: int, dtype, name: str, drop_path_rate: float = 0.0,
-               remat: bool = False):
-    """A timm side-ViT block; with `remat`, rematerialised (same parameter names)."""
-    block = RematTransformerBlock if remat else TransformerBlock
-    return block(width=dim, heads=heads, mlp_dim=4 * dim, activation="gelu",
-                 layer_norm_eps=SIDE_LN_EPS, drop_path_rate=drop_path_rate, dtype=dtype,
-                 name=name)
+               remat: str = "none", attention: str = "auto"):
+    """A timm side-ViT block, rematerialised as `remat` says (same parameter names)."""
+    if remat not in REMAT_BLOCKS:
+        raise ValueError(f"model.remat={remat!r}; expected one of {REMAT_POLICIES}")
+    return REMAT_BLOCKS[remat](width=dim, heads=heads, mlp_dim=4 * dim, activation="gelu",
+                               layer_norm_eps=SIDE_LN_EPS, drop_path_rate=drop_path_rate,
+                               dtype=dtype, attention=attention, name=name)
 
 
 def resize_grid(patches: jax.Array, grid: int) -> jax.Array:
@@ -80,12 +95,18 @@ class SpatialFusion(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, clip_tokens: jax.Array) -> jax.Array:
-        y = nn.LayerNorm(epsilon=SIDE_LN_EPS, dtype=self.dtype, name="norm")(clip_tokens[:, 1:])
+        y = LayerNorm(epsilon=SIDE_LN_EPS, dtype=self.dtype, name="norm")(clip_tokens[:, 1:])
         y = nn.Dense(self.dim, dtype=self.dtype, name="proj")(y)
         # Projecting before resizing, as published (bilinear weights sum to one,
         # so the two orders agree anyway).
         y = resize_grid(y, self.grid)
         return jnp.concatenate([x[:, :1], x[:, 1:] + y.astype(x.dtype)], axis=1)
+
+
+# Recomputed in the backward pass from its inputs, so what stays is the CLIP tokens
+# themselves (which the temporal side net's projections keep too), not 768-wide
+# slices and normalised copies of them.
+RematSpatialFusion = nn.remat(SpatialFusion)
 
 
 class SpatialSideNet(nn.Module):
@@ -101,7 +122,8 @@ class SpatialSideNet(nn.Module):
     grid: int
     interaction_map: InteractionMap
     dtype: jnp.dtype = jnp.float32
-    remat: bool = False
+    remat: str = "none"
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, images: jax.Array, clip_tokens: Mapping[int, jax.Array]) -> jax.Array:
@@ -120,18 +142,69 @@ class SpatialSideNet(nn.Module):
         def fuse(t, x):
             if t not in sources:
                 return x
-            return SpatialFusion(self.dim, self.grid, self.dtype, name=f"fusion_{t}")(
+            return RematSpatialFusion(self.dim, self.grid, self.dtype, name=f"fusion_{t}")(
                 x, clip_tokens[sources[t]])
 
         x = fuse(0, x)
         for i in range(1, SIDE_DEPTH):
             x = side_block(self.dim, self.heads, self.dtype, f"blocks_{i - 1}",
-                           remat=self.remat)(x, True)
+                           remat=self.remat, attention=self.attention)(x, True)
             x = fuse(i, x)
             if i == SIDE_DEPTH - 1:
                 return x
             x = x + pos
         raise AssertionError("unreachable")
+
+
+class LayerNormParams(nn.Module):
+    """A LayerNorm's parameters (scale, bias), one set per stream if `streams`."""
+
+    features: int
+    streams: int | None = None
+
+    @nn.compact
+    def __call__(self) -> dict[str, jax.Array]:
+        lead = () if self.streams is None else (self.streams,)
+        return {"scale": self.param("scale", nn.initializers.ones, lead + (self.features,)),
+                "bias": self.param("bias", nn.initializers.zeros, lead + (self.features,))}
+
+
+class DenseParams(nn.Module):
+    """A Dense layer's parameters (kernel, bias), one set per stream if `streams`."""
+
+    in_features: int
+    out_features: int
+    streams: int | None = None
+
+    @nn.compact
+    def __call__(self) -> dict[str, jax.Array]:
+        lead = () if self.streams is None else (self.streams,)
+        init = nn.initializers.lecun_normal(batch_axis=tuple(range(len(lead))))
+        return {"kernel": self.param("kernel", init, lead + (self.in_features,
+                                                             self.out_features)),
+                "bias": self.param("bias", nn.initializers.zeros, lead + (self.out_features,))}
+
+
+def _project_frame(tokens: tuple[jax.Array, ...], norm, dense, *, frames: int, frame: int,
+                   grid: int, dtype, epsilon: float) -> jax.Array:
+    """Every stream's CLIP feature on one frame, on the side grid, LayerNorm'd (if `norm`)
+    and projected: S x (B*F, 1+P, C) -> (B, S, grid^2, D).
+
+    `norm` holds one LayerNorm per stream, stacked; `dense` one Dense per stream when
+    its kernel is stacked (S, C, D), else one for all. All streams go through one
+    matmul, so a shared kernel's gradient is one sum (one all-reduce, not S).
+    """
+    def patches(t):
+        bf, n, c = t.shape
+        return resize_grid(t.reshape(bf // frames, frames, n, c)[:, frame, 1:], grid)
+
+    x = jnp.stack([patches(t) for t in tokens], axis=1).astype(dtype)  # (B, S, P, C)
+    if norm is not None:
+        x = lean_ops.layer_norm(x, norm["scale"][:, None], norm["bias"][:, None], epsilon)
+    kernel, bias = dense["kernel"].astype(dtype), dense["bias"].astype(dtype)
+    if kernel.ndim == 3:
+        return jnp.einsum("bspc,scd->bspd", x, kernel) + bias[:, None]
+    return x @ kernel + bias
 
 
 class TemporalSideNet(nn.Module):
@@ -140,7 +213,14 @@ class TemporalSideNet(nn.Module):
     Stream j starts from `first_linear` of its CLIP feature on frame 0, then
     for every later frame f runs side block f and adds a LayerNorm+Dense of the
     same CLIP feature on frame f. Streams share the blocks, so they run as one
-    batch. Returns (S, B, 1+grid^2, D).
+    batch. Returns (B, S, 1+grid^2, D).
+
+    The batch axis stays the leading one throughout (streams fold in behind
+    it, clip-major): data parallelism shards it, and an axis merged in front
+    of it would make the partitioner gather the whole global batch. The CLIP
+    projections are rematerialised from the CLIP tokens themselves, so the
+    backward pass keeps those (shared with the spatial side net) rather than
+    768-wide slices, stacks and normalised copies of them.
     """
 
     dim: int
@@ -149,35 +229,42 @@ class TemporalSideNet(nn.Module):
     interaction_map: InteractionMap
     frames: int
     dtype: jnp.dtype = jnp.float32
-    remat: bool = False
+    remat: str = "none"
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, clip_tokens: Mapping[int, jax.Array]) -> jax.Array:
-        sources = [s for s, _ in self.interaction_map]
-        streams = len(sources)
-        # (S, B*F, grid^2, C): every stream's CLIP patch tokens on the side grid.
-        feats = jnp.stack([resize_grid(clip_tokens[s][:, 1:], self.grid) for s in sources])
-        s_, bf, p, c = feats.shape
-        b = bf // self.frames
-        feats = feats.reshape(streams, b, self.frames, p, c)
+        tokens = [clip_tokens[s] for s, _ in self.interaction_map]
+        streams, c = len(tokens), tokens[0].shape[-1]
+        b = tokens[0].shape[0] // self.frames
+        p = self.grid * self.grid
         cls, pos = SideEmbedding(self.dim, self.grid, name="embedding")()
-        first = nn.Dense(self.dim, dtype=self.dtype, name="first_linear")(feats[:, :, 0])
-        x = jnp.concatenate([jnp.broadcast_to(cls, (streams, b, 1, self.dim)).astype(first.dtype),
+        first_linear = DenseParams(c, self.dim, name="first_linear")()
+        fusion_norm = LayerNormParams(c, streams, name="fusion_norm")()
+        fusion_proj = DenseParams(c, self.dim, streams, name="fusion_proj")()
+
+        def projected(frame, norm, dense):
+            """(B, S, grid^2, D): every stream's CLIP feature on `frame`, projected."""
+            return jax.checkpoint(functools.partial(
+                _project_frame, frames=self.frames, frame=frame, grid=self.grid,
+                dtype=self.dtype, epsilon=1e-5))(tuple(tokens), norm, dense)
+
+        first = projected(0, None, first_linear)
+        x = jnp.concatenate([jnp.broadcast_to(cls, (b, streams, 1, self.dim)).astype(first.dtype),
                              first], axis=2) + pos.astype(first.dtype)
-        x = x.reshape(streams * b, 1 + p, self.dim)
-        x = side_block(self.dim, self.heads, self.dtype, "blocks_0", remat=self.remat)(x, True)
-        fusion_norm = nn.vmap(nn.LayerNorm, variable_axes={"params": 0},
-                              split_rngs={"params": True}, in_axes=0, out_axes=0)
-        fusion_proj = nn.vmap(nn.Dense, variable_axes={"params": 0},
-                              split_rngs={"params": True}, in_axes=0, out_axes=0)
-        norm = fusion_norm(epsilon=1e-5, dtype=self.dtype, name="fusion_norm")
-        proj = fusion_proj(self.dim, dtype=self.dtype, name="fusion_proj")
+        x = x.reshape(b * streams, 1 + p, self.dim)
+
+        def block(f):
+            return side_block(self.dim, self.heads, self.dtype, f"blocks_{f}", remat=self.remat,
+                              attention=self.attention)
+
+        x = block(0)(x, True)
         for f in range(1, self.frames):
-            x = side_block(self.dim, self.heads, self.dtype, f"blocks_{f}",
-                           remat=self.remat)(x, True)
-            y = proj(norm(feats[:, :, f])).reshape(streams * b, p, self.dim)
+            x = block(f)(x, True)
+            y = projected(f, fusion_norm, fusion_proj).reshape(
+                b * streams, p, self.dim)
             x = jnp.concatenate([x[:, :1], x[:, 1:] + y.astype(x.dtype)], axis=1)
-        return x.reshape(streams, b, 1 + p, self.dim)
+        return x.reshape(b, streams, 1 + p, self.dim)
 
 
 class Aggregation(nn.Module):

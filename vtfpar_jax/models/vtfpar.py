@@ -12,17 +12,20 @@ from the frozen text tower; logits (B, A) float32.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vtfpar_jax.models import clip, fp8
+from vtfpar_jax.models import clip
+from vtfpar_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from vtfpar_jax.models.lean_ops import LayerNorm
 from vtfpar_jax.models.side_nets import (
     AGGREGATIONS,
     INTERACTION_MAPS,
+    REMAT_POLICIES,
     SIDE_DEPTH,
     SIDE_HEADS,
     Aggregation,
@@ -54,8 +57,8 @@ class VTFPARConfig:
     drop_path_rate: float = 0.1         # on the fusion block, in training
     dtype: str = "float32"              # compute dtype of side nets, fusion and heads
     clip_dtype: str = "float32"         # compute dtype of the frozen CLIP
-    remat: bool = False                 # recompute the side/fusion blocks' activations in backward
-    clip_fp8: bool = False              # experiment: fp8 CLIP matmuls, static scales (fp8.py)
+    remat: str = "dots"                 # what side/fusion blocks keep for backward (side_nets)
+    attention: str = "auto"             # attention implementation (models/attention.py)
 
     def __post_init__(self):
         self.validate()
@@ -87,6 +90,11 @@ class VTFPARConfig:
             if getattr(self, name) not in AGGREGATIONS:
                 raise ValueError(f"config: unknown {name} {getattr(self, name)!r}; expected one "
                                  f"of {AGGREGATIONS}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"config: remat={self.remat!r}; expected one of {REMAT_POLICIES}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"config: attention={self.attention!r}; expected one of "
+                             f"{ATTENTION_IMPLEMENTATIONS}")
         for name in ("dtype", "clip_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"config: {name}={getattr(self, name)!r}; expected one of "
@@ -157,25 +165,27 @@ class VTFPAR(nn.Module):
         sides = []
         if cfg.use_spatial:
             spatial = SpatialSideNet(cfg.dim, cfg.num_heads, cfg.side_patch_size, cfg.side_grid,
-                                     cfg.spatial_map, dtype, cfg.remat, name="spatial_side_net")(
+                                     cfg.spatial_map, dtype, cfg.remat, cfg.attention,
+                                     name="spatial_side_net")(
                 video.reshape(b * f, h, w, 3).astype(dtype), clip_tokens)
             self.sow("intermediates", "spatial_side", spatial)
             sides.append(Aggregation(cfg.spatial_aggregation, dtype, name="spatial_aggregation")(
                 spatial.reshape(b, f, *spatial.shape[1:])))
         if cfg.use_temporal:
             temporal = TemporalSideNet(cfg.dim, cfg.num_heads, cfg.side_grid, cfg.temporal_map,
-                                       f, dtype, cfg.remat, name="temporal_side_net")(clip_tokens)
+                                       f, dtype, cfg.remat, cfg.attention,
+                                       name="temporal_side_net")(clip_tokens)
             self.sow("intermediates", "temporal_side", temporal)
             sides.append(Aggregation(cfg.temporal_aggregation, dtype,
-                                     name="temporal_aggregation")(jnp.moveaxis(temporal, 0, 1)))
+                                     name="temporal_aggregation")(temporal))
         side = sides[0] if len(sides) == 1 else sides[0] + sides[1]
         a = cfg.num_attributes
         words = nn.Dense(cfg.dim, dtype=dtype, name="word_embed")(text_features.astype(dtype))
         x = jnp.concatenate([jnp.broadcast_to(words, (b, a, cfg.dim)), side.astype(dtype)], axis=1)
         # `deterministic` positionally: static under remat (side_nets.RematTransformerBlock).
         x = side_block(cfg.dim, cfg.num_heads, dtype, "fusion_block", cfg.drop_path_rate,
-                       remat=cfg.remat)(x, not train)
-        x = nn.LayerNorm(epsilon=1e-6, dtype=dtype, name="norm")(x)
+                       remat=cfg.remat, attention=cfg.attention)(x, not train)
+        x = LayerNorm(epsilon=1e-6, dtype=dtype, name="norm")(x)
         # One Linear(D -> 1) per attribute, applied to that attribute's text token.
         kernel = self.param("heads_kernel", nn.initializers.lecun_normal(), (a, cfg.dim))
         bias = self.param("heads_bias", nn.initializers.zeros, (a,))
@@ -193,29 +203,11 @@ def clip_tokens(cfg: VTFPARConfig, clip_params: Mapping[str, Any], video: jax.Ar
     """
     b, f, h, w, _ = video.shape
     sources = cfg.clip_sources
-    tower = clip.VisionTower(cfg.clip, DTYPES[cfg.clip_dtype], fp8=cfg.clip_fp8)
-    variables = {"params": clip_params["vision"]}
-    if cfg.clip_fp8:
-        if not frozen:
-            raise ValueError("config: clip_fp8 needs a frozen CLIP (its fp8 scales are static)")
-        if fp8.PARAMS_KEY not in clip_params:
-            raise ValueError(f"config: clip_fp8 is on but the CLIP params have no "
-                             f"{fp8.PARAMS_KEY!r}; add it with vtfpar.calibrate_clip_fp8")
-        variables[fp8.COLLECTION] = clip_params[fp8.PARAMS_KEY]
-    outs = tower.apply(variables, video.reshape(b * f, h, w, 3), sources)
+    tower = clip.VisionTower(cfg.clip, DTYPES[cfg.clip_dtype], attention=cfg.attention)
+    outs = tower.apply({"params": clip_params["vision"]}, video.reshape(b * f, h, w, 3), sources)
     if frozen:
         outs = [jax.lax.stop_gradient(o) for o in outs]
     return dict(zip(sources, outs, strict=True))
-
-
-def calibrate_clip_fp8(cfg: VTFPARConfig, clip_params: Mapping[str, Any],
-                       videos: Iterable[jax.Array]) -> dict[str, Any]:
-    """`clip_params` plus the fp8 scales of the CLIP matmuls that `cfg` runs,
-    calibrated on `videos` (each (B, F, H, W, 3), normalised): for `clip_fp8`."""
-    tower = clip.VisionTower(cfg.clip, DTYPES[cfg.clip_dtype], fp8=True)
-    frames = (v.reshape(-1, *v.shape[2:]) for v in videos)
-    amax = fp8.calibrate(tower, clip_params["vision"], frames, cfg.clip_sources)
-    return {**clip_params, fp8.PARAMS_KEY: amax}
 
 
 def apply(cfg: VTFPARConfig, variables: Mapping[str, Any], clip_params: Mapping[str, Any],
