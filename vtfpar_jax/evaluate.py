@@ -38,7 +38,6 @@ class Evaluator:
 
     def probabilities(self, state, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(probs, labels, mask) over `split`, gathered from every host."""
-        from jax.experimental import multihost_utils
         size = (self.model_cfg.clip.image_size,) * 2
         out = {"probs": [], "labels": [], "mask": []}
         for local in self.pipeline.eval_batches(
@@ -48,12 +47,9 @@ class Evaluator:
                 process_count=jax.process_count()):
             batch = sharding.global_batch(local, self.mesh)
             logits = self.predict(state.trainable, state.batch_stats, self.frozen, batch["video"])
-            out["probs"].append(np.asarray(metrics.sigmoid(np.asarray(logits))))
-            for key in ("labels", "mask"):
-                value = batch[key]
-                if jax.process_count() > 1:
-                    value = multihost_utils.process_allgather(value, tiled=True)
-                out[key].append(np.asarray(value))
+            out["probs"].append(metrics.sigmoid(_on_host(logits)))
+            out["labels"].append(_on_host(batch["labels"]))
+            out["mask"].append(_on_host(batch["mask"]))
         return tuple(np.concatenate(out[k]) for k in ("probs", "labels", "mask"))
 
     def run(self, state, split: str, report_dir: str | None = None) -> dict:
@@ -66,9 +62,20 @@ class Evaluator:
         return results
 
 
+def _on_host(value: jax.Array) -> np.ndarray:
+    """A batch-sharded global array, whole, on this host (from every host's shards)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return np.asarray(value)
+
+
 def jit_eval_logits(cfg, mesh):
-    """`eval_logits(trainable, batch_stats, frozen, video)` jitted, logits replicated."""
-    return jax.jit(functools.partial(eval_logits, cfg), out_shardings=sharding.replicated(mesh))
+    """`eval_logits(trainable, batch_stats, frozen, video)` jitted; the logits stay
+    sharded over the batch like the video (gathering them is the host's job, once,
+    not a collective in every forward)."""
+    return jax.jit(functools.partial(eval_logits, cfg),
+                   out_shardings=sharding.batch_sharding(mesh))
 
 
 def eval_logits(cfg, trainable, batch_stats, frozen, video):
