@@ -8,7 +8,15 @@ DEMO_DIR ?= runs/demo
 DATA_DIR ?= $(HOME)/tensorflow_datasets
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo lint clean-demo
+# Deviceless GPU/TPU compiles (vtfpar_jax/aot.py) need jax[cuda13] and jax[tpu], several
+# GB and Python >= 3.12: their own venv, never the test one.
+AOT_VENV := .venv-aot
+AOT_PYTHON ?= $(shell for p in python3.13 python3.12; do $$p -c '' 2>/dev/null && command -v $$p && break; done)
+AOT_STAMP := $(AOT_VENV)/.installed-aot
+AOT_TARGET ?= h200
+AOT_ARGS ?= --batch 64 --dtype bfloat16
+
+.PHONY: venv test demo lint clean-demo aot-venv aot
 
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -22,10 +30,25 @@ test: $(STAMP)
 	$(VPY) -m pytest -q $(PYTEST_ARGS) tests
 
 lint: $(STAMP)
-	$(VPY) -m ruff check vtfpar_jax input_pipeline configs tests
+	$(VPY) -m ruff check vtfpar_jax input_pipeline configs tests benchmarks
 
 demo: $(STAMP)
 	$(VPY) -m vtfpar_jax.demo --workdir $(DEMO_DIR) --data_dir $(DATA_DIR)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
+
+$(AOT_STAMP): pyproject.toml
+	@test -n "$(AOT_PYTHON)" || { echo "aot-venv needs python3.12 or newer (jax 0.11)"; exit 1; }
+	@test -x $(AOT_VENV)/bin/python || $(AOT_PYTHON) -m venv $(AOT_VENV)
+	$(AOT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AOT_VENV)/bin/python -m pip install --quiet 'jax[cuda13,tpu]>=0.11.2,<0.12' \
+		'flax>=0.12.8,<0.13' 'optax>=0.2.8,<0.3' 'numpy>=1.26,<3' pytest
+	$(AOT_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	@touch $(AOT_STAMP)
+
+aot-venv: $(AOT_STAMP)
+
+# e.g. make aot AOT_TARGET=tpu-v5e:4x4 AOT_ARGS="--batch 64 --dtype bfloat16"
+aot: $(AOT_STAMP)
+	JAX_PLATFORMS=cpu $(AOT_VENV)/bin/python -m vtfpar_jax.bench --aot $(AOT_TARGET) $(AOT_ARGS)

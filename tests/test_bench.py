@@ -53,31 +53,36 @@ def test_blocker_really_blocks(tmp_path):
 @pytest.mark.slow
 def test_tiny_cpu_run_writes_every_field(tmp_path):
     result, stdout = _run(["--clip", "tiny", "--batch", "2", "--frames", "2", "--steps", "2",
-                           "--warmup", "1", "--devices", "2"], tmp_path)
+                           "--warmup", "1", "--devices", "2", "--breakdown"], tmp_path)
     for key in ("device", "platform", "device_count", "batch", "frames", "dtype", "clip_dtype",
-                "remat", "clip_fp8",
+                "remat", "attention",
                 "compile_s", "step_s_median", "clips_per_s", "frames_per_s",
                 "predict_compile_s", "predict_clips_per_s", "peak_bytes", "predict_peak_bytes",
-                "peak_source", "rss_peak_bytes", "memory_analysis", "trainable_params",
-                "command"):
+                "peak_source", "rss_peak_bytes", "memory_analysis", "kernels",
+                "trainable_params", "breakdown", "command"):
         assert key in result, key
     assert result["platform"] == "cpu" and result["device_count"] == 2
-    assert result["batch"] == 2 and result["frames"] == 2 and result["remat"] is False
-    assert result["clip_fp8"] is False
+    assert result["batch"] == 2 and result["frames"] == 2
+    # No option given: the project's defaults.
+    assert result["remat"] == "dots" and result["attention"] == "auto"
     # The CPU backend keeps no peak counter: reported as None, RSS beside it.
     assert result["peak_bytes"] is None and result["peak_source"] is None
     assert result["rss_peak_bytes"] > 0
     assert result["finite"] and result["step_s_median"] > 0
     assert result["frames_per_s"] == pytest.approx(2 * result["clips_per_s"])
-    assert "clips/s" in stdout and len(stdout.strip().splitlines()) == 1
+    b = result["breakdown"]
+    assert b["clip_s_median"] > 0
+    assert b["clip_share"] + b["side_share"] == pytest.approx(1)
+    assert b["backbone_bound"] == pytest.approx(result["frames_per_s"] / b["clip_frames_per_s"])
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 2 and "clips/s" in lines[0] and "backbone-bound" in lines[1]
 
 
-@pytest.mark.slow
-def test_fp8_clip_run(tmp_path):
-    result, stdout = _run(["--clip", "tiny", "--batch", "2", "--frames", "2", "--steps", "1",
-                           "--warmup", "0", "--clip-fp8"], tmp_path)
-    assert result["clip_fp8"] is True and result["finite"]
-    assert "fp8 CLIP matmuls" in stdout
+def test_aot_target_errors_are_clear(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "vtfpar_jax.bench", "--aot", "h300"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--aot 'h300': expected h100, h200" in proc.stderr
 
 
 def test_devices_must_split_the_batch(tmp_path):

@@ -1,8 +1,10 @@
 """Train-step and prediction throughput on whatever devices JAX sees.
 
     python -m vtfpar_jax.bench --clip vit_b16|tiny --batch 16 --frames 6
-        [--dtype bfloat16] [--clip-dtype float16] [--remat] [--clip-fp8] [--steps 20]
-        [--devices N] [--json out.json]
+        [--dtype bfloat16] [--clip-dtype float16] [--remat none|dots|blocks]
+        [--attention auto|xla|cudnn] [--breakdown] [--steps 20] [--devices N]
+        [--json out.json]
+    python -m vtfpar_jax.bench --aot h200|h100|h200x8|tpu-v5e:4x4 --batch 64 ...
 
 Feeds in-memory random arrays (no input pipeline) to the project's own train
 step (`train_step.make_train_step`, jitted exactly as `train.Trainer` jits it)
@@ -35,6 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vtfpar_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from vtfpar_jax.models.side_nets import REMAT_POLICIES
+
 CLIPS = ("tiny", "vit_b16", "vit_l14")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -54,6 +59,7 @@ class Setup:
     mesh: Any
     train_step: Any
     predict: Any
+    clip_forward: Any
     state: Any
     frozen: Any
     batch: dict
@@ -68,70 +74,110 @@ def clip_config(name: str):
     return getattr(clip, name)()
 
 
-def build(clip_name: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: str = "float32",
-          clip_dtype: str | None = None, remat: bool = False, clip_fp8: bool = False,
-          num_attributes: int = 43, seed: int = 0, clip_cfg=None, clip_params=None,
-          variables=None, text_features=None, video: np.ndarray | None = None) -> Setup:
-    """The train step and evaluation forward of the project, jitted over a `data` mesh.
-
-    Random CLIP params, side-net variables, text features and batch unless given
-    (compare_pytorch passes converted weights here). With `clip_fp8`, the fp8
-    scales are calibrated on the benchmark's own clip.
-    """
-    from vtfpar_jax import evaluate, optim, sharding
-    from vtfpar_jax.models import clip, vtfpar
+def model_config(clip_cfg, *, frames: int = 6, dtype: str = "float32",
+                 clip_dtype: str | None = None, remat: str | None = None,
+                 attention: str | None = None, num_attributes: int = 43, **model_options):
+    """The benchmarked model: the published one, with the project's defaults for what
+    `remat` and `attention` leave as None (the fast settings: VTFPARConfig's), and any
+    other VTFPARConfig field given in `model_options`."""
+    from vtfpar_jax.models import vtfpar
     from vtfpar_jax.models.side_nets import INTERACTION_MAPS
-    from vtfpar_jax.train_step import (
-        Frozen,
-        initial_state,
-        jit_train_step,
-        make_train_step,
-        step_frozen_params,
-    )
 
-    clip_cfg = clip_cfg or clip_config(clip_name)
     # A CLIP shallower than 12 blocks (tiny: 4) cannot feed the default map; the
     # demo config's map '0' reads indices 0..4.
     maps = {} if clip_cfg.vision.layers >= 12 else dict(
         spatial_map=INTERACTION_MAPS["0"], temporal_map=INTERACTION_MAPS["0"])
-    model_cfg = vtfpar.VTFPARConfig(clip=clip_cfg, num_attributes=num_attributes, frames=frames,
-                                    dtype=dtype, clip_dtype=clip_dtype or dtype, remat=remat,
-                                    clip_fp8=clip_fp8, **maps)
-    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+    options = {k: v for k, v in dict(remat=remat, attention=attention).items() if v is not None}
+    options = {**maps, **options, **model_options}
+    return vtfpar.VTFPARConfig(clip=clip_cfg, num_attributes=num_attributes, frames=frames,
+                               dtype=dtype, clip_dtype=clip_dtype or dtype, **options)
+
+
+def optimizer():
+    """The published optimiser and schedule (steps per epoch only places the learning
+    rate on the schedule)."""
+    from vtfpar_jax import optim
+    schedule = optim.make_schedule(PUBLISHED_OPTIMIZER, 30, 100)
+    return optim.make_optimizer(PUBLISHED_OPTIMIZER, schedule), schedule
+
+
+def make_inputs(model_cfg, *, batch: int, seed: int = 0, clip_params=None, variables=None,
+                text_features=None, video=None):
+    """(state, frozen, batch, rng) of one train step, not yet placed on devices.
+
+    Random CLIP params, side-net variables, text features, clip and labels unless
+    given. Pure JAX, so `jax.eval_shape` of it gives the shapes for free (aot).
+    """
+    from vtfpar_jax.models import clip, vtfpar
+    from vtfpar_jax.train_step import Frozen, initial_state, step_frozen_params
+
+    keys = jax.random.split(jax.random.PRNGKey(seed), 6)
+    clip_cfg, a = model_cfg.clip, model_cfg.num_attributes
     if clip_params is None:
         clip_params = clip.init_params(clip_cfg, keys[0])
     if variables is None:
         variables = vtfpar.init(model_cfg, keys[1])
     if text_features is None:
-        text_features = jax.random.normal(keys[2], (num_attributes, clip_cfg.projection_dim))
+        text_features = jax.random.normal(keys[2], (a, clip_cfg.projection_dim))
+    size = clip_cfg.image_size
+    if video is None:
+        video = jax.random.normal(keys[3], (batch, model_cfg.frames, size, size, 3))
+    positive_ratio = jax.random.uniform(keys[4], (a,), minval=0.05, maxval=0.5)
+    labels = (jax.random.uniform(keys[5], (batch, a)) < positive_ratio).astype(jnp.float32)
+    tx, _ = optimizer()
+    state, frozen_params = initial_state(variables, clip_params, FROZEN_PATTERNS, tx)
+    frozen = Frozen(params=step_frozen_params(model_cfg, frozen_params),
+                    text_features=jnp.asarray(text_features), positive_ratio=positive_ratio)
+    batch = {"video": jnp.asarray(video, jnp.float32), "labels": labels}
+    return state, frozen, batch, jax.random.PRNGKey(seed + 1)
+
+
+def jitted(model_cfg, mesh):
+    """(train step, evaluation forward, CLIP forward alone), jitted over `mesh`: the
+    first two exactly as train.Trainer and evaluate.Evaluator jit them."""
+    from vtfpar_jax import evaluate, optim
+    from vtfpar_jax.models import vtfpar
+    from vtfpar_jax.train_step import jit_train_step, make_train_step
+
+    tx, schedule = optimizer()
+    train_step = jit_train_step(make_train_step(model_cfg, tx, schedule, clip_frozen=True), mesh)
+    predict = evaluate.jit_eval_logits(model_cfg, mesh)
+
+    def clip_forward(trainable, frozen, video):
+        # The frozen CLIP of the step, in the step's shapes: its share of the step.
+        return vtfpar.clip_tokens(model_cfg, optim.merge(trainable, frozen.params)["clip"],
+                                  video)
+
+    return train_step, predict, jax.jit(clip_forward)
+
+
+def count_params(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def build(clip_name: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: str = "float32",
+          clip_dtype: str | None = None, remat: str | None = None, attention: str | None = None,
+          num_attributes: int = 43, seed: int = 0, clip_cfg=None, clip_params=None,
+          variables=None, text_features=None, video: np.ndarray | None = None) -> Setup:
+    """The train step and evaluation forward of the project, jitted over a `data` mesh
+    of the local devices, with their inputs placed (compare_pytorch passes converted
+    weights here). Options left as None take the project's defaults."""
+    from vtfpar_jax import sharding
+
+    model_cfg = model_config(clip_cfg or clip_config(clip_name), frames=frames, dtype=dtype,
+                             clip_dtype=clip_dtype, remat=remat, attention=attention,
+                             num_attributes=num_attributes)
     mesh = sharding.make_mesh()
     if batch % jax.device_count():
         raise ValueError(f"--batch {batch} does not split over {jax.device_count()} devices")
-    # Steps per epoch only places the learning rate on the published schedule.
-    schedule = optim.make_schedule(PUBLISHED_OPTIMIZER, 30, 100)
-    tx = optim.make_optimizer(PUBLISHED_OPTIMIZER, schedule)
-    rng_np = np.random.default_rng(seed)
-    size = clip_cfg.image_size
-    if video is None:
-        video = rng_np.standard_normal((batch, frames, size, size, 3), np.float32)
-    if clip_fp8:
-        clip_params = vtfpar.calibrate_clip_fp8(model_cfg, clip_params, [jnp.asarray(video)])
-    state, frozen_params = initial_state(variables, clip_params, FROZEN_PATTERNS, tx)
-    trainable = state.trainable
-    positive_ratio = rng_np.uniform(0.05, 0.5, num_attributes).astype(np.float32)
-    frozen = sharding.replicate(Frozen(params=step_frozen_params(model_cfg, frozen_params),
-                                       text_features=text_features,
-                                       positive_ratio=jnp.asarray(positive_ratio)), mesh)
-    state = sharding.replicate(state, mesh)
-    local = {"video": np.asarray(video, np.float32),
-             "labels": (rng_np.uniform(size=(batch, num_attributes)) < positive_ratio
-                        ).astype(np.float32)}
-    # The same jitted functions as train.Trainer and evaluate.Evaluator.
-    train_step = jit_train_step(make_train_step(model_cfg, tx, schedule, clip_frozen=True), mesh)
-    predict = evaluate.jit_eval_logits(model_cfg, mesh)
-    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable))
-    return Setup(model_cfg, mesh, train_step, predict, state, frozen,
-                 sharding.global_batch(local, mesh), jax.random.PRNGKey(seed + 1), count)
+    state, frozen, local, rng = make_inputs(
+        model_cfg, batch=batch, seed=seed, clip_params=clip_params, variables=variables,
+        text_features=text_features, video=video)
+    train_step, predict, clip_forward = jitted(model_cfg, mesh)
+    return Setup(model_cfg, mesh, train_step, predict, clip_forward,
+                 sharding.replicate(state, mesh), sharding.replicate(frozen, mesh),
+                 sharding.global_batch(jax.device_get(local), mesh), rng,
+                 count_params(state.trainable))
 
 
 def _timed(fn, steps: int, warmup: int) -> list[float]:
@@ -143,18 +189,6 @@ def _timed(fn, steps: int, warmup: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - start)
     return times
-
-
-def _memory_analysis(compiled) -> dict[str, int] | None:
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - not every backend implements it
-        return None
-    if m is None:
-        return None
-    return {k: int(getattr(m, k)) for k in (
-        "argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-        "generated_code_size_in_bytes") if hasattr(m, k)}
 
 
 def peak_device_bytes() -> int | None:
@@ -176,8 +210,12 @@ def rss_peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def measure(setup: Setup, steps: int = 20, warmup: int = 2) -> dict[str, Any]:
-    """Compile and time prediction, then the train step; peaks after each."""
+def measure(setup: Setup, steps: int = 20, warmup: int = 2,
+            breakdown: bool = False) -> dict[str, Any]:
+    """Compile and time prediction, then the train step; peaks after each. With
+    `breakdown`, also the frozen CLIP forward alone in the step's shapes."""
+    from vtfpar_jax import compiled_stats
+
     s = setup
     batch, frames = s.batch["video"].shape[:2]
     start = time.perf_counter()
@@ -209,12 +247,12 @@ def measure(setup: Setup, steps: int = 20, warmup: int = 2) -> dict[str, Any]:
     predict_s = statistics.median(predict_times)
     device = jax.devices()[0]
     peak = peak_device_bytes()
-    return {
+    result = {
         "device": f"{jax.device_count()}x {device.device_kind}", "platform": device.platform,
         "device_count": jax.device_count(), "jax_version": jax.__version__,
         "clip_width": s.model_cfg.clip.vision.width, "batch": int(batch), "frames": int(frames),
         "dtype": s.model_cfg.dtype, "clip_dtype": s.model_cfg.clip_dtype,
-        "remat": s.model_cfg.remat, "clip_fp8": s.model_cfg.clip_fp8,
+        "remat": s.model_cfg.remat, "attention": s.model_cfg.attention,
         "trainable_params": s.trainable_params, "steps": steps, "warmup": warmup,
         "compile_s": compile_s, "step_s_median": step_s, "step_s_mean": statistics.mean(
             train_times), "step_s_min": min(train_times),
@@ -225,10 +263,30 @@ def measure(setup: Setup, steps: int = 20, warmup: int = 2) -> dict[str, Any]:
         "peak_source": "device.memory_stats()['peak_bytes_in_use']" if peak is not None
         else None,
         "rss_peak_bytes": rss_peak_bytes(),
-        "memory_analysis": {"train": _memory_analysis(train),
-                            "predict": _memory_analysis(predict)},
+        "memory_analysis": {"train": compiled_stats.memory(train),
+                            "predict": compiled_stats.memory(predict)},
+        "kernels": {"train": compiled_stats.kernels(train.as_text())},
         "loss": float(metrics["loss"]), "finite": bool(metrics["finite"]),
     }
+    if breakdown:
+        result["breakdown"] = clip_breakdown(s, step_s, steps, warmup)
+    return result
+
+
+def clip_breakdown(s: Setup, step_s: float, steps: int, warmup: int) -> dict[str, float]:
+    """The frozen CLIP forward alone, in the step's shapes, against the whole step.
+
+    `backbone_bound` is step frames/s over CLIP-only frames/s: the share of the
+    speed the step would have if the side networks, fusion and optimiser were free.
+    """
+    clip_forward = s.clip_forward.lower(s.state.trainable, s.frozen, s.batch["video"]).compile()
+    clip_times = _timed(lambda: jax.block_until_ready(
+        clip_forward(s.state.trainable, s.frozen, s.batch["video"])), steps, warmup)
+    clip_s = statistics.median(clip_times)
+    frames = s.batch["video"].shape[0] * s.batch["video"].shape[1]
+    return {"clip_s_median": clip_s, "clip_frames_per_s": frames / clip_s,
+            "clip_share": clip_s / step_s, "side_share": 1 - clip_s / step_s,
+            "backbone_bound": clip_s / step_s}
 
 
 def _gib(n: int | None) -> str:
@@ -239,12 +297,18 @@ def summary(r: dict[str, Any], clip_name: str) -> str:
     peak = (f"peak {_gib(r['peak_bytes'])} (predict {_gib(r['predict_peak_bytes'])})"
             if r["peak_bytes"] is not None else f"peak n/a on {r['platform']} (RSS "
             f"{_gib(r['rss_peak_bytes'])})")
-    remat = ", remat" if r.get("remat") else ""
-    remat += ", fp8 CLIP matmuls" if r.get("clip_fp8") else ""
-    return (f"{clip_name} batch {r['batch']} x {r['frames']} frames, {r['dtype']} (CLIP "
-            f"{r['clip_dtype']}){remat} on {r['device']}: train {r['step_s_median']:.4f} s/step = "
-            f"{r['clips_per_s']:.1f} clips/s = {r['frames_per_s']:.0f} frames/s, compile "
-            f"{r['compile_s']:.1f} s; predict {r['predict_clips_per_s']:.1f} clips/s; {peak}")
+    line = (f"{clip_name} batch {r['batch']} x {r['frames']} frames, {r['dtype']} (CLIP "
+            f"{r['clip_dtype']}), remat {r['remat']}, attention {r['attention']} on "
+            f"{r['device']}: train {r['step_s_median']:.4f} s/step = {r['clips_per_s']:.1f} "
+            f"clips/s = {r['frames_per_s']:.0f} frames/s, compile {r['compile_s']:.1f} s; "
+            f"predict {r['predict_clips_per_s']:.1f} clips/s; {peak}")
+    if "breakdown" in r:
+        b = r["breakdown"]
+        line += (f"\nbreakdown: CLIP forward alone {b['clip_s_median']:.4f} s "
+                 f"({b['clip_frames_per_s']:.0f} frames/s) = {b['clip_share']:.0%} of the step, "
+                 f"side networks + optimiser {b['side_share']:.0%}; backbone-bound ratio "
+                 f"{b['backbone_bound']:.0%}")
+    return line
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -257,19 +321,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="compute dtype of side nets, fusion and heads")
     p.add_argument("--clip-dtype", default=None, choices=DTYPES,
                    help="compute dtype of the frozen CLIP (default: --dtype)")
-    p.add_argument("--remat", action="store_true",
-                   help="rematerialise the side and fusion blocks (model.remat)")
-    p.add_argument("--clip-fp8", action="store_true",
-                   help="experiment: CLIP's block matmuls in fp8, static scales calibrated on "
-                        "the benchmark clip (models/fp8.py)")
+    p.add_argument("--remat", default=None, choices=REMAT_POLICIES,
+                   help="what the side and fusion blocks keep for backward (model.remat; "
+                        "default: the project's)")
+    p.add_argument("--attention", default=None, choices=ATTENTION_IMPLEMENTATIONS,
+                   help="attention implementation (model.attention; default: auto)")
     p.add_argument("--num-attributes", type=int, default=43)
     p.add_argument("--steps", type=int, default=20, help="timed calls (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the frozen CLIP forward alone: CLIP's and the side "
+                        "networks' shares, and the backbone-bound ratio")
+    p.add_argument("--aot", default=None, metavar="TARGET",
+                   help="compile only, deviceless, for TARGET (h100, h200, h200x8, "
+                        "tpu-v5e:4x4, ...; see vtfpar_jax/aot.py) and report memory, kernels "
+                        "and collectives; needs `make aot-venv`")
     p.add_argument("--devices", type=int, default=0,
                    help="simulate N CPU devices (CPU only; must precede any JAX computation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args(argv)
+    command = "python -m vtfpar_jax.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.aot:
+        from vtfpar_jax import aot
+        try:
+            aot.prepare(args.aot)
+            result = aot.compile_report(args.aot, args.clip, batch=args.batch,
+                                        frames=args.frames, dtype=args.dtype,
+                                        clip_dtype=args.clip_dtype, remat=args.remat,
+                                        attention=args.attention,
+                                        num_attributes=args.num_attributes)
+        except aot.TargetError as e:
+            p.error(str(e))
+        result["command"] = command
+        _write_json(args.json, result)
+        print(aot.summary(result))
+        return result
     if args.devices:
         # Must happen before the CPU backend starts, i.e. before any device query.
         jax.config.update("jax_num_cpu_devices", args.devices)
@@ -278,20 +365,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"{jax.devices()[0].platform}")
     try:
         setup = build(args.clip, batch=args.batch, frames=args.frames, dtype=args.dtype,
-                      clip_dtype=args.clip_dtype, remat=args.remat, clip_fp8=args.clip_fp8,
-                      num_attributes=args.num_attributes,
-                      seed=args.seed)
+                      clip_dtype=args.clip_dtype, remat=args.remat, attention=args.attention,
+                      num_attributes=args.num_attributes, seed=args.seed)
     except ValueError as e:
         p.error(str(e))
-    result = measure(setup, steps=args.steps, warmup=args.warmup)
+    result = measure(setup, steps=args.steps, warmup=args.warmup, breakdown=args.breakdown)
     result["clip"] = args.clip
-    result["command"] = "python -m vtfpar_jax.bench " + " ".join(
-        sys.argv[1:] if argv is None else argv)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    result["command"] = command
+    _write_json(args.json, result)
     print(summary(result, args.clip))
     return result
+
+
+def _write_json(path: str | None, result: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

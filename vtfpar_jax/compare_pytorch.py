@@ -235,10 +235,10 @@ def _run_published(openpar_dir: str, batch: int, frames: int, device: str, steps
 def compare(openpar_dir: str, batch: int = 2, frames: int = 6, device: str = "cpu",
             steps: int = 5, warmup: int = 1, seed: int = 0, train: bool = True,
             clip_fp16: bool | None = None, jax_dtype: str = "float32",
-            jax_clip_dtype: str | None = None, jax_clip_fp8: bool = False) -> dict[str, Any]:
+            jax_clip_dtype: str | None = None) -> dict[str, Any]:
     """Both models on the same weights and clip. The JAX side computes in the
-    published dtypes unless `jax_dtype` (side nets), `jax_clip_dtype` or
-    `jax_clip_fp8` say otherwise; the logit difference then includes theirs."""
+    published dtypes unless `jax_dtype` (side nets) or `jax_clip_dtype` say
+    otherwise; the logit difference then includes theirs."""
     # Both frameworks share one GPU: JAX must not grab 75 % of it up front (read
     # when its GPU backend starts, which is after the PyTorch half below).
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -260,7 +260,7 @@ def compare(openpar_dir: str, batch: int = 2, frames: int = 6, device: str = "cp
     jax_clip_dtype = jax_clip_dtype or ("float16" if clip_fp16 else "float32")
     text = clip.text_features(cfg.clip, variables["clip"], tokens)
     setup = bench.build(clip_cfg=cfg.clip, batch=batch, frames=frames, dtype=jax_dtype,
-                        clip_dtype=jax_clip_dtype, clip_fp8=jax_clip_fp8,
+                        clip_dtype=jax_clip_dtype,
                         num_attributes=len(phrases), seed=seed, clip_params=variables["clip"],
                         variables={"params": variables["params"],
                                    "batch_stats": variables["batch_stats"]},
@@ -280,7 +280,6 @@ def compare(openpar_dir: str, batch: int = 2, frames: int = 6, device: str = "cp
         "batch": batch, "frames": frames, "device": device, "clip_fp16": clip_fp16,
         "jax_device": str(jax.devices()[0].device_kind), "torch_version": pub["torch_version"],
         "jax_version": jax.__version__, "jax_dtype": jax_dtype, "jax_clip_dtype": jax_clip_dtype,
-        "jax_clip_fp8": jax_clip_fp8,
         "max_abs_logit_diff": float(np.abs(logits_jax - pub["logits"]).max()),
         "max_abs_logit": float(np.abs(pub["logits"]).max()),
         "published": {"predict_s": pub["predict_s"],
@@ -314,8 +313,7 @@ def summary(r: dict[str, Any]) -> str:
         memory = (f"; train peak {p['train_peak_bytes'] / 2 ** 30:.2f} vs "
                   f"{j['train_peak_bytes'] / 2 ** 30:.2f} GiB "
                   f"({j['train_peak_bytes'] / p['train_peak_bytes']:.0%} of published)")
-    jax_dtypes = f"{r['jax_dtype']}, CLIP {r['jax_clip_dtype']}" + (
-        " fp8 matmuls" if r["jax_clip_fp8"] else "")
+    jax_dtypes = f"{r['jax_dtype']}, CLIP {r['jax_clip_dtype']}"
     return (f"batch {r['batch']} x {r['frames']} frames on {r['device']} (JAX {jax_dtypes}): "
             f"max |dlogits| {r['max_abs_logit_diff']:.2e}; predict "
             f"{p['predict_clips_per_s']:.2f} vs {j['predict_clips_per_s']:.2f} clips/s "
@@ -342,15 +340,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="the JAX side's side-net dtype (default: float32, as published)")
     p.add_argument("--jax-clip-dtype", default=None, choices=DTYPES,
                    help="the JAX side's CLIP dtype (default: the published side's)")
-    p.add_argument("--jax-clip-fp8", action="store_true",
-                   help="the JAX side's CLIP matmuls in fp8 (experiment, models/fp8.py)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     try:
         result = compare(args.openpar, args.batch, args.frames, args.device, args.steps,
                          args.warmup, train=not args.no_train, clip_fp16=args.clip_fp16,
-                         jax_dtype=args.jax_dtype, jax_clip_dtype=args.jax_clip_dtype,
-                         jax_clip_fp8=args.jax_clip_fp8)
+                         jax_dtype=args.jax_dtype, jax_clip_dtype=args.jax_clip_dtype)
     except (FileNotFoundError, ImportError) as e:
         p.error(str(e))
     if args.json:
