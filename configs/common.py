@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.text = ml_collections.ConfigDict()
     c.text.phrases = "published"          # 'published' or 'expanded'
     c.text.template = "A pedestrian whose {}."
-    c.text.bpe_path = ""                  # OpenAI's bpe_simple_vocab_16e6.txt.gz for 'openai'
+    c.text.bpe_path = ""                  # another OpenAI BPE file; "": the packaged one
 
     c.input = ml_collections.ConfigDict()
     c.input.batch_size = 16               # global, over all hosts

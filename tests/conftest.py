@@ -1,4 +1,4 @@
-"""Shared test fixtures: the reference fixtures beside the repo (../shared/fixtures)."""
+"""Shared test fixtures: the reference fixtures committed under tests/fixtures."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
-SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED_FIXTURES.is_dir():
-        pytest.skip(f"reference fixtures not found at {SHARED_FIXTURES}")
-    return SHARED_FIXTURES
+def fixtures_dir() -> Path:
+    """Recorded reference outputs (tests/fixtures/README.md says what each holds)."""
+    return FIXTURES
 
 
 @pytest.fixture(scope="session")
@@ -28,16 +27,16 @@ def data_dir(tmp_path_factory) -> str:
 
 
 @functools.cache
-def _regenerate(case: str) -> dict:
-    sys.path.insert(0, str(SHARED_FIXTURES / "openpar_parity"))
+def _rebuild(case: str) -> dict:
+    sys.path.insert(0, str(FIXTURES / "openpar_parity"))
     try:
-        from regenerate import regenerate
+        from rebuild import rebuild_case
     finally:
         sys.path.pop(0)
-    return regenerate(case)
+    return rebuild_case(FIXTURES / "openpar_parity" / case)
 
 
 @pytest.fixture(scope="session")
-def openpar_case(shared_dir):
-    """regenerate(case) of the published model's parity fixtures, cached per session."""
-    return _regenerate
+def openpar_case():
+    """case name -> the published model's parity case, rebuilt once per session."""
+    return _rebuild

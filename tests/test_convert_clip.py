@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -88,14 +87,9 @@ def tiny():
 
 
 @pytest.mark.slow
-def test_openai_fixture_text_features(shared_dir):
+def test_openai_fixture_text_features(openpar_case):
     """The published model's text features (openpar_parity fixture) from its CLIP weights."""
-    sys.path.insert(0, str(shared_dir / "openpar_parity"))
-    try:
-        from regenerate import regenerate
-    finally:
-        sys.path.pop(0)
-    case = regenerate("default")
+    case = openpar_case("default")
     state = {k[len("clip/"):]: v for k, v in case["state_dict"].items() if k.startswith("clip/")}
     cfg, params = openai_clip.load(state)
     assert cfg == clip.vit_b16()

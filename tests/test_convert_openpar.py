@@ -1,4 +1,4 @@
-"""Parity with the published PyTorch VTFPAR++ on its fixtures (../shared/fixtures/openpar_parity).
+"""Parity with the published PyTorch VTFPAR++ on its fixtures (tests/fixtures/openpar_parity).
 
 Tolerances from the fixtures' README: 1e-4 absolute on features and logits,
 1e-4 relative on the loss, 1e-3 relative on each module's gradient norm.
@@ -114,7 +114,7 @@ def test_bad_options_are_clear_errors(openpar_case):
         openpar.convert(state, lr=1)
 
 
-def test_converted_model_dir_gives_the_published_logits(openpar_case, shared_dir, tmp_path):
+def test_converted_model_dir_gives_the_published_logits(openpar_case, tmp_path):
     """A published-format checkpoint + OpenAI CLIP file -> model dir -> the same logits."""
     import torch
 
@@ -130,8 +130,7 @@ def test_converted_model_dir_gives_the_published_logits(openpar_case, shared_dir
                 if k.startswith("clip/")}, tmp_path / "ViT-B-16.pt")
     out = tmp_path / "model"
     openpar_cli.main(["--checkpoint", str(tmp_path / "ckpt.pth"), "--clip",
-                      str(tmp_path / "ViT-B-16.pt"), "--dataset", "mars", "--out", str(out),
-                      "--bpe", str(shared_dir / "clip_tokenizer" / "bpe_simple_vocab_16e6.txt.gz")])
+                      str(tmp_path / "ViT-B-16.pt"), "--dataset", "mars", "--out", str(out)])
     loaded = model_dir.load(str(out))
     e = case["expected"]
     tokens = np.asarray(json.loads((out / "config.json").read_text())["tokens"], np.int32)

@@ -62,9 +62,6 @@ def test_kernel_is_this_interpreter(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_smoke_mode(path, tmp_path, monkeypatch):
-    if path.stem == "from_pytorch" and not (REPO.parent / "shared" / "fixtures"
-                                            / "openpar_parity").is_dir():
-        pytest.skip("the OpenPAR parity fixture is not beside the repo")
     nb = nbformat.read(path, as_version=4)
     began = time.perf_counter()
     _execute(nb, tmp_path, monkeypatch)

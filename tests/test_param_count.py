@@ -1,8 +1,8 @@
 """Parameter counts: the command, `count()`, and the reconciliation with the published 15,036,610.
 
 The expected figures are computed here independently of `param_count`: from
-the layer formulas of the reference (sections 2, 4-7) and, where the shared
-fixtures are present, from the published model's own tensor list.
+the layer formulas of the reference (sections 2, 4-7) and from the published
+model's own tensor list (tests/fixtures/openpar_parity).
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ def test_default_counts_match_the_layer_formulas():
     assert got["trainable_total"] + unused == param_count.PUBLISHED_TRAINABLE == 15_036_610
 
 
-def test_reconciles_with_the_published_tensor_list(shared_dir):
+def test_reconciles_with_the_published_tensor_list(fixtures_dir):
     """The fixture lists every tensor of the published default model with its shape."""
-    meta = json.loads((shared_dir / "openpar_parity" / "default" / "params.json").read_text())
+    meta = json.loads((fixtures_dir / "openpar_parity" / "default" / "params.json").read_text())
     sizes = {t["name"]: math.prod(t["shape"]) for t in meta["tensors"]}
     model = {k[len("model/"):]: n for k, n in sizes.items() if k.startswith("model/")}
     # BatchNorm's running statistics are buffers, not parameters.

@@ -1,4 +1,4 @@
-"""vtfpar_jax.predict / video / visualize: reading clips, the CLI's outputs, its error messages.
+"""vtfpar_jax.predict / video / visualize / decisions: reading clips, the CLI's outputs, its errors.
 
 One demo model (configs/demo.py:smoke on synthetic_pedestrians/tiny) is trained
 once per session in a subprocess. Clips are drawn by the synthetic set's own
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vtfpar_jax import attributes, predict, video, visualize
+from vtfpar_jax import attributes, decisions, predict, video, visualize
 
 pytestmark = pytest.mark.slow
 
@@ -173,9 +173,9 @@ def test_predict_clips_shapes_and_fewer_frames(loaded, clips):
 def test_decisions_one_per_group():
     attribute_set = attributes.SYNTHETIC
     probs = np.linspace(0.0, 1.0, attribute_set.num_attributes)
-    decisions = predict.decide(probs, attribute_set)
-    assert [d["group"] for d in decisions] == [g.name for g in attribute_set.groups]
-    for d, group in zip(decisions, attribute_set.groups, strict=True):
+    decided = decisions.decide(probs, attribute_set)
+    assert [d["group"] for d in decided] == [g.name for g in attribute_set.groups]
+    for d, group in zip(decided, attribute_set.groups, strict=True):
         if group.is_binary:
             assert d["present"] == (probs[group.columns[0]] > 0.45)
         else:   # increasing probabilities: the group's last column wins
@@ -211,6 +211,37 @@ def test_cli_writes_json_and_png_per_input(demo_model, clips, tmp_path, capsys):
         assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100
         assert np.any(np.all(np.abs(pixels - (0xD9, 0x5F, 0x02)) < 8, axis=-1))  # decided bars
     assert stdout.count(".json") == 3
+    assert stdout.splitlines()[-1] == "3 done, 0 failed"
+
+
+def test_cli_batch_does_the_good_inputs_and_lists_the_failures(demo_model, clips, tmp_path,
+                                                               capsys):
+    """A truncated mp4, a text file named .mp4 and a missing path among the inputs."""
+    data = clips["mp4"].read_bytes()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) // 2])
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n")
+    missing = tmp_path / "nowhere.mp4"
+    out = tmp_path / "out"
+    code, stdout, err = _run_cli(capsys, "--model", demo_model["model"], "--out", out,
+                                 truncated, clips["mp4"], text, missing)
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["runner.json", "runner.png"]
+    assert json.loads((out / "runner.json").read_text())["input"] == str(clips["mp4"])
+    errors = [line for line in err.splitlines() if line.strip()]
+    assert len(errors) == 3 and all(line.startswith("error: ") for line in errors), err
+    for path, reason in ((truncated, "not a readable video"), (text, "not a readable video"),
+                         (missing, "no such file")):
+        assert sum(str(path) in line and reason in line for line in errors) == 1, (path, err)
+    assert stdout.splitlines()[-1] == "1 done, 3 failed"
+
+    # --fail-fast: the first unreadable input stops the run, nothing is written.
+    code, stdout, err = _run_cli(capsys, "--fail-fast", "--model", demo_model["model"], "--out",
+                                 tmp_path / "fast", clips["mp4"], truncated, text)
+    assert code == 1 and not (tmp_path / "fast").exists()
+    errors = [line for line in err.splitlines() if line.strip()]
+    assert len(errors) == 1 and str(truncated) in errors[0], err
 
 
 def test_output_names_are_unique(tmp_path):

@@ -1,5 +1,6 @@
-"""The tokenizer reproduces OpenAI's CLIP ids (recorded in the shared fixtures) exactly."""
+"""The tokenizer reproduces OpenAI's CLIP ids (recorded in tests/fixtures) exactly."""
 
+import importlib.resources
 import json
 
 import numpy as np
@@ -9,14 +10,16 @@ from vtfpar_jax import tokenizer
 
 
 @pytest.fixture(scope="module")
-def expected_ids(shared_dir) -> dict:
-    with open(shared_dir / "clip_tokenizer" / "expected_ids.json") as f:
+def expected_ids(fixtures_dir) -> dict:
+    with open(fixtures_dir / "clip_tokenizer" / "expected_ids.json") as f:
         return json.load(f)
 
 
 @pytest.fixture(scope="module")
-def bpe_tokenizer(shared_dir):
-    return tokenizer.from_bpe_file(shared_dir / "clip_tokenizer" / tokenizer.BPE_FILE_NAME)
+def bpe_tokenizer():
+    """Built from the packaged file by path, so that a broken default does not hide here."""
+    with importlib.resources.as_file(tokenizer.PACKAGED_BPE) as path:
+        return tokenizer.from_bpe_file(path)
 
 
 def _rows(entries: list[dict]) -> np.ndarray:
@@ -59,9 +62,9 @@ def test_published_phrases(bpe_tokenizer, expected_ids, name):
     np.testing.assert_array_equal(ids, _rows(expected_ids[name]))
 
 
-def test_parity_fixture_tokens(bpe_tokenizer, shared_dir):
+def test_parity_fixture_tokens(bpe_tokenizer, fixtures_dir):
     """The published model's own token array (openpar_parity) is what we produce."""
-    case = shared_dir / "openpar_parity" / "default"
+    case = fixtures_dir / "openpar_parity" / "default"
     with open(case / "params.json") as f:
         phrases = json.load(f)["attributes"]
     expected = np.load(case / "expected.npz")["tokens"]
@@ -91,24 +94,27 @@ def test_from_pretrained_folder(bpe_tokenizer, expected_ids, tmp_path):
         tokenizer.tokenize(reloaded, [e["text"] for e in entries]), _rows(entries))
 
 
-def test_default_tokenizer_sources(shared_dir, tmp_path, monkeypatch):
-    bpe = shared_dir / "clip_tokenizer" / tokenizer.BPE_FILE_NAME
+def test_default_tokenizer_sources(tmp_path, monkeypatch):
+    """The explicit options keep working: a path argument, then $VTFPAR_CLIP_BPE."""
+    copy = tmp_path / tokenizer.BPE_FILE_NAME
+    copy.write_bytes(tokenizer.PACKAGED_BPE.read_bytes())
     monkeypatch.setenv(tokenizer.BPE_ENV_VAR, str(tmp_path / "absent.txt.gz"))
     with pytest.raises(FileNotFoundError, match=tokenizer.BPE_ENV_VAR):
         tokenizer.default_tokenizer()
     # An explicit path wins over the environment variable.
-    assert len(tokenizer.default_tokenizer(bpe)) == 49408
-    monkeypatch.delenv(tokenizer.BPE_ENV_VAR)
-    monkeypatch.setattr(tokenizer, "_SHARED_BPE", tmp_path / "nowhere" / tokenizer.BPE_FILE_NAME)
-    with pytest.raises(FileNotFoundError, match="from_pretrained") as info:
+    assert len(tokenizer.default_tokenizer(copy)) == 49408
+    monkeypatch.setenv(tokenizer.BPE_ENV_VAR, str(tmp_path / "not_gzip.txt.gz"))
+    (tmp_path / "not_gzip.txt.gz").write_text("hello")
+    with pytest.raises(ValueError, match="not_gzip"):   # the variable is read, not skipped
         tokenizer.default_tokenizer()
-    assert "bpe_simple_vocab_16e6.txt.gz" in str(info.value)
 
 
-def test_default_tokenizer_finds_shared_copy(shared_dir, monkeypatch):
+def test_default_tokenizer_needs_no_setting(expected_ids, monkeypatch):
+    """No path, no $VTFPAR_CLIP_BPE: the packaged vocabulary gives OpenAI's ids."""
     monkeypatch.delenv(tokenizer.BPE_ENV_VAR, raising=False)
-    ids = tokenizer.tokenize(tokenizer.default_tokenizer(), ["hat"])
-    assert ids[0, :3].tolist() == [49406, 3801, 49407]
+    entries = [e for group in expected_ids.values() for e in group]
+    ids = tokenizer.tokenize(tokenizer.default_tokenizer(), [e["text"] for e in entries])
+    np.testing.assert_array_equal(ids, _rows(entries))
 
 
 def test_not_a_bpe_file(tmp_path):

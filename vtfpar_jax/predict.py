@@ -7,8 +7,14 @@ video file (mp4, avi, ... decoded with PyAV). Each is read as evaluation reads
 a tracklet (vtfpar_jax.video: T uniformly spaced frames, resized and
 normalised as the input pipeline does), all are run as one batch, and per
 input OUTDIR gets <name>.json (every attribute's probability, one decision per
-group: argmax for multi-class groups, p > 0.45 for binary ones, as published)
-and <name>.png (the frames and the probabilities as bars).
+group: argmax for multi-class groups, p > 0.45 for binary ones, as published;
+see vtfpar_jax.decisions) and <name>.png (the frames and the probabilities as
+bars).
+
+An input that cannot be read does not stop the others: every readable input
+gets its outputs, each failure is one line on stderr naming the input and why,
+a last line says "N done, M failed", and the exit status is 1 if any failed.
+With --fail-fast the first unreadable input stops the run before any output.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vtfpar_jax import attributes, metrics, model_dir, video
+from vtfpar_jax import decisions, metrics, model_dir, video, visualize
 from vtfpar_jax.models import clip, vtfpar
 
 
@@ -50,10 +56,6 @@ def compute_logits(config: vtfpar.VTFPARConfig, variables: Mapping[str, Any],
 
 
 # --- Prediction on clips read from disk: `python -m vtfpar_jax.predict` -----------------------
-
-BINARY_RULE = "present when probability > {threshold} (the published threshold)"
-MULTICLASS_RULE = "the column with the highest probability (argmax over the group)"
-
 
 def config_for_frames(cfg: vtfpar.VTFPARConfig, frames: int) -> vtfpar.VTFPARConfig:
     """`cfg` running on `frames` frames per clip instead of the trained `cfg.frames`.
@@ -95,56 +97,6 @@ def predict_clips(loaded: model_dir.LoadedModel, videos: np.ndarray) -> np.ndarr
     return metrics.sigmoid(np.asarray(logits))
 
 
-def decide(probs: np.ndarray, attribute_set: attributes.AttributeSet,
-           threshold: float = metrics.PUBLISHED_THRESHOLD) -> list[dict[str, Any]]:
-    """One decision per group for one clip's probabilities (A,).
-
-    Binary groups: present when p > threshold. Multi-class groups: argmax.
-    """
-    probs = np.asarray(probs, np.float64)
-    if probs.shape != (attribute_set.num_attributes,):
-        raise ValueError(f"probs {probs.shape}: attribute set {attribute_set.name!r} has "
-                         f"{attribute_set.num_attributes} columns")
-    decisions = []
-    for group in attribute_set.groups:
-        if group.is_binary:
-            (column,) = group.columns
-            decisions.append({"group": group.name, "kind": "binary",
-                              "attribute": attribute_set.columns[column],
-                              "probability": float(probs[column]),
-                              "present": bool(probs[column] > threshold)})
-        else:
-            best = group.columns[int(np.argmax(probs[list(group.columns)]))]
-            decisions.append({"group": group.name, "kind": "multi-class",
-                              "attribute": attribute_set.columns[best],
-                              "value": attribute_set.columns[best].split(": ", 1)[-1],
-                              "probability": float(probs[best])})
-    return decisions
-
-
-def decided_columns(decisions: list[dict[str, Any]],
-                    attribute_set: attributes.AttributeSet) -> set[int]:
-    """Columns that the decisions select: present binaries and each group's argmax."""
-    index = {name: i for i, name in enumerate(attribute_set.columns)}
-    return {index[d["attribute"]] for d in decisions
-            if d["kind"] == "multi-class" or d["present"]}
-
-
-def prediction_record(probs: np.ndarray, attribute_set: attributes.AttributeSet,
-                      threshold: float = metrics.PUBLISHED_THRESHOLD,
-                      **about: Any) -> dict[str, Any]:
-    """The JSON written per input: `about` (input, model, ...), every probability, decisions."""
-    decisions = decide(probs, attribute_set, threshold)   # also checks the shape
-    return {**about,
-            "attribute_set": attribute_set.name,
-            "threshold": threshold,
-            "decision_rules": {"binary": BINARY_RULE.format(threshold=threshold),
-                               "multi-class": MULTICLASS_RULE},
-            "probabilities": {name: float(p) for name, p in zip(attribute_set.columns, probs,
-                                                                    strict=True)},
-            "decisions": decisions}
-
-
 def output_names(paths: list[Path]) -> list[str]:
     """File stems for the outputs: the input's name, made unique when two inputs share one."""
     names, seen = [], {}
@@ -175,12 +127,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
     parser.add_argument("--threshold", type=float, default=metrics.PUBLISHED_THRESHOLD,
                         help="binary decision threshold (default %(default)s, as published)")
+    parser.add_argument("--fail-fast", action="store_true",
+                        help="stop at the first input that cannot be read, before writing "
+                        "anything (default: predict the readable ones, list the others)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
     paths = [Path(p) for p in args.inputs]
     missing = [p for p in paths if not p.exists()]
-    if missing:   # before loading the model: the cheapest mistake to report
+    if missing and args.fail_fast:   # before loading the model: the cheapest mistake to report
         _fail(f"{missing[0]}: no such file or folder")
     try:
         loaded = model_dir.load(args.model, step=args.step)
@@ -189,41 +144,52 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     frames = args.frames or loaded.model_cfg.frames
     size = loaded.model_cfg.clip.image_size
     normalization = loaded.config.input.get("normalization", "published")
-    clips = []
-    try:
+    try:   # a wrong --frames concerns every input: one error, not one per input
         config_for_frames(loaded.model_cfg, frames)
-        for path in paths:
-            clips.append(video.read_input(path, frames, (size, size), normalization))
-    except ValueError as e:   # video.InputError included
+    except ValueError as e:
         _fail(str(e).splitlines()[0])
-    probs = predict_clips(loaded, np.stack([v for _, v in clips]))
-    # Imported here: visualize draws this module's decisions, so it imports us.
-    from vtfpar_jax import visualize
 
-    os.makedirs(args.out, exist_ok=True)
+    readable, failures = [], []
+    # Names are given over all inputs, so an input's outputs do not depend on others failing.
+    for path, name in zip(paths, output_names(paths), strict=True):
+        try:
+            frames_uint8, clip_input = video.read_input(path, frames, (size, size), normalization)
+        except (ValueError, OSError) as e:   # video.InputError; OSError: a truncated image
+            failure = _naming(path, e)
+            if args.fail_fast:
+                _fail(failure)
+            failures.append(failure)
+            continue
+        readable.append((path, name, frames_uint8, clip_input))
+
     records = []
-    for path, name, (frames_uint8, _), row in zip(paths, output_names(paths), clips, probs,
-                                                  strict=True):
-        record = prediction_record(row, loaded.attribute_set, args.threshold,
-                                   input=str(path), model=str(args.model), step=loaded.step,
-                                   frames=frames, image_size=[size, size],
-                                   normalization=normalization)
-        with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-            json.dump(record, f, indent=1)
-        visualize.save_prediction(os.path.join(args.out, f"{name}.png"), frames_uint8, row,
-                                  loaded.attribute_set, args.threshold, title=path.name)
-        print(f"{path}: {os.path.join(args.out, name)}.json/.png  " + summary(record))
-        records.append(record)
+    if readable:
+        probs = predict_clips(loaded, np.stack([clip_input for *_, clip_input in readable]))
+        os.makedirs(args.out, exist_ok=True)
+        for (path, name, frames_uint8, _), row in zip(readable, probs, strict=True):
+            record = decisions.prediction_record(
+                row, loaded.attribute_set, args.threshold, input=str(path),
+                model=str(args.model), step=loaded.step, frames=frames,
+                image_size=[size, size], normalization=normalization)
+            with open(os.path.join(args.out, f"{name}.json"), "w") as f:
+                json.dump(record, f, indent=1)
+            visualize.save_prediction(os.path.join(args.out, f"{name}.png"), frames_uint8, row,
+                                      loaded.attribute_set, args.threshold, title=path.name)
+            print(f"{path}: {os.path.join(args.out, name)}.json/.png  "
+                  + decisions.summary(record))
+            records.append(record)
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    print(f"{len(records)} done, {len(failures)} failed")
+    if failures:
+        sys.exit(1)
     return records
 
 
-def summary(record: dict[str, Any]) -> str:
-    """One line: present binary attributes and each multi-class group's choice."""
-    parts = [d["attribute"] for d in record["decisions"]
-             if d["kind"] == "binary" and d["present"]]
-    parts += [f"{d['group']}={d['value']}" for d in record["decisions"]
-              if d["kind"] == "multi-class"]
-    return ", ".join(parts) or "no binary attribute present"
+def _naming(path: Path, error: Exception) -> str:
+    """The error's first line, led by the input's path unless it already names it."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return message if str(path) in message else f"{path}: {message}"
 
 
 if __name__ == "__main__":

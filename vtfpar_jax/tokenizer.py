@@ -1,6 +1,6 @@
 """CLIP tokenisation of attribute phrases, in the layout of OpenAI's `clip.tokenize`.
 
-    tokenizer = default_tokenizer()              # from OpenAI's BPE merges file
+    tokenizer = default_tokenizer()              # OpenAI's BPE merges file, shipped here
     ids = tokenize(tokenizer, MARS.published_phrases)   # (43, 77) int32
 
 Released VTFPAR++ checkpoints were trained on OpenAI's ids, so rows are
@@ -11,6 +11,7 @@ token, which would move nothing for argmax pooling but changes the array).
 from __future__ import annotations
 
 import gzip
+import importlib.resources
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +21,9 @@ from transformers import CLIPTokenizer
 
 BPE_ENV_VAR = "VTFPAR_CLIP_BPE"
 BPE_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
-# The shared fixtures sit beside the repository root; the file is not committed (data).
-_SHARED_BPE = Path(__file__).resolve().parents[2] / "shared/fixtures/clip_tokenizer" / BPE_FILE_NAME
+# OpenAI's file ships inside the package (MIT licence, clip_vocab/LICENSE), as open_clip
+# and OpenAI's `clip` ship it, so that tokenising needs no download and no setting.
+PACKAGED_BPE = importlib.resources.files("vtfpar_jax") / "clip_vocab" / BPE_FILE_NAME
 # OpenAI's vocabulary holds 49,408 entries: 2 x 256 byte symbols, one per merge of
 # the first 48,894 merges of the file (lines 2 to 48,895), and the two special tokens.
 _NUM_MERGES = 49152 - 256 - 2
@@ -67,7 +69,7 @@ def from_pretrained(folder: str | os.PathLike) -> CLIPTokenizer:
 
 
 def default_tokenizer(bpe_path: str | os.PathLike | None = None) -> CLIPTokenizer:
-    """From `bpe_path`, else $VTFPAR_CLIP_BPE, else the shared fixtures beside the repo."""
+    """From `bpe_path`, else $VTFPAR_CLIP_BPE, else OpenAI's file shipped with the package."""
     candidates = [(bpe_path, "the bpe_path argument"), (os.environ.get(BPE_ENV_VAR),
                                                          f"${BPE_ENV_VAR}")]
     for candidate, origin in candidates:
@@ -75,13 +77,8 @@ def default_tokenizer(bpe_path: str | os.PathLike | None = None) -> CLIPTokenize
             if not Path(candidate).is_file():
                 raise FileNotFoundError(f"{candidate} (from {origin}): no such file")
             return from_bpe_file(candidate)
-    if _SHARED_BPE.is_file():
-        return from_bpe_file(_SHARED_BPE)
-    raise FileNotFoundError(
-        f"CLIP's BPE merges file was not found (looked for {_SHARED_BPE}). Pass its path or set "
-        f"${BPE_ENV_VAR} to OpenAI's {BPE_FILE_NAME} (shipped with github.com/openai/CLIP, "
-        "clip/bpe_simple_vocab_16e6.txt.gz), or build the tokenizer from any HF CLIP checkpoint "
-        "folder with `tokenizer.from_pretrained(folder)` (vocab.json + merges.txt).")
+    with importlib.resources.as_file(PACKAGED_BPE) as packaged:
+        return from_bpe_file(packaged)
 
 
 def tokenize(tokenizer: CLIPTokenizer, phrases: Sequence[str],

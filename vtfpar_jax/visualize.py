@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from vtfpar_jax import attributes, metrics, predict
+from vtfpar_jax import attributes, decisions, metrics
 
 DPI = 100
 WIDTH_IN = 11.0
@@ -54,8 +54,8 @@ def prediction_figure(frames_uint8: np.ndarray, probs: np.ndarray,
     """
     frames_uint8 = np.asarray(frames_uint8)
     probs = np.asarray(probs, np.float64)
-    decisions = predict.decide(probs, attribute_set, threshold)
-    decided = predict.decided_columns(decisions, attribute_set)
+    decided = decisions.decided_columns(decisions.decide(probs, attribute_set, threshold),
+                                        attribute_set)
     num = attribute_set.num_attributes
     width, height = figure_size(num)
     fig = Figure(figsize=(width, height), dpi=DPI)

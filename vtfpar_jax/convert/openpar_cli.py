@@ -86,7 +86,9 @@ def main(argv=None):
     parser.add_argument("--clip", required=True, help="OpenAI ViT-B-16.pt, or a HF CLIP id/folder")
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     parser.add_argument("--out", required=True, help="the model dir to write (must be new)")
-    parser.add_argument("--bpe", default=None, help="OpenAI's bpe_simple_vocab_16e6.txt.gz")
+    parser.add_argument("--bpe", default=None,
+                        help="a copy of OpenAI's bpe_simple_vocab_16e6.txt.gz to use instead of "
+                        "the one shipped with the package")
     for name, default in openpar.PUBLISHED_DEFAULTS.items():
         kind = {bool: lambda v: v.lower() in ("1", "true", "yes"), int: int}.get(type(default), str)
         parser.add_argument(f"--{name}", type=kind, default=default)
