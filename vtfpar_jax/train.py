@@ -92,7 +92,8 @@ class Trainer:
         self.clip_cfg, clip_params = builders.load_clip(config.clip, config.seed)
         # The full float32 CLIP stays on the host (numpy), for clip/ and the text
         # features; only the step's trimmed copy (`step_frozen_params`) goes to the devices.
-        clip_params = jax.tree.map(np.asarray, clip_params)
+        # A copy: on the CPU backend np.asarray is a view that keeps the device buffer alive.
+        clip_params = jax.tree.map(lambda x: np.array(x, copy=True), clip_params)
         self.model_cfg = builders.model_config(config, self.clip_cfg,
                                                self.attribute_set.num_attributes)
         self.phrases, self.tokens = builders.attribute_tokens(config, self.attribute_set)
