@@ -145,7 +145,7 @@ def test_two_processes_preempted_and_resumed_equal_one_process(data_dir, tmp_pat
     SIGTERM on both during step 3, both stop at step 4 (the next sync step) and save once;
     the same command resumes; the result equals one process fed the same global batches."""
     shared = tmp_path / "shared"
-    outs, syncs = run_two_processes(data_dir, shared, tmp_path, "first", "--sigterm_at_step", 3)
+    outs, syncs = run_two_processes(data_dir, shared, tmp_path, "first", "--sigterm_at_step", "3")
     for out in outs:
         assert "process 0 of 2" in out or "process 1 of 2" in out, out[-3000:]
         assert "preempted at step 4" in out, out[-3000:]
