@@ -8,7 +8,7 @@ DEMO_DIR ?= runs/demo
 DATA_DIR ?= $(HOME)/tensorflow_datasets
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo lint clean-demo
+.PHONY: venv test test-fast demo lint clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Tests run in 2 worker processes (pytest-xdist); each spawns its own CPU devices.
 test: $(STAMP)
-	$(VPY) -m pytest -q $(PYTEST_ARGS) tests
+	$(VPY) -m pytest -q -n 2 $(PYTEST_ARGS) tests
+
+# The edit-test loop: everything not marked slow.
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS) tests
 
 lint: $(STAMP)
 	$(VPY) -m ruff check vtfpar_jax input_pipeline configs tests
