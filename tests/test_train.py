@@ -69,7 +69,8 @@ def assert_params_close(a, b, atol):
 
 @pytest.mark.slow
 def test_eight_devices_equal_one_device(data_dir, tmp_path):
-    overrides = {"max_steps": 3, "eval_every_epochs": 0, "optimizer.eps": EPS}
+    overrides = {"max_steps": 3, "eval_every_epochs": 0, "optimizer.eps": EPS,
+                 "input.batch_size": 8, "input.eval_batch_size": 8}
     env = dict(subprocess_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
     proc = subprocess.Popen([sys.executable, "-m", "vtfpar_jax.train",
                              *cli_args(data_dir, tmp_path / "eight", **overrides)],

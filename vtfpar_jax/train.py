@@ -102,6 +102,9 @@ class Trainer:
                 self.builder, config.input.batch_size, jax.process_count())
         except ValueError as e:  # the batch size does not split over the hosts
             raise ConfigError(f"config.input.batch_size: {e}") from None
+        if config.input.batch_size % jax.device_count():
+            raise ConfigError(f"config.input.batch_size={config.input.batch_size} does not split "
+                              f"over {jax.device_count()} devices; choose a multiple of it")
         self.total_steps = config.max_steps or config.num_epochs * self.steps_per_epoch
 
         self.mesh = sharding.make_mesh()
