@@ -16,7 +16,7 @@ AOT_STAMP := $(AOT_VENV)/.installed-aot
 AOT_TARGET ?= h200
 AOT_ARGS ?= --batch 64 --dtype bfloat16
 
-.PHONY: venv test demo lint clean-demo aot-venv aot
+.PHONY: venv test test-fast demo lint clean-demo aot-venv aot
 
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Tests run in 2 worker processes (pytest-xdist); each spawns its own CPU devices.
 test: $(STAMP)
-	$(VPY) -m pytest -q $(PYTEST_ARGS) tests
+	$(VPY) -m pytest -q -n 2 $(PYTEST_ARGS) tests
+
+# The edit-test loop: everything not marked slow.
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS) tests
 
 lint: $(STAMP)
 	$(VPY) -m ruff check vtfpar_jax input_pipeline configs tests benchmarks

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from vtfpar_jax.errors import ConfigError, nearest
+
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     """'key=value,flag' after the config path -> typed fields (big_vision's convention)."""
@@ -15,12 +17,17 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     for item in filter(None, (arg or "").split(",")):
         key, _, value = item.partition("=")
         if key not in defaults:
-            raise ValueError(f"config argument {key!r}: expected one of {sorted(defaults)}")
+            raise ConfigError(f"config argument {key!r}: expected one of {sorted(defaults)}"
+                              f"{nearest(key, defaults)}")
         default = defaults[key]
         if isinstance(default, bool):
             out[key] = value.lower() in ("", "1", "true", "yes")
         else:
-            out[key] = type(default)(value)
+            try:
+                out[key] = type(default)(value)
+            except ValueError:
+                raise ConfigError(f"config argument {key}={value!r}: expected "
+                                  f"{type(default).__name__}") from None
     return out
 
 
@@ -113,7 +120,7 @@ def published_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict
         # Same depths as the default map, in ViT-L/14's 24-layer indices.
         c.model.spatial_map = c.model.temporal_map = "0->0,6->1,12->2,18->3,23->4"
     elif a.vit != "b16":
-        raise ValueError(f"config argument vit={a.vit!r}: expected 'b16' or 'l14'")
+        raise ConfigError(f"config argument vit={a.vit!r}: expected 'b16' or 'l14'")
     if a.bf16:
         c.model.dtype = c.model.clip_dtype = "bfloat16"
     return c

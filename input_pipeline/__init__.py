@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import os
 
+from vtfpar_jax.errors import UserError, nearest
+
 # Builder name -> (module, class). Kept as strings so that importing the
 # package does not pull in TensorFlow.
 BUILDERS = {
@@ -18,12 +20,17 @@ BUILDERS = {
 }
 
 
+class UnknownDatasetError(UserError, ValueError):
+    """A dataset name no builder is registered under."""
+
+
 def builder_class(name: str) -> type:
     """The builder class registered under `name` (imports its module)."""
     try:
         module, cls = BUILDERS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(BUILDERS)}") from None
+        raise UnknownDatasetError(f"unknown dataset {name!r}; known: {sorted(BUILDERS)}"
+                                  f"{nearest(name, BUILDERS)}") from None
     return getattr(importlib.import_module(module), cls)
 
 
@@ -43,7 +50,7 @@ def get_builder(name: str, data_dir: str | os.PathLike | None = None, **kwargs):
 _MODULE_FILES = {name: module.split(".")[-1] + ".py" for name, (module, _) in BUILDERS.items()}
 
 
-class DatasetNotBuiltError(FileNotFoundError):
+class DatasetNotBuiltError(UserError, FileNotFoundError):
     """A dataset that has not been prepared: the message says how to build it."""
 
     def __init__(self, builder):

@@ -232,3 +232,101 @@ def test_default_side_tuning_freezes_all_of_clip(smoke_parts):
                                         config.frozen_patterns)
     assert set(trainable) == {"model"}
     assert set(flat(frozen)) == {f"clip/{k}" for k in flat(clip_params)}
+
+
+# ---------------------------------------------- every optimiser option, against its math
+
+
+def options(**fields) -> ml_collections.ConfigDict:
+    opt = published_optimizer()
+    opt.update(fields)
+    return opt
+
+
+def one_update(opt, grads_per_call, params):
+    """Params after feeding `grads_per_call` to make_optimizer(opt, its schedule) in turn."""
+    tx = optim.make_optimizer(opt, optim.make_schedule(opt, num_epochs=10, steps_per_epoch=4))
+    state = tx.init(params)
+    for g in grads_per_call:
+        updates, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+def adam_first_step(g, lr, eps):
+    """Adam's first update: bias-corrected m = g, v = g^2, so -lr * g / (|g| + eps)."""
+    return -lr * g / (np.abs(g) + eps)
+
+
+P0 = {"w": jnp.asarray([0.5, -1.0, 2.0])}
+# float32 rounding of Adam's bias corrections (1 - 0.999 and the like): ~4e-6 seen.
+ATOL = 2e-5
+
+
+def test_constant_schedule_is_lr_everywhere():
+    opt = options(schedule="constant", lr=3e-4)
+    schedule = optim.make_schedule(opt, num_epochs=10, steps_per_epoch=4)
+    assert all(math.isclose(float(schedule(s)), 3e-4, rel_tol=1e-6) for s in (0, 7, 39, 500))
+
+
+def test_cosine_schedule_warms_up_linearly_then_follows_the_half_cosine():
+    lr, warm, low = 1e-3, 1e-5, 2e-6
+    opt = options(schedule="cosine", lr=lr, warmup_lr=warm, min_lr=low, warmup_epochs=2)
+    schedule = optim.make_schedule(opt, num_epochs=10, steps_per_epoch=4)   # 8 warmup steps
+    expected = {0: warm, 4: warm + (lr - warm) / 2, 8: lr,
+                # after warmup: low + (lr - low)(1 + cos(pi t / T)) / 2 over T = 40 - 8 steps
+                24: low + (lr - low) * (1 + math.cos(math.pi * 16 / 32)) / 2,
+                40: low, 60: low}
+    for step, want in expected.items():
+        assert math.isclose(float(schedule(step)), want, rel_tol=1e-5), step
+
+
+def test_adam_first_step_is_lr_times_the_gradient_sign():
+    g = np.asarray([0.1, -2.0, 0.0], np.float32)
+    opt = options(schedule="constant", lr=1e-2, eps=1e-3)
+    after = one_update(opt, [{"w": jnp.asarray(g)}], P0)
+    np.testing.assert_allclose(after["w"], P0["w"] + adam_first_step(g, 1e-2, 1e-3), atol=ATOL)
+
+
+def test_adamw_decays_the_weights_by_lr_times_weight_decay():
+    """With a zero gradient Adam moves nothing; AdamW shrinks each weight by lr * wd."""
+    zero = {"w": jnp.zeros(3)}
+    adam = options(schedule="constant", lr=0.1, weight_decay=0.5)
+    np.testing.assert_array_equal(one_update(adam, [zero], P0)["w"], P0["w"])
+    adamw = options(name="adamw", schedule="constant", lr=0.1, weight_decay=0.5)
+    np.testing.assert_allclose(one_update(adamw, [zero], P0)["w"], P0["w"] * (1 - 0.1 * 0.5),
+                               rtol=1e-6)
+
+
+def test_gradient_clipping_scales_the_gradient_to_the_global_norm():
+    g = np.asarray([3.0, 4.0, 0.0], np.float32)                # norm 5
+    opt = options(schedule="constant", lr=1.0, eps=1.0, grad_clip_norm=1.0)
+    after = one_update(opt, [{"w": jnp.asarray(g)}], P0)
+    clipped = g / 5.0                                          # norm 1
+    np.testing.assert_allclose(after["w"], P0["w"] + adam_first_step(clipped, 1.0, 1.0),
+                               atol=ATOL)
+    unclipped = one_update(options(schedule="constant", lr=1.0, eps=1.0), [{"w": jnp.asarray(g)}],
+                           P0)
+    np.testing.assert_allclose(unclipped["w"], P0["w"] + adam_first_step(g, 1.0, 1.0), atol=ATOL)
+
+
+def test_accumulate_steps_equals_one_step_on_the_mean_gradient():
+    """k micro-batches of equal size, accumulated: one update on their mean gradient (the
+    gradient of the k-times larger batch); no update before the k-th."""
+    g1, g2 = np.asarray([0.2, -1.0, 3.0], np.float32), np.asarray([0.6, 1.0, -1.0], np.float32)
+    opt = options(schedule="constant", lr=1e-2, eps=1e-3, accumulate_steps=2)
+    halfway = one_update(opt, [{"w": jnp.asarray(g1)}], P0)
+    np.testing.assert_array_equal(halfway["w"], P0["w"])
+    after = one_update(opt, [{"w": jnp.asarray(g1)}, {"w": jnp.asarray(g2)}], P0)
+    np.testing.assert_allclose(after["w"], P0["w"] + adam_first_step((g1 + g2) / 2, 1e-2, 1e-3),
+                               atol=ATOL)
+
+
+def test_keep_every_steps_keeps_multiples_beyond_the_last_n(tmp_path):
+    from vtfpar_jax.checkpoint import CheckpointStore
+    store = CheckpointStore(str(tmp_path), keep=2, keep_every=3, async_save=False)
+    for step in range(1, 9):
+        store.save(step, {"w": np.full(2, step, np.float32)}, {"step": step})
+    store.wait()
+    assert store.steps() == [3, 6, 7, 8]      # every 3rd, and the newest 2
+    store.close()

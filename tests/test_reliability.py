@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import pickle
@@ -212,20 +211,15 @@ def test_disk_full_while_checkpointing_stops_cleanly(data_dir, tmp_path, monkeyp
 # ------------------------------------------------------ 4. kill -9 at random moments
 
 
-def logged_steps(workdir) -> list[int]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line)["step"] for line in f if line.endswith("\n")]
-
-
-def wait_for_step(workdir, step, proc, timeout=600):
-    """Until this run (lines after the `skip` already there) logs `step`, or it ends."""
-    skip, start = len(logged_steps(workdir)), time.time()
-    while time.time() - start < timeout and proc.poll() is None:
-        if any(s >= step for s in logged_steps(workdir)[skip:]):
-            return
+def wait_for_checkpoint(workdir, step, proc, deadline_s=600):
+    """Until checkpoint `step` is complete on disk (Orbax renames it from a temporary
+    name when done); fails the test if the run ends or the deadline passes first."""
+    start, path = time.monotonic(), os.path.join(workdir, "checkpoints", str(step))
+    while not os.path.isdir(path):
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before checkpoint {step}")
+        if time.monotonic() - start > deadline_s:
+            pytest.fail(f"no checkpoint {step} in {workdir} after {deadline_s} s")
         time.sleep(0.05)
 
 
@@ -245,8 +239,9 @@ def test_kill_9_and_restart_equals_uninterrupted(data_dir, tmp_path):
         proc = subprocess.Popen(cli(killed, data_dir, *args), cwd=REPO, env=subprocess_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_for_step(killed, target, proc)
-            time.sleep(rng.uniform(0.0, 0.3))   # somewhere in a step or a checkpoint write
+            wait_for_checkpoint(killed, target, proc)
+            # Then a seeded moment later: somewhere in the next step or checkpoint write.
+            time.sleep(rng.uniform(0.0, 0.3))
         finally:
             proc.kill()                          # SIGKILL: no handler, no clean-up
             proc.wait()

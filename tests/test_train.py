@@ -1,15 +1,18 @@
 """Training end to end on the tiny synthetic set (configs/demo.py:smoke).
 
-Multi-device and multi-process runs happen in subprocesses (tests/train_worker.py),
-because the CPU device count must be fixed before JAX starts.
+Multi-device and multi-process runs are the training CLI in subprocesses (the CPU
+device count and jax.distributed must be set up before JAX starts).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
+import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +27,7 @@ from smoke_runs import REPO, SMOKE, smoke_config, subprocess_env
 
 from vtfpar_jax import attributes, builders, evaluate, losses, model_dir, optim, train
 from vtfpar_jax.checkpoint import CheckpointStore
+from vtfpar_jax.errors import ConfigError
 from vtfpar_jax.models import clip, vtfpar
 from vtfpar_jax.train_step import initial_state, step_frozen_params
 
@@ -34,14 +38,16 @@ WORKER = os.path.join(REPO, "tests", "train_worker.py")
 # of rounding noise, which differs with the reduction order: ~2e-3 apart after 3
 # steps on 1 vs 8 devices although the losses agree to 1e-6. A larger eps keeps the
 # update a smooth function of the gradient, so 1e-5 tests the gradients themselves.
-EPS = "1e-3"
+EPS = 1e-3
+# Six steps (one epoch of 24 tracklets in batches of 4), no evaluation between epochs;
+# hosts synchronise (log, checkpoint) every 2 steps.
+MULTI = {"num_epochs": 1, "eval_every_epochs": 0, "log_every_steps": 2,
+         "checkpoint_every_steps": 2, "optimizer.eps": EPS}
 
 
-def start_worker(data_dir, workdir, out, *extra):
-    cmd = [sys.executable, WORKER, "--data_dir", data_dir, "--workdir", str(workdir),
-           "--out", str(out), "--eps", EPS, *map(str, extra)]
-    return subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def cli_args(data_dir, workdir, **overrides):
+    return ["--config", SMOKE, "--workdir", str(workdir), f"--config.data_dir={data_dir}",
+            *(f"--config.{k}={v}" for k, v in overrides.items())]
 
 
 def finish(proc, timeout=900):
@@ -50,44 +56,34 @@ def finish(proc, timeout=900):
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
-        pytest.fail(f"worker timed out:\n{out[-4000:]}")
+        pytest.fail(f"process timed out:\n{out[-4000:]}")
     assert proc.returncode == 0, out[-6000:]
     return out
 
 
-def params_of(npz_path):
-    with np.load(npz_path) as z:
-        return {k: z[k] for k in z.files}
-
-
 def assert_params_close(a, b, atol):
-    keys = [k for k in a if k.startswith(("trainable/", "batch_stats/"))]
-    assert keys and set(keys) == {k for k in b if k.startswith(("trainable/", "batch_stats/"))}
-    worst = max((float(np.max(np.abs(a[k] - b[k]))), k) for k in keys)
+    assert a and set(a) == set(b)
+    worst = max((float(np.max(np.abs(a[k] - b[k]))), k) for k in a)
     assert worst[0] <= atol, f"largest difference {worst[0]:.3g} at {worst[1]}"
 
 
-@pytest.fixture(scope="session")
-def one_device_params(data_dir, tmp_path_factory):
-    """3 steps on 1 CPU device, fed the global batches 2 hosts would assemble."""
-    d = tmp_path_factory.mktemp("one_device")
-    finish(start_worker(data_dir, d / "work", d / "params.npz", "--devices", 1,
-                        "--emulate_hosts", 2))
-    p = params_of(d / "params.npz")
-    assert int(p["device_count"]) == 1 and int(p["step"]) == 3
-    return p
-
-
 @pytest.mark.slow
-def test_eight_devices_equal_one_device(data_dir, one_device_params, tmp_path):
-    finish(start_worker(data_dir, tmp_path / "work", tmp_path / "params.npz", "--devices", 8,
-                        "--emulate_hosts", 2))
-    p8 = params_of(tmp_path / "params.npz")
-    assert int(p8["device_count"]) == 8 and int(p8["step"]) == 3
-    np.testing.assert_allclose(p8["losses"], one_device_params["losses"], rtol=1e-5)
-    assert_params_close(p8, one_device_params, atol=1e-5)
-    # The steps did train (the losses change from step to step).
-    assert not np.allclose(p8["losses"][0], p8["losses"][-1])
+def test_eight_devices_equal_one_device(data_dir, tmp_path):
+    overrides = {"max_steps": 3, "eval_every_epochs": 0, "optimizer.eps": EPS,
+                 "input.batch_size": 8, "input.eval_batch_size": 8}
+    env = dict(subprocess_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = subprocess.Popen([sys.executable, "-m", "vtfpar_jax.train",
+                             *cli_args(data_dir, tmp_path / "eight", **overrides)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    out = finish(proc)
+    assert "8 local / 8 global devices" in out, out[-3000:]
+    assert jax.device_count() == 1
+    train.train_and_evaluate(smoke_config(data_dir, **overrides), str(tmp_path / "one"))
+    step8, p8 = restored(tmp_path / "eight")
+    step1, p1 = restored(tmp_path / "one")
+    assert step8 == step1 == 3
+    assert_params_close(p8, p1, atol=1e-5)
 
 
 def free_port() -> int:
@@ -96,29 +92,87 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one_process(data_dir, one_device_params, tmp_path):
+def emulated_batches(hosts: int):
+    """Trainer.batches as one process feeding the global batches `hosts` hosts assemble:
+    host i's rows from train_batches(process_index=i, process_count=hosts), in host order."""
+    from vtfpar_jax import sharding
+
+    def batches(trainer, step):
+        assert step == 0
+        c = trainer.config
+        size = (trainer.clip_cfg.image_size,) * 2
+        for epoch in itertools.count():
+            shares = [trainer.pipeline.train_batches(
+                trainer.builder, batch_size=c.input.batch_size, frames=trainer.model_cfg.frames,
+                epoch=epoch, seed=c.seed, image_size=size, frame_choice=c.input.frame_choice,
+                augment=c.input.augment, pad_pixels=c.input.pad_pixels,
+                normalization=c.input.normalization, process_index=i, process_count=hosts)
+                for i in range(hosts)]
+            for parts in zip(*shares, strict=True):
+                batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+                yield sharding.global_batch(batch, trainer.mesh)
+
+    return batches
+
+
+def start_process(data_dir, workdir, port, process_id, syncs, *worker_args):
+    env = dict(subprocess_env(), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(process_id))
+    return subprocess.Popen([sys.executable, WORKER, "--syncs", str(syncs), *worker_args, "--",
+                             *cli_args(data_dir, workdir, **MULTI)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def run_two_processes(data_dir, workdir, tmp_path, name, *worker_args):
+    """Both processes of one run to their end: (outputs, preemption syncs per process)."""
     port = free_port()
-    procs = [start_worker(data_dir, tmp_path / f"work{i}", tmp_path / f"params{i}.npz",
-                          "--devices", 2, "--num_processes", 2, "--process_id", i,
-                          "--port", port) for i in range(2)]
-    outs = []
+    syncs = [tmp_path / f"{name}_syncs{i}" for i in range(2)]
+    procs = [start_process(data_dir, workdir, port, i, syncs[i], *worker_args)
+             for i in range(2)]
     try:
-        for p in procs:
-            outs.append(finish(p))
+        outs = [finish(p) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    p0, p1 = (params_of(tmp_path / f"params{i}.npz") for i in range(2))
-    for p in (p0, p1):
-        assert int(p["process_count"]) == 2 and int(p["device_count"]) == 4
-        assert int(p["step"]) == 3
-    # Both processes hold the same replicated params ...
-    assert_params_close(p0, p1, atol=0.0)
-    # ... equal to one process fed the same global batches.
-    np.testing.assert_allclose(p0["losses"], one_device_params["losses"], rtol=1e-5)
-    assert_params_close(p0, one_device_params, atol=1e-5)
+    return outs, [int(s.read_text()) for s in syncs]
+
+
+@pytest.mark.slow
+def test_two_processes_preempted_and_resumed_equal_one_process(data_dir, tmp_path,
+                                                               monkeypatch):
+    """The training CLI as two jax.distributed processes (loopback, gloo) on one work dir:
+    SIGTERM on both during step 3, both stop at step 4 (the next sync step) and save once;
+    the same command resumes; the result equals one process fed the same global batches."""
+    shared = tmp_path / "shared"
+    outs, syncs = run_two_processes(data_dir, shared, tmp_path, "first", "--sigterm_at_step", "3")
+    for out in outs:
+        assert "process 0 of 2" in out or "process 1 of 2" in out, out[-3000:]
+        assert "preempted at step 4" in out, out[-3000:]
+    # One checkpoint per save step: 2 (scheduled) and 4 (the preemption), written together.
+    assert CheckpointStore(str(shared)).steps() == [2, 4]
+    # The hosts shared their preemption flags once for the lock, then only at sync steps
+    # (2 and 4): 2 all-gathers over 4 steps, none per step.
+    assert syncs == [1 + 2, 1 + 2]
+    # Process 0 alone writes the run's files; none is left half-written.
+    assert not [n for n in os.listdir(shared) if ".tmp-" in n]
+    assert [json.loads(line)["step"] for line in open(shared / "metrics.jsonl")] == [2, 4]
+
+    outs, syncs = run_two_processes(data_dir, shared, tmp_path, "resumed")
+    for out in outs:
+        assert "resumed at step 4" in out, out[-3000:]
+        assert "group (published, 0.45): acc" in out, out[-3000:]
+    assert syncs == [1 + 1, 1 + 1]            # the lock, then step 6
+    assert CheckpointStore(str(shared)).steps()[-1] == 6
+
+    monkeypatch.setattr(train.Trainer, "batches", emulated_batches(2))
+    config = smoke_config(data_dir, **MULTI)
+    train.train_and_evaluate(config, str(tmp_path / "one"))
+    step2, p2 = restored(shared)
+    step1, p1 = restored(tmp_path / "one")
+    assert step2 == step1 == 6
+    assert_params_close(p2, p1, atol=1e-5)
 
 
 def flat(tree):
@@ -384,3 +438,115 @@ def test_model_attributes_must_match_the_dataset(trained_dir):
     other = dataclasses.replace(loaded, attribute_set=attributes.get("mars"))
     with pytest.raises(ValueError, match="model attributes 'mars' do not match dataset"):
         other.builder()
+
+
+# ------------------------------------------------------- the run's lifecycle in one process
+
+
+@pytest.mark.slow
+def test_failed_start_frees_the_workdir(data_dir, tmp_path):
+    """A start that fails (dataset not built) releases everything: in the same process
+    (a notebook kernel), the next run on the same work dir trains."""
+    import input_pipeline
+    workdir, empty = str(tmp_path / "run"), tmp_path / "empty_tfds"
+    empty.mkdir()
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(input_pipeline.DatasetNotBuiltError):
+        train.train_and_evaluate(smoke_config(str(empty)), workdir)
+    assert signal.getsignal(signal.SIGTERM) is handler
+    results = train.train_and_evaluate(
+        smoke_config(data_dir, max_steps=1, eval_every_epochs=0), workdir)
+    assert "group" in results
+    assert CheckpointStore(workdir).steps() == [1]
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+
+@pytest.mark.slow
+def test_sigterm_saves_once_stops_and_restores_the_handler(data_dir, tmp_path, monkeypatch):
+    original = train.Trainer.batches
+
+    def batches(self, step):
+        for i, batch in enumerate(original(self, step), start=step + 1):
+            if i == 2:
+                os.kill(os.getpid(), signal.SIGTERM)   # a preemption notice during step 2
+            yield batch
+
+    monkeypatch.setattr(train.Trainer, "batches", batches)
+    handler = signal.getsignal(signal.SIGTERM)
+    config = smoke_config(data_dir, max_steps=4, eval_every_epochs=0, checkpoint_every_steps=100)
+    assert train.train_and_evaluate(config, str(tmp_path)) == {"preempted_at": 2}
+    assert CheckpointStore(str(tmp_path)).steps() == [2]
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_preemption_shares_flags_only_at_sync_steps(monkeypatch):
+    """On several processes the flag costs one all-gather per sync step, none between."""
+    calls = []
+    monkeypatch.setattr(train.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(train, "any_process", lambda flag: calls.append(flag) or flag)
+    preemption = train.Preemption()
+    try:
+        sync_steps = [s % 5 == 0 for s in range(1, 21)]
+        assert not any(preemption.agreed(sync) for sync in sync_steps)
+        assert calls == [False] * 4
+        preemption.requested = True
+        assert not preemption.agreed(False) and calls == [False] * 4
+        assert preemption.agreed(True) and calls == [False] * 4 + [True]
+    finally:
+        preemption.close()
+
+
+@pytest.mark.slow
+def test_full_clip_stays_on_the_host(data_dir, tmp_path):
+    """Only the step's trimmed CLIP is on the device; the full one is numpy on the host."""
+    before = {id(x) for x in jax.live_arrays()}
+    trainer = train.Trainer(smoke_config(data_dir), str(tmp_path))
+    assert all(type(x) is np.ndarray for x in jax.tree.leaves(trainer.clip_params))
+    gc.collect()
+    new = [x for x in jax.live_arrays() if id(x) not in before]
+    held = jax.tree.leaves((trainer.state, trainer.frozen, trainer.rng))
+    held_ids = {id(x) for x in held}
+    # Besides the state and the step's frozen inputs, the devices hold a few scalars'
+    # worth (8 bytes seen), not the full CLIP (its text tower alone is 13 MB here).
+    stray = [(x.shape, x.dtype) for x in new if id(x) not in held_ids]
+    assert sum(x.nbytes for x in new if id(x) not in held_ids) <= 1024, stray
+    text_tower = sum(x.nbytes for x in jax.tree.leaves(trainer.clip_params["text"]))
+    assert text_tower > 1024
+    on_device = sum(x.nbytes for x in new)
+    stats = jax.devices()[0].memory_stats()     # None on the CPU; measured where available
+    if stats:
+        assert stats["bytes_in_use"] < on_device + text_tower
+
+
+def test_config_typo_is_refused_naming_the_nearest_field():
+    with pytest.raises(ConfigError, match=r"no field 'optimizer\.lrr'.*'optimizer\.lr'"):
+        train.load_config_file(SMOKE, **{"optimizer.lrr": 1.0})
+    with pytest.raises(ConfigError, match=r"'optimiser\.lr'.*'optimizer\.lr'"):
+        train.load_config_file(SMOKE, **{"optimiser.lr": 1.0})
+    with pytest.raises(ConfigError, match=r"--config\.model\.frame: .* 'model\.frames'"):
+        train.check_config_overrides(["train", "--config", SMOKE, "--config.model.frame=3"])
+    train.check_config_overrides(["train", f"--config={SMOKE}", "--config.model.frames=3"])
+
+
+@pytest.mark.slow
+def test_cli_config_typo_is_one_line(tmp_path):
+    r = run_cli("--config", SMOKE, "--workdir", tmp_path, "--config.optimizer.lrr=1")
+    assert r.returncode == 1
+    assert "'optimizer.lrr' (did you mean 'optimizer.lr'?)" in r.stderr, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+
+
+def test_real_clip_size_fields_must_match_the_loaded_clip(tmp_path):
+    from vtfpar_jax.convert import hf_clip
+    cfg = clip.tiny(image_size=32, patch_size=8)
+    hf_clip.save(cfg, clip.init_params(cfg, jax.random.PRNGKey(0)), tmp_path)
+    config = train.load_config_file(SMOKE).clip
+    config.source, config.path = "hf", str(tmp_path)
+    config.image_size, config.patch_size = 32, 8
+    assert builders.load_clip(config, 0)[0] == cfg
+    config.image_size = 224
+    with pytest.raises(ConfigError, match="config.clip.image_size=224.*image_size 32"):
+        builders.load_clip(config, 0)
+    config.image_size, config.patch_size = 32, 16
+    with pytest.raises(ConfigError, match="config.clip.patch_size=16.*patch_size 8"):
+        builders.load_clip(config, 0)

@@ -1,124 +1,59 @@
-"""Helper for tests/test_train.py: a few training steps in a fresh process, params to .npz.
+"""Helper for tests/test_train.py: the training CLI, as one process of a multi-process run.
 
-Run as a script so that the device count (XLA_FLAGS / jax_num_cpu_devices) and
-jax.distributed are set up before JAX starts:
+    python tests/train_worker.py [--sigterm_at_step N] --syncs FILE -- <vtfpar_jax.train args>
 
-    python tests/train_worker.py --data_dir D --workdir W --out p.npz [--devices 8]
-        [--steps 3] [--batch_size 8]
-        [--num_processes 2 --process_id i --port P]   # one of several real processes
-        [--emulate_hosts 2]                            # one process feeding the same global
-                                                       # batches that 2 hosts would
-
-Builds a `train.Trainer` on configs/demo.py:smoke (dataset synthetic_pedestrians/tiny)
-and runs its jitted `train_step` on `trainer.batches(0)`. The .npz holds every
-trainable param (keys 'trainable/<path>'), the BN stats ('batch_stats/<path>'), the
-losses and the device/process counts seen.
+Runs `vtfpar_jax.train.main` unchanged (jax.distributed comes from the
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment), with
+two observations added for the test:
+- `--sigterm_at_step N`: the process sends itself SIGTERM while step N runs,
+  a preemption notice arriving at the same step on every process;
+- `--syncs FILE`: how many times the hosts synchronised on the preemption
+  flag (`train.any_process`), written to FILE on exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import signal
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("--data_dir", required=True)
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--devices", type=int, default=1, help="CPU devices in this process")
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--num_processes", type=int, default=1)
-    p.add_argument("--process_id", type=int, default=0)
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--emulate_hosts", type=int, default=0)
-    p.add_argument("--eps", type=float, default=None, help="override config.optimizer.eps")
-    return p.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    # Before JAX (TensorFlow imports JAX too) is imported anywhere.
-    os.environ["XLA_FLAGS"] = " ".join(
-        [f for f in os.environ.get("XLA_FLAGS", "").split()
-         if not f.startswith("--xla_force_host_platform_device_count")]
-        + [f"--xla_force_host_platform_device_count={args.devices}"])
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+def main():
+    args, train_argv = sys.argv[1:], []
+    if "--" in args:
+        args, train_argv = args[:args.index("--")], args[args.index("--") + 1:]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sigterm_at_step", type=int, default=0)
+    parser.add_argument("--syncs", required=True)
+    opts = parser.parse_args(args)
     sys.path.insert(0, REPO)
-    import jax
-    jax.config.update("jax_num_cpu_devices", args.devices)
-    if args.num_processes > 1:
-        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}",
-                                   num_processes=args.num_processes, process_id=args.process_id)
-    import numpy as np
-    from flax import traverse_util
-
     from vtfpar_jax import train
 
-    config = train.load_config_file(os.path.join(REPO, "configs", "demo.py") + ":smoke")
-    config.data_dir = args.data_dir
-    config.input.batch_size = args.batch_size
-    if args.eps is not None:
-        config.optimizer.eps = args.eps
-    assert jax.device_count() == args.devices * args.num_processes, jax.devices()
-    assert jax.process_count() == args.num_processes
+    syncs = []
+    any_process = train.any_process
 
-    trainer = train.Trainer(config, args.workdir)
-    if args.emulate_hosts:
-        batches = emulated_batches(trainer, args.emulate_hosts)
-    else:
-        batches = trainer.batches(0)
-    state, losses = trainer.state, []
-    for _ in range(args.steps):
-        state, metrics = trainer.train_step(state, next(batches), trainer.rng, trainer.frozen)
-        losses.append(float(local(metrics["loss"])))
-        assert bool(local(metrics["finite"])), metrics
+    def counted(flag):
+        syncs.append(flag)
+        return any_process(flag)
 
-    out = {"losses": np.asarray(losses), "device_count": np.asarray(jax.device_count()),
-           "process_count": np.asarray(jax.process_count()),
-           "step": np.asarray(local(state.step))}
-    for name in ("trainable", "batch_stats"):
-        for path, leaf in traverse_util.flatten_dict(getattr(state, name), sep="/").items():
-            out[f"{name}/{path}"] = local(leaf)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    np.savez(args.out, **out)
-    if args.num_processes > 1:
-        # Nobody leaves before everybody is done with the collectives.
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("train_worker done")
-    print(f"worker {args.process_id}: {args.steps} steps on {jax.device_count()} devices, "
-          f"losses {losses}")
+    train.any_process = counted
+    atexit.register(lambda: open(opts.syncs, "w").write(str(len(syncs))))
 
+    if opts.sigterm_at_step:
+        batches = train.Trainer.batches
 
-def local(x):
-    """A replicated (possibly multi-process) array as numpy, from this process's copy."""
-    import numpy as np
-    return np.asarray(x.addressable_data(0) if hasattr(x, "addressable_data") else x)
+        def batches_with_sigterm(self, step):
+            for i, batch in enumerate(batches(self, step), start=step + 1):
+                if i == opts.sigterm_at_step:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                yield batch
 
-
-def emulated_batches(trainer, hosts: int):
-    """The global batches `hosts` processes would assemble, built in this one process:
-    host i's rows from train_batches(process_index=i, process_count=hosts), in host order."""
-    import numpy as np
-
-    from vtfpar_jax import sharding
-    c = trainer.config
-    size = (trainer.clip_cfg.image_size,) * 2
-    epoch = 0
-    while True:
-        shares = [trainer.pipeline.train_batches(
-            trainer.builder, batch_size=c.input.batch_size, frames=trainer.model_cfg.frames,
-            epoch=epoch, seed=c.seed, image_size=size, frame_choice=c.input.frame_choice,
-            augment=c.input.augment, normalization=c.input.normalization,
-            process_index=i, process_count=hosts) for i in range(hosts)]
-        for parts in zip(*shares, strict=True):
-            batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-            yield sharding.global_batch(batch, trainer.mesh)
-        epoch += 1
+        train.Trainer.batches = batches_with_sigterm
+    train.main([sys.argv[0], *train_argv])
 
 
 if __name__ == "__main__":

@@ -19,9 +19,15 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from vtfpar_jax.errors import UserError
 
-class NoCheckpointError(FileNotFoundError):
+
+class NoCheckpointError(UserError, FileNotFoundError):
     """A model dir without any loadable checkpoint."""
+
+
+class CheckpointWriteError(UserError, OSError):
+    """A checkpoint write failed (e.g. disk full); the complete earlier ones are kept."""
 
 
 class CheckpointStore:
@@ -56,9 +62,10 @@ class CheckpointStore:
                                     step, e, attempt + 1, self.retries, self.retry_wait_s)
                     time.sleep(self.retry_wait_s)
                     continue
-                raise OSError(e.errno, f"checkpoint at step {step} (or the write still in flight "
-                              f"before it) failed in {self.directory}: {e.strerror or e}; the "
-                              f"complete checkpoints {self.steps()} are kept") from e
+                raise CheckpointWriteError(
+                    e.errno, f"checkpoint at step {step} (or the write still in flight before "
+                    f"it) failed in {self.directory}: {e.strerror or e}; the complete "
+                    f"checkpoints {self.steps()} are kept") from e
         raise AssertionError("unreachable")
 
     def steps(self) -> list[int]:

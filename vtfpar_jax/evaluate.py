@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from vtfpar_jax import metrics, optim, sharding
+from vtfpar_jax.errors import UserError
 from vtfpar_jax.models import vtfpar
 
 
@@ -127,7 +128,7 @@ def main(argv=None):
     logging.getLogger().setLevel(logging.INFO)
     try:
         results = evaluate_workdir(args.model, args.split, args.step, args.out, args.data_dir)
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except UserError as e:  # bad input: one line; anything else is a bug: its traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     from vtfpar_jax.builders import attributes

@@ -19,7 +19,16 @@ import numpy as np
 from vtfpar_jax import attributes, builders, optim, sharding, text
 from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.convert import hf_clip
+from vtfpar_jax.errors import UserError
 from vtfpar_jax.models import vtfpar
+
+
+class ModelDirError(UserError, ValueError):
+    """A model dir that does not fit what it is used with."""
+
+
+class ModelDirMissingError(UserError, FileNotFoundError):
+    """A model dir without its config.json or any loadable checkpoint."""
 
 
 @dataclasses.dataclass
@@ -39,7 +48,7 @@ class LoadedModel:
         if not b.is_prepared():
             raise input_pipeline.DatasetNotBuiltError(b)
         if pipeline.attribute_set(b).name != self.attribute_set.name:
-            raise ValueError(f"model attributes {self.attribute_set.name!r} do not match "
+            raise ModelDirError(f"model attributes {self.attribute_set.name!r} do not match "
                              f"dataset {self.config.dataset!r}")
         return b
 
@@ -53,8 +62,9 @@ class LoadedModel:
 def read_run_file(model: str) -> dict:
     path = os.path.join(model, "config.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{model}: not a model dir (no config.json); expected a training "
-                                "work dir or the output of vtfpar_jax.convert.openpar_cli")
+        raise ModelDirMissingError(f"{model}: not a model dir (no config.json); expected a "
+                                   "training work dir or the output of "
+                                   "vtfpar_jax.convert.openpar_cli")
     with open(path) as f:
         return json.load(f)
 
@@ -85,7 +95,7 @@ def load(model: str, step: int | None = None) -> LoadedModel:
     try:
         state, meta = store.restore(abstract(template, sharding.replicated(mesh)), step)
     except NoCheckpointError as e:
-        raise FileNotFoundError(f"{model}: no checkpoint to load ({e})") from None
+        raise ModelDirMissingError(f"{model}: no checkpoint to load ({e})") from None
     finally:
         store.close()
     tokens = np.asarray(run["tokens"], np.int32)

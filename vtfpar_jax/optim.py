@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from vtfpar_jax.errors import ConfigError
+
 
 def published_epoch_lr(epoch: int, *, lr: float, num_epochs: int, warmup_epochs: int,
                        warmup_lr: float, min_lr: float) -> float:
@@ -51,7 +53,7 @@ def make_schedule(opt: Any, num_epochs: int,
             end_value=opt.min_lr)
     if opt.schedule == "constant":
         return optax.constant_schedule(opt.lr)
-    raise ValueError(f"config.optimizer.schedule={opt.schedule!r}; expected 'published', "
+    raise ConfigError(f"config.optimizer.schedule={opt.schedule!r}; expected 'published', "
                      "'cosine' or 'constant'")
 
 
@@ -64,7 +66,7 @@ def make_optimizer(opt: Any, schedule: optax.Schedule
         tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                          weight_decay=opt.weight_decay)
     else:
-        raise ValueError(f"config.optimizer.name={opt.name!r}; expected 'adam' or 'adamw'")
+        raise ConfigError(f"config.optimizer.name={opt.name!r}; expected 'adam' or 'adamw'")
     if opt.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
     if opt.accumulate_steps > 1:
@@ -79,12 +81,12 @@ def partition(params: Mapping[str, Any], frozen_patterns: Sequence[str]
     try:
         patterns = [re.compile(p) for p in frozen_patterns]
     except re.error as e:
-        raise ValueError(f"config.frozen_patterns: bad regular expression ({e})") from None
+        raise ConfigError(f"config.frozen_patterns: bad regular expression ({e})") from None
     flat = traverse_util.flatten_dict(params, sep="/")
     frozen = {k: v for k, v in flat.items() if any(p.fullmatch(k) for p in patterns)}
     trainable = {k: v for k, v in flat.items() if k not in frozen}
     if not trainable:
-        raise ValueError(f"config.frozen_patterns {list(frozen_patterns)} freeze every parameter")
+        raise ConfigError(f"config.frozen_patterns {list(frozen_patterns)} freeze every parameter")
     return (traverse_util.unflatten_dict(trainable, sep="/"),
             traverse_util.unflatten_dict(frozen, sep="/"))
 

@@ -1,8 +1,9 @@
 """What a run leaves for people: JSONL + TensorBoard scalars, a progress bar, curves.
 
-Also the work-dir lock: one training process per work dir. The lock is an
-flock on `workdir/.lock`, which the OS releases when the holder dies, so a
-killed run never blocks the next one.
+Also the work-dir lock: one training run per work dir. The lock is an flock
+on `workdir/.lock`, which the OS releases when the holder dies, so a killed run
+never blocks the next one. A multi-host run takes it in process 0 only
+(`train.lock_workdir`); which file systems it protects is in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ import sys
 
 import jax
 
+from vtfpar_jax.errors import UserError
+
+
+class WorkdirBusyError(UserError, RuntimeError):
+    """Another run holds the work dir's lock."""
+
 
 class WorkdirLock:
     def __init__(self, workdir: str):
@@ -26,7 +33,7 @@ class WorkdirLock:
             self.file.seek(0)
             holder = self.file.read().strip() or "another process"
             self.file.close()
-            raise RuntimeError(f"{workdir} is in use by {holder}: one training process per "
+            raise WorkdirBusyError(f"{workdir} is in use by {holder}: one training process per "
                                "work dir (the lock goes away when that process ends)") from None
         self.file.truncate(0)
         self.file.write(f"pid {os.getpid()}")

@@ -2,7 +2,8 @@
 
 Phrases are the published ones or the paper's expanded phrases through a
 prompt template (vtfpar_jax.attributes). Features are cached on disk under a
-key made of the phrases, the template and a digest of the text tower's weights.
+key made of the phrases, the template and a digest of the text tower's weights;
+the cache file is written atomically, so a host never reads half of it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from vtfpar_jax.files import atomic_file
 from vtfpar_jax.models import clip
 
 SOT, EOT = 49406, 49407
@@ -55,7 +57,9 @@ def attribute_text_features(cfg: clip.ClipConfig, clip_params, phrases: Sequence
     features = np.asarray(jax.jit(clip.text_features, static_argnums=0)(
         cfg, clip_params, tokens), np.float32)
     if path:
-        os.makedirs(cache_dir, exist_ok=True)
-        np.save(path, features)
+        # Every host computes the features and may write them, while others read:
+        # written whole under a unique name, then renamed (vtfpar_jax.files).
+        with atomic_file(path) as temporary, open(temporary, "wb") as f:
+            np.save(f, features)
         logging.info("text features of %d phrases cached at %s", len(phrases), path)
     return features

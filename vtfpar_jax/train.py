@@ -9,11 +9,13 @@ CPU, several GPUs or a TPU pod slice (one process per host).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 import jax
@@ -23,8 +25,10 @@ import numpy as np
 
 from vtfpar_jax import builders, optim, sharding
 from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
+from vtfpar_jax.errors import ConfigError, UserError, nearest
+from vtfpar_jax.files import atomic_file, atomic_folder
 from vtfpar_jax.models import vtfpar
-from vtfpar_jax.run_logging import MetricsLogger, WorkdirLock
+from vtfpar_jax.run_logging import MetricsLogger, WorkdirBusyError, WorkdirLock
 from vtfpar_jax.train_step import (
     Frozen,
     initial_state,
@@ -38,23 +42,38 @@ def load_config_file(spec: str, **overrides) -> ml_collections.ConfigDict:
     """'configs/mars.py[:arg]' -> that file's get_config(arg), as --config reads it.
 
     `overrides` set fields as --config.<field>= does; nested ones by dotted key,
-    e.g. `**{"optimizer.lr": 3e-4}`.
+    e.g. `**{"optimizer.lr": 3e-4}`. A field the config does not have is refused,
+    naming the nearest one (as absl does for --config.<field>= typos).
     """
     import importlib.util
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} not found")
+        raise ConfigError(f"config file {path!r} not found")
     module_spec = importlib.util.spec_from_file_location("_vtfpar_config", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     config = module.get_config(arg or None)
+    fields = config_fields(config)
     for key, value in overrides.items():
+        if key not in fields:
+            raise ConfigError(f"{path}: override {key!r}: the config has no field {key!r}"
+                              f"{nearest(key, fields)}")
         *parents, leaf = key.split(".")
         node = config
         for name in parents:
             node = node[name]
         node[leaf] = value
     return config
+
+
+def config_fields(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every field's dotted name ('optimizer', 'optimizer.lr', ...)."""
+    names = []
+    for key, value in config.items():
+        names.append(prefix + key)
+        if isinstance(value, ml_collections.ConfigDict):
+            names += config_fields(value, f"{prefix}{key}.")
+    return names
 
 
 class Trainer:
@@ -71,11 +90,21 @@ class Trainer:
             raise input_pipeline.DatasetNotBuiltError(self.builder)
         self.attribute_set = pipeline.attribute_set(self.builder)
         self.clip_cfg, clip_params = builders.load_clip(config.clip, config.seed)
+        # The full float32 CLIP stays on the host (numpy), for clip/ and the text
+        # features; only the step's trimmed copy (`step_frozen_params`) goes to the devices.
+        # A copy: on the CPU backend np.asarray is a view that keeps the device buffer alive.
+        clip_params = jax.tree.map(lambda x: np.array(x, copy=True), clip_params)
         self.model_cfg = builders.model_config(config, self.clip_cfg,
                                                self.attribute_set.num_attributes)
         self.phrases, self.tokens = builders.attribute_tokens(config, self.attribute_set)
-        self.steps_per_epoch = pipeline.steps_per_epoch(
-            self.builder, config.input.batch_size, jax.process_count())
+        try:
+            self.steps_per_epoch = pipeline.steps_per_epoch(
+                self.builder, config.input.batch_size, jax.process_count())
+        except ValueError as e:  # the batch size does not split over the hosts
+            raise ConfigError(f"config.input.batch_size: {e}") from None
+        if config.input.batch_size % jax.device_count():
+            raise ConfigError(f"config.input.batch_size={config.input.batch_size} does not split "
+                              f"over {jax.device_count()} devices; choose a multiple of it")
         self.total_steps = config.max_steps or config.num_epochs * self.steps_per_epoch
 
         self.mesh = sharding.make_mesh()
@@ -124,51 +153,116 @@ class Trainer:
 
 
 def save_run_files(trainer: Trainer):
-    """config.json and the frozen CLIP (HF format) beside the checkpoints, once."""
+    """config.json and the frozen CLIP (HF format) beside the checkpoints, by process 0.
+
+    Both are written whole then renamed (vtfpar_jax.files), so a run killed
+    while writing them leaves nothing half-written for the next one to read.
+    """
     from vtfpar_jax.convert import hf_clip
 
     if jax.process_index() != 0:
         return
-    with open(os.path.join(trainer.workdir, "config.json"), "w") as f:
+    with atomic_file(os.path.join(trainer.workdir, "config.json")) as temporary, \
+            open(temporary, "w") as f:
         json.dump({"config": trainer.config.to_dict(),
                    "attribute_set": trainer.attribute_set.name,
                    "phrases": list(trainer.phrases), "tokens": trainer.tokens.tolist(),
                    "positive_ratio": np.asarray(trainer.frozen.positive_ratio).tolist()},
                   f, indent=1, default=list)
     clip_dir = os.path.join(trainer.workdir, "clip")
-    if not os.path.exists(os.path.join(clip_dir, "model.safetensors")):
-        hf_clip.save(trainer.clip_cfg, trainer.clip_params, clip_dir)
+    if not os.path.isdir(clip_dir):
+        with atomic_folder(clip_dir) as temporary:
+            hf_clip.save(trainer.clip_cfg, trainer.clip_params, temporary)
 
 
 class Preemption:
-    """SIGTERM (preemption notice) asks the loop to checkpoint and exit cleanly."""
+    """SIGTERM (a preemption notice) asks the loop to checkpoint and stop.
+
+    The handler only sets a flag: no host sync on any step. One process reads
+    its flag after every step. Several processes must stop at the same step, so
+    they share their flags only at `sync_step`s (log and checkpoint steps, where
+    the loop waits for the devices anyway): one small all-gather there, none on
+    the steps between. `close()` puts the previous SIGTERM handler back.
+    """
 
     def __init__(self):
         self.requested = False
-        signal.signal(signal.SIGTERM, self._handle)
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        else:  # signal handlers can only be set from the main thread
+            logging.warning("training outside the main thread: SIGTERM will not checkpoint")
 
     def _handle(self, signum, frame):
         logging.warning("SIGTERM: saving a checkpoint and stopping")
         self.requested = True
 
-    def agreed(self) -> bool:
+    def agreed(self, sync_step: bool) -> bool:
+        """Whether every process stops now (True on all of them, or on none)."""
         if jax.process_count() == 1:
             return self.requested
-        from jax.experimental import multihost_utils
-        return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
+        return sync_step and any_process(self.requested)
+
+    def close(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if `flag` is True on any (a collective: all must call it)."""
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def lock_workdir(workdir: str) -> WorkdirLock | None:
+    """The work dir's lock, taken by process 0 for the whole run (None elsewhere).
+
+    One holder per run: the other hosts of a multi-host run write to the same
+    shared work dir and must not be refused by process 0's lock. They learn
+    whether process 0 got it, so that all stop together when it did not.
+    """
+    lock, refusal = None, ""
+    if jax.process_index() == 0:
+        try:
+            lock = WorkdirLock(workdir)
+        except WorkdirBusyError as e:
+            refusal = str(e)
+    if jax.process_count() > 1 and any_process(bool(refusal)) and not refusal:
+        refusal = f"{workdir} is in use: process 0 could not lock it (see its log)"
+    if refusal:
+        raise WorkdirBusyError(refusal)
+    return lock
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train (resuming from the work dir's newest good checkpoint) and evaluate."""
+    """Train (resuming from the work dir's newest good checkpoint) and evaluate.
+
+    Whatever happens once the lock is taken (a failed start included), the lock,
+    the checkpoint writer, the logs and the SIGTERM handler are released on the
+    way out, so the next call in the same process finds the work dir free.
+    """
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the work dir {workdir}: {e}") from None
+    with contextlib.ExitStack() as cleanup:
+        lock = lock_workdir(workdir)
+        if lock is not None:
+            cleanup.callback(lock.release)
+        return _train_and_evaluate(config, workdir, cleanup)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        cleanup: contextlib.ExitStack) -> dict:
     from vtfpar_jax import evaluate
 
-    os.makedirs(workdir, exist_ok=True)
-    lock = WorkdirLock(workdir)
     trainer = Trainer(config, workdir)
     save_run_files(trainer)
     store = CheckpointStore(workdir, keep=config.keep_checkpoints,
                             keep_every=config.keep_every_steps or None,
                             retries=config.checkpoint_retries)
+    cleanup.callback(store.close)
     state = trainer.state
     try:
         state, meta = store.restore(abstract(state, sharding.replicated(trainer.mesh)))
@@ -180,8 +274,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("no checkpoint in %s: training from scratch", workdir)
     step = int(state.step)
     logger = MetricsLogger(workdir, total_steps=trainer.total_steps, initial_step=step)
+    cleanup.callback(logger.close)
     logging.info("params: %s", trainer.count_params())
     preemption = Preemption()
+    cleanup.callback(preemption.close)
     evaluator = evaluate.Evaluator.from_trainer(trainer)
 
     def checkpoint(state, force=False):
@@ -194,49 +290,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # The first non-finite step, kept on the device (no host sync per step); checked
     # before anything is logged or saved, so no checkpoint follows a skipped step.
     first_bad = jnp.asarray(0, jnp.int32)
-    try:
-        while step < trainer.total_steps:
-            batch = next(batches)
-            state, metrics = trainer.train_step(state, batch, trainer.rng, trainer.frozen)
-            step += 1
-            first_bad = jnp.where((first_bad == 0) & ~metrics["finite"], step, first_bad)
-            log_now = step % config.log_every_steps == 0 or step == trainer.total_steps
-            if (log_now or step % config.checkpoint_every_steps == 0) and int(first_bad):
-                raise FloatingPointError(
-                    f"step {int(first_bad)}: the loss or gradient norm is not finite; the step "
-                    f"was not applied and the last good checkpoint is kept")
-            if log_now:
-                metrics = jax.device_get(metrics)
-                elapsed = time.time() - last_time
-                rate = (step - last_step) / max(elapsed, 1e-9)
-                logger.write(step, {"loss": float(metrics["loss"]),
-                                    "learning_rate": float(metrics["lr"]),
-                                    "grad_norm": float(metrics["grad_norm"]),
-                                    "steps_per_s": rate,
-                                    "clips_per_s": rate * config.input.batch_size})
-                last_time, last_step = time.time(), step
-            if step % config.checkpoint_every_steps == 0:
-                checkpoint(state)
-            if step % trainer.steps_per_epoch == 0 and config.eval_every_epochs and (
-                    step // trainer.steps_per_epoch) % config.eval_every_epochs == 0:
-                results = evaluator.run(state, "test")
-                logger.write(step, {f"eval/{k}": v for k, v in evaluate.headline(results).items()})
-            if preemption.agreed():
-                if int(first_bad):
-                    raise FloatingPointError(f"step {int(first_bad)}: not finite; not saved")
-                checkpoint(state, force=True)
-                store.wait()
-                logging.warning("stopped at step %d after SIGTERM; rerun to resume", step)
-                return {"preempted_at": step}
-        checkpoint(state, force=True)
-        store.wait()
-    finally:
-        store.close()
-        logger.close()
-        lock.release()
+    while step < trainer.total_steps:
+        batch = next(batches)
+        state, metrics = trainer.train_step(state, batch, trainer.rng, trainer.frozen)
+        step += 1
+        first_bad = jnp.where((first_bad == 0) & ~metrics["finite"], step, first_bad)
+        log_now = step % config.log_every_steps == 0 or step == trainer.total_steps
+        # The loop waits for the devices only at these steps, the same on every host.
+        sync_step = log_now or step % config.checkpoint_every_steps == 0
+        if sync_step and int(first_bad):
+            raise NonFiniteError(
+                f"step {int(first_bad)}: the loss or gradient norm is not finite; the step "
+                f"was not applied and the last good checkpoint is kept")
+        if log_now:
+            metrics = jax.device_get(metrics)
+            elapsed = time.time() - last_time
+            rate = (step - last_step) / max(elapsed, 1e-9)
+            logger.write(step, {"loss": float(metrics["loss"]),
+                                "learning_rate": float(metrics["lr"]),
+                                "grad_norm": float(metrics["grad_norm"]),
+                                "steps_per_s": rate,
+                                "clips_per_s": rate * config.input.batch_size})
+            last_time, last_step = time.time(), step
+        if step % config.checkpoint_every_steps == 0:
+            checkpoint(state)
+        if step % trainer.steps_per_epoch == 0 and config.eval_every_epochs and (
+                step // trainer.steps_per_epoch) % config.eval_every_epochs == 0:
+            results = evaluator.run(state, "test")
+            logger.write(step, {f"eval/{k}": v for k, v in evaluate.headline(results).items()})
+        if preemption.agreed(sync_step):
+            if int(first_bad):
+                raise NonFiniteError(f"step {int(first_bad)}: not finite; not saved")
+            checkpoint(state, force=True)
+            store.wait()
+            logging.warning("stopped at step %d after SIGTERM; rerun to resume", step)
+            return {"preempted_at": step}
+    checkpoint(state, force=True)
+    store.wait()
     results = evaluator.run(state, "test", report_dir=os.path.join(workdir, "eval"))
     logger.plot_curves()
     return results
+
+
+class NonFiniteError(UserError, FloatingPointError):
+    """A step's loss or gradient norm is not finite: the run stops, its checkpoints kept."""
 
 
 def untrained_results(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -244,6 +341,21 @@ def untrained_results(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from vtfpar_jax import evaluate
     trainer = Trainer(config, workdir)
     return evaluate.Evaluator.from_trainer(trainer).run(trainer.state, "test")
+
+
+def check_config_overrides(argv: list[str]) -> None:
+    """Refuse a --config.<field>=... that names no field of the --config file."""
+    spec = next((arg.partition("=")[2] or next_arg for arg, next_arg in zip(
+        argv, [*argv[1:], ""], strict=True) if arg.partition("=")[0] == "--config"), None)
+    if not spec:
+        return  # absl reports the missing --config
+    fields = config_fields(load_config_file(spec))
+    for arg in argv:
+        if arg.startswith("--config."):
+            key = arg.removeprefix("--config.").partition("=")[0]
+            if key not in fields:
+                raise ConfigError(f"--config.{key}: {spec.partition(':')[0]} has no field "
+                                  f"{key!r}{nearest(key, fields)}")
 
 
 def main(argv=None):
@@ -260,14 +372,22 @@ def main(argv=None):
         sharding.initialize_distributed()
         try:
             results = train_and_evaluate(flags_.config, flags_.workdir)
-        except (ValueError, FileNotFoundError, FloatingPointError, OSError, RuntimeError) as e:
+        except UserError as e:  # bad input: one line; anything else is a bug: its traceback
             logging.error("%s", e)
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
         from vtfpar_jax import evaluate
         print(evaluate.summary_line(results))
 
-    app.run(run, argv)
+    def parse_flags(argv):
+        try:  # absl's own error for a --config.<field> typo is a KeyError traceback
+            check_config_overrides(argv)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        return flags_(argv)
+
+    app.run(run, argv, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

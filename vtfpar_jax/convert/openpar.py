@@ -26,6 +26,7 @@ import numpy as np
 
 from vtfpar_jax.convert import openai_clip
 from vtfpar_jax.convert.weights import SourceTensors, WeightImportError, conv_kernel, transpose
+from vtfpar_jax.errors import ConfigError
 from vtfpar_jax.models import vtfpar
 from vtfpar_jax.models.side_nets import SIDE_DEPTH, parse_interaction_map
 
@@ -83,17 +84,18 @@ def config_from_options(clip_cfg, num_attributes: int, **options) -> vtfpar.VTFP
     """Our config from the published command-line options (unknown names are errors)."""
     unknown = set(options) - set(PUBLISHED_DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)}; published options: "
-                         f"{sorted(PUBLISHED_DEFAULTS)}")
+        raise ConfigError(f"unknown option(s) {sorted(unknown)}; published options: "
+                          f"{sorted(PUBLISHED_DEFAULTS)}")
     o = {**PUBLISHED_DEFAULTS, **options}
     dims = {o["mmformer_dim"], o["spatial_dim"], o["temporal_dim"]}
     if len(dims) != 1:
-        raise ValueError(f"mmformer_dim, spatial_dim and temporal_dim must be equal (the published "
-                         f"model adds the side tokens straight into the fusion block); got {dims}")
+        raise ConfigError(f"mmformer_dim, spatial_dim and temporal_dim must be equal (the "
+                          "published model adds the side tokens straight into the fusion "
+                          f"block); got {dims}")
     aggs = []
     for name in ("spatial_feat_aggregation", "temporal_feat_aggregation"):
         if o[name] not in _AGGREGATIONS:
-            raise ValueError(f"{name}={o[name]!r}; expected one of {sorted(_AGGREGATIONS)}")
+            raise ConfigError(f"{name}={o[name]!r}; expected one of {sorted(_AGGREGATIONS)}")
         aggs.append(_AGGREGATIONS[o[name]])
     return vtfpar.VTFPARConfig(
         clip=clip_cfg, num_attributes=num_attributes, frames=int(o["frames"]),

@@ -21,6 +21,12 @@ from vtfpar_jax import attributes, tokenizer
 from vtfpar_jax.checkpoint import CheckpointStore
 from vtfpar_jax.convert import hf_clip, openai_clip, openpar
 from vtfpar_jax.convert.weights import WeightImportError
+from vtfpar_jax.errors import ConfigError, UserError
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """--out already holds a model: it is never overwritten."""
+
 
 DATASETS = {"mars": ("configs.mars", "mars"), "duke": ("configs.duke", "duke")}
 
@@ -30,7 +36,7 @@ def write_model_dir(out: str, cfg, variables: dict, config, attribute_set, token
     """config.json + clip/ + checkpoints/0 exactly as a training run lays them out."""
     from vtfpar_jax.model_dir import fresh_state
     if os.path.exists(os.path.join(out, "checkpoints")):
-        raise FileExistsError(f"{out} already holds checkpoints; choose an empty --out")
+        raise OutputExistsError(f"{out} already holds checkpoints; choose an empty --out")
     os.makedirs(out, exist_ok=True)
     state, _ = fresh_state(config, cfg, variables["clip"], variables)
     hf_clip.save(cfg.clip, variables["clip"], os.path.join(out, "clip"))
@@ -53,18 +59,20 @@ def convert_files(checkpoint: str, clip_path: str, dataset: str, out: str,
     state = openpar.read_checkpoint(checkpoint)
     if os.path.isfile(clip_path):
         state.update({"clip/" + k: v for k, v in openai_clip.read_state_dict(clip_path).items()})
-        clip = None
-        tok = tokenizer.default_tokenizer(bpe_path)
+        clip, folder = None, None
     else:
         clip = hf_clip.load(clip_path)
         folder = hf_clip.resolve_folder(clip_path)
-        has_vocab = os.path.exists(os.path.join(folder, "vocab.json"))
+    try:
+        has_vocab = folder is not None and os.path.exists(os.path.join(folder, "vocab.json"))
         tok = tokenizer.from_pretrained(folder) if has_vocab else tokenizer.default_tokenizer(
             bpe_path)
+    except (FileNotFoundError, ValueError) as e:  # no BPE file, or a bad one
+        raise ConfigError(f"--bpe: {e}") from None
     cfg, variables = openpar.convert(state, clip=clip, source=checkpoint, **options)
     if cfg.num_attributes != attribute_set.num_attributes:
-        raise ValueError(f"{checkpoint}: {cfg.num_attributes} attributes, but dataset {dataset!r} "
-                         f"has {attribute_set.num_attributes}")
+        raise WeightImportError(f"{checkpoint}: {cfg.num_attributes} attributes, but dataset "
+                                f"{dataset!r} has {attribute_set.num_attributes}")
     m = config.model
     m.frames, m.dim = cfg.frames, cfg.dim
     m.spatial_map = ",".join(f"{s}->{t}" for s, t in cfg.spatial_map)
@@ -97,7 +105,7 @@ def main(argv=None):
     try:
         out = convert_files(fixed["checkpoint"], fixed["clip"], fixed["dataset"], fixed["out"],
                             fixed["bpe"], **args)
-    except (WeightImportError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except UserError as e:  # bad input: one line; anything else is a bug: its traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     print(f"wrote model dir {out}: evaluate with python -m vtfpar_jax.evaluate --model {out}")

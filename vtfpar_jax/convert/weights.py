@@ -15,8 +15,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from vtfpar_jax.errors import UserError
 
-class WeightImportError(ValueError):
+
+class WeightImportError(UserError, ValueError):
     """A checkpoint does not fit the model; the message says which key and file."""
 
 

@@ -1,0 +1,55 @@
+"""Writing to a work dir that other hosts, or the next run, may read: whole files or none.
+
+A run's shared work dir is read while it is written: every host reads the text
+cache, a restarted run reads config.json and clip/, and kill -9 may stop a
+write halfway. So each file (or folder) is written under a temporary name that
+is unique across hosts (`tempfile`), then renamed onto its real name. A rename
+within a folder is atomic on POSIX file systems (local disks, NFS, Lustre), so
+a reader finds the old file, no file, or the whole new one. On a bucket mount
+(GCS FUSE) a rename is a copy then a delete, but each object is written whole,
+so the reader still never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def atomic_file(path: str) -> Iterator[str]:
+    """A temporary path beside `path` to write; renamed onto `path` if the block succeeds."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
+    os.close(fd)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str) -> Iterator[str]:
+    """A temporary folder beside `path` to fill; renamed to `path` if the block succeeds.
+
+    If `path` appeared meanwhile (another writer finished first), it is kept and
+    the temporary folder is removed: both hold the same content.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    temporary = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
+    try:
+        yield temporary
+        try:
+            os.rename(temporary, path)
+        except OSError:
+            if not os.path.isdir(path):
+                raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
