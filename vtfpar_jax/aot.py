@@ -38,7 +38,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from vtfpar_jax import compiled_stats, sharding
+from vtfpar_jax import bench_setup, compiled_stats, sharding
 
 GPU_TARGET_CONFIGS = {"h100": "h100_sxm.txtpb", "h200": "h200.txtpb"}
 
@@ -116,18 +116,16 @@ def compile_report(target_spec: str, clip_name: str = "vit_b16", *, batch: int,
                    num_attributes: int = 43, **model_options) -> dict[str, Any]:
     """Compile the train step and prediction for a target; their per-device memory,
     kernels and collectives. `model_options`: other VTFPARConfig fields."""
-    from vtfpar_jax import bench
-
     target = parse_target(target_spec)
     mesh = topology_mesh(target)
     devices = mesh.devices.size
     if batch % devices:
         raise TargetError(f"--batch {batch} does not split over the {devices} devices of "
                           f"{target.name}")
-    model_cfg = bench.model_config(bench.clip_config(clip_name), frames=frames, dtype=dtype,
-                                   clip_dtype=clip_dtype, remat=remat, attention=attention,
-                                   num_attributes=num_attributes, **model_options)
-    shapes = jax.eval_shape(lambda: bench.make_inputs(model_cfg, batch=batch))
+    model_cfg = bench_setup.model_config(
+        bench_setup.clip_config(clip_name), frames=frames, dtype=dtype, clip_dtype=clip_dtype,
+        remat=remat, attention=attention, num_attributes=num_attributes, **model_options)
+    shapes = jax.eval_shape(lambda: bench_setup.make_inputs(model_cfg, batch=batch))
     replicated = NamedSharding(mesh, PartitionSpec())
     split = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
 
@@ -139,7 +137,7 @@ def compile_report(target_spec: str, clip_name: str = "vit_b16", *, batch: int,
     state, frozen, rng = placed(state, replicated), placed(frozen, replicated), placed(
         rng, replicated)
     batch_arrays = placed(batch_arrays, split)
-    train_step, predict, _ = bench.jitted(model_cfg, mesh)
+    train_step, predict, _ = bench_setup.jitted(model_cfg, mesh)
     train = train_step.lower(state, batch_arrays, rng, frozen).compile()
     prediction = predict.lower(state.trainable, state.batch_stats, frozen,
                                batch_arrays["video"]).compile()
@@ -149,7 +147,7 @@ def compile_report(target_spec: str, clip_name: str = "vit_b16", *, batch: int,
         "clip": clip_name, "batch": batch, "batch_per_device": batch // devices,
         "frames": frames, "dtype": model_cfg.dtype, "clip_dtype": model_cfg.clip_dtype,
         "remat": model_cfg.remat, "attention": model_cfg.attention,
-        "trainable_params": bench.count_params(state.trainable),
+        "trainable_params": bench_setup.count_params(state.trainable),
         "gradient_bytes": sum(int(np.prod(x.shape)) * x.dtype.itemsize
                               for x in jax.tree.leaves(state.trainable)),
         # Training BatchNorm's batch mean and variance of the (B, A) float32 logits.
