@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vtfpar_jax import decisions, metrics, model_dir, video, visualize
+from vtfpar_jax.errors import ConfigError, UserError
 from vtfpar_jax.models import clip, vtfpar
 
 
@@ -68,12 +69,12 @@ def config_for_frames(cfg: vtfpar.VTFPARConfig, frames: int) -> vtfpar.VTFPARCon
     if frames == cfg.frames:
         return cfg
     if frames < 1:
-        raise ValueError(f"frames={frames}: need at least 1")
+        raise ConfigError(f"frames={frames}: need at least 1")
     if cfg.use_temporal and frames > cfg.frames:
-        raise ValueError(f"frames={frames}: the model was trained on {cfg.frames} frames and its "
+        raise ConfigError(f"frames={frames}: the model was trained on {cfg.frames} frames and its "
                          f"temporal side net has one block per frame; use at most {cfg.frames}")
     if cfg.use_spatial and cfg.spatial_aggregation == "mlp":
-        raise ValueError(f"frames={frames}: the model's spatial aggregation learned one weight "
+        raise ConfigError(f"frames={frames}: the model's spatial aggregation learned one weight "
                          f"per frame for {cfg.frames} frames; use exactly {cfg.frames}")
     return dataclasses.replace(cfg, frames=frames)
 
@@ -139,14 +140,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         _fail(f"{missing[0]}: no such file or folder")
     try:
         loaded = model_dir.load(args.model, step=args.step)
-    except (FileNotFoundError, ValueError, OSError) as e:
+    except UserError as e:
         _fail(str(e).splitlines()[0])
     frames = args.frames or loaded.model_cfg.frames
     size = loaded.model_cfg.clip.image_size
     normalization = loaded.config.input.get("normalization", "published")
     try:   # a wrong --frames concerns every input: one error, not one per input
         config_for_frames(loaded.model_cfg, frames)
-    except ValueError as e:
+    except ConfigError as e:
         _fail(str(e).splitlines()[0])
 
     readable, failures = [], []
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for path, name in zip(paths, output_names(paths), strict=True):
         try:
             frames_uint8, clip_input = video.read_input(path, frames, (size, size), normalization)
-        except (ValueError, OSError) as e:   # video.InputError; OSError: a truncated image
+        except (video.InputError, OSError) as e:   # OSError: a truncated image
             failure = _naming(path, e)
             if args.fail_fast:
                 _fail(failure)

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from vtfpar_jax.errors import UserError
+
 # The pipeline's statistics, repeated here because importing input_pipeline.pipeline
 # would import TensorFlow; a test checks the two tables are equal.
 NORMALIZATIONS = {
@@ -35,7 +37,7 @@ NORMALIZATIONS = {
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input that cannot be read as a clip; the message names the path and why."""
 
 
