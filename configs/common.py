@@ -73,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.batch_size = 16               # global, over all hosts
     c.input.eval_batch_size = 32
     c.input.frame_choice = "random"       # random (published) | uniform | first
+    # The host only decodes; resize, augmentation and normalisation run on the device.
+    c.input.frame_size = (0, 0)           # (H, W) frames are resized to on the host, when
+                                          # stored sizes vary; (0, 0): as stored (one size)
     c.input.augment = True
     c.input.pad_pixels = 10               # zero pad before the random crop (published: 10 at 224)
     c.input.normalization = "published"   # published (0.5/0.5) | clip

@@ -1,11 +1,19 @@
-"""tf.data from a tracklet builder to numpy batches `{'video', 'labels', 'mask'}`.
+"""tf.data from a tracklet builder to numpy batches `{'video', 'labels', 'mask'}` of uint8 frames.
 
 Graph per example: choose T frame indices -> gather their JPEG bytes ->
-decode only those -> resize to `image_size` (bilinear, aspect not kept, as
-published) -> training augmentation drawn independently per frame (zero-pad
-`pad_pixels`, 10 as published, random crop back to size, horizontal flip p=0.5; reference section 1)
--> normalise. Shapes: video (B, T, H, W, 3) float32, labels (B, A) float32,
-mask (B,) bool. B is the per-host batch: `batch_size // process_count`.
+decode only those -> uint8 frames as stored. That is all the host does: the
+resize to the model's input, the training augmentation and the normalisation
+run on the device, inside the jitted step (vtfpar_jax.preprocess), so the host
+sends a quarter of the bytes float32 would take and spends its cores on JPEG
+decoding alone. Shapes: video (B, T, h, w, 3) uint8 at the stored frame size,
+labels (B, A) float32, mask (B,) bool. B is the per-host batch:
+`batch_size // process_count`.
+
+Every frame of a batch must have one size. A dataset whose frames vary in size
+names one with `frame_size=(h, w)` (config.input.frame_size): frames of another
+size are then resized to it on the host (bilinear, filtered when shrinking,
+rounded to uint8); without it, a frame whose size differs from the split's
+first is refused, naming the tracklet and the option.
 
 Determinism: every random draw is a stateless TF op seeded from
 (seed, epoch, example index), and the shuffle is seeded from (seed, epoch),
@@ -17,8 +25,13 @@ the slices are disjoint and cover it. Training drops what does not fill a
 batch (every host runs `steps_per_epoch` steps); evaluation pads every host to
 the same number of batches with `mask=False` rows.
 
-Benchmark: `python -m input_pipeline.pipeline --dataset synthetic_pedestrians
---data_dir DIR --batch_size 16 --frames 6 [--image_size 224]`.
+Frames that do not decode were left out when the dataset was built
+(input_pipeline.features: counted, and named with their tracklet, in the build
+log), so decoding here does not fail on them.
+
+Benchmark: `python -m input_pipeline.pipeline --mars_geometry --data_dir DIR`
+(MARS's 256x128 frames, drawn, no download) or `--dataset NAME --data_dir DIR`;
+see `_benchmark`.
 """
 
 from __future__ import annotations
@@ -37,21 +50,20 @@ import tensorflow_datasets as tfds
 
 from input_pipeline import get_builder, tf_devices
 from vtfpar_jax import attributes
+from vtfpar_jax.errors import UserError
 
 tf_devices.hide_gpus_from_tensorflow()
 
 log = logging.getLogger(__name__)
 
 FRAME_CHOICES = ("random", "uniform", "first")
-NORMALIZATIONS = {
-    # Reference section 1 (quirk): mean 0.5, std 0.5, not CLIP's own statistics.
-    "published": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-}
-PAD_PIXELS = 10  # published, at 224 px; scale it with smaller frames
 RATIO_FILE = "positive_ratio.json"
 # Seeds the stateless draws of evaluation (used only with frame_choice='random').
 _EVAL_SEED = (7, 0)
+
+
+class InputDataError(UserError, ValueError):
+    """Frames the pipeline cannot batch as configured; the message names the tracklet."""
 
 
 def attribute_set(builder: tfds.core.DatasetBuilder) -> attributes.AttributeSet:
@@ -64,17 +76,25 @@ def attribute_set(builder: tfds.core.DatasetBuilder) -> attributes.AttributeSet:
     return attributes.get(name)
 
 
-def _check_options(frame_choice: str, normalization: str, frames: int,
-                   image_size: tuple[int, int]) -> None:
+def _check_options(frame_choice: str, frames: int,
+                   frame_size: tuple[int, int] | None) -> None:
     if frame_choice not in FRAME_CHOICES:
         raise ValueError(f"frame_choice={frame_choice!r}: expected one of {FRAME_CHOICES}")
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization={normalization!r}: expected one of "
-                         f"{sorted(NORMALIZATIONS)}")
     if frames < 1:
         raise ValueError(f"frames={frames}: need at least 1")
-    if len(image_size) != 2 or min(image_size) < 1:
-        raise ValueError(f"image_size={image_size!r}: expected (height, width)")
+    if frame_size is not None and (len(frame_size) != 2 or min(frame_size) < 1):
+        raise ValueError(f"frame_size={frame_size!r}: expected (height, width) or None")
+
+
+def frame_size(input_config) -> tuple[int, int] | None:
+    """config.input.frame_size as the pipeline takes it: None for (0, 0) (as stored)."""
+    size = tuple(int(v) for v in input_config.get("frame_size", (0, 0)))
+    if size == (0, 0):
+        return None
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"config.input.frame_size={size}: expected (height, width) of "
+                         "positive sizes, or (0, 0) for frames as stored")
+    return size
 
 
 def _host_batch(batch_size: int, process_count: int) -> int:
@@ -163,44 +183,48 @@ def _frame_indices(num_frames: tf.Tensor, frames: int, frame_choice: str,
         lambda: tf.random.stateless_uniform([frames], replace_seed, 0, n, dtype=tf.int32))
 
 
-def _make_example_fn(frames: int, image_size: tuple[int, int], frame_choice: str,
-                     augment: bool, normalization: str, base_seed: tf.Tensor,
-                     pad_pixels: int = PAD_PIXELS):
-    height, width = image_size
-    mean, std = (tf.constant(v, tf.float32) for v in NORMALIZATIONS[normalization])
+def stored_frame_size(builder: tfds.core.DatasetBuilder, split: str) -> tuple[int, int]:
+    """(h, w) of the first frame of `split`, read from its JPEG header."""
+    ds = builder.as_dataset(split=split, decoders={"frames": tfds.decode.SkipDecoding()})
+    for example in ds.take(1):
+        height, width, _ = tf.io.extract_jpeg_shape(example["frames"][0]).numpy().tolist()
+        return height, width
+    raise ValueError(f"dataset {builder.name!r}: the {split} split is empty")
 
-    def one_frame(args):
-        data, seed = args
+
+def _make_example_fn(frames: int, size: tuple[int, int], resize: bool, frame_choice: str,
+                     base_seed: tf.Tensor):
+    """example -> {'video': (T, *size, 3) uint8, 'labels', 'mask'}.
+
+    resize: frames of another size than `size` are resized to it (frame_size was
+    given); else they are refused.
+    """
+    height, width = size
+
+    def one_frame(data, name):
         image = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
-        # PIL's bilinear (the published transforms) filters when it shrinks, which
-        # antialias=True matches; when only enlarging (synthetic 64x32 -> 224) the
-        # filter changes nothing and costs time, so it is skipped.
-        shrinks = tf.reduce_any(tf.shape(image)[:2] > tf.constant([height, width]))
-        image = tf.cond(
-            shrinks,
-            lambda: tf.image.resize(image, (height, width), method="bilinear", antialias=True),
-            lambda: tf.image.resize(image, (height, width), method="bilinear"))
-        # The published transforms act on a uint8 PIL image: round like it does.
-        image = tf.clip_by_value(tf.round(image), 0.0, 255.0)
-        if augment:
-            crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-            image = tf.pad(image, [[pad_pixels, pad_pixels], [pad_pixels, pad_pixels], [0, 0]])
-            offset = tf.random.stateless_uniform([2], crop_seed, 0, 2 * pad_pixels + 1,
-                                                 dtype=tf.int32)
-            image = tf.slice(image, [offset[0], offset[1], 0], [height, width, 3])
-            flip = tf.random.stateless_uniform([], flip_seed) < 0.5
-            image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-        return (image / 255.0 - mean) / std
+        same = tf.reduce_all(tf.shape(image)[:2] == tf.constant([height, width]))
+        if resize:
+            # As the published transforms would on the original: bilinear, filtering
+            # when shrinking (antialias), back to uint8.
+            return tf.cond(same, lambda: image, lambda: tf.cast(tf.clip_by_value(tf.round(
+                tf.image.resize(image, size, method="bilinear", antialias=True)), 0, 255),
+                tf.uint8))
+        check = tf.debugging.Assert(same, [
+            "tracklet", name, "has a frame of shape", tf.shape(image),
+            f"where the split's frames are {height}x{width}; set config.input.frame_size "
+            "(frame_size=) to resize frames of varying size on the host"])
+        with tf.control_dependencies([check]):
+            return tf.identity(image)
 
     def example_fn(index, example):
         seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-        choice_seed, frame_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        choice_seed, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         indices = _frame_indices(tf.shape(example["frames"])[0], frames, frame_choice,
                                  choice_seed)
         chosen = tf.gather(example["frames"], indices)   # decode only these T
-        frame_seeds = tf.random.experimental.stateless_split(frame_seed, frames)
-        video = tf.map_fn(one_frame, (chosen, frame_seeds),
-                          fn_output_signature=tf.TensorSpec((height, width, 3), tf.float32))
+        video = tf.map_fn(lambda data: one_frame(data, example["tracklet_name"]), chosen,
+                          fn_output_signature=tf.TensorSpec((height, width, 3), tf.uint8))
         return {"video": video, "labels": tf.cast(example["labels"], tf.float32),
                 "mask": tf.constant(True)}
 
@@ -212,13 +236,27 @@ def _read(builder: tfds.core.DatasetBuilder, split: str, shuffle_seed: int | Non
         split=split, shuffle_files=shuffle_seed is not None,
         read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed),
         decoders={"frames": tfds.decode.SkipDecoding()})
-    return ds.map(lambda ex: {"frames": ex["frames"], "labels": ex["labels"]})
+    return ds.map(lambda ex: {"frames": ex["frames"], "labels": ex["labels"],
+                              "tracklet_name": ex["tracklet_name"]})
 
 
 def _finish(ds: tf.data.Dataset) -> Iterator[dict]:
     options = tf.data.Options()
-    options.deterministic = True
-    return iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE).with_options(options)))
+    options.deterministic = True   # evaluation and exact resume need the order
+    batches = tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE).with_options(options))
+    try:
+        yield from batches
+    except tf.errors.InvalidArgumentError as error:
+        # The frame-size check above: one line naming the tracklet and the option.
+        message = error.message.partition("assertion failed: ")[2] or error.message
+        raise InputDataError(" ".join(message.replace("[", " ").replace("]", " ").split())
+                             ) from None
+
+
+def _frame_size_for(builder, split: str, frame_size) -> tuple[tuple[int, int], bool]:
+    if frame_size is not None:
+        return tuple(frame_size), True
+    return stored_frame_size(builder, split), False
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -227,10 +265,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def train_batches(builder: tfds.core.DatasetBuilder, *, batch_size: int, frames: int,
                   epoch: int, start_batch: int = 0, seed: int = 0,
-                  image_size: tuple[int, int] = (224, 224), frame_choice: str = "random",
-                  augment: bool = True, normalization: str = "published",
-                  pad_pixels: int = PAD_PIXELS, process_index: int = 0,
-                  process_count: int = 1, shuffle_buffer: int = 1024) -> Iterator[dict]:
+                  frame_choice: str = "random", frame_size: tuple[int, int] | None = None,
+                  process_index: int = 0, process_count: int = 1,
+                  shuffle_buffer: int = 1024) -> Iterator[dict]:
     """One epoch of this host's training batches, from batch `start_batch` on.
 
     Args:
@@ -238,20 +275,18 @@ def train_batches(builder: tfds.core.DatasetBuilder, *, batch_size: int, frames:
       frames: T frames per clip.
       epoch, seed: the epoch is a pure function of these (shuffle and draws).
       start_batch: resume point: yields batches start_batch .. steps_per_epoch-1.
-      pad_pixels: zero padding on every side before the random crop (augment only).
+      frame_size: (h, w) every frame is resized to on the host; None: as stored.
       shuffle_buffer: examples held by the shuffle (serialized JPEG bytes).
 
     Yields:
-      {'video': (B, T, H, W, 3) float32, 'labels': (B, A) float32, 'mask': (B,) bool}.
+      {'video': (B, T, h, w, 3) uint8, 'labels': (B, A) float32, 'mask': (B,) bool}.
     """
-    _check_options(frame_choice, normalization, frames, image_size)
-    if not 0 <= pad_pixels <= min(image_size):
-        raise ValueError(f"pad_pixels={pad_pixels}: expected 0..{min(image_size)} for frames "
-                         f"of {image_size[0]}x{image_size[1]}")
+    _check_options(frame_choice, frames, frame_size)
     host_batch = _host_batch(batch_size, process_count)
     steps = steps_per_epoch(builder, batch_size, process_count)
     if not 0 <= start_batch <= steps:
         raise ValueError(f"start_batch={start_batch} is not in [0, {steps}] (steps_per_epoch)")
+    size, resize = _frame_size_for(builder, "train", frame_size)
     start, end = _host_slice(_num_examples(builder, "train"), process_index, process_count)
     epoch_seed = _epoch_seed(seed, epoch)
     ds = _read(builder, f"train[{start}:{end}]", shuffle_seed=epoch_seed)
@@ -262,35 +297,35 @@ def train_batches(builder: tfds.core.DatasetBuilder, *, batch_size: int, frames:
                                      reshuffle_each_iteration=False)
     ds = ds.take(steps * host_batch).skip(start_batch * host_batch)
     base_seed = tf.constant([seed, epoch], tf.int64)
-    ds = ds.map(_make_example_fn(frames, tuple(image_size), frame_choice, augment,
-                                 normalization, base_seed, pad_pixels),
+    ds = ds.map(_make_example_fn(frames, size, resize, frame_choice, base_seed),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return _finish(ds.batch(host_batch, drop_remainder=True))
 
 
 def eval_batches(builder: tfds.core.DatasetBuilder, split: str, *, batch_size: int,
-                 frames: int, image_size: tuple[int, int] = (224, 224),
-                 frame_choice: str = "uniform", normalization: str = "published",
-                 process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-    """Every tracklet of `split` once across hosts, no augmentation, deterministic.
+                 frames: int, frame_choice: str = "uniform",
+                 frame_size: tuple[int, int] | None = None, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict]:
+    """Every tracklet of `split` once across hosts, deterministic.
 
     Every host yields ceil(ceil(N / P) / B) batches; rows past the host's share
     are zeros with `mask=False`.
 
     Yields:
-      {'video': (B, T, H, W, 3) float32, 'labels': (B, A) float32, 'mask': (B,) bool}.
+      {'video': (B, T, h, w, 3) uint8, 'labels': (B, A) float32, 'mask': (B,) bool}.
     """
-    _check_options(frame_choice, normalization, frames, image_size)
+    _check_options(frame_choice, frames, frame_size)
     host_batch = _host_batch(batch_size, process_count)
     num_examples = _num_examples(builder, split)
+    size, resize = _frame_size_for(builder, split, frame_size)
     start, end = _host_slice(num_examples, process_index, process_count)
     num_batches = math.ceil(math.ceil(num_examples / process_count) / host_batch)
     ds = _read(builder, f"{split}[{start}:{end}]", shuffle_seed=None).enumerate(start)
-    ds = ds.map(_make_example_fn(frames, tuple(image_size), frame_choice, False,
-                                 normalization, tf.constant(_EVAL_SEED, tf.int64)),
+    ds = ds.map(_make_example_fn(frames, size, resize, frame_choice,
+                                 tf.constant(_EVAL_SEED, tf.int64)),
                 num_parallel_calls=tf.data.AUTOTUNE)
     num_attributes = attribute_set(builder).num_attributes
-    padding = {"video": tf.zeros((frames, *image_size, 3), tf.float32),
+    padding = {"video": tf.zeros((frames, *size, 3), tf.uint8),
                "labels": tf.zeros((num_attributes,), tf.float32),
                "mask": tf.constant(False)}
     pad_rows = num_batches * host_batch - (end - start)
@@ -298,18 +333,45 @@ def eval_batches(builder: tfds.core.DatasetBuilder, split: str, *, batch_size: i
     return _finish(ds.batch(host_batch, drop_remainder=True))
 
 
+def batch_bytes(batch: dict) -> int:
+    """Bytes a batch takes on its way to the devices (from its shapes and dtypes)."""
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in batch.values())
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+MARS_GEOMETRY = "synthetic_pedestrians/mars_geometry"
+
+
 def _benchmark(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Throughput of the training input pipeline.")
-    parser.add_argument("--dataset", required=True, help="builder name, e.g. "
-                        "synthetic_pedestrians or synthetic_pedestrians/tiny")
+    parser = argparse.ArgumentParser(
+        prog="python -m input_pipeline.pipeline",
+        description="Throughput of the training input pipeline (host side: read, choose, "
+        "decode, batch).")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="builder name, e.g. synthetic_pedestrians or "
+                        "synthetic_pedestrians/tiny")
+    source.add_argument("--mars_geometry", action="store_true",
+                        help=f"{MARS_GEOMETRY}: drawn tracklets at MARS's 256x128 with "
+                        "photo-like grain, built in --data_dir on first use (no download)")
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--frames", type=int, default=6)
-    parser.add_argument("--image_size", type=int, default=224, help="square side")
+    parser.add_argument("--image_size", type=int, default=224,
+                        help="the model's square input (resized on the device): sets the "
+                        "float32 bytes the batch would take as model input")
     parser.add_argument("--steps", type=int, default=50, help="timed batches")
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches first")
+    parser.add_argument("--step_frames_per_s", type=float, default=None,
+                        help="a train step's consumption (e.g. 2630 for the H200 at batch 16): "
+                        "reports the pipeline's ratio to it and the cores that would feed it")
+    parser.add_argument("--json", default=None, help="also write the result to this file")
     args = parser.parse_args(argv)
-    builder = get_builder(args.dataset, args.data_dir)
+    dataset = MARS_GEOMETRY if args.mars_geometry else args.dataset
+    builder = get_builder(dataset, args.data_dir)
     builder.download_and_prepare()
     steps = steps_per_epoch(builder, args.batch_size)
     if steps < 1:
@@ -319,28 +381,58 @@ def _benchmark(argv: list[str] | None = None) -> dict:
         epoch = 0
         while True:
             yield from train_batches(builder, batch_size=args.batch_size, frames=args.frames,
-                                     epoch=epoch, image_size=(args.image_size,) * 2)
+                                     epoch=epoch)
             epoch += 1
 
     stream = batches()
     for _ in range(args.warmup):
-        next(stream)
+        batch = next(stream)
     began = time.perf_counter()
     for _ in range(args.steps):
-        next(stream)
+        batch = next(stream)
     seconds = time.perf_counter() - began
     tracklets = args.steps * args.batch_size
-    return {"dataset": args.dataset, "batch_size": args.batch_size, "frames": args.frames,
-            "image_size": args.image_size, "batches": args.steps, "seconds": round(seconds, 3),
-            "tracklets_per_s": round(tracklets / seconds, 1),
-            "frames_per_s": round(tracklets * args.frames / seconds, 1),
-            "cpus": os.cpu_count()}
+    frames_per_s = tracklets * args.frames / seconds
+    n_cores = cores()
+    model_input = {"video": np.zeros((args.batch_size, args.frames, args.image_size,
+                                      args.image_size, 3), np.float32),
+                   "labels": batch["labels"], "mask": batch["mask"]}
+    result = {"dataset": dataset, "batch_size": args.batch_size, "frames": args.frames,
+              "frame_size": list(batch["video"].shape[2:4]), "image_size": args.image_size,
+              "batches": args.steps, "seconds": round(seconds, 3),
+              "tracklets_per_s": round(tracklets / seconds, 1),
+              "frames_per_s": round(frames_per_s, 1), "cores": n_cores,
+              "frames_per_s_per_core": round(frames_per_s / n_cores, 1),
+              "batch_bytes": batch_bytes(batch),
+              "float32_model_input_batch_bytes": batch_bytes(model_input)}
+    if args.step_frames_per_s:
+        result["step_frames_per_s"] = args.step_frames_per_s
+        result["ratio_to_step"] = round(frames_per_s / args.step_frames_per_s, 3)
+        result["cores_to_feed_step"] = math.ceil(args.step_frames_per_s
+                                                 / (frames_per_s / n_cores))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+def _summary(r: dict) -> str:
+    lines = [f"train pipeline {r['dataset']} ({r['frame_size'][0]}x{r['frame_size'][1]} frames, "
+             f"B={r['batch_size']}, T={r['frames']}): {r['frames_per_s']} frames/s, "
+             f"{r['tracklets_per_s']} tracklets/s on {r['cores']} cores = "
+             f"{r['frames_per_s_per_core']} frames/s per core",
+             f"host-to-device bytes per batch: {r['batch_bytes']:,} (uint8 frames as stored; "
+             f"float32 {r['image_size']} px model input would be "
+             f"{r['float32_model_input_batch_bytes']:,})"]
+    if "ratio_to_step" in r:
+        lines.append(f"against a step consuming {r['step_frames_per_s']:g} frames/s: ratio "
+                     f"{r['ratio_to_step']}; {r['cores_to_feed_step']} cores at this rate per "
+                     "core would feed it")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
     result = _benchmark()
-    print(f"train pipeline {result['dataset']}: {result['tracklets_per_s']} tracklets/s, "
-          f"{result['frames_per_s']} frames/s (B={result['batch_size']}, T={result['frames']}, "
-          f"{result['image_size']}px, {result['cpus']} CPUs)")
+    print(_summary(result))
     print(json.dumps(result))

@@ -265,8 +265,14 @@ def _draw_figure(draw: ImageDraw.ImageDraw, look: Look, style: _Style, cx: float
 
 
 def draw_tracklet(rng: np.random.Generator, size: tuple[int, int],
-                  num_frames: int) -> tuple[Look, list[bytes]]:
-    """A look and `num_frames` JPEG-encoded frames of shape (H, W, 3) = `size`."""
+                  num_frames: int, grain: float = 0.0) -> tuple[Look, list[bytes]]:
+    """A look and `num_frames` JPEG-encoded frames of shape (H, W, 3) = `size`.
+
+    grain: standard deviation, in levels of 255, of pixel noise added before
+    encoding. Flat drawn colour compresses to a few coefficients and decodes
+    faster than a photograph; grain gives JPEGs of a camera's size and decoding
+    cost (input-pipeline benchmarks). With 0 no draw is made: builds stay as they were.
+    """
     look = draw_look(rng)
     style = _style(rng, look)
     h, w = size
@@ -302,6 +308,9 @@ def draw_tracklet(rng: np.random.Generator, size: tuple[int, int],
         image = image.resize((w, h), Image.Resampling.BOX)
         if blur:
             image = image.filter(ImageFilter.GaussianBlur(blur))
+        if grain:
+            noisy = np.asarray(image, np.float32) + rng.normal(0.0, grain, (h, w, 3))
+            image = Image.fromarray(np.clip(np.round(noisy), 0, 255).astype(np.uint8))
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=quality)
         frames.append(buffer.getvalue())

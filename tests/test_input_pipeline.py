@@ -1,8 +1,13 @@
-"""The tf.data pipeline on the tiny synthetic config (24 train / 8 test tracklets, 32x16)."""
+"""The tf.data pipeline on the tiny synthetic config (24 train / 8 test tracklets, 32x16).
+
+The pipeline only decodes: its frames are uint8 as stored. Resize, augmentation and
+normalisation run on the device (tests/test_preprocess.py).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -11,10 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from input_pipeline import get_builder, pipeline
 
-SIZE = (32, 16)
+SIZE = (32, 16)   # the tiny config's stored frames
 
 
 @pytest.fixture(scope="module")
@@ -32,49 +38,79 @@ def _fingerprints(batches) -> list[str]:
 
 def _reference(builder, split: str) -> list[str]:
     return _fingerprints(pipeline.eval_batches(builder, split, batch_size=4, frames=2,
-                                               image_size=SIZE, frame_choice="first"))
+                                               frame_choice="first"))
 
 
-def test_train_shapes_dtypes_and_range(builder):
-    batches = list(pipeline.train_batches(builder, batch_size=4, frames=6, epoch=0,
-                                          image_size=SIZE))
+def _decoded(builder, split: str) -> dict[str, np.ndarray]:
+    """Every tracklet's frames decoded by PIL (libjpeg's accurate DCT, as the published
+    code reads them), (n, h, w, 3) uint8, by name."""
+    ds = builder.as_dataset(split=split, decoders={"frames": tfds.decode.SkipDecoding()})
+    return {ex["tracklet_name"].decode(): np.stack([
+        np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for data in ex["frames"]])
+        for ex in tfds.as_numpy(ds)}
+
+
+def test_train_shapes_dtypes_and_bytes(builder):
+    batches = list(pipeline.train_batches(builder, batch_size=4, frames=6, epoch=0))
     assert len(batches) == pipeline.steps_per_epoch(builder, 4) == 6
     for batch in batches:
-        assert batch["video"].shape == (4, 6, *SIZE, 3) and batch["video"].dtype == np.float32
+        assert batch["video"].shape == (4, 6, *SIZE, 3) and batch["video"].dtype == np.uint8
         assert batch["labels"].shape == (4, 24) and batch["labels"].dtype == np.float32
         assert batch["mask"].dtype == bool and batch["mask"].all()
-        assert -1.0 <= batch["video"].min() and batch["video"].max() <= 1.0
-    # The zero padding of the crop augmentation shows as -1 (black after normalising).
-    assert any((b["video"] == -1.0).all(axis=-1).any() for b in batches)
+    video_bytes = 4 * 6 * SIZE[0] * SIZE[1] * 3
+    assert pipeline.batch_bytes(batches[0]) == video_bytes + 4 * 24 * 4 + 4
+    assert pipeline.stored_frame_size(builder, "train") == SIZE
 
 
-def test_pad_pixels_bounds_the_crop_shift(builder):
-    """Augmented frames are the plain ones shifted by at most pad_pixels, maybe mirrored."""
-    kwargs = dict(batch_size=4, frames=2, epoch=0, image_size=SIZE, frame_choice="first")
-    plain = next(pipeline.train_batches(builder, augment=False, **kwargs))["video"]
-    for pad in (0, 3):
-        video = next(pipeline.train_batches(builder, augment=True, pad_pixels=pad,
-                                            **kwargs))["video"]
-        frames = zip(video.reshape(-1, *SIZE, 3), plain.reshape(-1, *SIZE, 3), strict=True)
-        for got, want in frames:
-            padded = np.pad(want, ((pad, pad), (pad, pad), (0, 0)), constant_values=-1.0)
-            crops = [padded[dy:dy + SIZE[0], dx:dx + SIZE[1]]
-                     for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
-            assert any(np.array_equal(got, c) or np.array_equal(got, c[:, ::-1])
-                       for c in crops), f"pad_pixels={pad}: frame is no such crop"
-    with pytest.raises(ValueError, match="pad_pixels=40"):
-        pipeline.train_batches(builder, pad_pixels=40, **kwargs)
+def test_frames_are_the_stored_ones_decoded(builder):
+    """frame_choice='first' of each test tracklet equals TFDS's own decode of its frames."""
+    stored = _decoded(builder, "test")
+    batches = list(pipeline.eval_batches(builder, "test", batch_size=8, frames=2,
+                                         frame_choice="first"))
+    got = [video for b in batches for video in b["video"][b["mask"]]]
+    assert len(got) == len(stored) == 8
+    for video in got:
+        assert any(np.array_equal(video, frames[[0, min(1, len(frames) - 1)]])
+                   for frames in stored.values())
 
 
-def test_clip_normalization_and_bad_options(builder):
-    batch = next(pipeline.eval_batches(builder, "test", batch_size=2, frames=2, image_size=SIZE,
-                                       normalization="clip"))
-    assert batch["video"].min() < -1.0 and batch["video"].max() > 1.0
+def test_frame_size_resizes_on_the_host(builder):
+    batch = next(pipeline.eval_batches(builder, "test", batch_size=2, frames=2,
+                                       frame_choice="first", frame_size=(40, 20)))
+    assert batch["video"].shape == (2, 2, 40, 20, 3) and batch["video"].dtype == np.uint8
+    reference = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
+        next(iter(_decoded(builder, "test").values()))[:1], (40, 20), antialias=True)), 0, 255),
+        tf.uint8).numpy()
+    np.testing.assert_array_equal(batch["video"][0, :1], reference)
+
+
+def _jpeg(height: int, width: int) -> bytes:
+    pixels = np.random.default_rng(height).integers(0, 256, (height, width, 3), np.uint8)
+    return tf.io.encode_jpeg(pixels).numpy()
+
+
+def test_a_frame_of_another_size_is_refused_naming_the_tracklet_and_option():
+    example = {"frames": tf.constant([_jpeg(32, 16), _jpeg(30, 16)]),
+               "labels": tf.zeros((24,), tf.uint8), "tracklet_name": tf.constant("test00042")}
+    ds = tf.data.Dataset.from_tensors(example).enumerate()
+    refuse = pipeline._make_example_fn(2, SIZE, False, "first", tf.constant([0, 0], tf.int64))
+    with pytest.raises(pipeline.InputDataError,
+                       match=r"test00042 .*30 16 3.*config\.input\.frame_size"):
+        next(pipeline._finish(ds.map(refuse).batch(1)))
+    resize = pipeline._make_example_fn(2, SIZE, True, "first", tf.constant([0, 0], tf.int64))
+    batch = next(pipeline._finish(ds.map(resize).batch(1)))
+    assert batch["video"].shape == (1, 2, *SIZE, 3)
+
+
+def test_bad_options(builder):
     with pytest.raises(ValueError, match="frame_choice='middle'"):
         pipeline.eval_batches(builder, "test", batch_size=2, frames=2, frame_choice="middle")
-    with pytest.raises(ValueError, match="normalization='imagenet'"):
-        pipeline.train_batches(builder, batch_size=2, frames=2, epoch=0,
-                               normalization="imagenet")
+    with pytest.raises(ValueError, match="frame_size=.0, 5."):
+        pipeline.train_batches(builder, batch_size=2, frames=2, epoch=0, frame_size=(0, 5))
+    with pytest.raises(ValueError, match="config.input.frame_size"):
+        pipeline.frame_size({"frame_size": (-1, 4)})
+    assert pipeline.frame_size({"frame_size": (0, 0)}) is None
+    assert pipeline.frame_size({}) is None
     with pytest.raises(ValueError, match="batch_size=3 .* process_count=2"):
         pipeline.train_batches(builder, batch_size=3, frames=2, epoch=0, process_count=2)
     with pytest.raises(ValueError, match="no split 'validation'"):
@@ -83,8 +119,7 @@ def test_clip_normalization_and_bad_options(builder):
 
 def test_uniform_eval_is_identical_run_to_run(builder):
     def run():
-        return list(pipeline.eval_batches(builder, "test", batch_size=3, frames=4,
-                                          image_size=SIZE))
+        return list(pipeline.eval_batches(builder, "test", batch_size=3, frames=4))
     first, second = run(), run()
     assert len(first) == len(second) == 3
     for a, b in zip(first, second, strict=True):
@@ -95,7 +130,7 @@ def test_uniform_eval_is_identical_run_to_run(builder):
 def test_train_is_a_function_of_seed_and_epoch(builder):
     def run(epoch, seed=0):
         return np.stack([b["video"] for b in pipeline.train_batches(
-            builder, batch_size=4, frames=3, epoch=epoch, seed=seed, image_size=SIZE)])
+            builder, batch_size=4, frames=3, epoch=epoch, seed=seed)])
     np.testing.assert_array_equal(run(0), run(0))
     assert not np.array_equal(run(0), run(1))
     assert not np.array_equal(run(0), run(0, seed=1))
@@ -103,10 +138,9 @@ def test_train_is_a_function_of_seed_and_epoch(builder):
 
 @pytest.mark.parametrize("k", [1, 4])
 def test_start_batch_resumes_exactly(builder, k):
-    full = list(pipeline.train_batches(builder, batch_size=4, frames=4, epoch=3, seed=5,
-                                       image_size=SIZE))
+    full = list(pipeline.train_batches(builder, batch_size=4, frames=4, epoch=3, seed=5))
     resumed = list(pipeline.train_batches(builder, batch_size=4, frames=4, epoch=3, seed=5,
-                                          image_size=SIZE, start_batch=k))
+                                          start_batch=k))
     assert len(resumed) == len(full) - k
     for a, b in zip(full[k:], resumed, strict=True):
         for key in a:
@@ -117,8 +151,8 @@ def test_two_hosts_train_shares_are_disjoint_and_cover_the_split(builder):
     shares = []
     for index in range(2):
         batches = list(pipeline.train_batches(
-            builder, batch_size=4, frames=2, epoch=0, image_size=SIZE, frame_choice="first",
-            augment=False, process_index=index, process_count=2))
+            builder, batch_size=4, frames=2, epoch=0, frame_choice="first",
+            process_index=index, process_count=2))
         assert len(batches) == pipeline.steps_per_epoch(builder, 4, process_count=2) == 6
         assert all(b["video"].shape[0] == 2 for b in batches)   # per-host batch
         shares.append(_fingerprints(batches))
@@ -131,7 +165,7 @@ def test_eval_covers_every_tracklet_once_with_equal_batch_counts(builder, hosts,
     counts, seen, masks = [], [], 0
     for index in range(hosts):
         batches = list(pipeline.eval_batches(
-            builder, "test", batch_size=batch_size, frames=2, image_size=SIZE,
+            builder, "test", batch_size=batch_size, frames=2,
             frame_choice="first", process_index=index, process_count=hosts))
         counts.append(len(batches))
         seen += _fingerprints(batches)
@@ -165,9 +199,8 @@ def test_tracklets_shorter_than_t(builder):
     # The tiny config has 3..8 frames, so T=10 is longer than every tracklet.
     for choice in ("random", "uniform", "first"):
         batch = next(pipeline.train_batches(builder, batch_size=2, frames=10, epoch=0,
-                                            image_size=SIZE, frame_choice=choice))
-        assert batch["video"].shape == (2, 10, *SIZE, 3)
-        assert np.isfinite(batch["video"]).all()
+                                            frame_choice=choice))
+        assert batch["video"].shape == (2, 10, *SIZE, 3) and batch["video"].dtype == np.uint8
 
 
 def test_positive_ratio_is_the_train_mean_and_cached(builder):
@@ -184,9 +217,20 @@ def test_positive_ratio_is_the_train_mean_and_cached(builder):
     np.testing.assert_array_equal(pipeline.positive_ratio(builder), np.full(24, 0.25))
 
 
-def test_benchmark_entry(builder):
+def test_benchmark_entry(builder, tmp_path):
     root = str(Path(builder.data_dir).parents[2])   # <root>/<name>/<config>/<version>
+    out = tmp_path / "bench.json"
     result = pipeline._benchmark(["--dataset", "synthetic_pedestrians/tiny", "--data_dir", root,
                                   "--batch_size", "4", "--frames", "2", "--image_size", "32",
-                                  "--steps", "8", "--warmup", "1"])
+                                  "--steps", "8", "--warmup", "1", "--step_frames_per_s", "100",
+                                  "--json", str(out)])
     assert result["tracklets_per_s"] > 0 and result["frames_per_s"] > 0
+    assert result["frames_per_s_per_core"] == pytest.approx(
+        result["frames_per_s"] / result["cores"], rel=1e-2)
+    assert result["ratio_to_step"] == pytest.approx(result["frames_per_s"] / 100, rel=1e-2)
+    # uint8 frames as stored, against float32 model input at 32x32: 4 * 32 / 16 = 8x fewer.
+    assert result["batch_bytes"] == 4 * 2 * 32 * 16 * 3 + 4 * 24 * 4 + 4
+    assert result["float32_model_input_batch_bytes"] == 4 * 2 * 32 * 32 * 3 * 4 + 4 * 24 * 4 + 4
+    saved = json.loads(out.read_text())
+    assert {"frames_per_s", "cores", "frames_per_s_per_core"} <= set(saved)
+    assert f"ratio {result['ratio_to_step']}" in pipeline._summary(result)

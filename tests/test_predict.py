@@ -96,8 +96,8 @@ def test_frame_indices_are_the_pipeline_uniform_choice(num_frames, frames):
 
 
 def test_normalizations_are_the_pipelines():
-    from input_pipeline import pipeline
-    assert video.NORMALIZATIONS == pipeline.NORMALIZATIONS
+    from vtfpar_jax import preprocess
+    assert video.NORMALIZATIONS == preprocess.NORMALIZATIONS
 
 
 @pytest.mark.parametrize("size", [(64, 64), (224, 224), (20, 12), (100, 40)])
@@ -118,7 +118,8 @@ def test_resize_matches_tensorflow_within_one_level(size):
                           ((224, 224), "published", 40)])
 def test_read_input_matches_the_eval_pipeline(demo_model, tmp_path, size, normalization,
                                               frames):
-    """The first test tracklet through eval_batches and through read_input on its JPEGs.
+    """The first test tracklet through eval_batches and the device preprocessing, and
+    through read_input on its JPEGs.
 
     Tolerance 1/255 (in pixel levels, before normalisation): the resize differs
     by at most 1 level (test above); both decode JPEG with libjpeg's accurate
@@ -129,19 +130,21 @@ def test_read_input_matches_the_eval_pipeline(demo_model, tmp_path, size, normal
 
     import input_pipeline
     from input_pipeline import pipeline
+    from vtfpar_jax import preprocess
     builder = input_pipeline.get_builder("synthetic_pedestrians/tiny",
                                          str(demo_model["data_dir"]))
     ds = builder.as_dataset(split="test", decoders={"frames": tfds.decode.SkipDecoding()})
     example = next(iter(tfds.as_numpy(ds)))
     for i, data in enumerate(example["frames"]):
         (tmp_path / f"{i:04d}.jpg").write_bytes(data)
-    batch = next(pipeline.eval_batches(builder, "test", batch_size=1, frames=frames,
-                                       image_size=size, normalization=normalization))
+    batch = next(pipeline.eval_batches(builder, "test", batch_size=1, frames=frames))
+    model_input = np.asarray(preprocess.model_input(
+        batch["video"], size, preprocess.Preprocess(normalization, augment=False)))
     frames_uint8, clip = video.read_input(tmp_path, frames, size, normalization)
     assert frames_uint8.shape == (frames, *size, 3) and frames_uint8.dtype == np.uint8
     assert clip.shape == (frames, *size, 3) and clip.dtype == np.float32
     std = np.asarray(video.NORMALIZATIONS[normalization][1], np.float32)
-    levels = np.abs(batch["video"][0] - clip) * std * 255
+    levels = np.abs(model_input[0] - clip) * std * 255
     assert levels.max() <= 1 + 1e-3
 
 

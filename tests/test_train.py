@@ -100,13 +100,11 @@ def emulated_batches(hosts: int):
     def batches(trainer, step):
         assert step == 0
         c = trainer.config
-        size = (trainer.clip_cfg.image_size,) * 2
         for epoch in itertools.count():
             shares = [trainer.pipeline.train_batches(
                 trainer.builder, batch_size=c.input.batch_size, frames=trainer.model_cfg.frames,
-                epoch=epoch, seed=c.seed, image_size=size, frame_choice=c.input.frame_choice,
-                augment=c.input.augment, pad_pixels=c.input.pad_pixels,
-                normalization=c.input.normalization, process_index=i, process_count=hosts)
+                epoch=epoch, seed=c.seed, frame_choice=c.input.frame_choice,
+                frame_size=trainer.frame_size, process_index=i, process_count=hosts)
                 for i in range(hosts)]
             for parts in zip(*shares, strict=True):
                 batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -291,8 +289,10 @@ def _inject_nan_at(monkeypatch, bad_step):
 
     def batches(self, step):
         for i, batch in enumerate(original(self, step), start=step + 1):
-            if i == bad_step:
-                batch = dict(batch, video=batch["video"] * jnp.nan)
+            if i == bad_step:   # float frames are model input, used as given
+                size = self.clip_cfg.image_size
+                batch = dict(batch, video=jnp.full((*batch["video"].shape[:2], size, size, 3),
+                                                   jnp.nan))
             yield batch
 
     monkeypatch.setattr(train.Trainer, "batches", batches)

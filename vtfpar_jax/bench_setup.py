@@ -78,22 +78,24 @@ def make_inputs(model_cfg, *, batch: int, seed: int = 0, clip_params=None, varia
     if text_features is None:
         text_features = jax.random.normal(keys[2], (a, clip_cfg.projection_dim))
     size = clip_cfg.image_size
-    if video is None:
-        video = jax.random.normal(keys[3], (batch, model_cfg.frames, size, size, 3))
+    if video is None:  # decoded frames, as the input pipeline sends them
+        video = jax.random.randint(keys[3], (batch, model_cfg.frames, size, size, 3), 0,
+                                   256).astype(jnp.uint8)
     positive_ratio = jax.random.uniform(keys[4], (a,), minval=0.05, maxval=0.5)
     labels = (jax.random.uniform(keys[5], (batch, a)) < positive_ratio).astype(jnp.float32)
     tx, _ = optimizer()
     state, frozen_params = initial_state(variables, clip_params, FROZEN_PATTERNS, tx)
     frozen = Frozen(params=step_frozen_params(model_cfg, frozen_params),
                     text_features=jnp.asarray(text_features), positive_ratio=positive_ratio)
-    batch = {"video": jnp.asarray(video, jnp.float32), "labels": labels}
+    # uint8 frames are preprocessed in the step; float ones are model input as given.
+    batch = {"video": jnp.asarray(video), "labels": labels}
     return state, frozen, batch, jax.random.PRNGKey(seed + 1)
 
 
 def jitted(model_cfg, mesh):
     """(train step, evaluation forward, CLIP forward alone), jitted over `mesh`: the
     first two exactly as train.Trainer and evaluate.Evaluator jit them."""
-    from vtfpar_jax import evaluate, optim
+    from vtfpar_jax import evaluate, optim, preprocess
     from vtfpar_jax.models import vtfpar
     from vtfpar_jax.train_step import jit_train_step, make_train_step
 
@@ -103,6 +105,8 @@ def jitted(model_cfg, mesh):
 
     def clip_forward(trainable, frozen, video):
         # The frozen CLIP of the step, in the step's shapes: its share of the step.
+        video = preprocess.model_input(video, (model_cfg.clip.image_size,) * 2,
+                                       preprocess.Preprocess(augment=False))
         return vtfpar.clip_tokens(model_cfg, optim.merge(trainable, frozen.params)["clip"],
                                   video)
 

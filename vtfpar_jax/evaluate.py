@@ -17,7 +17,7 @@ import sys
 import jax
 import numpy as np
 
-from vtfpar_jax import metrics, optim, sharding
+from vtfpar_jax import metrics, optim, preprocess, sharding
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.models import vtfpar
 
@@ -30,7 +30,8 @@ class Evaluator:
         self.model_cfg, self.builder, self.attribute_set = model_cfg, builder, attribute_set
         self.frozen, self.mesh, self.input = frozen, mesh, input_config
         self.pipeline = pipeline
-        self.predict = jit_eval_logits(model_cfg, mesh)
+        self.predict = jit_eval_logits(model_cfg, mesh,
+                                       input_config.get("normalization", "published"))
 
     @classmethod
     def from_trainer(cls, trainer) -> Evaluator:
@@ -39,13 +40,11 @@ class Evaluator:
 
     def probabilities(self, state, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(probs, labels, mask) over `split`, gathered from every host."""
-        size = (self.model_cfg.clip.image_size,) * 2
         out = {"probs": [], "labels": [], "mask": []}
         for local in self.pipeline.eval_batches(
                 self.builder, split, batch_size=self.input.eval_batch_size,
-                frames=self.model_cfg.frames, image_size=size,
-                normalization=self.input.normalization, process_index=jax.process_index(),
-                process_count=jax.process_count()):
+                frames=self.model_cfg.frames, frame_size=self.pipeline.frame_size(self.input),
+                process_index=jax.process_index(), process_count=jax.process_count()):
             batch = sharding.global_batch(local, self.mesh)
             logits = self.predict(state.trainable, state.batch_stats, self.frozen, batch["video"])
             out["probs"].append(metrics.sigmoid(_on_host(logits)))
@@ -71,16 +70,22 @@ def _on_host(value: jax.Array) -> np.ndarray:
     return np.asarray(value)
 
 
-def jit_eval_logits(cfg, mesh):
+def jit_eval_logits(cfg, mesh, normalization: str = "published"):
     """`eval_logits(trainable, batch_stats, frozen, video)` jitted; the logits stay
     sharded over the batch like the video (gathering them is the host's job, once,
     not a collective in every forward)."""
-    return jax.jit(functools.partial(eval_logits, cfg),
+    return jax.jit(functools.partial(eval_logits, cfg, normalization=normalization),
                    out_shardings=sharding.batch_sharding(mesh))
 
 
-def eval_logits(cfg, trainable, batch_stats, frozen, video):
-    """Evaluation-mode logits (B, A) from a training state's pieces."""
+def eval_logits(cfg, trainable, batch_stats, frozen, video, normalization: str = "published"):
+    """Evaluation-mode logits (B, A) from a training state's pieces.
+
+    `video`: the pipeline's (B, T, h, w, 3) uint8 frames, resized and normalised
+    here (vtfpar_jax.preprocess, no augmentation), or float model input as it is.
+    """
+    video = preprocess.model_input(video, (cfg.clip.image_size,) * 2,
+                                   preprocess.Preprocess(normalization, augment=False))
     params = optim.merge(trainable, frozen.params)
     logits, _ = vtfpar.apply(cfg, {"params": params["model"], "batch_stats": batch_stats},
                              params["clip"], video, frozen.text_features)

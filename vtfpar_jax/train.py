@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vtfpar_jax import builders, optim, sharding
+from vtfpar_jax import builders, optim, preprocess, sharding
 from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.errors import ConfigError, UserError, nearest
 from vtfpar_jax.files import atomic_file, atomic_folder
@@ -106,6 +106,15 @@ class Trainer:
             raise ConfigError(f"config.input.batch_size={config.input.batch_size} does not split "
                               f"over {jax.device_count()} devices; choose a multiple of it")
         self.total_steps = config.max_steps or config.num_epochs * self.steps_per_epoch
+        try:  # the messages start with the field's name: "pad_pixels=40: ..."
+            self.preprocess = preprocess.Preprocess.from_config(config.input)
+            self.preprocess.check((self.clip_cfg.image_size,) * 2)
+        except ValueError as e:
+            raise ConfigError(f"config.input.{e}") from None
+        try:
+            self.frame_size = pipeline.frame_size(config.input)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
         self.mesh = sharding.make_mesh()
         # The schedule counts optimiser updates: one per `accumulate_steps` batches.
@@ -128,7 +137,7 @@ class Trainer:
         self.clip_params = clip_params
         self.train_step = jit_train_step(
             make_train_step(self.model_cfg, self.tx, self.schedule, self.clip_frozen,
-                            config.optimizer.accumulate_steps), self.mesh)
+                            config.optimizer.accumulate_steps, self.preprocess), self.mesh)
         self.rng = jax.random.PRNGKey(config.seed + 1)
 
     def count_params(self) -> dict[str, int]:
@@ -137,17 +146,17 @@ class Trainer:
                 "optimizer_state": size(self.state.opt_state)}
 
     def batches(self, step: int):
-        """Training batches from `step` on, epoch after epoch (exactly resumable)."""
+        """Training batches from `step` on, epoch after epoch (exactly resumable).
+
+        uint8 frames as decoded: the step resizes, augments and normalises them.
+        """
         c = self.config
-        size = (self.clip_cfg.image_size,) * 2
         epoch, start = divmod(step, self.steps_per_epoch)
         while True:
             yield from (sharding.global_batch(b, self.mesh) for b in self.pipeline.train_batches(
                 self.builder, batch_size=c.input.batch_size, frames=self.model_cfg.frames,
-                epoch=epoch, start_batch=start, seed=c.seed, image_size=size,
-                frame_choice=c.input.frame_choice, augment=c.input.augment,
-                pad_pixels=c.input.pad_pixels,
-                normalization=c.input.normalization, process_index=jax.process_index(),
+                epoch=epoch, start_batch=start, seed=c.seed, frame_choice=c.input.frame_choice,
+                frame_size=self.frame_size, process_index=jax.process_index(),
                 process_count=jax.process_count()))
             epoch, start = epoch + 1, 0
 

@@ -1,7 +1,9 @@
 """The pure training step, free of TensorFlow and ml_collections (benchmarks import it).
 
 `train_step(state, batch, rng, frozen)`: the batch is sharded over the `data`
-mesh axis by its caller; params and optimiser state are replicated; `frozen`
+mesh axis by its caller; its video is the host's decoded uint8 frames, which
+the step resizes, augments and normalises itself (vtfpar_jax.preprocess);
+params and optimiser state are replicated; `frozen`
 (CLIP by default, the text features, the loss weights) is never donated and
 no gradient or optimiser state touches it.
 """
@@ -15,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vtfpar_jax import losses, optim
+from vtfpar_jax import losses, optim, preprocess
 from vtfpar_jax.models import clip, vtfpar
 
 
@@ -72,22 +74,34 @@ def step_frozen_params(cfg: vtfpar.VTFPARConfig, frozen: dict) -> dict:
     return {**frozen, "clip": clip_frozen}
 
 
+# Folded into the step's key for the augmentation draws, apart from the model's own.
+_AUGMENT_STREAM = 0x617567
+
+
 def make_train_step(cfg: vtfpar.VTFPARConfig, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, clip_frozen: bool, accumulate_steps: int = 1):
+                    schedule: optax.Schedule, clip_frozen: bool, accumulate_steps: int = 1,
+                    input_preprocess: preprocess.Preprocess | None = None):
     """The pure step: (state, batch, rng, frozen) -> (state, metrics).
 
-    A step whose loss or gradients are not finite is not applied; its
-    `finite` metric is 0 so the loop can stop and name it.
+    `input_preprocess` turns the batch's uint8 frames into model input (None:
+    the published recipe, `preprocess.Preprocess()`). A step whose loss or gradients are not
+    finite is not applied; its `finite` metric is 0 so the loop can stop and
+    name it.
     """
+    image_size = (cfg.clip.image_size,) * 2
+    input_preprocess = input_preprocess or preprocess.Preprocess()
+    input_preprocess.check(image_size)
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array, frozen: Frozen):
         rng = jax.random.fold_in(rng, state.step)
+        video = preprocess.model_input(batch["video"], image_size, input_preprocess,
+                                       rng=jax.random.fold_in(rng, _AUGMENT_STREAM))
 
         def loss_fn(trainable):
             params = optim.merge(trainable, frozen.params)
             logits, updates = vtfpar.apply(
                 cfg, {"params": params["model"], "batch_stats": state.batch_stats},
-                params["clip"], batch["video"], frozen.text_features, train=True, rng=rng,
+                params["clip"], video, frozen.text_features, train=True, rng=rng,
                 clip_frozen=clip_frozen)
             loss = losses.weighted_bce(logits, batch["labels"], frozen.positive_ratio)
             return loss, updates["batch_stats"]

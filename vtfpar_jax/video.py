@@ -3,7 +3,8 @@
     frames_uint8, video = read_input("walk.mp4", frames=6, image_size=(224, 224),
                                      normalization="published")
 
-The conventions are those of `input_pipeline.pipeline` in evaluation, so that a
+The conventions are those of evaluation (`input_pipeline.pipeline` choosing and
+decoding frames, `vtfpar_jax.preprocess` resizing and normalising them), so that a
 model sees the same kind of pixels it was trained and evaluated on:
 - frame choice 'uniform': the centres of T equal bins over the n frames, in
   order; a clip shorter than T repeats frames;
@@ -13,7 +14,7 @@ model sees the same kind of pixels it was trained and evaluated on:
 - normalisation (x / 255 - mean) / std with the pipeline's named statistics.
 
 Implemented with numpy, PIL and PyAV only: prediction needs no TensorFlow. PIL
-resizes in 8-bit fixed point where the pipeline resizes in float and rounds,
+resizes in 8-bit fixed point where evaluation resizes in float and rounds,
 so a pixel may differ by one or two levels of 255 (tests/test_predict.py
 measures it against the pipeline on the same frames).
 """
@@ -28,8 +29,8 @@ from PIL import Image, UnidentifiedImageError
 
 from vtfpar_jax.errors import UserError
 
-# The pipeline's statistics, repeated here because importing input_pipeline.pipeline
-# would import TensorFlow; a test checks the two tables are equal.
+# The device preprocessing's statistics (vtfpar_jax.preprocess), repeated so that this
+# module needs no JAX; a test checks the two tables are equal.
 NORMALIZATIONS = {
     "published": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
