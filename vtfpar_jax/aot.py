@@ -30,6 +30,7 @@ Targets:
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from importlib import resources
 from typing import Any
@@ -97,6 +98,9 @@ def topology_mesh(target: Target) -> jax.sharding.Mesh:
                 platform="cuda", topology=target.topology,
                 target_config=gpu_target_config(target.name.split("x")[0]))
         else:
+            # libtpu lets one process at a time hold the (absent) chips; a compile
+            # holds none, so concurrent deviceless compiles need not wait for each other.
+            os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
             topo = topologies.get_topology_desc(platform="tpu", topology_name=target.topology)
     except Exception as e:  # noqa: BLE001 - the plugin's own error says what is missing
         raise TargetError(f"--aot {target.name}: no {target.platform} compiler here ({e}); "
