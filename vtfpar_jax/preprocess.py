@@ -31,11 +31,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-NORMALIZATIONS = {
-    # Reference section 1 (quirk): mean 0.5, std 0.5, not CLIP's own statistics.
-    "published": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-}
+# One table for the device path and for clips read from disk (video.py needs no JAX).
+from vtfpar_jax.video import NORMALIZATIONS
+
 PAD_PIXELS = 10  # published, at 224 px; scale it with smaller frames
 
 

@@ -29,8 +29,9 @@ from PIL import Image, UnidentifiedImageError
 
 from vtfpar_jax.errors import UserError
 
-# The device preprocessing's statistics (vtfpar_jax.preprocess), repeated so that this
-# module needs no JAX; a test checks the two tables are equal.
+# Pixel statistics by config.input.normalization, for clips read here and for the device
+# preprocessing (vtfpar_jax.preprocess). Reference section 1 (quirk): the published
+# model normalises with mean 0.5, std 0.5, not CLIP's own statistics.
 NORMALIZATIONS = {
     "published": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
