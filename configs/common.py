@@ -49,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.frames = 6
     c.model.spatial_map = "default"       # a published map name or 's->t,s->t,...'
     c.model.temporal_map = "default"
-    c.model.spatial_aggregation = "mean"  # mean | mlp | lstm | gru
+    c.model.spatial_aggregation = "mean"  # mean | mlp | lstm | gru | max | attention
     c.model.temporal_aggregation = "mean"
     c.model.dim = 240
     c.model.heads = 0                     # 0: the published table by width

@@ -18,7 +18,12 @@ from typing import Any
 import jax
 
 from vtfpar_jax.models import clip, vtfpar
-from vtfpar_jax.models.side_nets import SIDE_DEPTH, parse_interaction_map, side_block
+from vtfpar_jax.models.side_nets import (
+    AGGREGATIONS,
+    SIDE_DEPTH,
+    parse_interaction_map,
+    side_block,
+)
 
 # The published default model's trainable count (ImageNet ViT excluded: it is
 # loaded and discarded, never part of the model's state dict).
@@ -104,8 +109,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="side-ViT heads (default: the published table by width)")
     p.add_argument("--spatial_map", default="default")
     p.add_argument("--temporal_map", default="default")
-    p.add_argument("--spatial_aggregation", default="mean")
-    p.add_argument("--temporal_aggregation", default="mean")
+    p.add_argument("--spatial_aggregation", choices=AGGREGATIONS, default="mean")
+    p.add_argument("--temporal_aggregation", choices=AGGREGATIONS, default="mean")
     p.add_argument("--without_spatial", action="store_true")
     p.add_argument("--without_temporal", action="store_true")
     p.add_argument("--num_attributes", type=int, default=43)

@@ -273,31 +273,45 @@ class Aggregation(nn.Module):
     'mean' and 'mlp' (a learned weight per slice plus a bias: the published
     Conv1d(K->1, kernel 1)) are as published; 'lstm'/'gru' crash in the
     published code, so they follow its intent: one recurrent layer (hidden D)
-    over the K axis for every token, keeping the last step's output.
+    over the K axis for every token, keeping the last step's output. 'max' and
+    'attention' are the paper's open question ("max pooling vs. attention-based"):
+    an elementwise max over K, and a learned query that attends over the K slices
+    of every token (multi-head, `heads` heads of width D / heads, as the side net).
+    Neither has a weight per slice, so both take any K (e.g. another frame count
+    at prediction).
     """
 
     kind: str
     dtype: jnp.dtype = jnp.float32
+    heads: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, k, length, d = x.shape
         if self.kind == "mean":
             return x.mean(axis=1)
+        if self.kind == "max":
+            return x.max(axis=1)
         if self.kind == "mlp":
             w = self.param("kernel", nn.initializers.lecun_normal(), (k, 1))
             bias = self.param("bias", nn.initializers.zeros, (1,))
             return jnp.einsum("bkld,k->bld", x, w[:, 0].astype(x.dtype)) + bias.astype(x.dtype)
+        seq = jnp.moveaxis(x, 1, 2).reshape(b * length, k, d)
+        if self.kind == "attention":
+            query = self.param("query", nn.initializers.normal(0.02), (1, 1, d))
+            pooled = nn.MultiHeadDotProductAttention(
+                num_heads=self.heads, dtype=self.dtype, deterministic=True, name="attention")(
+                jnp.broadcast_to(query, (b * length, 1, d)).astype(x.dtype), seq)
+            return pooled.reshape(b, length, d)
         cells = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
         if self.kind not in cells:
             raise ValueError(f"unknown aggregation {self.kind!r}; expected one of "
                              f"{AGGREGATIONS}")
-        seq = jnp.moveaxis(x, 1, 2).reshape(b * length, k, d)
         rnn = nn.RNN(cells[self.kind](d, dtype=self.dtype, name="cell"), name="rnn")
         return rnn(seq)[:, -1].reshape(b, length, d)
 
 
-AGGREGATIONS = ("mean", "mlp", "lstm", "gru")
+AGGREGATIONS = ("mean", "mlp", "lstm", "gru", "max", "attention")
 
 
 def parse_interaction_map(spec: str | Sequence) -> InteractionMap:

@@ -169,14 +169,15 @@ class VTFPAR(nn.Module):
                                      name="spatial_side_net")(
                 video.reshape(b * f, h, w, 3).astype(dtype), clip_tokens)
             self.sow("intermediates", "spatial_side", spatial)
-            sides.append(Aggregation(cfg.spatial_aggregation, dtype, name="spatial_aggregation")(
+            sides.append(Aggregation(cfg.spatial_aggregation, dtype, cfg.num_heads,
+                                     name="spatial_aggregation")(
                 spatial.reshape(b, f, *spatial.shape[1:])))
         if cfg.use_temporal:
             temporal = TemporalSideNet(cfg.dim, cfg.num_heads, cfg.side_grid, cfg.temporal_map,
                                        f, dtype, cfg.remat, cfg.attention,
                                        name="temporal_side_net")(clip_tokens)
             self.sow("intermediates", "temporal_side", temporal)
-            sides.append(Aggregation(cfg.temporal_aggregation, dtype,
+            sides.append(Aggregation(cfg.temporal_aggregation, dtype, cfg.num_heads,
                                      name="temporal_aggregation")(temporal))
         side = sides[0] if len(sides) == 1 else sides[0] + sides[1]
         a = cfg.num_attributes
