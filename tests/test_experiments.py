@@ -196,3 +196,24 @@ def test_cell_order_and_failing_groups():
     assert robustness.cell_key("occlusion", 0) == "clean"
     with pytest.raises(CorruptionError):
         robustness.run("nowhere", names="occlusion", severities="7")
+
+
+@pytest.mark.slow
+def test_last_block_preset_trains_that_clip_block_only(data_dir, tmp_path):
+    """Experiment 1's middle point: the deepest CLIP block read is trained, no other."""
+    import jax
+
+    from vtfpar_jax import model_dir
+    from vtfpar_jax.convert import hf_clip
+    config = ablate._resolved(SMOKE, {"data_dir": data_dir, "max_steps": 1,
+                                      "eval_every_epochs": 0},
+                              {"frozen_patterns": "last_block"})
+    train.train_and_evaluate(config, str(tmp_path))
+    loaded = model_dir.load(str(tmp_path))
+    assert list(loaded.state.trainable["clip"]["vision"]) == ["layers_3"]
+    _, initial = hf_clip.load(str(tmp_path / "clip"))    # the CLIP the run started from
+    now = loaded.variables()["clip"]["vision"]
+    for block, changed in (("layers_2", False), ("layers_3", True)):
+        moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(
+            jax.tree.leaves(now[block]), jax.tree.leaves(initial["vision"][block]), strict=True))
+        assert (moved > 0) == changed, block
