@@ -50,7 +50,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
+from scipy import signal
 
 from vtfpar_jax.errors import UserError, nearest
 
@@ -132,9 +132,17 @@ def disk_kernel(radius: float) -> np.ndarray:
 
 
 def _convolve(clip: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Every frame and channel convolved with `kernel` (edges repeated), back to uint8."""
-    blurred = ndimage.convolve(clip.astype(np.float32), kernel[None, :, :, None].astype(
-        np.float32), mode="nearest")
+    """Every frame and channel convolved with `kernel` (edges repeated), back to uint8.
+
+    scipy picks direct or FFT convolution by kernel size: a 27 x 27 disk on a
+    6 x 256 x 128 clip takes 0.6 s directly and 0.05 s by FFT; directly, a MARS
+    robustness cell would be an hour and a half of host time.
+    """
+    ky, kx = kernel.shape
+    top, left = (ky - 1) // 2, (kx - 1) // 2
+    padded = np.pad(clip.astype(np.float64), ((0, 0), (top, ky - 1 - top),
+                                              (left, kx - 1 - left), (0, 0)), mode="edge")
+    blurred = signal.convolve(padded, kernel[None, :, :, None], mode="valid", method="auto")
     return np.clip(np.rint(blurred), 0, 255).astype(np.uint8)
 
 
