@@ -88,8 +88,8 @@ def test_new_aggregations_save_and_restore(ablation):
 def test_ablate_refuses_another_ablation_in_the_same_workdir(tmp_path):
     (tmp_path / "ablation.json").write_text(json.dumps(
         {"config": SMOKE, "sets": {"max_steps": 2}, "points": {}}))
-    with pytest.raises(ablate.AblationError, match=r"ablation.json is another ablation "
-                       r"\(sets: {'max_steps': 2} there, {'max_steps': 3} now\)"):
+    with pytest.raises(ablate.AblationError, match=r"ablation.json holds another run "
+                       r"\(sets {'max_steps': 2} there, {'max_steps': 3} now\)"):
         ablate.run(SMOKE, [SWEEP], str(tmp_path), {"max_steps": 3}, progress=False)
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ast
 import itertools
-import json
 import logging
 import os
 import re
@@ -35,7 +34,7 @@ import ml_collections
 
 from vtfpar_jax import train
 from vtfpar_jax.errors import UserError, nearest
-from vtfpar_jax.files import atomic_file
+from vtfpar_jax.files import atomic_file, read_to_resume, write_json
 
 METRICS = (("group_f1", "group F1"), ("mA", "mA"), ("chen_f1", "Chen F1"),
            ("instance_f1", "instance F1"))
@@ -169,23 +168,6 @@ def _jsonable(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def _read(path: str, identity: dict) -> dict:
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path) as f:
-            previous = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise AblationError(f"{path}: cannot read it to resume ({e}); move it away or use "
-                            "another --workdir") from None
-    kept = {k: previous.get(k) for k in identity}
-    if kept != identity:
-        differ = ", ".join(f"{k}: {kept[k]!r} there, {identity[k]!r} now" for k in identity
-                           if kept[k] != identity[k])
-        raise AblationError(f"{path} is another ablation ({differ}); use another --workdir")
-    return previous.get("points", {})
-
-
 def run(config_spec: str, sweeps: list[str], workdir: str, sets: dict | None = None,
         progress: bool = True) -> dict:
     """Train and evaluate every point; returns what ablation.json holds."""
@@ -200,7 +182,7 @@ def run(config_spec: str, sweeps: list[str], workdir: str, sets: dict | None = N
         _resolved(config_spec, sets, overrides)
     path = os.path.join(workdir, "ablation.json")
     identity = {"config": config_spec, "sets": {k: _jsonable(v) for k, v in sets.items()}}
-    done = _read(path, identity)
+    done = read_to_resume(path, identity, AblationError, "--workdir").get("points", {})
     report = {**identity, "sweeps": list(sweeps), "points": done}
     todo = [label for label in points if done.get(label, {}).get("results") is None]
     bar = tqdm(todo, desc="ablation", unit="point", disable=not progress)
@@ -217,19 +199,14 @@ def run(config_spec: str, sweeps: list[str], workdir: str, sets: dict | None = N
         done[label] = {"overrides": {k: _jsonable(v) for k, v in overrides.items()},
                        "frozen_patterns": list(config.frozen_patterns),
                        "results": evaluate.headline(results)}
-        _write_json(path, report)
+        write_json(path, {k: v for k, v in report.items() if k != "table"})
     report["order"] = list(points)
     report["table"] = format_table(report)
-    _write_json(path, report)
+    write_json(path, {k: v for k, v in report.items() if k != "table"})
     with atomic_file(os.path.join(workdir, "ablation.md")) as tmp, open(tmp, "w") as f:
         f.write(report["table"])
     save_chart(report, os.path.join(workdir, "ablation.png"))
     return report
-
-
-def _write_json(path: str, report: dict) -> None:
-    with atomic_file(path) as tmp, open(tmp, "w") as f:
-        json.dump({k: v for k, v in report.items() if k != "table"}, f, indent=2)
 
 
 def format_table(report: dict) -> str:

@@ -19,7 +19,6 @@ published checkpoints alike (both are model dirs).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import sys
@@ -28,7 +27,7 @@ import numpy as np
 
 from vtfpar_jax import corruptions
 from vtfpar_jax.errors import UserError
-from vtfpar_jax.files import atomic_file
+from vtfpar_jax.files import atomic_file, read_to_resume, write_json
 
 DEFAULT_CORRUPTIONS = ("occlusion", "motion_blur", "dropped_frames")
 DEFAULT_SEVERITIES = (1, 3, 5)
@@ -47,25 +46,6 @@ def cell_key(name: str, severity: int) -> str:
 def _settings(model: str, step: int, split: str, seed: int, attribute_set: str) -> dict:
     return {"model": os.path.abspath(model), "step": step, "split": split, "seed": seed,
             "attribute_set": attribute_set}
-
-
-def _read_previous(path: str, settings: dict) -> dict:
-    """The cells already in `path` if they were made with the same settings."""
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path) as f:
-            previous = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise RobustnessError(f"{path}: cannot read it to resume ({e}); move it away or pass "
-                              "another --out") from None
-    kept = {k: previous.get(k) for k in settings}
-    if kept != settings:
-        differ = ", ".join(f"{k} {kept[k]!r} there, {settings[k]!r} now" for k in settings
-                           if kept[k] != settings[k])
-        raise RobustnessError(f"{path} holds results of another run ({differ}); pass another "
-                              "--out, or move it away to start over")
-    return previous.get("cells", {})
 
 
 def _cell_result(results: dict) -> dict:
@@ -91,7 +71,7 @@ def run(model: str, split: str = "test", names=DEFAULT_CORRUPTIONS,
     out = out or os.path.join(model, f"robustness_{split}")
     path = os.path.join(out, "robustness.json")
     settings = _settings(model, loaded.step, split, seed, loaded.attribute_set.name)
-    cells = _read_previous(path, settings)
+    cells = read_to_resume(path, settings, RobustnessError, "--out").get("cells", {})
     evaluator = evaluate.Evaluator(loaded.model_cfg, loaded.builder(), loaded.attribute_set,
                                    loaded.frozen, loaded.mesh, loaded.config.input)
     report = {**settings, "definitions": {
@@ -110,8 +90,7 @@ def run(model: str, split: str = "test", names=DEFAULT_CORRUPTIONS,
         results = evaluator.run(loaded.state, split, corrupt=corrupt)
         cells[cell_key(name, severity)] = {"corruption": name, "severity": severity,
                                            **_cell_result(results)}
-        with atomic_file(path) as tmp, open(tmp, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(path, report)
     report["table"] = format_table(report, names, severities)
     with atomic_file(os.path.join(out, "table.txt")) as tmp, open(tmp, "w") as f:
         f.write(report["table"])
