@@ -243,7 +243,7 @@ def save_chart(report: dict, path: str) -> None:
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks(positions, [label.replace("__", "\n") for label in labels], fontsize=8)
     ax.set_ylabel("%")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 115)   # room for the legend above the bars
     ax.legend(fontsize=8, ncols=len(METRICS), loc="upper center")
     ax.set_title(f"ablation of {report['config']}")
     figure.savefig(path, dpi=100)
