@@ -91,6 +91,21 @@ def test_trainable_count_differs_from_clip_only_by_the_text_embedding():
     assert ours["word_embed"] - published["word_embed"] == (768 - 512) * 240
 
 
+def test_step_holds_only_the_siglip_part_it_reads():
+    """The frozen SigLIP on the devices: no text tower (its features are computed once),
+    no block past the deepest index read, no post-LayerNorm or pooling head."""
+    from vtfpar_jax.train_step import step_frozen_params
+
+    cfg = vtfpar.VTFPARConfig(clip=siglip.tiny(), num_attributes=5, frames=2, dim=64, heads=4,
+                              side_patch_size=8, spatial_map=((0, 0), (2, 1)),
+                              temporal_map=((1, 0),))
+    params = siglip.init_params(cfg.clip, jax.random.key(0))
+    held = step_frozen_params(cfg, {"clip": params})["clip"]
+    assert "text" not in held
+    assert sorted(held["vision"]) == ["layers_0", "layers_1", "patch_embed",
+                                      "position_embedding"]
+
+
 @pytest.mark.slow
 def test_trains_resumes_evaluates_and_predicts(data_dir, tmp_path):
     workdir = tmp_path / "run"
@@ -118,3 +133,18 @@ def test_trains_resumes_evaluates_and_predicts(data_dir, tmp_path):
     assert probs.shape == (2, loaded.attribute_set.num_attributes)
     assert np.all(np.isfinite(probs)) and np.all((probs > 0) & (probs < 1))
     assert jnp.asarray(probs).std() > 0
+
+
+def test_published_configs_take_backbone_siglip():
+    from configs import duke, mars
+
+    for module in (mars, duke):
+        config = module.get_config("backbone=siglip")
+        assert config.backbone == "siglip"
+        assert config.clip.path == "google/siglip-base-patch16-224"
+        assert config.model.spatial_map == config.model.temporal_map == "default"
+        assert module.get_config("").backbone == "clip"
+    with pytest.raises(ConfigError, match="backbone=siglip and vit=l14"):
+        mars.get_config("backbone=siglip,vit=l14")
+    with pytest.raises(ConfigError, match="backbone='dino'"):
+        mars.get_config("backbone=dino")
