@@ -83,6 +83,7 @@ class SiglipConfig:
         """The equivalent transformers `SiglipConfig` (for saving and parity checks)."""
         from transformers import SiglipConfig as HFSiglipConfig
 
+        # Reversed, so that where two HF names map to one of ours the first listed wins.
         hf_act = {ours: hf for hf, ours in reversed(_HF_ACTIVATIONS.items())}
 
         def tower(c: TowerConfig) -> dict:
@@ -146,7 +147,6 @@ class AttentionPoolingHead(nn.Module):
 
     c: TowerConfig
     dtype: jnp.dtype = jnp.float32
-    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -161,7 +161,9 @@ class AttentionPoolingHead(nn.Module):
         k, v = jnp.split(kv, 2, axis=-1)
         q = jnp.broadcast_to(q, (n, 1, w)).reshape(n, 1, heads, head_dim)
         k, v = (t.reshape(n, -1, heads, head_dim) for t in (k, v))
-        y = dot_product_attention(q, k, v, implementation=self.attention).reshape(n, 1, w)
+        # One query against P keys: XLA's attention, always. Flash attention gains nothing
+        # on one query, and its odd-length padding (attention.py) assumes self-attention.
+        y = dot_product_attention(q, k, v, implementation="xla").reshape(n, 1, w)
         y = nn.Dense(w, dtype=self.dtype, name="out")(y)
         h = LayerNorm(epsilon=self.c.layer_norm_eps, dtype=self.dtype, name="layernorm")(y)
         h = nn.Dense(self.c.mlp_dim, dtype=self.dtype, name="fc1")(h)
@@ -208,7 +210,7 @@ class VisionTower(nn.Module):
         if project or self.is_initializing():
             x = post_ln(x)
             if self.cfg.vision_use_head:
-                embeds = AttentionPoolingHead(c, self.dtype, self.attention, name="head")(x)
+                embeds = AttentionPoolingHead(c, self.dtype, name="head")(x)
                 if project:
                     return embeds
         return [outputs[i] for i in collect]
