@@ -133,6 +133,13 @@ def test_trains_resumes_evaluates_and_predicts(data_dir, tmp_path):
     assert probs.shape == (2, loaded.attribute_set.num_attributes)
     assert np.all(np.isfinite(probs)) and np.all((probs > 0) & (probs < 1))
     assert jnp.asarray(probs).std() > 0
+    # A run file that names another backbone than its clip/ folder holds is refused.
+    run = json.loads((workdir / "config.json").read_text())
+    run["config"]["backbone"] = "clip"
+    (workdir / "config.json").write_text(json.dumps(run))
+    with pytest.raises(model_dir.ModelDirError, match="backbone 'clip', but clip/ holds a "
+                                                      "SigLIP checkpoint"):
+        model_dir.load(str(workdir))
 
 
 def test_published_configs_take_backbone_siglip():

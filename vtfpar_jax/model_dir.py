@@ -19,7 +19,7 @@ import numpy as np
 from vtfpar_jax import attributes, builders, optim, sharding, text
 from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.errors import UserError
-from vtfpar_jax.models import vtfpar
+from vtfpar_jax.models import backbones, vtfpar
 
 
 class ModelDirError(UserError, ValueError):
@@ -87,6 +87,10 @@ def load(model: str, step: int | None = None) -> LoadedModel:
     config = ml_collections.ConfigDict(run["config"])
     attribute_set = attributes.get(run["attribute_set"])
     clip_cfg, clip_params = builders.load_backbone_folder(os.path.join(model, "clip"))
+    if backbones.of(clip_cfg).name != builders.backbone_name(config):
+        raise ModelDirError(f"{model}: config.json says backbone "
+                            f"{builders.backbone_name(config)!r}, but clip/ holds a "
+                            f"{backbones.of(clip_cfg).display_name} checkpoint")
     model_cfg = builders.model_config(config, clip_cfg, attribute_set.num_attributes)
     template, frozen_params = fresh_state(config, model_cfg, clip_params)
     mesh = sharding.make_mesh()
