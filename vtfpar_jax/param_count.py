@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from vtfpar_jax.models import clip, vtfpar
+from vtfpar_jax.models import backbones, clip, siglip, vtfpar
 from vtfpar_jax.models.side_nets import (
     AGGREGATIONS,
     SIDE_DEPTH,
@@ -32,7 +32,9 @@ PUBLISHED_TRAINABLE = 15_036_610
 # (reference section 7); they never run.
 PUBLISHED_PROJECTION_LAYERS = 5
 
-CLIPS = {"vit_b16": clip.vit_b16, "vit_l14": clip.vit_l14, "tiny": clip.tiny}
+# The backbones (`--clip`): CLIP's, and SigLIP's at the shapes of its released checkpoints.
+CLIPS = {"vit_b16": clip.vit_b16, "vit_l14": clip.vit_l14, "tiny": clip.tiny,
+         "siglip_base16": siglip.base16, "siglip_so400m14": siglip.so400m14}
 
 
 def _size(tree: Any) -> int:
@@ -82,7 +84,8 @@ def count(cfg: vtfpar.VTFPARConfig) -> dict:
     (trainable_total + the unused tensors: what the published model would report).
     """
     variables = jax.eval_shape(lambda: vtfpar.init(cfg, jax.random.key(0)))
-    clip_params = jax.eval_shape(lambda: clip.init_params(cfg.clip, jax.random.key(0)))
+    init_backbone = backbones.of(cfg.clip).init_params
+    clip_params = jax.eval_shape(lambda: init_backbone(cfg.clip, jax.random.key(0)))
     trainable = {name: _size(tree) for name, tree in variables["params"].items()}
     buffers = {name: _size(tree) for name, tree in variables.get("batch_stats", {}).items()}
     frozen = {name: _size(tree) for name, tree in clip_params.items()}

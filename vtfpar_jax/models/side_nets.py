@@ -3,7 +3,9 @@
 Both are small ViTs (timm blocks: exact GELU, LayerNorm eps 1e-6, qkv bias)
 that read frozen CLIP tokens through "interaction maps": an entry `s -> t`
 feeds CLIP feature index `s` into side layer `t`. Video is (B, F, H, W, 3);
-CLIP tokens arrive per index as (B*F, 1+P, C), frames folded into the batch.
+CLIP tokens arrive per index as patch tokens (B*F, P, C), frames folded into
+the batch: the backbone's class token, where it has one, is not read
+(models/backbones.py), the side nets having their own.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ class SideEmbedding(nn.Module):
 
 
 class SpatialFusion(nn.Module):
-    """y = Dense(LN(clip patch tokens)) added to the side patch tokens (class token untouched)."""
+    """y = Dense(LN(clip patch tokens (N, P, C))) added to the side patch tokens (class
+    token untouched)."""
 
     dim: int
     grid: int
@@ -95,7 +98,7 @@ class SpatialFusion(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, clip_tokens: jax.Array) -> jax.Array:
-        y = LayerNorm(epsilon=SIDE_LN_EPS, dtype=self.dtype, name="norm")(clip_tokens[:, 1:])
+        y = LayerNorm(epsilon=SIDE_LN_EPS, dtype=self.dtype, name="norm")(clip_tokens)
         y = nn.Dense(self.dim, dtype=self.dtype, name="proj")(y)
         # Projecting before resizing, as published (bilinear weights sum to one,
         # so the two orders agree anyway).
@@ -188,7 +191,7 @@ class DenseParams(nn.Module):
 def _project_frame(tokens: tuple[jax.Array, ...], norm, dense, *, frames: int, frame: int,
                    grid: int, dtype, epsilon: float) -> jax.Array:
     """Every stream's CLIP feature on one frame, on the side grid, LayerNorm'd (if `norm`)
-    and projected: S x (B*F, 1+P, C) -> (B, S, grid^2, D).
+    and projected: S x (B*F, P, C) -> (B, S, grid^2, D).
 
     `norm` holds one LayerNorm per stream, stacked; `dense` one Dense per stream when
     its kernel is stacked (S, C, D), else one for all. All streams go through one
@@ -196,7 +199,7 @@ def _project_frame(tokens: tuple[jax.Array, ...], norm, dense, *, frames: int, f
     """
     def patches(t):
         bf, n, c = t.shape
-        return resize_grid(t.reshape(bf // frames, frames, n, c)[:, frame, 1:], grid)
+        return resize_grid(t.reshape(bf // frames, frames, n, c)[:, frame], grid)
 
     x = jnp.stack([patches(t) for t in tokens], axis=1).astype(dtype)  # (B, S, P, C)
     if norm is not None:
