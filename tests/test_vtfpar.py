@@ -382,8 +382,8 @@ def test_config_errors(tiny_clip):
     cfg = base(clip_cfg, frames=9, use_temporal=False)  # the spatial net takes any frame count
     assert cfg.frames == 9
     for side in ("spatial", "temporal"):
-        with pytest.raises(ValueError, match=f"unknown {side}_aggregation 'attention'"):
-            base(clip_cfg, **{f"{side}_aggregation": "attention"})
+        with pytest.raises(ValueError, match=f"unknown {side}_aggregation 'median'"):
+            base(clip_cfg, **{f"{side}_aggregation": "median"})
     with pytest.raises(ValueError, match=r"entry '8' is not 's->t'; known names"):
         parse_interaction_map("8")
     for bad in ("0->a", "0-1", "0->1->2", "", "default, 1->1"):
