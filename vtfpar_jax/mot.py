@@ -1,6 +1,7 @@
 """Tracks in the MOTChallenge text format: `frame,id,x,y,w,h,conf,...` per line, frames from 1.
 
     tracks = read_tracks("tracks.txt")            # {id: Track}, boxes sorted by frame
+    detections = read_detections("dets.txt")      # {frame: [Box]}, ids ignored
     tracks, warnings = fit_to_video(tracks, width, height, num_frames)
     write_tracks("out/tracks.txt", tracks)
 
@@ -90,6 +91,24 @@ def read_tracks(path: str | os.PathLike) -> dict[int, Track]:
                        "frame,id,x,y,w,h,conf lines")
     return {i: Track(i, [per_frame[k] for k in sorted(per_frame)])
             for i, per_frame in sorted(boxes.items())}
+
+
+def read_detections(path: str | os.PathLike) -> dict[int, list[Box]]:
+    """{frame: [Box]} from a detections file in the same format (ids ignored, usually -1;
+    any number of boxes per frame)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MotError(f"{path}: no such detections file")
+    detections: dict[int, list[Box]] = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                _, box = _parse_line(path, number, line)
+                detections.setdefault(box.frame, []).append(box)
+    if not detections:
+        raise MotError(f"{path}: no detections (the file holds no box lines); expected "
+                       "frame,-1,x,y,w,h,conf lines")
+    return detections
 
 
 def write_tracks(path: str | os.PathLike, tracks: dict[int, Track]) -> None:
