@@ -130,10 +130,13 @@ def to_onnx(target: Exportable, metadata: dict[str, Any]) -> bytes:
 
     A JAX primitive jax2onnx has no conversion for is one ExportError naming it.
     """
-    import onnx
-
     with _quiet("jax2onnx", "onnx_ir"):
-        import jax2onnx
+        try:
+            import jax2onnx
+            import onnx
+        except ImportError as e:
+            raise ExportError(f"--format onnx needs jax2onnx and onnx ({e.name} is not "
+                              "installed): pip install 'vtfpar-jax[export]'") from None
         try:
             proto = jax2onnx.to_onnx(target.logits, [target.input_shape], model_name="vtfpar",
                                      opset=ONNX_OPSET, input_names=[INPUT_NAME],
