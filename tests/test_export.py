@@ -41,10 +41,10 @@ def _jax_logits(loaded, video: np.ndarray) -> np.ndarray:
                                       loaded.frozen.text_features))
 
 
-def _export(demo_model, tmp_path, fmt: str, batch: str = "dynamic") -> tuple[str, dict]:
+def _export(demo_model, tmp_path, fmt: str, *options: str) -> tuple[str, dict]:
     out = str(tmp_path / f"model.{fmt}")
     export.main(["--model", str(demo_model["model"]), "--format", fmt, "--out", out,
-                 "--batch", batch])
+                 *options])
     with open(export.metadata_path(out)) as f:
         return out, json.load(f)
 
@@ -77,10 +77,14 @@ def test_stablehlo_in_a_fresh_process_gives_jax_logits(demo_model, loaded, tmp_p
         np.testing.assert_allclose(outputs[f"b{b}"], expected, rtol=0, atol=1e-5)
 
 
-def test_stablehlo_fixed_batch_refuses_another(demo_model, loaded, tmp_path):
-    path, metadata = _export(demo_model, tmp_path, "stablehlo", batch="2")
-    assert metadata["input"]["shape"][0] == 2
+def test_stablehlo_fixed_batch_and_more_platforms(demo_model, loaded, tmp_path):
+    """--batch 2 refuses another batch size; lowered for CPU and GPUs (no GPU needed), the
+    artefact still runs here, on the CPU."""
+    path, metadata = _export(demo_model, tmp_path, "stablehlo", "--batch", "2",
+                             "--platforms", "cpu,cuda")
+    assert metadata["input"]["shape"][0] == 2 and metadata["platforms"] == ["cpu", "cuda"]
     exported = jax.export.deserialize(open(path, "rb").read())
+    assert exported.platforms == ("cpu", "cuda")
     video = _inputs(loaded, 2, seed=5)
     np.testing.assert_allclose(np.asarray(exported.call(video)), _jax_logits(loaded, video),
                                rtol=0, atol=1e-5)
@@ -121,6 +125,7 @@ def test_onnx_names_an_op_it_cannot_convert():
     (["--batch", "0"], "--batch '0'"),
     (["--batch", "many"], "--batch 'many'"),
     (["--format", "onnx", "--platforms", "cuda"], "--platforms"),
+    (["--platforms", "cpu,gpu"], "--platforms 'cpu,gpu'"),
 ])
 def test_cli_bad_options_are_one_line(demo_model, tmp_path, capsys, args, fragment):
     out = tmp_path / "model.bin"

@@ -257,18 +257,19 @@ def test_boxes_outside_the_frame_are_clamped_with_warnings(demo_model, street, t
     h, w = FRAME_SIZE
     tracks = tmp_path / "tracks.txt"
     tracks.write_text(f"1,7,-20,10,48,96,1\n2,7,{w - 30},10,48,96,1\n3,7,100,{h + 50},48,96,1\n"
-                      "4,7,100,100,48,96,1\n")
+                      f"4,7,100,100,48,96,1\n{NUM_FRAMES + 4},7,100,100,48,96,1\n")
     out = tmp_path / "out"
     code, _, err = _cli(capsys, street["video"], "--model", demo_model["model"], "--tracks",
                         tracks, "--out", out)
     assert code == 0, err
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
-    assert len(warnings) == 3, err
+    assert len(warnings) == 4, err
     assert "track 7, frame 1" in warnings[0] and "clamped to (0, 10, 28, 96)" in warnings[0]
     assert "track 7, frame 2" in warnings[1] and "clamped" in warnings[1]
     assert "track 7, frame 3" in warnings[2] and "dropped" in warnings[2]
+    assert f"track 7, frame {NUM_FRAMES + 4}" in warnings[3] and "last frame" in warnings[3]
     record = json.loads((out / "tracks.json").read_text())
-    assert len(record["warnings"]) == 3
+    assert record["warnings"] == [w.removeprefix("warning: ") for w in warnings]
     assert [b[:5] for b in record["tracks"]["7"]["boxes"]] == [
         [1, 0, 10, 28, 96], [2, w - 30, 10, 30, 96], [4, 100, 100, 48, 96]]
 

@@ -48,6 +48,7 @@ from vtfpar_jax.models import vtfpar
 from vtfpar_jax.video import NORMALIZATIONS
 
 FORMATS = ("stablehlo", "onnx")
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")   # jax.export's lowering platforms
 ONNX_OPSET = 23
 INPUT_NAME, OUTPUT_NAME = "video", "logits"
 
@@ -182,6 +183,10 @@ def export(loaded: model_dir.LoadedModel, fmt: str, out: str, batch: int | None,
     """Write the artefact and its metadata; returns the metadata (with the file's size)."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: expected one of {FORMATS}")
+    unknown = [p for p in platforms if p not in PLATFORMS]
+    if unknown or not platforms:
+        raise ExportError(f"--platforms {','.join(platforms)!r}: expected names among "
+                          f"{', '.join(PLATFORMS)}")
     if fmt == "onnx" and platforms != ("cpu",):
         raise ExportError("--platforms applies to --format stablehlo only (an ONNX model "
                           "runs wherever its runtime does)")
