@@ -153,11 +153,16 @@ def write_annotated(path: str, out_path: str, info: video_stream.VideoInfo,
             boxes_at.setdefault(b.frame, []).append((track.id, (b.x, b.y, b.w, b.h)))
     labels = {i: track_outputs.top_decided(r) for i, r in records.items()}
     partial = out_path + ".partial.mp4"
-    with video_stream.Writer(partial, info.width, info.height, info.fps) as writer:
-        for number, frame in tqdm(video_stream.frames(path), total=info.frames,
-                                  desc="frames (annotated video)", unit="frame",
-                                  disable=not progress, leave=False):
-            writer.write(track_outputs.annotate(frame, boxes_at.get(number, []), labels))
+    try:
+        with video_stream.Writer(partial, info.width, info.height, info.fps) as writer:
+            for number, frame in tqdm(video_stream.frames(path), total=info.frames,
+                                      desc="frames (annotated video)", unit="frame",
+                                      disable=not progress, leave=False):
+                writer.write(track_outputs.annotate(frame, boxes_at.get(number, []), labels))
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
     os.replace(partial, out_path)
     return writer.count
 
@@ -190,14 +195,16 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
         "tracks": {str(i): r for i, r in records.items()},
     }
     os.makedirs(out, exist_ok=True)
+    # The video first: its pass decodes to the last frame (the crops' pass may stop early),
+    # so a decoding error there leaves no record of a run that did not finish.
+    write_annotated(video, os.path.join(out, "annotated.mp4"), info, tracks, records, progress)
     mot.write_tracks(os.path.join(out, "tracks.txt"), tracks)
-    with open(os.path.join(out, "tracks.json"), "w") as f:
-        json.dump(result, f, indent=1)
     sheet = track_outputs.contact_sheet(
         [{"record": records[i], "thumbnails": thumbnails[i]} for i in sorted(records)],
         cfg.frames)
     sheet.save(os.path.join(out, "contact_sheet.png"))
-    write_annotated(video, os.path.join(out, "annotated.mp4"), info, tracks, records, progress)
+    with open(os.path.join(out, "tracks.json"), "w") as f:
+        json.dump(result, f, indent=1)
     return result
 
 
