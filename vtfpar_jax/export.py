@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vtfpar_jax import decisions, metrics, model_dir
+from vtfpar_jax import decisions, files, metrics, model_dir
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.models import vtfpar
 from vtfpar_jax.video import NORMALIZATIONS
@@ -202,14 +202,11 @@ def export(loaded: model_dir.LoadedModel, fmt: str, out: str, batch: int | None,
     else:
         data = to_onnx(target, metadata)
     seconds = time.perf_counter() - start
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    # Written beside the target and renamed: an interrupted export leaves no half file.
+    # Each written whole or not at all: an interrupted export leaves no half file.
     for path, payload in ((out, data),
                           (metadata_path(out), json.dumps(metadata, indent=1).encode())):
-        partial = path + ".partial"
-        with open(partial, "wb") as f:
+        with files.atomic_file(path) as temporary, open(temporary, "wb") as f:
             f.write(payload)
-        os.replace(partial, path)
     return {**metadata, "bytes": len(data), "export_seconds": round(seconds, 2)}
 
 

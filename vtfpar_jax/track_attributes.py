@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from vtfpar_jax import (
     decisions,
+    files,
     metrics,
     model_dir,
     mot,
@@ -145,25 +146,19 @@ def _records(tracks, probabilities, loaded, threshold) -> dict[int, dict[str, An
 def write_annotated(path: str, out_path: str, info: video_stream.VideoInfo,
                     tracks: dict[int, mot.Track], records: dict[int, dict[str, Any]],
                     progress: bool = True) -> int:
-    """The video again, with boxes and labels; written beside `out_path` and renamed
-    when complete. Returns the number of frames written."""
+    """The video again, with boxes and labels; written whole or not at all (a temporary
+    file renamed when complete). Returns the number of frames written."""
     boxes_at: dict[int, list] = {}
     for track in tracks.values():
         for b in track.boxes:
             boxes_at.setdefault(b.frame, []).append((track.id, (b.x, b.y, b.w, b.h)))
     labels = {i: track_outputs.top_decided(r) for i, r in records.items()}
-    partial = out_path + ".partial.mp4"
-    try:
-        with video_stream.Writer(partial, info.width, info.height, info.fps) as writer:
-            for number, frame in tqdm(video_stream.frames(path), total=info.frames,
-                                      desc="frames (annotated video)", unit="frame",
-                                      disable=not progress, leave=False):
-                writer.write(track_outputs.annotate(frame, boxes_at.get(number, []), labels))
-    except BaseException:
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise
-    os.replace(partial, out_path)
+    with files.atomic_file(out_path) as temporary, video_stream.Writer(
+            temporary, info.width, info.height, info.fps, container_format="mp4") as writer:
+        for number, frame in tqdm(video_stream.frames(path), total=info.frames,
+                                  desc="frames (annotated video)", unit="frame",
+                                  disable=not progress, leave=False):
+            writer.write(track_outputs.annotate(frame, boxes_at.get(number, []), labels))
     return writer.count
 
 

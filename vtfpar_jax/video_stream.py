@@ -84,9 +84,10 @@ class Writer:
     sides are even, which it needs; yuv444p otherwise, so the size is kept."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int,
-                 fps: Fraction = DEFAULT_FPS):
+                 fps: Fraction = DEFAULT_FPS, container_format: str | None = None):
+        """container_format: 'mp4' and so on; by default from the path's suffix."""
         import av
-        self._container = av.open(os.fspath(path), mode="w")
+        self._container = av.open(os.fspath(path), mode="w", format=container_format)
         self._stream = self._container.add_stream("libx264", rate=fps)
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
