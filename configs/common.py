@@ -38,10 +38,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.data_dir = ""                 # TFDS data dir; empty: TFDS' default
     c.seed = 12240321               # the published seed
 
-    c.clip = ml_collections.ConfigDict()
+    c.backbone = "clip"             # the frozen backbone: 'clip' (published) or 'siglip'
+    c.clip = ml_collections.ConfigDict()  # where the backbone's weights come from
     c.clip.source = "hf"            # 'hf' (hub id or folder), 'openai' (.pt file) or 'random'
     c.clip.path = "openai/clip-vit-base-patch16"
     c.clip.preset = "tiny"          # for source='random': 'tiny', 'vit_b16' or 'vit_l14'
+                                    # (SigLIP: 'tiny', 'base16' or 'so400m14')
     c.clip.image_size = 224
     c.clip.patch_size = 16
 
@@ -49,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.frames = 6
     c.model.spatial_map = "default"       # a published map name or 's->t,s->t,...'
     c.model.temporal_map = "default"
-    c.model.spatial_aggregation = "mean"  # mean | mlp | lstm | gru
+    c.model.spatial_aggregation = "mean"  # mean | mlp | lstm | gru | max | attention
     c.model.temporal_aggregation = "mean"
     c.model.dim = 240
     c.model.heads = 0                     # 0: the published table by width
@@ -112,11 +114,24 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def published_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
-    """The published recipe on `dataset`; arguments: frames=N, vit=b16|l14, bf16."""
-    a = parse_arg(arg, frames=6, vit="b16", bf16=False)
+    """The published recipe on `dataset`; arguments: frames=N, vit=b16|l14, bf16,
+    backbone=clip|siglip (SigLIP base/16 at 224 px in place of CLIP ViT-B/16)."""
+    a = parse_arg(arg, frames=6, vit="b16", bf16=False, backbone="clip")
     c = base_config()
     c.dataset = dataset
     c.model.frames = a.frames
+    if a.backbone == "siglip":
+        if a.vit != "b16":
+            raise ConfigError("config arguments backbone=siglip and vit=l14: the SigLIP "
+                              "recipe is base/16 only")
+        # Same 12 x 768 ViT and 14 x 14 grid as CLIP B/16: the default map reads the same
+        # depths. Its normalisation is 0.5/0.5, the published pipeline's already.
+        c.backbone = "siglip"
+        c.clip.path = "google/siglip-base-patch16-224"
+        c.clip.preset = "base16"
+    elif a.backbone != "clip":
+        raise ConfigError(f"config argument backbone={a.backbone!r}: expected 'clip' or "
+                          "'siglip'")
     if a.vit == "l14":
         c.clip.path = "openai/clip-vit-large-patch14"
         c.clip.patch_size = 14

@@ -3,7 +3,8 @@
     python -m vtfpar_jax.train --config configs/demo.py --workdir runs/demo
     (or simply `make demo`, which also builds the data and evaluates)
 
-Arguments: smoke (a few steps, for tests and notebooks).
+Arguments: smoke (a few steps, for tests and notebooks), backbone=clip|siglip (a small
+random SigLIP in place of the small random CLIP, same shape).
 Same model code as the published recipe, scaled down to learn the synthetic set
 (group F1 >= 0.80) within 10 minutes on two CPU cores. What differs, and why
 (each measured on this set; figures in the README's "Demo results"):
@@ -26,8 +27,9 @@ from configs.common import base_config, parse_arg
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, smoke=False)
+    a = parse_arg(arg, smoke=False, backbone="clip")
     c = base_config()
+    c.backbone = a.backbone
     c.dataset = "synthetic_pedestrians"
     c.seed = 0
     c.clip.source = "random"

@@ -3,7 +3,7 @@
     python -m vtfpar_jax.train --config configs/duke.py --workdir runs/duke
     python -m vtfpar_jax.train --config configs/duke.py:vit=l14,bf16 --workdir runs/duke_l14
 
-Arguments: frames=N, vit=b16|l14, bf16 (bfloat16 compute).
+Arguments: frames=N, vit=b16|l14, bf16 (bfloat16 compute), backbone=clip|siglip.
 """
 
 from configs.common import published_config

@@ -2,8 +2,9 @@
 
     python -m vtfpar_jax.train --config configs/mars.py --workdir runs/mars
     python -m vtfpar_jax.train --config configs/mars.py:vit=l14,bf16 --workdir runs/mars_l14
+    python -m vtfpar_jax.train --config configs/mars.py:backbone=siglip --workdir runs/mars_siglip
 
-Arguments: frames=N, vit=b16|l14, bf16 (bfloat16 compute).
+Arguments: frames=N, vit=b16|l14, bf16 (bfloat16 compute), backbone=clip|siglip.
 """
 
 from configs.common import published_config

@@ -279,7 +279,8 @@ def train_batches(builder: tfds.core.DatasetBuilder, *, batch_size: int, frames:
       shuffle_buffer: examples held by the shuffle (serialized JPEG bytes).
 
     Yields:
-      {'video': (B, T, h, w, 3) uint8, 'labels': (B, A) float32, 'mask': (B,) bool}.
+      {'video': (B, T, h, w, 3) uint8, 'labels': (B, A) float32, 'mask': (B,) bool,
+       'index': (B,) int64, the tracklet's place in the split (-1 on padding rows)}.
     """
     _check_options(frame_choice, frames, frame_size)
     host_batch = _host_batch(batch_size, process_count)
@@ -312,7 +313,8 @@ def eval_batches(builder: tfds.core.DatasetBuilder, split: str, *, batch_size: i
     are zeros with `mask=False`.
 
     Yields:
-      {'video': (B, T, h, w, 3) uint8, 'labels': (B, A) float32, 'mask': (B,) bool}.
+      {'video': (B, T, h, w, 3) uint8, 'labels': (B, A) float32, 'mask': (B,) bool,
+       'index': (B,) int64, the tracklet's place in the split (-1 on padding rows)}.
     """
     _check_options(frame_choice, frames, frame_size)
     host_batch = _host_batch(batch_size, process_count)
@@ -321,13 +323,15 @@ def eval_batches(builder: tfds.core.DatasetBuilder, split: str, *, batch_size: i
     start, end = _host_slice(num_examples, process_index, process_count)
     num_batches = math.ceil(math.ceil(num_examples / process_count) / host_batch)
     ds = _read(builder, f"{split}[{start}:{end}]", shuffle_seed=None).enumerate(start)
-    ds = ds.map(_make_example_fn(frames, size, resize, frame_choice,
-                                 tf.constant(_EVAL_SEED, tf.int64)),
+    example_fn = _make_example_fn(frames, size, resize, frame_choice,
+                                  tf.constant(_EVAL_SEED, tf.int64))
+    # The index names the tracklet for what is seeded per tracklet (vtfpar_jax.corruptions).
+    ds = ds.map(lambda index, example: {**example_fn(index, example), "index": index},
                 num_parallel_calls=tf.data.AUTOTUNE)
     num_attributes = attribute_set(builder).num_attributes
     padding = {"video": tf.zeros((frames, *size, 3), tf.uint8),
                "labels": tf.zeros((num_attributes,), tf.float32),
-               "mask": tf.constant(False)}
+               "mask": tf.constant(False), "index": tf.constant(-1, tf.int64)}
     pad_rows = num_batches * host_batch - (end - start)
     ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(pad_rows))
     return _finish(ds.batch(host_batch, drop_remainder=True))

@@ -109,7 +109,7 @@ def test_bad_config_arguments_are_clear_errors(spec, match):
     ("temporal_map", "0->0,1->0", "distinct targets"),
     ("spatial_map", "13->0", "reads CLIP feature 13"),
     ("spatial_aggregation", "median", "unknown spatial_aggregation 'median'"),
-    ("temporal_aggregation", "max", "unknown temporal_aggregation 'max'"),
+    ("temporal_aggregation", "median", "unknown temporal_aggregation 'median'"),
     ("dtype", "int8", "dtype='int8'"),
     ("dim", 100, "dim=100"),
 ])

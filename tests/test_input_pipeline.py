@@ -162,7 +162,7 @@ def test_two_hosts_train_shares_are_disjoint_and_cover_the_split(builder):
 
 @pytest.mark.parametrize("hosts,batch_size", [(2, 6), (3, 3)])
 def test_eval_covers_every_tracklet_once_with_equal_batch_counts(builder, hosts, batch_size):
-    counts, seen, masks = [], [], 0
+    counts, seen, masks, indices = [], [], 0, []
     for index in range(hosts):
         batches = list(pipeline.eval_batches(
             builder, "test", batch_size=batch_size, frames=2,
@@ -171,8 +171,12 @@ def test_eval_covers_every_tracklet_once_with_equal_batch_counts(builder, hosts,
         seen += _fingerprints(batches)
         masks += sum(int(b["mask"].sum()) for b in batches)
         assert all((b["video"][~b["mask"]] == 0).all() for b in batches)
+        assert all((b["index"][~b["mask"]] == -1).all() for b in batches)
+        indices += [int(i) for b in batches for i in b["index"][b["mask"]]]
     assert len(set(counts)) == 1
     assert masks == 8 and sorted(seen) == sorted(_reference(builder, "test"))
+    # Each tracklet's place in the split, the same whatever the host count.
+    assert sorted(indices) == list(range(8))
 
 
 def test_frame_choice_indices():

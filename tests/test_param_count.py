@@ -109,3 +109,18 @@ def test_one_side_net_off(flag, absent):
                               use_spatial=flag != "--without_spatial",
                               use_temporal=flag != "--without_temporal")
     assert absent not in param_count.count(cfg)["trainable"]
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("max", lambda d: 0), ("mean", lambda d: 0), ("mlp", lambda d: 6 + 1),
+    # a learned query (D) and the query/key/value/output projections with biases
+    ("attention", lambda d: d + 4 * (d * d + d))])
+def test_aggregation_counts(kind, expected):
+    d = 240
+    cfg = vtfpar.VTFPARConfig(clip=clip.vit_b16(), num_attributes=43, spatial_aggregation=kind,
+                              temporal_aggregation=kind)
+    got = param_count.count(cfg)["trainable"]
+    for side in ("spatial", "temporal"):
+        # mlp: one weight per slice plus a bias (6 frames; 5 streams on the temporal side)
+        want = expected(d) - (1 if kind == "mlp" and side == "temporal" else 0)
+        assert got.get(f"{side}_aggregation", 0) == want, (kind, side)

@@ -360,7 +360,7 @@ BAD_INPUTS = [
     (["--config.model.frames=9"], "frames=9 with the temporal side net"),
     (["--config.model.spatial_map=nine"], "interaction map 'nine'"),
     (["--config.model.spatial_aggregation=median"], "unknown spatial_aggregation 'median'"),
-    (["--config.model.temporal_aggregation=max"], "unknown temporal_aggregation 'max'"),
+    (["--config.model.temporal_aggregation=median"], "unknown temporal_aggregation 'median'"),
 ]
 
 

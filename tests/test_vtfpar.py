@@ -161,6 +161,67 @@ def test_recurrent_aggregation_matches_torch():
         np.testing.assert_allclose(ours, expected, atol=1e-5, err_msg=kind)
 
 
+def test_max_and_attention_aggregations_train(tiny_clip):
+    clip_cfg, clip_params = tiny_clip
+    for spatial, temporal in (("max", "attention"), ("attention", "max")):
+        cfg = base(clip_cfg, spatial_aggregation=spatial, temporal_aggregation=temporal)
+        params = check_training_step(cfg, clip_params)
+        pooled = params[f"{'spatial' if spatial == 'attention' else 'temporal'}_aggregation"]
+        assert pooled["query"].shape == (1, 1, cfg.dim)
+        assert pooled["attention"]["key"]["kernel"].shape == (cfg.dim, cfg.num_heads,
+                                                             cfg.dim // cfg.num_heads)
+        assert f"{'temporal' if spatial == 'attention' else 'spatial'}_aggregation" not in params
+
+
+def test_max_aggregation_is_the_elementwise_max_over_k():
+    from vtfpar_jax.models.side_nets import Aggregation
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 8)).astype(np.float32)
+    agg = Aggregation("max")
+    variables = agg.init(jax.random.key(0), x)
+    assert not variables  # nothing learned
+    expected = np.stack([np.stack([[max(x[b, k, t, d] for k in range(3)) for d in range(8)]
+                                   for t in range(5)]) for b in range(2)])
+    np.testing.assert_array_equal(np.asarray(agg.apply(variables, x)), expected)
+
+
+def _attention_pool_numpy(x, query, p, heads):
+    """Plain numpy: for every (clip, token), a learned query attends over the K slices."""
+    b, k, length, d = x.shape
+    dh = d // heads
+    out = np.zeros((b, length, d))
+    for i in range(b):
+        for t in range(length):
+            slices = x[i, :, t].astype(np.float64)                         # (K, D)
+            pooled = np.zeros(d)
+            for h in range(heads):
+                q = query[0, 0] @ p["query"]["kernel"][:, h] + p["query"]["bias"][h]   # (dh,)
+                keys = slices @ p["key"]["kernel"][:, h] + p["key"]["bias"][h]         # (K, dh)
+                values = slices @ p["value"]["kernel"][:, h] + p["value"]["bias"][h]
+                scores = keys @ q / np.sqrt(dh)
+                weights = np.exp(scores - scores.max())
+                weights /= weights.sum()
+                pooled += (weights @ values) @ p["out"]["kernel"][h]
+            out[i, t] = pooled + p["out"]["bias"]
+    return out
+
+
+def test_attention_aggregation_matches_numpy():
+    from vtfpar_jax.models.side_nets import Aggregation
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 5, 8)).astype(np.float32)
+    agg = Aggregation("attention", heads=2)
+    variables = agg.init(jax.random.key(0), x)
+    # Fixed, non-trivial weights (biases too), not the initialiser's.
+    variables = jax.tree.map(lambda v: rng.standard_normal(v.shape).astype(np.float32) * 0.5,
+                             variables)
+    ours = np.asarray(agg.apply(variables, x))
+    p = jax.tree.map(np.asarray, variables["params"])
+    expected = _attention_pool_numpy(x, p["query"], p["attention"], heads=2)
+    np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
+    # Any number of slices: nothing in it is per slice.
+    assert agg.apply(variables, x[:, :2]).shape == (2, 5, 8)
+
+
 @pytest.mark.parametrize("dim, heads", [(144, 6), (256, 8)])
 def test_published_widths(tiny_clip, dim, heads):
     clip_cfg, clip_params = tiny_clip

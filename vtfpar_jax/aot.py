@@ -117,7 +117,8 @@ def topology_mesh(target: Target) -> jax.sharding.Mesh:
 def compile_report(target_spec: str, clip_name: str = "vit_b16", *, batch: int,
                    frames: int = 6, dtype: str = "bfloat16", clip_dtype: str | None = None,
                    remat: str | None = None, attention: str | None = None,
-                   num_attributes: int = 43, **model_options) -> dict[str, Any]:
+                   num_attributes: int = 43, backbone: str = "clip",
+                   **model_options) -> dict[str, Any]:
     """Compile the train step and prediction for a target; their per-device memory,
     kernels and collectives. `model_options`: other VTFPARConfig fields."""
     target = parse_target(target_spec)
@@ -127,8 +128,9 @@ def compile_report(target_spec: str, clip_name: str = "vit_b16", *, batch: int,
         raise TargetError(f"--batch {batch} does not split over the {devices} devices of "
                           f"{target.name}")
     model_cfg = bench_setup.model_config(
-        bench_setup.clip_config(clip_name), frames=frames, dtype=dtype, clip_dtype=clip_dtype,
-        remat=remat, attention=attention, num_attributes=num_attributes, **model_options)
+        bench_setup.clip_config(clip_name, backbone), frames=frames, dtype=dtype,
+        clip_dtype=clip_dtype, remat=remat, attention=attention, num_attributes=num_attributes,
+        **model_options)
     shapes = jax.eval_shape(lambda: bench_setup.make_inputs(model_cfg, batch=batch))
     replicated = NamedSharding(mesh, PartitionSpec())
     split = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
@@ -148,7 +150,8 @@ def compile_report(target_spec: str, clip_name: str = "vit_b16", *, batch: int,
     return {
         "target": target.name, "platform": target.platform, "devices": devices,
         "device_kind": mesh.devices.flat[0].device_kind, "jax_version": jax.__version__,
-        "clip": clip_name, "batch": batch, "batch_per_device": batch // devices,
+        "clip": clip_name, "backbone": backbone, "batch": batch,
+        "batch_per_device": batch // devices,
         "frames": frames, "dtype": model_cfg.dtype, "clip_dtype": model_cfg.clip_dtype,
         "remat": model_cfg.remat, "attention": model_cfg.attention,
         "trainable_params": bench_setup.count_params(state.trainable),

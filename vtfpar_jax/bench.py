@@ -1,6 +1,6 @@
 """Train-step and prediction throughput on whatever devices JAX sees.
 
-    python -m vtfpar_jax.bench --clip vit_b16|tiny --batch 16 --frames 6
+    python -m vtfpar_jax.bench --clip vit_b16|tiny --batch 16 --frames 6 [--backbone siglip]
         [--dtype bfloat16] [--clip-dtype float16] [--remat none|dots|blocks]
         [--attention auto|xla|cudnn] [--breakdown] [--steps 20] [--devices N]
         [--json out.json]
@@ -66,14 +66,16 @@ class Setup:
 
 def build(clip_name: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: str = "float32",
           clip_dtype: str | None = None, remat: str | None = None, attention: str | None = None,
-          num_attributes: int = 43, seed: int = 0, clip_cfg=None, clip_params=None,
+          num_attributes: int = 43, seed: int = 0, backbone: str = "clip", clip_cfg=None,
+          clip_params=None,
           variables=None, text_features=None, video: np.ndarray | None = None) -> Setup:
     """The train step and evaluation forward of the project, jitted over a `data` mesh
     of the local devices, with their inputs placed (compare_pytorch passes converted
     weights here). Options left as None take the project's defaults."""
     from vtfpar_jax import sharding
 
-    model_cfg = model_config(clip_cfg or clip_config(clip_name), frames=frames, dtype=dtype,
+    model_cfg = model_config(clip_cfg or clip_config(clip_name, backbone), frames=frames,
+                             dtype=dtype,
                              clip_dtype=clip_dtype, remat=remat, attention=attention,
                              num_attributes=num_attributes)
     mesh = sharding.make_mesh()
@@ -223,7 +225,10 @@ def summary(r: dict[str, Any], clip_name: str) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m vtfpar_jax.bench", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clip", default="vit_b16", choices=CLIPS)
+    p.add_argument("--clip", default="vit_b16", choices=CLIPS,
+                   help="the backbone's ViT shape (so400m14: SigLIP only, vit_l14: CLIP only)")
+    p.add_argument("--backbone", default="clip", choices=("clip", "siglip"),
+                   help="the frozen backbone (random weights of its shape)")
     p.add_argument("--batch", type=int, default=16, help="global batch (clips)")
     p.add_argument("--frames", type=int, default=6)
     p.add_argument("--dtype", default="float32", choices=DTYPES,
@@ -259,7 +264,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                         frames=args.frames, dtype=args.dtype,
                                         clip_dtype=args.clip_dtype, remat=args.remat,
                                         attention=args.attention,
-                                        num_attributes=args.num_attributes)
+                                        num_attributes=args.num_attributes,
+                                        backbone=args.backbone)
         except aot.TargetError as e:
             p.error(str(e))
         result["command"] = command
@@ -275,14 +281,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         setup = build(args.clip, batch=args.batch, frames=args.frames, dtype=args.dtype,
                       clip_dtype=args.clip_dtype, remat=args.remat, attention=args.attention,
-                      num_attributes=args.num_attributes, seed=args.seed)
+                      num_attributes=args.num_attributes, seed=args.seed,
+                      backbone=args.backbone)
     except ValueError as e:
         p.error(str(e))
     result = measure(setup, steps=args.steps, warmup=args.warmup, breakdown=args.breakdown)
-    result["clip"] = args.clip
+    result["clip"], result["backbone"] = args.clip, args.backbone
     result["command"] = command
     _write_json(args.json, result)
-    print(summary(result, args.clip))
+    print(summary(result, args.clip if args.backbone == "clip" else f"siglip {args.clip}"))
     return result
 
 

@@ -14,7 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-CLIPS = ("tiny", "vit_b16", "vit_l14")
+# `--clip` names a ViT shape; `--backbone` whose: each backbone's preset of that shape.
+BACKBONE_PRESETS = {"clip": {"tiny": "tiny", "vit_b16": "vit_b16", "vit_l14": "vit_l14"},
+                    "siglip": {"tiny": "tiny", "vit_b16": "base16", "so400m14": "so400m14"}}
+CLIPS = ("tiny", "vit_b16", "vit_l14", "so400m14")
 DTYPES = ("float32", "bfloat16", "float16")
 
 # The published recipe (configs/common.py), as a plain object: optim only reads
@@ -25,11 +28,16 @@ PUBLISHED_OPTIMIZER = types.SimpleNamespace(
 FROZEN_PATTERNS = ("clip/.*",)
 
 
-def clip_config(name: str):
-    from vtfpar_jax.models import clip
-    if name not in CLIPS:
-        raise ValueError(f"--clip {name!r}; expected one of {CLIPS}")
-    return getattr(clip, name)()
+def clip_config(name: str, backbone: str = "clip"):
+    """The random backbone of shape `name`: CLIP's or SigLIP's (models/backbones.py)."""
+    from vtfpar_jax.models import clip, siglip
+    if backbone not in BACKBONE_PRESETS:
+        raise ValueError(f"--backbone {backbone!r}; expected one of {sorted(BACKBONE_PRESETS)}")
+    presets = BACKBONE_PRESETS[backbone]
+    if name not in presets:
+        raise ValueError(f"--clip {name!r} with --backbone {backbone}; expected one of "
+                         f"{tuple(presets)}")
+    return getattr({"clip": clip, "siglip": siglip}[backbone], presets[name])()
 
 
 def model_config(clip_cfg, *, frames: int = 6, dtype: str = "float32",
@@ -66,13 +74,13 @@ def make_inputs(model_cfg, *, batch: int, seed: int = 0, clip_params=None, varia
     Random CLIP params, side-net variables, text features, clip and labels unless
     given. Pure JAX, so `jax.eval_shape` of it gives the shapes for free (aot).
     """
-    from vtfpar_jax.models import clip, vtfpar
+    from vtfpar_jax.models import backbones, vtfpar
     from vtfpar_jax.train_step import Frozen, initial_state, step_frozen_params
 
     keys = jax.random.split(jax.random.PRNGKey(seed), 6)
     clip_cfg, a = model_cfg.clip, model_cfg.num_attributes
     if clip_params is None:
-        clip_params = clip.init_params(clip_cfg, keys[0])
+        clip_params = backbones.of(clip_cfg).init_params(clip_cfg, keys[0])
     if variables is None:
         variables = vtfpar.init(model_cfg, keys[1])
     if text_features is None:

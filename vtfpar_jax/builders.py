@@ -1,24 +1,90 @@
-"""From a config to the pieces a run needs: CLIP, model config, attribute tokens.
+"""From a config to the pieces a run needs: the backbone, model config, attribute tokens.
 
 Shared by training, evaluation and prediction so that a work dir always
-rebuilds the same model.
+rebuilds the same model. `config.backbone` picks CLIP (as published) or
+SigLIP; `config.clip` says where the backbone's weights come from, whichever
+it is (source 'hf' with a hub id or folder, or 'random' with a preset).
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
 import ml_collections
 import numpy as np
 
-from vtfpar_jax import attributes, text, tokenizer
-from vtfpar_jax.convert import hf_clip, openai_clip
+from vtfpar_jax import attributes, siglip_tokens, text, tokenizer
+from vtfpar_jax.convert import hf_clip, hf_siglip, openai_clip
 from vtfpar_jax.errors import ConfigError
-from vtfpar_jax.models import clip, vtfpar
+from vtfpar_jax.models import backbones, clip, siglip, vtfpar
 from vtfpar_jax.models.side_nets import parse_interaction_map
 
 CLIP_PRESETS = {"tiny": clip.tiny, "vit_b16": clip.vit_b16, "vit_l14": clip.vit_l14}
+BackboneConfig = clip.ClipConfig | siglip.SiglipConfig
+SIGLIP_PRESETS = {"tiny": siglip.tiny, "base16": siglip.base16, "so400m14": siglip.so400m14}
+# The checkpoint formats of each backbone: (load a HF folder or hub id, save one).
+BACKBONE_FILES = {"clip": (hf_clip.load, hf_clip.save), "siglip": (hf_siglip.load, hf_siglip.save)}
+
+
+def backbone_name(config: ml_collections.ConfigDict) -> str:
+    """config.backbone, checked; runs saved before it existed were CLIP."""
+    name = config.get("backbone", "clip")
+    if name not in backbones.BACKBONES:
+        raise ConfigError(f"config.backbone={name!r}; expected one of "
+                          f"{sorted(backbones.BACKBONES)}")
+    return name
+
+
+def load_backbone(config: ml_collections.ConfigDict, seed: int):
+    """(backbone cfg, params) of config.backbone, from config.clip's source."""
+    if backbone_name(config) == "clip":
+        return load_clip(config.clip, seed)
+    return load_siglip(config.clip, seed)
+
+
+def load_siglip(c: ml_collections.ConfigDict, seed: int) -> tuple[siglip.SiglipConfig, dict]:
+    """SigLIP from a HuggingFace id/folder or a seeded random init (as `load_clip`)."""
+    if c.source == "hf":
+        cfg, params = hf_siglip.load(c.path)
+        _check_sizes(c, cfg)
+        return cfg, params
+    if c.source == "random":
+        if c.preset not in SIGLIP_PRESETS:
+            raise ConfigError(f"config.clip.preset={c.preset!r} with backbone 'siglip'; expected "
+                              f"one of {sorted(SIGLIP_PRESETS)}")
+        cfg = SIGLIP_PRESETS[c.preset]()
+        if c.preset == "tiny":
+            cfg = siglip.tiny(image_size=c.image_size, patch_size=c.patch_size)
+        return cfg, siglip.init_params(cfg, jax.random.PRNGKey(seed))
+    raise ConfigError(f"config.clip.source={c.source!r} with backbone 'siglip'; expected 'hf' "
+                      "or 'random'")
+
+
+def _check_sizes(c: ml_collections.ConfigDict, cfg) -> None:
+    for field in ("image_size", "patch_size"):
+        if c[field] != getattr(cfg, field):
+            raise ConfigError(f"config.clip.{field}={c[field]}, but the backbone at {c.path} has "
+                              f"{field} {getattr(cfg, field)}: set it to that (or leave "
+                              "the config file's value for this backbone)")
+
+
+def save_backbone(cfg, params, folder: str) -> None:
+    """The backbone in its HF format (a model dir's clip/ folder)."""
+    BACKBONE_FILES[backbones.of(cfg).name][1](cfg, params, folder)
+
+
+def load_backbone_folder(folder: str):
+    """(cfg, params) of the HF checkpoint in `folder`, CLIP or SigLIP by its config.json."""
+    try:
+        with open(os.path.join(folder, hf_clip.CONFIG_FILE), encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None  # hf_clip.load names what is wrong with the folder
+    if model_type in ("siglip", "siglip2"):
+        return hf_siglip.load(folder)
+    return hf_clip.load(folder)
 
 
 def load_clip(c: ml_collections.ConfigDict, seed: int) -> tuple[clip.ClipConfig, dict]:
@@ -29,11 +95,7 @@ def load_clip(c: ml_collections.ConfigDict, seed: int) -> tuple[clip.ClipConfig,
     """
     if c.source in ("hf", "openai"):
         cfg, params = (hf_clip.load if c.source == "hf" else openai_clip.load)(c.path)
-        for field in ("image_size", "patch_size"):
-            if c[field] != getattr(cfg, field):
-                raise ConfigError(f"config.clip.{field}={c[field]}, but the CLIP at {c.path} has "
-                                  f"{field} {getattr(cfg, field)}: set it to that (or leave "
-                                  "the config file's value for this CLIP)")
+        _check_sizes(c, cfg)
         return cfg, params
     if c.source == "random":
         if c.preset not in CLIP_PRESETS:
@@ -46,7 +108,7 @@ def load_clip(c: ml_collections.ConfigDict, seed: int) -> tuple[clip.ClipConfig,
     raise ConfigError(f"config.clip.source={c.source!r}; expected 'hf', 'openai' or 'random'")
 
 
-def model_config(config: ml_collections.ConfigDict, clip_cfg: clip.ClipConfig,
+def model_config(config: ml_collections.ConfigDict, clip_cfg: BackboneConfig,
                  num_attributes: int) -> vtfpar.VTFPARConfig:
     try:
         return _model_config(config, clip_cfg, num_attributes)
@@ -54,7 +116,7 @@ def model_config(config: ml_collections.ConfigDict, clip_cfg: clip.ClipConfig,
         raise ConfigError(str(e)) from None
 
 
-def _model_config(config: ml_collections.ConfigDict, clip_cfg: clip.ClipConfig,
+def _model_config(config: ml_collections.ConfigDict, clip_cfg: BackboneConfig,
                   num_attributes: int) -> vtfpar.VTFPARConfig:
     m = config.model
     return vtfpar.VTFPARConfig(
@@ -78,9 +140,12 @@ def _remat_policy(value) -> str:
 
 def attribute_tokens(config: ml_collections.ConfigDict, attribute_set: attributes.AttributeSet,
                      clip_folder: str | None = None) -> tuple[tuple[str, ...], np.ndarray]:
-    """(phrases, (A, 77) ids) in OpenAI's layout, with the tokenizer that fits the CLIP."""
+    """(phrases, (A, context) ids) in the layout of the backbone: OpenAI's (A, 77) for
+    CLIP, SigLIP's padded (A, 64), with the tokenizer that fits its checkpoint."""
     phrases = attribute_set.phrases(config.text.phrases, config.text.template)
     source = config.clip.source
+    if backbone_name(config) == "siglip":
+        return phrases, _siglip_tokens(config, phrases, clip_folder)
     if source == "random":
         return phrases, text.byte_tokens(phrases)
     if source == "hf" and clip_folder is None:
@@ -94,3 +159,13 @@ def attribute_tokens(config: ml_collections.ConfigDict, attribute_set: attribute
         return phrases, tokenizer.tokenize(tok, phrases)
     except (FileNotFoundError, ValueError) as e:  # no BPE file, a bad one, a phrase too long
         raise ConfigError(f"config.text: {e}") from None
+
+
+def _siglip_tokens(config: ml_collections.ConfigDict, phrases, folder: str | None) -> np.ndarray:
+    if config.clip.source == "random":
+        return siglip_tokens.byte_tokens(phrases)
+    try:
+        folder = folder or hf_clip.resolve_folder(config.clip.path, hf_siglip.HUB_PATTERNS)
+        return siglip_tokens.tokenize(siglip_tokens.from_pretrained(folder), phrases)
+    except (OSError, ValueError) as e:  # no tokenizer files, a phrase too long
+        raise ConfigError(f"config.text with the SigLIP at {config.clip.path}: {e}") from None

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -20,6 +21,9 @@ import numpy as np
 from vtfpar_jax import metrics, optim, preprocess, sharding
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.models import vtfpar
+
+# (video (B, T, h, w, 3) uint8, tracklet index (B,)) -> video: see Evaluator.probabilities.
+Corrupt = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 class Evaluator:
@@ -38,13 +42,22 @@ class Evaluator:
         return cls(trainer.model_cfg, trainer.builder, trainer.attribute_set, trainer.frozen,
                    trainer.mesh, trainer.config.input)
 
-    def probabilities(self, state, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(probs, labels, mask) over `split`, gathered from every host."""
+    def probabilities(self, state, split: str, corrupt: Corrupt | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(probs, labels, mask) over `split`, gathered from every host.
+
+        `corrupt(video, index)`, if given, changes each host batch's uint8 frames
+        before they go to the devices (index: each row's tracklet, -1 on padding);
+        e.g. a `vtfpar_jax.corruptions.corrupt_batch` with its corruption bound.
+        """
         out = {"probs": [], "labels": [], "mask": []}
         for local in self.pipeline.eval_batches(
                 self.builder, split, batch_size=self.input.eval_batch_size,
                 frames=self.model_cfg.frames, frame_size=self.pipeline.frame_size(self.input),
                 process_index=jax.process_index(), process_count=jax.process_count()):
+            index = local.pop("index")
+            if corrupt is not None:
+                local["video"] = corrupt(local["video"], index)
             batch = sharding.global_batch(local, self.mesh)
             logits = self.predict(state.trainable, state.batch_stats, self.frozen, batch["video"])
             out["probs"].append(metrics.sigmoid(_on_host(logits)))
@@ -52,8 +65,9 @@ class Evaluator:
             out["mask"].append(_on_host(batch["mask"]))
         return tuple(np.concatenate(out[k]) for k in ("probs", "labels", "mask"))
 
-    def run(self, state, split: str, report_dir: str | None = None) -> dict:
-        probs, labels, mask = self.probabilities(state, split)
+    def run(self, state, split: str, report_dir: str | None = None,
+            corrupt: Corrupt | None = None) -> dict:
+        probs, labels, mask = self.probabilities(state, split, corrupt)
         results = metrics.evaluate_all(probs, labels, self.attribute_set, mask=mask)
         if report_dir and jax.process_index() == 0:
             metrics.save_report(results, self.attribute_set, report_dir)

@@ -53,3 +53,35 @@ def atomic_folder(path: str) -> Iterator[str]:
                 raise
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def write_json(path: str, value) -> None:
+    """`value` as indented JSON at `path`, whole or not at all."""
+    import json
+    with atomic_file(path) as temporary, open(temporary, "w") as f:
+        json.dump(value, f, indent=2)
+
+
+def read_to_resume(path: str, identity: dict, error: type[Exception], elsewhere: str) -> dict:
+    """The JSON a resumable command left at `path` ({} if none), if it was made with the
+    same `identity` (values at those keys); else `error` naming what differs.
+
+    What another run wrote is never overwritten: the message says to use
+    `elsewhere` (e.g. another --out) or to move the file away.
+    """
+    import json
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            previous = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise error(f"{path}: cannot read it to resume ({e}); move it away or use another "
+                    f"{elsewhere}") from None
+    kept = {k: previous.get(k) for k in identity}
+    if kept != identity:
+        differ = ", ".join(f"{k} {kept[k]!r} there, {identity[k]!r} now" for k in identity
+                           if kept[k] != identity[k])
+        raise error(f"{path} holds another run ({differ}); use another {elsewhere}, or move "
+                    "it away to start over")
+    return previous

@@ -1,7 +1,7 @@
 """A model dir (a training work dir, or a converted published checkpoint) loaded for inference.
 
 It holds config.json (config, attribute set, phrases, token ids), clip/ (the
-frozen CLIP, HuggingFace format) and checkpoints/<step>/ (Orbax).
+frozen backbone, CLIP or SigLIP, HuggingFace format) and checkpoints/<step>/ (Orbax).
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import numpy as np
 
 from vtfpar_jax import attributes, builders, optim, sharding, text
 from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
-from vtfpar_jax.convert import hf_clip
 from vtfpar_jax.errors import UserError
-from vtfpar_jax.models import vtfpar
+from vtfpar_jax.models import backbones, vtfpar
 
 
 class ModelDirError(UserError, ValueError):
@@ -87,7 +86,11 @@ def load(model: str, step: int | None = None) -> LoadedModel:
     run = read_run_file(model)
     config = ml_collections.ConfigDict(run["config"])
     attribute_set = attributes.get(run["attribute_set"])
-    clip_cfg, clip_params = hf_clip.load(os.path.join(model, "clip"))
+    clip_cfg, clip_params = builders.load_backbone_folder(os.path.join(model, "clip"))
+    if backbones.of(clip_cfg).name != builders.backbone_name(config):
+        raise ModelDirError(f"{model}: config.json says backbone "
+                            f"{builders.backbone_name(config)!r}, but clip/ holds a "
+                            f"{backbones.of(clip_cfg).display_name} checkpoint")
     model_cfg = builders.model_config(config, clip_cfg, attribute_set.num_attributes)
     template, frozen_params = fresh_state(config, model_cfg, clip_params)
     mesh = sharding.make_mesh()

@@ -17,8 +17,13 @@ from typing import Any
 
 import jax
 
-from vtfpar_jax.models import clip, vtfpar
-from vtfpar_jax.models.side_nets import SIDE_DEPTH, parse_interaction_map, side_block
+from vtfpar_jax.models import backbones, clip, siglip, vtfpar
+from vtfpar_jax.models.side_nets import (
+    AGGREGATIONS,
+    SIDE_DEPTH,
+    parse_interaction_map,
+    side_block,
+)
 
 # The published default model's trainable count (ImageNet ViT excluded: it is
 # loaded and discarded, never part of the model's state dict).
@@ -27,7 +32,9 @@ PUBLISHED_TRAINABLE = 15_036_610
 # (reference section 7); they never run.
 PUBLISHED_PROJECTION_LAYERS = 5
 
-CLIPS = {"vit_b16": clip.vit_b16, "vit_l14": clip.vit_l14, "tiny": clip.tiny}
+# The backbones (`--clip`): CLIP's, and SigLIP's at the shapes of its released checkpoints.
+CLIPS = {"vit_b16": clip.vit_b16, "vit_l14": clip.vit_l14, "tiny": clip.tiny,
+         "siglip_base16": siglip.base16, "siglip_so400m14": siglip.so400m14}
 
 
 def _size(tree: Any) -> int:
@@ -77,7 +84,8 @@ def count(cfg: vtfpar.VTFPARConfig) -> dict:
     (trainable_total + the unused tensors: what the published model would report).
     """
     variables = jax.eval_shape(lambda: vtfpar.init(cfg, jax.random.key(0)))
-    clip_params = jax.eval_shape(lambda: clip.init_params(cfg.clip, jax.random.key(0)))
+    init_backbone = backbones.of(cfg.clip).init_params
+    clip_params = jax.eval_shape(lambda: init_backbone(cfg.clip, jax.random.key(0)))
     trainable = {name: _size(tree) for name, tree in variables["params"].items()}
     buffers = {name: _size(tree) for name, tree in variables.get("batch_stats", {}).items()}
     frozen = {name: _size(tree) for name, tree in clip_params.items()}
@@ -104,8 +112,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="side-ViT heads (default: the published table by width)")
     p.add_argument("--spatial_map", default="default")
     p.add_argument("--temporal_map", default="default")
-    p.add_argument("--spatial_aggregation", default="mean")
-    p.add_argument("--temporal_aggregation", default="mean")
+    p.add_argument("--spatial_aggregation", choices=AGGREGATIONS, default="mean")
+    p.add_argument("--temporal_aggregation", choices=AGGREGATIONS, default="mean")
     p.add_argument("--without_spatial", action="store_true")
     p.add_argument("--without_temporal", action="store_true")
     p.add_argument("--num_attributes", type=int, default=43)

@@ -36,7 +36,7 @@ import numpy as np
 
 from vtfpar_jax import decisions, metrics, model_dir, video, visualize
 from vtfpar_jax.errors import ConfigError, UserError
-from vtfpar_jax.models import clip, vtfpar
+from vtfpar_jax.models import backbones, vtfpar
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -49,10 +49,11 @@ def _logits(cfg: vtfpar.VTFPARConfig, variables, video, text_features):
 def compute_logits(config: vtfpar.VTFPARConfig, variables: Mapping[str, Any],
                    video: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     """Evaluation-mode logits (B, A) for video (B, T, H, W, 3) float32 already
-    normalised and attribute token ids (A, 77); `variables` holds 'params',
-    'batch_stats' and the CLIP tree under 'clip'."""
-    text = clip.text_features(config.clip, variables["clip"], jnp.asarray(tokens),
-                              vtfpar.DTYPES[config.clip_dtype])
+    normalised and attribute token ids (A, context); `variables` holds 'params',
+    'batch_stats' and the backbone's tree under 'clip'."""
+    text = backbones.of(config.clip).text_features(config.clip, variables["clip"],
+                                                   jnp.asarray(tokens),
+                                                   vtfpar.DTYPES[config.clip_dtype])
     return np.asarray(_logits(config, variables, jnp.asarray(video, jnp.float32), text))
 
 

@@ -1,4 +1,4 @@
-"""Text features of the attribute phrases: computed once from the frozen text tower.
+"""Text features of the attribute phrases: computed once from the backbone's frozen text tower.
 
 Phrases are the published ones or the paper's expanded phrases through a
 prompt template (vtfpar_jax.attributes). Features are cached on disk under a
@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from vtfpar_jax.files import atomic_file
-from vtfpar_jax.models import clip
+from vtfpar_jax.models import backbones
 
 SOT, EOT = 49406, 49407
 
@@ -44,9 +44,10 @@ def weights_digest(text_params) -> str:
     return h.hexdigest()[:16]
 
 
-def attribute_text_features(cfg: clip.ClipConfig, clip_params, phrases: Sequence[str],
+def attribute_text_features(cfg, clip_params, phrases: Sequence[str],
                             tokens: np.ndarray, cache_dir: str | None = None) -> np.ndarray:
-    """(A, E) float32 text features of `phrases` (ids `tokens`, (A, 77)), cached."""
+    """(A, E) float32 text features of `phrases` (ids `tokens`, (A, context)) from the
+    backbone of config `cfg` (CLIP or SigLIP), cached."""
     path = None
     if cache_dir:
         key = hashlib.sha256(json.dumps(
@@ -54,7 +55,7 @@ def attribute_text_features(cfg: clip.ClipConfig, clip_params, phrases: Sequence
         path = os.path.join(cache_dir, f"text_features_{key.hexdigest()[:16]}.npy")
         if os.path.exists(path):
             return np.load(path)
-    features = np.asarray(jax.jit(clip.text_features, static_argnums=0)(
+    features = np.asarray(jax.jit(backbones.of(cfg).text_features, static_argnums=0)(
         cfg, clip_params, tokens), np.float32)
     if path:
         # Every host computes the features and may write them, while others read:

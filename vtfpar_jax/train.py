@@ -89,7 +89,7 @@ class Trainer:
         if not self.builder.is_prepared():
             raise input_pipeline.DatasetNotBuiltError(self.builder)
         self.attribute_set = pipeline.attribute_set(self.builder)
-        self.clip_cfg, clip_params = builders.load_clip(config.clip, config.seed)
+        self.clip_cfg, clip_params = builders.load_backbone(config, config.seed)
         # The full float32 CLIP stays on the host (numpy), for clip/ and the text
         # features; only the step's trimmed copy (`step_frozen_params`) goes to the devices.
         # A copy: on the CPU backend np.asarray is a view that keeps the device buffer alive.
@@ -162,13 +162,11 @@ class Trainer:
 
 
 def save_run_files(trainer: Trainer):
-    """config.json and the frozen CLIP (HF format) beside the checkpoints, by process 0.
+    """config.json and the frozen backbone (HF format) beside the checkpoints, by process 0.
 
     Both are written whole then renamed (vtfpar_jax.files), so a run killed
     while writing them leaves nothing half-written for the next one to read.
     """
-    from vtfpar_jax.convert import hf_clip
-
     if jax.process_index() != 0:
         return
     with atomic_file(os.path.join(trainer.workdir, "config.json")) as temporary, \
@@ -181,7 +179,7 @@ def save_run_files(trainer: Trainer):
     clip_dir = os.path.join(trainer.workdir, "clip")
     if not os.path.isdir(clip_dir):
         with atomic_folder(clip_dir) as temporary:
-            hf_clip.save(trainer.clip_cfg, trainer.clip_params, temporary)
+            builders.save_backbone(trainer.clip_cfg, trainer.clip_params, temporary)
 
 
 class Preemption:

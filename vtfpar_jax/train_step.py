@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from vtfpar_jax import losses, optim, preprocess
-from vtfpar_jax.models import clip, vtfpar
+from vtfpar_jax.models import backbones, vtfpar
 
 
 @flax.struct.dataclass
@@ -67,7 +67,8 @@ def step_frozen_params(cfg: vtfpar.VTFPARConfig, frozen: dict) -> dict:
         return frozen
     clip_frozen = {k: v for k, v in frozen["clip"].items() if k != "text"}
     if "vision" in clip_frozen:
-        vision = clip.vision_params_up_to(clip_frozen["vision"], max(cfg.clip_sources))
+        vision = backbones.of(cfg.clip).vision_params_up_to(clip_frozen["vision"],
+                                                            max(cfg.clip_sources))
         dtype = vtfpar.DTYPES[cfg.clip_dtype]
         clip_frozen["vision"] = jax.tree_util.tree_map_with_path(
             lambda path, x: x.astype(dtype) if path[-1].key == "kernel" else x, vision)

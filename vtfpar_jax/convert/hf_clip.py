@@ -11,7 +11,7 @@ file cannot run code, unlike a pickled `pytorch_model.bin`.
 
 HF keeps q, k and v as three Linear layers where our block packs one (W, 3W)
 `qkv` kernel laid out [q | k | v]; the table below maps everything else
-one-to-one, and `_QKV` packs (load) or splits (save) the attention projections.
+one-to-one, and `QKV` packs (load) or splits (save) the attention projections.
 """
 
 from __future__ import annotations
@@ -48,35 +48,35 @@ def _hwio_to_oihw(array: np.ndarray) -> np.ndarray:
 
 
 # How a tensor is laid out in each format: (HF -> ours, ours -> HF).
-_COPY = (_identity, _identity)
-_LINEAR = (transpose, transpose)  # torch Linear (out, in) <-> Dense kernel (in, out)
-_CONV = (conv_kernel, _hwio_to_oihw)  # torch Conv2d OIHW <-> Flax Conv HWIO
+COPY = (_identity, _identity)
+LINEAR = (transpose, transpose)  # torch Linear (out, in) <-> Dense kernel (in, out)
+CONV = (conv_kernel, _hwio_to_oihw)  # torch Conv2d OIHW <-> Flax Conv HWIO
 
-_BLOCK_TABLE = (  # HF encoder-layer names -> ours (q/k/v are packed separately)
-    ("layer_norm1.weight", "ln_1/scale", _COPY), ("layer_norm1.bias", "ln_1/bias", _COPY),
-    ("layer_norm2.weight", "ln_2/scale", _COPY), ("layer_norm2.bias", "ln_2/bias", _COPY),
-    ("self_attn.out_proj.weight", "attn/out/kernel", _LINEAR),
-    ("self_attn.out_proj.bias", "attn/out/bias", _COPY),
-    ("mlp.fc1.weight", "fc1/kernel", _LINEAR), ("mlp.fc1.bias", "fc1/bias", _COPY),
-    ("mlp.fc2.weight", "fc2/kernel", _LINEAR), ("mlp.fc2.bias", "fc2/bias", _COPY),
+BLOCK_TABLE = (  # HF encoder-layer names -> ours (q/k/v are packed separately)
+    ("layer_norm1.weight", "ln_1/scale", COPY), ("layer_norm1.bias", "ln_1/bias", COPY),
+    ("layer_norm2.weight", "ln_2/scale", COPY), ("layer_norm2.bias", "ln_2/bias", COPY),
+    ("self_attn.out_proj.weight", "attn/out/kernel", LINEAR),
+    ("self_attn.out_proj.bias", "attn/out/bias", COPY),
+    ("mlp.fc1.weight", "fc1/kernel", LINEAR), ("mlp.fc1.bias", "fc1/bias", COPY),
+    ("mlp.fc2.weight", "fc2/kernel", LINEAR), ("mlp.fc2.bias", "fc2/bias", COPY),
 )
-_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 
 _TOP_TABLE = (  # HF names outside the encoder layers -> ours
-    ("vision_model.embeddings.class_embedding", "vision/class_embedding", _COPY),
-    ("vision_model.embeddings.patch_embedding.weight", "vision/patch_embed/kernel", _CONV),
-    ("vision_model.embeddings.position_embedding.weight", "vision/position_embedding", _COPY),
-    ("vision_model.pre_layrnorm.weight", "vision/pre_layernorm/scale", _COPY),  # sic: 'layrnorm'
-    ("vision_model.pre_layrnorm.bias", "vision/pre_layernorm/bias", _COPY),
-    ("vision_model.post_layernorm.weight", "vision/post_layernorm/scale", _COPY),
-    ("vision_model.post_layernorm.bias", "vision/post_layernorm/bias", _COPY),
-    ("visual_projection.weight", "vision/projection/kernel", _LINEAR),
-    ("text_model.embeddings.token_embedding.weight", "text/token_embedding/embedding", _COPY),
-    ("text_model.embeddings.position_embedding.weight", "text/position_embedding", _COPY),
-    ("text_model.final_layer_norm.weight", "text/final_layernorm/scale", _COPY),
-    ("text_model.final_layer_norm.bias", "text/final_layernorm/bias", _COPY),
-    ("text_projection.weight", "text/projection/kernel", _LINEAR),
-    ("logit_scale", "logit_scale", _COPY),
+    ("vision_model.embeddings.class_embedding", "vision/class_embedding", COPY),
+    ("vision_model.embeddings.patch_embedding.weight", "vision/patch_embed/kernel", CONV),
+    ("vision_model.embeddings.position_embedding.weight", "vision/position_embedding", COPY),
+    ("vision_model.pre_layrnorm.weight", "vision/pre_layernorm/scale", COPY),  # sic: 'layrnorm'
+    ("vision_model.pre_layrnorm.bias", "vision/pre_layernorm/bias", COPY),
+    ("vision_model.post_layernorm.weight", "vision/post_layernorm/scale", COPY),
+    ("vision_model.post_layernorm.bias", "vision/post_layernorm/bias", COPY),
+    ("visual_projection.weight", "vision/projection/kernel", LINEAR),
+    ("text_model.embeddings.token_embedding.weight", "text/token_embedding/embedding", COPY),
+    ("text_model.embeddings.position_embedding.weight", "text/position_embedding", COPY),
+    ("text_model.final_layer_norm.weight", "text/final_layernorm/scale", COPY),
+    ("text_model.final_layer_norm.bias", "text/final_layernorm/bias", COPY),
+    ("text_projection.weight", "text/projection/kernel", LINEAR),
+    ("logit_scale", "logit_scale", COPY),
 )
 
 _TOWERS = (("vision_model", "vision"), ("text_model", "text"))
@@ -87,7 +87,7 @@ def _name_table(cfg: clip.ClipConfig) -> Iterator[tuple[str, str, tuple[Transfor
     yield from _TOP_TABLE
     for hf_tower, tower in _TOWERS:
         for i in range(getattr(cfg, tower).layers):
-            for src, dst, layouts in _BLOCK_TABLE:
+            for src, dst, layouts in BLOCK_TABLE:
                 yield f"{hf_tower}.encoder.layers.{i}.{src}", f"{tower}/layers_{i}/{dst}", layouts
 
 
@@ -99,7 +99,7 @@ def _qkv_table(cfg: clip.ClipConfig) -> Iterator[tuple[str, str, int]]:
             yield f"{hf_tower}.encoder.layers.{i}", f"{tower}/layers_{i}/attn/qkv", c.width
 
 
-def _is_buffer(key: str) -> bool:
+def is_buffer(key: str) -> bool:
     # Older transformers saved the `position_ids` buffers (0..n-1); they carry no weights.
     return key.endswith(".embeddings.position_ids")
 
@@ -107,8 +107,9 @@ def _is_buffer(key: str) -> bool:
 # ---------------------------------------------------------------------------- reading
 
 
-def resolve_folder(path: str | os.PathLike) -> str:
-    """A local folder as is; anything else is a hub id, taken from the cache or the hub."""
+def resolve_folder(path: str | os.PathLike, patterns: list[str] = HUB_PATTERNS) -> str:
+    """A local folder as is; anything else is a hub id, taken from the cache or the hub
+    (the files matching `patterns`)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         return path
@@ -118,7 +119,7 @@ def resolve_folder(path: str | os.PathLike) -> str:
     import huggingface_hub
 
     try:
-        return huggingface_hub.snapshot_download(path, allow_patterns=HUB_PATTERNS)
+        return huggingface_hub.snapshot_download(path, allow_patterns=patterns)
     except Exception as e:  # noqa: BLE001 - the hub raises validation, HTTP and cache errors alike
         reason = str(e).splitlines()[0] if str(e) else ""
         raise WeightImportError(
@@ -129,19 +130,24 @@ def resolve_folder(path: str | os.PathLike) -> str:
         ) from None
 
 
-def read_config(folder: str) -> clip.ClipConfig:
-    """Our `ClipConfig` from a checkpoint folder's config.json (defaults filled by transformers)."""
-    from transformers import CLIPConfig
-
+def read_config_file(folder: str) -> tuple[str, Any]:
+    """(path, parsed JSON) of a checkpoint folder's config.json."""
     file = os.path.join(folder, CONFIG_FILE)
     if not os.path.isfile(file):
         raise WeightImportError(f"{file}: no such file (a HuggingFace checkpoint folder has its "
                                 "architecture in config.json)")
     try:
         with open(file, encoding="utf-8") as f:
-            raw = json.load(f)
+            return file, json.load(f)
     except (OSError, ValueError) as e:
         raise WeightImportError(f"{file}: not readable JSON ({e})") from None
+
+
+def read_config(folder: str) -> clip.ClipConfig:
+    """Our `ClipConfig` from a checkpoint folder's config.json (defaults filled by transformers)."""
+    from transformers import CLIPConfig
+
+    file, raw = read_config_file(folder)
     if not isinstance(raw, dict) or raw.get("model_type") != "clip":
         found = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
         raise WeightImportError(f"{file}: model_type is {found!r}, expected 'clip' (a "
@@ -209,10 +215,11 @@ def read_tensors(folder: str) -> tuple[dict[str, np.ndarray], str]:
 # ---------------------------------------------------------------------------- mapping
 
 
-def _pack_qkv(tensors: SourceTensors, hf_layer: str, path: str, width: int) -> None:
-    """q, k, v Linear layers (out, in) -> our packed kernel (W, 3W) and bias (3W,)."""
+def pack_qkv(tensors: SourceTensors, hf_layer: str, path: str, width: int) -> None:
+    """q, k, v Linear layers (out, in) -> our packed kernel (W, 3W) and bias (3W,) at
+    `path` (the full target path, e.g. 'clip/vision/layers_0/attn/qkv')."""
     for suffix, shape in (("weight", (width, width)), ("bias", (width,))):
-        keys = [f"{hf_layer}.{proj}.{suffix}" for proj in _QKV]
+        keys = [f"{hf_layer}.{proj}.{suffix}" for proj in QKV]
         arrays = [tensors.get(k) for k in keys]
         for key, array in zip(keys, arrays, strict=True):
             # Checked here because a misfit would otherwise surface as a concatenate error.
@@ -220,7 +227,7 @@ def _pack_qkv(tensors: SourceTensors, hf_layer: str, path: str, width: int) -> N
                 raise WeightImportError(f"{tensors.source}: key {key!r} has shape {array.shape}, "
                                         f"expected {shape} for '{path}'")
         packed = np.concatenate(arrays, axis=0)
-        tensors.put(f"clip/{path}/{'kernel' if suffix == 'weight' else 'bias'}",
+        tensors.put(f"{path}/{'kernel' if suffix == 'weight' else 'bias'}",
                     transpose(packed) if suffix == "weight" else packed, keys[0])
 
 
@@ -231,8 +238,8 @@ def params_from_tensors(state: Mapping[str, Any], cfg: clip.ClipConfig,
     for hf_key, path, (to_ours, _) in _name_table(cfg):
         tensors.take(hf_key, "clip/" + path, to_ours)
     for hf_layer, path, width in _qkv_table(cfg):
-        _pack_qkv(tensors, hf_layer, path, width)
-    tensors.drop(_is_buffer)
+        pack_qkv(tensors, hf_layer, "clip/" + path, width)
+    tensors.drop(is_buffer)
     tensors.check_consumed()
     params = tensors.build_tree(expected_shapes(cfg), prefix=("clip",))
     return jax.tree.map(jnp.asarray, params)
@@ -260,7 +267,7 @@ def tensors_from_params(cfg: clip.ClipConfig, params: Mapping[str, Any]) -> dict
     out = {hf_key: to_hf(leaf(path)) for hf_key, path, (_, to_hf) in _name_table(cfg)}
     for hf_layer, path, width in _qkv_table(cfg):
         kernel, bias = leaf(f"{path}/kernel"), leaf(f"{path}/bias")
-        for i, proj in enumerate(_QKV):
+        for i, proj in enumerate(QKV):
             out[f"{hf_layer}.{proj}.weight"] = transpose(kernel[:, i * width:(i + 1) * width])
             out[f"{hf_layer}.{proj}.bias"] = np.ascontiguousarray(bias[i * width:(i + 1) * width])
     return out

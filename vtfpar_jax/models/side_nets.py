@@ -3,7 +3,9 @@
 Both are small ViTs (timm blocks: exact GELU, LayerNorm eps 1e-6, qkv bias)
 that read frozen CLIP tokens through "interaction maps": an entry `s -> t`
 feeds CLIP feature index `s` into side layer `t`. Video is (B, F, H, W, 3);
-CLIP tokens arrive per index as (B*F, 1+P, C), frames folded into the batch.
+CLIP tokens arrive per index as patch tokens (B*F, P, C), frames folded into
+the batch: the backbone's class token, where it has one, is not read
+(models/backbones.py), the side nets having their own.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ class SideEmbedding(nn.Module):
 
 
 class SpatialFusion(nn.Module):
-    """y = Dense(LN(clip patch tokens)) added to the side patch tokens (class token untouched)."""
+    """y = Dense(LN(clip patch tokens (N, P, C))) added to the side patch tokens (class
+    token untouched)."""
 
     dim: int
     grid: int
@@ -95,7 +98,7 @@ class SpatialFusion(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, clip_tokens: jax.Array) -> jax.Array:
-        y = LayerNorm(epsilon=SIDE_LN_EPS, dtype=self.dtype, name="norm")(clip_tokens[:, 1:])
+        y = LayerNorm(epsilon=SIDE_LN_EPS, dtype=self.dtype, name="norm")(clip_tokens)
         y = nn.Dense(self.dim, dtype=self.dtype, name="proj")(y)
         # Projecting before resizing, as published (bilinear weights sum to one,
         # so the two orders agree anyway).
@@ -188,7 +191,7 @@ class DenseParams(nn.Module):
 def _project_frame(tokens: tuple[jax.Array, ...], norm, dense, *, frames: int, frame: int,
                    grid: int, dtype, epsilon: float) -> jax.Array:
     """Every stream's CLIP feature on one frame, on the side grid, LayerNorm'd (if `norm`)
-    and projected: S x (B*F, 1+P, C) -> (B, S, grid^2, D).
+    and projected: S x (B*F, P, C) -> (B, S, grid^2, D).
 
     `norm` holds one LayerNorm per stream, stacked; `dense` one Dense per stream when
     its kernel is stacked (S, C, D), else one for all. All streams go through one
@@ -196,7 +199,7 @@ def _project_frame(tokens: tuple[jax.Array, ...], norm, dense, *, frames: int, f
     """
     def patches(t):
         bf, n, c = t.shape
-        return resize_grid(t.reshape(bf // frames, frames, n, c)[:, frame, 1:], grid)
+        return resize_grid(t.reshape(bf // frames, frames, n, c)[:, frame], grid)
 
     x = jnp.stack([patches(t) for t in tokens], axis=1).astype(dtype)  # (B, S, P, C)
     if norm is not None:
@@ -273,31 +276,45 @@ class Aggregation(nn.Module):
     'mean' and 'mlp' (a learned weight per slice plus a bias: the published
     Conv1d(K->1, kernel 1)) are as published; 'lstm'/'gru' crash in the
     published code, so they follow its intent: one recurrent layer (hidden D)
-    over the K axis for every token, keeping the last step's output.
+    over the K axis for every token, keeping the last step's output. 'max' and
+    'attention' are the paper's open question ("max pooling vs. attention-based"):
+    an elementwise max over K, and a learned query that attends over the K slices
+    of every token (multi-head, `heads` heads of width D / heads, as the side net).
+    Neither has a weight per slice, so both take any K (e.g. another frame count
+    at prediction).
     """
 
     kind: str
     dtype: jnp.dtype = jnp.float32
+    heads: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, k, length, d = x.shape
         if self.kind == "mean":
             return x.mean(axis=1)
+        if self.kind == "max":
+            return x.max(axis=1)
         if self.kind == "mlp":
             w = self.param("kernel", nn.initializers.lecun_normal(), (k, 1))
             bias = self.param("bias", nn.initializers.zeros, (1,))
             return jnp.einsum("bkld,k->bld", x, w[:, 0].astype(x.dtype)) + bias.astype(x.dtype)
+        seq = jnp.moveaxis(x, 1, 2).reshape(b * length, k, d)
+        if self.kind == "attention":
+            query = self.param("query", nn.initializers.normal(0.02), (1, 1, d))
+            pooled = nn.MultiHeadDotProductAttention(
+                num_heads=self.heads, dtype=self.dtype, deterministic=True, name="attention")(
+                jnp.broadcast_to(query, (b * length, 1, d)).astype(x.dtype), seq)
+            return pooled.reshape(b, length, d)
         cells = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
         if self.kind not in cells:
             raise ValueError(f"unknown aggregation {self.kind!r}; expected one of "
                              f"{AGGREGATIONS}")
-        seq = jnp.moveaxis(x, 1, 2).reshape(b * length, k, d)
         rnn = nn.RNN(cells[self.kind](d, dtype=self.dtype, name="cell"), name="rnn")
         return rnn(seq)[:, -1].reshape(b, length, d)
 
 
-AGGREGATIONS = ("mean", "mlp", "lstm", "gru")
+AGGREGATIONS = ("mean", "mlp", "lstm", "gru", "max", "attention")
 
 
 def parse_interaction_map(spec: str | Sequence) -> InteractionMap:

@@ -1,7 +1,8 @@
-"""The whole VTFPAR++ model: frozen CLIP features -> side nets -> fusion block -> heads -> BN.
+"""The whole VTFPAR++ model: frozen backbone features -> side nets -> fusion block -> heads -> BN.
 
-Parameters come in two trees that never mix:
-    clip_params   the CLIP towers (frozen by default; models/clip.py)
+The backbone is CLIP (as published) or SigLIP (models/backbones.py says what
+the model reads of it). Parameters come in two trees that never mix:
+    clip_params   the backbone's towers (frozen by default; models/clip.py, models/siglip.py)
     variables     {'params': side nets, fusion and heads, 'batch_stats': BN}
 
 `apply` is the pure forward pass used by training, evaluation and prediction.
@@ -19,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vtfpar_jax.models import clip
+from vtfpar_jax.models import backbones, clip, siglip
 from vtfpar_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from vtfpar_jax.models.lean_ops import LayerNorm
 from vtfpar_jax.models.side_nets import (
@@ -42,7 +43,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 class VTFPARConfig:
     """Everything that shapes the model; hashable (a static jit argument)."""
 
-    clip: clip.ClipConfig
+    clip: clip.ClipConfig | siglip.SiglipConfig   # the backbone (models/backbones.py)
     num_attributes: int
     frames: int = 6
     spatial_map: InteractionMap = INTERACTION_MAPS["default"]
@@ -106,6 +107,7 @@ class VTFPARConfig:
         if self.frames < 1:
             raise ValueError(f"config: frames={self.frames}; need at least 1")
         layers = self.clip.vision.layers
+        backbone = backbones.of(self.clip).display_name
         for name, entries, use in (("spatial_map", self.spatial_map, self.use_spatial),
                                    ("temporal_map", self.temporal_map, self.use_temporal)):
             if not use:
@@ -116,8 +118,8 @@ class VTFPARConfig:
                                  "targets (the published code keeps one source per target)")
             for s, t in entries:
                 if not 0 <= s <= layers:
-                    raise ValueError(f"config: {name} entry {s}->{t} reads CLIP feature {s}; "
-                                     f"this CLIP has indices 0..{layers}")
+                    raise ValueError(f"config: {name} entry {s}->{t} reads {backbone} feature "
+                                     f"{s}; this {backbone} has indices 0..{layers}")
                 if name == "spatial_map" and not 0 <= t < SIDE_DEPTH:
                     raise ValueError(f"config: spatial_map entry {s}->{t} targets side layer {t}; "
                                      f"the spatial side net has layers 0..{SIDE_DEPTH - 1}")
@@ -169,14 +171,15 @@ class VTFPAR(nn.Module):
                                      name="spatial_side_net")(
                 video.reshape(b * f, h, w, 3).astype(dtype), clip_tokens)
             self.sow("intermediates", "spatial_side", spatial)
-            sides.append(Aggregation(cfg.spatial_aggregation, dtype, name="spatial_aggregation")(
+            sides.append(Aggregation(cfg.spatial_aggregation, dtype, cfg.num_heads,
+                                     name="spatial_aggregation")(
                 spatial.reshape(b, f, *spatial.shape[1:])))
         if cfg.use_temporal:
             temporal = TemporalSideNet(cfg.dim, cfg.num_heads, cfg.side_grid, cfg.temporal_map,
                                        f, dtype, cfg.remat, cfg.attention,
                                        name="temporal_side_net")(clip_tokens)
             self.sow("intermediates", "temporal_side", temporal)
-            sides.append(Aggregation(cfg.temporal_aggregation, dtype,
+            sides.append(Aggregation(cfg.temporal_aggregation, dtype, cfg.num_heads,
                                      name="temporal_aggregation")(temporal))
         side = sides[0] if len(sides) == 1 else sides[0] + sides[1]
         a = cfg.num_attributes
@@ -197,14 +200,15 @@ class VTFPAR(nn.Module):
 
 def clip_tokens(cfg: VTFPARConfig, clip_params: Mapping[str, Any], video: jax.Array,
                 frozen: bool = True) -> dict[int, jax.Array]:
-    """CLIP tokens {index: (B*F, 1+P, C)} at the indices the side nets read.
+    """Backbone patch tokens {index: (B*F, P, C)} at the indices the side nets read
+    (CLIP's class token dropped: backbones.patch_tokens).
 
-    With `frozen`, under stop_gradient: no backward pass runs through CLIP.
+    With `frozen`, under stop_gradient: no backward pass runs through the backbone.
     """
     b, f, h, w, _ = video.shape
     sources = cfg.clip_sources
-    tower = clip.VisionTower(cfg.clip, DTYPES[cfg.clip_dtype], attention=cfg.attention)
-    outs = tower.apply({"params": clip_params["vision"]}, video.reshape(b * f, h, w, 3), sources)
+    outs = backbones.patch_tokens(cfg.clip, clip_params, video.reshape(b * f, h, w, 3), sources,
+                                  DTYPES[cfg.clip_dtype], cfg.attention)
     if frozen:
         outs = [jax.lax.stop_gradient(o) for o in outs]
     return dict(zip(sources, outs, strict=True))
@@ -233,7 +237,7 @@ def init(cfg: VTFPARConfig, rng: jax.Array) -> dict:
     c = cfg.clip
     n = cfg.frames
     video = jnp.zeros((1, cfg.frames, c.image_size, c.image_size, 3), jnp.float32)
-    tokens = {s: jnp.zeros((n, 1 + c.grid_size ** 2, c.vision.width), jnp.float32)
+    tokens = {s: jnp.zeros((n, c.grid_size ** 2, c.vision.width), jnp.float32)
               for s in cfg.clip_sources}
     text = jnp.zeros((cfg.num_attributes, c.projection_dim), jnp.float32)
     return dict(VTFPAR(cfg).init(rng, video, tokens, text, False))
