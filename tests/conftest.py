@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +42,18 @@ def _rebuild(case: str) -> dict:
 def openpar_case():
     """case name -> the published model's parity case, rebuilt once per session."""
     return _rebuild
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory) -> dict[str, Path]:
+    """{'model': a trained smoke model dir, 'data_dir': the TFDS dir holding its data}.
+
+    configs/demo.py:smoke on synthetic_pedestrians/tiny, trained once per session
+    in a subprocess (about a minute on two cores).
+    """
+    root = tmp_path_factory.mktemp("demo")
+    model, data_dir = root / "model", root / "tfds"
+    subprocess.run([sys.executable, "-m", "vtfpar_jax.demo", "--workdir", str(model),
+                    "--data_dir", str(data_dir), "--config_arg", "smoke"],
+                   cwd=REPO, check=True, capture_output=True)
+    return {"model": model, "data_dir": data_dir}

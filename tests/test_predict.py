@@ -27,17 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def demo_model(tmp_path_factory) -> dict[str, Path]:
-    """{'model': a trained smoke model dir, 'data_dir': the TFDS dir holding its data}."""
-    root = tmp_path_factory.mktemp("demo")
-    model, data_dir = root / "model", root / "tfds"
-    subprocess.run([sys.executable, "-m", "vtfpar_jax.demo", "--workdir", str(model),
-                    "--data_dir", str(data_dir), "--config_arg", "smoke"],
-                   cwd=REPO, check=True, capture_output=True)
-    return {"model": model, "data_dir": data_dir}
-
-
-@pytest.fixture(scope="session")
 def loaded(demo_model):
     from vtfpar_jax import model_dir
     return model_dir.load(str(demo_model["model"]))

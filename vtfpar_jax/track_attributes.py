@@ -1,0 +1,279 @@
+"""Attributes per person in a street video: tracks in, per-track attributes and drawings out.
+
+    python -m vtfpar_jax.track_attributes VIDEO --model DIR [--tracks FILE] [--window N]
+                                          [--out DIR]
+
+Tracks come from --tracks, a MOTChallenge text file (`frame,id,x,y,w,h,conf,...`,
+frames from 1; vtfpar_jax.mot), or, without it, from the built-in path
+(vtfpar_jax.detect_track: OpenCV's HOG person detector, or --detections, then
+supervision's ByteTrack; the `video` extra). Each track is cropped from the
+frames with a little context at the training crops' aspect and predicted as a
+tracklet, T frames sampled over the whole track and, with --window N, over
+each sliding window of N of its frames (vtfpar_jax.tracklets); clips of all
+tracks are batched through `predict.predict_clips`.
+
+The video is decoded as a stream, twice (crops, then the annotated copy), and
+never held: only the crops of clips still open are kept.
+
+OUT (default tracks_out/) gets:
+- tracks.json: per track id its frame span, boxes, whole-track and per-window
+  probabilities and the decided attributes (published rules, vtfpar_jax.decisions);
+- annotated.mp4: the video with boxes, ids and each track's top decided attributes;
+- contact_sheet.png: one row per track, its sampled crops and its attributes;
+- tracks.txt: the tracks used, in MOT format (with the built-in path: the ones it made).
+
+Bad input is one `error:` line and exit status 1, before anything is written:
+an unreadable video, a malformed or empty tracks file (the line is named).
+Boxes reaching outside the frame are clamped, each with a warning naming the
+track and frame (also listed in tracks.json's 'warnings').
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, NoReturn
+
+import numpy as np
+from tqdm import tqdm
+
+from vtfpar_jax import (
+    decisions,
+    files,
+    metrics,
+    model_dir,
+    mot,
+    predict,
+    track_outputs,
+    tracklets,
+    video_stream,
+)
+from vtfpar_jax import video as video_io
+from vtfpar_jax.errors import UserError
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+class _Batcher:
+    """Clips in, probabilities out, `batch` clips per model call. The last call is padded to
+    `batch` by repeating a clip, so every call has one shape and compiles once."""
+
+    def __init__(self, loaded: model_dir.LoadedModel, batch: int, normalization: str):
+        self._loaded, self._batch, self._normalization = loaded, batch, normalization
+        self._pending: list[tracklets.Clip] = []
+        self.probabilities: dict[tracklets.ClipPlan, np.ndarray] = {}
+
+    def add(self, clip: tracklets.Clip) -> list[tracklets.Clip]:
+        self._pending.append(clip)
+        return self.flush() if len(self._pending) >= self._batch else []
+
+    def flush(self) -> list[tracklets.Clip]:
+        """Predict the pending clips; returns them."""
+        done, self._pending = self._pending, []
+        if not done:
+            return done
+        crops = [c.crops for c in done]
+        crops += [crops[-1]] * (self._batch - len(crops))
+        probs = predict.predict_clips(
+            self._loaded, video_io.normalize(np.stack(crops), self._normalization))
+        for clip, row in zip(done, probs, strict=False):
+            self.probabilities[clip.plan] = row
+        return done
+
+
+def predict_tracks(path: str, tracks: dict[int, mot.Track], loaded: model_dir.LoadedModel,
+                   num_frames: int, window: int | None, batch: int, aspect: float,
+                   context: float, progress: bool = True
+                   ) -> tuple[dict[tracklets.ClipPlan, np.ndarray], dict[int, np.ndarray]]:
+    """(probabilities per clip plan, contact-sheet thumbnails per track id), in one pass."""
+    cfg = loaded.model_cfg
+    normalization = loaded.config.input.get("normalization", "published")
+    plans = tracklets.plan(tracks, cfg.frames, window)
+    collector = tracklets.CropCollector(tracks, plans, cfg.clip.image_size, aspect, context)
+    batcher = _Batcher(loaded, batch, normalization)
+    thumbnails: dict[int, np.ndarray] = {}
+    track_bar = tqdm(total=len(tracks), desc="tracks", unit="track", position=1,
+                     disable=not progress, leave=False)
+
+    def finished(clips: list[tracklets.Clip]) -> None:
+        for clip in clips:
+            if clip.plan.window is None:
+                thumbnails[clip.plan.track_id] = clip.thumbnails
+                track_bar.update(1)
+
+    last_wanted = max((max(p.sampled) for p in plans), default=0)
+    with tqdm(total=num_frames, desc="frames (crops)", unit="frame", position=0,
+              disable=not progress, leave=False) as frame_bar:
+        for number, frame in video_stream.frames(path):
+            for clip in collector.add(number, frame):
+                finished(batcher.add(clip))
+            frame_bar.update(1)
+            if number >= last_wanted:   # no clip needs a later frame
+                break
+    finished(batcher.flush())
+    track_bar.close()
+    missing = collector.unfinished()
+    if missing:   # boxes past the probed end were dropped: the decoder gave fewer frames
+        raise video_io.InputError(f"{path}: decoding ended before frame "
+                                  f"{missing[0].sampled[-1]}, which track "
+                                  f"{missing[0].track_id} needs")
+    return batcher.probabilities, thumbnails
+
+
+def _records(tracks, probabilities, loaded, threshold) -> dict[int, dict[str, Any]]:
+    by_track: dict[int, dict] = {t: {"windows": []} for t in tracks}
+    for plan, probs in probabilities.items():
+        if plan.window is None:
+            by_track[plan.track_id]["whole"] = probs
+        else:
+            by_track[plan.track_id]["windows"].append(
+                {"index": plan.window, "first_frame": plan.first, "last_frame": plan.last,
+                 "probabilities": probs})
+    records = {}
+    for track_id, parts in by_track.items():
+        windows = sorted(parts["windows"], key=lambda w: w["index"])
+        records[track_id] = track_outputs.track_record(
+            tracks[track_id], parts["whole"], windows, loaded.attribute_set, threshold)
+    return records
+
+
+def write_annotated(path: str, out_path: str, info: video_stream.VideoInfo,
+                    tracks: dict[int, mot.Track], records: dict[int, dict[str, Any]],
+                    progress: bool = True) -> int:
+    """The video again, with boxes and labels; written whole or not at all (a temporary
+    file renamed when complete). Returns the number of frames written."""
+    boxes_at: dict[int, list] = {}
+    for track in tracks.values():
+        for b in track.boxes:
+            boxes_at.setdefault(b.frame, []).append((track.id, (b.x, b.y, b.w, b.h)))
+    labels = {i: track_outputs.top_decided(r) for i, r in records.items()}
+    with files.atomic_file(out_path) as temporary, video_stream.Writer(
+            temporary, info.width, info.height, info.fps, container_format="mp4") as writer:
+        for number, frame in tqdm(video_stream.frames(path), total=info.frames,
+                                  desc="frames (annotated video)", unit="frame",
+                                  disable=not progress, leave=False):
+            writer.write(track_outputs.annotate(frame, boxes_at.get(number, []), labels))
+    return writer.count
+
+
+def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track], out: str,
+        *, window: int | None = None, batch: int = 8, aspect: float = tracklets.TRAINING_ASPECT,
+        context: float = tracklets.CONTEXT, threshold: float = metrics.PUBLISHED_THRESHOLD,
+        info: video_stream.VideoInfo | None = None, about: dict[str, Any] | None = None,
+        progress: bool = True) -> dict[str, Any]:
+    """Predict every track and write OUT's files; returns tracks.json's content."""
+    info = info or video_stream.probe(video)
+    tracks, warnings = mot.fit_to_video(tracks, info.width, info.height, info.frames)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    probabilities, thumbnails = predict_tracks(video, tracks, loaded, info.frames, window,
+                                               batch, aspect, context, progress)
+    records = _records(tracks, probabilities, loaded, threshold)
+    cfg = loaded.model_cfg
+    result = {
+        **(about or {}), "video": video,
+        "video_frames": info.frames, "width": info.width, "height": info.height,
+        "fps": float(info.fps), "step": loaded.step, "frames_per_clip": cfg.frames,
+        "image_size": [cfg.clip.image_size] * 2,
+        "normalization": loaded.config.input.get("normalization", "published"),
+        "crop": {"aspect": aspect, "context": context},
+        "window": window, "attribute_set": loaded.attribute_set.name, "threshold": threshold,
+        "decision_rules": {"binary": decisions.BINARY_RULE.format(threshold=threshold),
+                           "multi-class": decisions.MULTICLASS_RULE},
+        "warnings": warnings,
+        "tracks": {str(i): r for i, r in records.items()},
+    }
+    os.makedirs(out, exist_ok=True)
+    # The video first: its pass decodes to the last frame (the crops' pass may stop early),
+    # so a decoding error there leaves no record of a run that did not finish.
+    write_annotated(video, os.path.join(out, "annotated.mp4"), info, tracks, records, progress)
+    mot.write_tracks(os.path.join(out, "tracks.txt"), tracks)
+    sheet = track_outputs.contact_sheet(
+        [{"record": records[i], "thumbnails": thumbnails[i]} for i in sorted(records)],
+        cfg.frames)
+    sheet.save(os.path.join(out, "contact_sheet.png"))
+    with open(os.path.join(out, "tracks.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def _positive(name: str):
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if number < 1:
+            raise argparse.ArgumentTypeError(f"{name} {value!r}: expected a positive integer")
+        return number
+    return parse
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m vtfpar_jax.track_attributes",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("video", help="a video file (mp4, avi, ...; decoded with PyAV)")
+    parser.add_argument("--model", required=True, help="a training work dir or converted model")
+    parser.add_argument("--tracks", default=None,
+                        help="MOTChallenge tracks (frame,id,x,y,w,h,conf,...); default: "
+                        "detect and track people (needs the 'video' extra)")
+    parser.add_argument("--detections", default=None,
+                        help="without --tracks: person detections in MOT format (id -1) to "
+                        "track instead of running the HOG detector")
+    parser.add_argument("--window", type=_positive("--window"), default=None,
+                        help="also predict each sliding window of N track frames "
+                        "(stride N // 2)")
+    parser.add_argument("--out", default="tracks_out", help="output folder (default %(default)s)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+    parser.add_argument("--batch", type=_positive("--batch"), default=8,
+                        help="clips per model call (default %(default)s)")
+    parser.add_argument("--context", type=float, default=tracklets.CONTEXT,
+                        help="margin added on each side of a box, as a fraction of its size "
+                        "(default %(default)s)")
+    parser.add_argument("--aspect", type=float, default=tracklets.TRAINING_ASPECT,
+                        help="height / width of the crops (default %(default)s, as MARS's)")
+    parser.add_argument("--threshold", type=float, default=metrics.PUBLISHED_THRESHOLD,
+                        help="binary decision threshold (default %(default)s, as published)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.tracks and args.detections:
+        _fail("--tracks and --detections: give one (tracks are used as they are; detections "
+              "are tracked first)")
+    if args.context < 0 or args.aspect <= 0:
+        _fail(f"--context {args.context} / --aspect {args.aspect}: expected context >= 0 and "
+              "aspect > 0")
+    try:   # the inputs first, then the model: the cheapest mistakes are reported soonest
+        info = video_stream.probe(args.video)
+        tracks = mot.read_tracks(args.tracks) if args.tracks else None
+        loaded = model_dir.load(args.model, step=args.step)
+        if tracks is None:
+            from vtfpar_jax import detect_track
+            tracks = detect_track.tracks_for(args.video, info, args.detections,
+                                             progress=not args.no_progress)
+        elif not mot.fit_to_video(tracks, info.width, info.height, info.frames)[0]:
+            _fail(f"{args.tracks}: no track has a box inside the video "
+                  f"({info.width}x{info.height}, {info.frames} frames)")
+        result = run(args.video, loaded, tracks, args.out, window=args.window,
+                     batch=args.batch, aspect=args.aspect, context=args.context,
+                     threshold=args.threshold, info=info, progress=not args.no_progress,
+                     about={"model": args.model,
+                            "tracks_from": args.tracks or args.detections or "hog+bytetrack"})
+    except UserError as e:
+        _fail(str(e).splitlines()[0])
+    for track_id, record in result["tracks"].items():
+        print(f"track {track_id} (frames {record['first_frame']}-{record['last_frame']}): "
+              f"{record['summary']}")
+    print(f"{len(result['tracks'])} track(s): {args.out}/tracks.json, annotated.mp4, "
+          "contact_sheet.png")
+    return result
+
+
+if __name__ == "__main__":
+    main()
