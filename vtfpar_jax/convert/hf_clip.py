@@ -256,16 +256,17 @@ def load(path: str | os.PathLike) -> tuple[clip.ClipConfig, dict]:
 # ---------------------------------------------------------------------------- writing
 
 
-def tensors_from_params(cfg: clip.ClipConfig, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """HF-named float32 tensors from our params (the inverse of `params_from_tensors`)."""
+def hf_tensors(params: Mapping[str, Any], name_table, qkv_table) -> dict[str, np.ndarray]:
+    """HF-named float32 tensors from our params, by a model's name and q/k/v tables (the
+    inverse of its import); shared by the CLIP and SigLIP exports."""
     def leaf(path: str) -> np.ndarray:
         node: Any = params
         for name in path.split("/"):
             node = node[name]
         return np.asarray(node, dtype=np.float32)
 
-    out = {hf_key: to_hf(leaf(path)) for hf_key, path, (_, to_hf) in _name_table(cfg)}
-    for hf_layer, path, width in _qkv_table(cfg):
+    out = {hf_key: to_hf(leaf(path)) for hf_key, path, (_, to_hf) in name_table}
+    for hf_layer, path, width in qkv_table:
         kernel, bias = leaf(f"{path}/kernel"), leaf(f"{path}/bias")
         for i, proj in enumerate(QKV):
             out[f"{hf_layer}.{proj}.weight"] = transpose(kernel[:, i * width:(i + 1) * width])
@@ -273,13 +274,24 @@ def tensors_from_params(cfg: clip.ClipConfig, params: Mapping[str, Any]) -> dict
     return out
 
 
-def save(cfg: clip.ClipConfig, params: Mapping[str, Any], folder: str | os.PathLike) -> None:
-    """Write config.json + model.safetensors in HF's names (loadable by `CLIPModel`, `load`)."""
+def write_folder(hf_config, tensors: Mapping[str, np.ndarray],
+                 folder: str | os.PathLike) -> None:
+    """config.json + model.safetensors, as transformers' `from_pretrained` reads them."""
     import safetensors.numpy
 
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
-    cfg.to_hf().save_pretrained(folder)
+    hf_config.save_pretrained(folder)
     # transformers refuses safetensors files whose metadata does not name a framework.
-    safetensors.numpy.save_file(tensors_from_params(cfg, params),
-                                os.path.join(folder, WEIGHTS_FILE), metadata={"format": "pt"})
+    safetensors.numpy.save_file(dict(tensors), os.path.join(folder, WEIGHTS_FILE),
+                                metadata={"format": "pt"})
+
+
+def tensors_from_params(cfg: clip.ClipConfig, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """HF-named float32 tensors from our params (the inverse of `params_from_tensors`)."""
+    return hf_tensors(params, _name_table(cfg), _qkv_table(cfg))
+
+
+def save(cfg: clip.ClipConfig, params: Mapping[str, Any], folder: str | os.PathLike) -> None:
+    """Write config.json + model.safetensors in HF's names (loadable by `CLIPModel`, `load`)."""
+    write_folder(cfg.to_hf(), tensors_from_params(cfg, params), folder)

@@ -31,16 +31,16 @@ from vtfpar_jax.convert.hf_clip import (
     CONV,
     COPY,
     LINEAR,
-    QKV,
-    WEIGHTS_FILE,
     Transform,
+    hf_tensors,
     is_buffer,
     pack_qkv,
     read_config_file,
     read_tensors,
     resolve_folder,
+    write_folder,
 )
-from vtfpar_jax.convert.weights import SourceTensors, WeightImportError, transpose
+from vtfpar_jax.convert.weights import SourceTensors, WeightImportError
 from vtfpar_jax.models import siglip
 from vtfpar_jax.models.layers import ACTIVATIONS
 
@@ -164,28 +164,9 @@ def load(path: str | os.PathLike) -> tuple[siglip.SiglipConfig, dict]:
 def tensors_from_params(cfg: siglip.SiglipConfig,
                         params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """HF-named float32 tensors from our params (the inverse of `params_from_tensors`)."""
-    def leaf(path: str) -> np.ndarray:
-        node: Any = params
-        for name in path.split("/"):
-            node = node[name]
-        return np.asarray(node, dtype=np.float32)
-
-    out = {hf_key: to_hf(leaf(path)) for hf_key, path, (_, to_hf) in _name_table(cfg)}
-    for hf_layer, path, width in _qkv_table(cfg):
-        kernel, bias = leaf(f"{path}/kernel"), leaf(f"{path}/bias")
-        for i, proj in enumerate(QKV):
-            out[f"{hf_layer}.{proj}.weight"] = transpose(kernel[:, i * width:(i + 1) * width])
-            out[f"{hf_layer}.{proj}.bias"] = np.ascontiguousarray(bias[i * width:(i + 1) * width])
-    return out
+    return hf_tensors(params, _name_table(cfg), _qkv_table(cfg))
 
 
 def save(cfg: siglip.SiglipConfig, params: Mapping[str, Any], folder: str | os.PathLike) -> None:
     """Write config.json + model.safetensors in HF's names (loadable by `SiglipModel`, `load`)."""
-    import safetensors.numpy
-
-    folder = os.fspath(folder)
-    os.makedirs(folder, exist_ok=True)
-    cfg.to_hf().save_pretrained(folder)
-    # transformers refuses safetensors files whose metadata does not name a framework.
-    safetensors.numpy.save_file(tensors_from_params(cfg, params),
-                                os.path.join(folder, WEIGHTS_FILE), metadata={"format": "pt"})
+    write_folder(cfg.to_hf(), tensors_from_params(cfg, params), folder)
