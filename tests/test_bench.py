@@ -91,3 +91,21 @@ def test_devices_must_split_the_batch(tmp_path):
                            "--batch", "3", "--devices", "2"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "does not split" in proc.stderr
+
+
+def test_deviceless_compile_needs_only_jax_flax_optax():
+    """`make aot-venv` installs jax, flax, optax and numpy only: what aot.compile_report
+    imports, lazily included, must not reach PIL, TensorFlow, transformers or torch."""
+    code = """
+import sys
+for name in ("PIL", "tensorflow", "transformers", "torch", "av", "cv2", "sentencepiece"):
+    sys.modules[name] = None   # importing any of them now fails
+import jax
+from vtfpar_jax import aot, bench_setup
+for backbone in ("clip", "siglip"):
+    cfg = bench_setup.model_config(bench_setup.clip_config("tiny", backbone), frames=2,
+                                   dim=32, heads=4, num_attributes=3)
+    jax.eval_shape(lambda: bench_setup.make_inputs(cfg, batch=2))
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300,
+                   env={**os.environ, "JAX_PLATFORMS": "cpu"})

@@ -45,7 +45,7 @@ import numpy as np
 from vtfpar_jax import decisions, files, metrics, model_dir
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.models import vtfpar
-from vtfpar_jax.video import NORMALIZATIONS
+from vtfpar_jax.normalization import NORMALIZATIONS
 
 FORMATS = ("stablehlo", "onnx")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")   # jax.export's lowering platforms

@@ -31,8 +31,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-# One table for the device path and for clips read from disk (video.py needs no JAX).
-from vtfpar_jax.video import NORMALIZATIONS
+from vtfpar_jax.normalization import NORMALIZATIONS
 
 PAD_PIXELS = 10  # published, at 224 px; scale it with smaller frames
 

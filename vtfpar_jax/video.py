@@ -28,14 +28,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vtfpar_jax.errors import UserError
+from vtfpar_jax.normalization import NORMALIZATIONS
 
-# Pixel statistics by config.input.normalization, for clips read here and for the device
-# preprocessing (vtfpar_jax.preprocess). Reference section 1 (quirk): the published
-# model normalises with mean 0.5, std 0.5, not CLIP's own statistics.
-NORMALIZATIONS = {
-    "published": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-}
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
