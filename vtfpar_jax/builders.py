@@ -51,15 +51,21 @@ def load_siglip(c: ml_collections.ConfigDict, seed: int) -> tuple[siglip.SiglipC
         _check_sizes(c, cfg)
         return cfg, params
     if c.source == "random":
-        if c.preset not in SIGLIP_PRESETS:
-            raise ConfigError(f"config.clip.preset={c.preset!r} with backbone 'siglip'; expected "
-                              f"one of {sorted(SIGLIP_PRESETS)}")
-        cfg = SIGLIP_PRESETS[c.preset]()
-        if c.preset == "tiny":
-            cfg = siglip.tiny(image_size=c.image_size, patch_size=c.patch_size)
-        return cfg, siglip.init_params(cfg, jax.random.PRNGKey(seed))
+        return _random_backbone(c, siglip, SIGLIP_PRESETS, seed, " with backbone 'siglip'")
     raise ConfigError(f"config.clip.source={c.source!r} with backbone 'siglip'; expected 'hf' "
                       "or 'random'")
+
+
+def _random_backbone(c: ml_collections.ConfigDict, module, presets: dict, seed: int,
+                     which: str = ""):
+    """(cfg, seeded random params) of preset `c.preset` of a backbone module (clip or
+    siglip); the tiny preset takes the config's image and patch size."""
+    if c.preset not in presets:
+        raise ConfigError(f"config.clip.preset={c.preset!r}{which}; expected one of "
+                          f"{sorted(presets)}")
+    cfg = (module.tiny(image_size=c.image_size, patch_size=c.patch_size) if c.preset == "tiny"
+           else presets[c.preset]())
+    return cfg, module.init_params(cfg, jax.random.PRNGKey(seed))
 
 
 def _check_sizes(c: ml_collections.ConfigDict, cfg) -> None:
@@ -98,13 +104,7 @@ def load_clip(c: ml_collections.ConfigDict, seed: int) -> tuple[clip.ClipConfig,
         _check_sizes(c, cfg)
         return cfg, params
     if c.source == "random":
-        if c.preset not in CLIP_PRESETS:
-            raise ConfigError(f"config.clip.preset={c.preset!r}; expected one of "
-                              f"{sorted(CLIP_PRESETS)}")
-        cfg = CLIP_PRESETS[c.preset]()
-        if c.preset == "tiny":
-            cfg = clip.tiny(image_size=c.image_size, patch_size=c.patch_size)
-        return cfg, clip.init_params(cfg, jax.random.PRNGKey(seed))
+        return _random_backbone(c, clip, CLIP_PRESETS, seed)
     raise ConfigError(f"config.clip.source={c.source!r}; expected 'hf', 'openai' or 'random'")
 
 

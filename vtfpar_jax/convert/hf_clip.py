@@ -231,18 +231,27 @@ def pack_qkv(tensors: SourceTensors, hf_layer: str, path: str, width: int) -> No
                     transpose(packed) if suffix == "weight" else packed, keys[0])
 
 
+def params_from_tables(state: Mapping[str, Any], source: str, name_table, qkv_table,
+                       shapes, root: str) -> dict:
+    """Our params from HF-named tensors by a model's name and q/k/v tables: every key
+    consumed, every leaf of `shapes` filled (errors name key, shapes and `source`);
+    shared by the CLIP and SigLIP imports. `root` prefixes paths in messages."""
+    tensors = SourceTensors(state, source)
+    for hf_key, path, (to_ours, _) in name_table:
+        tensors.take(hf_key, f"{root}/{path}", to_ours)
+    for hf_layer, path, width in qkv_table:
+        pack_qkv(tensors, hf_layer, f"{root}/{path}", width)
+    tensors.drop(is_buffer)
+    tensors.check_consumed()
+    params = tensors.build_tree(shapes, prefix=(root,))
+    return jax.tree.map(jnp.asarray, params)
+
+
 def params_from_tensors(state: Mapping[str, Any], cfg: clip.ClipConfig,
                         source: str = "state dict") -> dict:
     """Our CLIP params from HF-named tensors (numpy arrays or torch tensors) of shape `cfg`."""
-    tensors = SourceTensors(state, source)
-    for hf_key, path, (to_ours, _) in _name_table(cfg):
-        tensors.take(hf_key, "clip/" + path, to_ours)
-    for hf_layer, path, width in _qkv_table(cfg):
-        pack_qkv(tensors, hf_layer, "clip/" + path, width)
-    tensors.drop(is_buffer)
-    tensors.check_consumed()
-    params = tensors.build_tree(expected_shapes(cfg), prefix=("clip",))
-    return jax.tree.map(jnp.asarray, params)
+    return params_from_tables(state, source, _name_table(cfg), _qkv_table(cfg),
+                              expected_shapes(cfg), "clip")
 
 
 def load(path: str | os.PathLike) -> tuple[clip.ClipConfig, dict]:

@@ -23,7 +23,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vtfpar_jax.convert.hf_clip import (
@@ -33,14 +32,13 @@ from vtfpar_jax.convert.hf_clip import (
     LINEAR,
     Transform,
     hf_tensors,
-    is_buffer,
-    pack_qkv,
+    params_from_tables,
     read_config_file,
     read_tensors,
     resolve_folder,
     write_folder,
 )
-from vtfpar_jax.convert.weights import SourceTensors, WeightImportError
+from vtfpar_jax.convert.weights import WeightImportError
 from vtfpar_jax.models import siglip
 from vtfpar_jax.models.layers import ACTIVATIONS
 
@@ -138,15 +136,8 @@ def expected_shapes(cfg: siglip.SiglipConfig):
 def params_from_tensors(state: Mapping[str, Any], cfg: siglip.SiglipConfig,
                         source: str = "state dict") -> dict:
     """Our SigLIP params from HF-named tensors (numpy arrays or torch tensors) of shape `cfg`."""
-    tensors = SourceTensors(state, source)
-    for hf_key, path, (to_ours, _) in _name_table(cfg):
-        tensors.take(hf_key, "siglip/" + path, to_ours)
-    for hf_layer, path, width in _qkv_table(cfg):
-        pack_qkv(tensors, hf_layer, "siglip/" + path, width)
-    tensors.drop(is_buffer)
-    tensors.check_consumed()
-    params = tensors.build_tree(expected_shapes(cfg), prefix=("siglip",))
-    return jax.tree.map(jnp.asarray, params)
+    return params_from_tables(state, source, _name_table(cfg), _qkv_table(cfg),
+                              expected_shapes(cfg), "siglip")
 
 
 def load(path: str | os.PathLike) -> tuple[siglip.SiglipConfig, dict]:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vtfpar_jax.models.layers import TransformerBlock
+from vtfpar_jax.models.layers import TransformerBlock, params_up_to_block
 from vtfpar_jax.models.lean_ops import LayerNorm
 
 Params = dict[str, Any]
@@ -198,12 +198,7 @@ def _block(c: TowerConfig, dtype, name: str, causal: bool = False,
 def vision_params_up_to(vision: Params, depth: int) -> Params:
     """The vision tower's params that a run collecting indices <= `depth` reads: the
     embeddings, ln_pre and blocks 0..depth-1 (no deeper block, post-LN or projection)."""
-    def read(name: str) -> bool:
-        if name.startswith("layers_"):
-            return int(name.removeprefix("layers_")) < depth
-        return name not in ("post_layernorm", "projection")
-
-    return {name: value for name, value in vision.items() if read(name)}
+    return params_up_to_block(vision, depth, ("post_layernorm", "projection"))
 
 
 def init_params(cfg: ClipConfig, rng: jax.Array) -> Params:

@@ -33,7 +33,7 @@ import numpy as np
 
 from vtfpar_jax.models.attention import dot_product_attention
 from vtfpar_jax.models.clip import TowerConfig
-from vtfpar_jax.models.layers import ACTIVATIONS, TransformerBlock
+from vtfpar_jax.models.layers import ACTIVATIONS, TransformerBlock, params_up_to_block
 from vtfpar_jax.models.lean_ops import LayerNorm
 
 Params = dict[str, Any]
@@ -241,12 +241,7 @@ class TextTower(nn.Module):
 def vision_params_up_to(vision: Params, depth: int) -> Params:
     """The vision params a run collecting indices <= `depth` reads: the embeddings and
     blocks 0..depth-1 (no deeper block, post-LN or pooling head)."""
-    def read(name: str) -> bool:
-        if name.startswith("layers_"):
-            return int(name.removeprefix("layers_")) < depth
-        return name not in ("post_layernorm", "head")
-
-    return {name: value for name, value in vision.items() if read(name)}
+    return params_up_to_block(vision, depth, ("post_layernorm", "head"))
 
 
 def init_params(cfg: SiglipConfig, rng: jax.Array) -> Params:
