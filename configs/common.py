@@ -32,7 +32,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """The published recipe (reference sections 1-8) on ViT-B/16."""
+    """The published recipe (docs/published-model.md §1–§8) on ViT-B/16."""
     c = ml_collections.ConfigDict()
     c.dataset = ""                  # a TFDS builder name (input_pipeline.BUILDERS)
     c.data_dir = ""                 # TFDS data dir; empty: TFDS' default

@@ -1,6 +1,6 @@
 """`dukemtmc_vid_attribute`: DukeMTMC-VideoReID with Chen et al.'s 36 attribute labels.
 
-Labels follow `vtfpar_jax.attributes.DUKE` (reference section 10; note the
+Labels follow `vtfpar_jax.attributes.DUKE` (docs/published-model.md §10; note the
 label vector puts top colour before bottom colour, Chen et al.'s CSV has
 them the other way round). Splits: `train` (2,196 tracklets) and `test`
 (2,636: query plus gallery, a query tracklet that is also in the gallery is

@@ -1,6 +1,6 @@
 """`mars_attribute`: MARS tracklets with Chen et al.'s 43 attribute labels (manual download).
 
-Labels follow `vtfpar_jax.attributes.MARS` (reference section 10). Splits:
+Labels follow `vtfpar_jax.attributes.MARS` (docs/published-model.md §10). Splits:
 `train` (8,298 labelled tracklets of bbox_train) and `test` (8,062 labelled
 tracklets of bbox_test); junk and distractor tracklets (pid 0 / -1) and any
 tracklet without a CSV row are left out and counted in the build log.

@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def reference_lr(e: int) -> float:
-    """Reference section 8, written out independently of vtfpar_jax.optim."""
+    """docs/published-model.md §8, written out independently of vtfpar_jax.optim."""
     if e < 5:
         return 1e-5 + e * (1e-3 - 1e-5) / 5
     return 2e-6 + 0.5 * (1e-3 - 2e-6) * (1 + math.cos(math.pi * e / 30))

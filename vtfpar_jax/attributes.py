@@ -121,7 +121,7 @@ MARS = _build(
         ("age", [("young", "age is under 13"), ("teenager", "age is between 13 and 18"),
                  ("adult", "age is between 18 and 60"), ("old", "age is over 60")]),
     ],
-    # Positions 1 and 8 carry each other's phrase (reference section 10): kept,
+    # Positions 1 and 8 carry each other's phrase (docs/published-model.md §10): kept,
     # since released checkpoints were trained on exactly these strings.
     published=["top short", "bottom skirt", "shoulder bag", "backpack", "hat", "hand bag",
                "long hair", "female", "bottom short",

@@ -135,7 +135,7 @@ def published_code(openpar_dir: str, frames: int, device: str):
 
 
 def _weighted_bce_torch(logits, labels, positive_ratio):
-    """Reference section 8, as the published loss computes it."""
+    """docs/published-model.md §8, as the published loss computes it."""
     import torch
     positive = (labels > 0.5).float()
     weights = torch.exp(positive * (1 - positive_ratio) + (1 - positive) * positive_ratio)

@@ -9,7 +9,7 @@ import optax
 
 def weighted_bce(logits: jax.Array, labels: jax.Array, positive_ratio: jax.Array,
                  mask: jax.Array | None = None) -> jax.Array:
-    """Reference section 8: w = exp(m (1 - r) + (1 - m) r) with m = [y > 0.5];
+    """docs/published-model.md §8: w = exp(m (1 - r) + (1 - m) r) with m = [y > 0.5];
     loss = sum over batch and attributes of w * BCE(logit, y), divided by B.
 
     logits, labels (B, A); positive_ratio (A,) over the training labels; mask

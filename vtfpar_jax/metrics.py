@@ -4,7 +4,7 @@ All functions take `probs` (B, A), sigmoid outputs in [0, 1], and `labels`
 (B, A), 0/1, whose columns follow an `AttributeSet`. Pure numpy: evaluation
 collects the model's outputs on the host and scores them here.
 
-Three protocols are in use on MARS / DukeMTMC-VID (reference section 9):
+Three protocols are in use on MARS / DukeMTMC-VID (docs/published-model.md §9):
 
 - `group_metrics`: what the published training script prints (the headline).
 - `par_metrics`: label-based mA and instance-based accuracy/precision/recall/F1.
@@ -98,7 +98,7 @@ def _column_counts(predicted: np.ndarray, labels: np.ndarray) -> dict[str, np.nd
 
 def group_metrics(probs: Any, labels: Any, attribute_set: AttributeSet,
                   threshold: float = PUBLISHED_THRESHOLD) -> dict[str, Any]:
-    """The published protocol (reference section 9), the headline figures.
+    """The published protocol (docs/published-model.md §9), the headline figures.
 
     probs (B, A) in [0, 1], labels (B, A) 0/1, A = attribute_set.num_attributes.
     A prediction is positive when prob > threshold (strictly: a prob equal to

@@ -5,7 +5,7 @@ Clips read from disk (video.py, numpy and PIL), the device preprocessing
 imports nothing, so the deviceless-compile venv (`make aot-venv`: JAX only)
 can import the train step that uses it.
 
-Reference section 1 (quirk): the published model normalises with mean 0.5,
+docs/published-model.md §1 (quirk): the published model normalises with mean 0.5,
 std 0.5, not CLIP's own statistics.
 """
 

@@ -1,6 +1,6 @@
 """Optimiser and learning-rate schedules; frozen params selected by path patterns.
 
-The published recipe (reference section 8): Adam(1e-3, 0.9/0.999, 1e-8), no
+The published recipe (docs/published-model.md §8): Adam(1e-3, 0.9/0.999, 1e-8), no
 weight decay, learning rate set once per epoch e = 1..E:
     e < warmup:  warmup_lr + e * (lr - warmup_lr) / warmup
     else:        min_lr + (lr - min_lr) * (1 + cos(pi * e / E)) / 2

@@ -5,7 +5,7 @@
 
 Everything is counted with `jax.eval_shape`, so no array is ever allocated
 (ViT-L/14 included). The published model reports 15,036,610 trainable
-parameters; it also creates tensors it never runs (reference section 7), which
+parameters; it also creates tensors it never runs (docs/published-model.md §7), which
 `published_unused` accounts for so that the two figures can be reconciled.
 """
 
@@ -29,7 +29,7 @@ from vtfpar_jax.models.side_nets import (
 # loaded and discarded, never part of the model's state dict).
 PUBLISHED_TRAINABLE = 15_036_610
 # The published temporal side net always creates this many D->D projections
-# (reference section 7); they never run.
+# (docs/published-model.md §7); they never run.
 PUBLISHED_PROJECTION_LAYERS = 5
 
 # The backbones (`--clip`): CLIP's, and SigLIP's at the shapes of its released checkpoints.
@@ -49,7 +49,7 @@ def _block_size(cfg: vtfpar.VTFPARConfig) -> int:
 
 
 def published_unused(cfg: vtfpar.VTFPARConfig) -> dict[str, int]:
-    """Tensors the published model would create for `cfg` but never runs (reference section 7).
+    """Tensors the published model creates for `cfg` but never runs (docs/published-model.md §7).
 
     Our model does not create them, so they are the whole difference between
     our trainable count and the published one.

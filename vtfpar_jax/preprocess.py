@@ -3,7 +3,7 @@
 The host pipeline (`input_pipeline.pipeline`) only decodes JPEGs: it sends
 (B, T, h, w, 3) uint8, a quarter of the bytes of float32. Inside the jitted
 train step and evaluation forward, `model_input` then does what the published
-transforms do, in their order (reference section 1):
+transforms do, in their order (docs/published-model.md §1):
 
 1. resize to the model's (H, W), bilinear, aspect not kept, filtering when it
    shrinks (PIL's bilinear; `jax.image.resize` 'linear' with antialias is the

@@ -6,7 +6,7 @@
 
 `variables` = {'params', 'batch_stats', 'clip'}. Options take the published
 command-line names and defaults. Tensors the published model creates but never
-runs (reference section 7: the ImageNet ViT, `w_temporal`, `visual_embed`,
+runs (docs/published-model.md §7: the ImageNet ViT, `w_temporal`, `visual_embed`,
 `spa_embed`, `tem_embed`, the temporal `projection_layers`, both side nets'
 unused blocks, the temporal net's patch embedding) are recognised and dropped;
 any other unknown or missing key is an error naming it.

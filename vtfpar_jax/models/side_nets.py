@@ -1,4 +1,4 @@
-"""The spatial and temporal side networks of VTFPAR++ (reference sections 4-6).
+"""The spatial and temporal side networks of VTFPAR++ (docs/published-model.md §4–§6).
 
 Both are small ViTs (timm blocks: exact GELU, LayerNorm eps 1e-6, qkv bias)
 that read frozen CLIP tokens through "interaction maps": an entry `s -> t`
@@ -115,7 +115,7 @@ RematSpatialFusion = nn.remat(SpatialFusion)
 class SpatialSideNet(nn.Module):
     """Per frame: patch-embed the pixels, then 7 side blocks with CLIP fused in.
 
-    Quirk kept (reference section 5): the positional embedding is re-added after
+    Quirk kept (docs/published-model.md §5): the positional embedding is re-added after
     every block, and the 8th block is never run.
     """
 
