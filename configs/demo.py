@@ -7,15 +7,15 @@ Arguments: smoke (a few steps, for tests and notebooks), backbone=clip|siglip (a
 random SigLIP in place of the small random CLIP, same shape).
 Same model code as the published recipe, scaled down to learn the synthetic set
 (group F1 >= 0.80) within 10 minutes on two CPU cores. What differs, and why
-(each measured on this set; figures in the README's "Demo results"):
+(each seen in short runs on this set):
 - 48 px frames, a 4-layer CLIP of width 64, side nets of width 64;
 - 3 frames per clip: the same learning per step as 6 frames at 0.6 of the cost;
 - both side nets read CLIP feature 0 only ('0->0'): a random CLIP's deeper
   features taught nothing more at 300 steps, and CLIP then stops after its
   patch embedding and the temporal net runs one stream instead of five;
 - no augmentation: within the budget it cost more than it gave. The published
-  crop (10 px of padding, a fifth of a 48 px frame) stalled learning; with 2 px
-  padding and flips, 27 epochs reached group F1 0.799 against 0.814 without;
+  crop (10 px of padding, a fifth of a 48 px frame) stalled learning, and 2 px
+  of padding with flips still learnt less within the budget than none;
 - no drop-path: it blanks a sample's image input to the heads, noise that a
   model training from scratch for a few minutes cannot afford;
 - learning rate 3e-3 (published 1e-3) for 24 epochs of 75 steps, set per epoch
