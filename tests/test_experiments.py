@@ -284,24 +284,30 @@ def test_cell_order_and_failing_groups():
         robustness.run("nowhere", names="occlusion", severities="7")
 
 
-@pytest.mark.slow
-def test_last_block_preset_follows_the_final_maps(data_dir, tmp_path):
-    """Experiment 1's middle point, with --set maps reading CLIP feature 2 and --set
-    frozen_patterns=last_block: the preset is resolved on the final config, so block 2
-    (layers_1) is trained and no other CLIP leaf moves."""
-    import jax
-
-    from vtfpar_jax import model_dir
-    from vtfpar_jax.convert import hf_clip
+@pytest.fixture(scope="module")
+def last_block_point(data_dir, tmp_path_factory):
+    """A one-point ablation of one step, with --set maps reading CLIP feature 2 and
+    --set frozen_patterns=last_block: (its point dir, report, the --set values)."""
+    workdir = tmp_path_factory.mktemp("last_block")
     sets = ablate._typed_sets(SMOKE, {"data_dir": data_dir, "max_steps": "1",
                                       "eval_every_epochs": "0", "model.spatial_map": "2->0",
                                       "model.temporal_map": "2->0",
                                       "frozen_patterns": "last_block"})
-    report = ablate.run(SMOKE, ["model.temporal_aggregation=mean"], str(tmp_path), sets,
+    report = ablate.run(SMOKE, ["model.temporal_aggregation=mean"], str(workdir), sets,
                         progress=False)
-    point = tmp_path / "temporal_aggregation=mean"
-    assert report["points"]["temporal_aggregation=mean"]["frozen_patterns"][-1] == \
-        "clip/vision/(?!layers_1/).*"
+    return workdir / "temporal_aggregation=mean", report, sets
+
+
+@pytest.mark.slow
+def test_last_block_preset_follows_the_final_maps(last_block_point):
+    """Experiment 1's middle point: the preset is resolved on the final config, so block 2
+    (layers_1), the deepest the side nets read, is trained and no other CLIP leaf moves."""
+    import jax
+
+    from vtfpar_jax import model_dir
+    from vtfpar_jax.convert import hf_clip
+    point, report, _ = last_block_point
+    assert report["points"][point.name]["frozen_patterns"][-1] == "clip/vision/(?!layers_1/).*"
     loaded = model_dir.load(str(point))
     assert list(loaded.state.trainable["clip"]["vision"]) == ["layers_1"]
     _, initial = hf_clip.load(str(point / "clip"))    # the CLIP the run started from
@@ -310,3 +316,26 @@ def test_last_block_preset_follows_the_final_maps(data_dir, tmp_path):
     moved = sorted({jax.tree_util.keystr(path[:2]) for (path, a), (_, b) in zip(
         now, start, strict=True) if np.abs(np.asarray(a) - np.asarray(b)).max() > 0})
     assert moved == ["['vision']['layers_1']"]
+
+
+@pytest.mark.slow
+def test_a_point_restarts_under_the_training_check(last_block_point):
+    """Restarting a training work dir: another lr is refused, naming it; more epochs
+    continue, and the change is recorded with its step; config.json stays as written."""
+    from vtfpar_jax import model_dir
+    from vtfpar_jax.checkpoint import CheckpointStore
+    point, _, sets = last_block_point
+    config = ablate._resolved(SMOKE, sets, {"model.temporal_aggregation": "mean"})
+    config.optimizer.lr = 2e-3
+    with pytest.raises(fingerprint.ConfigChangeError, match=r"\(optimizer.lr 0.001 there, "
+                                                            r"0.002 now\)"):
+        train.train_and_evaluate(config, str(point))
+    config.optimizer.lr, config.num_epochs, config.max_steps = 1e-3, 3, 2
+    train.train_and_evaluate(config, str(point))
+    assert CheckpointStore(str(point)).steps()[-1] == 2
+    lines = (point / fingerprint.CHANGES_FILE).read_text().splitlines()
+    assert [json.loads(line) | {"time": None} for line in lines] == [
+        {"step": 1, "time": None, "allowed_by": None, "changes": {
+            "max_steps": {"old": 1, "new": 2}, "num_epochs": {"old": 2, "new": 3}}}]
+    assert json.loads((point / "config.json").read_text())["config"]["num_epochs"] == 2
+    assert model_dir.load(str(point)).config.num_epochs == 3

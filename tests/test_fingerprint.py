@@ -113,25 +113,3 @@ def test_a_corruption_definition_names_its_levels_and_code(monkeypatch):
     patched = fingerprint.corruption_definition(corruptions.CORRUPTIONS["occlusion"])
     assert [k for k, _, _ in fingerprint.differences(before, patched)] == ["function",
                                                                            "source"]
-
-
-@pytest.mark.slow
-def test_restart_with_more_epochs_continues_and_records_it(data_dir, tmp_path):
-    from vtfpar_jax import model_dir
-    from vtfpar_jax.checkpoint import CheckpointStore
-    workdir = str(tmp_path)
-    short = {"eval_every_epochs": 0, "checkpoint_every_steps": 100}
-    train.train_and_evaluate(smoke_config(data_dir, max_steps=1, **short), workdir)
-    with pytest.raises(fingerprint.ConfigChangeError, match="optimizer.lr"):
-        train.train_and_evaluate(smoke_config(data_dir, max_steps=2, **short,
-                                              **{"optimizer.lr": 2e-3}), workdir)
-    train.train_and_evaluate(smoke_config(data_dir, max_steps=2, num_epochs=3, **short),
-                             workdir)
-    assert CheckpointStore(workdir).steps() == [2]
-    [entry] = [json.loads(line) for line in open(tmp_path / fingerprint.CHANGES_FILE)]
-    assert entry["step"] == 1 and entry["allowed_by"] is None
-    assert entry["changes"] == {"max_steps": {"old": 1, "new": 2},
-                                "num_epochs": {"old": 2, "new": 3}}
-    run = json.loads((tmp_path / "config.json").read_text())
-    assert run["config"]["num_epochs"] == 2 and run["fingerprint"]
-    assert model_dir.load(workdir).config.num_epochs == 3
