@@ -196,4 +196,8 @@ def test_bad_names_and_severities_list_the_valid_ones():
         corruptions.parse_severities("high")
     with pytest.raises(CorruptionError, match=r"0 \(clean\) and 1, 2, 3, 4, 5"):
         corrupt_clip(clip(), "jpeg", 9, 0, 0)
-    assert corruptions.parse_severities("5,1,3,3") == [1, 3, 5]
+    assert corruptions.parse_severities("5,1,3") == [1, 3, 5]
+    with pytest.raises(CorruptionError, match="severity 1 given more than once"):
+        corruptions.parse_severities("1,1")
+    with pytest.raises(CorruptionError, match="corruption occlusion given more than once"):
+        corruptions.parse_names("occlusion,occlusion")

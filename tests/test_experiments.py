@@ -4,6 +4,7 @@ one of its points."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from smoke_runs import SMOKE
 
-from vtfpar_jax import ablate, evaluate, robustness, train
+from vtfpar_jax import ablate, corruptions, evaluate, fingerprint, robustness, train
 from vtfpar_jax.corruptions import CorruptionError
 
 SWEEP = "model.temporal_aggregation=max,attention"
@@ -85,12 +86,87 @@ def test_new_aggregations_save_and_restore(ablation):
         assert got == pytest.approx(want, abs=1e-6), label
 
 
-def test_ablate_refuses_another_ablation_in_the_same_workdir(tmp_path):
-    (tmp_path / "ablation.json").write_text(json.dumps(
-        {"config": SMOKE, "sets": {"max_steps": 2}, "points": {}}))
-    with pytest.raises(ablate.AblationError, match=r"ablation.json holds another run "
-                       r"\(sets {'max_steps': 2} there, {'max_steps': 3} now\)"):
-        ablate.run(SMOKE, [SWEEP], str(tmp_path), {"max_steps": 3}, progress=False)
+def _fake_results(config) -> dict:
+    """Results that spell the config they came from (group F1 = lr x 100, mA = the
+    number of frozen patterns / 10), as if training had run it."""
+    f1, ma = 100 * config.optimizer.lr, len(config.frozen_patterns) / 10
+    return {"group": {"acc": f1, "prec": f1, "rec": f1, "f1": f1}, "par": {"ma": ma, "f1": ma},
+            "chen": {"acc": ma, "f1": ma}}
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """train.train_and_evaluate replaced by `_fake_results`; the list of point dirs run."""
+    trained = []
+
+    def fake(config, point_dir):
+        trained.append(os.path.basename(point_dir))
+        return _fake_results(config)
+
+    monkeypatch.setattr(train, "train_and_evaluate", fake)
+    return trained
+
+
+def test_ablate_never_reuses_a_result_of_another_run(tmp_path, fake_training):
+    """Swapped sweep values keep their own results; an edited config file or another
+    --set is refused naming the field, old and new values."""
+    config_file = tmp_path / "edited.py"
+    config_file.write_text("from configs.demo import get_config as demo\n\n\n"
+                           "def get_config(arg=None):\n    c = demo(arg)\n"
+                           "    c.optimizer.lr = 0.001\n    return c\n")
+    spec, out = f"{config_file}:smoke", str(tmp_path / "out")
+    one, two = "('clip/.*',)", "('clip/text/.*', 'clip/logit_scale')"
+    first = ablate.run(spec, [f"frozen_patterns={one},{two}"], out, progress=False)
+    labels = first["order"]
+    assert all("v0" not in label and "v1" not in label for label in labels)
+    swapped = ablate.run(spec, [f"frozen_patterns={two},{one}"], out, progress=False)
+    assert fake_training == labels                        # nothing trained again
+    assert swapped["order"] == labels[::-1]
+    for label in labels:   # each value keeps the results of its own config
+        point = swapped["points"][label]
+        assert point["results"]["mA"] == len(point["overrides"]["frozen_patterns"]) / 10
+        assert point["fingerprint"] == first["points"][label]["fingerprint"]
+    with pytest.raises(ablate.AblationError, match=r"was run with another config "
+                       r"\(config.max_steps 0 there, 3 now\)"):
+        ablate.run(spec, [f"frozen_patterns={one}"], out, {"max_steps": 3}, progress=False)
+    config_file.write_text(config_file.read_text().replace("0.001", "0.002"))
+    with pytest.raises(ablate.AblationError, match=r"was run with another config "
+                       r"\(config.optimizer.lr 0.001 there, 0.002 now\)"):
+        ablate.run(spec, [f"frozen_patterns={one}"], out, progress=False)
+    assert fake_training == labels
+
+
+@pytest.mark.parametrize("sweeps", [
+    ["model.spatial_aggregation=mean,max,bogus"],
+    ["model.temporal_aggregation=bogus,mean", "input.augment=true,false"],
+    ["model.dim=32,64,30"],                       # 30: not a multiple of the 4 heads
+    ["frozen_patterns=side_tuning,last_block"],    # map '0' of the demo: no block read
+])
+def test_a_bad_sweep_value_anywhere_is_refused_before_any_work(tmp_path, fake_training,
+                                                              sweeps):
+    spec = SMOKE.replace(":smoke", "") if "last_block" in sweeps[0] else SMOKE
+    with pytest.raises(ablate.AblationError, match=r"^point \S+: "):
+        ablate.run(spec, sweeps, str(tmp_path / "out"), progress=False)
+    assert fake_training == [] and not (tmp_path / "out").exists()
+
+
+def test_ablate_cli_names_the_bad_point(tmp_path, capsys, fake_training):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit):
+        ablate.main(["--config", SMOKE, "--sweep", "model.spatial_aggregation=bogus,mean",
+                     "--workdir", str(out)])
+    err = capsys.readouterr().err
+    assert err.startswith("error: point spatial_aggregation=bogus: config: unknown "
+                          "spatial_aggregation 'bogus'") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_labels_spell_their_values_and_never_collide():
+    config = train.load_config_file(SMOKE)
+    points = ablate.grid(config, ["text.template=a b,a_b"])   # once both 'template=a_b'
+    assert list(points) == [f"template=a_b-{fingerprint.short_hash('a b')}", "template=a_b"]
+    with pytest.raises(ablate.AblationError, match="a value is repeated"):
+        ablate.grid(config, ["frozen_patterns=('a',),('a',)"])
 
 
 def test_sweeps_are_typed_by_their_field_and_bad_ones_named():
@@ -111,9 +187,11 @@ def test_frozen_patterns_presets_and_literals():
     config = train.load_config_file(SMOKE)   # map '0': CLIP features 0..4 of a 4-block CLIP
     literal = "('clip/text/.*', 'clip/logit_scale')"
     points = ablate.grid(config, [f"frozen_patterns=side_tuning,last_block,full_vision,{literal}"])
+    named = "frozen_patterns=clip_text_._clip_logit_scale-" + fingerprint.short_hash(
+        ("clip/text/.*", "clip/logit_scale"))
     assert list(points) == ["frozen_patterns=side_tuning", "frozen_patterns=last_block",
-                            "frozen_patterns=full_vision", "frozen_patterns=v3"]
-    assert points["frozen_patterns=v3"]["frozen_patterns"] == ("clip/text/.*", "clip/logit_scale")
+                            "frozen_patterns=full_vision", named]
+    assert points[named]["frozen_patterns"] == ("clip/text/.*", "clip/logit_scale")
     last = ablate.frozen_preset("last_block", config)
     trained = [p for p in ("clip/vision/layers_3/fc1/kernel", "clip/vision/layers_2/fc1/kernel",
                            "clip/vision/embeddings/patch/kernel", "clip/text/layers_0/fc1/kernel")
@@ -176,6 +254,14 @@ def test_robustness_resumes_and_refuses_other_settings(robustness_run, monkeypat
     with pytest.raises(robustness.RobustnessError, match="seed 0 there, 1 now"):
         robustness.run(robustness_run["model"], "test", "occlusion", "1", seed=1,
                        out=str(robustness_run["out"]), progress=False)
+    # An edited corruption is another run: its cells are never reused.
+    monkeypatch.setitem(corruptions.CORRUPTIONS, "occlusion", dataclasses.replace(
+        corruptions.CORRUPTIONS["occlusion"], levels=(0.1, 0.2, 0.35, 0.4, 0.5)))
+    with pytest.raises(robustness.RobustnessError, match=r"definitions.occlusion.levels "
+                       r"\[0.1, 0.2, 0.3, 0.4, 0.5\] there, \[0.1, 0.2, 0.35, 0.4, 0.5\] now"):
+        robustness.run(robustness_run["model"], "test", "occlusion", "1", seed=0,
+                       out=str(robustness_run["out"]), progress=False)
+    assert len(evaluated) == 2
 
 
 def test_robustness_cli_refuses_bad_names_and_severities(tmp_path, capsys):
@@ -198,22 +284,58 @@ def test_cell_order_and_failing_groups():
         robustness.run("nowhere", names="occlusion", severities="7")
 
 
+@pytest.fixture(scope="module")
+def last_block_point(data_dir, tmp_path_factory):
+    """A one-point ablation of one step, with --set maps reading CLIP feature 2 and
+    --set frozen_patterns=last_block: (its point dir, report, the --set values)."""
+    workdir = tmp_path_factory.mktemp("last_block")
+    sets = ablate._typed_sets(SMOKE, {"data_dir": data_dir, "max_steps": "1",
+                                      "eval_every_epochs": "0", "model.spatial_map": "2->0",
+                                      "model.temporal_map": "2->0",
+                                      "frozen_patterns": "last_block"})
+    report = ablate.run(SMOKE, ["model.temporal_aggregation=mean"], str(workdir), sets,
+                        progress=False)
+    return workdir / "temporal_aggregation=mean", report, sets
+
+
 @pytest.mark.slow
-def test_last_block_preset_trains_that_clip_block_only(data_dir, tmp_path):
-    """Experiment 1's middle point: the deepest CLIP block read is trained, no other."""
+def test_last_block_preset_follows_the_final_maps(last_block_point):
+    """Experiment 1's middle point: the preset is resolved on the final config, so block 2
+    (layers_1), the deepest the side nets read, is trained and no other CLIP leaf moves."""
     import jax
 
     from vtfpar_jax import model_dir
     from vtfpar_jax.convert import hf_clip
-    config = ablate._resolved(SMOKE, {"data_dir": data_dir, "max_steps": 1,
-                                      "eval_every_epochs": 0},
-                              {"frozen_patterns": "last_block"})
-    train.train_and_evaluate(config, str(tmp_path))
-    loaded = model_dir.load(str(tmp_path))
-    assert list(loaded.state.trainable["clip"]["vision"]) == ["layers_3"]
-    _, initial = hf_clip.load(str(tmp_path / "clip"))    # the CLIP the run started from
-    now = loaded.variables()["clip"]["vision"]
-    for block, changed in (("layers_2", False), ("layers_3", True)):
-        moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(
-            jax.tree.leaves(now[block]), jax.tree.leaves(initial["vision"][block]), strict=True))
-        assert (moved > 0) == changed, block
+    point, report, _ = last_block_point
+    assert report["points"][point.name]["frozen_patterns"][-1] == "clip/vision/(?!layers_1/).*"
+    loaded = model_dir.load(str(point))
+    assert list(loaded.state.trainable["clip"]["vision"]) == ["layers_1"]
+    _, initial = hf_clip.load(str(point / "clip"))    # the CLIP the run started from
+    now, start = (jax.tree_util.tree_flatten_with_path(tree)[0]
+                  for tree in (loaded.variables()["clip"], initial))
+    moved = sorted({jax.tree_util.keystr(path[:2]) for (path, a), (_, b) in zip(
+        now, start, strict=True) if np.abs(np.asarray(a) - np.asarray(b)).max() > 0})
+    assert moved == ["['vision']['layers_1']"]
+
+
+@pytest.mark.slow
+def test_a_point_restarts_under_the_training_check(last_block_point):
+    """Restarting a training work dir: another lr is refused, naming it; more epochs
+    continue, and the change is recorded with its step; config.json stays as written."""
+    from vtfpar_jax import model_dir
+    from vtfpar_jax.checkpoint import CheckpointStore
+    point, _, sets = last_block_point
+    config = ablate._resolved(SMOKE, sets, {"model.temporal_aggregation": "mean"})
+    config.optimizer.lr = 2e-3
+    with pytest.raises(fingerprint.ConfigChangeError, match=r"\(optimizer.lr 0.001 there, "
+                                                            r"0.002 now\)"):
+        train.train_and_evaluate(config, str(point))
+    config.optimizer.lr, config.num_epochs, config.max_steps = 1e-3, 3, 2
+    train.train_and_evaluate(config, str(point))
+    assert CheckpointStore(str(point)).steps()[-1] == 2
+    lines = (point / fingerprint.CHANGES_FILE).read_text().splitlines()
+    assert [json.loads(line) | {"time": None} for line in lines] == [
+        {"step": 1, "time": None, "allowed_by": None, "changes": {
+            "max_steps": {"old": 1, "new": 2}, "num_epochs": {"old": 2, "new": 3}}}]
+    assert json.loads((point / "config.json").read_text())["config"]["num_epochs"] == 2
+    assert model_dir.load(str(point)).config.num_epochs == 3

@@ -7,18 +7,31 @@ the trainer and evaluator of `vtfpar_jax.train`, each point in its own work dir
 DIR/<point>. Writes DIR/ablation.json (every point's overrides and headline
 metrics), DIR/ablation.md (a table) and DIR/ablation.png (a bar chart).
 
-Rerunning the same command resumes: finished points are kept, and a point
-stopped halfway resumes from its newest checkpoint. A rerun with another config
-or other --set values is refused (its points would not compare); new sweep
-values add points.
+Each point is identified by what it runs: its fully resolved config (the file,
+then --set, then its sweep values, then a frozen_patterns preset), the attribute
+set and the data splits, hashed into a fingerprint (vtfpar_jax.fingerprint) and
+stored with it in ablation.json. Rerunning into the same work dir resumes:
+a finished point is kept only if its fingerprint is the same (an edited config
+file or another --set is refused, naming the fields that differ, old and new
+values), a point stopped halfway resumes from its newest checkpoint under the
+training run's own restart check (vtfpar_jax.train), and new sweep values add
+points. A point's label spells its values (a tuple with a short hash of it), so
+reordering sweep values never swaps results; two values with the same label
+are refused.
+
+Every point's config is built and checked (presets resolved, the model's fields
+validated, without loading a backbone or data) before the first point trains;
+a bad value anywhere in a sweep is refused with nothing created.
 
 Values are typed like the config field they set (true/false, numbers, strings;
 tuples as Python literals, e.g. --sweep "frozen_patterns=('clip/.*',),()").
 `frozen_patterns` also takes these names, which make "side tuning against partial
-or full fine-tuning" one command:
-  side_tuning   all of CLIP frozen (the published method);
-  last_block    CLIP frozen but for the deepest vision block the side nets read;
-  full_vision   the whole CLIP vision tower trained (the text features stay fixed).
+or full fine-tuning" one command; they are resolved on each point's final config,
+with the backbone's own split between vision tower and the rest (CLIP: text tower
+and logit scale; SigLIP: text tower, logit scale and bias):
+  side_tuning   all of the backbone frozen (the published method);
+  last_block    the backbone frozen but for the deepest vision block the side nets read;
+  full_vision   the whole vision tower trained (the text features stay fixed).
 """
 
 from __future__ import annotations
@@ -32,9 +45,10 @@ import sys
 
 import ml_collections
 
-from vtfpar_jax import train
+from vtfpar_jax import builders, fingerprint, train
 from vtfpar_jax.errors import UserError, nearest
 from vtfpar_jax.files import atomic_file, read_to_resume, write_json
+from vtfpar_jax.models import backbones
 
 METRICS = (("group_f1", "group F1"), ("mA", "mA"), ("chen_f1", "Chen F1"),
            ("instance_f1", "instance F1"))
@@ -46,23 +60,31 @@ class AblationError(UserError, ValueError):
 
 
 def frozen_preset(name: str, config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """The frozen_patterns a preset name stands for, for this config's CLIP and maps."""
+    """The frozen_patterns a preset name stands for, for this config's backbone and maps
+    (the config must be final: the preset reads its backbone and interaction maps)."""
     from vtfpar_jax.models.side_nets import parse_interaction_map
+    try:
+        backbone = backbones.BACKBONES[builders.backbone_name(config)]
+    except UserError as e:
+        raise AblationError(f"frozen_patterns={name}: {e}") from None
     if name == "side_tuning":
         return ("clip/.*",)
     if name == "full_vision":
-        return ("clip/text/.*", "clip/logit_scale")
+        return backbone.frozen_but_vision()
     if name == "last_block":
         m = config.model
         maps = ((m.spatial_map,) if m.use_spatial else ()) + (
             (m.temporal_map,) if m.use_temporal else ())
-        deepest = max(s for spec in maps for s, _ in parse_interaction_map(spec))
+        try:
+            deepest = max(s for spec in maps for s, _ in parse_interaction_map(spec))
+        except ValueError as e:
+            raise AblationError(f"frozen_patterns=last_block: {e}") from None
         if deepest == 0:
-            raise AblationError("frozen_patterns=last_block: the side nets read only CLIP "
-                                "feature 0 (the embeddings), no block; fine-tune with "
-                                "full_vision or read a deeper feature")
+            raise AblationError(f"frozen_patterns=last_block: the side nets read only "
+                                f"{backbone.display_name} feature 0 (the embeddings), no "
+                                "block; fine-tune with full_vision or read a deeper feature")
         # Feature s is the output of block s, which is the vision tower's layers_{s-1}.
-        return ("clip/text/.*", "clip/logit_scale", f"clip/vision/(?!layers_{deepest - 1}/).*")
+        return (*backbone.frozen_but_vision(), f"clip/vision/(?!layers_{deepest - 1}/).*")
     raise AblationError(f"frozen_patterns={name!r}: expected a tuple of regexes or one of "
                         f"{', '.join(FROZEN_PRESETS)}{nearest(name, FROZEN_PRESETS)}")
 
@@ -130,11 +152,22 @@ def parse_sweep(config: ml_collections.ConfigDict, spec: str) -> tuple[str, list
     return key, parsed
 
 
-def _label(key: str, value, position: int) -> str:
-    text = value if isinstance(value, str) else (
-        str(value).lower() if isinstance(value, (bool, int, float)) else f"v{position}")
-    text = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or f"v{position}"
-    return f"{key.rpartition('.')[2]}={text}"
+MAX_LABEL_TEXT = 40
+
+
+def _label(key: str, value) -> str:
+    """'field=value' spelled from the value, never from its place in the sweep. A value
+    that cannot be spelled as it is (a tuple, punctuation, a long text) keeps a
+    readable part and gets a short hash of the whole value."""
+    if isinstance(value, (tuple, list)):
+        text, exact = "+".join(map(str, value)) or "empty", False
+    else:
+        text = str(value).lower() if isinstance(value, (bool, int, float)) else str(value)
+        exact = True
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:MAX_LABEL_TEXT]
+    if not exact or readable != text:
+        readable = f"{readable or 'value'}-{fingerprint.short_hash(value)}"
+    return f"{key.rpartition('.')[2]}={readable}"
 
 
 def grid(config: ml_collections.ConfigDict, sweeps: list[str]) -> dict[str, dict]:
@@ -143,29 +176,67 @@ def grid(config: ml_collections.ConfigDict, sweeps: list[str]) -> dict[str, dict
     keys = [k for k, _ in parsed]
     if len(set(keys)) != len(keys):
         raise AblationError(f"--sweep: a field is swept twice ({keys})")
+    for key, values in parsed:
+        labels = [_label(key, v) for v in values]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:
+                raise AblationError(f"--sweep {key}: values {values[labels.index(label)]!r} "
+                                    f"and {values[i]!r} would share the label {label!r}")
     points = {}
-    for combination in itertools.product(*[list(enumerate(v)) for _, v in parsed]):
-        label = "__".join(_label(k, v, i) for k, (i, v) in zip(keys, combination, strict=True))
-        points[label] = {k: v for k, (_, v) in zip(keys, combination, strict=True)}
+    for combination in itertools.product(*[v for _, v in parsed]):
+        label = "__".join(_label(k, v) for k, v in zip(keys, combination, strict=True))
+        points[label] = dict(zip(keys, combination, strict=True))
     return points
 
 
+def _is_preset(key: str, value) -> bool:
+    return key == "frozen_patterns" and isinstance(value, str)
+
+
 def _resolved(config_spec: str, sets: dict, overrides: dict) -> ml_collections.ConfigDict:
-    values = dict(sets)
-    presets = {}
-    for key, value in overrides.items():
-        if key == "frozen_patterns" and isinstance(value, str):
-            presets[key] = value
-        else:
-            values[key] = value
+    """A point's config: the file, then `sets`, then its sweep values; a frozen_patterns
+    preset last, on that final config (it depends on the backbone and the maps)."""
+    values = {**sets, **overrides}
+    preset = values.pop("frozen_patterns") if _is_preset(
+        "frozen_patterns", values.get("frozen_patterns")) else None
     config = train.load_config_file(config_spec, **values)
-    for key, name in presets.items():
-        config[key] = frozen_preset(name, config)
+    if preset is not None:
+        config.frozen_patterns = frozen_preset(preset, config)
     return config
 
 
-def _jsonable(value):
-    return list(value) if isinstance(value, tuple) else value
+def checked_points(config_spec: str, sweeps: list[str], sets: dict
+                   ) -> dict[str, tuple[dict, ml_collections.ConfigDict]]:
+    """{label: (sweep values, final config)} for every point, each config built and
+    checked as its run would check it, so a bad value is refused before any work."""
+    base = train.load_config_file(config_spec,
+                                  **{k: v for k, v in sets.items() if not _is_preset(k, v)})
+    points = grid(base, sweeps)
+    both = sorted(set(sets) & {k for overrides in points.values() for k in overrides})
+    if both:
+        raise AblationError(f"{', '.join(both)}: given to both --set and --sweep; keep one")
+    checked = {}
+    for label, overrides in points.items():
+        try:
+            config = _resolved(config_spec, sets, overrides)
+            builders.check_config(config)
+        except UserError as e:
+            raise AblationError(f"point {label}: {e}") from None
+        checked[label] = (overrides, config)
+    return checked
+
+
+def _check_finished(path: str, label: str, stored: dict, identity: dict) -> None:
+    """Refuse a finished point of ablation.json that ran something else than `identity`."""
+    if "identity" not in stored:
+        raise AblationError(f"{path}: point {label} records no fingerprint (written by an "
+                            "older version), so nothing says it ran this config; use another "
+                            "--workdir, or move it away to start over")
+    diffs = fingerprint.differences(stored["identity"], identity)
+    if diffs:
+        raise AblationError(f"{path}: point {label} was run with another config "
+                            f"({fingerprint.describe(diffs)}); use another --workdir, or move "
+                            "it away to start over")
 
 
 def run(config_spec: str, sweeps: list[str], workdir: str, sets: dict | None = None,
@@ -176,28 +247,32 @@ def run(config_spec: str, sweeps: list[str], workdir: str, sets: dict | None = N
     from vtfpar_jax import evaluate
 
     sets = dict(sets or {})
-    base = train.load_config_file(config_spec, **sets)
-    points = grid(base, sweeps)
-    for overrides in points.values():   # every point's config must load before any trains
-        _resolved(config_spec, sets, overrides)
+    points = checked_points(config_spec, sweeps, sets)
+    identities = {label: fingerprint.run_identity(config)
+                  for label, (_, config) in points.items()}
     path = os.path.join(workdir, "ablation.json")
-    identity = {"config": config_spec, "sets": {k: _jsonable(v) for k, v in sets.items()}}
-    done = read_to_resume(path, identity, AblationError, "--workdir").get("points", {})
-    report = {**identity, "sweeps": list(sweeps), "points": done}
+    # The whole file is not compared: each finished point is, by its fingerprint.
+    done = read_to_resume(path, {}, AblationError, "--workdir").get("points", {})
+    for label, identity in identities.items():
+        if done.get(label, {}).get("results") is not None:
+            _check_finished(path, label, done[label], identity)
+    report = {"config": config_spec, "sets": fingerprint.jsonable(sets),
+              "sweeps": list(sweeps), "points": done}
     todo = [label for label in points if done.get(label, {}).get("results") is None]
     bar = tqdm(todo, desc="ablation", unit="point", disable=not progress)
     for label in bar:
         bar.set_postfix_str(label)
-        overrides = points[label]
-        config = _resolved(config_spec, sets, overrides)
+        overrides, config = points[label]
         results = train.train_and_evaluate(config, os.path.join(workdir, label))
         if "preempted_at" in results:
             logging.warning("point %s stopped at step %d; rerun the same command to resume",
                             label, results["preempted_at"])
             report["stopped"] = label
             return report
-        done[label] = {"overrides": {k: _jsonable(v) for k, v in overrides.items()},
+        done[label] = {"overrides": fingerprint.jsonable(overrides),
                        "frozen_patterns": list(config.frozen_patterns),
+                       "fingerprint": fingerprint.fingerprint(identities[label]),
+                       "identity": identities[label],
                        "results": evaluate.headline(results)}
         write_json(path, {k: v for k, v in report.items() if k != "table"})
     report["order"] = list(points)
@@ -261,14 +336,10 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def _typed_sets(config_spec: str, raw: dict) -> dict:
+    """--set values typed like their fields; a frozen_patterns preset stays a name, resolved
+    on each point's final config."""
     base = train.load_config_file(config_spec)
-    typed = {}
-    for key, text in raw.items():
-        value = parse_value(base, key, text)
-        if key == "frozen_patterns" and isinstance(value, str):
-            value = frozen_preset(value, base)
-        typed[key] = value
-    return typed
+    return {key: parse_value(base, key, text) for key, text in raw.items()}
 
 
 def main(argv=None):

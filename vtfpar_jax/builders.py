@@ -59,13 +59,62 @@ def load_siglip(c: ml_collections.ConfigDict, seed: int) -> tuple[siglip.SiglipC
 def _random_backbone(c: ml_collections.ConfigDict, module, presets: dict, seed: int,
                      which: str = ""):
     """(cfg, seeded random params) of preset `c.preset` of a backbone module (clip or
-    siglip); the tiny preset takes the config's image and patch size."""
+    siglip)."""
+    cfg = _random_config(c, module, presets, which)
+    return cfg, module.init_params(cfg, jax.random.PRNGKey(seed))
+
+
+def _random_config(c: ml_collections.ConfigDict, module, presets: dict, which: str = ""):
+    """The cfg of preset `c.preset`; the tiny preset takes the config's image and patch size."""
     if c.preset not in presets:
         raise ConfigError(f"config.clip.preset={c.preset!r}{which}; expected one of "
                           f"{sorted(presets)}")
-    cfg = (module.tiny(image_size=c.image_size, patch_size=c.patch_size) if c.preset == "tiny"
-           else presets[c.preset]())
-    return cfg, module.init_params(cfg, jax.random.PRNGKey(seed))
+    return (module.tiny(image_size=c.image_size, patch_size=c.patch_size) if c.preset == "tiny"
+            else presets[c.preset]())
+
+
+def backbone_config(config: ml_collections.ConfigDict) -> BackboneConfig | None:
+    """The backbone's config without its weights: a random preset's, or a HF folder's
+    config.json (checked against the config's sizes). None for an OpenAI file, whose
+    shape only its weights tell; the run reads them when it starts."""
+    c, name = config.clip, backbone_name(config)
+    if c.source == "random":
+        module, presets = (clip, CLIP_PRESETS) if name == "clip" else (siglip, SIGLIP_PRESETS)
+        return _random_config(c, module, presets, "" if name == "clip" else
+                              " with backbone 'siglip'")
+    if c.source == "hf":
+        if name == "clip":
+            cfg = hf_clip.read_config(hf_clip.resolve_folder(c.path))
+        else:
+            cfg = hf_siglip.read_config(hf_clip.resolve_folder(c.path, hf_siglip.HUB_PATTERNS))
+        _check_sizes(c, cfg)
+        return cfg
+    if c.source == "openai" and name == "clip":
+        return None
+    raise ConfigError(f"config.clip.source={c.source!r} with backbone {name!r}; expected "
+                      f"{'hf, openai' if name == 'clip' else 'hf'} or random")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Refuse a config that a run would refuse when building its model, without building
+    anything: the backbone's source and shape, every model field (maps, aggregations,
+    widths, dtypes...), the input transforms and the frozen_patterns regexes."""
+    import re
+
+    from vtfpar_jax import preprocess
+    cfg = backbone_config(config)
+    if cfg is not None:
+        model_config(config, cfg, num_attributes=1)   # the count shapes only the heads
+        try:
+            preprocess.Preprocess.from_config(config.input).check((cfg.image_size,) * 2)
+        except ValueError as e:
+            raise ConfigError(f"config.input.{e}") from None
+    for pattern in config.frozen_patterns:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:
+            raise ConfigError(f"config.frozen_patterns: {pattern!r} is not a regex ({e})") \
+                from None
 
 
 def _check_sizes(c: ml_collections.ConfigDict, cfg) -> None:

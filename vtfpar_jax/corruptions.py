@@ -254,11 +254,19 @@ def parse_names(spec: str | Sequence[str]) -> list[str]:
         return list(CORRUPTIONS)
     if not names:
         raise CorruptionError(f"no corruption given; valid: {', '.join(CORRUPTIONS)}")
+    _refuse_repeats("corruption", names)
     return [get(n).name for n in names]
 
 
+def _refuse_repeats(what: str, items: Sequence) -> None:
+    repeated = sorted({str(i) for i in items if list(items).count(i) > 1})
+    if repeated:
+        raise CorruptionError(f"{what} {', '.join(repeated)} given more than once; each cell "
+                              "is run once, name it once")
+
+
 def parse_severities(spec: str | Sequence[int]) -> list[int]:
-    """'1,3,5' or a list -> checked severities (1..5)."""
+    """'1,3,5' or a list -> checked severities (1..5), in order."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     out = []
     for item in items:
@@ -271,7 +279,8 @@ def parse_severities(spec: str | Sequence[int]) -> list[int]:
             raise CorruptionError(f"severity {severity}: valid severities are "
                                   f"{', '.join(map(str, SEVERITIES))} (0 is the clean run)")
         out.append(severity)
-    return sorted(set(out))
+    _refuse_repeats("severity", out)
+    return sorted(out)
 
 
 def tracklet_rng(seed: int, name: str, tracklet: int) -> np.random.Generator:

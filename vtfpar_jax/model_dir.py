@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vtfpar_jax import attributes, builders, optim, sharding, text
+from vtfpar_jax import attributes, builders, fingerprint, optim, sharding, text
 from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.models import backbones, vtfpar
@@ -84,7 +84,8 @@ def fresh_state(config, model_cfg, clip_params, variables: dict | None = None):
 def load(model: str, step: int | None = None) -> LoadedModel:
     from vtfpar_jax.train_step import Frozen
     run = read_run_file(model)
-    config = ml_collections.ConfigDict(run["config"])
+    # The config in force: a restart may have changed e.g. data_dir since config.json.
+    config = ml_collections.ConfigDict(fingerprint.current_config(model, run["config"]))
     attribute_set = attributes.get(run["attribute_set"])
     clip_cfg, clip_params = builders.load_backbone_folder(os.path.join(model, "clip"))
     if backbones.of(clip_cfg).name != builders.backbone_name(config):

@@ -11,9 +11,14 @@ and its three protocols. Writes to OUT (default MODEL/robustness_SPLIT):
 - groups.png: each group's F1 drop from clean at the highest severity run.
 
 robustness.json is rewritten after every cell, so an interrupted run resumes
-with the next cell; results of another checkpoint, split or seed in OUT are
-refused, never overwritten. Works on training work dirs and on converted
-published checkpoints alike (both are model dirs).
+with the next cell. It records what its cells ran: the model dir, its step and
+config, the split, data dir and seed, and each corruption's definition (unit,
+levels, and a hash of the code that applies it: `fingerprint.corruption_definition`).
+A rerun into the same OUT that differs in any of these (another checkpoint, an
+edited corruption) is refused, naming the fields that differ; results are never
+overwritten. New corruptions or severities add cells. A corruption or severity
+given twice is refused. Works on training work dirs and on converted published
+checkpoints alike (both are model dirs).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import sys
 
 import numpy as np
 
-from vtfpar_jax import corruptions
+from vtfpar_jax import corruptions, fingerprint
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.files import atomic_file, read_to_resume, write_json
 
@@ -43,9 +48,29 @@ def cell_key(name: str, severity: int) -> str:
     return CLEAN if severity == 0 else f"{name}/{severity}"
 
 
-def _settings(model: str, step: int, split: str, seed: int, attribute_set: str) -> dict:
-    return {"model": os.path.abspath(model), "step": step, "split": split, "seed": seed,
-            "attribute_set": attribute_set}
+def _identity(model: str, loaded, split: str, seed: int, names) -> dict:
+    """What the cells of robustness.json ran (`loaded`: the model dir as loaded)."""
+    return {"model": os.path.abspath(model), "step": loaded.step, "split": split, "seed": seed,
+            "attribute_set": loaded.attribute_set.name, "data_dir": loaded.config.data_dir,
+            "model_config": fingerprint.jsonable(loaded.config),
+            "definitions": {n: fingerprint.corruption_definition(corruptions.CORRUPTIONS[n])
+                            for n in names}}
+
+
+def _resume(path: str, identity: dict) -> dict:
+    """The cells already in `path` if they ran what `identity` says; else refused.
+    Corruptions that only one of the two runs has are not compared (new ones add cells)."""
+    previous = read_to_resume(path, {}, RobustnessError, "--out")
+    if not previous:
+        return {}
+    kept = previous.get("definitions", {})
+    now = {**identity, "definitions": {n: d for n, d in identity["definitions"].items()
+                                       if n in kept}}
+    before = {**previous, "definitions": {n: d for n, d in kept.items()
+                                          if n in identity["definitions"]}}
+    fingerprint.check_same_run(path, before, now, RobustnessError, "--out")
+    identity["definitions"] = {**kept, **identity["definitions"]}
+    return previous.get("cells", {})
 
 
 def _cell_result(results: dict) -> dict:
@@ -70,13 +95,11 @@ def run(model: str, split: str = "test", names=DEFAULT_CORRUPTIONS,
         loaded.config.data_dir = data_dir
     out = out or os.path.join(model, f"robustness_{split}")
     path = os.path.join(out, "robustness.json")
-    settings = _settings(model, loaded.step, split, seed, loaded.attribute_set.name)
-    cells = read_to_resume(path, settings, RobustnessError, "--out").get("cells", {})
+    identity = _identity(model, loaded, split, seed, names)
+    cells = _resume(path, identity)
     evaluator = evaluate.Evaluator(loaded.model_cfg, loaded.builder(), loaded.attribute_set,
                                    loaded.frozen, loaded.mesh, loaded.config.input)
-    report = {**settings, "definitions": {
-        n: {"unit": corruptions.CORRUPTIONS[n].unit, "levels": list(corruptions.CORRUPTIONS[
-            n].levels)} for n in names}, "cells": cells}
+    report = {**identity, "fingerprint": fingerprint.fingerprint(identity), "cells": cells}
     wanted = [(CLEAN, 0)] + [(n, s) for n in names for s in severities]
     todo = [(n, s) for n, s in wanted if cell_key(n, s) not in cells]
     if len(todo) < len(wanted):

@@ -5,6 +5,15 @@ batch is sharded, the trainable params and optimiser state are replicated, the
 frozen params (all of CLIP by default) are a separate, never-donated argument
 that no gradient or optimiser state ever touches. The same code runs on one
 CPU, several GPUs or a TPU pod slice (one process per host).
+
+A work dir holds one run. Its config.json is written when the run starts and
+never rewritten; rerunning into the same work dir resumes that run. A restart
+may change only how long the run goes and how it is watched
+(`fingerprint.RUN_CONTROL_FIELDS`: num_epochs, max_steps, data_dir, the
+log/eval/checkpoint cadence); each change is appended to config_changes.jsonl
+with the step it applies from. Any other change (e.g. optimizer.lr) is refused
+naming the field, before the backbone or data are loaded, unless
+--allow_config_change is given; that change is recorded too.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vtfpar_jax import builders, optim, preprocess, sharding
+from vtfpar_jax import builders, fingerprint, optim, preprocess, sharding
 from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.errors import ConfigError, UserError, nearest
 from vtfpar_jax.files import atomic_file, atomic_folder
@@ -164,22 +173,32 @@ class Trainer:
 def save_run_files(trainer: Trainer):
     """config.json and the frozen backbone (HF format) beside the checkpoints, by process 0.
 
-    Both are written whole then renamed (vtfpar_jax.files), so a run killed
-    while writing them leaves nothing half-written for the next one to read.
+    Both are written once, when the run starts, and never rewritten: a restart's
+    changes go to config_changes.jsonl (vtfpar_jax.fingerprint). Both are written
+    whole then renamed (vtfpar_jax.files), so a run killed while writing them
+    leaves nothing half-written for the next one to read.
     """
     if jax.process_index() != 0:
         return
-    with atomic_file(os.path.join(trainer.workdir, "config.json")) as temporary, \
-            open(temporary, "w") as f:
-        json.dump({"config": trainer.config.to_dict(),
-                   "attribute_set": trainer.attribute_set.name,
-                   "phrases": list(trainer.phrases), "tokens": trainer.tokens.tolist(),
-                   "positive_ratio": np.asarray(trainer.frozen.positive_ratio).tolist()},
-                  f, indent=1, default=list)
+    path = os.path.join(trainer.workdir, "config.json")
+    if not os.path.exists(path):
+        _write_config_file(trainer, path)
     clip_dir = os.path.join(trainer.workdir, "clip")
     if not os.path.isdir(clip_dir):
         with atomic_folder(clip_dir) as temporary:
             builders.save_backbone(trainer.clip_cfg, trainer.clip_params, temporary)
+
+
+def _write_config_file(trainer: Trainer, path: str) -> None:
+    identity = fingerprint.run_identity(trainer.config)
+    with atomic_file(path) as temporary, open(temporary, "w") as f:
+        json.dump({"config": trainer.config.to_dict(),
+                   "fingerprint": fingerprint.fingerprint(identity),
+                   "splits": identity["splits"],
+                   "attribute_set": trainer.attribute_set.name,
+                   "phrases": list(trainer.phrases), "tokens": trainer.tokens.tolist(),
+                   "positive_ratio": np.asarray(trainer.frozen.positive_ratio).tolist()},
+                  f, indent=1, default=list)
 
 
 class Preemption:
@@ -242,8 +261,14 @@ def lock_workdir(workdir: str) -> WorkdirLock | None:
     return lock
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> dict:
     """Train (resuming from the work dir's newest good checkpoint) and evaluate.
+
+    A restart whose config differs from the work dir's in more than
+    `fingerprint.RUN_CONTROL_FIELDS` is refused before anything is built, naming
+    the fields, unless `allow_config_change`; a change let through is recorded
+    in config_changes.jsonl with its step.
 
     Whatever happens once the lock is taken (a failed start included), the lock,
     the checkpoint writer, the logs and the SIGTERM handler are released on the
@@ -257,13 +282,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         lock = lock_workdir(workdir)
         if lock is not None:
             cleanup.callback(lock.release)
-        return _train_and_evaluate(config, workdir, cleanup)
+        return _train_and_evaluate(config, workdir, cleanup, allow_config_change)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        cleanup: contextlib.ExitStack) -> dict:
+                        cleanup: contextlib.ExitStack, allow_config_change: bool) -> dict:
     from vtfpar_jax import evaluate
 
+    changes = fingerprint.restart_changes(workdir, config, allow_config_change)
     trainer = Trainer(config, workdir)
     save_run_files(trainer)
     store = CheckpointStore(workdir, keep=config.keep_checkpoints,
@@ -280,6 +306,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             raise
         logging.info("no checkpoint in %s: training from scratch", workdir)
     step = int(state.step)
+    if changes and jax.process_index() == 0:
+        fingerprint.record_changes(workdir, changes, step)
+        logging.info("config changed from step %d on: %s", step, fingerprint.describe(changes))
     logger = MetricsLogger(workdir, total_steps=trainer.total_steps, initial_step=step)
     cleanup.callback(logger.close)
     logging.info("params: %s", trainer.count_params())
@@ -372,13 +401,18 @@ def main(argv=None):
     flags_ = flags.FLAGS
     config_flags.DEFINE_config_file("config", None, "A configs/<name>.py[:args] file.")
     flags.DEFINE_string("workdir", None, "Work dir for checkpoints, logs and the CLIP copy.")
+    flags.DEFINE_bool("allow_config_change", False,
+                      "Restart a work dir with a config that differs in more than the run's "
+                      "length, data dir and log/eval/checkpoint cadence (recorded in "
+                      "config_changes.jsonl).")
     flags.mark_flags_as_required(["config", "workdir"])
 
     def run(_):
         logging.getLogger().setLevel(logging.INFO)
         sharding.initialize_distributed()
         try:
-            results = train_and_evaluate(flags_.config, flags_.workdir)
+            results = train_and_evaluate(flags_.config, flags_.workdir,
+                                         flags_.allow_config_change)
         except UserError as e:  # bad input: one line; anything else is a bug: its traceback
             logging.error("%s", e)
             print(f"error: {e}", file=sys.stderr)

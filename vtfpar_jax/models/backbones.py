@@ -38,13 +38,21 @@ class Backbone:
     text_features: Callable     # (cfg, params, token_ids, dtype) -> (A, E)
     init_params: Callable       # (cfg, rng) -> params
     vision_params_up_to: Callable  # (vision params, depth) -> the part a run to `depth` reads
+    # The top-level params besides 'vision' (its text tower, logit scale and bias):
+    # what stays frozen when the vision tower is fine-tuned.
+    non_vision: tuple[str, ...]
+
+    def frozen_but_vision(self, root: str = "clip") -> tuple[str, ...]:
+        """frozen_patterns that freeze every param of this backbone outside its vision tower."""
+        return tuple(f"{root}/{name}(/.*)?" for name in self.non_vision)
 
 
 BACKBONES: dict[str, Backbone] = {
     "clip": Backbone("clip", "CLIP", clip.ClipConfig, 1, clip.VisionTower, clip.text_features,
-                     clip.init_params, clip.vision_params_up_to),
+                     clip.init_params, clip.vision_params_up_to, ("text", "logit_scale")),
     "siglip": Backbone("siglip", "SigLIP", siglip.SiglipConfig, 0, siglip.VisionTower,
-                       siglip.text_features, siglip.init_params, siglip.vision_params_up_to),
+                       siglip.text_features, siglip.init_params, siglip.vision_params_up_to,
+                       ("text", "logit_scale", "logit_bias")),
 }
 
 
