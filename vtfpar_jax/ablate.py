@@ -221,7 +221,9 @@ def checked_points(config_spec: str, sweeps: list[str], sets: dict
             config = _resolved(config_spec, sets, overrides)
             builders.check_config(config)
         except UserError as e:
-            raise AblationError(f"point {label}: {e}") from None
+            # A preset's own message starts with the point's label: say it once.
+            message = str(e) if str(e).startswith(label) else f"{label}: {e}"
+            raise AblationError(f"point {message}") from None
         checked[label] = (overrides, config)
     return checked
 

@@ -190,7 +190,7 @@ def record_changes(workdir: str, diffs: list[tuple[str, Any, Any]], step: int) -
     line says so.
     """
     explicit = any(k not in RUN_CONTROL_FIELDS for k, _, _ in diffs)
-    entry = {"step": step, "time": datetime.datetime.now(datetime.UTC).isoformat(
+    entry = {"step": step, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), "changes": {k: {"old": old, "new": new} for k, old, new in diffs},
         "allowed_by": "allow_config_change" if explicit else None}
     with open(os.path.join(workdir, CHANGES_FILE), "a") as f:
