@@ -219,7 +219,8 @@ def test_cli_batch_does_the_good_inputs_and_lists_the_failures(demo_model, clips
     code, stdout, err = _run_cli(capsys, "--model", demo_model["model"], "--out", out,
                                  truncated, clips["mp4"], text, missing)
     assert code == 1
-    assert sorted(p.name for p in out.iterdir()) == ["runner.json", "runner.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["run.json", "runner.json", "runner.png"]
+    assert len(json.loads((out / "run.json").read_text())["failed"]) == 3
     assert json.loads((out / "runner.json").read_text())["input"] == str(clips["mp4"])
     errors = [line for line in err.splitlines() if line.strip()]
     assert len(errors) == 3 and all(line.startswith("error: ") for line in errors), err
@@ -234,6 +235,30 @@ def test_cli_batch_does_the_good_inputs_and_lists_the_failures(demo_model, clips
     assert code == 1 and not (tmp_path / "fast").exists()
     errors = [line for line in err.splitlines() if line.strip()]
     assert len(errors) == 1 and str(truncated) in errors[0], err
+
+
+def test_cli_never_mixes_two_runs_in_one_out(demo_model, clips, tmp_path, capsys):
+    """Another run's results are refused and left byte-identical; --overwrite replaces them
+    whole (nothing of the first run is left beside the second)."""
+    out = tmp_path / "out"
+    model = demo_model["model"]
+    code, _, err = _run_cli(capsys, "--model", model, "--out", out, clips["folder"])
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["run.json", "walker.json", "walker.png"]
+    code, _, err = _run_cli(capsys, "--model", model, "--out", out, clips["mp4"])
+    assert code == 1
+    assert err.strip() == (f"error: --out {out} holds run.json, walker.json, walker.png "
+                           "(predict's results for other inputs or options); use a new or "
+                           "empty folder, or --overwrite to replace it whole")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    code, _, err = _run_cli(capsys, "--overwrite", "--model", model, "--out", out,
+                            clips["mp4"])
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["run.json", "runner.json", "runner.png"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["command"] == "predict" and run["identity"]["inputs"] == [str(clips["mp4"])]
+    assert run["step"] == json.loads((out / "runner.json").read_text())["step"]
 
 
 def test_output_names_are_unique(tmp_path):
