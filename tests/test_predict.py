@@ -179,9 +179,16 @@ def test_decisions_one_per_group():
 
 def test_cli_writes_json_and_png_per_input(demo_model, clips, tmp_path, capsys):
     out = tmp_path / "out"
+    tiny = tmp_path / "tiny"           # 8x8 frames: predicted, with a warning it records
+    tiny.mkdir()
+    Image.new("RGB", (8, 8), "red").save(tiny / "0.png")
     code, stdout, err = _run_cli(capsys, "--model", demo_model["model"], "--out", out,
-                                 clips["folder"], clips["mp4"], clips["short"])
+                                 clips["folder"], clips["mp4"], clips["short"], tiny)
     assert code == 0, err
+    warning = json.loads((out / "tiny.json").read_text())["warnings"]
+    assert len(warning) == 1 and warning[0].startswith(
+        f"{tiny}: frames of 8x8 pixels (a side under 16): upscaled to ")
+    assert err.strip() == f"warning: {warning[0]}"
     attribute_set = attributes.SYNTHETIC
     for name in ("walker", "runner", "short"):
         record = json.loads((out / f"{name}.json").read_text())
@@ -202,8 +209,9 @@ def test_cli_writes_json_and_png_per_input(demo_model, clips, tmp_path, capsys):
         # Not blank: the frames and the bars put many distinct colours on it.
         assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100
         assert np.any(np.all(np.abs(pixels - (0xD9, 0x5F, 0x02)) < 8, axis=-1))  # decided bars
-    assert stdout.count(".json") == 3
-    assert stdout.splitlines()[-1] == "3 done, 0 failed"
+        assert record["warnings"] == []
+    assert stdout.count(".json") == 4
+    assert stdout.splitlines()[-1] == "4 done, 0 failed"
 
 
 def test_cli_batch_does_the_good_inputs_and_lists_the_failures(demo_model, clips, tmp_path,

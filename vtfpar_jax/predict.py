@@ -117,6 +117,9 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
+MIN_PERSON_SIDE = 16   # pixels: a smaller person is a few blobs of colour once upscaled
+
+
 def positive_int(option: str):
     """An argparse type: a positive integer, else an error naming `option`."""
     def parse(value: str) -> int:
@@ -178,25 +181,33 @@ def _predict_inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
     # Names are given over all inputs, so an input's outputs do not depend on others failing.
     for path, name in zip(paths, output_names(paths), strict=True):
         try:
-            frames_uint8, clip_input = video.read_input(path, frames, (size, size), normalization)
+            chosen = video.read_frames(path, frames)
         except (video.InputError, OSError) as e:   # OSError: a truncated image
             failure = _naming(path, e)
             if args.fail_fast:
                 cli_errors.fail(failure)
             failures.append(failure)
             continue
-        readable.append((path, name, frames_uint8, clip_input))
+        height, width = chosen[0].shape[:2]
+        warnings = [] if min(height, width) >= MIN_PERSON_SIDE else [
+            f"{path}: frames of {width}x{height} pixels (a side under {MIN_PERSON_SIDE}): "
+            f"upscaled to {size}x{size}, its attributes are guesses"]
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        readable.append((path, name, warnings,
+                         *video.model_input(chosen, (size, size), normalization)))
 
     records = []
     if readable:
         probs = predict_clips(loaded, np.stack([clip_input for *_, clip_input in readable]))
         with out.filling(loaded.step, failed=failures,
                          unreadable_newer_checkpoints=loaded.unreadable_newer) as folder:
-            for (path, name, frames_uint8, _), row in zip(readable, probs, strict=True):
+            for (path, name, warnings, frames_uint8, _), row in zip(readable, probs,
+                                                                      strict=True):
                 record = decisions.prediction_record(
                     row, loaded.attribute_set, args.threshold, input=str(path),
                     model=str(args.model), step=loaded.step, frames=frames,
-                    image_size=[size, size], normalization=normalization)
+                    image_size=[size, size], normalization=normalization, warnings=warnings)
                 files.write_json(os.path.join(folder, f"{name}.json"), record, indent=1)
                 visualize.save_prediction(os.path.join(folder, f"{name}.png"), frames_uint8,
                                           row, loaded.attribute_set, args.threshold,

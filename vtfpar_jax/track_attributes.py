@@ -156,13 +156,11 @@ def write_annotated(path: str, out_path: str, info: video_stream.VideoInfo,
     return writer.count
 
 
-MIN_BOX_SIDE = 16   # pixels: a smaller person is a few blobs of colour once upscaled
-
-
 def too_small(info: video_stream.VideoInfo, tracks: dict[int, mot.Track],
               image_size: int) -> list[str]:
     """Warnings for a video smaller than the model's input and for tracks with boxes under
-    MIN_BOX_SIDE: their crops are upscaled from few pixels, so their attributes are guesses."""
+    predict.MIN_PERSON_SIDE pixels: their crops are upscaled from few pixels, so their
+    attributes are guesses."""
     found = []
     if min(info.width, info.height) < image_size:
         found.append(f"the video is {info.width}x{info.height}, smaller than the model's "
@@ -170,10 +168,10 @@ def too_small(info: video_stream.VideoInfo, tracks: dict[int, mot.Track],
                      "attributes are guesses")
     for track in tracks.values():
         smallest = min(track.boxes, key=lambda b: min(b.w, b.h))
-        if min(smallest.w, smallest.h) < MIN_BOX_SIDE:
+        if min(smallest.w, smallest.h) < predict.MIN_PERSON_SIDE:
             found.append(f"track {track.id}: a box of {smallest.w:g}x{smallest.h:g} pixels on "
-                         f"frame {smallest.frame} (under {MIN_BOX_SIDE}): its attributes are "
-                         "guesses")
+                         f"frame {smallest.frame} (under {predict.MIN_PERSON_SIDE}): its "
+                         "attributes are guesses")
     return found
 
 
