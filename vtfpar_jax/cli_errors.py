@@ -59,6 +59,9 @@ def set_verbosity(verbose: bool) -> None:
     logging.getLogger().setLevel(level)
     for name in _CHATTY:
         logging.getLogger(name).setLevel(level)
+    # TensorFlow's deprecation notices about its own internals (map_fn's dtype) are not
+    # the user's to act on.
+    logging.getLogger("tensorflow").setLevel(level if verbose else logging.ERROR)
     try:   # absl keeps its own verbosity beside the logging module's
         from absl import logging as absl_logging
         absl_logging.set_verbosity("info" if verbose else "warning")
@@ -89,6 +92,15 @@ def run(body: Callable[[], T], verbose: bool = False) -> T:
 
 
 def _exit(status: int, line: str) -> NoReturn:
+    _end_progress_bars()
     sys.stdout.flush()
     print(line, file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+def _end_progress_bars() -> None:
+    """Close the tqdm bars still open (each clears or ends its line), so that the last line
+    stands alone rather than after a bar."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()

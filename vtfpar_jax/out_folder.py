@@ -53,7 +53,7 @@ def _check_can_create(path: str, option: str) -> None:
 def check_writable_folder(path: str, option: str = "--out") -> None:
     """One `OutFolderError` unless `path` is, or can be made as, a folder we can write."""
     if os.path.exists(path) and not os.path.isdir(path):
-        raise OutFolderError(f"{option} {path}: a file; expected a folder (new, or empty)")
+        raise OutFolderError(f"{option} {path}: a file; expected a folder")
     _check_can_create(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)),
                       option)
 
