@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -155,14 +156,16 @@ def to_onnx(target: Exportable, metadata: dict[str, Any]) -> bytes:
 
 @contextlib.contextmanager
 def _quiet(*loggers: str):
-    """Only errors from these loggers while converting. jax2onnx warns, with a traceback,
-    about its dm_pix plugins that do not import under jax 0.10 (not ops this model
-    uses), and onnx_ir about every untyped shape constant it serialises."""
+    """Only errors from these loggers, and no prints, while converting. jax2onnx warns,
+    with a traceback, about its dm_pix plugins that do not import under jax 0.10 (not ops
+    this model uses), onnx_ir about every untyped shape constant it serialises, and
+    jax2onnx's linen Conv plugin prints `DEBUG:` lines to stdout."""
     saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
     for logger, _ in saved:
         logger.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         for logger, level in saved:
             logger.setLevel(level)
