@@ -4,6 +4,7 @@ another run, whole files with the umask's modes, one line on a bad option or a s
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -274,7 +275,9 @@ def test_ctrl_c_is_one_line_and_a_rerun_completes(demo_model, tmp_path, command,
     argv = [f"vtfpar_jax.{command}", "--model", str(demo_model["model"]), "--out", str(out),
             *argv]
     status, err = _run_until_progress(argv, marker)
-    lines = [line for line in err.replace("\r", "\n").splitlines()
+    # The progress bars' carriage returns and cursor moves (tqdm) are not lines.
+    shown = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", err).replace("\r", "\n")
+    lines = [line for line in shown.splitlines()
              if line.startswith(("interrupted:", "error:", "Traceback"))]
     assert status == 130, err[-3000:]
     assert len(lines) == 1 and lines[0].startswith("interrupted: "), err[-3000:]
