@@ -10,8 +10,7 @@ import re
 
 import numpy as np
 import pytest
-from smoke_runs import SMOKE
-from test_outputs import assert_default_modes
+from smoke_runs import SMOKE, assert_default_modes
 
 from vtfpar_jax import ablate, evaluate, files, robustness, train
 from vtfpar_jax.corruptions import CorruptionError

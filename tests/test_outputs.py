@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from smoke_runs import REPO, subprocess_env
+from smoke_runs import REPO, assert_default_modes, subprocess_env
 
 from vtfpar_jax import cli_errors, files, model_dir, out_folder
 from vtfpar_jax.errors import UserError
@@ -19,17 +19,6 @@ from vtfpar_jax.errors import UserError
 def _contents(folder) -> dict[str, bytes]:
     return {name: open(os.path.join(folder, name), "rb").read()
             for name in sorted(os.listdir(folder))}
-
-
-def assert_default_modes(root, mask: int) -> None:
-    """Every file under `root` 0666 and every folder 0777, less `mask`."""
-    wrong = []
-    for folder, folders, names in os.walk(root):
-        for name, want in [(f, 0o777) for f in folders] + [(n, 0o666) for n in names]:
-            path = os.path.join(folder, name)
-            if not os.path.islink(path) and os.stat(path).st_mode & 0o777 != want & ~mask:
-                wrong.append(f"{oct(os.stat(path).st_mode & 0o777)} {path}")
-    assert not wrong, "\n".join(wrong)
 
 
 @pytest.fixture
