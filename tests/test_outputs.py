@@ -221,14 +221,14 @@ def test_cli_errors_one_line_per_stop(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli_errors.run(interrupted)
     assert exit_.value.code == 130
-    assert capsys.readouterr().err == "interrupted: 3 cells kept; rerun to resume\n"
+    assert capsys.readouterr().err.strip() == "interrupted: 3 cells kept; rerun to resume"
 
     def terminated():
         os.kill(os.getpid(), signal.SIGTERM)
     with pytest.raises(SystemExit) as exit_:
         cli_errors.run(terminated)
     assert exit_.value.code == 143
-    assert capsys.readouterr().err.startswith("terminated: nothing was written")
+    assert capsys.readouterr().err.strip().startswith("terminated: nothing was written")
     assert signal.getsignal(signal.SIGTERM) is not cli_errors._terminate
 
 

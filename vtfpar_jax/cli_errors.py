@@ -84,23 +84,28 @@ def run(body: Callable[[], T], verbose: bool = False) -> T:
     except UserError as e:
         _exit(1, f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     except KeyboardInterrupt:
-        _exit(130, f"interrupted: {_stop_message}")
+        _exit(130, f"interrupted: {_stop_message}", mid_line=True)
     except Terminated:
-        _exit(143, f"terminated: {_stop_message}")
+        _exit(143, f"terminated: {_stop_message}", mid_line=True)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _exit(status: int, line: str) -> NoReturn:
-    _end_progress_bars()
+def _exit(status: int, line: str, mid_line: bool = False) -> NoReturn:
+    """Print `line` alone on stderr and exit. `mid_line`: a signal may have come while a
+    progress bar was drawn without its newline, so start a new line unless a bar that
+    was still open has just ended its own."""
+    ended = _end_progress_bars()
     sys.stdout.flush()
-    print(line, file=sys.stderr, flush=True)
+    fresh = "\n" if mid_line and not ended and "tqdm" in sys.modules else ""
+    print(fresh + line, file=sys.stderr, flush=True)
     sys.exit(status)
 
 
-def _end_progress_bars() -> None:
-    """Close the tqdm bars still open (each clears or ends its line), so that the last line
-    stands alone rather than after a bar."""
+def _end_progress_bars() -> bool:
+    """Close the tqdm bars still open (each clears or ends its line); whether there were any."""
     tqdm = sys.modules.get("tqdm")
-    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+    bars = list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()))
+    for bar in bars:
         bar.close()
+    return bool(bars)
