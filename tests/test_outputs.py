@@ -266,8 +266,8 @@ def test_ctrl_c_is_one_line_and_a_rerun_completes(demo_model, tmp_path, command,
     status, err = _run_until_progress(argv, marker)
     # The progress bars' carriage returns and cursor moves (tqdm) are not lines.
     shown = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", err).replace("\r", "\n")
-    lines = [line for line in shown.splitlines()
-             if line.startswith(("interrupted:", "error:", "Traceback"))]
+    lines = [line.strip() for line in shown.splitlines()
+             if line.strip().startswith(("interrupted:", "error:", "Traceback"))]
     assert status == 130, err[-3000:]
     assert len(lines) == 1 and lines[0].startswith("interrupted: "), err[-3000:]
     assert "rerun the same command" in lines[0]

@@ -94,10 +94,11 @@ def run(body: Callable[[], T], verbose: bool = False) -> T:
 def _exit(status: int, line: str, mid_line: bool = False) -> NoReturn:
     """Print `line` alone on stderr and exit. `mid_line`: a signal may have come while a
     progress bar was drawn without its newline, so start a new line unless a bar that
-    was still open has just ended its own."""
+    was still open has just cleared or ended its own (then from its first column: a
+    nested bar leaves the cursor where its text ended)."""
     ended = _end_progress_bars()
     sys.stdout.flush()
-    fresh = "\n" if mid_line and not ended and "tqdm" in sys.modules else ""
+    fresh = "\r" if ended else "\n" if mid_line and "tqdm" in sys.modules else ""
     print(fresh + line, file=sys.stderr, flush=True)
     sys.exit(status)
 
