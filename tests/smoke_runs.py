@@ -1,4 +1,5 @@
-"""What the training tests share: the smoke config and the environment of child processes."""
+"""What the training tests share: the smoke config, the environment of child processes and
+the check of output file modes."""
 
 from __future__ import annotations
 
@@ -22,3 +23,15 @@ def subprocess_env() -> dict[str, str]:
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     return env
+
+
+def assert_default_modes(root, mask: int) -> None:
+    """Every file under `root` 0666 and every folder 0777, less `mask` (what open / mkdir
+    make), as every command's outputs must be."""
+    wrong = []
+    for folder, folders, names in os.walk(root):
+        for name, want in [(f, 0o777) for f in folders] + [(n, 0o666) for n in names]:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path) and os.stat(path).st_mode & 0o777 != want & ~mask:
+                wrong.append(f"{oct(os.stat(path).st_mode & 0o777)} {path}")
+    assert not wrong, "\n".join(wrong)

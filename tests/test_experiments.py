@@ -11,9 +11,9 @@ import re
 
 import numpy as np
 import pytest
-from smoke_runs import SMOKE
+from smoke_runs import SMOKE, assert_default_modes
 
-from vtfpar_jax import ablate, corruptions, evaluate, fingerprint, robustness, train
+from vtfpar_jax import ablate, corruptions, evaluate, files, fingerprint, robustness, train
 from vtfpar_jax.corruptions import CorruptionError
 
 SWEEP = "model.temporal_aggregation=max,attention"
@@ -73,6 +73,9 @@ def test_ablate_writes_the_table_and_chart(ablation):
     assert (workdir / "ablation.png").stat().st_size > 10_000
     saved = json.loads((workdir / "ablation.json").read_text())
     assert saved["points"] == report["points"]
+    # ablate's files and its points' work dirs: what open / mkdir make under the umask
+    # (0644 / 0755 under 022; the writers' own temporaries are 0600 / 0700 until renamed)
+    assert_default_modes(workdir, files.umask())
 
 
 @pytest.mark.slow

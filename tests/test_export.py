@@ -92,11 +92,14 @@ def test_stablehlo_fixed_batch_and_more_platforms(demo_model, loaded, tmp_path):
         exported.call(_inputs(loaded, 3, seed=6))
 
 
-def test_onnx_under_onnxruntime_gives_jax_logits(demo_model, loaded, tmp_path):
+def test_onnx_under_onnxruntime_gives_jax_logits(demo_model, loaded, tmp_path, capsys):
     import onnx
     import onnxruntime
 
     path, metadata = _export(demo_model, tmp_path, "onnx")
+    printed = capsys.readouterr()   # one summary line, no converter chatter (jax2onnx DEBUG)
+    assert printed.out.startswith(f"{path}: onnx, ") and printed.out.count("\n") == 1
+    assert "DEBUG" not in printed.err
     proto = onnx.load(path)
     embedded = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(embedded["vtfpar"]) == metadata

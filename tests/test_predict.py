@@ -179,9 +179,16 @@ def test_decisions_one_per_group():
 
 def test_cli_writes_json_and_png_per_input(demo_model, clips, tmp_path, capsys):
     out = tmp_path / "out"
+    tiny = tmp_path / "tiny"           # 8x8 frames: predicted, with a warning it records
+    tiny.mkdir()
+    Image.new("RGB", (8, 8), "red").save(tiny / "0.png")
     code, stdout, err = _run_cli(capsys, "--model", demo_model["model"], "--out", out,
-                                 clips["folder"], clips["mp4"], clips["short"])
+                                 clips["folder"], clips["mp4"], clips["short"], tiny)
     assert code == 0, err
+    warning = json.loads((out / "tiny.json").read_text())["warnings"]
+    assert len(warning) == 1 and warning[0].startswith(
+        f"{tiny}: frames of 8x8 pixels (a side under 16): upscaled to ")
+    assert err.strip() == f"warning: {warning[0]}"
     attribute_set = attributes.SYNTHETIC
     for name in ("walker", "runner", "short"):
         record = json.loads((out / f"{name}.json").read_text())
@@ -202,8 +209,9 @@ def test_cli_writes_json_and_png_per_input(demo_model, clips, tmp_path, capsys):
         # Not blank: the frames and the bars put many distinct colours on it.
         assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100
         assert np.any(np.all(np.abs(pixels - (0xD9, 0x5F, 0x02)) < 8, axis=-1))  # decided bars
-    assert stdout.count(".json") == 3
-    assert stdout.splitlines()[-1] == "3 done, 0 failed"
+        assert record["warnings"] == []
+    assert stdout.count(".json") == 4
+    assert stdout.splitlines()[-1] == "4 done, 0 failed"
 
 
 def test_cli_batch_does_the_good_inputs_and_lists_the_failures(demo_model, clips, tmp_path,
@@ -219,7 +227,8 @@ def test_cli_batch_does_the_good_inputs_and_lists_the_failures(demo_model, clips
     code, stdout, err = _run_cli(capsys, "--model", demo_model["model"], "--out", out,
                                  truncated, clips["mp4"], text, missing)
     assert code == 1
-    assert sorted(p.name for p in out.iterdir()) == ["runner.json", "runner.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["run.json", "runner.json", "runner.png"]
+    assert len(json.loads((out / "run.json").read_text())["failed"]) == 3
     assert json.loads((out / "runner.json").read_text())["input"] == str(clips["mp4"])
     errors = [line for line in err.splitlines() if line.strip()]
     assert len(errors) == 3 and all(line.startswith("error: ") for line in errors), err
@@ -234,6 +243,30 @@ def test_cli_batch_does_the_good_inputs_and_lists_the_failures(demo_model, clips
     assert code == 1 and not (tmp_path / "fast").exists()
     errors = [line for line in err.splitlines() if line.strip()]
     assert len(errors) == 1 and str(truncated) in errors[0], err
+
+
+def test_cli_never_mixes_two_runs_in_one_out(demo_model, clips, tmp_path, capsys):
+    """Another run's results are refused and left byte-identical; --overwrite replaces them
+    whole (nothing of the first run is left beside the second)."""
+    out = tmp_path / "out"
+    model = demo_model["model"]
+    code, _, err = _run_cli(capsys, "--model", model, "--out", out, clips["folder"])
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["run.json", "walker.json", "walker.png"]
+    code, _, err = _run_cli(capsys, "--model", model, "--out", out, clips["mp4"])
+    assert code == 1
+    assert err.strip() == (f"error: --out {out} holds run.json, walker.json, walker.png "
+                           "(predict's results for other inputs or options); use a new or "
+                           "empty folder, or --overwrite to replace it whole")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    code, _, err = _run_cli(capsys, "--overwrite", "--model", model, "--out", out,
+                            clips["mp4"])
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["run.json", "runner.json", "runner.png"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["command"] == "predict" and run["identity"]["inputs"] == [str(clips["mp4"])]
+    assert run["step"] == json.loads((out / "runner.json").read_text())["step"]
 
 
 def test_output_names_are_unique(tmp_path):

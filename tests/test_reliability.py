@@ -22,8 +22,8 @@ import orbax.checkpoint as ocp
 import pytest
 from smoke_runs import REPO, SMOKE, smoke_config, subprocess_env
 
-from vtfpar_jax import model_dir, train
-from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError
+from vtfpar_jax import model_dir, sharding, train
+from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.run_logging import WorkdirLock
 
 # Short runs: no evaluation between epochs, a checkpoint after every step.
@@ -38,9 +38,13 @@ def cli(workdir, data_dir, *extra):
 def params_of(workdir, step=None):
     """(step, {path: array}) of the trainable params and BN stats of a checkpoint."""
     loaded = model_dir.load(str(workdir), step)
+    return loaded.step, params_in(loaded)
+
+
+def params_in(loaded):
     tree = {"trainable": loaded.state.trainable, "batch_stats": loaded.state.batch_stats}
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return loaded.step, {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
 
 
 def assert_same(a, b, atol=1e-6):
@@ -84,27 +88,54 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(workdir3, three_checkp
                                                           caplog):
     _, good2 = params_of(three_checkpoints, 2)
     corrupt(workdir3, 3)
+    loaded = model_dir.load(str(workdir3))
+    assert loaded.step == 2
+    assert_same(params_in(loaded), good2, atol=0)
+    assert len(loaded.unreadable_newer) == 1 and loaded.unreadable_newer[0].startswith("step 3")
+    assert loaded.fallback_warning("M").startswith("using step 2 of M: the newer "
+                                                   "checkpoint(s) cannot be read (step 3 (")
+    # Training, resuming, says it in its own words.
+    store = CheckpointStore(str(workdir3), async_save=False)
     with caplog.at_level(logging.WARNING):
-        step, params = params_of(workdir3)
-    assert step == 2
-    assert_same(params, good2, atol=0)
+        store.restore(abstract(loaded.state, sharding.replicated(loaded.mesh)))
+    store.close()
     warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
-    assert "step 3" in warnings and "unreadable" in warnings, warnings
+    assert "resumed from step 2" in warnings and "step 3" in warnings, warnings
     # The bad checkpoint is left for a person to inspect.
     assert os.path.isdir(os.path.join(workdir3, "checkpoints", "3", "state"))
 
 
 @pytest.mark.slow
-def test_deleted_file_in_latest_checkpoint_falls_back(workdir3, caplog):
+def test_deleted_file_in_latest_checkpoint_falls_back(workdir3):
     state_dir = os.path.join(workdir3, "checkpoints", "3", "state")
     victim = max((os.path.join(r, f) for r, _, fs in os.walk(state_dir) for f in fs),
                  key=os.path.getsize)
     os.remove(victim)
-    with caplog.at_level(logging.WARNING):
-        step, _ = params_of(workdir3)
-    assert step == 2
-    assert any("step 3" in r.getMessage() for r in caplog.records)
+    loaded = model_dir.load(str(workdir3))
+    assert loaded.step == 2 and loaded.unreadable_newer[0].startswith("step 3")
     assert os.path.isdir(state_dir)
+
+
+@pytest.mark.slow
+def test_predict_says_which_step_it_used_when_the_newest_is_unreadable(workdir3, tmp_path,
+                                                                       capsys):
+    import json
+
+    from PIL import Image
+
+    from vtfpar_jax import predict
+    corrupt(workdir3, 3)
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for i in range(3):
+        Image.new("RGB", (16, 32), (40 * i, 90, 200)).save(clip / f"{i}.png")
+    predict.main(["--model", str(workdir3), "--out", str(tmp_path / "out"), str(clip)])
+    err = capsys.readouterr().err
+    assert f"warning: using step 2 of {workdir3}: the newer checkpoint(s) cannot be read " \
+        "(step 3 (" in err, err
+    assert json.loads((tmp_path / "out" / "clip.json").read_text())["step"] == 2
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["step"] == 2 and run["unreadable_newer_checkpoints"][0].startswith("step 3")
 
 
 @pytest.mark.slow

@@ -205,6 +205,39 @@ def test_annotated_video_and_contact_sheet(street, result):
         mot.read_tracks(street["tracks"]).keys()
 
 
+def test_another_run_into_the_same_out_is_refused_and_changes_nothing(street, result,
+                                                                     demo_model, capsys,
+                                                                     monkeypatch):
+    from vtfpar_jax import model_dir
+    monkeypatch.setattr(model_dir, "load", lambda *a, **k: pytest.fail("model loaded"))
+    out = result["out"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["annotated.mp4", "contact_sheet.png", "run.json", "tracks.json",
+                              "tracks.txt"]
+    code, _, err = _cli(capsys, street["video"], "--model", demo_model["model"], "--tracks",
+                        street["tracks"], "--out", out, "--window", "4")
+    assert code == 1
+    assert err.startswith(f"error: --out {out} holds annotated.mp4, contact_sheet.png, "
+                          "run.json and 2 more (track_attributes's results for other inputs")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_tiny_video_and_boxes_are_warned_and_recorded(demo_model, tmp_path, capsys):
+    from vtfpar_jax import video as video_io
+    path = tmp_path / "tiny.mp4"
+    video_io.write_video(path, np.full((4, 8, 8, 3), 200, np.uint8))
+    tracks = tmp_path / "tracks.txt"
+    tracks.write_text("".join(f"{f},1,0,0,4,8,1\n" for f in range(1, 5)))
+    code, _, err = _cli(capsys, path, "--model", demo_model["model"], "--tracks", tracks,
+                        "--out", tmp_path / "out")
+    assert code == 0, err
+    recorded = json.loads((tmp_path / "out" / "tracks.json").read_text())["warnings"]
+    assert any("the video is 8x8, smaller than the model's" in w for w in recorded), recorded
+    assert any(w.startswith("track 1: a box of 4x8 pixels on frame 1") for w in recorded)
+    for warning in recorded:
+        assert f"warning: {warning}" in err
+
+
 def test_collector_holds_only_open_clips():
     """Crops of a clip are kept only between its first and last sampled frame."""
     tracks = {i: mot.Track(i, [mot.Box(f, 0, 0, 8, 16) for f in range(s, s + 10)])

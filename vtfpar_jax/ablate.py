@@ -41,13 +41,12 @@ import itertools
 import logging
 import os
 import re
-import sys
 
 import ml_collections
 
-from vtfpar_jax import builders, fingerprint, train
+from vtfpar_jax import builders, cli_errors, fingerprint, train
 from vtfpar_jax.errors import UserError, nearest
-from vtfpar_jax.files import atomic_file, read_to_resume, write_json
+from vtfpar_jax.files import read_to_resume, save_figure, write_json, write_text
 from vtfpar_jax.models import backbones
 
 METRICS = (("group_f1", "group F1"), ("mA", "mA"), ("chen_f1", "Chen F1"),
@@ -280,8 +279,7 @@ def run(config_spec: str, sweeps: list[str], workdir: str, sets: dict | None = N
     report["order"] = list(points)
     report["table"] = format_table(report)
     write_json(path, {k: v for k, v in report.items() if k != "table"})
-    with atomic_file(os.path.join(workdir, "ablation.md")) as tmp, open(tmp, "w") as f:
-        f.write(report["table"])
+    write_text(os.path.join(workdir, "ablation.md"), report["table"])
     save_chart(report, os.path.join(workdir, "ablation.png"))
     return report
 
@@ -323,7 +321,7 @@ def save_chart(report: dict, path: str) -> None:
     ax.set_ylim(0, 115)   # room for the legend above the bars
     ax.legend(fontsize=8, ncols=len(METRICS), loc="upper center")
     ax.set_title(f"ablation of {report['config']}")
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path, dpi=100)
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -353,19 +351,25 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], dest="sets",
                         help="field=value for every point (repeatable)")
     parser.add_argument("--workdir", required=True)
+    cli_errors.add_verbose(parser)
     args = parser.parse_args(argv)
-    logging.getLogger().setLevel(logging.INFO)
-    try:
-        report = run(args.config, args.sweep, args.workdir,
-                     _typed_sets(args.config, _parse_sets(args.sets)))
-    except UserError as e:  # bad input: one line; anything else is a bug: its traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    return cli_errors.run(lambda: _ablate(args), args.verbose)
+
+
+def _ablate(args) -> dict:
+    from vtfpar_jax import out_folder
+    out_folder.check_writable_folder(args.workdir, "--workdir")
+    sets = _typed_sets(args.config, _parse_sets(args.sets))
+    cli_errors.on_stop(f"the points finished are kept in {args.workdir}/ablation.json, and "
+                       "the one in training resumes from its newest checkpoint; rerun the "
+                       "same command to go on")
+    report = run(args.config, args.sweep, args.workdir, sets)
     if "stopped" in report:
         print(f"stopped during point {report['stopped']}; rerun the same command to resume")
-        return
+        return report
     print(report["table"], end="")
     print(f"written to {os.path.join(args.workdir, 'ablation.md')} and ablation.png")
+    return report
 
 
 if __name__ == "__main__":

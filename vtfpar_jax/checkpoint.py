@@ -36,6 +36,7 @@ class CheckpointStore:
     def __init__(self, workdir: str, keep: int = 3, keep_every: int | None = None,
                  async_save: bool = True, retries: int = 0, retry_wait_s: float = 30.0):
         self.retries, self.retry_wait_s = retries, retry_wait_s
+        self.unreadable: list[str] = []
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, keep_period=keep_every, create=True,
@@ -71,23 +72,30 @@ class CheckpointStore:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-        """(state, meta) of `step`, or of the newest checkpoint that loads."""
+    def restore(self, abstract_state: Any, step: int | None = None,
+                announce: bool = True) -> tuple[Any, dict]:
+        """(state, meta) of `step`, or of the newest checkpoint that loads.
+
+        The newer checkpoints that could not be read are left in `self.unreadable`
+        ("step N (why)"); `announce` logs them in training's words (resuming), while
+        inference says it in its own.
+        """
         candidates = [step] if step is not None else self.steps()[::-1]
         if not candidates:
             raise NoCheckpointError(f"{self.directory}: no checkpoint")
-        errors = []
+        errors = self.unreadable = []
         for s in candidates:
             try:
                 restored = self.manager.restore(s, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-                if errors:
+                if errors and announce:
                     logging.warning("resumed from step %d; newer checkpoint(s) unreadable and "
                                     "left on disk: %s", s, "; ".join(errors))
                 return restored["state"], dict(restored["meta"])
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
                 errors.append(f"step {s} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
-                logging.warning("checkpoint at step %d is unreadable: %s", s, errors[-1])
+                if announce:
+                    logging.warning("checkpoint at step %d is unreadable: %s", s, errors[-1])
         raise NoCheckpointError(f"{self.directory}: no readable checkpoint: {'; '.join(errors)}")
 
     def wait(self):

@@ -72,12 +72,14 @@ def _boxes_xyxy(boxes: list[mot.Box]) -> tuple[np.ndarray, np.ndarray]:
     return xyxy.reshape(-1, 4), conf
 
 
-def tracks_for(path: str, info: video_stream.VideoInfo, detections: str | None = None,
+def tracks_for(path: str, info: video_stream.VideoInfo,
+               detections: str | dict[int, list[mot.Box]] | None = None,
                progress: bool = True) -> dict[int, mot.Track]:
     """{id: Track} from ByteTrack over per-frame detections: from the `detections` MOT
-    file, or from the HOG detector run on every decoded frame. Possibly empty."""
+    file (or what `mot.read_detections` read from it), or from the HOG detector run on
+    every decoded frame. Possibly empty."""
     _, sv = _imports()
-    given = mot.read_detections(detections) if detections else None
+    given = mot.read_detections(detections) if isinstance(detections, str) else detections
     detector = None if given is not None else HogPeopleDetector()
     with warnings.catch_warnings():
         # supervision 0.30 marks ByteTrack deprecated (it moves to the `trackers` package,

@@ -10,16 +10,13 @@ a per-attribute bar chart. Periodic evaluation during training uses the same
 from __future__ import annotations
 
 import functools
-import logging
 import os
-import sys
 from collections.abc import Callable
 
 import jax
 import numpy as np
 
-from vtfpar_jax import metrics, optim, preprocess, sharding
-from vtfpar_jax.errors import UserError
+from vtfpar_jax import cli_errors, files, metrics, optim, preprocess, sharding
 from vtfpar_jax.models import vtfpar
 
 # (video (B, T, h, w, 3) uint8, tracklet index (B,)) -> video: see Evaluator.probabilities.
@@ -42,19 +39,22 @@ class Evaluator:
         return cls(trainer.model_cfg, trainer.builder, trainer.attribute_set, trainer.frozen,
                    trainer.mesh, trainer.config.input)
 
-    def probabilities(self, state, split: str, corrupt: Corrupt | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def probabilities(self, state, split: str, corrupt: Corrupt | None = None,
+                      progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(probs, labels, mask) over `split`, gathered from every host.
 
         `corrupt(video, index)`, if given, changes each host batch's uint8 frames
         before they go to the devices (index: each row's tracklet, -1 on padding);
         e.g. a `vtfpar_jax.corruptions.corrupt_batch` with its corruption bound.
         """
+        from tqdm import tqdm
         out = {"probs": [], "labels": [], "mask": []}
-        for local in self.pipeline.eval_batches(
-                self.builder, split, batch_size=self.input.eval_batch_size,
-                frames=self.model_cfg.frames, frame_size=self.pipeline.frame_size(self.input),
-                process_index=jax.process_index(), process_count=jax.process_count()):
+        batches = self.pipeline.eval_batches(
+            self.builder, split, batch_size=self.input.eval_batch_size,
+            frames=self.model_cfg.frames, frame_size=self.pipeline.frame_size(self.input),
+            process_index=jax.process_index(), process_count=jax.process_count())
+        for local in tqdm(batches, desc=f"evaluate {split}", unit="batch", leave=False,
+                          disable=not progress):
             index = local.pop("index")
             if corrupt is not None:
                 local["video"] = corrupt(local["video"], index)
@@ -66,13 +66,13 @@ class Evaluator:
         return tuple(np.concatenate(out[k]) for k in ("probs", "labels", "mask"))
 
     def run(self, state, split: str, report_dir: str | None = None,
-            corrupt: Corrupt | None = None) -> dict:
-        probs, labels, mask = self.probabilities(state, split, corrupt)
+            corrupt: Corrupt | None = None, progress: bool = False) -> dict:
+        probs, labels, mask = self.probabilities(state, split, corrupt, progress)
         results = metrics.evaluate_all(probs, labels, self.attribute_set, mask=mask)
         if report_dir and jax.process_index() == 0:
             metrics.save_report(results, self.attribute_set, report_dir)
-            with open(os.path.join(report_dir, "table.txt"), "w") as f:
-                f.write(metrics.format_table(results, self.attribute_set))
+            files.write_text(os.path.join(report_dir, "table.txt"),
+                             metrics.format_table(results, self.attribute_set))
         return results
 
 
@@ -140,19 +140,43 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="a training work dir or converted model")
     parser.add_argument("--split", default="test")
     parser.add_argument("--step", type=int, default=None)
-    parser.add_argument("--out", default=None, help="report folder (default MODEL/eval_SPLIT)")
+    parser.add_argument("--out", default=None,
+                        help="report folder, new or empty, or holding this command's results "
+                        "for the same model and split (default MODEL/eval_SPLIT)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace whatever --out holds, whole")
     parser.add_argument("--data_dir", default=None,
                         help="TFDS data dir (default: the one the model was trained with)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli_errors.add_verbose(parser)
     args = parser.parse_args(argv)
-    logging.getLogger().setLevel(logging.INFO)
-    try:
-        results = evaluate_workdir(args.model, args.split, args.step, args.out, args.data_dir)
-    except UserError as e:  # bad input: one line; anything else is a bug: its traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    return cli_errors.run(lambda: _evaluate(args), args.verbose)
+
+
+def _evaluate(args) -> dict:
+    from vtfpar_jax import model_dir, out_folder
     from vtfpar_jax.builders import attributes
+    out_path = args.out or os.path.join(args.model, f"eval_{args.split}")
+    out = out_folder.OutFolder(
+        out_path, "evaluate", {"model": os.path.abspath(args.model), "split": args.split,
+                               "step": args.step, "data_dir": args.data_dir and
+                               os.path.abspath(args.data_dir)},
+        args.overwrite, keep=[args.model])
+    model_dir.check_dataset(args.model, args.split, args.data_dir)
+    loaded = model_dir.load_announced(args.model, step=args.step)
+    out.check_step(loaded.step)
+    if args.data_dir:
+        loaded.config.data_dir = args.data_dir
+    evaluator = Evaluator(loaded.model_cfg, loaded.builder(args.split), loaded.attribute_set,
+                          loaded.frozen, loaded.mesh, loaded.config.input)
+    cli_errors.on_stop(f"nothing was written to {out_path}; rerun the same command")
+    with out.filling(loaded.step, unreadable_newer_checkpoints=loaded.unreadable_newer) as folder:
+        results = evaluator.run(loaded.state, args.split, folder,
+                                progress=not args.no_progress)
     print(metrics.format_table(results, attributes.get(results["attribute_set"])))
     print(summary_line(results))
+    print(f"step {loaded.step}; written to {out_path}")
+    return results
 
 
 if __name__ == "__main__":

@@ -29,20 +29,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
 import re
-import sys
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vtfpar_jax import decisions, files, metrics, model_dir
+from vtfpar_jax import cli_errors, decisions, files, metrics, model_dir, out_folder
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.models import vtfpar
 from vtfpar_jax.normalization import NORMALIZATIONS
@@ -90,6 +90,7 @@ def exportable(loaded: model_dir.LoadedModel, batch: int | None, model: str = ""
         "format_version": 1,
         "model": model,
         "step": loaded.step,
+        "unreadable_newer_checkpoints": loaded.unreadable_newer,
         "input": {"name": INPUT_NAME, "shape": ["B" if batch is None else batch, cfg.frames,
                                                 size, size, 3],
                   "dtype": "float32", "layout": "BTHWC (batch, frames, height, width, RGB)",
@@ -155,14 +156,16 @@ def to_onnx(target: Exportable, metadata: dict[str, Any]) -> bytes:
 
 @contextlib.contextmanager
 def _quiet(*loggers: str):
-    """Only errors from these loggers while converting. jax2onnx warns, with a traceback,
-    about its dm_pix plugins that do not import under jax 0.10 (not ops this model
-    uses), and onnx_ir about every untyped shape constant it serialises."""
+    """Only errors from these loggers, and no prints, while converting. jax2onnx warns,
+    with a traceback, about its dm_pix plugins that do not import under jax 0.10 (not ops
+    this model uses), onnx_ir about every untyped shape constant it serialises, and
+    jax2onnx's linen Conv plugin prints `DEBUG:` lines to stdout."""
     saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
     for logger, _ in saved:
         logger.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         for logger, level in saved:
             logger.setLevel(level)
@@ -178,9 +181,8 @@ def metadata_path(out: str | os.PathLike) -> str:
     return os.fspath(out) + ".json"
 
 
-def export(loaded: model_dir.LoadedModel, fmt: str, out: str, batch: int | None,
-           model: str = "", platforms: tuple[str, ...] = ("cpu",)) -> dict[str, Any]:
-    """Write the artefact and its metadata; returns the metadata (with the file's size)."""
+def check_options(fmt: str, platforms: tuple[str, ...]) -> None:
+    """--format and --platforms, checked before the model loads."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: expected one of {FORMATS}")
     unknown = [p for p in platforms if p not in PLATFORMS]
@@ -190,6 +192,12 @@ def export(loaded: model_dir.LoadedModel, fmt: str, out: str, batch: int | None,
     if fmt == "onnx" and platforms != ("cpu",):
         raise ExportError("--platforms applies to --format stablehlo only (an ONNX model "
                           "runs wherever its runtime does)")
+
+
+def export(loaded: model_dir.LoadedModel, fmt: str, out: str, batch: int | None,
+           model: str = "", platforms: tuple[str, ...] = ("cpu",)) -> dict[str, Any]:
+    """Write the artefact and its metadata; returns the metadata (with the file's size)."""
+    check_options(fmt, platforms)
     target = exportable(loaded, batch, model)
     metadata = {**target.metadata, "format": fmt,
                 "platforms": list(platforms) if fmt == "stablehlo" else None,
@@ -223,35 +231,37 @@ def parse_batch(value: str) -> int | None:
     return batch
 
 
-def _fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m vtfpar_jax.export",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a training work dir or converted model")
     parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--out", required=True, help="the artefact's path; its metadata goes "
-                        "to <out>.json")
+    parser.add_argument("--out", required=True, help="the artefact's path (a new file); its "
+                        "metadata goes to <out>.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an artefact (and its metadata) already at --out")
     parser.add_argument("--batch", default="dynamic",
                         help="batch size N, or 'dynamic' for a symbolic one (default)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
     parser.add_argument("--platforms", default="cpu",
                         help="stablehlo only: comma-separated lowering platforms among cpu, "
                         "cuda, rocm, tpu (default %(default)s); no device needed")
+    cli_errors.add_verbose(parser)
     args = parser.parse_args(argv)
-    try:
-        batch = parse_batch(args.batch)
-        loaded = model_dir.load(args.model, step=args.step)
-        info = export(loaded, args.format, args.out, batch, model=args.model,
-                      platforms=tuple(p.strip() for p in args.platforms.split(",")))
-    except UserError as e:
-        _fail(str(e).splitlines()[0])
+    return cli_errors.run(lambda: _export(args), args.verbose)
+
+
+def _export(args) -> dict[str, Any]:
+    batch = parse_batch(args.batch)
+    platforms = tuple(p.strip() for p in args.platforms.split(","))
+    check_options(args.format, platforms)
+    for path in (args.out, metadata_path(args.out)):
+        out_folder.check_writable_file(path, "--out", args.overwrite)
+    loaded = model_dir.load_announced(args.model, step=args.step)
+    info = export(loaded, args.format, args.out, batch, model=args.model, platforms=platforms)
     print(f"{args.out}: {args.format}, {info['bytes'] / 2**20:.1f} MiB in "
-          f"{info['export_seconds']:.1f} s, input {info['input']['shape']}; metadata "
-          f"{metadata_path(args.out)}")
+          f"{info['export_seconds']:.1f} s, input {info['input']['shape']}, step {info['step']}; "
+          f"metadata {metadata_path(args.out)}")
     return info
 
 

@@ -8,6 +8,11 @@ within a folder is atomic on POSIX file systems (local disks, NFS, Lustre), so
 a reader finds the old file, no file, or the whole new one. On a bucket mount
 (GCS FUSE) a rename is a copy then a delete, but each object is written whole,
 so the reader still never sees half a file.
+
+`tempfile` makes its files 0600 and folders 0700 and a rename keeps the mode,
+so both writers give the result the modes an ordinary `open` / `mkdir` would
+(0666 / 0777 less the umask: 0644 / 0755 under umask 022), so that a serving
+account or a colleague can read every output, as they can the others.
 """
 
 from __future__ import annotations
@@ -19,15 +24,43 @@ import tempfile
 from collections.abc import Iterator
 
 
+def umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_default_mode(path: str) -> None:
+    """`path` (a file, or a folder and everything under it) as if made by open / mkdir."""
+    mask = umask()
+    if not os.path.isdir(path):
+        os.chmod(path, 0o666 & ~mask)
+        return
+    os.chmod(path, 0o777 & ~mask)
+    for root, folders, names in os.walk(path):
+        for name in folders:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in names:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str) -> Iterator[str]:
-    """A temporary path beside `path` to write; renamed onto `path` if the block succeeds."""
+    """A temporary path beside `path` to write; renamed onto `path` if the block succeeds.
+
+    The temporary name ends in `path`'s extension, so writers that pick a format
+    by it (PIL, matplotlib) pick the right one.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-",
+                                     suffix=os.path.splitext(path)[1])
     os.close(fd)
     try:
         yield temporary
+        give_default_mode(temporary)
         os.replace(temporary, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -46,6 +79,7 @@ def atomic_folder(path: str) -> Iterator[str]:
     temporary = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
     try:
         yield temporary
+        give_default_mode(temporary)
         try:
             os.rename(temporary, path)
         except OSError:
@@ -55,11 +89,23 @@ def atomic_folder(path: str) -> Iterator[str]:
         shutil.rmtree(temporary, ignore_errors=True)
 
 
-def write_json(path: str, value) -> None:
+def write_json(path: str, value, indent: int = 2) -> None:
     """`value` as indented JSON at `path`, whole or not at all."""
     import json
+    write_text(path, json.dumps(value, indent=indent) + "\n")
+
+
+def write_text(path: str, text: str) -> None:
+    """`text` at `path`, whole or not at all."""
     with atomic_file(path) as temporary, open(temporary, "w") as f:
-        json.dump(value, f, indent=2)
+        f.write(text)
+
+
+def save_figure(figure, path: str, **savefig) -> None:
+    """A matplotlib figure (or a PIL image: anything with `savefig` or `save`) at `path`,
+    whole or not at all."""
+    with atomic_file(path) as temporary:
+        (figure.savefig if hasattr(figure, "savefig") else figure.save)(temporary, **savefig)
 
 
 def read_to_resume(path: str, identity: dict, error: type[Exception], elsewhere: str) -> dict:

@@ -16,12 +16,13 @@ plain Python float / int / list, so a result dict goes straight to JSON.
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vtfpar_jax import files
 from vtfpar_jax.attributes import AttributeSet
 
 PUBLISHED_THRESHOLD = 0.45
@@ -338,7 +339,7 @@ def save_report(results: dict[str, Any], attribute_set: AttributeSet,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "metrics.json"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    files.write_json(os.fspath(json_path), results)
 
     per_attribute = results["par"]["attributes"]
     names = list(attribute_set.columns)
@@ -361,5 +362,5 @@ def save_report(results: dict[str, Any], attribute_set: AttributeSet,
                     f"group protocol acc {100 * results['group']['acc']:.2f}, "
                     f"F1 {100 * results['group']['f1']:.2f}")
     png_path = out_dir / "per_attribute.png"
-    figure.savefig(png_path, dpi=100)
+    files.save_figure(figure, os.fspath(png_path), dpi=100)
     return {"json": json_path, "png": png_path}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from typing import Any
 
 import jax
@@ -18,7 +19,7 @@ import numpy as np
 
 from vtfpar_jax import attributes, builders, fingerprint, optim, sharding, text
 from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
-from vtfpar_jax.errors import UserError
+from vtfpar_jax.errors import UserError, nearest
 from vtfpar_jax.models import backbones, vtfpar
 
 
@@ -39,23 +40,53 @@ class LoadedModel:
     frozen: Any         # train.Frozen
     mesh: jax.sharding.Mesh
     step: int
+    unreadable_newer: list[str] = dataclasses.field(default_factory=list)  # "step N (why)"
 
-    def builder(self):
-        import input_pipeline
-        from input_pipeline import pipeline
-        b = input_pipeline.get_builder(self.config.dataset, self.config.data_dir or None)
-        if not b.is_prepared():
-            raise input_pipeline.DatasetNotBuiltError(b)
-        if pipeline.attribute_set(b).name != self.attribute_set.name:
-            raise ModelDirError(f"model attributes {self.attribute_set.name!r} do not match "
-                             f"dataset {self.config.dataset!r}")
-        return b
+    def fallback_warning(self, model: str) -> str | None:
+        """One line when a newer checkpoint could not be read and an older step is used."""
+        if not self.unreadable_newer:
+            return None
+        return (f"using step {self.step} of {model}: the newer checkpoint(s) cannot be read "
+                f"({'; '.join(self.unreadable_newer)}); the results are step {self.step}'s "
+                "and say so")
+
+    def builder(self, split: str | None = None):
+        return dataset_builder(self.config, self.attribute_set.name, split)
 
     def variables(self) -> dict:
         """{'params', 'batch_stats', 'clip'}: the form `predict.compute_logits` takes."""
         params = optim.merge(self.state.trainable, self.frozen.params)
         return {"params": params["model"], "batch_stats": self.state.batch_stats,
                 "clip": params["clip"]}
+
+
+def dataset_builder(config: ml_collections.ConfigDict, attribute_set: str,
+                    split: str | None = None):
+    """The TFDS builder of the model's dataset, prepared, with the model's attributes (and
+    `split`, if given); else one `UserError` naming what is missing."""
+    import input_pipeline
+    from input_pipeline import pipeline
+    b = input_pipeline.get_builder(config.dataset, config.data_dir or None)
+    if not b.is_prepared():
+        raise input_pipeline.DatasetNotBuiltError(b)
+    if pipeline.attribute_set(b).name != attribute_set:
+        raise ModelDirError(f"model attributes {attribute_set!r} do not match "
+                            f"dataset {config.dataset!r}")
+    if split is not None and split not in b.info.splits:
+        raise ModelDirError(f"--split {split!r}: the dataset {config.dataset!r} has the splits "
+                            f"{', '.join(sorted(b.info.splits))}"
+                            f"{nearest(split, b.info.splits)}")
+    return b
+
+
+def check_dataset(model: str, split: str, data_dir: str | None = None) -> None:
+    """Before the model loads: its dataset (in `data_dir`, or the one it was trained with)
+    is prepared and has `split`."""
+    run = read_run_file(model)
+    config = ml_collections.ConfigDict(run["config"])
+    if data_dir:
+        config.data_dir = data_dir
+    dataset_builder(config, run["attribute_set"], split)
 
 
 def read_run_file(model: str) -> dict:
@@ -81,6 +112,15 @@ def fresh_state(config, model_cfg, clip_params, variables: dict | None = None):
     return initial_state(variables, clip_params, config.frozen_patterns, tx)
 
 
+def load_announced(model: str, step: int | None = None) -> LoadedModel:
+    """`load`, and one `warning:` line on stderr when a newer checkpoint was unreadable."""
+    loaded = load(model, step)
+    warning = loaded.fallback_warning(model)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return loaded
+
+
 def load(model: str, step: int | None = None) -> LoadedModel:
     from vtfpar_jax.train_step import Frozen
     run = read_run_file(model)
@@ -97,7 +137,8 @@ def load(model: str, step: int | None = None) -> LoadedModel:
     mesh = sharding.make_mesh()
     store = CheckpointStore(model, async_save=False)
     try:
-        state, meta = store.restore(abstract(template, sharding.replicated(mesh)), step)
+        state, meta = store.restore(abstract(template, sharding.replicated(mesh)), step,
+                                    announce=False)
     except NoCheckpointError as e:
         raise ModelDirMissingError(f"{model}: no checkpoint to load ({e})") from None
     finally:
@@ -109,4 +150,5 @@ def load(model: str, step: int | None = None) -> LoadedModel:
     frozen = sharding.replicate(Frozen(params=frozen_params, text_features=jnp.asarray(features),
                                        positive_ratio=None if ratio is None else
                                        jnp.asarray(ratio, jnp.float32)), mesh)
-    return LoadedModel(config, model_cfg, attribute_set, state, frozen, mesh, int(meta["step"]))
+    return LoadedModel(config, model_cfg, attribute_set, state, frozen, mesh, int(meta["step"]),
+                       list(store.unreadable))

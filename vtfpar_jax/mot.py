@@ -18,6 +18,7 @@ import dataclasses
 import math
 import os
 
+from vtfpar_jax import files
 from vtfpar_jax.errors import UserError
 
 
@@ -103,7 +104,11 @@ def read_detections(path: str | os.PathLike) -> dict[int, list[Box]]:
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             if line.strip() and not line.lstrip().startswith("#"):
-                _, box = _parse_line(path, number, line)
+                track_id, box = _parse_line(path, number, line)
+                if track_id != -1:   # ByteTrack would drop the ids and make its own tracks
+                    raise MotError(f"{path}: line {number}: id {track_id}; detections have "
+                                   "id -1. These look like tracks: give them with --tracks "
+                                   "to use them as they are")
                 detections.setdefault(box.frame, []).append(box)
     if not detections:
         raise MotError(f"{path}: no detections (the file holds no box lines); expected "
@@ -114,10 +119,9 @@ def read_detections(path: str | os.PathLike) -> dict[int, list[Box]]:
 def write_tracks(path: str | os.PathLike, tracks: dict[int, Track]) -> None:
     """The tracks as MOTChallenge lines, sorted by frame then id (the usual order)."""
     rows = sorted((b.frame, t.id, b) for t in tracks.values() for b in t.boxes)
-    with open(path, "w") as f:
-        for frame, track_id, b in rows:
-            f.write(f"{frame},{track_id},{b.x:.2f},{b.y:.2f},{b.w:.2f},{b.h:.2f},"
-                    f"{b.conf:.4f},-1,-1,-1\n")
+    files.write_text(os.fspath(path), "".join(
+        f"{frame},{track_id},{b.x:.2f},{b.y:.2f},{b.w:.2f},{b.h:.2f},{b.conf:.4f},-1,-1,-1\n"
+        for frame, track_id, b in rows))
 
 
 def fit_to_video(tracks: dict[int, Track], width: int, height: int,

@@ -22,20 +22,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
-import logging
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vtfpar_jax import decisions, metrics, model_dir, video, visualize
-from vtfpar_jax.errors import ConfigError, UserError
+from vtfpar_jax import (
+    cli_errors,
+    decisions,
+    files,
+    metrics,
+    model_dir,
+    out_folder,
+    video,
+    visualize,
+)
+from vtfpar_jax.errors import ConfigError
 from vtfpar_jax.models import backbones, vtfpar
 
 
@@ -110,9 +117,20 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def _fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
+MIN_PERSON_SIDE = 16   # pixels: a smaller person is a few blobs of colour once upscaled
+
+
+def positive_int(option: str):
+    """An argparse type: a positive integer, else an error naming `option`."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if number < 1:
+            raise argparse.ArgumentTypeError(f"{option} {value!r}: expected a positive integer")
+        return number
+    return parse
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -123,8 +141,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="a folder of frames (one tracklet, sorted by name) or a video file")
     parser.add_argument("--model", required=True, help="a training work dir or converted model")
-    parser.add_argument("--out", default="predictions", help="output folder (default %(default)s)")
-    parser.add_argument("--frames", type=int, default=None,
+    parser.add_argument("--out", default="predictions",
+                        help="output folder, new or empty, or holding this command's results "
+                        "for the same model and inputs (default %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace whatever --out holds, whole")
+    parser.add_argument("--frames", type=positive_int("--frames"), default=None,
                         help="frames sampled per clip (default: the model's)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
     parser.add_argument("--threshold", type=float, default=metrics.PUBLISHED_THRESHOLD,
@@ -132,60 +154,73 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--fail-fast", action="store_true",
                         help="stop at the first input that cannot be read, before writing "
                         "anything (default: predict the readable ones, list the others)")
+    cli_errors.add_verbose(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    return cli_errors.run(lambda: _predict_inputs(args), args.verbose)
 
+
+def _predict_inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
     paths = [Path(p) for p in args.inputs]
     missing = [p for p in paths if not p.exists()]
     if missing and args.fail_fast:   # before loading the model: the cheapest mistake to report
-        _fail(f"{missing[0]}: no such file or folder")
-    try:
-        loaded = model_dir.load(args.model, step=args.step)
-    except UserError as e:
-        _fail(str(e).splitlines()[0])
+        cli_errors.fail(f"{missing[0]}: no such file or folder")
+    out = out_folder.OutFolder(
+        args.out, "predict", {"model": os.path.abspath(args.model),
+                              "inputs": [os.path.abspath(p) for p in paths],
+                              "step": args.step, "frames": args.frames,
+                              "threshold": args.threshold},
+        args.overwrite, keep=[args.model, *args.inputs])
+    loaded = model_dir.load_announced(args.model, step=args.step)
+    out.check_step(loaded.step)
     frames = args.frames or loaded.model_cfg.frames
     size = loaded.model_cfg.clip.image_size
     normalization = loaded.config.input.get("normalization", "published")
-    try:   # a wrong --frames concerns every input: one error, not one per input
-        config_for_frames(loaded.model_cfg, frames)
-    except ConfigError as e:
-        _fail(str(e).splitlines()[0])
+    config_for_frames(loaded.model_cfg, frames)   # a wrong --frames concerns every input
 
     readable, failures = [], []
     # Names are given over all inputs, so an input's outputs do not depend on others failing.
     for path, name in zip(paths, output_names(paths), strict=True):
         try:
-            frames_uint8, clip_input = video.read_input(path, frames, (size, size), normalization)
+            chosen = video.read_frames(path, frames)
         except (video.InputError, OSError) as e:   # OSError: a truncated image
             failure = _naming(path, e)
             if args.fail_fast:
-                _fail(failure)
+                cli_errors.fail(failure)
             failures.append(failure)
             continue
-        readable.append((path, name, frames_uint8, clip_input))
+        height, width = chosen[0].shape[:2]
+        warnings = [] if min(height, width) >= MIN_PERSON_SIDE else [
+            f"{path}: frames of {width}x{height} pixels (a side under {MIN_PERSON_SIDE}): "
+            f"upscaled to {size}x{size}, its attributes are guesses"]
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        readable.append((path, name, warnings,
+                         *video.model_input(chosen, (size, size), normalization)))
 
     records = []
     if readable:
         probs = predict_clips(loaded, np.stack([clip_input for *_, clip_input in readable]))
-        os.makedirs(args.out, exist_ok=True)
-        for (path, name, frames_uint8, _), row in zip(readable, probs, strict=True):
-            record = decisions.prediction_record(
-                row, loaded.attribute_set, args.threshold, input=str(path),
-                model=str(args.model), step=loaded.step, frames=frames,
-                image_size=[size, size], normalization=normalization)
-            with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-                json.dump(record, f, indent=1)
-            visualize.save_prediction(os.path.join(args.out, f"{name}.png"), frames_uint8, row,
-                                      loaded.attribute_set, args.threshold, title=path.name)
-            print(f"{path}: {os.path.join(args.out, name)}.json/.png  "
-                  + decisions.summary(record))
-            records.append(record)
+        with out.filling(loaded.step, failed=failures,
+                         unreadable_newer_checkpoints=loaded.unreadable_newer) as folder:
+            for (path, name, warnings, frames_uint8, _), row in zip(readable, probs,
+                                                                      strict=True):
+                record = decisions.prediction_record(
+                    row, loaded.attribute_set, args.threshold, input=str(path),
+                    model=str(args.model), step=loaded.step, frames=frames,
+                    image_size=[size, size], normalization=normalization, warnings=warnings)
+                files.write_json(os.path.join(folder, f"{name}.json"), record, indent=1)
+                visualize.save_prediction(os.path.join(folder, f"{name}.png"), frames_uint8,
+                                          row, loaded.attribute_set, args.threshold,
+                                          title=path.name)
+                records.append((path, name, record))
+    for path, name, record in records:
+        print(f"{path}: {os.path.join(args.out, name)}.json/.png  " + decisions.summary(record))
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
     print(f"{len(records)} done, {len(failures)} failed")
     if failures:
         sys.exit(1)
-    return records
+    return [record for *_, record in records]
 
 
 def _naming(path: Path, error: Exception) -> str:

@@ -26,13 +26,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 
 import numpy as np
 
-from vtfpar_jax import corruptions, fingerprint
+from vtfpar_jax import cli_errors, corruptions, fingerprint
 from vtfpar_jax.errors import UserError
-from vtfpar_jax.files import atomic_file, read_to_resume, write_json
+from vtfpar_jax.files import read_to_resume, save_figure, write_json, write_text
 
 DEFAULT_CORRUPTIONS = ("occlusion", "motion_blur", "dropped_frames")
 DEFAULT_SEVERITIES = (1, 3, 5)
@@ -115,8 +114,7 @@ def run(model: str, split: str = "test", names=DEFAULT_CORRUPTIONS,
                                            **_cell_result(results)}
         write_json(path, report)
     report["table"] = format_table(report, names, severities)
-    with atomic_file(os.path.join(out, "table.txt")) as tmp, open(tmp, "w") as f:
-        f.write(report["table"])
+    write_text(os.path.join(out, "table.txt"), report["table"])
     save_figures(report, names, severities, out)
     return report
 
@@ -180,7 +178,7 @@ def save_figures(report: dict, names, severities, out: str) -> dict[str, str]:
                     f"{report['step']}")
     paths = {"robustness": os.path.join(out, "robustness.png"),
              "groups": os.path.join(out, "groups.png")}
-    figure.savefig(paths["robustness"], dpi=100)
+    save_figure(figure, paths["robustness"], dpi=100)
 
     top = max(severities)
     groups = list(cells[CLEAN]["groups"])
@@ -198,7 +196,7 @@ def save_figures(report: dict, names, severities, out: str) -> dict[str, str]:
     ax.set_yticks(range(len(groups)), [groups[i] for i in order])
     figure.colorbar(image, ax=ax, label="group F1 drop from clean (points)")
     ax.set_title(f"severity {top}")
-    figure.savefig(paths["groups"], dpi=100)
+    save_figure(figure, paths["groups"], dpi=100)
     return paths
 
 
@@ -216,16 +214,25 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="default MODEL/robustness_SPLIT")
     parser.add_argument("--data_dir", default=None,
                         help="TFDS data dir (default: the one the model was trained with)")
+    cli_errors.add_verbose(parser)
     args = parser.parse_args(argv)
-    logging.getLogger().setLevel(logging.INFO)
-    try:
-        report = run(args.model, args.split, args.corruptions, args.severities, args.seed,
-                     args.out, args.step, args.data_dir)
-    except UserError as e:  # bad input: one line; anything else is a bug: its traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    return cli_errors.run(lambda: _robustness(args), args.verbose)
+
+
+def _robustness(args) -> dict:
+    from vtfpar_jax import model_dir, out_folder
+    out = args.out or os.path.join(args.model, f"robustness_{args.split}")
+    corruptions.parse_names(args.corruptions)   # every option before the model loads
+    corruptions.parse_severities(args.severities)
+    out_folder.check_writable_folder(out)
+    model_dir.check_dataset(args.model, args.split, args.data_dir)
+    cli_errors.on_stop(f"the cells finished so far are kept in {out}/robustness.json; rerun "
+                       "the same command to resume with the next")
+    report = run(args.model, args.split, args.corruptions, args.severities, args.seed,
+                 args.out, args.step, args.data_dir)
     print(report["table"], end="")
-    print(f"written to {args.out or os.path.join(args.model, 'robustness_' + args.split)}")
+    print(f"written to {out}")
+    return report
 
 
 if __name__ == "__main__":

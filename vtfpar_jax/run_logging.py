@@ -16,6 +16,7 @@ import sys
 
 import jax
 
+from vtfpar_jax import files
 from vtfpar_jax.errors import UserError
 
 
@@ -102,5 +103,5 @@ class MetricsLogger:
             ax.set_xlabel("step")
         out = os.path.join(self.workdir, "training_curves.png")
         fig.tight_layout()
-        fig.savefig(out, dpi=100)
+        files.save_figure(fig, out, dpi=100)
         return out

@@ -31,33 +31,27 @@ track and frame (also listed in tracks.json's 'warnings').
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from vtfpar_jax import (
+    cli_errors,
     decisions,
     files,
     metrics,
     model_dir,
     mot,
+    out_folder,
     predict,
     track_outputs,
     tracklets,
     video_stream,
 )
 from vtfpar_jax import video as video_io
-from vtfpar_jax.errors import UserError
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 class _Batcher:
@@ -162,6 +156,25 @@ def write_annotated(path: str, out_path: str, info: video_stream.VideoInfo,
     return writer.count
 
 
+def too_small(info: video_stream.VideoInfo, tracks: dict[int, mot.Track],
+              image_size: int) -> list[str]:
+    """Warnings for a video smaller than the model's input and for tracks with boxes under
+    predict.MIN_PERSON_SIDE pixels: their crops are upscaled from few pixels, so their
+    attributes are guesses."""
+    found = []
+    if min(info.width, info.height) < image_size:
+        found.append(f"the video is {info.width}x{info.height}, smaller than the model's "
+                     f"{image_size}x{image_size} input: every crop is upscaled, the "
+                     "attributes are guesses")
+    for track in tracks.values():
+        smallest = min(track.boxes, key=lambda b: min(b.w, b.h))
+        if min(smallest.w, smallest.h) < predict.MIN_PERSON_SIDE:
+            found.append(f"track {track.id}: a box of {smallest.w:g}x{smallest.h:g} pixels on "
+                         f"frame {smallest.frame} (under {predict.MIN_PERSON_SIDE}): its "
+                         "attributes are guesses")
+    return found
+
+
 def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track], out: str,
         *, window: int | None = None, batch: int = 8, aspect: float = tracklets.TRAINING_ASPECT,
         context: float = tracklets.CONTEXT, threshold: float = metrics.PUBLISHED_THRESHOLD,
@@ -170,6 +183,7 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
     """Predict every track and write OUT's files; returns tracks.json's content."""
     info = info or video_stream.probe(video)
     tracks, warnings = mot.fit_to_video(tracks, info.width, info.height, info.frames)
+    warnings += too_small(info, tracks, loaded.model_cfg.clip.image_size)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     probabilities, thumbnails = predict_tracks(video, tracks, loaded, info.frames, window,
@@ -197,22 +211,9 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
     sheet = track_outputs.contact_sheet(
         [{"record": records[i], "thumbnails": thumbnails[i]} for i in sorted(records)],
         cfg.frames)
-    sheet.save(os.path.join(out, "contact_sheet.png"))
-    with open(os.path.join(out, "tracks.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    files.save_figure(sheet, os.path.join(out, "contact_sheet.png"))
+    files.write_json(os.path.join(out, "tracks.json"), result, indent=1)
     return result
-
-
-def _positive(name: str):
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            number = 0
-        if number < 1:
-            raise argparse.ArgumentTypeError(f"{name} {value!r}: expected a positive integer")
-        return number
-    return parse
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -226,12 +227,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--detections", default=None,
                         help="without --tracks: person detections in MOT format (id -1) to "
                         "track instead of running the HOG detector")
-    parser.add_argument("--window", type=_positive("--window"), default=None,
+    parser.add_argument("--window", type=predict.positive_int("--window"), default=None,
                         help="also predict each sliding window of N track frames "
                         "(stride N // 2)")
-    parser.add_argument("--out", default="tracks_out", help="output folder (default %(default)s)")
+    parser.add_argument("--out", default="tracks_out",
+                        help="output folder, new or empty, or holding this command's results "
+                        "for the same model and inputs (default %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace whatever --out holds, whole")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
-    parser.add_argument("--batch", type=_positive("--batch"), default=8,
+    parser.add_argument("--batch", type=predict.positive_int("--batch"), default=8,
                         help="clips per model call (default %(default)s)")
     parser.add_argument("--context", type=float, default=tracklets.CONTEXT,
                         help="margin added on each side of a box, as a fraction of its size "
@@ -241,32 +246,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threshold", type=float, default=metrics.PUBLISHED_THRESHOLD,
                         help="binary decision threshold (default %(default)s, as published)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cli_errors.add_verbose(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    return cli_errors.run(lambda: _track_attributes(args), args.verbose)
+
+
+def _track_attributes(args: argparse.Namespace) -> dict[str, Any]:
     if args.tracks and args.detections:
-        _fail("--tracks and --detections: give one (tracks are used as they are; detections "
-              "are tracked first)")
+        cli_errors.fail("--tracks and --detections: give one (tracks are used as they are; "
+                        "detections are tracked first)")
     if args.context < 0 or args.aspect <= 0:
-        _fail(f"--context {args.context} / --aspect {args.aspect}: expected context >= 0 and "
-              "aspect > 0")
-    try:   # the inputs first, then the model: the cheapest mistakes are reported soonest
-        info = video_stream.probe(args.video)
-        tracks = mot.read_tracks(args.tracks) if args.tracks else None
-        loaded = model_dir.load(args.model, step=args.step)
-        if tracks is None:
-            from vtfpar_jax import detect_track
-            tracks = detect_track.tracks_for(args.video, info, args.detections,
-                                             progress=not args.no_progress)
-        elif not mot.fit_to_video(tracks, info.width, info.height, info.frames)[0]:
-            _fail(f"{args.tracks}: no track has a box inside the video "
-                  f"({info.width}x{info.height}, {info.frames} frames)")
-        result = run(args.video, loaded, tracks, args.out, window=args.window,
+        cli_errors.fail(f"--context {args.context} / --aspect {args.aspect}: expected "
+                        "context >= 0 and aspect > 0")
+    # The inputs and --out first, then the model: the cheapest mistakes are reported soonest.
+    info = video_stream.probe(args.video)
+    tracks = mot.read_tracks(args.tracks) if args.tracks else None
+    detections = mot.read_detections(args.detections) if args.detections else None
+    if tracks is not None and not mot.fit_to_video(tracks, info.width, info.height,
+                                                   info.frames)[0]:
+        cli_errors.fail(f"{args.tracks}: no track has a box inside the video "
+                        f"({info.width}x{info.height}, {info.frames} frames)")
+    tracks_from = args.tracks or args.detections or "hog+bytetrack"
+    out = out_folder.OutFolder(
+        args.out, "track_attributes",
+        {"model": os.path.abspath(args.model), "video": os.path.abspath(args.video),
+         "tracks_from": os.path.abspath(tracks_from) if tracks_from != "hog+bytetrack"
+         else tracks_from, "step": args.step, "window": args.window, "context": args.context,
+         "aspect": args.aspect, "threshold": args.threshold},
+        args.overwrite, keep=[args.model, args.video, *filter(None, [args.tracks,
+                                                                     args.detections])])
+    loaded = model_dir.load_announced(args.model, step=args.step)
+    out.check_step(loaded.step)
+    if tracks is None:
+        from vtfpar_jax import detect_track
+        tracks = detect_track.tracks_for(args.video, info, detections,
+                                         progress=not args.no_progress)
+    cli_errors.on_stop(f"nothing was written to {args.out}; rerun the same command")
+    with out.filling(loaded.step, unreadable_newer_checkpoints=loaded.unreadable_newer) as folder:
+        result = run(args.video, loaded, tracks, folder, window=args.window,
                      batch=args.batch, aspect=args.aspect, context=args.context,
                      threshold=args.threshold, info=info, progress=not args.no_progress,
-                     about={"model": args.model,
-                            "tracks_from": args.tracks or args.detections or "hog+bytetrack"})
-    except UserError as e:
-        _fail(str(e).splitlines()[0])
+                     about={"model": args.model, "tracks_from": tracks_from})
     for track_id, record in result["tracks"].items():
         print(f"track {track_id} (frames {record['first_frame']}-{record['last_frame']}): "
               f"{record['summary']}")

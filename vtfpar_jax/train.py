@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vtfpar_jax import builders, fingerprint, optim, preprocess, sharding
+from vtfpar_jax import builders, cli_errors, fingerprint, optim, preprocess, sharding
 from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.errors import ConfigError, UserError, nearest
 from vtfpar_jax.files import atomic_file, atomic_folder
@@ -407,18 +407,19 @@ def main(argv=None):
                       "config_changes.jsonl).")
     flags.mark_flags_as_required(["config", "workdir"])
 
-    def run(_):
-        logging.getLogger().setLevel(logging.INFO)
+    def train(_):
         sharding.initialize_distributed()
-        try:
-            results = train_and_evaluate(flags_.config, flags_.workdir,
-                                         flags_.allow_config_change)
-        except UserError as e:  # bad input: one line; anything else is a bug: its traceback
-            logging.error("%s", e)
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
+        # SIGTERM while training checkpoints then stops (Preemption); Ctrl-C keeps the
+        # checkpoints already written.
+        cli_errors.on_stop(f"the checkpoints written so far are kept in {flags_.workdir}; "
+                           "rerun the same command to resume from the newest")
+        results = train_and_evaluate(flags_.config, flags_.workdir,
+                                     flags_.allow_config_change)
         from vtfpar_jax import evaluate
         print(evaluate.summary_line(results))
+
+    def run(_):
+        cli_errors.run(lambda: train(_), verbose=True)   # the step logs are training's INFO
 
     def parse_flags(argv):
         try:  # absl's own error for a --config.<field> typo is a KeyError traceback

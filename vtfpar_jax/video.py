@@ -142,16 +142,25 @@ def read_input(path: str | os.PathLike, frames: int, image_size: tuple[int, int]
     Raises:
       InputError: a missing path, an empty folder, non-images, an unreadable video.
     """
+    return model_input(read_frames(path, frames), image_size, normalization)
+
+
+def read_frames(path: str | os.PathLike, frames: int) -> list[np.ndarray]:
+    """The T frames `read_input` samples, (h, w, 3) uint8 at their size on disk."""
     path = Path(path)
     if frames < 1:
         raise ValueError(f"frames={frames}: need at least 1")
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
-        chosen = _read_folder(path, frames)
-    else:
-        decoded = _decode_video(path)
-        chosen = [decoded[i] for i in frame_indices(len(decoded), frames)]
+        return _read_folder(path, frames)
+    decoded = _decode_video(path)
+    return [decoded[i] for i in frame_indices(len(decoded), frames)]
+
+
+def model_input(chosen: list[np.ndarray], image_size: tuple[int, int],
+                normalization: str = "published") -> tuple[np.ndarray, np.ndarray]:
+    """(frames resized to `image_size`, uint8; the same normalised, float32)."""
     frames_uint8 = np.stack([resize(f, tuple(image_size)) for f in chosen])
     return frames_uint8, normalize(frames_uint8, normalization)
 

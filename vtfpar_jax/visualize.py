@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from vtfpar_jax import attributes, decisions, metrics
+from vtfpar_jax import attributes, decisions, files, metrics
 
 DPI = 100
 WIDTH_IN = 11.0
@@ -112,5 +112,5 @@ def save_prediction(path: str | os.PathLike, frames_uint8: np.ndarray, probs: np
     """Writes `prediction_figure` as a PNG of `pixel_size(A)` pixels; returns the path."""
     fig = prediction_figure(frames_uint8, probs, attribute_set, threshold, title)
     # No bbox_inches='tight': the size stays exactly figure_size * DPI.
-    fig.savefig(path, dpi=DPI)
+    files.save_figure(fig, os.fspath(path), dpi=DPI)
     return os.fspath(path)

@@ -1,0 +1,112 @@
+"""How every command ends when it does not finish: one line, an exit status, no traceback.
+
+- a `UserError` (bad input): `error: <its first line>`, exit 1;
+- Ctrl-C (SIGINT): `interrupted: <what was kept, how to resume or rerun>`, exit 130;
+- SIGTERM: `terminated: <the same>`, exit 143 (128 + the signal, as a shell reports it).
+Anything else is a bug and keeps its traceback.
+
+A command's main parses its arguments, then hands its body to `run`. While it
+works, the body says what an interruption would leave with `on_stop(...)`, so
+the line is true at every moment (e.g. "the 3 cells done are kept"). Training
+sets its own SIGTERM handler while it trains (checkpoint, then stop); `run`
+only answers SIGTERM outside that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+from vtfpar_jax.errors import UserError
+
+T = TypeVar("T")
+
+RERUN = "nothing was written; rerun the same command"
+_stop_message = RERUN
+
+# Library loggers that speak at INFO/DEBUG about their own work (absl: JAX, Orbax, TFDS;
+# jax2onnx and onnx_ir: every op converted): WARNING unless --verbose.
+_CHATTY = ("absl", "jax2onnx", "onnx_ir", "jax", "orbax", "tensorflow")
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, like KeyboardInterrupt by SIGINT."""
+
+
+def _terminate(signum, frame) -> NoReturn:
+    raise Terminated()
+
+
+def on_stop(message: str) -> None:
+    """What a stop now would leave, and how to go on: printed after `interrupted:`."""
+    global _stop_message
+    _stop_message = message
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="library logging (JAX, Orbax, TFDS, jax2onnx) at INFO")
+
+
+def set_verbosity(verbose: bool) -> None:
+    """Our own messages always; the libraries' INFO/DEBUG lines only with --verbose."""
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s:%(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(level)
+    # TensorFlow's deprecation notices about its own internals (map_fn's dtype) are not
+    # the user's to act on.
+    logging.getLogger("tensorflow").setLevel(level if verbose else logging.ERROR)
+    try:   # absl keeps its own verbosity beside the logging module's
+        from absl import logging as absl_logging
+        absl_logging.set_verbosity("info" if verbose else "warning")
+    except ImportError:
+        pass
+
+
+def fail(message: str) -> NoReturn:
+    """Bad input found by a command itself: the same one line as a `UserError`."""
+    raise UserError(message)
+
+
+def run(body: Callable[[], T], verbose: bool = False) -> T:
+    """`body()`, ending as the module docstring says when it does not finish."""
+    on_stop(RERUN)
+    set_verbosity(verbose)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return body()
+    except UserError as e:
+        _exit(1, f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    except KeyboardInterrupt:
+        _exit(130, f"interrupted: {_stop_message}", mid_line=True)
+    except Terminated:
+        _exit(143, f"terminated: {_stop_message}", mid_line=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit(status: int, line: str, mid_line: bool = False) -> NoReturn:
+    """Print `line` alone on stderr and exit. `mid_line`: a signal may have come while a
+    progress bar was drawn without its newline, so start a new line unless a bar that
+    was still open has just cleared or ended its own (then from its first column: a
+    nested bar leaves the cursor where its text ended)."""
+    ended = _end_progress_bars()
+    sys.stdout.flush()
+    fresh = "\r" if ended else "\n" if mid_line and "tqdm" in sys.modules else ""
+    print(fresh + line, file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def _end_progress_bars() -> bool:
+    """Close the tqdm bars still open (each clears or ends its line); whether there were any."""
+    tqdm = sys.modules.get("tqdm")
+    bars = list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()))
+    for bar in bars:
+        bar.close()
+    return bool(bars)
