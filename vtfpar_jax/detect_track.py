@@ -74,7 +74,7 @@ def tracks_for(path: str, info: video_stream.VideoInfo, detector: Detector | Non
                progress: bool = True) -> MadeTracks:
     """ByteTrack over the boxes of `detector` (run on every `detect_every`-th decoded frame)
     or of the `detections` MOT file (every frame it lists). Possibly no track."""
-    sv = base.import_video_extra("supervision")
+    sv = base.import_extra("supervision")
     given = mot.read_detections(detections) if detections else None
     if given is None and detector is None:
         raise ValueError("tracks_for needs a detector or a detections file")

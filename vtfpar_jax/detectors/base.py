@@ -60,11 +60,11 @@ class Detector:
         raise NotImplementedError
 
 
-def import_video_extra(name: str):
+def import_extra(name: str):
     """A module of an extra, or a MissingExtraError naming the pip command."""
     import importlib
     extras = {"cv2": "video", "supervision": "video", "onnxruntime": "export", "onnx": "export",
-              "transformers": "dev", "torch": "dev"}
+              "transformers": "dev", "torch": "dev", "motmetrics": "video"}
     try:
         return importlib.import_module(name)
     except ImportError as e:

@@ -34,7 +34,7 @@ class HogDetector(base.Detector):
     def __init__(self, min_person_px: float = base.MIN_PERSON_PX, margin: float = 0.0):
         """margin: the SVM margin a window needs to count as a person (OpenCV's
         hitThreshold; 0 is the SVM's own boundary)."""
-        cv2 = base.import_video_extra("cv2")
+        cv2 = base.import_extra("cv2")
         self._cv2 = cv2
         self._hog = cv2.HOGDescriptor()
         self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())

@@ -19,8 +19,8 @@ from vtfpar_jax.detectors import base
 
 class HuggingFaceDetector(base.Detector):
     def __init__(self, source: str, score_threshold: float = base.SCORE_THRESHOLD):
-        transformers = base.import_video_extra("transformers")
-        self._torch = base.import_video_extra("torch")
+        transformers = base.import_extra("transformers")
+        self._torch = base.import_extra("torch")
         try:
             self._processor = transformers.AutoImageProcessor.from_pretrained(source)
             self._model = transformers.AutoModelForObjectDetection.from_pretrained(source).eval()

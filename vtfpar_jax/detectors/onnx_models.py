@@ -90,8 +90,8 @@ def _person_class(session, layout: str) -> int:
 
 class OnnxDetector(base.Detector):
     def __init__(self, path: str, score_threshold: float = base.SCORE_THRESHOLD):
-        ort = base.import_video_extra("onnxruntime")
-        cv2 = base.import_video_extra("cv2")
+        ort = base.import_extra("onnxruntime")
+        cv2 = base.import_extra("cv2")
         if not os.path.isfile(path):
             raise base.DetectorError(f"--detector onnx:{path}: no such file")
         try:
