@@ -61,7 +61,7 @@ def street(tmp_path_factory) -> dict:
                 frame[y:y + PERSON_SIZE[0], x:x + PERSON_SIZE[1]] = p["crops"][t]
                 lines.append(f"{number},{pid},{x},{y},{PERSON_SIZE[1]},{PERSON_SIZE[0]},1,-1,-1,-1")
         frames.append(frame)
-    street_scene.write_mp4(root / "street.mp4", frames, lossless=True)
+    street_scene.write_mp4(root / "street.mp4", frames, lossless=True, fps=10)
     (root / "tracks.txt").write_text("\n".join(lines) + "\n")
     return {"video": root / "street.mp4", "tracks": root / "tracks.txt", "root": root,
             "labels": {pid: p["labels"] for pid, p in people.items()},
@@ -354,7 +354,7 @@ def test_hog_detector_finds_tall_people_in_a_camera_encoded_mp4(demo_model, tmp_
             truth[(pid, t + 1)] = [x, y, pw, ph]
         frames.append(frame)
     source = tmp_path / "camera.mp4"
-    street_scene.write_mp4(source, frames, lossless=False)
+    street_scene.write_mp4(source, frames, lossless=False, fps=10)
     out = tmp_path / "out"
     code, _, err = _cli(capsys, source, "--model", demo_model["model"], "--out", out)
     assert code == 0, err

@@ -24,7 +24,7 @@ from PIL import Image
 from vtfpar_jax import mot
 
 CAMERA_CRF = 23
-FPS = 10
+FPS = 25                 # a camera's rate; people walk about their height per second
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +59,7 @@ def walking_scene(frame_size: tuple[int, int], person_height: int, num_frames: i
                   seed: int = 0, people_per_lane: int = 2) -> Scene:
     """People `person_height` px tall (half as wide) in as many lanes as the frame holds,
     `people_per_lane` spread along each lane. A lane's people appear together on a frame
-    of the video's first third and walk at one speed (a tenth of their height per frame,
+    of the video's first third and walk at one speed (their height per second at FPS,
     rightwards in even lanes, leftwards in odd ones), so they never overlap; each leaves
     at the frame's edge or stays to the end."""
     h, w = frame_size
@@ -69,7 +69,7 @@ def walking_scene(frame_size: tuple[int, int], person_height: int, num_frames: i
         raise ValueError(f"{people_per_lane} people {ph} px tall per lane do not fit a "
                          f"{w}x{h} frame")
     lanes = (h - 20) // (ph + gap)
-    speed = max(1, ph // 10)
+    speed = max(1, round(ph / FPS))
     rng = np.random.default_rng(seed)
     slot = (w - pw) // people_per_lane
     walkers = []

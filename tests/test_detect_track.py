@@ -1,0 +1,68 @@
+"""The built-in detection path on drawn streets encoded as a camera encodes them (crf 23, 4:2:0):
+small people found about as well as tall ones, nobody found on an empty street, and tracks
+carried between detections with --detect_every."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vtfpar_jax import detect_track, detectors, mot, mot_metrics, street_scene, video_stream
+
+
+def _recall(video, truth: dict[int, mot.Track], detector) -> float:
+    """Share of true boxes that a detected box matches at IoU >= 0.5, over all frames."""
+    true_at: dict[int, list] = {}
+    for track in truth.values():
+        for b in track.boxes:
+            true_at.setdefault(b.frame, []).append([b.x, b.y, b.w, b.h])
+    hits = total = 0
+    for number, frame in video_stream.frames(video):
+        found = detector(frame)
+        xywh = np.concatenate([found.xyxy[:, :2], found.xyxy[:, 2:] - found.xyxy[:, :2]], 1)
+        distances = mot_metrics.iou_distances(np.asarray(true_at[number]).reshape(-1, 4), xywh)
+        hits += int((~np.isnan(distances)).any(axis=1).sum())
+        total += len(true_at[number])
+    return hits / total
+
+
+@pytest.mark.slow   # about 30 s: HOG on frames enlarged 3.3x
+@pytest.mark.xfail(reason="not met yet: 48 px recall 0.48 against 0.58 at 192 px with these "
+                   "defaults (docs/tracking.md)", strict=True)
+def test_default_hog_finds_small_people_about_as_well_as_tall_ones(tmp_path):
+    detector = detectors.build("hog")      # the defaults: people from 48 px
+    recalls = {}
+    for person_px, size in ((48, (240, 400)), (192, (240, 640))):
+        scene = street_scene.walking_scene(size, person_px, num_frames=4, seed=3,
+                                           people_per_lane=3)
+        video = tmp_path / f"street_{person_px}.mp4"
+        truth = street_scene.write_video(scene, video)
+        recalls[person_px] = _recall(video, truth, detector)
+    assert recalls[48] >= 0.5 and abs(recalls[48] - recalls[192]) <= 0.10, recalls
+
+
+def test_empty_street_gives_no_track_and_says_so(tmp_path):
+    scene = street_scene.Scene((240, 320), (96, 48), 4, (), seed=3)
+    video = tmp_path / "empty.mp4"
+    street_scene.write_video(scene, video)
+    made = detect_track.tracks_for(str(video), video_stream.probe(video),
+                                   detectors.build("hog"), progress=False)
+    assert made.tracks == {} and made.boxes_found == 0
+    assert made.warnings == ["no person was found on the 4 frame(s) searched (--min_person_px "
+                             "may be above the people's height)"]
+
+
+def test_tracks_are_carried_between_detections():
+    """Boxes on frames 1 and 6 of a track: frames 2-5 are filled in on the straight line."""
+    track = mot.Track(3, [mot.Box(1, 0, 10, 20, 40, 0.9), mot.Box(6, 50, 20, 20, 40, 0.7),
+                          mot.Box(20, 90, 20, 20, 40, 0.8)])
+    filled = detect_track.interpolate_gaps(track, longest=5)
+    assert filled.frames == [1, 2, 3, 4, 5, 6, 20]       # the 14-frame gap is a lost track
+    assert [(b.x, b.y, b.conf) for b in filled.boxes[1:5]] == [
+        (10, 12, 0.7), (20, 14, 0.7), (30, 16, 0.7), (40, 18, 0.7)]
+
+
+def test_implausibly_tall_boxes_are_dropped():
+    boxes = detectors.Boxes([[0, 0, 10, 20], [0, 0, 50, 95], [5, 5, 30, 85]], [0.9, 0.8, 0.7])
+    kept, dropped = detect_track.plausible(boxes, frame_height=100)
+    assert dropped == 1 and kept.scores.tolist() == pytest.approx([0.9, 0.7])
