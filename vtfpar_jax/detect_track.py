@@ -30,6 +30,7 @@ from vtfpar_jax import mot, stage_times, video_stream
 from vtfpar_jax.detectors import Boxes, Detector, base
 
 MAX_PERSON_SHARE = 0.8      # a person box spans at most this share of the frame's height
+START_IOU = 0.2             # ByteTrack's matching bound: 1 - minimum_matching_threshold 0.8
 
 
 @dataclasses.dataclass
@@ -68,6 +69,32 @@ def interpolate_gaps(track: mot.Track, longest: int) -> mot.Track:
     return mot.Track(track.id, filled)
 
 
+def _unconfirmed_start(box: mot.Box, earlier: Boxes, earlier_frame: int
+                       ) -> tuple[list[mot.Box], Boxes]:
+    """([the box a new track most likely had on the previous detection frame] or []; the
+    earlier boxes left unclaimed).
+
+    ByteTrack confirms a track born after the first frame only on its second detection
+    and reports it from there, so each new track would lose its first detection frame
+    (with --detect_every N, N frames). The previous detection frame's unclaimed box that
+    overlaps the new track's first box most, at IoU >= START_IOU (ByteTrack's own bound
+    for matching a track to a detection), is taken as its start."""
+    if not len(earlier):
+        return [], earlier
+    x0, y0, x1, y1 = box.x, box.y, box.x + box.w, box.y + box.h
+    lo = np.maximum(earlier.xyxy[:, :2], [x0, y0])
+    hi = np.minimum(earlier.xyxy[:, 2:], [x1, y1])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+    areas = np.prod(earlier.xyxy[:, 2:] - earlier.xyxy[:, :2], axis=1)
+    iou = inter / (areas + box.w * box.h - inter)
+    best = int(np.argmax(iou))
+    if iou[best] < START_IOU:
+        return [], earlier
+    bx0, by0, bx1, by1 = (float(v) for v in earlier.xyxy[best])
+    start = mot.Box(earlier_frame, bx0, by0, bx1 - bx0, by1 - by0, float(earlier.scores[best]))
+    return [start], earlier.select(np.arange(len(earlier)) != best)
+
+
 def tracks_for(path: str, info: video_stream.VideoInfo, detector: Detector | None = None,
                detections: str | None = None, detect_every: int = 1,
                times: stage_times.StageTimes | None = None,
@@ -89,6 +116,7 @@ def tracks_for(path: str, info: video_stream.VideoInfo, detector: Detector | Non
     frames = (((n, None) for n in range(1, info.frames + 1)) if given is not None
               else times.timed("decode", video_stream.frames(path)))
     detected = found_count = implausible = 0
+    unclaimed = Boxes.empty()    # the last detection frame's boxes that no track took
     for number, frame in tqdm(frames, total=info.frames, desc="frames (detect, track)",
                               unit="frame", disable=not progress, leave=False):
         if (number - 1) % every:
@@ -104,11 +132,17 @@ def tracks_for(path: str, info: video_stream.VideoInfo, detector: Detector | Non
             tracked = tracker.update_with_detections(sv.Detections(
                 xyxy=found.xyxy, confidence=found.scores,
                 class_id=np.zeros(len(found), np.int64)))
+            claimed = np.zeros(len(found), bool)
             for (x0, y0, x1, y1), track_id, score in zip(tracked.xyxy, tracked.tracker_id,
                                                          tracked.confidence, strict=True):
-                boxes.setdefault(int(track_id), []).append(
-                    mot.Box(number, float(x0), float(y0), float(x1 - x0), float(y1 - y0),
-                            float(score)))
+                claimed |= (found.xyxy == [x0, y0, x1, y1]).all(axis=1)
+                box = mot.Box(number, float(x0), float(y0), float(x1 - x0), float(y1 - y0),
+                              float(score))
+                if int(track_id) not in boxes:
+                    boxes[int(track_id)], unclaimed = _unconfirmed_start(
+                        box, unclaimed, number - every)
+                boxes[int(track_id)].append(box)
+            unclaimed = found.select(~claimed)
     with times.stage("track"):
         tracks = {i: interpolate_gaps(mot.Track(i, b), every) for i, b in sorted(boxes.items())}
     notes = []
