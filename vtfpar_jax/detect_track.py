@@ -15,7 +15,9 @@ Tracking: supervision's ByteTrack, its thresholds acting on scores in [0, 1].
 With detect_every N the detector runs on frames 1, 1 + N, ...; ByteTrack sees
 only those (its frame rate divided by N, so it keeps a lost track as long in
 seconds), and each track's box on the frames between two of its detections is
-interpolated linearly: the tracker carries it across the gap.
+interpolated linearly: the tracker carries it across the gap, also across up to
+CARRIED_DETECTIONS - 1 detection frames in a row where the detector missed it
+(ByteTrack kept its id, so both ends are the same person).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from vtfpar_jax import mot, stage_times, video_stream
 from vtfpar_jax.detectors import Boxes, Detector, base
 
 MAX_PERSON_SHARE = 0.8      # a person box spans at most this share of the frame's height
+CARRIED_DETECTIONS = 3      # a track missed on up to 2 detection frames in a row is carried
 START_IOU = 0.2             # ByteTrack's matching bound: 1 - minimum_matching_threshold 0.8
 
 
@@ -144,7 +147,8 @@ def tracks_for(path: str, info: video_stream.VideoInfo, detector: Detector | Non
                 boxes[int(track_id)].append(box)
             unclaimed = found.select(~claimed)
     with times.stage("track"):
-        tracks = {i: interpolate_gaps(mot.Track(i, b), every) for i, b in sorted(boxes.items())}
+        tracks = {i: interpolate_gaps(mot.Track(i, b), every * CARRIED_DETECTIONS)
+                  for i, b in sorted(boxes.items())}
     notes = []
     if implausible:
         notes.append(f"{implausible} detected box(es) taller than {MAX_PERSON_SHARE:.0%} of the "
