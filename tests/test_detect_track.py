@@ -66,3 +66,20 @@ def test_implausibly_tall_boxes_are_dropped():
     boxes = detectors.Boxes([[0, 0, 10, 20], [0, 0, 50, 95], [5, 5, 30, 85]], [0.9, 0.8, 0.7])
     kept, dropped = detect_track.plausible(boxes, frame_height=100)
     assert dropped == 1 and kept.scores.tolist() == pytest.approx([0.9, 0.7])
+
+
+@pytest.mark.parametrize("spec,fragment", [
+    ("onnx:missing.onnx", "--detector onnx:missing.onnx: no such file"),
+    ("hf:", "--detector hf: give a Hub id or a folder"),
+])
+def test_bad_detector_is_one_error_line_before_the_model_loads(tmp_path, capsys, spec, fragment):
+    from vtfpar_jax import track_attributes
+    video = tmp_path / "empty.mp4"
+    street_scene.write_video(street_scene.Scene((64, 64), (32, 16), 2, (), seed=0), video)
+    with pytest.raises(SystemExit) as stopped:
+        track_attributes.main([str(video), "--model", str(tmp_path / "no_model"), "--detector",
+                               spec, "--out", str(tmp_path / "out"), "--no-progress"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert stopped.value.code == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()
