@@ -83,3 +83,11 @@ def test_bad_detector_is_one_error_line_before_the_model_loads(tmp_path, capsys,
     assert stopped.value.code == 1 and len(lines) == 1, lines
     assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_tracks_seen_at_the_last_detection_frame_are_carried_to_the_end():
+    track = mot.Track(1, [mot.Box(6, 10, 0, 8, 16), mot.Box(11, 20, 5, 8, 16)])
+    carried = detect_track.extend_to(track, searched=11, last=14)
+    assert [(b.frame, b.x, b.y) for b in carried.boxes[2:]] == [(12, 22, 6), (13, 24, 7),
+                                                                (14, 26, 8)]
+    assert detect_track.extend_to(track, searched=16, last=19) == track   # lost before the end

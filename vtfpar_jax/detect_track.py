@@ -17,7 +17,9 @@ only those (its frame rate divided by N, so it keeps a lost track as long in
 seconds), and each track's box on the frames between two of its detections is
 interpolated linearly: the tracker carries it across the gap, also across up to
 CARRIED_DETECTIONS - 1 detection frames in a row where the detector missed it
-(ByteTrack kept its id, so both ends are the same person).
+(ByteTrack kept its id, so both ends are the same person). A track seen on the
+last frame searched is carried on, at its last velocity, to the end of the video
+(at most N - 1 frames).
 """
 
 from __future__ import annotations
@@ -98,6 +100,21 @@ def _unconfirmed_start(box: mot.Box, earlier: Boxes, earlier_frame: int
     return [start], earlier.select(np.arange(len(earlier)) != best)
 
 
+def extend_to(track: mot.Track, searched: int, last: int) -> mot.Track:
+    """A track seen on the last frame searched (`searched`), carried on to frame `last` at
+    its velocity between its last two boxes: the frames after the last detection frame
+    have no detection of their own."""
+    end = track.boxes[-1]
+    if end.frame != searched or last <= searched or len(track.boxes) < 2:
+        return track
+    before = track.boxes[-2]
+    step = [(u - v) / (end.frame - before.frame) for u, v in
+            zip((end.x, end.y), (before.x, before.y), strict=True)]
+    carried = [mot.Box(end.frame + k, end.x + k * step[0], end.y + k * step[1], end.w, end.h,
+                       end.conf) for k in range(1, last - end.frame + 1)]
+    return mot.Track(track.id, track.boxes + carried)
+
+
 def tracks_for(path: str, info: video_stream.VideoInfo, detector: Detector | None = None,
                detections: str | None = None, detect_every: int = 1,
                times: stage_times.StageTimes | None = None,
@@ -147,7 +164,9 @@ def tracks_for(path: str, info: video_stream.VideoInfo, detector: Detector | Non
                 boxes[int(track_id)].append(box)
             unclaimed = found.select(~claimed)
     with times.stage("track"):
-        tracks = {i: interpolate_gaps(mot.Track(i, b), every * CARRIED_DETECTIONS)
+        last_searched = 1 + (info.frames - 1) // every * every
+        tracks = {i: extend_to(interpolate_gaps(mot.Track(i, b), every * CARRIED_DETECTIONS),
+                               last_searched, min(info.frames, last_searched + every - 1))
                   for i, b in sorted(boxes.items())}
     notes = []
     if implausible:
