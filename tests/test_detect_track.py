@@ -91,3 +91,16 @@ def test_tracks_seen_at_the_last_detection_frame_are_carried_to_the_end():
     assert [(b.frame, b.x, b.y) for b in carried.boxes[2:]] == [(12, 22, 6), (13, 24, 7),
                                                                 (14, 26, 8)]
     assert detect_track.extend_to(track, searched=16, last=19) == track   # lost before the end
+
+
+def test_detect_frames_draws_the_frames_asked_for(tmp_path, capsys):
+    from vtfpar_jax import detect_frames
+    video = tmp_path / "empty.mp4"
+    street_scene.write_video(street_scene.Scene((64, 96), (32, 16), 3, (), seed=0), video)
+    detect_frames.main([str(video), "--frames", "2", "--out", str(tmp_path / "out")])
+    assert capsys.readouterr().out == "frame 2: 0 box(es), heights []\n"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["frame_000002.png"]
+    with pytest.raises(SystemExit):
+        detect_frames.main([str(video), "--frames", "4", "--out", str(tmp_path / "none")])
+    assert "error: --frames 4..4" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
