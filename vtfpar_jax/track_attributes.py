@@ -203,7 +203,6 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
                            "multi-class": decisions.MULTICLASS_RULE},
         "warnings": warnings,
         "tracks": {str(i): r for i, r in records.items()},
-        "stage_seconds": times.as_dict(),
     }
     os.makedirs(out, exist_ok=True)
     # The video first: its pass decodes to the last frame (the crops' pass may stop early),
@@ -215,6 +214,7 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
         [{"record": records[i], "thumbnails": thumbnails[i]} for i in sorted(records)],
         cfg.frames)
     sheet.save(os.path.join(out, "contact_sheet.png"))
+    result["stage_seconds"] = times.as_dict()   # the drawing pass included
     with open(os.path.join(out, "tracks.json"), "w") as f:
         json.dump(result, f, indent=1)
     return result
