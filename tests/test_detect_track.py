@@ -87,10 +87,12 @@ def test_bad_detector_is_one_error_line_before_the_model_loads(tmp_path, capsys,
 
 def test_tracks_seen_at_the_last_detection_frame_are_carried_to_the_end():
     track = mot.Track(1, [mot.Box(6, 10, 0, 8, 16), mot.Box(11, 20, 5, 8, 16)])
-    carried = detect_track.extend_to(track, searched=11, last=14)
+    carried = detect_track.extend_to(track, searched=11, last=14, frame_size=(40, 40))
     assert [(b.frame, b.x, b.y) for b in carried.boxes[2:]] == [(12, 22, 6), (13, 24, 7),
                                                                 (14, 26, 8)]
-    assert detect_track.extend_to(track, searched=16, last=19) == track   # lost before the end
+    # Lost before the end: not carried; walking out of the frame: carried up to its edge.
+    assert detect_track.extend_to(track, 16, 19, (40, 40)) == track
+    assert detect_track.extend_to(track, 11, 14, (40, 31)).frames == [6, 11, 12]
 
 
 def test_detect_frames_draws_the_frames_asked_for(tmp_path, capsys):

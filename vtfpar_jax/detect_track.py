@@ -19,7 +19,7 @@ interpolated linearly: the tracker carries it across the gap, also across up to
 CARRIED_DETECTIONS - 1 detection frames in a row where the detector missed it
 (ByteTrack kept its id, so both ends are the same person). A track seen on the
 last frame searched is carried on, at its last velocity, to the end of the video
-(at most N - 1 frames).
+(at most N - 1 frames) or the frame's edge.
 """
 
 from __future__ import annotations
@@ -100,18 +100,23 @@ def _unconfirmed_start(box: mot.Box, earlier: Boxes, earlier_frame: int
     return [start], earlier.select(np.arange(len(earlier)) != best)
 
 
-def extend_to(track: mot.Track, searched: int, last: int) -> mot.Track:
+def extend_to(track: mot.Track, searched: int, last: int,
+              frame_size: tuple[int, int]) -> mot.Track:
     """A track seen on the last frame searched (`searched`), carried on to frame `last` at
-    its velocity between its last two boxes: the frames after the last detection frame
-    have no detection of their own."""
+    its velocity between its last two boxes, while the box stays inside the (H, W) frame:
+    the frames after the last detection frame have no detection of their own."""
     end = track.boxes[-1]
     if end.frame != searched or last <= searched or len(track.boxes) < 2:
         return track
     before = track.boxes[-2]
     step = [(u - v) / (end.frame - before.frame) for u, v in
             zip((end.x, end.y), (before.x, before.y), strict=True)]
-    carried = [mot.Box(end.frame + k, end.x + k * step[0], end.y + k * step[1], end.w, end.h,
-                       end.conf) for k in range(1, last - end.frame + 1)]
+    carried = []
+    for k in range(1, last - end.frame + 1):
+        x, y = end.x + k * step[0], end.y + k * step[1]
+        if x < 0 or y < 0 or x + end.w > frame_size[1] or y + end.h > frame_size[0]:
+            break   # walking out of view: no detector would have seen it there
+        carried.append(mot.Box(end.frame + k, x, y, end.w, end.h, end.conf))
     return mot.Track(track.id, track.boxes + carried)
 
 
@@ -166,7 +171,8 @@ def tracks_for(path: str, info: video_stream.VideoInfo, detector: Detector | Non
     with times.stage("track"):
         last_searched = 1 + (info.frames - 1) // every * every
         tracks = {i: extend_to(interpolate_gaps(mot.Track(i, b), every * CARRIED_DETECTIONS),
-                               last_searched, min(info.frames, last_searched + every - 1))
+                               last_searched, min(info.frames, last_searched + every - 1),
+                               (info.height, info.width))
                   for i, b in sorted(boxes.items())}
     notes = []
     if implausible:
