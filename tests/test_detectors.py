@@ -156,7 +156,11 @@ def test_bad_detector_spec_is_one_error(spec, fragment):
 
 
 def test_unreachable_hub_id_is_one_error(tmp_path, monkeypatch):
+    """As offline: huggingface_hub reads HF_HUB_OFFLINE when imported, so its constant is
+    set too (else the lookup waits on the network's timeouts)."""
+    from huggingface_hub import constants
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(detectors.DetectorError, match="hf:nobody/no-such-detector: cannot load"):
         detectors.build("hf:nobody/no-such-detector")
