@@ -1,12 +1,14 @@
 """Attributes per person in a street video: tracks in, per-track attributes and drawings out.
 
     python -m vtfpar_jax.track_attributes VIDEO --model DIR [--tracks FILE] [--window N]
-                                          [--out DIR]
+        [--detector hog|onnx:MODEL.onnx|hf:HUB_ID_OR_FOLDER] [--min_person_px 48]
+        [--detect_every N] [--out DIR]
 
 Tracks come from --tracks, a MOTChallenge text file (`frame,id,x,y,w,h,conf,...`,
 frames from 1; vtfpar_jax.mot), or, without it, from the built-in path
-(vtfpar_jax.detect_track: OpenCV's HOG person detector, or --detections, then
-supervision's ByteTrack; the `video` extra). Each track is cropped from the
+(vtfpar_jax.detect_track: a person detector of vtfpar_jax.detectors, OpenCV's
+HOG by default, or --detections, then supervision's ByteTrack; the `video`
+extra). Each track is cropped from the
 frames with a little context at the training crops' aspect and predicted as a
 tracklet, T frames sampled over the whole track and, with --window N, over
 each sliding window of N of its frames (vtfpar_jax.tracklets); clips of all
@@ -21,6 +23,8 @@ OUT (default tracks_out/) gets:
 - annotated.mp4: the video with boxes, ids and each track's top decided attributes;
 - contact_sheet.png: one row per track, its sampled crops and its attributes;
 - tracks.txt: the tracks used, in MOT format (with the built-in path: the ones it made).
+At the end a table gives the seconds and frames/s of each stage (decode, detect,
+track, crop, predict, draw; vtfpar_jax.stage_times), also in tracks.json.
 
 Bad input is one `error:` line and exit status 1, before anything is written:
 an unreadable video, a malformed or empty tracks file (the line is named).
@@ -41,12 +45,14 @@ from tqdm import tqdm
 from vtfpar_jax import (
     cli_errors,
     decisions,
+    detectors,
     files,
     metrics,
     model_dir,
     mot,
     out_folder,
     predict,
+    stage_times,
     track_outputs,
     tracklets,
     video_stream,
@@ -83,9 +89,11 @@ class _Batcher:
 
 def predict_tracks(path: str, tracks: dict[int, mot.Track], loaded: model_dir.LoadedModel,
                    num_frames: int, window: int | None, batch: int, aspect: float,
-                   context: float, progress: bool = True
+                   context: float, progress: bool = True,
+                   times: stage_times.StageTimes | None = None
                    ) -> tuple[dict[tracklets.ClipPlan, np.ndarray], dict[int, np.ndarray]]:
     """(probabilities per clip plan, contact-sheet thumbnails per track id), in one pass."""
+    times = times or stage_times.StageTimes(num_frames)
     cfg = loaded.model_cfg
     normalization = loaded.config.input.get("normalization", "published")
     plans = tracklets.plan(tracks, cfg.frames, window)
@@ -104,13 +112,17 @@ def predict_tracks(path: str, tracks: dict[int, mot.Track], loaded: model_dir.Lo
     last_wanted = max((max(p.sampled) for p in plans), default=0)
     with tqdm(total=num_frames, desc="frames (crops)", unit="frame", position=0,
               disable=not progress, leave=False) as frame_bar:
-        for number, frame in video_stream.frames(path):
-            for clip in collector.add(number, frame):
-                finished(batcher.add(clip))
+        for number, frame in times.timed("decode", video_stream.frames(path)):
+            with times.stage("crop"):
+                clips = list(collector.add(number, frame))
+            for clip in clips:
+                with times.stage("predict"):
+                    finished(batcher.add(clip))
             frame_bar.update(1)
             if number >= last_wanted:   # no clip needs a later frame
                 break
-    finished(batcher.flush())
+    with times.stage("predict"):
+        finished(batcher.flush())
     track_bar.close()
     missing = collector.unfinished()
     if missing:   # boxes past the probed end were dropped: the decoder gave fewer frames
@@ -139,7 +151,7 @@ def _records(tracks, probabilities, loaded, threshold) -> dict[int, dict[str, An
 
 def write_annotated(path: str, out_path: str, info: video_stream.VideoInfo,
                     tracks: dict[int, mot.Track], records: dict[int, dict[str, Any]],
-                    progress: bool = True) -> int:
+                    progress: bool = True, times: stage_times.StageTimes | None = None) -> int:
     """The video again, with boxes and labels; written whole or not at all (a temporary
     file renamed when complete). Returns the number of frames written."""
     boxes_at: dict[int, list] = {}
@@ -147,12 +159,14 @@ def write_annotated(path: str, out_path: str, info: video_stream.VideoInfo,
         for b in track.boxes:
             boxes_at.setdefault(b.frame, []).append((track.id, (b.x, b.y, b.w, b.h)))
     labels = {i: track_outputs.top_decided(r) for i, r in records.items()}
+    times = times or stage_times.StageTimes(info.frames)
     with files.atomic_file(out_path) as temporary, video_stream.Writer(
             temporary, info.width, info.height, info.fps, container_format="mp4") as writer:
-        for number, frame in tqdm(video_stream.frames(path), total=info.frames,
-                                  desc="frames (annotated video)", unit="frame",
-                                  disable=not progress, leave=False):
-            writer.write(track_outputs.annotate(frame, boxes_at.get(number, []), labels))
+        for number, frame in tqdm(times.timed("decode", video_stream.frames(path)),
+                                  total=info.frames, desc="frames (annotated video)",
+                                  unit="frame", disable=not progress, leave=False):
+            with times.stage("draw"):
+                writer.write(track_outputs.annotate(frame, boxes_at.get(number, []), labels))
     return writer.count
 
 
@@ -179,15 +193,16 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
         *, window: int | None = None, batch: int = 8, aspect: float = tracklets.TRAINING_ASPECT,
         context: float = tracklets.CONTEXT, threshold: float = metrics.PUBLISHED_THRESHOLD,
         info: video_stream.VideoInfo | None = None, about: dict[str, Any] | None = None,
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, times: stage_times.StageTimes | None = None) -> dict[str, Any]:
     """Predict every track and write OUT's files; returns tracks.json's content."""
     info = info or video_stream.probe(video)
+    times = times or stage_times.StageTimes(info.frames)
     tracks, warnings = mot.fit_to_video(tracks, info.width, info.height, info.frames)
     warnings += too_small(info, tracks, loaded.model_cfg.clip.image_size)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     probabilities, thumbnails = predict_tracks(video, tracks, loaded, info.frames, window,
-                                               batch, aspect, context, progress)
+                                               batch, aspect, context, progress, times)
     records = _records(tracks, probabilities, loaded, threshold)
     cfg = loaded.model_cfg
     result = {
@@ -206,12 +221,14 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
     os.makedirs(out, exist_ok=True)
     # The video first: its pass decodes to the last frame (the crops' pass may stop early),
     # so a decoding error there leaves no record of a run that did not finish.
-    write_annotated(video, os.path.join(out, "annotated.mp4"), info, tracks, records, progress)
+    write_annotated(video, os.path.join(out, "annotated.mp4"), info, tracks, records, progress,
+                    times)
     mot.write_tracks(os.path.join(out, "tracks.txt"), tracks)
     sheet = track_outputs.contact_sheet(
         [{"record": records[i], "thumbnails": thumbnails[i]} for i in sorted(records)],
         cfg.frames)
     files.save_figure(sheet, os.path.join(out, "contact_sheet.png"))
+    result["stage_seconds"] = times.as_dict()   # the drawing pass included
     files.write_json(os.path.join(out, "tracks.json"), result, indent=1)
     return result
 
@@ -226,7 +243,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "detect and track people (needs the 'video' extra)")
     parser.add_argument("--detections", default=None,
                         help="without --tracks: person detections in MOT format (id -1) to "
-                        "track instead of running the HOG detector")
+                        "track instead of running a detector")
+    parser.add_argument("--detector", default="hog",
+                        help="without --tracks/--detections: hog (OpenCV's, built in), "
+                        "onnx:MODEL.onnx (YOLO or DETR layout) or hf:HUB_ID_OR_FOLDER "
+                        "(transformers object detection); default %(default)s")
+    parser.add_argument("--min_person_px", type=predict.positive_int("--min_person_px"),
+                        default=detectors.MIN_PERSON_PX,
+                        help="hog: height of the smallest person to find; frames are enlarged "
+                        "to bring it to the detector's window (default %(default)s)")
+    parser.add_argument("--score_threshold", type=float, default=detectors.SCORE_THRESHOLD,
+                        help="onnx/hf: person score to keep a box (default %(default)s)")
+    parser.add_argument("--detect_every", type=predict.positive_int("--detect_every"),
+                        default=1, help="run the detector on every N-th frame; tracks are "
+                        "carried between (default %(default)s)")
     parser.add_argument("--window", type=predict.positive_int("--window"), default=None,
                         help="also predict each sliding window of N track frames "
                         "(stride N // 2)")
@@ -258,7 +288,8 @@ def _track_attributes(args: argparse.Namespace) -> dict[str, Any]:
     if args.context < 0 or args.aspect <= 0:
         cli_errors.fail(f"--context {args.context} / --aspect {args.aspect}: expected "
                         "context >= 0 and aspect > 0")
-    # The inputs and --out first, then the model: the cheapest mistakes are reported soonest.
+    # The inputs, the detector and --out first, then the model: the cheapest mistakes are
+    # reported soonest.
     info = video_stream.probe(args.video)
     tracks = mot.read_tracks(args.tracks) if args.tracks else None
     detections = mot.read_detections(args.detections) if args.detections else None
@@ -266,32 +297,48 @@ def _track_attributes(args: argparse.Namespace) -> dict[str, Any]:
                                                    info.frames)[0]:
         cli_errors.fail(f"{args.tracks}: no track has a box inside the video "
                         f"({info.width}x{info.height}, {info.frames} frames)")
-    tracks_from = args.tracks or args.detections or "hog+bytetrack"
+    detector = None if tracks is not None or detections is not None else detectors.build(
+        args.detector, min_person_px=args.min_person_px, score_threshold=args.score_threshold)
+    made_by = f"{args.detector}+bytetrack"
+    tracks_from = args.tracks or args.detections or made_by
     out = out_folder.OutFolder(
         args.out, "track_attributes",
         {"model": os.path.abspath(args.model), "video": os.path.abspath(args.video),
-         "tracks_from": os.path.abspath(tracks_from) if tracks_from != "hog+bytetrack"
-         else tracks_from, "step": args.step, "window": args.window, "context": args.context,
+         "tracks_from": os.path.abspath(tracks_from) if tracks_from != made_by else made_by,
+         "min_person_px": args.min_person_px if detector else None,
+         "score_threshold": args.score_threshold if detector else None,
+         "detect_every": args.detect_every if detector else 1,
+         "step": args.step, "window": args.window, "context": args.context,
          "aspect": args.aspect, "threshold": args.threshold},
         args.overwrite, keep=[args.model, args.video, *filter(None, [args.tracks,
                                                                      args.detections])])
     loaded = model_dir.load_announced(args.model, step=args.step)
     out.check_step(loaded.step)
+    times, about = stage_times.StageTimes(info.frames), {}
     if tracks is None:
         from vtfpar_jax import detect_track
-        tracks = detect_track.tracks_for(args.video, info, detections,
-                                         progress=not args.no_progress)
+        made = detect_track.tracks_for(args.video, info, detector, detections,
+                                       args.detect_every, times,
+                                       progress=not args.no_progress)
+        for note in made.warnings:
+            print(f"warning: {note}", file=sys.stderr)
+        tracks = made.tracks
+        about = {"detector": detector.description if detector else None,
+                 "detect_every": args.detect_every if detector else 1,
+                 "detection_warnings": made.warnings}
     cli_errors.on_stop(f"nothing was written to {args.out}; rerun the same command")
     with out.filling(loaded.step, unreadable_newer_checkpoints=loaded.unreadable_newer) as folder:
         result = run(args.video, loaded, tracks, folder, window=args.window,
                      batch=args.batch, aspect=args.aspect, context=args.context,
                      threshold=args.threshold, info=info, progress=not args.no_progress,
-                     about={"model": args.model, "tracks_from": tracks_from})
+                     times=times, about={"model": args.model, **about,
+                                         "tracks_from": tracks_from})
     for track_id, record in result["tracks"].items():
         print(f"track {track_id} (frames {record['first_frame']}-{record['last_frame']}): "
               f"{record['summary']}")
     print(f"{len(result['tracks'])} track(s): {args.out}/tracks.json, annotated.mp4, "
           "contact_sheet.png")
+    print(times.table())
     return result
 
 

@@ -1,0 +1,166 @@
+"""vtfpar_jax.detectors: each kind decodes a tiny random model's outputs into the boxes worked
+out by hand, keeps only the person class, and reports a bad --detector in one line.
+
+The ONNX graphs are built here with onnx's helper API: their outputs are fixed random
+tensors (plus zero times the image, so the image input is really read), written so that
+every decoding step (letterbox scale, centre to corners, class filter, score threshold,
+NMS, clipping) changes the answer. The Hugging Face model is a DETR from a config
+with random weights, saved to a folder: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vtfpar_jax import detectors
+
+FRAME = (64, 48)        # (H, W): letterboxed into the graphs' 32x32 input at scale 0.5
+
+
+def _constant_graph(path, outputs: dict[str, np.ndarray], names: str | None = None) -> str:
+    """An ONNX model from image (1, 3, 32, 32) to the given tensors (+ 0 * sum(image))."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    nodes = [helper.make_node("Mul", ["image", "zero"], ["zeroed"]),
+             helper.make_node("ReduceSum", ["zeroed"], ["nothing"], keepdims=0)]
+    inits = [numpy_helper.from_array(np.zeros((), np.float32), "zero")]
+    graph_outputs = []
+    for name, value in outputs.items():
+        inits.append(numpy_helper.from_array(value.astype(np.float32), f"{name}_value"))
+        nodes.append(helper.make_node("Add", [f"{name}_value", "nothing"], [name]))
+        graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, value.shape))
+    graph = helper.make_graph(
+        nodes, "tiny_detector",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
+        graph_outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if names:
+        model.metadata_props.add(key="names", value=names)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _frame() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, (*FRAME, 3), dtype=np.uint8)
+
+
+def test_onnx_yolo_layout_without_nms(tmp_path):
+    rng = np.random.default_rng(1)
+    # Candidates as rows: cx, cy, w, h (input pixels), then the scores of 3 classes; the
+    # first five by hand, seven more random ones that no class is sure of.
+    boxes = np.array([[10, 10, 4, 8], [10.5, 10, 4, 8], [20, 20, 6, 10], [24, 8, 4, 6],
+                      [5, 25, 2, 4]], np.float32)
+    scores = np.array([[0.9, 0.1, 0.0], [0.7, 0.2, 0.1], [0.2, 0.95, 0.0], [0.6, 0.0, 0.3],
+                       [0.3, 0.25, 0.1]], np.float32)
+    noise = np.concatenate([rng.uniform(2, 30, (7, 4)), rng.uniform(0, 0.05, (7, 3))], axis=1)
+    raw = np.concatenate([np.concatenate([boxes, scores], axis=1), noise]).T[None]  # (1, 7, 12)
+    detector = detectors.build(f"onnx:{_constant_graph(tmp_path / 'y.onnx', {'out': raw})}")
+    assert detector.layout == "yolo" and detector.person_class == 0
+    found = detector(_frame())
+    # By hand: corners = centre -/+ half size, divided by the letterbox scale 0.5; candidate 1
+    # overlaps 0 (IoU 0.78) and scores lower: suppressed; 2 is not a person; 4 is under 0.5;
+    # 3 reaches x = 52 > 48: clipped.
+    np.testing.assert_allclose(found.xyxy, [[16, 12, 24, 28], [44, 10, 48, 22]])
+    np.testing.assert_allclose(found.scores, [0.9, 0.6])
+
+    # The graph's own class names decide which class is a person: now candidate 2 alone.
+    named = _constant_graph(tmp_path / "named.onnx", {"out": raw}, "{0: 'car', 1: 'person'}")
+    detector = detectors.build(f"onnx:{named}")
+    assert detector.person_class == 1
+    found = detector(_frame())
+    np.testing.assert_allclose(found.xyxy, [[34, 30, 46, 50]])
+    np.testing.assert_allclose(found.scores, [0.95])
+
+
+def test_onnx_yolo_layout_with_nms_in_the_graph(tmp_path):
+    rows = np.array([[2, 2, 10, 18, 0.8, 0], [4, 4, 8, 8, 0.9, 2], [1, 1, 3, 5, 0.3, 0],
+                     [0, 0, 0, 0, 0, 0]], np.float32)[None]
+    detector = detectors.build(f"onnx:{_constant_graph(tmp_path / 'n.onnx', {'out': rows})}")
+    assert detector.layout == "yolo_nms"
+    found = detector(_frame())
+    np.testing.assert_allclose(found.xyxy, [[4, 4, 20, 36]])
+    np.testing.assert_allclose(found.scores, [0.8])
+
+
+def test_onnx_detr_layout(tmp_path):
+    logits = np.array([[0, 3, 0], [3, 0, 0], [0, 0, 3], [0, 2.3, 2.4]], np.float32)[None]
+    boxes = np.array([[0.5, 0.5, 0.25, 0.5], [0.2, 0.2, 0.1, 0.1], [0.5, 0.5, 1, 1],
+                      [0.9, 0.9, 0.1, 0.1]], np.float32)[None]
+    path = _constant_graph(tmp_path / "d.onnx", {"logits": logits, "pred_boxes": boxes})
+    detector = detectors.build(f"onnx:{path}")
+    assert detector.layout == "detr" and detector.person_class == 1
+    found = detector(_frame())
+    # Query 0: softmax person = e^3 / (e^3 + 2); box centre (24, 32), size 12 x 32 in a
+    # 48 x 64 frame. Query 1 is class 0, query 2 "no object", query 3's person share < 0.5.
+    np.testing.assert_allclose(found.xyxy, [[18, 16, 30, 48]], rtol=1e-6)
+    np.testing.assert_allclose(found.scores, [np.e ** 3 / (np.e ** 3 + 2)], rtol=1e-6)
+
+
+@pytest.mark.slow   # about 30 s, mostly importing torch and transformers
+def test_hugging_face_detr_keeps_the_person_class(tmp_path):
+    import torch
+    import transformers
+    config = transformers.DetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False,
+        backbone_config=transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 8],
+                                                  depths=[1, 1], out_features=["stage2"]),
+        d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=12,
+        id2label={0: "car", 1: "dog", 2: "person"})
+    torch.manual_seed(0)
+    model = transformers.DetrForObjectDetection(config)
+    processor = transformers.DetrImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
+    model.save_pretrained(tmp_path / "a")
+    processor.save_pretrained(tmp_path / "a")
+    detector = detectors.build(f"hf:{tmp_path / 'a'}", score_threshold=0.0)
+    assert detector.person_class == 2
+    frame = _frame()
+    found = detector(frame)
+    # By hand from the raw outputs: softmax without the last "no object" column, each query's
+    # best class and score; person queries only; centre boxes in fractions -> frame corners.
+    inputs = detector._processor(images=frame, return_tensors="pt")
+    with torch.no_grad():
+        raw = detector._model(**inputs)
+    probs = torch.softmax(raw.logits[0], -1)[:, :-1].numpy()
+    labels, scores = probs.argmax(1), probs.max(1)
+    cx, cy, w, h = raw.pred_boxes[0].numpy().T
+    fh, fw = FRAME
+    expected = np.stack([(cx - w / 2) * fw, (cy - h / 2) * fh, (cx + w / 2) * fw,
+                         (cy + h / 2) * fh], 1)[labels == 2]
+    assert len(expected), labels
+    np.testing.assert_allclose(found.xyxy, expected, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(found.scores, scores[labels == 2], rtol=1e-5)
+    # The same weights with class 2 named otherwise: the boxes its queries found are not
+    # people, and only queries of the class now named 'person' could be kept.
+    model.config.id2label = {0: "person", 1: "car", 2: "dog"}
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+    model.save_pretrained(tmp_path / "b")
+    processor.save_pretrained(tmp_path / "b")
+    renamed = detectors.build(f"hf:{tmp_path / 'b'}", score_threshold=0.0)
+    assert renamed.person_class == 0
+    assert len(renamed(frame)) == (labels == 0).sum()
+
+
+@pytest.mark.parametrize("spec,fragment", [
+    ("onnx:missing.onnx", "missing.onnx: no such file"),
+    ("onnx:", "give the model's path"),
+    ("yolo:x.onnx", "unknown kind 'yolo'"),
+    ("hog:7", "hog takes no argument"),
+])
+def test_bad_detector_spec_is_one_error(spec, fragment):
+    with pytest.raises(detectors.DetectorError, match=fragment):
+        detectors.build(spec)
+
+
+def test_unreachable_hub_id_is_one_error(tmp_path, monkeypatch):
+    """As offline: huggingface_hub reads HF_HUB_OFFLINE when imported, so its constant is
+    set too (else the lookup waits on the network's timeouts)."""
+    from huggingface_hub import constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(detectors.DetectorError, match="hf:nobody/no-such-detector: cannot load"):
+        detectors.build("hf:nobody/no-such-detector")
