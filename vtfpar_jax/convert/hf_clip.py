@@ -33,6 +33,7 @@ from vtfpar_jax.convert.weights import (  # noqa: F401 - COPY/LINEAR/CONV shared
     SourceTensors,
     Transform,
     WeightImportError,
+    leaf,
     transpose,
 )
 from vtfpar_jax.models import clip
@@ -260,15 +261,9 @@ def load(path: str | os.PathLike) -> tuple[clip.ClipConfig, dict]:
 def hf_tensors(params: Mapping[str, Any], name_table, qkv_table) -> dict[str, np.ndarray]:
     """HF-named float32 tensors from our params, by a model's name and q/k/v tables (the
     inverse of its import); shared by the CLIP and SigLIP exports."""
-    def leaf(path: str) -> np.ndarray:
-        node: Any = params
-        for name in path.split("/"):
-            node = node[name]
-        return np.asarray(node, dtype=np.float32)
-
-    out = {hf_key: to_hf(leaf(path)) for hf_key, path, (_, to_hf) in name_table}
+    out = {hf_key: to_hf(leaf(params, path)) for hf_key, path, (_, to_hf) in name_table}
     for hf_layer, path, width in qkv_table:
-        kernel, bias = leaf(f"{path}/kernel"), leaf(f"{path}/bias")
+        kernel, bias = leaf(params, f"{path}/kernel"), leaf(params, f"{path}/bias")
         for i, proj in enumerate(QKV):
             out[f"{hf_layer}.{proj}.weight"] = transpose(kernel[:, i * width:(i + 1) * width])
             out[f"{hf_layer}.{proj}.bias"] = np.ascontiguousarray(bias[i * width:(i + 1) * width])

@@ -18,8 +18,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from vtfpar_jax.convert.weights import CONV, COPY, LINEAR, Layout, SourceTensors, WeightImportError
+from vtfpar_jax.convert.weights import (
+    CONV,
+    COPY,
+    LINEAR,
+    Layout,
+    SourceTensors,
+    WeightImportError,
+    leaf,
+)
 from vtfpar_jax.models import clip
 
 # Buffers that OpenAI's archives carry besides the weights.
@@ -126,6 +135,11 @@ def take_clip(tensors: SourceTensors, cfg: clip.ClipConfig, prefix: str = "") ->
     for key, path, (to_ours, _) in name_table(cfg):
         tensors.take(prefix + key, "clip/" + path, to_ours)
     tensors.drop(lambda k: k in {prefix + m for m in _METADATA_KEYS})
+
+
+def tensors_from_params(cfg: clip.ClipConfig, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """OpenAI-named float32 tensors from our CLIP params (the inverse of `load`)."""
+    return {key: to_torch(leaf(params, path)) for key, path, (_, to_torch) in name_table(cfg)}
 
 
 def expected_shapes(cfg: clip.ClipConfig):

@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from vtfpar_jax.convert import openai_clip, openpar
+from vtfpar_jax.convert.weights import leaf
 from vtfpar_jax.errors import ConfigError
 from vtfpar_jax.models import backbones, clip, vtfpar
 from vtfpar_jax.models.side_nets import INTERACTION_MAPS, SIDE_DEPTH, SIDE_HEADS
@@ -116,12 +117,6 @@ def published_options(config: ml_collections.ConfigDict, cfg: vtfpar.VTFPARConfi
     return options
 
 
-def _leaf(tree: Any, path: str) -> np.ndarray:
-    for name in path.split("/"):
-        tree = tree[name]
-    return np.asarray(tree, np.float32)
-
-
 def _unused(cfg: vtfpar.VTFPARConfig, variables: dict) -> dict[str, np.ndarray]:
     """Zeros for the tensors the published model creates and never runs (module docstring)."""
     d, width = cfg.dim, cfg.clip.vision.width
@@ -144,7 +139,7 @@ def _unused(cfg: vtfpar.VTFPARConfig, variables: dict) -> dict[str, np.ndarray]:
     # A side block has the fusion block's shapes: take them from it through the block table.
     for block in unused_blocks:
         for key, path, (_, to_torch) in openpar.block_table(block, "params/fusion_block"):
-            shapes[key] = to_torch(_leaf(variables, path)).shape
+            shapes[key] = to_torch(leaf(variables, path)).shape
     out = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
     out["model/bn.num_batches_tracked"] = np.zeros((), np.int64)
     return out
@@ -152,17 +147,17 @@ def _unused(cfg: vtfpar.VTFPARConfig, variables: dict) -> dict[str, np.ndarray]:
 
 def state_dict(cfg: vtfpar.VTFPARConfig, variables: dict) -> dict[str, np.ndarray]:
     """`{'model/<published key>': array}` of `variables` ({'params', 'batch_stats', 'clip'})."""
-    out = {key: to_torch(_leaf(variables, path))
+    out = {key: to_torch(leaf(variables, path))
            for key, path, (_, to_torch) in openpar.name_table(cfg)}
     for pattern, count, path, (_, to_torch), join in openpar.grouped_table(cfg):
-        parts = _leaf(variables, path)
+        parts = leaf(variables, path)
         parts = list(parts) if join == "stack" else np.split(parts, count)
         out.update({pattern.format(i): to_torch(p) for i, p in enumerate(parts)})
     copy = "model/clip_visual_extractor."
-    for key, path, (_, to_torch) in openai_clip.name_table(cfg.clip):
+    for key, array in openai_clip.tensors_from_params(cfg.clip, variables["clip"]).items():
         if key.startswith("visual.") and not key.startswith(_NOT_COPIED):
             name = key.removeprefix("visual.").replace("transformer.resblocks.", "resblocks.")
-            out[copy + name] = to_torch(_leaf(variables["clip"], path))
+            out[copy + name] = array
     out.update(_unused(cfg, variables))
     return {k: np.array(v, order="C") for k, v in out.items()}  # writable, C order, 0-d kept
 
@@ -180,14 +175,12 @@ def checkpoint_epoch(model: str, step: int) -> int:
     return int(meta["meta"]["epoch"])
 
 
-def export(model: str, out: str, step: int | None = None) -> dict:
-    """Write `out` (`torch.save` of {'epoch', 'model_state_dict'}) from model dir `model`;
-    returns what was written: the step, the epoch and the published command-line
-    options that build the model it holds."""
+def write_checkpoint(loaded, model: str, out: str) -> dict:
+    """Write `out` (`torch.save` of {'epoch', 'model_state_dict'}) from `loaded`, the
+    loaded model dir `model`; returns what was written: the step, the epoch and the
+    published command-line options that build the model it holds."""
     import torch
 
-    from vtfpar_jax import model_dir
-    loaded = model_dir.load(model, step)
     options = published_options(loaded.config, loaded.model_cfg, loaded.state.trainable)
     tensors = state_dict(loaded.model_cfg, loaded.variables())
     published = {k.removeprefix("model/"): torch.from_numpy(v) for k, v in tensors.items()}
@@ -196,3 +189,9 @@ def export(model: str, out: str, step: int | None = None) -> dict:
     torch.save({"epoch": epoch, "model_state_dict": published}, out)
     return {"model": os.path.abspath(model), "step": loaded.step, "epoch": epoch,
             "openpar_options": options}
+
+
+def export(model: str, out: str, step: int | None = None) -> dict:
+    """`write_checkpoint` of model dir `model` at `step` (default: the newest that loads)."""
+    from vtfpar_jax import model_dir
+    return write_checkpoint(model_dir.load(model, step), model, out)

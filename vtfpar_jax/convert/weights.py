@@ -102,6 +102,13 @@ class SourceTensors:
         return out
 
 
+def leaf(tree: Any, path: str) -> np.ndarray:
+    """The float32 array at '/'-joined `path` ('vision/layers_0/fc1/kernel') of a nested tree."""
+    for name in path.split("/"):
+        tree = tree[name]
+    return np.asarray(tree, dtype=np.float32)
+
+
 def transpose(array: np.ndarray) -> np.ndarray:
     """torch Linear (out, in) -> Flax Dense kernel (in, out)."""
     return np.ascontiguousarray(array.T)
