@@ -10,6 +10,9 @@ runs (docs/published-model.md §7: the ImageNet ViT, `w_temporal`, `visual_embed
 `spa_embed`, `tem_embed`, the temporal `projection_layers`, both side nets'
 unused blocks, the temporal net's patch embedding) are recognised and dropped;
 any other unknown or missing key is an error naming it.
+
+`name_table` and `grouped_table` pair every published key with our path and
+both layout changes; `convert.to_openpar` walks them backwards to export.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Export of a model dir to the checkpoint format of the published VTFPAR++ `train.py`.
 
-    state_dict, options = to_openpar.state_dict(loaded)    # loaded = model_dir.load(DIR)
-    to_openpar.export("runs/mars", "mars.pth")              # {'epoch', 'model_state_dict'}
+    tensors = to_openpar.state_dict(cfg, variables)   # {'model/<published key>': array}
+    written = to_openpar.export("runs/mars", "mars.pth")  # {'epoch', 'model_state_dict'}
+    written["openpar_options"]                         # the published options to build it
 
 The inverse of `convert.openpar`: the same name tables (`openpar.name_table`,
 `openpar.grouped_table`, and `openai_clip.name_table` for the frozen visual
@@ -108,9 +109,10 @@ def published_options(config: ml_collections.ConfigDict, cfg: vtfpar.VTFPARConfi
         options[f"{side}_interact_map"] = (
             _published_map_name(f"model.{side}_map", getattr(cfg, f"{side}_map")) if use
             else "default")
-    for option, value, published in (("input.normalization", config.input.normalization,
-                                      "published"),
-                                     ("text.phrases", config.text.phrases, "published")):
+    # Model dirs written before these options existed used the published settings.
+    for option, value, published in (
+            ("input.normalization", config.input.get("normalization", "published"), "published"),
+            ("text.phrases", config.text.get("phrases", "published"), "published")):
         if value != published:
             raise ExportRefusedError(f"{option}={value!r}: the published code uses "
                                      f"{published!r} only")
