@@ -58,7 +58,17 @@ class LoadedModel:
                 "clip": params["clip"]}
 
 
+def resolve(model: str) -> str:
+    """A local model dir: `model` itself, or for hf://ORG/NAME[@REV] its copy from the Hub
+    (vtfpar_jax/hub_snapshot.py), so that every command that takes --model takes both."""
+    if model.startswith("hf://"):
+        from vtfpar_jax import hub_snapshot
+        return hub_snapshot.model_dir_from_hub(model)
+    return model
+
+
 def read_run_file(model: str) -> dict:
+    model = resolve(model)
     path = os.path.join(model, "config.json")
     if not os.path.isfile(path):
         raise ModelDirMissingError(f"{model}: not a model dir (no config.json); expected a "
@@ -83,6 +93,7 @@ def fresh_state(config, model_cfg, clip_params, variables: dict | None = None):
 
 def load(model: str, step: int | None = None) -> LoadedModel:
     from vtfpar_jax.train_step import Frozen
+    model = resolve(model)
     run = read_run_file(model)
     config = ml_collections.ConfigDict(run["config"])
     attribute_set = attributes.get(run["attribute_set"])

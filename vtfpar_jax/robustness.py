@@ -68,7 +68,7 @@ def run(model: str, split: str = "test", names=DEFAULT_CORRUPTIONS,
     loaded = model_dir.load(model, step=step)
     if data_dir:
         loaded.config.data_dir = data_dir
-    out = out or os.path.join(model, f"robustness_{split}")
+    out = out or os.path.join(model_dir.resolve(model), f"robustness_{split}")
     path = os.path.join(out, "robustness.json")
     settings = _settings(model, loaded.step, split, seed, loaded.attribute_set.name)
     cells = read_to_resume(path, settings, RobustnessError, "--out").get("cells", {})
@@ -202,7 +202,9 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     print(report["table"], end="")
-    print(f"written to {args.out or os.path.join(args.model, 'robustness_' + args.split)}")
+    from vtfpar_jax import model_dir
+    default_out = os.path.join(model_dir.resolve(args.model), f"robustness_{args.split}")
+    print(f"written to {args.out or default_out}")
 
 
 if __name__ == "__main__":

@@ -165,11 +165,12 @@ def state_dict(cfg: vtfpar.VTFPARConfig, variables: dict) -> dict[str, np.ndarra
 
 
 def checkpoint_epoch(model: str, step: int) -> int:
-    """The training epoch recorded with checkpoint `step` of a model dir."""
+    """The training epoch recorded with checkpoint `step` of a model dir (or hf:// id)."""
     import orbax.checkpoint as ocp
 
+    from vtfpar_jax import model_dir
     from vtfpar_jax.checkpoint import CheckpointStore
-    store = CheckpointStore(model, async_save=False)
+    store = CheckpointStore(model_dir.resolve(model), async_save=False)
     try:
         meta = store.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     finally:
