@@ -1,6 +1,12 @@
-"""The side-by-side command's summary line (the comparison itself needs a published checkout)."""
+"""The side-by-side command's summaries (the comparison itself needs a published checkout:
+set VTFPAR_OPENPAR to run it)."""
 
 from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
 
 from vtfpar_jax import compare_pytorch
 
@@ -30,3 +36,51 @@ def test_summary_without_training_or_peaks():
     r["jax"] = {**r["jax"], "train_s_per_step": None, "train_peak_bytes": None}
     line = compare_pytorch.summary(r)
     assert "train not run" in line and "GiB" not in line
+
+
+def test_model_summary_names_clips_and_disagreements():
+    r = {"model": "/runs/mars", "step": 120, "device": "cpu", "max_abs_logit_diff": 2e-5,
+         "clips": [{"clip": "a.mp4", "same_decisions": True, "max_abs_logit_diff": 2e-5,
+                    "jax": "female, pose=back", "published": "female, pose=back"},
+                   {"clip": "b.mp4", "same_decisions": False, "max_abs_logit_diff": 1e-5,
+                    "jax": "hat", "published": "no binary attribute present"}]}
+    lines = compare_pytorch.model_summary(r).splitlines()
+    assert "max |dlogits| 2.00e-05 over 2 clip(s)" in lines[0]
+    assert lines[1].startswith("a.mp4: same decisions")
+    assert "b.mp4: DIFFERENT decisions" in lines[4] and lines[6].endswith("no binary attribute "
+                                                                            "present")
+
+
+def test_model_needs_clips(capsys):
+    with pytest.raises(SystemExit):
+        compare_pytorch.main(["--openpar", "/nowhere", "--model", "/runs/mars"])
+    assert "--model needs --clips" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("VTFPAR_OPENPAR"),
+                    reason="set VTFPAR_OPENPAR to the VTFPAR++ folder of an OpenPAR checkout "
+                    "(with torch and timm installed)")
+def test_model_dir_in_the_published_code(openpar_case, tmp_path):
+    """The parity fixture as a model dir, exported and run by the published code on an
+    H.264 clip: the same logits (1e-4) and decisions on both sides."""
+    import torch
+
+    from vtfpar_jax import video
+    from vtfpar_jax.convert import openpar_cli
+
+    state = openpar_case("default")["state_dict"]
+    torch.save({"epoch": 30, "model_state_dict": {
+        k.removeprefix("model/"): torch.from_numpy(v) for k, v in state.items()
+        if k.startswith("model/")}}, tmp_path / "ckpt.pth")
+    torch.save({k.removeprefix("clip/"): torch.from_numpy(v) for k, v in state.items()
+                if k.startswith("clip/")}, tmp_path / "ViT-B-16.pt")
+    openpar_cli.main(["--checkpoint", str(tmp_path / "ckpt.pth"), "--clip",
+                      str(tmp_path / "ViT-B-16.pt"), "--dataset", "mars", "--out",
+                      str(tmp_path / "model")])
+    frames = np.random.default_rng(0).integers(0, 256, (12, 128, 64, 3), dtype=np.uint8)
+    video.write_video(tmp_path / "walk.mp4", frames)
+    r = compare_pytorch.main(["--openpar", os.environ["VTFPAR_OPENPAR"], "--model",
+                              str(tmp_path / "model"), "--clips", str(tmp_path / "walk.mp4")])
+    assert r["max_abs_logit_diff"] <= 1e-4
+    assert all(c["same_decisions"] for c in r["clips"])

@@ -141,3 +141,52 @@ def test_cli_bad_options_are_one_line(demo_model, tmp_path, capsys, args, fragme
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
     assert not out.exists() and not (tmp_path / "model.bin.json").exists()
+
+
+def test_metadata_alone_reproduces_predict_on_a_camera_clip(demo_model, loaded, tmp_path):
+    """An H.264 4:2:0 clip (libx264, crf 23), preprocessed from the metadata alone with
+    PyAV, PIL and numpy, through both artefacts: `predict`'s probabilities to 1e-5."""
+    import av
+    import onnxruntime
+    from PIL import Image
+
+    from vtfpar_jax import video
+
+    rng = np.random.default_rng(3)
+    ys, xs = np.mgrid[0:96, 0:48]
+    frames = [np.clip(np.stack([ys * 2 + 4 * i, xs * 5, 128 + 60 * np.sin((ys + 3 * i) / 7)], -1)
+                      + rng.normal(0, 12, (96, 48, 3)), 0, 255).astype(np.uint8)
+              for i in range(23)]   # 23 frames: the middles of T segments are not evenly spread
+    clip = tmp_path / "walk.mp4"
+    video.write_video(clip, np.stack(frames))
+    size = loaded.model_cfg.clip.image_size
+    _, expected_input = video.read_input(clip, loaded.model_cfg.frames, (size, size),
+                                         loaded.config.input.normalization)
+    expected = predict.predict_clips(loaded, expected_input[None])
+
+    stablehlo, metadata = _export(demo_model, tmp_path, "stablehlo")
+    onnx_path, onnx_metadata = _export(demo_model, tmp_path, "onnx")
+    pre = metadata["preprocessing"]
+    assert onnx_metadata["preprocessing"] == pre
+    assert (pre["resize"]["method"], pre["resize"]["antialias"], pre["resize"]["crop"],
+            pre["colour_order"]) == ("bilinear", True, "none", "RGB")
+    # From here on: the metadata, PyAV, PIL and numpy only.
+    with av.open(str(clip)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    n, t = len(decoded), pre["frame_choice"]["frames"]
+    middles = (np.arange(t, dtype=np.float32) + np.float32(0.5)) * np.float32(n) / np.float32(t)
+    chosen = np.minimum(np.floor(middles).astype(np.int64), n - 1)
+    height, width = pre["resize"]["size"]
+    resized = np.stack([np.asarray(Image.fromarray(decoded[i]).resize(
+        (width, height), Image.Resampling.BILINEAR)) for i in chosen])
+    mean, std = (np.asarray(pre["normalization"][k], np.float32) for k in ("mean", "std"))
+    clip_input = ((resized.astype(np.float32) / np.float32(255.0) - mean) / std)[None]
+
+    def sigmoid(logits):
+        return 1 / (1 + np.exp(-np.asarray(logits, np.float64)))
+
+    exported = jax.export.deserialize(open(stablehlo, "rb").read())
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    (onnx_logits,) = session.run(["logits"], {"video": clip_input})
+    np.testing.assert_allclose(sigmoid(exported.call(clip_input)), expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(sigmoid(onnx_logits), expected, rtol=0, atol=1e-5)

@@ -2,6 +2,14 @@
 
     python -m vtfpar_jax.compare_pytorch --openpar /path/to/OpenPAR/VTFPAR++
         [--batch 2] [--frames 6] [--device cpu|cuda] [--steps 5] [--json out.json]
+    python -m vtfpar_jax.compare_pytorch --openpar /path/to/OpenPAR/VTFPAR++ \
+        --model runs/mars --clips walk.mp4 frames_dir/ [--device cpu|cuda] [--json out.json]
+
+With `--model`, a model dir trained here is exported to the published format
+(`vtfpar_jax.convert.to_openpar`), loaded into the published model with a
+strict `load_state_dict`, and both sides run on the same clips, read as
+`predict` reads them. Reported: max |delta logits| and each side's decisions
+per clip. CLIP runs in float32 on both sides.
 
 Needs a local checkout of the published code (never vendored here) and torch
 + timm. The published model is built as its train.py builds it, from a random
@@ -107,8 +115,9 @@ def _import_torchvision() -> None:
 
 
 @contextlib.contextmanager
-def published_code(openpar_dir: str, frames: int, device: str):
-    """Import the checkout's `models.base_block` and `CLIP.clip` (see the module docstring)."""
+def published_code(openpar_dir: str, frames: int, device: str, flags: tuple[str, ...] = ()):
+    """Import the checkout's `models.base_block` and `CLIP.clip` (see the module docstring),
+    its options parsed from `--frames frames` and `flags` (published option names)."""
     import torch
 
     if not os.path.isfile(os.path.join(openpar_dir, "models", "base_block.py")):
@@ -118,7 +127,7 @@ def published_code(openpar_dir: str, frames: int, device: str):
     for name, module in _stand_ins().items():
         sys.modules.setdefault(name, module)
     saved_argv, saved_path, saved_cuda = sys.argv, list(sys.path), torch.Tensor.cuda
-    sys.argv = ["train.py", "MARS", "--frames", str(frames)]
+    sys.argv = ["train.py", "MARS", "--frames", str(frames), *flags]
     sys.path.insert(0, openpar_dir)
     if device == "cpu":
         torch.Tensor.cuda = lambda self, *args, **kwargs: self
@@ -299,6 +308,85 @@ def compare(openpar_dir: str, batch: int = 2, frames: int = 6, device: str = "cp
     }
 
 
+def _published_logits(openpar_dir: str, model: str, loaded, phrases: list[str],
+                      video: np.ndarray, device: str) -> tuple[np.ndarray, dict]:
+    """The published model's logits on `video` (N, T, H, W, 3), from the checkpoint that
+    `to_openpar` writes for `loaded`, and what was written (step, epoch, options)."""
+    import tempfile
+
+    import torch
+
+    from vtfpar_jax.convert import openai_clip, to_openpar
+    from vtfpar_jax.convert.to_openpar_cli import command_line
+
+    cfg = loaded.model_cfg
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "exported.pth")
+        written = to_openpar.write_checkpoint(loaded, model, path)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    flags = tuple(command_line(written["openpar_options"]).split())
+    with published_code(openpar_dir, cfg.frames, device, flags) as pub:
+        # The text tower comes from this CLIP (as from ViT-B-16.pt). build_model loads the
+        # weights into fp16; loaded again after .float(), both sides run exact float32.
+        clip_state = {k: torch.tensor(v) for k, v in openai_clip.tensors_from_params(
+            cfg.clip, loaded.variables()["clip"]).items()}
+        clip_torch = pub.clip_model.build_model(dict(clip_state)).float()
+        clip_torch.load_state_dict(clip_state)
+        clip_torch = clip_torch.to(device)
+        net = pub.base_block.TransformerClassifier(clip_torch, len(phrases),
+                                                   attr_words=phrases).to(device)
+        net.load_state_dict(checkpoint["model_state_dict"], strict=True)
+        net.eval()
+        with torch.no_grad():
+            frames = torch.from_numpy(video.transpose(0, 1, 4, 2, 3).copy()).to(device)
+            logits = net(frames, clip_torch).float().cpu().numpy()
+    return logits, written
+
+
+def compare_model(openpar_dir: str, model: str, clips: list[str], device: str = "cpu"
+                  ) -> dict[str, Any]:
+    """Model dir `model` here and, exported, in the published code, on the same clips."""
+    from vtfpar_jax import decisions, model_dir, predict, video
+
+    loaded = model_dir.load(model)
+    cfg, attribute_set = loaded.model_cfg, loaded.attribute_set
+    size = cfg.clip.image_size
+    inputs = np.stack([video.read_input(c, cfg.frames, (size, size),
+                                        loaded.config.input.normalization)[1] for c in clips])
+    run = model_dir.read_run_file(model)
+    published, written = _published_logits(openpar_dir, model, loaded, run["phrases"], inputs,
+                                           device)
+    ours = np.asarray(predict.compute_logits(cfg, loaded.variables(), inputs,
+                                             np.asarray(run["tokens"], np.int32)))
+    per_clip = []
+    for clip, mine, theirs in zip(clips, ours, published, strict=True):
+        sides = {name: decisions.prediction_record(1 / (1 + np.exp(-logits.astype(np.float64))),
+                                                   attribute_set)
+                 for name, logits in (("jax", mine), ("published", theirs))}
+        per_clip.append({"clip": str(clip),
+                         "max_abs_logit_diff": float(np.abs(mine - theirs).max()),
+                         "jax": decisions.summary(sides["jax"]),
+                         "published": decisions.summary(sides["published"]),
+                         "same_decisions": decisions.decided_columns(
+                             sides["jax"]["decisions"], attribute_set) ==
+                         decisions.decided_columns(sides["published"]["decisions"],
+                                                   attribute_set)})
+    return {"model": os.path.abspath(model), "step": written["step"],
+            "openpar_options": written["openpar_options"], "device": device,
+            "max_abs_logit_diff": float(np.abs(ours - published).max()),
+            "max_abs_logit": float(np.abs(published).max()), "clips": per_clip}
+
+
+def model_summary(r: dict[str, Any]) -> str:
+    lines = [f"{r['model']} (step {r['step']}) in the published code on {r['device']}: "
+             f"max |dlogits| {r['max_abs_logit_diff']:.2e} over {len(r['clips'])} clip(s)"]
+    for c in r["clips"]:
+        same = "same decisions" if c["same_decisions"] else "DIFFERENT decisions"
+        lines.append(f"{c['clip']}: {same}; max |dlogits| {c['max_abs_logit_diff']:.2e}\n"
+                     f"  jax:       {c['jax']}\n  published: {c['published']}")
+    return "\n".join(lines)
+
+
 def summary(r: dict[str, Any]) -> str:
     p, j = r["published"], r["jax"]
 
@@ -323,6 +411,7 @@ def summary(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from vtfpar_jax.bench import DTYPES
+    from vtfpar_jax.errors import UserError
 
     p = argparse.ArgumentParser(prog="python -m vtfpar_jax.compare_pytorch",
                                 description=__doc__.split("\n\n")[0])
@@ -340,18 +429,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="the JAX side's side-net dtype (default: float32, as published)")
     p.add_argument("--jax-clip-dtype", default=None, choices=DTYPES,
                    help="the JAX side's CLIP dtype (default: the published side's)")
+    p.add_argument("--model", default=None,
+                   help="a model dir: export it to the published format and compare both on "
+                   "--clips (instead of random weights)")
+    p.add_argument("--clips", nargs="+", default=[],
+                   help="with --model: video files or frame folders, read as predict does")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if args.model is not None and not args.clips:
+        p.error("--model needs --clips (video files or frame folders)")
     try:
-        result = compare(args.openpar, args.batch, args.frames, args.device, args.steps,
-                         args.warmup, train=not args.no_train, clip_fp16=args.clip_fp16,
-                         jax_dtype=args.jax_dtype, jax_clip_dtype=args.jax_clip_dtype)
+        if args.model is not None:
+            result = compare_model(args.openpar, args.model, args.clips, args.device)
+        else:
+            result = compare(args.openpar, args.batch, args.frames, args.device, args.steps,
+                             args.warmup, train=not args.no_train, clip_fp16=args.clip_fp16,
+                             jax_dtype=args.jax_dtype, jax_clip_dtype=args.jax_clip_dtype)
+    except UserError as e:  # a refused model, a missing clip: one line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except (FileNotFoundError, ImportError) as e:
         p.error(str(e))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
-    print(summary(result))
+    print(model_summary(result) if args.model is not None else summary(result))
     return result
 
 

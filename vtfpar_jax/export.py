@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vtfpar_jax import cli_errors, decisions, files, metrics, model_dir, out_folder
+from vtfpar_jax import cli_errors, decisions, files, metrics, model_dir, out_folder, video
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.models import vtfpar
 from vtfpar_jax.normalization import NORMALIZATIONS
@@ -98,6 +98,7 @@ def exportable(loaded: model_dir.LoadedModel, batch: int | None, model: str = ""
                   "normalization": {"name": normalization, "mean": list(mean),
                                     "std": list(std),
                                     "formula": "(pixel / 255 - mean) / std, RGB"}},
+        "preprocessing": video.preprocessing(cfg.frames, (size, size), normalization),
         "output": {"name": OUTPUT_NAME, "shape": ["B" if batch is None else batch,
                                                   attribute_set.num_attributes],
                    "meaning": "logits; sigmoid gives each attribute's probability"},

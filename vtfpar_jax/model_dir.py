@@ -60,6 +60,15 @@ class LoadedModel:
                 "clip": params["clip"]}
 
 
+def resolve(model: str) -> str:
+    """A local model dir: `model` itself, or for hf://ORG/NAME[@REV] its copy from the Hub
+    (vtfpar_jax/hub_snapshot.py), so that every command that takes --model takes both."""
+    if model.startswith("hf://"):
+        from vtfpar_jax import hub_snapshot
+        return hub_snapshot.model_dir_from_hub(model)
+    return model
+
+
 def dataset_builder(config: ml_collections.ConfigDict, attribute_set: str,
                     split: str | None = None):
     """The TFDS builder of the model's dataset, prepared, with the model's attributes (and
@@ -90,6 +99,7 @@ def check_dataset(model: str, split: str, data_dir: str | None = None) -> None:
 
 
 def read_run_file(model: str) -> dict:
+    model = resolve(model)
     path = os.path.join(model, "config.json")
     if not os.path.isfile(path):
         raise ModelDirMissingError(f"{model}: not a model dir (no config.json); expected a "
@@ -123,6 +133,7 @@ def load_announced(model: str, step: int | None = None) -> LoadedModel:
 
 def load(model: str, step: int | None = None) -> LoadedModel:
     from vtfpar_jax.train_step import Frozen
+    model = resolve(model)
     run = read_run_file(model)
     # The config in force: a restart may have changed e.g. data_dir since config.json.
     config = ml_collections.ConfigDict(fingerprint.current_config(model, run["config"]))

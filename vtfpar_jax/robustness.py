@@ -92,7 +92,7 @@ def run(model: str, split: str = "test", names=DEFAULT_CORRUPTIONS,
     loaded = model_dir.load(model, step=step)
     if data_dir:
         loaded.config.data_dir = data_dir
-    out = out or os.path.join(model, f"robustness_{split}")
+    out = out or os.path.join(model_dir.resolve(model), f"robustness_{split}")
     path = os.path.join(out, "robustness.json")
     identity = _identity(model, loaded, split, seed, names)
     cells = _resume(path, identity)
@@ -221,7 +221,7 @@ def main(argv=None):
 
 def _robustness(args) -> dict:
     from vtfpar_jax import model_dir, out_folder
-    out = args.out or os.path.join(args.model, f"robustness_{args.split}")
+    out = args.out or os.path.join(model_dir.resolve(args.model), f"robustness_{args.split}")
     corruptions.parse_names(args.corruptions)   # every option before the model loads
     corruptions.parse_severities(args.severities)
     out_folder.check_writable_folder(out)

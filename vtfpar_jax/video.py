@@ -165,6 +165,38 @@ def model_input(chosen: list[np.ndarray], image_size: tuple[int, int],
     return frames_uint8, normalize(frames_uint8, normalization)
 
 
+def preprocessing(frames: int, image_size: tuple[int, int], normalization: str) -> dict:
+    """What `read_input` does to a clip, stated for someone who must repeat it without
+    this package (the export metadata carries it): every step, in order."""
+    mean, std = NORMALIZATIONS[normalization]
+    height, width = image_size
+    return {
+        "decode": {
+            "video": "every frame, as RGB uint8: PyAV frame.to_ndarray(format='rgb24') "
+                     "(FFmpeg's default YUV->RGB conversion)",
+            "folder": "the image files sorted by name, each Image.convert('RGB'), uint8"},
+        "frame_choice": {
+            "name": "uniform", "frames": frames,
+            "rule": "of the N decoded frames take indices floor((i + 0.5) * N / T) for "
+                    "i = 0..T-1, computed in float32, at most N - 1, in temporal order "
+                    "(the middles of T equal segments; a clip of fewer than T frames "
+                    "repeats frames)"},
+        "resize": {
+            "size": [height, width], "method": "bilinear", "antialias": True,
+            "implementation": f"PIL Image.fromarray(frame).resize(({width}, {height}), "
+                              "Image.Resampling.BILINEAR) on the uint8 frame (PIL widens the "
+                              "bilinear kernel when shrinking: antialiasing); the result is "
+                              "uint8; skipped when the frame already has this size",
+            "aspect_ratio": "not kept: the whole frame is stretched to the size",
+            "crop": "none", "padding": "none"},
+        "colour_order": "RGB",
+        "dtype": "uint8 after resizing, then float32",
+        "normalization": {"name": normalization, "mean": list(mean), "std": list(std),
+                          "formula": "(pixel / 255 - mean) / std per channel, in float32"},
+        "layout": "(T, H, W, 3) per clip; clips stacked to (B, T, H, W, 3)",
+    }
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 10) -> None:
     """(T, h, w, 3) uint8 -> an H.264 mp4 (yuv420p, so even sides are required)."""
     import av

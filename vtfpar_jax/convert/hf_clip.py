@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -26,7 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from vtfpar_jax.convert.openai_clip import expected_shapes
-from vtfpar_jax.convert.weights import SourceTensors, WeightImportError, conv_kernel, transpose
+from vtfpar_jax.convert.weights import (  # noqa: F401 - COPY/LINEAR/CONV shared with hf_siglip
+    CONV,
+    COPY,
+    LINEAR,
+    SourceTensors,
+    Transform,
+    WeightImportError,
+    leaf,
+    transpose,
+)
 from vtfpar_jax.models import clip
 from vtfpar_jax.models.layers import ACTIVATIONS
 
@@ -35,22 +44,6 @@ WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # What a hub snapshot needs: weights, config, and the tokenizer files beside them.
 HUB_PATTERNS = ["*.json", "*.safetensors", "vocab.json", "merges.txt", "tokenizer*"]
-
-Transform = Callable[[np.ndarray], np.ndarray]
-
-
-def _identity(array: np.ndarray) -> np.ndarray:
-    return array
-
-
-def _hwio_to_oihw(array: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(array.transpose(3, 2, 0, 1))
-
-
-# How a tensor is laid out in each format: (HF -> ours, ours -> HF).
-COPY = (_identity, _identity)
-LINEAR = (transpose, transpose)  # torch Linear (out, in) <-> Dense kernel (in, out)
-CONV = (conv_kernel, _hwio_to_oihw)  # torch Conv2d OIHW <-> Flax Conv HWIO
 
 BLOCK_TABLE = (  # HF encoder-layer names -> ours (q/k/v are packed separately)
     ("layer_norm1.weight", "ln_1/scale", COPY), ("layer_norm1.bias", "ln_1/bias", COPY),
@@ -268,15 +261,9 @@ def load(path: str | os.PathLike) -> tuple[clip.ClipConfig, dict]:
 def hf_tensors(params: Mapping[str, Any], name_table, qkv_table) -> dict[str, np.ndarray]:
     """HF-named float32 tensors from our params, by a model's name and q/k/v tables (the
     inverse of its import); shared by the CLIP and SigLIP exports."""
-    def leaf(path: str) -> np.ndarray:
-        node: Any = params
-        for name in path.split("/"):
-            node = node[name]
-        return np.asarray(node, dtype=np.float32)
-
-    out = {hf_key: to_hf(leaf(path)) for hf_key, path, (_, to_hf) in name_table}
+    out = {hf_key: to_hf(leaf(params, path)) for hf_key, path, (_, to_hf) in name_table}
     for hf_layer, path, width in qkv_table:
-        kernel, bias = leaf(f"{path}/kernel"), leaf(f"{path}/bias")
+        kernel, bias = leaf(params, f"{path}/kernel"), leaf(params, f"{path}/bias")
         for i, proj in enumerate(QKV):
             out[f"{hf_layer}.{proj}.weight"] = transpose(kernel[:, i * width:(i + 1) * width])
             out[f"{hf_layer}.{proj}.bias"] = np.ascontiguousarray(bias[i * width:(i + 1) * width])

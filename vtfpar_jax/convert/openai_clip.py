@@ -13,27 +13,36 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from vtfpar_jax.convert.weights import SourceTensors, WeightImportError, conv_kernel, transpose
+from vtfpar_jax.convert.weights import (
+    CONV,
+    COPY,
+    LINEAR,
+    Layout,
+    SourceTensors,
+    WeightImportError,
+    leaf,
+)
 from vtfpar_jax.models import clip
 
 # Buffers that OpenAI's archives carry besides the weights.
 _METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 BLOCK_TABLE = (  # OpenAI residual-block names -> ours
-    ("ln_1.weight", "ln_1/scale", None), ("ln_1.bias", "ln_1/bias", None),
-    ("ln_2.weight", "ln_2/scale", None), ("ln_2.bias", "ln_2/bias", None),
-    ("attn.in_proj_weight", "attn/qkv/kernel", transpose),
-    ("attn.in_proj_bias", "attn/qkv/bias", None),
-    ("attn.out_proj.weight", "attn/out/kernel", transpose),
-    ("attn.out_proj.bias", "attn/out/bias", None),
-    ("mlp.c_fc.weight", "fc1/kernel", transpose), ("mlp.c_fc.bias", "fc1/bias", None),
-    ("mlp.c_proj.weight", "fc2/kernel", transpose), ("mlp.c_proj.bias", "fc2/bias", None),
+    ("ln_1.weight", "ln_1/scale", COPY), ("ln_1.bias", "ln_1/bias", COPY),
+    ("ln_2.weight", "ln_2/scale", COPY), ("ln_2.bias", "ln_2/bias", COPY),
+    ("attn.in_proj_weight", "attn/qkv/kernel", LINEAR),
+    ("attn.in_proj_bias", "attn/qkv/bias", COPY),
+    ("attn.out_proj.weight", "attn/out/kernel", LINEAR),
+    ("attn.out_proj.bias", "attn/out/bias", COPY),
+    ("mlp.c_fc.weight", "fc1/kernel", LINEAR), ("mlp.c_fc.bias", "fc1/bias", COPY),
+    ("mlp.c_proj.weight", "fc2/kernel", LINEAR), ("mlp.c_proj.bias", "fc2/bias", COPY),
 )
 
 
@@ -97,30 +106,40 @@ def config_from_state_dict(tensors: SourceTensors, prefix: str = "") -> clip.Cli
         projection_dim=shape("text_projection")[1], eos_token_id=2)
 
 
+def name_table(cfg: clip.ClipConfig) -> Iterator[tuple[str, str, Layout]]:
+    """Every (OpenAI key, our path under the CLIP tree, layouts) of a CLIP of this shape."""
+    yield "visual.conv1.weight", "vision/patch_embed/kernel", CONV
+    yield "visual.class_embedding", "vision/class_embedding", COPY
+    yield "visual.positional_embedding", "vision/position_embedding", COPY
+    yield "visual.ln_pre.weight", "vision/pre_layernorm/scale", COPY
+    yield "visual.ln_pre.bias", "vision/pre_layernorm/bias", COPY
+    yield "visual.ln_post.weight", "vision/post_layernorm/scale", COPY
+    yield "visual.ln_post.bias", "vision/post_layernorm/bias", COPY
+    yield "visual.proj", "vision/projection/kernel", COPY
+    for i in range(cfg.vision.layers):
+        for src, dst, layouts in BLOCK_TABLE:
+            yield f"visual.transformer.resblocks.{i}.{src}", f"vision/layers_{i}/{dst}", layouts
+    yield "token_embedding.weight", "text/token_embedding/embedding", COPY
+    yield "positional_embedding", "text/position_embedding", COPY
+    for i in range(cfg.text.layers):
+        for src, dst, layouts in BLOCK_TABLE:
+            yield f"transformer.resblocks.{i}.{src}", f"text/layers_{i}/{dst}", layouts
+    yield "ln_final.weight", "text/final_layernorm/scale", COPY
+    yield "ln_final.bias", "text/final_layernorm/bias", COPY
+    yield "text_projection", "text/projection/kernel", COPY
+    yield "logit_scale", "logit_scale", COPY
+
+
 def take_clip(tensors: SourceTensors, cfg: clip.ClipConfig, prefix: str = "") -> None:
     """Map every OpenAI CLIP tensor under `prefix` onto our tree (paths under 'clip/')."""
-    t = lambda key, path, fn=None: tensors.take(prefix + key, "clip/" + path, fn)  # noqa: E731
-    t("visual.conv1.weight", "vision/patch_embed/kernel", conv_kernel)
-    t("visual.class_embedding", "vision/class_embedding")
-    t("visual.positional_embedding", "vision/position_embedding")
-    t("visual.ln_pre.weight", "vision/pre_layernorm/scale")
-    t("visual.ln_pre.bias", "vision/pre_layernorm/bias")
-    t("visual.ln_post.weight", "vision/post_layernorm/scale")
-    t("visual.ln_post.bias", "vision/post_layernorm/bias")
-    t("visual.proj", "vision/projection/kernel")
-    for i in range(cfg.vision.layers):
-        for src, dst, fn in BLOCK_TABLE:
-            t(f"visual.transformer.resblocks.{i}.{src}", f"vision/layers_{i}/{dst}", fn)
-    t("token_embedding.weight", "text/token_embedding/embedding")
-    t("positional_embedding", "text/position_embedding")
-    for i in range(cfg.text.layers):
-        for src, dst, fn in BLOCK_TABLE:
-            t(f"transformer.resblocks.{i}.{src}", f"text/layers_{i}/{dst}", fn)
-    t("ln_final.weight", "text/final_layernorm/scale")
-    t("ln_final.bias", "text/final_layernorm/bias")
-    t("text_projection", "text/projection/kernel")
-    t("logit_scale", "logit_scale")
+    for key, path, (to_ours, _) in name_table(cfg):
+        tensors.take(prefix + key, "clip/" + path, to_ours)
     tensors.drop(lambda k: k in {prefix + m for m in _METADATA_KEYS})
+
+
+def tensors_from_params(cfg: clip.ClipConfig, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """OpenAI-named float32 tensors from our CLIP params (the inverse of `load`)."""
+    return {key: to_torch(leaf(params, path)) for key, path, (_, to_torch) in name_table(cfg)}
 
 
 def expected_shapes(cfg: clip.ClipConfig):

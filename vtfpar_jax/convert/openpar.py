@@ -10,6 +10,9 @@ runs (docs/published-model.md §7: the ImageNet ViT, `w_temporal`, `visual_embed
 `spa_embed`, `tem_embed`, the temporal `projection_layers`, both side nets'
 unused blocks, the temporal net's patch embedding) are recognised and dropped;
 any other unknown or missing key is an error naming it.
+
+`name_table` and `grouped_table` pair every published key with our path and
+both layout changes; `convert.to_openpar` walks them backwards to export.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -25,7 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from vtfpar_jax.convert import openai_clip
-from vtfpar_jax.convert.weights import SourceTensors, WeightImportError, conv_kernel, transpose
+from vtfpar_jax.convert.weights import (
+    CONV,
+    COPY,
+    LINEAR,
+    Layout,
+    SourceTensors,
+    WeightImportError,
+    conv_kernel,
+)
 from vtfpar_jax.errors import ConfigError
 from vtfpar_jax.models import vtfpar
 from vtfpar_jax.models.side_nets import SIDE_DEPTH, parse_interaction_map
@@ -39,13 +50,18 @@ PUBLISHED_DEFAULTS = dict(
 _AGGREGATIONS = {"mean_pooling": "mean", "MLP": "mlp", "LSTM": "lstm", "GRU": "gru"}
 
 _TIMM_BLOCK = (  # timm Block names -> ours
-    ("norm1.weight", "ln_1/scale", None), ("norm1.bias", "ln_1/bias", None),
-    ("attn.qkv.weight", "attn/qkv/kernel", transpose), ("attn.qkv.bias", "attn/qkv/bias", None),
-    ("attn.proj.weight", "attn/out/kernel", transpose), ("attn.proj.bias", "attn/out/bias", None),
-    ("norm2.weight", "ln_2/scale", None), ("norm2.bias", "ln_2/bias", None),
-    ("mlp.fc1.weight", "fc1/kernel", transpose), ("mlp.fc1.bias", "fc1/bias", None),
-    ("mlp.fc2.weight", "fc2/kernel", transpose), ("mlp.fc2.bias", "fc2/bias", None),
+    ("norm1.weight", "ln_1/scale", COPY), ("norm1.bias", "ln_1/bias", COPY),
+    ("attn.qkv.weight", "attn/qkv/kernel", LINEAR), ("attn.qkv.bias", "attn/qkv/bias", COPY),
+    ("attn.proj.weight", "attn/out/kernel", LINEAR), ("attn.proj.bias", "attn/out/bias", COPY),
+    ("norm2.weight", "ln_2/scale", COPY), ("norm2.bias", "ln_2/bias", COPY),
+    ("mlp.fc1.weight", "fc1/kernel", LINEAR), ("mlp.fc1.bias", "fc1/bias", COPY),
+    ("mlp.fc2.weight", "fc2/kernel", LINEAR), ("mlp.fc2.bias", "fc2/bias", COPY),
 )
+# 1x1 convolutions the published fusion layers use as Linear layers.
+CONV2D_1X1: Layout = (conv_kernel, lambda k: np.ascontiguousarray(k.T[:, :, None, None]))
+CONV1D_1: Layout = (conv_kernel, lambda k: np.ascontiguousarray(k.T[:, :, None]))
+# Conv1d(F -> 1, kernel 1) over frames or streams: weight (1, F, 1) <-> our (F, 1).
+FRAME_WEIGHTS: Layout = (lambda w: w.reshape(-1, 1), lambda k: k.reshape(1, -1, 1))
 
 # Created by the published model, never used in its forward pass.
 _UNUSED = re.compile(
@@ -105,70 +121,88 @@ def config_from_options(clip_cfg, num_attributes: int, **options) -> vtfpar.VTFP
         use_spatial=not o["without_spatial"], use_temporal=not o["without_temporal"])
 
 
-def _take_block(t: SourceTensors, src: str, dst: str):
-    for s, d, fn in _TIMM_BLOCK:
-        t.take(f"{src}.{s}", f"{dst}/{d}", fn)
+def block_table(src: str, dst: str) -> Iterator[tuple[str, str, Layout]]:
+    for s, d, layouts in _TIMM_BLOCK:
+        yield f"{src}.{s}", f"{dst}/{d}", layouts
 
 
-def _take_embedding(t: SourceTensors, src: str, dst: str):
-    t.take(f"{src}.cls_embed", f"{dst}/embedding/cls_embed")
-    t.take(f"{src}.cls_pos_embed", f"{dst}/embedding/cls_pos_embed")
-    t.take(f"{src}.vit_model.pos_embed", f"{dst}/embedding/pos_embed")
+def _embedding_table(src: str, dst: str) -> Iterator[tuple[str, str, Layout]]:
+    yield f"{src}.cls_embed", f"{dst}/embedding/cls_embed", COPY
+    yield f"{src}.cls_pos_embed", f"{dst}/embedding/cls_pos_embed", COPY
+    yield f"{src}.vit_model.pos_embed", f"{dst}/embedding/pos_embed", COPY
 
 
-def _take_model(t: SourceTensors, cfg: vtfpar.VTFPARConfig):
+def name_table(cfg: vtfpar.VTFPARConfig) -> Iterator[tuple[str, str, Layout]]:
+    """Every one-to-one (published key, our path, layouts) of a model of this shape.
+
+    Paths start with 'params/' or 'batch_stats/'. Tensors the published model
+    keeps per stream or per attribute, and we keep stacked, are in `grouped_table`.
+    """
     p = "params/"
     if cfg.use_spatial:
         src, dst = "model/spatial_sidenet", p + "spatial_side_net"
-        _take_embedding(t, src, dst)
-        t.take(f"{src}.vit_model.patch_embed.proj.weight", f"{dst}/patch_embed/kernel", conv_kernel)
-        t.take(f"{src}.vit_model.patch_embed.proj.bias", f"{dst}/patch_embed/bias")
+        yield from _embedding_table(src, dst)
+        yield f"{src}.vit_model.patch_embed.proj.weight", f"{dst}/patch_embed/kernel", CONV
+        yield f"{src}.vit_model.patch_embed.proj.bias", f"{dst}/patch_embed/bias", COPY
         for i in range(SIDE_DEPTH - 1):  # the last block is never run
-            _take_block(t, f"{src}.vit_model.blocks.{i}", f"{dst}/blocks_{i}")
+            yield from block_table(f"{src}.vit_model.blocks.{i}", f"{dst}/blocks_{i}")
         for _, target in cfg.spatial_map:
             layer = f"{src}.fusion_layers.layer_{target}.input_proj"
-            t.take(f"{layer}.0.weight", f"{dst}/fusion_{target}/norm/scale")
-            t.take(f"{layer}.0.bias", f"{dst}/fusion_{target}/norm/bias")
-            t.take(f"{layer}.1.weight", f"{dst}/fusion_{target}/proj/kernel", conv_kernel)
-            t.take(f"{layer}.1.bias", f"{dst}/fusion_{target}/proj/bias")
-        t.drop(lambda k: k.startswith(f"{src}.vit_model.blocks.{SIDE_DEPTH - 1}."))
+            yield f"{layer}.0.weight", f"{dst}/fusion_{target}/norm/scale", COPY
+            yield f"{layer}.0.bias", f"{dst}/fusion_{target}/norm/bias", COPY
+            yield f"{layer}.1.weight", f"{dst}/fusion_{target}/proj/kernel", CONV2D_1X1
+            yield f"{layer}.1.bias", f"{dst}/fusion_{target}/proj/bias", COPY
     if cfg.use_temporal:
         src, dst = "model/crossframe_sidenet", p + "temporal_side_net"
-        _take_embedding(t, src, dst)
+        yield from _embedding_table(src, dst)
         for f in range(cfg.frames):  # block f runs on frame f; later blocks never run
-            _take_block(t, f"{src}.vit_model.blocks.{f}", f"{dst}/blocks_{f}")
-        t.drop(lambda k: (m := re.match(re.escape(src) + r"\.vit_model\.blocks\.(\d+)\.", k))
-               is not None and int(m.group(1)) >= cfg.frames)
-        t.take(f"{src}.frist_linear.weight", f"{dst}/first_linear/kernel", transpose)  # sic
-        t.take(f"{src}.frist_linear.bias", f"{dst}/first_linear/bias")
-        streams = range(len(cfg.temporal_map))
-        layer = f"{src}.fusion_layers.layer_{{}}"
-        for name, path, fn in (("ln.weight", "fusion_norm/scale", None),
-                               ("ln.bias", "fusion_norm/bias", None),
-                               ("input_proj.weight", "fusion_proj/kernel", conv_kernel),
-                               ("input_proj.bias", "fusion_proj/bias", None)):
-            keys = [layer.format(j) + "." + name for j in streams]
-            arrays = [fn(t.get(k)) if fn else t.get(k) for k in keys]
-            t.put(f"{dst}/{path}", np.stack(arrays), keys[0].replace("layer_0", "layer_*"))
+            yield from block_table(f"{src}.vit_model.blocks.{f}", f"{dst}/blocks_{f}")
+        yield f"{src}.frist_linear.weight", f"{dst}/first_linear/kernel", LINEAR  # sic
+        yield f"{src}.frist_linear.bias", f"{dst}/first_linear/bias", COPY
     for side, use in (("spatial", cfg.use_spatial), ("temporal", cfg.use_temporal)):
         if use and getattr(cfg, f"{side}_aggregation") == "mlp":
-            t.take(f"model/{side}_feat_aggregation.weight", f"{p}{side}_aggregation/kernel",
-                   lambda w: w.reshape(-1, 1))
-            t.take(f"model/{side}_feat_aggregation.bias", f"{p}{side}_aggregation/bias")
-    t.take("model/word_embed.weight", p + "word_embed/kernel", transpose)
-    t.take("model/word_embed.bias", p + "word_embed/bias")
-    _take_block(t, f"model/blocks.{SIDE_DEPTH - 1}", p + "fusion_block")
-    t.take("model/norm.weight", p + "norm/scale")
-    t.take("model/norm.bias", p + "norm/bias")
-    heads = [f"model/weight_layer.{i}" for i in range(cfg.num_attributes)]
-    t.put(p + "heads_kernel", np.concatenate([t.get(h + ".weight") for h in heads]),
-          "model/weight_layer.*.weight")
-    t.put(p + "heads_bias", np.concatenate([t.get(h + ".bias") for h in heads]),
-          "model/weight_layer.*.bias")
-    t.take("model/bn.weight", p + "bn/scale")
-    t.take("model/bn.bias", p + "bn/bias")
-    t.take("model/bn.running_mean", "batch_stats/bn/mean")
-    t.take("model/bn.running_var", "batch_stats/bn/var")
+            yield (f"model/{side}_feat_aggregation.weight", f"{p}{side}_aggregation/kernel",
+                   FRAME_WEIGHTS)
+            yield f"model/{side}_feat_aggregation.bias", f"{p}{side}_aggregation/bias", COPY
+    yield "model/word_embed.weight", p + "word_embed/kernel", LINEAR
+    yield "model/word_embed.bias", p + "word_embed/bias", COPY
+    yield from block_table(f"model/blocks.{SIDE_DEPTH - 1}", p + "fusion_block")
+    yield "model/norm.weight", p + "norm/scale", COPY
+    yield "model/norm.bias", p + "norm/bias", COPY
+    yield "model/bn.weight", p + "bn/scale", COPY
+    yield "model/bn.bias", p + "bn/bias", COPY
+    yield "model/bn.running_mean", "batch_stats/bn/mean", COPY
+    yield "model/bn.running_var", "batch_stats/bn/var", COPY
+
+
+def grouped_table(cfg: vtfpar.VTFPARConfig) -> Iterator[tuple[str, int, str, Layout, str]]:
+    """(published key pattern with '{}', count, our path, layouts, 'stack' | 'concatenate'):
+    `count` published tensors joined along a first axis into one of ours."""
+    p = "params/"
+    if cfg.use_temporal:
+        src, dst = "model/crossframe_sidenet.fusion_layers.layer_{}", p + "temporal_side_net"
+        streams = len(cfg.temporal_map)
+        yield f"{src}.ln.weight", streams, f"{dst}/fusion_norm/scale", COPY, "stack"
+        yield f"{src}.ln.bias", streams, f"{dst}/fusion_norm/bias", COPY, "stack"
+        yield f"{src}.input_proj.weight", streams, f"{dst}/fusion_proj/kernel", CONV1D_1, "stack"
+        yield f"{src}.input_proj.bias", streams, f"{dst}/fusion_proj/bias", COPY, "stack"
+    heads = "model/weight_layer.{}"
+    yield f"{heads}.weight", cfg.num_attributes, p + "heads_kernel", COPY, "concatenate"
+    yield f"{heads}.bias", cfg.num_attributes, p + "heads_bias", COPY, "concatenate"
+
+
+def _take_model(t: SourceTensors, cfg: vtfpar.VTFPARConfig):
+    for key, path, (to_ours, _) in name_table(cfg):
+        t.take(key, path, to_ours)
+    for pattern, count, path, (to_ours, _), join in grouped_table(cfg):
+        arrays = [to_ours(t.get(pattern.format(i))) for i in range(count)]
+        t.put(path, getattr(np, join)(arrays), pattern.format("*"))
+    if cfg.use_spatial:
+        t.drop(lambda k: k.startswith(f"model/spatial_sidenet.vit_model.blocks.{SIDE_DEPTH - 1}."))
+    if cfg.use_temporal:
+        src = "model/crossframe_sidenet"
+        t.drop(lambda k: (m := re.match(re.escape(src) + r"\.vit_model\.blocks\.(\d+)\.", k))
+               is not None and int(m.group(1)) >= cfg.frames)
 
 
 def convert(state_dict: Mapping[str, Any], clip: tuple | None = None,

@@ -102,6 +102,13 @@ class SourceTensors:
         return out
 
 
+def leaf(tree: Any, path: str) -> np.ndarray:
+    """The float32 array at '/'-joined `path` ('vision/layers_0/fc1/kernel') of a nested tree."""
+    for name in path.split("/"):
+        tree = tree[name]
+    return np.asarray(tree, dtype=np.float32)
+
+
 def transpose(array: np.ndarray) -> np.ndarray:
     """torch Linear (out, in) -> Flax Dense kernel (in, out)."""
     return np.ascontiguousarray(array.T)
@@ -112,3 +119,21 @@ def conv_kernel(array: np.ndarray) -> np.ndarray:
     if array.ndim == 4 and array.shape[2:] == (1, 1) or array.ndim == 3 and array.shape[2] == 1:
         return np.ascontiguousarray(array.reshape(array.shape[0], array.shape[1]).T)
     return np.ascontiguousarray(array.transpose(2, 3, 1, 0))
+
+
+def _identity(array: np.ndarray) -> np.ndarray:
+    return array
+
+
+def _hwio_to_oihw(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array.transpose(3, 2, 0, 1))
+
+
+Transform = Callable[[np.ndarray], np.ndarray]
+# How a tensor is laid out in each format: (torch -> ours, ours -> torch). The name
+# tables of the source modules pair every key with one of these, so that one table
+# serves both the import and the export.
+Layout = tuple[Transform, Transform]
+COPY: Layout = (_identity, _identity)
+LINEAR: Layout = (transpose, transpose)  # torch Linear (out, in) <-> Dense kernel (in, out)
+CONV: Layout = (conv_kernel, _hwio_to_oihw)  # torch Conv2d OIHW <-> Flax Conv HWIO

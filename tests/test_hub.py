@@ -1,0 +1,94 @@
+"""The Hub layout of the demo model, loaded through hf:// offline from a local Hub cache:
+predict, evaluate and export give the original model dir's numbers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from vtfpar_jax import hub
+
+pytestmark = pytest.mark.slow
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _publish_offline(layout, cache, repo: str) -> None:
+    """What snapshot_download leaves in a cache: refs/main and snapshots/<commit>/."""
+    base = cache / f"models--{repo.replace('/', '--')}"
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(COMMIT)
+    shutil.copytree(layout, base / "snapshots" / COMMIT)
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("VTFPAR_HUB_CACHE", str(tmp_path / "model_dirs"))
+    return cache
+
+
+def test_hub_layout_gives_the_model_dirs_numbers(demo_model, offline_hub, tmp_path):
+    from vtfpar_jax import evaluate, export, predict, video
+    from vtfpar_jax.evaluate import headline
+
+    model, layout = str(demo_model["model"]), tmp_path / "layout"
+    hub.main([model, "demo/vtfpar-demo", "--local", str(layout)])
+    run = json.loads((layout / "config.json").read_text())
+    assert sorted(run["hub"]["files"])[-1] == "model.safetensors"
+    assert run["hub"]["backbone_repo"] is None and (layout / "backbone").is_dir()  # random CLIP
+    card = (layout / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: vtfpar-jax") and "hf://demo/vtfpar-demo" in card
+    # The demo run evaluated itself into eval/ at the end of training.
+    evaluated = headline(json.loads((demo_model["model"] / "eval" / "metrics.json").read_text()))
+    assert f"value: {evaluated['group_f1']:.4f}" in card
+    assert (demo_model["model"] / "eval" / "table.txt").read_text().rstrip() in card
+    _publish_offline(layout, offline_hub, "demo/vtfpar-demo")
+    spec = "hf://demo/vtfpar-demo"
+
+    frames = np.random.default_rng(1).integers(0, 256, (9, 64, 32, 3), dtype=np.uint8)
+    video.write_video(tmp_path / "walk.mp4", frames)
+    records = {name: predict.main([str(tmp_path / "walk.mp4"), "--model", m, "--out",
+                                   str(tmp_path / name)])[0]
+               for name, m in (("dir", model), ("hub", spec))}
+    np.testing.assert_allclose(list(records["hub"]["probabilities"].values()),
+                               list(records["dir"]["probabilities"].values()), rtol=0, atol=1e-6)
+
+    scores = {name: evaluate.evaluate_workdir(m, "test", report_dir=str(tmp_path / f"e_{name}"),
+                                              data_dir=str(demo_model["data_dir"]))
+              for name, m in (("dir", model), ("hub", spec))}
+    assert json.dumps(scores["hub"], sort_keys=True) == json.dumps(scores["dir"], sort_keys=True)
+
+    logits = {}
+    for name, m in (("dir", model), ("hub", spec)):
+        out = str(tmp_path / f"{name}.stablehlo")
+        export.main(["--model", m, "--format", "stablehlo", "--out", out])
+        meta = json.loads(open(out + ".json").read())["input"]
+        clip_input = video.read_input(tmp_path / "walk.mp4", meta["frames"],
+                                      tuple(meta["image_size"]), "published")[1][None]
+        logits[name] = np.asarray(jax.export.deserialize(open(out, "rb").read()).call(clip_input))
+    np.testing.assert_allclose(logits["hub"], logits["dir"], rtol=0, atol=1e-6)
+
+
+def test_a_file_that_does_not_match_the_config_is_named(demo_model, offline_hub, tmp_path):
+    layout = tmp_path / "layout"
+    hub.write_layout(str(demo_model["model"]), str(layout))
+    with open(layout / "model.safetensors", "r+b") as f:   # one byte changed
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    _publish_offline(layout, offline_hub, "demo/broken")
+    from vtfpar_jax import model_dir
+    with pytest.raises(hub.HubLayoutError, match="model.safetensors is missing or differs"):
+        model_dir.load("hf://demo/broken")
+    with pytest.raises(hub.HubLayoutError, match="hf://ORG/NAME"):
+        model_dir.load("hf://just-a-name")

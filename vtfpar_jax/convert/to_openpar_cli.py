@@ -1,0 +1,56 @@
+"""Export a model dir to the published VTFPAR++ checkpoint format ({'epoch', 'model_state_dict'}).
+
+    python -m vtfpar_jax.convert.to_openpar_cli --model runs/mars --out mars.pth [--step N]
+
+The file loads into the published `TransformerClassifier` with a strict
+`load_state_dict`; build that model with the command-line options printed
+(and written to `<out>.json`), and give it OpenAI's `ViT-B-16.pt`, which holds
+the text tower. Needs torch (the `torch` extra). A model the published code
+cannot compute is refused with one error naming the config option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from vtfpar_jax.convert import to_openpar
+from vtfpar_jax.convert.openpar_cli import OutputExistsError
+from vtfpar_jax.errors import UserError
+
+
+def command_line(options: dict) -> str:
+    """The published train.py flags for `options` (store_true flags only when set)."""
+    flags = []
+    for name, value in options.items():
+        if isinstance(value, bool):
+            flags += [f"--{name}"] if value else []
+        else:
+            flags.append(f"--{name} {value}")
+    return " ".join(flags)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="the model dir to export")
+    parser.add_argument("--out", required=True, help="the .pth file to write (must be new)")
+    parser.add_argument("--step", type=int, default=None,
+                        help="the checkpoint step (default: the newest that loads)")
+    args = parser.parse_args(argv)
+    try:
+        if os.path.exists(args.out):
+            raise OutputExistsError(f"{args.out} exists; choose a new --out")
+        written = to_openpar.export(args.model, args.out, args.step)
+    except UserError as e:  # bad input: one line; anything else is a bug: its traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    flags = command_line(written["openpar_options"])
+    with open(args.out + ".json", "w") as f:
+        json.dump({**written, "command_line": flags}, f, indent=1)
+    print(f"wrote {args.out} (step {written['step']}); build the published model with: {flags}")
+
+
+if __name__ == "__main__":
+    main()
