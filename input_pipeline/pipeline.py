@@ -273,14 +273,15 @@ def train_batches(builder: tfds.core.DatasetBuilder, *, batch_size: int, frames:
     Args:
       batch_size: global batch; each host yields B = batch_size // process_count.
       frames: T frames per clip.
-      epoch, seed: the epoch is a pure function of these (shuffle and draws).
+      epoch, seed: the epoch is a pure function of these (shuffle and draws); training
+        passes its run's data-order seed (vtfpar_jax.rng.data_order_seed).
       start_batch: resume point: yields batches start_batch .. steps_per_epoch-1.
       frame_size: (h, w) every frame is resized to on the host; None: as stored.
       shuffle_buffer: examples held by the shuffle (serialized JPEG bytes).
 
     Yields:
-      {'video': (B, T, h, w, 3) uint8, 'labels': (B, A) float32, 'mask': (B,) bool,
-       'index': (B,) int64, the tracklet's place in the split (-1 on padding rows)}.
+      {'video': (B, T, h, w, 3) uint8, 'labels': (B, A) float32, 'mask': (B,) bool}
+      (every row a tracklet: training batches are never padded).
     """
     _check_options(frame_choice, frames, frame_size)
     host_batch = _host_batch(batch_size, process_count)

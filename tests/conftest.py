@@ -13,6 +13,14 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_runtest_setup(item):
+    """Tests marked `gpu` run only where JAX's default backend is a GPU."""
+    if item.get_closest_marker("gpu"):
+        import jax
+        if jax.default_backend() != "gpu":
+            pytest.skip(f"needs a GPU; JAX's default backend is {jax.default_backend()!r}")
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """Recorded reference outputs (tests/fixtures/README.md says what each holds)."""

@@ -36,9 +36,14 @@ def _inputs(loaded, batch: int, seed: int) -> np.ndarray:
         -1, 1, (batch, cfg.frames, size, size, 3)).astype(np.float32)
 
 
-def _jax_logits(loaded, video: np.ndarray) -> np.ndarray:
-    return np.asarray(predict._logits(loaded.model_cfg, loaded.variables(), video,
-                                      loaded.frozen.text_features))
+@pytest.fixture(scope="module")
+def jax_logits(demo_model, loaded):
+    """video -> the logits of the public `predict.compute_logits`, from the model dir's
+    attribute tokens."""
+    run = json.loads((demo_model["model"] / "config.json").read_text())
+    tokens = np.asarray(run["tokens"], np.int32)
+    return lambda video: predict.compute_logits(loaded.model_cfg, loaded.variables(), video,
+                                                tokens)
 
 
 def _export(demo_model, tmp_path, fmt: str, *options: str) -> tuple[str, dict]:
@@ -49,7 +54,8 @@ def _export(demo_model, tmp_path, fmt: str, *options: str) -> tuple[str, dict]:
         return out, json.load(f)
 
 
-def test_stablehlo_in_a_fresh_process_gives_jax_logits(demo_model, loaded, tmp_path):
+def test_stablehlo_in_a_fresh_process_gives_jax_logits(demo_model, loaded, jax_logits,
+                                                      tmp_path):
     path, metadata = _export(demo_model, tmp_path, "stablehlo")
     cfg = loaded.model_cfg
     assert metadata["input"]["shape"] == ["B", cfg.frames, cfg.clip.image_size,
@@ -71,13 +77,13 @@ def test_stablehlo_in_a_fresh_process_gives_jax_logits(demo_model, loaded, tmp_p
                    cwd=tmp_path)
     outputs = np.load(tmp_path / "outputs.npz")
     for b in BATCHES:
-        expected = _jax_logits(loaded, inputs[f"b{b}"])
+        expected = jax_logits(inputs[f"b{b}"])
         assert outputs[f"b{b}"].shape == (b, loaded.attribute_set.num_attributes)
         assert outputs[f"b{b}"].dtype == np.float32
         np.testing.assert_allclose(outputs[f"b{b}"], expected, rtol=0, atol=1e-5)
 
 
-def test_stablehlo_fixed_batch_and_more_platforms(demo_model, loaded, tmp_path):
+def test_stablehlo_fixed_batch_and_more_platforms(demo_model, loaded, jax_logits, tmp_path):
     """--batch 2 refuses another batch size; lowered for CPU and GPUs (no GPU needed), the
     artefact still runs here, on the CPU."""
     path, metadata = _export(demo_model, tmp_path, "stablehlo", "--batch", "2",
@@ -86,13 +92,13 @@ def test_stablehlo_fixed_batch_and_more_platforms(demo_model, loaded, tmp_path):
     exported = jax.export.deserialize(open(path, "rb").read())
     assert exported.platforms == ("cpu", "cuda")
     video = _inputs(loaded, 2, seed=5)
-    np.testing.assert_allclose(np.asarray(exported.call(video)), _jax_logits(loaded, video),
+    np.testing.assert_allclose(np.asarray(exported.call(video)), jax_logits(video),
                                rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="shape"):
         exported.call(_inputs(loaded, 3, seed=6))
 
 
-def test_onnx_under_onnxruntime_gives_jax_logits(demo_model, loaded, tmp_path, capsys):
+def test_onnx_under_onnxruntime_gives_jax_logits(demo_model, loaded, jax_logits, tmp_path, capsys):
     import onnx
     import onnxruntime
 
@@ -109,7 +115,7 @@ def test_onnx_under_onnxruntime_gives_jax_logits(demo_model, loaded, tmp_path, c
         video = _inputs(loaded, b, seed=10 + b)
         (got,) = session.run(["logits"], {"video": video})
         assert got.shape == (b, loaded.attribute_set.num_attributes)
-        np.testing.assert_allclose(got, _jax_logits(loaded, video), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(got, jax_logits(video), rtol=0, atol=1e-4)
 
 
 def test_onnx_names_an_op_it_cannot_convert():

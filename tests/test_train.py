@@ -95,7 +95,7 @@ def free_port() -> int:
 def emulated_batches(hosts: int):
     """Trainer.batches as one process feeding the global batches `hosts` hosts assemble:
     host i's rows from train_batches(process_index=i, process_count=hosts), in host order."""
-    from vtfpar_jax import sharding
+    from vtfpar_jax import rng, sharding
 
     def batches(trainer, step):
         assert step == 0
@@ -103,7 +103,7 @@ def emulated_batches(hosts: int):
         for epoch in itertools.count():
             shares = [trainer.pipeline.train_batches(
                 trainer.builder, batch_size=c.input.batch_size, frames=trainer.model_cfg.frames,
-                epoch=epoch, seed=c.seed, frame_choice=c.input.frame_choice,
+                epoch=epoch, seed=rng.data_order_seed(c.seed), frame_choice=c.input.frame_choice,
                 frame_size=trainer.frame_size, process_index=i, process_count=hosts)
                 for i in range(hosts)]
             for parts in zip(*shares, strict=True):

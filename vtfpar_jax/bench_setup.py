@@ -74,6 +74,7 @@ def make_inputs(model_cfg, *, batch: int, seed: int = 0, clip_params=None, varia
     Random CLIP params, side-net variables, text features, clip and labels unless
     given. Pure JAX, so `jax.eval_shape` of it gives the shapes for free (aot).
     """
+    from vtfpar_jax import rng as random_streams
     from vtfpar_jax.models import backbones, vtfpar
     from vtfpar_jax.train_step import Frozen, initial_state, step_frozen_params
 
@@ -97,7 +98,8 @@ def make_inputs(model_cfg, *, batch: int, seed: int = 0, clip_params=None, varia
                     text_features=jnp.asarray(text_features), positive_ratio=positive_ratio)
     # uint8 frames are preprocessed in the step; float ones are model input as given.
     batch = {"video": jnp.asarray(video), "labels": labels}
-    return state, frozen, batch, jax.random.PRNGKey(seed + 1)
+    # The step's key, as a training run's (vtfpar_jax.rng): its own streams, folded from it.
+    return state, frozen, batch, random_streams.run_key(seed)
 
 
 def jitted(model_cfg, mesh):

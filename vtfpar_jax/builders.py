@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import ml_collections
 import numpy as np
 
-from vtfpar_jax import attributes, siglip_tokens, text, tokenizer
+from vtfpar_jax import attributes, rng, siglip_tokens, text, tokenizer
 from vtfpar_jax.convert import hf_clip, hf_siglip, openai_clip
 from vtfpar_jax.errors import ConfigError
 from vtfpar_jax.models import backbones, clip, siglip, vtfpar
@@ -61,7 +60,7 @@ def _random_backbone(c: ml_collections.ConfigDict, module, presets: dict, seed: 
     """(cfg, seeded random params) of preset `c.preset` of a backbone module (clip or
     siglip)."""
     cfg = _random_config(c, module, presets, which)
-    return cfg, module.init_params(cfg, jax.random.PRNGKey(seed))
+    return cfg, module.init_params(cfg, rng.stream(seed, "backbone_init"))
 
 
 def _random_config(c: ml_collections.ConfigDict, module, presets: dict, which: str = ""):

@@ -7,9 +7,12 @@ size evaluation decodes them (`input_pipeline.pipeline.eval_batches`), before
 the device resizes and normalises them: the pixels the model would be given.
 Severity 0 is the clip itself. Everything random (where the occluder is, its
 colour, the blur direction, the noise, which frames drop) is drawn from
-(seed, corruption, tracklet index) and not from the severity, so one tracklet
-keeps its occluder and blur direction while the severity grows, and a rerun
-gives the same clips bit for bit.
+(seed, corruption, tracklet index) and not from the severity, so a rerun gives
+the same clips bit for bit. Where the severity sets a draw's range, the value
+drawn changes with it: as the severity grows, one tracklet keeps its blur
+direction, its noise pattern (scaled by sigma) and its occluder's colour, but
+the occluder's size and place are drawn for each severity (the rectangle moves),
+and the frames dropped at one severity need not include those of a lower one.
 
 Severities, with H the frame height in pixels (lengths scale with the frame,
 so a 256x128 MARS crop and a 48 px demo frame are corrupted alike):

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vtfpar_jax import builders, cli_errors, fingerprint, optim, preprocess, sharding
+from vtfpar_jax import builders, cli_errors, fingerprint, optim, preprocess, rng, sharding
 from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.errors import ConfigError, UserError, nearest
 from vtfpar_jax.files import atomic_file, atomic_folder
@@ -131,7 +131,7 @@ class Trainer:
             config.optimizer, config.num_epochs,
             max(self.steps_per_epoch // config.optimizer.accumulate_steps, 1))
         self.tx = optim.make_optimizer(config.optimizer, self.schedule)
-        variables = vtfpar.init(self.model_cfg, jax.random.PRNGKey(config.seed))
+        variables = vtfpar.init(self.model_cfg, rng.stream(config.seed, "model_init"))
         state, frozen = initial_state(variables, clip_params, config.frozen_patterns, self.tx)
         self.clip_frozen = "clip" not in state.trainable
         from vtfpar_jax import text
@@ -147,7 +147,8 @@ class Trainer:
         self.train_step = jit_train_step(
             make_train_step(self.model_cfg, self.tx, self.schedule, self.clip_frozen,
                             config.optimizer.accumulate_steps, self.preprocess), self.mesh)
-        self.rng = jax.random.PRNGKey(config.seed + 1)
+        # The run's key: the step draws its dropout and augmentation streams from it.
+        self.rng = rng.run_key(config.seed)
 
     def count_params(self) -> dict[str, int]:
         size = lambda t: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t))  # noqa: E731
@@ -161,10 +162,11 @@ class Trainer:
         """
         c = self.config
         epoch, start = divmod(step, self.steps_per_epoch)
+        data_seed = rng.data_order_seed(c.seed)
         while True:
             yield from (sharding.global_batch(b, self.mesh) for b in self.pipeline.train_batches(
                 self.builder, batch_size=c.input.batch_size, frames=self.model_cfg.frames,
-                epoch=epoch, start_batch=start, seed=c.seed, frame_choice=c.input.frame_choice,
+                epoch=epoch, start_batch=start, seed=data_seed, frame_choice=c.input.frame_choice,
                 frame_size=self.frame_size, process_index=jax.process_index(),
                 process_count=jax.process_count()))
             epoch, start = epoch + 1, 0

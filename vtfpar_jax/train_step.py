@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from vtfpar_jax import losses, optim, preprocess
+from vtfpar_jax import rng as random_streams
 from vtfpar_jax.models import backbones, vtfpar
 
 
@@ -75,14 +76,13 @@ def step_frozen_params(cfg: vtfpar.VTFPARConfig, frozen: dict) -> dict:
     return {**frozen, "clip": clip_frozen}
 
 
-# Folded into the step's key for the augmentation draws, apart from the model's own.
-_AUGMENT_STREAM = 0x617567
-
-
 def make_train_step(cfg: vtfpar.VTFPARConfig, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, clip_frozen: bool, accumulate_steps: int = 1,
                     input_preprocess: preprocess.Preprocess | None = None):
     """The pure step: (state, batch, rng, frozen) -> (state, metrics).
+
+    `rng` is the run's key (vtfpar_jax.rng.run_key): the step draws its dropout
+    and augmentation keys from it, each its own named stream with the step folded in.
 
     `input_preprocess` turns the batch's uint8 frames into model input (None:
     the published recipe, `preprocess.Preprocess()`). A step whose loss or gradients are not
@@ -94,15 +94,16 @@ def make_train_step(cfg: vtfpar.VTFPARConfig, tx: optax.GradientTransformation,
     input_preprocess.check(image_size)
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array, frozen: Frozen):
-        rng = jax.random.fold_in(rng, state.step)
         video = preprocess.model_input(batch["video"], image_size, input_preprocess,
-                                       rng=jax.random.fold_in(rng, _AUGMENT_STREAM))
+                                       rng=random_streams.step_key(rng, "augmentation",
+                                                                   state.step))
+        dropout_rng = random_streams.step_key(rng, "dropout", state.step)
 
         def loss_fn(trainable):
             params = optim.merge(trainable, frozen.params)
             logits, updates = vtfpar.apply(
                 cfg, {"params": params["model"], "batch_stats": state.batch_stats},
-                params["clip"], video, frozen.text_features, train=True, rng=rng,
+                params["clip"], video, frozen.text_features, train=True, rng=dropout_rng,
                 clip_frozen=clip_frozen)
             loss = losses.weighted_bce(logits, batch["labels"], frozen.positive_ratio)
             return loss, updates["batch_stats"]

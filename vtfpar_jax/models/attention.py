@@ -6,27 +6,43 @@
            8); XLA's attention everywhere else (CPU, TPU, float32). The choice is
            made when the step is lowered (`jax.lax.platform_dependent`), not from
            the host's default backend, so a deviceless compile for an H200 on a
-           CPU-only machine gets exactly the program an H200 gets.
+           CPU-only machine gets exactly the program an H200 gets. On a host with
+           a GPU, each attention shape is first probed: cuDNN attention's forward
+           and backward are compiled and run once, alone, at that shape and dtype
+           (batch 1). Where that fails (too old a cuDNN or driver, a shape this
+           cuDNN does not take), the model uses XLA's attention at that shape,
+           and one warning says so: the fast path never fails a run that XLA's
+           attention would run.
     xla    XLA's attention everywhere. It keeps the (B, heads, T, T)
            probabilities for the backward pass.
     cudnn  cuDNN flash attention, or a clear error where it cannot run (compute
            dtype, head dim, a JAX without CUDA; a program lowered for a CPU by a
-           CUDA-enabled JAX fails in lowering, naming the cuDNN primitive). It
-           keeps only q, k, v, the output and per-row softmax statistics.
+           CUDA-enabled JAX fails in lowering, naming the cuDNN primitive; one
+           that cuDNN cannot compile or run fails there, loudly). It keeps only
+           q, k, v, the output and per-row softmax statistics.
 
 Inputs are (B, T, heads, head_dim), as `jax.nn.dot_product_attention` takes them.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 # cuDNN's flash attention takes head dims up to 128 before Hopper (256 on Hopper);
 # the lowering target is unknown at trace time, so the bound that holds everywhere.
 CUDNN_MAX_HEAD_DIM = 128
+
+log = logging.getLogger(__name__)
+# (shape, dtype, causal) of the attentions that fell back to XLA on this host: the
+# first one is warned about, the others are logged at debug level.
+FELL_BACK: list[tuple] = []
 
 
 def cudnn_refusal(q: jax.Array) -> str | None:
@@ -38,16 +54,58 @@ def cudnn_refusal(q: jax.Array) -> str | None:
     if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
         return (f"it needs a head dim that is a multiple of 8 and at most "
                 f"{CUDNN_MAX_HEAD_DIM}, and this one is {head_dim}")
-    if not _jax_has_cuda():
-        return "this JAX has no CUDA plugin (install jax[cuda13])"
+    return _cudnn_missing_from_jax()
+
+
+@functools.cache
+def _cudnn_missing_from_jax() -> str | None:
+    """Why this JAX cannot trace cuDNN attention, or None: asked once per process.
+
+    Asked of the public `jax.nn.dot_product_attention`, which refuses to trace the
+    cuDNN kernel where JAX has no CUDA plugin (and so no cuDNN); no program can be
+    lowered for an NVIDIA GPU there anyway.
+    """
+    q = jax.ShapeDtypeStruct((1, 128, 1, 64), jnp.bfloat16)
+    try:
+        jax.eval_shape(lambda q: jax.nn.dot_product_attention(q, q, q, implementation="cudnn"),
+                       q)
+    except Exception as error:  # whatever this JAX raises, it cannot trace the kernel
+        return f"this JAX has no cuDNN attention ({error}); install jax[cuda13]"
     return None
 
 
-def _jax_has_cuda() -> bool:
-    # jax traces cuDNN attention only where its CUDA plugin (and so cuDNN) is
-    # installed; without it no program can be lowered for an NVIDIA GPU anyway.
-    from jax._src.cudnn import fused_attention_stablehlo
-    return fused_attention_stablehlo.cuda_versions is not None
+@functools.cache
+def _local_gpu() -> bool:
+    """Whether this host runs programs on a GPU (where a probe can run)."""
+    return jax.default_backend() == "gpu"
+
+
+@functools.cache
+def _cudnn_runs_here(shape: tuple[int, ...], dtype: np.dtype, causal: bool) -> bool:
+    """Whether cuDNN attention compiles and runs, forward and backward, at this shape
+    on this host's GPU: compiled and run once, alone, with batch 1.
+
+    The cuDNN kernels are chosen when XLA compiles the whole step, so an error there
+    would fail the step; this probe meets it first, outside the step's trace.
+    """
+    zeros = np.zeros((1, *shape[1:]), dtype)
+
+    def loss(q, k, v):
+        return jnp.sum(_cudnn(q, k, v, causal).astype(jnp.float32))
+
+    try:
+        with jax.ensure_compile_time_eval():  # run now, not as part of the step traced
+            jax.block_until_ready(jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(
+                zeros, zeros, zeros))
+    except Exception as error:  # any failure of the kernel: XLA's attention runs instead
+        report = log.debug if FELL_BACK else log.warning
+        report("model.attention='auto': cuDNN flash attention cannot run on this GPU at "
+               "q shape %s %s (%s: %s); using XLA's attention there instead (set "
+               "model.attention='cudnn' to see the error fail the run)", shape,
+               np.dtype(dtype).name, type(error).__name__, error)
+        FELL_BACK.append((shape, np.dtype(dtype).name, causal))
+        return False
+    return True
 
 
 def _xla(q, k, v, causal: bool) -> jax.Array:
@@ -88,7 +146,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: b
             raise ValueError(f"model.attention='cudnn' cannot run: {refusal}; use 'auto' or "
                              "'xla'")
         return _cudnn(q, k, v, causal)
-    if refusal:
+    if refusal or (_local_gpu() and not _cudnn_runs_here(q.shape, q.dtype, causal)):
         return _xla(q, k, v, causal)
     return jax.lax.platform_dependent(q, k, v, cuda=lambda *a: _cudnn(*a, causal),
                                       default=lambda *a: _xla(*a, causal))
