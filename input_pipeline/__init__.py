@@ -53,6 +53,8 @@ _MODULE_FILES = {name: module.split(".")[-1] + ".py" for name, (module, _) in BU
 class DatasetNotBuiltError(UserError, FileNotFoundError):
     """A dataset that has not been prepared: the message says how to build it."""
 
+    how_to_fix_follows = True   # the lines after the first are the build commands
+
     def __init__(self, builder):
         name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
         manual = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)

@@ -1,6 +1,7 @@
 """How every command ends when it does not finish: one line, an exit status, no traceback.
 
-- a `UserError` (bad input): `error: <its first line>`, exit 1;
+- a `UserError` (bad input): `error: <its first line>` (and the lines after it where
+  they say how to fix it: `UserError.how_to_fix_follows`), exit 1;
 - Ctrl-C (SIGINT): `interrupted: <what was kept, how to resume or rerun>`, exit 130;
 - SIGTERM: `terminated: <the same>`, exit 143 (128 + the signal, as a shell reports it).
 Anything else is a bug and keeps its traceback.
@@ -82,7 +83,8 @@ def run(body: Callable[[], T], verbose: bool = False) -> T:
     try:
         return body()
     except UserError as e:
-        _exit(1, f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        message = str(e) or type(e).__name__
+        _exit(1, f"error: {message if e.how_to_fix_follows else message.splitlines()[0]}")
     except KeyboardInterrupt:
         _exit(130, f"interrupted: {_stop_message}", mid_line=True)
     except Terminated:

@@ -15,7 +15,14 @@ from collections.abc import Iterable
 
 
 class UserError(Exception):
-    """Bad input that its message explains; printed without a traceback by the CLIs."""
+    """Bad input that its message explains; printed without a traceback by the CLIs.
+
+    The CLIs print the message's first line, which says what is wrong. A subclass
+    whose further lines say how to fix it (the commands to run) sets
+    `how_to_fix_follows`, and the CLIs print those lines too.
+    """
+
+    how_to_fix_follows = False
 
 
 class ConfigError(UserError, ValueError):
