@@ -253,7 +253,7 @@ def run(config_spec: str, sweeps: list[str], workdir: str, sets: dict | None = N
                   for label, (_, config) in points.items()}
     path = os.path.join(workdir, "ablation.json")
     # The whole file is not compared: each finished point is, by its fingerprint.
-    done = read_to_resume(path, {}, AblationError, "--workdir").get("points", {})
+    done = read_to_resume(path, AblationError, "--workdir").get("points", {})
     for label, identity in identities.items():
         if done.get(label, {}).get("results") is not None:
             _check_finished(path, label, done[label], identity)

@@ -108,26 +108,19 @@ def save_figure(figure, path: str, **savefig) -> None:
         (figure.savefig if hasattr(figure, "savefig") else figure.save)(temporary, **savefig)
 
 
-def read_to_resume(path: str, identity: dict, error: type[Exception], elsewhere: str) -> dict:
-    """The JSON a resumable command left at `path` ({} if none), if it was made with the
-    same `identity` (values at those keys); else `error` naming what differs.
+def read_to_resume(path: str, error: type[Exception], elsewhere: str) -> dict:
+    """The JSON a resumable command left at `path` ({} if none); `error` if it cannot be read.
 
-    What another run wrote is never overwritten: the message says to use
-    `elsewhere` (e.g. another --out) or to move the file away.
+    Whether it was made by the same run is the caller's check
+    (`fingerprint.check_same_run`). What another run wrote is never overwritten: the
+    message says to use `elsewhere` (e.g. another --out) or to move the file away.
     """
     import json
     if not os.path.exists(path):
         return {}
     try:
         with open(path) as f:
-            previous = json.load(f)
+            return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise error(f"{path}: cannot read it to resume ({e}); move it away or use another "
                     f"{elsewhere}") from None
-    kept = {k: previous.get(k) for k in identity}
-    if kept != identity:
-        differ = ", ".join(f"{k} {kept[k]!r} there, {identity[k]!r} now" for k in identity
-                           if kept[k] != identity[k])
-        raise error(f"{path} holds another run ({differ}); use another {elsewhere}, or move "
-                    "it away to start over")
-    return previous

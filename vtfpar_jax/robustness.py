@@ -59,7 +59,7 @@ def _identity(model: str, loaded, split: str, seed: int, names) -> dict:
 def _resume(path: str, identity: dict) -> dict:
     """The cells already in `path` if they ran what `identity` says; else refused.
     Corruptions that only one of the two runs has are not compared (new ones add cells)."""
-    previous = read_to_resume(path, {}, RobustnessError, "--out")
+    previous = read_to_resume(path, RobustnessError, "--out")
     if not previous:
         return {}
     kept = previous.get("definitions", {})

@@ -60,6 +60,20 @@ class Detector:
         raise NotImplementedError
 
 
+class LearnedDetector(Detector):
+    """A trained model the user names after 'KIND:' (a file or a Hub id), keeping person
+    boxes scored at least --score_threshold. Subclasses take (source, score_threshold)."""
+
+    kind: str = ""          # the KIND of --detector KIND:SOURCE
+    source_hint: str = ""   # how SOURCE is written, for the error when it is missing
+
+    @classmethod
+    def from_argument(cls, argument: str, options) -> Detector:
+        if not argument:
+            raise DetectorError(f"--detector {cls.kind}: give {cls.source_hint}")
+        return cls(argument, options.score_threshold)
+
+
 def import_extra(name: str):
     """A module of an extra, or a MissingExtraError naming the pip command."""
     import importlib

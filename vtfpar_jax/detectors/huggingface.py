@@ -17,7 +17,12 @@ import numpy as np
 from vtfpar_jax.detectors import base
 
 
-class HuggingFaceDetector(base.Detector):
+class HuggingFaceDetector(base.LearnedDetector):
+    """A transformers object-detection checkpoint (Hub id or folder), its person class."""
+
+    kind = "hf"
+    source_hint = "a Hub id or a folder, hf:ID_OR_FOLDER"
+
     def __init__(self, source: str, score_threshold: float = base.SCORE_THRESHOLD):
         transformers = base.import_extra("transformers")
         self._torch = base.import_extra("torch")
@@ -40,12 +45,6 @@ class HuggingFaceDetector(base.Detector):
         self.score_threshold = score_threshold
         self.description = (f"hf:{source} ({type(self._model).__name__}, class "
                             f"{self.person_class}, score >= {score_threshold:g})")
-
-    @classmethod
-    def from_argument(cls, argument: str, options) -> HuggingFaceDetector:
-        if not argument:
-            raise base.DetectorError("--detector hf: give a Hub id or a folder, hf:ID_OR_FOLDER")
-        return cls(argument, options.score_threshold)
 
     def __call__(self, frame: np.ndarray) -> base.Boxes:
         inputs = self._processor(images=frame, return_tensors="pt")

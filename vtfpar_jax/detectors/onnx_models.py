@@ -88,7 +88,12 @@ def _person_class(session, layout: str) -> int:
     return COCO_PERSON[layout]
 
 
-class OnnxDetector(base.Detector):
+class OnnxDetector(base.LearnedDetector):
+    """An exported detector under onnxruntime, in one of the layouts above, its person class."""
+
+    kind = "onnx"
+    source_hint = "the model's path, onnx:MODEL.onnx"
+
     def __init__(self, path: str, score_threshold: float = base.SCORE_THRESHOLD):
         ort = base.import_extra("onnxruntime")
         cv2 = base.import_extra("cv2")
@@ -122,12 +127,6 @@ class OnnxDetector(base.Detector):
         self.score_threshold = score_threshold
         self.description = (f"onnx:{path} ({self.layout} layout, class {self.person_class}, "
                             f"score >= {score_threshold:g})")
-
-    @classmethod
-    def from_argument(cls, argument: str, options) -> OnnxDetector:
-        if not argument:
-            raise base.DetectorError("--detector onnx: give the model's path, onnx:MODEL.onnx")
-        return cls(argument, options.score_threshold)
 
     def _letterbox(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
         (h, w), (fh, fw) = self.size, frame.shape[:2]
