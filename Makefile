@@ -8,7 +8,7 @@ DEMO_DIR ?= runs/demo
 DATA_DIR ?= $(HOME)/tensorflow_datasets
 PYTEST_ARGS ?=
 
-# Deviceless GPU/TPU compiles (vtfpar_jax/aot.py) need jax[cuda13] and jax[tpu], several
+# Deviceless GPU/TPU compiles (vtfpar_jax/tools/aot.py) need jax[cuda13] and jax[tpu], several
 # GB and Python >= 3.12: their own venv, never the test one.
 AOT_VENV := .venv-aot
 AOT_PYTHON ?= $(shell for p in python3.13 python3.12; do $$p -c '' 2>/dev/null && command -v $$p && break; done)
@@ -38,7 +38,7 @@ lint: $(STAMP)
 	$(VPY) -m ruff check vtfpar_jax input_pipeline configs tests benchmarks
 
 demo: $(STAMP)
-	$(VPY) -m vtfpar_jax.demo --workdir $(DEMO_DIR) --data_dir $(DATA_DIR)
+	$(VENV)/bin/vtfpar demo --workdir $(DEMO_DIR) --data_dir $(DATA_DIR)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
@@ -56,4 +56,4 @@ aot-venv: $(AOT_STAMP)
 
 # e.g. make aot AOT_TARGET=tpu-v5e:4x4 AOT_ARGS="--batch 64 --dtype bfloat16"
 aot: $(AOT_STAMP)
-	JAX_PLATFORMS=cpu $(AOT_VENV)/bin/python -m vtfpar_jax.bench --aot $(AOT_TARGET) $(AOT_ARGS)
+	JAX_PLATFORMS=cpu $(AOT_VENV)/bin/vtfpar bench --aot $(AOT_TARGET) $(AOT_ARGS)

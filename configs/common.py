@@ -1,6 +1,6 @@
 """Fields every experiment shares; each config file overrides what it needs.
 
-Launch: python -m vtfpar_jax.train --config configs/mars.py[:arg] --workdir DIR
+Launch: vtfpar train --config configs/mars.py[:arg] --workdir DIR
         [--config.optimizer.lr=3e-4 ...]
 """
 

@@ -1,6 +1,6 @@
 """The newcomer's demo: the synthetic pedestrian set and a small random CLIP, on a CPU.
 
-    python -m vtfpar_jax.train --config configs/demo.py --workdir runs/demo
+    vtfpar train --config configs/demo.py --workdir runs/demo
     (or simply `make demo`, which also builds the data and evaluates)
 
 Arguments: smoke (a few steps, for tests and notebooks), backbone=clip|siglip (a small

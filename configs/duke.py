@@ -1,7 +1,7 @@
 """VTFPAR++ on DukeMTMC-VID-Attribute, the published recipe (ViT-B/16, 6 frames, batch 16).
 
-    python -m vtfpar_jax.train --config configs/duke.py --workdir runs/duke
-    python -m vtfpar_jax.train --config configs/duke.py:vit=l14,bf16 --workdir runs/duke_l14
+    vtfpar train --config configs/duke.py --workdir runs/duke
+    vtfpar train --config configs/duke.py:vit=l14,bf16 --workdir runs/duke_l14
 
 Arguments: frames=N, vit=b16|l14, bf16 (bfloat16 compute), backbone=clip|siglip.
 """

@@ -61,6 +61,6 @@ class DatasetNotBuiltError(UserError, FileNotFoundError):
         how = (f"put the downloaded files in a manual dir, then run\n  tfds build "
                f"input_pipeline/{_MODULE_FILES[builder.name]} --data_dir {builder.data_dir_root}"
                f" --manual_dir DIR\n{manual.strip()}" if manual else
-               f"build it with\n  python -m vtfpar_jax.demo --prepare_only --data_dir "
+               f"build it with\n  vtfpar demo --prepare_only --data_dir "
                f"{builder.data_dir_root}")
         super().__init__(f"dataset {name!r} is not built in {builder.data_dir_root}; {how}")

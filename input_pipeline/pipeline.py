@@ -3,7 +3,7 @@
 Graph per example: choose T frame indices -> gather their JPEG bytes ->
 decode only those -> uint8 frames as stored. That is all the host does: the
 resize to the model's input, the training augmentation and the normalisation
-run on the device, inside the jitted step (vtfpar_jax.preprocess), so the host
+run on the device, inside the jitted step (vtfpar_jax.models.preprocess), so the host
 sends a quarter of the bytes float32 would take and spends its cores on JPEG
 decoding alone. Shapes: video (B, T, h, w, 3) uint8 at the stored frame size,
 labels (B, A) float32, mask (B,) bool. B is the per-host batch:
@@ -274,7 +274,7 @@ def train_batches(builder: tfds.core.DatasetBuilder, *, batch_size: int, frames:
       batch_size: global batch; each host yields B = batch_size // process_count.
       frames: T frames per clip.
       epoch, seed: the epoch is a pure function of these (shuffle and draws); training
-        passes its run's data-order seed (vtfpar_jax.rng.data_order_seed).
+        passes its run's data-order seed (vtfpar_jax.models.rng.data_order_seed).
       start_batch: resume point: yields batches start_batch .. steps_per_epoch-1.
       frame_size: (h, w) every frame is resized to on the host; None: as stored.
       shuffle_buffer: examples held by the shuffle (serialized JPEG bytes).
@@ -326,7 +326,8 @@ def eval_batches(builder: tfds.core.DatasetBuilder, split: str, *, batch_size: i
     ds = _read(builder, f"{split}[{start}:{end}]", shuffle_seed=None).enumerate(start)
     example_fn = _make_example_fn(frames, size, resize, frame_choice,
                                   tf.constant(_EVAL_SEED, tf.int64))
-    # The index names the tracklet for what is seeded per tracklet (vtfpar_jax.corruptions).
+    # The index names the tracklet for what is seeded per tracklet
+    # (vtfpar_jax.experiments.corruptions).
     ds = ds.map(lambda index, example: {**example_fn(index, example), "index": index},
                 num_parallel_calls=tf.data.AUTOTUNE)
     num_attributes = attribute_set(builder).num_attributes

@@ -61,7 +61,7 @@ def demo_model(tmp_path_factory) -> dict[str, Path]:
     """
     root = tmp_path_factory.mktemp("demo")
     model, data_dir = root / "model", root / "tfds"
-    subprocess.run([sys.executable, "-m", "vtfpar_jax.demo", "--workdir", str(model),
+    subprocess.run([sys.executable, "-m", "vtfpar_jax", "demo", "--workdir", str(model),
                     "--data_dir", str(data_dir), "--config_arg", "smoke"],
                    cwd=REPO, check=True, capture_output=True)
     return {"model": model, "data_dir": data_dir}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from vtfpar_jax import train
+from vtfpar_jax.training import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs", "demo.py") + ":smoke"

@@ -1,4 +1,4 @@
-"""Deviceless compiles for GPUs and TPU slices (vtfpar_jax/aot.py).
+"""Deviceless compiles for GPUs and TPU slices (vtfpar_jax/tools/aot.py).
 
 These need the CUDA and TPU compilers (`make aot-venv`: jax[cuda13] and jax[tpu],
 several GB), which the default test install leaves out, so they skip there. Run:
@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("jax_plugins.xla_cuda13", reason="needs the aot venv (make aot-venv)")
 
-from vtfpar_jax import aot, compiled_stats  # noqa: E402
+from vtfpar_jax.tools import aot, compiled_stats  # noqa: E402
 
 SMALL = dict(frames=2, dtype="bfloat16", dim=240, num_attributes=5)
 CUDNN_FWD, CUDNN_BWD = "__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward"

@@ -28,8 +28,8 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(f"{name} is blocked: the benchmark must not import it")
         return None
 sys.meta_path.insert(0, Block())
-sys.argv = ["vtfpar_jax.bench"] + sys.argv[1:]
-runpy.run_module("vtfpar_jax.bench", run_name="__main__")
+sys.argv = ["vtfpar_jax.tools.bench"] + sys.argv[1:]
+runpy.run_module("vtfpar_jax.tools.bench", run_name="__main__")
 """
 
 
@@ -43,7 +43,7 @@ def _run(args, tmp_path):
 
 
 def test_blocker_really_blocks(tmp_path):
-    code = BLOCKER.replace('runpy.run_module("vtfpar_jax.bench", run_name="__main__")',
+    code = BLOCKER.replace('runpy.run_module("vtfpar_jax.tools.bench", run_name="__main__")',
                            "import ml_collections")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
@@ -80,14 +80,14 @@ def test_tiny_cpu_run_writes_every_field(tmp_path):
 
 def test_aot_target_errors_are_clear(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-m", "vtfpar_jax.bench", "--aot", "h300"],
+    proc = subprocess.run([sys.executable, "-m", "vtfpar_jax", "bench", "--aot", "h300"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--aot 'h300': expected h100, h200" in proc.stderr
 
 
 def test_devices_must_split_the_batch(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "vtfpar_jax.bench", "--clip", "tiny",
+    proc = subprocess.run([sys.executable, "-m", "vtfpar_jax", "bench", "--clip", "tiny",
                            "--batch", "3", "--devices", "2"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "does not split" in proc.stderr
@@ -101,7 +101,7 @@ import sys
 for name in ("PIL", "tensorflow", "transformers", "torch", "av", "cv2", "sentencepiece"):
     sys.modules[name] = None   # importing any of them now fails
 import jax
-from vtfpar_jax import aot, bench_setup
+from vtfpar_jax.tools import aot, bench_setup
 for backbone in ("clip", "siglip"):
     cfg = bench_setup.model_config(bench_setup.clip_config("tiny", backbone), frames=2,
                                    dim=32, heads=4, num_attributes=3)

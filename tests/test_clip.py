@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vtfpar_jax.convert import hf_clip
+from vtfpar_jax.backbones import hf_clip
 from vtfpar_jax.models import clip
 
 torch = pytest.importorskip("torch")

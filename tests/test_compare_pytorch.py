@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from vtfpar_jax import compare_pytorch
+from vtfpar_jax.tools import compare_pytorch
 
 
 def _result(**over):
@@ -66,8 +66,8 @@ def test_model_dir_in_the_published_code(openpar_case, tmp_path):
     H.264 clip: the same logits (1e-4) and decisions on both sides."""
     import torch
 
-    from vtfpar_jax import video
     from vtfpar_jax.convert import openpar_cli
+    from vtfpar_jax.inference import video
 
     state = openpar_case("default")["state_dict"]
     torch.save({"epoch": 30, "model_state_dict": {

@@ -6,9 +6,10 @@ import os
 
 import pytest
 
-from vtfpar_jax import attributes, builders
+from vtfpar_jax import attributes
 from vtfpar_jax.models import clip
-from vtfpar_jax.train import load_config_file
+from vtfpar_jax.state import build
+from vtfpar_jax.training.train import load_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,7 +52,7 @@ def test_config_builds_a_valid_model_config(spec, expected_clip, aset):
     assert config.dataset
     clip_cfg = clip_config_of(config, expected_clip)
     attribute_set = attributes.get(aset)
-    model_cfg = builders.model_config(config, clip_cfg, attribute_set.num_attributes)
+    model_cfg = build.model_config(config, clip_cfg, attribute_set.num_attributes)
     assert model_cfg.clip == clip_cfg
     assert model_cfg.num_attributes == attribute_set.num_attributes
     assert model_cfg.frames == config.model.frames
@@ -117,14 +118,14 @@ def test_bad_model_fields_are_clear_errors(field, value, match):
     config = load("mars.py")
     config.model[field] = value
     with pytest.raises(ValueError, match=match):
-        builders.model_config(config, clip.vit_b16(), attributes.get("mars").num_attributes)
+        build.model_config(config, clip.vit_b16(), attributes.get("mars").num_attributes)
 
 
 def test_bad_clip_source_is_a_clear_error():
     config = load("demo.py")
     config.clip.preset = "huge"
     with pytest.raises(ValueError, match="preset='huge'"):
-        builders.load_clip(config.clip, 0)
+        build.load_clip(config.clip, 0)
     config.clip.source = "torchhub"
     with pytest.raises(ValueError, match="source='torchhub'"):
-        builders.load_clip(config.clip, 0)
+        build.load_clip(config.clip, 0)

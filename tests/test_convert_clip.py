@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vtfpar_jax.convert import hf_clip, openai_clip
-from vtfpar_jax.convert.weights import WeightImportError
+from vtfpar_jax.backbones import hf_clip, openai_clip
+from vtfpar_jax.backbones.weights import WeightImportError
 from vtfpar_jax.models import clip
 
 torch = pytest.importorskip("torch")

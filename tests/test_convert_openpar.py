@@ -13,10 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vtfpar_jax import losses, predict
+from vtfpar_jax.backbones.weights import WeightImportError
 from vtfpar_jax.convert import openpar
-from vtfpar_jax.convert.weights import WeightImportError
+from vtfpar_jax.inference import predict
 from vtfpar_jax.models import clip, vtfpar
+from vtfpar_jax.training import losses
 
 pytestmark = pytest.mark.slow
 
@@ -118,8 +119,8 @@ def test_converted_model_dir_gives_the_published_logits(openpar_case, tmp_path):
     """A published-format checkpoint + OpenAI CLIP file -> model dir -> the same logits."""
     import torch
 
-    from vtfpar_jax import model_dir
     from vtfpar_jax.convert import openpar_cli
+    from vtfpar_jax.state import model_dir
 
     case = openpar_case("default")
     state = case["state_dict"]

@@ -14,10 +14,11 @@ import jax
 import numpy as np
 import pytest
 
-from vtfpar_jax import attributes, builders, siglip_tokens
-from vtfpar_jax.convert import hf_clip, hf_siglip
-from vtfpar_jax.convert.weights import WeightImportError
+from vtfpar_jax import attributes
+from vtfpar_jax.backbones import hf_clip, hf_siglip, siglip_tokenizer
+from vtfpar_jax.backbones.weights import WeightImportError
 from vtfpar_jax.models import clip, siglip
+from vtfpar_jax.state import build
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -104,7 +105,7 @@ def test_siglip2_naflex_is_refused(tmp_path):
 
 
 def test_model_dir_folder_is_read_by_its_model_type(hf_folder):
-    cfg, _ = builders.load_backbone_folder(str(hf_folder[0]))
+    cfg, _ = build.load_backbone_folder(str(hf_folder[0]))
     assert cfg == siglip.tiny()
 
 
@@ -136,9 +137,9 @@ def tokenizer_folder(tmp_path_factory):
 
 def test_tokens_are_transformers_ids_padded_to_64(tokenizer_folder):
     phrases = all_phrases()
-    tokenizer = siglip_tokens.from_pretrained(tokenizer_folder)
+    tokenizer = siglip_tokenizer.from_pretrained(tokenizer_folder)
     assert type(tokenizer).__name__ == "SiglipTokenizer"
-    ours = siglip_tokens.tokenize(tokenizer, phrases)
+    ours = siglip_tokenizer.tokenize(tokenizer, phrases)
     direct = transformers.SiglipTokenizer.from_pretrained(tokenizer_folder)(
         phrases, padding="max_length", max_length=64)["input_ids"]
     assert ours.shape == (len(phrases), 64) and ours.dtype == np.int32
@@ -154,14 +155,14 @@ def test_config_tokens_come_from_the_checkpoint_folder(tokenizer_folder, tmp_pat
 
     config = get_config("smoke,backbone=siglip")
     config.clip.source, config.clip.path = "hf", str(tokenizer_folder)
-    phrases, tokens = builders.attribute_tokens(config, attributes.MARS)
+    phrases, tokens = build.attribute_tokens(config, attributes.MARS)
     direct = transformers.SiglipTokenizer.from_pretrained(tokenizer_folder)(
         list(phrases), padding="max_length", max_length=64)["input_ids"]
     np.testing.assert_array_equal(tokens, np.asarray(direct))
 
 
 def test_phrase_longer_than_the_context_is_named(tokenizer_folder):
-    tokenizer = siglip_tokens.from_pretrained(tokenizer_folder)
+    tokenizer = siglip_tokenizer.from_pretrained(tokenizer_folder)
     long = " ".join(["a pedestrian whose hair is long"] * 20)
     with pytest.raises(ValueError, match="more than the context length 64"):
-        siglip_tokens.tokenize(tokenizer, ["short", long])
+        siglip_tokenizer.tokenize(tokenizer, ["short", long])

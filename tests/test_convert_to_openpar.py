@@ -72,8 +72,8 @@ def test_model_dir_exports_to_the_published_logits(openpar_case, tmp_path):
     tensor identical, and the re-imported file gives the fixture's logits."""
     import torch
 
-    from vtfpar_jax import predict
     from vtfpar_jax.convert import openpar_cli, to_openpar_cli
+    from vtfpar_jax.inference import predict
 
     case = openpar_case("default")
     state = case["state_dict"]

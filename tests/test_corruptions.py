@@ -1,12 +1,13 @@
-"""Each corruption does what vtfpar_jax/corruptions.py's table states, deterministically."""
+"""Each corruption does what the table in vtfpar_jax/experiments/corruptions.py states,
+deterministically."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from vtfpar_jax import corruptions
-from vtfpar_jax.corruptions import CORRUPTIONS, CorruptionError, corrupt_clip
+from vtfpar_jax.experiments import corruptions
+from vtfpar_jax.experiments.corruptions import CORRUPTIONS, CorruptionError, corrupt_clip
 
 # Corruptions that draw something per tracklet (the others are fixed functions of the clip).
 RANDOM = ("occlusion", "moving_occlusion", "motion_blur", "gaussian_noise", "dropped_frames",

@@ -2,7 +2,7 @@
 step and evaluation forward keep every activation sharded over the batch.
 
 SPMD partitioning is the same on every backend, so what is checked here holds for GPU
-hosts and TPU slices too (`python -m vtfpar_jax.bench --aot ...` compiles for those).
+hosts and TPU slices too (`vtfpar bench --aot ...` compiles for those).
 The compiles run in a child process: the CPU device count is fixed when JAX starts.
 """
 
@@ -15,7 +15,7 @@ import sys
 import pytest
 from smoke_runs import subprocess_env
 
-from vtfpar_jax import compiled_stats
+from vtfpar_jax.tools import compiled_stats
 
 CONFIGS = {
     "default": {},
@@ -25,7 +25,7 @@ CONFIGS = {
 # A narrow model: 2 frames, width 32, 5 attributes, the tiny CLIP (interaction map '0').
 CHILD = """
 import json, sys
-from vtfpar_jax import aot
+from vtfpar_jax.tools import aot
 aot.prepare("cpux8")
 out = {name: aot.compile_report("cpux8", "tiny", batch=16, frames=2, dtype="float32",
                                 dim=32, heads=4, num_attributes=5, **options)

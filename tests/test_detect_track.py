@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vtfpar_jax import detect_track, detectors, mot, mot_metrics, street_scene, video_stream
+from vtfpar_jax.inference import detect_track, detectors, mot, video_stream
+from vtfpar_jax.tools import mot_metrics, street_scene
 
 
 def _recall(video, truth: dict[int, mot.Track], detector) -> float:
@@ -73,7 +74,7 @@ def test_implausibly_tall_boxes_are_dropped():
     ("hf:", "--detector hf: give a Hub id or a folder"),
 ])
 def test_bad_detector_is_one_error_line_before_the_model_loads(tmp_path, capsys, spec, fragment):
-    from vtfpar_jax import track_attributes
+    from vtfpar_jax.inference import track_attributes
     video = tmp_path / "empty.mp4"
     street_scene.write_video(street_scene.Scene((64, 64), (32, 16), 2, (), seed=0), video)
     with pytest.raises(SystemExit) as stopped:
@@ -96,7 +97,7 @@ def test_tracks_seen_at_the_last_detection_frame_are_carried_to_the_end():
 
 
 def test_detect_frames_draws_the_frames_asked_for(tmp_path, capsys):
-    from vtfpar_jax import detect_frames
+    from vtfpar_jax.inference import detect_frames
     video = tmp_path / "empty.mp4"
     street_scene.write_video(street_scene.Scene((64, 96), (32, 16), 3, (), seed=0), video)
     detect_frames.main([str(video), "--frames", "2", "--out", str(tmp_path / "out")])

@@ -1,4 +1,5 @@
-"""vtfpar_jax.detectors: each kind decodes a tiny random model's outputs into the boxes worked
+"""vtfpar_jax.inference.detectors: each kind decodes a tiny random model's outputs into the
+boxes worked
 out by hand, keeps only the person class, and reports a bad --detector in one line.
 
 The ONNX graphs are built here with onnx's helper API: their outputs are fixed random
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vtfpar_jax import detectors
+from vtfpar_jax.inference import detectors
 
 FRAME = (64, 48)        # (H, W): letterboxed into the graphs' 32x32 input at scale 0.5
 

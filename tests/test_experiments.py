@@ -13,8 +13,12 @@ import numpy as np
 import pytest
 from smoke_runs import SMOKE, assert_default_modes
 
-from vtfpar_jax import ablate, corruptions, evaluate, files, fingerprint, robustness, train
-from vtfpar_jax.corruptions import CorruptionError
+from vtfpar_jax.evaluation import evaluate
+from vtfpar_jax.experiments import ablate, corruptions, robustness
+from vtfpar_jax.experiments.corruptions import CorruptionError
+from vtfpar_jax.outputs import files
+from vtfpar_jax.state import fingerprint
+from vtfpar_jax.training import train
 
 SWEEP = "model.temporal_aggregation=max,attention"
 POINTS = ["temporal_aggregation=max", "temporal_aggregation=attention"]
@@ -307,8 +311,8 @@ def test_last_block_preset_follows_the_final_maps(last_block_point):
     (layers_1), the deepest the side nets read, is trained and no other CLIP leaf moves."""
     import jax
 
-    from vtfpar_jax import model_dir
-    from vtfpar_jax.convert import hf_clip
+    from vtfpar_jax.backbones import hf_clip
+    from vtfpar_jax.state import model_dir
     point, report, _ = last_block_point
     assert report["points"][point.name]["frozen_patterns"][-1] == "clip/vision/(?!layers_1/).*"
     loaded = model_dir.load(str(point))
@@ -325,8 +329,8 @@ def test_last_block_preset_follows_the_final_maps(last_block_point):
 def test_a_point_restarts_under_the_training_check(last_block_point):
     """Restarting a training work dir: another lr is refused, naming it; more epochs
     continue, and the change is recorded with its step; config.json stays as written."""
-    from vtfpar_jax import model_dir
-    from vtfpar_jax.checkpoint import CheckpointStore
+    from vtfpar_jax.state import model_dir
+    from vtfpar_jax.state.checkpoint import CheckpointStore
     point, _, sets = last_block_point
     config = ablate._resolved(SMOKE, sets, {"model.temporal_aggregation": "mean"})
     config.optimizer.lr = 2e-3

@@ -1,4 +1,4 @@
-"""vtfpar_jax.export: the demo model's logits from StableHLO (a fresh process) and ONNX.
+"""vtfpar_jax.tools.export: the demo model's logits from StableHLO (a fresh process) and ONNX.
 
 The reference is the model run by JAX in this process (`predict.compute_logits`),
 on inputs drawn at two batch sizes; onnxruntime, not our code, runs the ONNX file.
@@ -15,7 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from vtfpar_jax import export, predict
+from vtfpar_jax.inference import predict
+from vtfpar_jax.tools import export
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +25,7 @@ BATCHES = (1, 3)
 
 @pytest.fixture(scope="module")
 def loaded(demo_model):
-    from vtfpar_jax import model_dir
+    from vtfpar_jax.state import model_dir
     return model_dir.load(str(demo_model["model"]))
 
 
@@ -156,7 +157,7 @@ def test_metadata_alone_reproduces_predict_on_a_camera_clip(demo_model, loaded, 
     import onnxruntime
     from PIL import Image
 
-    from vtfpar_jax import video
+    from vtfpar_jax.inference import video
 
     rng = np.random.default_rng(3)
     ys, xs = np.mgrid[0:96, 0:48]

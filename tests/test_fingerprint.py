@@ -11,19 +11,21 @@ import pytest
 from flax import traverse_util
 from smoke_runs import SMOKE, smoke_config
 
-from vtfpar_jax import ablate, builders, corruptions, fingerprint, optim, train
-from vtfpar_jax.models import backbones, vtfpar
+from vtfpar_jax.experiments import ablate, corruptions
+from vtfpar_jax.models import towers, vtfpar
+from vtfpar_jax.state import build, fingerprint, optim
+from vtfpar_jax.training import train
 
 
 def _backbone_shapes(clip_cfg) -> dict:
-    return jax.eval_shape(lambda: backbones.of(clip_cfg).init_params(clip_cfg,
+    return jax.eval_shape(lambda: towers.of(clip_cfg).init_params(clip_cfg,
                                                                      jax.random.key(0)))
 
 
 def _trainable(config, preset: str) -> list[str]:
     """The '/'-joined trainable leaves of the config's model under a preset (shapes only)."""
-    clip_cfg = builders.backbone_config(config)
-    model_cfg = builders.model_config(config, clip_cfg, num_attributes=3)
+    clip_cfg = build.backbone_config(config)
+    model_cfg = build.model_config(config, clip_cfg, num_attributes=3)
     variables = jax.eval_shape(lambda: vtfpar.init(model_cfg, jax.random.key(0)))
     trainable, _ = optim.partition({"model": variables["params"],
                                     "clip": _backbone_shapes(clip_cfg)},
@@ -34,13 +36,13 @@ def _trainable(config, preset: str) -> list[str]:
 @pytest.mark.parametrize("backbone", ["clip", "siglip"])
 def test_presets_freeze_every_leaf_outside_the_vision_tower(backbone):
     config = train.load_config_file(f"{SMOKE},backbone={backbone}")   # map '0': blocks 0..4
-    clip_cfg = builders.backbone_config(config)
+    clip_cfg = build.backbone_config(config)
     clip_leaves = sorted("clip/" + k for k in traverse_util.flatten_dict(
         _backbone_shapes(clip_cfg), sep="/"))
     vision = [k for k in clip_leaves if k.startswith("clip/vision/")]
     # The backbone names all it holds besides its vision tower: a new top-level param
     # of a backbone fails here until it is declared.
-    declared = backbones.BACKBONES[backbone].non_vision
+    declared = towers.BACKBONES[backbone].non_vision
     assert {k.split("/")[1] for k in clip_leaves} == {"vision", *declared}
     assert backbone == "clip" or "logit_bias" in declared
     model = _trainable(config, "side_tuning")

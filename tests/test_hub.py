@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from vtfpar_jax import hub
+from vtfpar_jax.tools import hub
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +37,10 @@ def offline_hub(tmp_path, monkeypatch):
 
 
 def test_hub_layout_gives_the_model_dirs_numbers(demo_model, offline_hub, tmp_path):
-    from vtfpar_jax import evaluate, export, predict, video
-    from vtfpar_jax.evaluate import headline
+    from vtfpar_jax.evaluation import evaluate
+    from vtfpar_jax.evaluation.evaluate import headline
+    from vtfpar_jax.inference import predict, video
+    from vtfpar_jax.tools import export
 
     model, layout = str(demo_model["model"]), tmp_path / "layout"
     hub.main([model, "demo/vtfpar-demo", "--local", str(layout)])
@@ -87,7 +89,7 @@ def test_a_file_that_does_not_match_the_config_is_named(demo_model, offline_hub,
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 1]))
     _publish_offline(layout, offline_hub, "demo/broken")
-    from vtfpar_jax import model_dir
+    from vtfpar_jax.state import model_dir
     with pytest.raises(hub.HubLayoutError, match="model.safetensors is missing or differs"):
         model_dir.load("hf://demo/broken")
     with pytest.raises(hub.HubLayoutError, match="hf://ORG/NAME"):

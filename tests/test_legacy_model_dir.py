@@ -13,7 +13,8 @@ TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
 
 
 def test_a_model_dir_of_earlier_code_predicts_the_same(fixtures_dir, tmp_path):
-    from vtfpar_jax import model_dir, predict
+    from vtfpar_jax.inference import predict
+    from vtfpar_jax.state import model_dir
 
     folder = tmp_path / "model"
     shutil.copytree(fixtures_dir / "legacy_model_dir", folder)

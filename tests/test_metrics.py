@@ -8,8 +8,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from vtfpar_jax import metrics
 from vtfpar_jax.attributes import SYNTHETIC, AttributeSet, Group
+from vtfpar_jax.evaluation import metrics
 
 TINY = AttributeSet(
     name="tiny",

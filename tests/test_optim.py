@@ -13,16 +13,19 @@ import optax
 import pytest
 from flax import traverse_util
 
-from vtfpar_jax import attributes, builders, optim, text
+from vtfpar_jax import attributes
+from vtfpar_jax.backbones import text
 from vtfpar_jax.models import vtfpar
-from vtfpar_jax.train import load_config_file
-from vtfpar_jax.train_step import Frozen, TrainState, make_train_step
+from vtfpar_jax.state import build, optim
+from vtfpar_jax.state.train_state import Frozen, TrainState
+from vtfpar_jax.training.train import load_config_file
+from vtfpar_jax.training.train_step import make_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def reference_lr(e: int) -> float:
-    """docs/published-model.md §8, written out independently of vtfpar_jax.optim."""
+    """docs/published-model.md §8, written out independently of vtfpar_jax.state.optim."""
     if e < 5:
         return 1e-5 + e * (1e-3 - 1e-5) / 5
     return 2e-6 + 0.5 * (1e-3 - 2e-6) * (1 + math.cos(math.pi * e / 30))
@@ -173,9 +176,9 @@ def smoke_parts():
     config = load_config_file(os.path.join(REPO, "configs", "demo.py") + ":smoke")
     config.model.frames = 2
     aset = attributes.get("synthetic")
-    clip_cfg, clip_params = builders.load_clip(config.clip, config.seed)
-    model_cfg = builders.model_config(config, clip_cfg, aset.num_attributes)
-    phrases, tokens = builders.attribute_tokens(config, aset)
+    clip_cfg, clip_params = build.load_clip(config.clip, config.seed)
+    model_cfg = build.model_config(config, clip_cfg, aset.num_attributes)
+    phrases, tokens = build.attribute_tokens(config, aset)
     features = text.attribute_text_features(clip_cfg, clip_params, phrases, tokens)
     variables = vtfpar.init(model_cfg, jax.random.PRNGKey(0))
     return config, aset, model_cfg, clip_params, features, variables
@@ -218,7 +221,7 @@ def test_partial_finetune_trains_clip_block_3_only(smoke_parts):
     # Every weight matrix of block 3 gets a gradient and moves.
     assert {k for k in block3 if k.endswith("kernel")} <= set(moved), sorted(block3 - set(moved))
     # Everything else of CLIP is bit-identical to a fresh copy of the initial CLIP.
-    _, fresh_clip = builders.load_clip(config.clip, config.seed)
+    _, fresh_clip = build.load_clip(config.clip, config.seed)
     merged = flat(jax.tree.map(np.asarray, optim.merge(new.trainable, frozen)))
     for k, v in flat({"clip": fresh_clip}).items():
         if k not in block3:
@@ -323,7 +326,7 @@ def test_accumulate_steps_equals_one_step_on_the_mean_gradient():
 
 
 def test_keep_every_steps_keeps_multiples_beyond_the_last_n(tmp_path):
-    from vtfpar_jax.checkpoint import CheckpointStore
+    from vtfpar_jax.state.checkpoint import CheckpointStore
     store = CheckpointStore(str(tmp_path), keep=2, keep_every=3, async_save=False)
     for step in range(1, 9):
         store.save(step, {"w": np.full(2, step, np.float32)}, {"step": step})

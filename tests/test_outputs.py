@@ -12,8 +12,10 @@ import sys
 import pytest
 from smoke_runs import REPO, assert_default_modes, subprocess_env
 
-from vtfpar_jax import cli_errors, files, model_dir, out_folder
+from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import UserError
+from vtfpar_jax.outputs import files, out_folder
+from vtfpar_jax.state import model_dir
 
 
 def _contents(folder) -> dict[str, bytes]:
@@ -159,7 +161,7 @@ def _one_line(capsys, main, argv) -> str:
 def _street(tmp_path):
     import numpy as np
 
-    from vtfpar_jax import video
+    from vtfpar_jax.inference import video
     path = tmp_path / "street.mp4"
     video.write_video(path, np.zeros((4, 32, 32, 3), np.uint8))
     return path
@@ -252,16 +254,16 @@ def _run_until_progress(argv, marker: str) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command,marker", [("track_attributes", "frames (crops)"),
+@pytest.mark.parametrize("command,marker", [("track", "frames (crops)"),
                                             ("robustness", "robustness:"),
                                             ("evaluate", "evaluate test")])
 def test_ctrl_c_is_one_line_and_a_rerun_completes(demo_model, tmp_path, command, marker):
     out = tmp_path / "out"
-    argv = {"track_attributes": [str(_street(tmp_path)), "--tracks", str(tmp_path / "t.txt")],
+    argv = {"track": [str(_street(tmp_path)), "--tracks", str(tmp_path / "t.txt")],
             "robustness": ["--corruptions", "occlusion", "--severities", "1"],
             "evaluate": []}[command]
     (tmp_path / "t.txt").write_text("".join(f"{f},1,4,4,12,24,1\n" for f in range(1, 5)))
-    argv = [f"vtfpar_jax.{command}", "--model", str(demo_model["model"]), "--out", str(out),
+    argv = ["vtfpar_jax", command, "--model", str(demo_model["model"]), "--out", str(out),
             *argv]
     status, err = _run_until_progress(argv, marker)
     # The progress bars' carriage returns and cursor moves (tqdm) are not lines.
@@ -286,7 +288,10 @@ def test_every_command_writes_files_0644_and_folders_0755(demo_model, tmp_path):
     """predict, evaluate, track_attributes, export and robustness run here under umask 022;
     train's work dir (Orbax checkpoints, clip/, config.json) is demo_model's, made under this
     session's umask; ablate's outputs are checked in test_experiments."""
-    from vtfpar_jax import evaluate, export, predict, robustness, track_attributes
+    from vtfpar_jax.evaluation import evaluate
+    from vtfpar_jax.experiments import robustness
+    from vtfpar_jax.inference import predict, track_attributes
+    from vtfpar_jax.tools import export
     assert_default_modes(demo_model["model"], files.umask())
     model = str(demo_model["model"])
     video = str(_street(tmp_path))

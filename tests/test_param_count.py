@@ -15,9 +15,9 @@ import sys
 
 import pytest
 
-from vtfpar_jax import param_count
 from vtfpar_jax.models import clip, vtfpar
 from vtfpar_jax.models.side_nets import INTERACTION_MAPS
+from vtfpar_jax.tools import param_count
 
 
 def default_cfg() -> vtfpar.VTFPARConfig:
@@ -68,7 +68,7 @@ def test_reconciles_with_the_published_tensor_list(fixtures_dir):
 
 
 def test_command_prints_the_default_count_and_the_reconciliation():
-    out = subprocess.run([sys.executable, "-m", "vtfpar_jax.param_count"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "vtfpar_jax", "param-count"], capture_output=True,
                          text=True, check=True, timeout=120).stdout
     got = param_count.count(default_cfg())
     total = re.search(r"^trainable parameters:\n(?:  .*\n)*?  total\s+([\d,]+)$", out, re.M)
@@ -83,7 +83,7 @@ def test_command_prints_the_default_count_and_the_reconciliation():
 def test_command_options_and_vit_l14():
     argv = ["--clip", "vit_l14", "--frames", "4", "--dim", "256", "--num_attributes", "36",
             "--spatial_map", "0->0, 6->1, 12->2, 18->3, 23->4", "--temporal_map", "1->0, 23->1"]
-    out = subprocess.run([sys.executable, "-m", "vtfpar_jax.param_count", *argv],
+    out = subprocess.run([sys.executable, "-m", "vtfpar_jax", "param-count", *argv],
                          capture_output=True, text=True, check=True, timeout=120).stdout
     assert "default configuration only" in out
     cfg = vtfpar.VTFPARConfig(

@@ -1,4 +1,5 @@
-"""vtfpar_jax.predict / video / visualize / decisions: reading clips, the CLI's outputs, its errors.
+"""`vtfpar predict` and what it uses (inference.video, evaluation.visualize and decisions):
+reading clips, the outputs, the errors.
 
 One demo model (configs/demo.py:smoke on synthetic_pedestrians/tiny) is trained
 once per session in a subprocess. Clips are drawn by the synthetic set's own
@@ -19,7 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vtfpar_jax import attributes, decisions, predict, video, visualize
+from vtfpar_jax import attributes
+from vtfpar_jax.evaluation import decisions, visualize
+from vtfpar_jax.inference import predict, video
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def loaded(demo_model):
-    from vtfpar_jax import model_dir
+    from vtfpar_jax.state import model_dir
     return model_dir.load(str(demo_model["model"]))
 
 
@@ -85,7 +88,7 @@ def test_frame_indices_are_the_pipeline_uniform_choice(num_frames, frames):
 
 
 def test_normalizations_are_the_pipelines():
-    from vtfpar_jax import preprocess
+    from vtfpar_jax.models import preprocess
     assert video.NORMALIZATIONS == preprocess.NORMALIZATIONS
 
 
@@ -119,7 +122,7 @@ def test_read_input_matches_the_eval_pipeline(demo_model, tmp_path, size, normal
 
     import input_pipeline
     from input_pipeline import pipeline
-    from vtfpar_jax import preprocess
+    from vtfpar_jax.models import preprocess
     builder = input_pipeline.get_builder("synthetic_pedestrians/tiny",
                                          str(demo_model["data_dir"]))
     ds = builder.as_dataset(split="test", decoders={"frames": tfds.decode.SkipDecoding()})
@@ -325,7 +328,7 @@ def test_cli_process_exit_code_and_stderr(demo_model, tmp_path):
     """The real command: non-zero status, one line on stderr, no traceback."""
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00\x01 not a video")
-    result = subprocess.run([sys.executable, "-m", "vtfpar_jax.predict", "--model",
+    result = subprocess.run([sys.executable, "-m", "vtfpar_jax", "predict", "--model",
                              str(demo_model["model"]), "--out", str(tmp_path / "out"), str(bad)],
                             cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})

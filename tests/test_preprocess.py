@@ -1,4 +1,5 @@
-"""Preprocessing on the device (vtfpar_jax.preprocess) against what the host did in TensorFlow.
+"""Preprocessing on the device (vtfpar_jax.models.preprocess) against what the host did in
+TensorFlow.
 
 The reference is the float path the input pipeline ran until the host only
 decoded: `tf.image.resize` bilinear (antialiased when shrinking), rounded to
@@ -16,7 +17,7 @@ import tensorflow as tf
 from PIL import Image
 
 from input_pipeline import synthetic_figures
-from vtfpar_jax import preprocess
+from vtfpar_jax.models import preprocess
 
 
 def _tf_reference(frame: np.ndarray, size: tuple[int, int],

@@ -22,16 +22,17 @@ import orbax.checkpoint as ocp
 import pytest
 from smoke_runs import REPO, SMOKE, smoke_config, subprocess_env
 
-from vtfpar_jax import model_dir, sharding, train
-from vtfpar_jax.checkpoint import CheckpointStore, NoCheckpointError, abstract
-from vtfpar_jax.run_logging import WorkdirLock
+from vtfpar_jax.state import model_dir, sharding
+from vtfpar_jax.state.checkpoint import CheckpointStore, NoCheckpointError, abstract
+from vtfpar_jax.training import train
+from vtfpar_jax.training.run_logging import WorkdirLock
 
 # Short runs: no evaluation between epochs, a checkpoint after every step.
 SHORT = {"eval_every_epochs": 0, "checkpoint_every_steps": 1}
 
 
 def cli(workdir, data_dir, *extra):
-    return [sys.executable, "-m", "vtfpar_jax.train", "--config", SMOKE, "--workdir",
+    return [sys.executable, "-m", "vtfpar_jax", "train", "--config", SMOKE, "--workdir",
             str(workdir), f"--config.data_dir={data_dir}", *extra]
 
 
@@ -123,7 +124,7 @@ def test_predict_says_which_step_it_used_when_the_newest_is_unreadable(workdir3,
 
     from PIL import Image
 
-    from vtfpar_jax import predict
+    from vtfpar_jax.inference import predict
     corrupt(workdir3, 3)
     clip = tmp_path / "clip"
     clip.mkdir()
@@ -157,7 +158,7 @@ def test_no_readable_checkpoint_is_a_clear_error(workdir3, data_dir):
 HOLDER = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from vtfpar_jax.run_logging import WorkdirLock
+from vtfpar_jax.training.run_logging import WorkdirLock
 lock = WorkdirLock({workdir!r})
 print("locked", flush=True)
 time.sleep(600)
@@ -308,8 +309,8 @@ def _plant(path, payload):
 
 def test_published_checkpoint_that_runs_code_is_refused(tmp_path):
     torch = pytest.importorskip("torch")
+    from vtfpar_jax.backbones.weights import WeightImportError
     from vtfpar_jax.convert import openpar
-    from vtfpar_jax.convert.weights import WeightImportError
 
     marker, path = tmp_path / "marker", tmp_path / "ckpt.pth"
     _plant(path, {"epoch": 3, "model_state_dict": {"bn.weight": torch.ones(2),
@@ -326,8 +327,8 @@ def test_published_checkpoint_that_runs_code_is_refused(tmp_path):
 
 def test_clip_file_that_runs_code_is_refused(tmp_path):
     torch = pytest.importorskip("torch")
-    from vtfpar_jax.convert import openai_clip
-    from vtfpar_jax.convert.weights import WeightImportError
+    from vtfpar_jax.backbones import openai_clip
+    from vtfpar_jax.backbones.weights import WeightImportError
 
     marker, path = tmp_path / "marker", tmp_path / "ViT-B-16.pt"
     _plant(path, {"visual.conv1.weight": torch.zeros(8, 3, 4, 4),
@@ -340,7 +341,7 @@ def test_clip_file_that_runs_code_is_refused(tmp_path):
 
 
 def test_hf_folder_prefers_safetensors_over_pickle(tmp_path):
-    from vtfpar_jax.convert import hf_clip
+    from vtfpar_jax.backbones import hf_clip
     from vtfpar_jax.models import clip
 
     cfg = clip.ClipConfig(vision=clip.TowerConfig(64, 1, 1, 128),

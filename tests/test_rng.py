@@ -1,4 +1,4 @@
-"""A run's random streams (vtfpar_jax/rng.py): one key, named streams that share nothing."""
+"""A run's random streams (vtfpar_jax/models/rng.py): one key, named streams that share nothing."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vtfpar_jax import builders, rng
-from vtfpar_jax.models import clip
+from vtfpar_jax.models import clip, rng
+from vtfpar_jax.state import build
 
 SEEDS = (0, 1, 2, 3)
 
@@ -58,7 +58,7 @@ def test_per_step_keys_trace_with_the_step():
 def test_random_backbone_draws_from_its_stream():
     config = ml_collections.ConfigDict(
         {"source": "random", "preset": "tiny", "image_size": 32, "patch_size": 8})
-    cfg, params = builders.load_clip(config, 4)
+    cfg, params = build.load_clip(config, 4)
     want = clip.init_params(cfg, _direct(4, "backbone_init"))
     jax.tree.map(np.testing.assert_array_equal, params, want)
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vtfpar_jax.convert import hf_siglip
+from vtfpar_jax.backbones import hf_siglip
 from vtfpar_jax.models import siglip
 
 torch = pytest.importorskip("torch")

@@ -12,11 +12,15 @@ import numpy as np
 import pytest
 from smoke_runs import SMOKE
 
-from vtfpar_jax import builders, evaluate, model_dir, param_count, predict, train
-from vtfpar_jax.checkpoint import CheckpointStore
-from vtfpar_jax.convert import hf_siglip
+from vtfpar_jax.backbones import hf_siglip
 from vtfpar_jax.errors import ConfigError
-from vtfpar_jax.models import backbones, clip, siglip, vtfpar
+from vtfpar_jax.evaluation import evaluate
+from vtfpar_jax.inference import predict
+from vtfpar_jax.models import clip, siglip, towers, vtfpar
+from vtfpar_jax.state import build, model_dir
+from vtfpar_jax.state.checkpoint import CheckpointStore
+from vtfpar_jax.tools import param_count
+from vtfpar_jax.training import train
 
 SIGLIP_SMOKE = SMOKE + ",backbone=siglip"
 
@@ -27,10 +31,10 @@ def siglip_smoke_config(data_dir, **overrides):
 
 def test_smoke_config_is_a_tiny_siglip(data_dir):
     config = siglip_smoke_config(data_dir)
-    cfg, params = builders.load_backbone(config, config.seed)
+    cfg, params = build.load_backbone(config, config.seed)
     assert isinstance(cfg, siglip.SiglipConfig)
-    assert backbones.of(cfg).class_tokens == 0 and "class_embedding" not in params["vision"]
-    phrases, tokens = builders.attribute_tokens(config, _synthetic())
+    assert towers.of(cfg).class_tokens == 0 and "class_embedding" not in params["vision"]
+    phrases, tokens = build.attribute_tokens(config, _synthetic())
     assert tokens.shape == (len(phrases), 64) and tokens.max() < cfg.vocab_size
 
 
@@ -46,16 +50,16 @@ def test_side_nets_read_patch_tokens_only():
     images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
     for cfg, init in ((clip.tiny(), clip.init_params), (siglip.tiny(), siglip.init_params)):
         params = init(cfg, jax.random.key(0))
-        tokens = backbones.patch_tokens(cfg, params, images, (0, 2))
+        tokens = towers.patch_tokens(cfg, params, images, (0, 2))
         assert [t.shape for t in tokens] == [(2, cfg.grid_size ** 2, cfg.vision.width)] * 2
     cfg = clip.tiny()
     params = clip.init_params(cfg, jax.random.key(0))
     full = clip.image_features(cfg, params, images, collect=(2,))[0]
-    np.testing.assert_array_equal(backbones.patch_tokens(cfg, params, images, (2,))[0],
+    np.testing.assert_array_equal(towers.patch_tokens(cfg, params, images, (2,))[0],
                                   full[:, 1:])
     cfg = siglip.tiny()
     params = siglip.init_params(cfg, jax.random.key(0))
-    np.testing.assert_array_equal(backbones.patch_tokens(cfg, params, images, (2,))[0],
+    np.testing.assert_array_equal(towers.patch_tokens(cfg, params, images, (2,))[0],
                                   siglip.image_features(cfg, params, images, collect=(2,))[0])
 
 
@@ -70,7 +74,7 @@ def test_unknown_backbone_is_named(data_dir):
     config = siglip_smoke_config(data_dir)
     config.backbone = "dino"
     with pytest.raises(ConfigError, match=r"config.backbone='dino'; expected one of"):
-        builders.load_backbone(config, 0)
+        build.load_backbone(config, 0)
 
 
 def test_trainable_count_differs_from_clip_only_by_the_text_embedding():
@@ -94,7 +98,7 @@ def test_trainable_count_differs_from_clip_only_by_the_text_embedding():
 def test_step_holds_only_the_siglip_part_it_reads():
     """The frozen SigLIP on the devices: no text tower (its features are computed once),
     no block past the deepest index read, no post-LayerNorm or pooling head."""
-    from vtfpar_jax.train_step import step_frozen_params
+    from vtfpar_jax.state.train_state import step_frozen_params
 
     cfg = vtfpar.VTFPARConfig(clip=siglip.tiny(), num_attributes=5, frames=2, dim=64, heads=4,
                               side_patch_size=8, spatial_map=((0, 0), (2, 1)),

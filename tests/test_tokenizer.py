@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from vtfpar_jax import tokenizer
+from vtfpar_jax.backbones import clip_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +18,8 @@ def expected_ids(fixtures_dir) -> dict:
 @pytest.fixture(scope="module")
 def bpe_tokenizer():
     """Built from the packaged file by path, so that a broken default does not hide here."""
-    with importlib.resources.as_file(tokenizer.PACKAGED_BPE) as path:
-        return tokenizer.from_bpe_file(path)
+    with importlib.resources.as_file(clip_tokenizer.PACKAGED_BPE) as path:
+        return clip_tokenizer.from_bpe_file(path)
 
 
 def _rows(entries: list[dict]) -> np.ndarray:
@@ -41,7 +41,7 @@ def test_vocabulary_layout(bpe_tokenizer):
 @pytest.mark.parametrize("group", ["mars", "duke", "extra"])
 def test_expected_ids(bpe_tokenizer, expected_ids, group):
     entries = expected_ids[group]
-    ids = tokenizer.tokenize(bpe_tokenizer, [e["text"] for e in entries])
+    ids = clip_tokenizer.tokenize(bpe_tokenizer, [e["text"] for e in entries])
     assert ids.dtype == np.int32 and ids.shape == (len(entries), 77)
     mismatched = [e["text"] for e, row, want in zip(entries, ids, _rows(entries), strict=True)
                   if not np.array_equal(row, want)]
@@ -58,7 +58,7 @@ def test_published_phrases(bpe_tokenizer, expected_ids, name):
     from vtfpar_jax import attributes
 
     attribute_set = {"mars": attributes.MARS, "duke": attributes.DUKE}[name]
-    ids = tokenizer.tokenize(bpe_tokenizer, attribute_set.published_phrases)
+    ids = clip_tokenizer.tokenize(bpe_tokenizer, attribute_set.published_phrases)
     np.testing.assert_array_equal(ids, _rows(expected_ids[name]))
 
 
@@ -68,52 +68,52 @@ def test_parity_fixture_tokens(bpe_tokenizer, fixtures_dir):
     with open(case / "params.json") as f:
         phrases = json.load(f)["attributes"]
     expected = np.load(case / "expected.npz")["tokens"]
-    np.testing.assert_array_equal(tokenizer.tokenize(bpe_tokenizer, phrases), expected)
+    np.testing.assert_array_equal(clip_tokenizer.tokenize(bpe_tokenizer, phrases), expected)
 
 
 def test_too_long_phrase(bpe_tokenizer):
     phrase = "a red coat " * 30
     with pytest.raises(ValueError, match="a red coat"):
-        tokenizer.tokenize(bpe_tokenizer, ["hat", phrase])
+        clip_tokenizer.tokenize(bpe_tokenizer, ["hat", phrase])
     # Exactly 77 with SOT/EOT fits; 78 does not.
-    assert tokenizer.tokenize(bpe_tokenizer, ["hat " * 75]).shape == (1, 77)
+    assert clip_tokenizer.tokenize(bpe_tokenizer, ["hat " * 75]).shape == (1, 77)
     with pytest.raises(ValueError, match="78 tokens"):
-        tokenizer.tokenize(bpe_tokenizer, ["hat " * 76])
+        clip_tokenizer.tokenize(bpe_tokenizer, ["hat " * 76])
 
 
 def test_shorter_context(bpe_tokenizer):
-    ids = tokenizer.tokenize(bpe_tokenizer, ["hat"], context_length=8)
+    ids = clip_tokenizer.tokenize(bpe_tokenizer, ["hat"], context_length=8)
     np.testing.assert_array_equal(ids, [[49406, 3801, 49407, 0, 0, 0, 0, 0]])
 
 
 def test_from_pretrained_folder(bpe_tokenizer, expected_ids, tmp_path):
     bpe_tokenizer.save_pretrained(tmp_path)
-    reloaded = tokenizer.from_pretrained(tmp_path)
+    reloaded = clip_tokenizer.from_pretrained(tmp_path)
     entries = expected_ids["extra"] + expected_ids["duke"]
     np.testing.assert_array_equal(
-        tokenizer.tokenize(reloaded, [e["text"] for e in entries]), _rows(entries))
+        clip_tokenizer.tokenize(reloaded, [e["text"] for e in entries]), _rows(entries))
 
 
 def test_default_tokenizer_sources(tmp_path, monkeypatch):
     """The explicit options keep working: a path argument, then $VTFPAR_CLIP_BPE."""
-    copy = tmp_path / tokenizer.BPE_FILE_NAME
-    copy.write_bytes(tokenizer.PACKAGED_BPE.read_bytes())
-    monkeypatch.setenv(tokenizer.BPE_ENV_VAR, str(tmp_path / "absent.txt.gz"))
-    with pytest.raises(FileNotFoundError, match=tokenizer.BPE_ENV_VAR):
-        tokenizer.default_tokenizer()
+    copy = tmp_path / clip_tokenizer.BPE_FILE_NAME
+    copy.write_bytes(clip_tokenizer.PACKAGED_BPE.read_bytes())
+    monkeypatch.setenv(clip_tokenizer.BPE_ENV_VAR, str(tmp_path / "absent.txt.gz"))
+    with pytest.raises(FileNotFoundError, match=clip_tokenizer.BPE_ENV_VAR):
+        clip_tokenizer.default_tokenizer()
     # An explicit path wins over the environment variable.
-    assert len(tokenizer.default_tokenizer(copy)) == 49408
-    monkeypatch.setenv(tokenizer.BPE_ENV_VAR, str(tmp_path / "not_gzip.txt.gz"))
+    assert len(clip_tokenizer.default_tokenizer(copy)) == 49408
+    monkeypatch.setenv(clip_tokenizer.BPE_ENV_VAR, str(tmp_path / "not_gzip.txt.gz"))
     (tmp_path / "not_gzip.txt.gz").write_text("hello")
     with pytest.raises(ValueError, match="not_gzip"):   # the variable is read, not skipped
-        tokenizer.default_tokenizer()
+        clip_tokenizer.default_tokenizer()
 
 
 def test_default_tokenizer_needs_no_setting(expected_ids, monkeypatch):
     """No path, no $VTFPAR_CLIP_BPE: the packaged vocabulary gives OpenAI's ids."""
-    monkeypatch.delenv(tokenizer.BPE_ENV_VAR, raising=False)
+    monkeypatch.delenv(clip_tokenizer.BPE_ENV_VAR, raising=False)
     entries = [e for group in expected_ids.values() for e in group]
-    ids = tokenizer.tokenize(tokenizer.default_tokenizer(), [e["text"] for e in entries])
+    ids = clip_tokenizer.tokenize(clip_tokenizer.default_tokenizer(), [e["text"] for e in entries])
     np.testing.assert_array_equal(ids, _rows(entries))
 
 
@@ -121,4 +121,4 @@ def test_not_a_bpe_file(tmp_path):
     bad = tmp_path / "bpe.txt.gz"
     bad.write_bytes(b"not gzip")
     with pytest.raises(ValueError, match="bpe.txt.gz"):
-        tokenizer.from_bpe_file(bad)
+        clip_tokenizer.from_bpe_file(bad)

@@ -1,4 +1,5 @@
-"""vtfpar_jax.track_attributes on a street video made here: tracks, attributes, outputs, errors.
+"""`vtfpar track` (vtfpar_jax.inference.track_attributes) on a street video made here: tracks,
+attributes, outputs, errors.
 
 Six pedestrians drawn by the synthetic set's own painter (attributes known) walk
 across a background in three lanes; their true boxes are written in MOT format.
@@ -15,16 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vtfpar_jax import (
-    attributes,
-    decisions,
-    mot,
-    predict,
-    street_scene,
-    track_attributes,
-    tracklets,
-    video,
-)
+from vtfpar_jax import attributes
+from vtfpar_jax.evaluation import decisions
+from vtfpar_jax.inference import mot, predict, track_attributes, tracklets, video
+from vtfpar_jax.tools import street_scene
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +65,7 @@ def street(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def loaded(demo_model):
-    from vtfpar_jax import model_dir
+    from vtfpar_jax.state import model_dir
     return model_dir.load(str(demo_model["model"]))
 
 
@@ -143,7 +138,7 @@ def test_decided_attributes_agree_with_the_truth_as_on_the_test_split(street, re
     split: no worse than the test split's rate minus three standard errors of the difference."""
     import input_pipeline
     from input_pipeline import pipeline
-    from vtfpar_jax import preprocess
+    from vtfpar_jax.models import preprocess
     builder = input_pipeline.get_builder("synthetic_pedestrians/tiny", str(demo_model["data_dir"]))
     size = (loaded.model_cfg.clip.image_size,) * 2
     probs, labels = [], []
@@ -171,7 +166,7 @@ def test_decided_attributes_agree_with_the_truth_as_on_the_test_split(street, re
 
 
 def test_annotated_video_and_contact_sheet(street, result):
-    from vtfpar_jax import video_stream
+    from vtfpar_jax.inference import video_stream
     source = video_stream.probe(street["video"])
     annotated = video_stream.probe(result["out"] / "annotated.mp4")
     assert (annotated.frames, annotated.width, annotated.height) == (
@@ -194,7 +189,7 @@ def test_annotated_video_and_contact_sheet(street, result):
 def test_another_run_into_the_same_out_is_refused_and_changes_nothing(street, result,
                                                                      demo_model, capsys,
                                                                      monkeypatch):
-    from vtfpar_jax import model_dir
+    from vtfpar_jax.state import model_dir
     monkeypatch.setattr(model_dir, "load", lambda *a, **k: pytest.fail("model loaded"))
     out = result["out"]
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -209,7 +204,7 @@ def test_another_run_into_the_same_out_is_refused_and_changes_nothing(street, re
 
 
 def test_tiny_video_and_boxes_are_warned_and_recorded(demo_model, tmp_path, capsys):
-    from vtfpar_jax import video as video_io
+    from vtfpar_jax.inference import video as video_io
     path = tmp_path / "tiny.mp4"
     video_io.write_video(path, np.full((4, 8, 8, 3), 200, np.uint8))
     tracks = tmp_path / "tracks.txt"
@@ -305,7 +300,7 @@ def test_boxes_outside_the_frame_are_clamped_with_warnings(demo_model, street, t
 
 def _check_outputs(out: Path, source: Path) -> dict:
     """tracks.json, tracks.txt, contact_sheet.png and annotated.mp4 agree and are readable."""
-    from vtfpar_jax import video_stream
+    from vtfpar_jax.inference import video_stream
     record = json.loads((out / "tracks.json").read_text())
     made = mot.read_tracks(out / "tracks.txt") if record["tracks"] else {}
     assert sorted(made) == sorted(int(i) for i in record["tracks"])

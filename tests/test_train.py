@@ -25,11 +25,14 @@ import pytest
 from flax import traverse_util
 from smoke_runs import REPO, SMOKE, smoke_config, subprocess_env
 
-from vtfpar_jax import attributes, builders, evaluate, losses, model_dir, optim, train
-from vtfpar_jax.checkpoint import CheckpointStore
+from vtfpar_jax import attributes
 from vtfpar_jax.errors import ConfigError
+from vtfpar_jax.evaluation import evaluate
 from vtfpar_jax.models import clip, vtfpar
-from vtfpar_jax.train_step import initial_state, step_frozen_params
+from vtfpar_jax.state import build, model_dir, optim
+from vtfpar_jax.state.checkpoint import CheckpointStore
+from vtfpar_jax.state.train_state import initial_state, step_frozen_params
+from vtfpar_jax.training import losses, train
 
 WORKER = os.path.join(REPO, "tests", "train_worker.py")
 # Adam's eps for the cross-device comparisons. With the published 1e-8, leaves whose
@@ -72,7 +75,7 @@ def test_eight_devices_equal_one_device(data_dir, tmp_path):
     overrides = {"max_steps": 3, "eval_every_epochs": 0, "optimizer.eps": EPS,
                  "input.batch_size": 8, "input.eval_batch_size": 8}
     env = dict(subprocess_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    proc = subprocess.Popen([sys.executable, "-m", "vtfpar_jax.train",
+    proc = subprocess.Popen([sys.executable, "-m", "vtfpar_jax", "train",
                              *cli_args(data_dir, tmp_path / "eight", **overrides)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -95,7 +98,8 @@ def free_port() -> int:
 def emulated_batches(hosts: int):
     """Trainer.batches as one process feeding the global batches `hosts` hosts assemble:
     host i's rows from train_batches(process_index=i, process_count=hosts), in host order."""
-    from vtfpar_jax import rng, sharding
+    from vtfpar_jax.models import rng
+    from vtfpar_jax.state import sharding
 
     def batches(trainer, step):
         assert step == 0
@@ -208,7 +212,7 @@ def test_frozen_params_unchanged_and_without_optimizer_state(data_dir, tmp_path)
     after = flat(state.trainable)
     assert any(not np.array_equal(after[k], before[k]) for k in before)
     # CLIP: bit-identical to a fresh copy of the initial weights (less what is not read).
-    _, fresh = builders.load_clip(config.clip, config.seed)
+    _, fresh = build.load_clip(config.clip, config.seed)
     fresh = without_unread(fresh)
     frozen_now = flat(trainer.frozen.params["clip"])
     assert set(frozen_now) == set(flat(fresh))
@@ -326,7 +330,7 @@ def test_nan_between_log_steps_still_stops_the_run(data_dir, tmp_path, monkeypat
 
 
 def run_cli(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "vtfpar_jax.train", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "vtfpar_jax", "train", *map(str, args)],
                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
                           timeout=timeout)
 
@@ -540,16 +544,16 @@ def test_cli_config_typo_is_one_line(tmp_path):
 
 
 def test_real_clip_size_fields_must_match_the_loaded_clip(tmp_path):
-    from vtfpar_jax.convert import hf_clip
+    from vtfpar_jax.backbones import hf_clip
     cfg = clip.tiny(image_size=32, patch_size=8)
     hf_clip.save(cfg, clip.init_params(cfg, jax.random.PRNGKey(0)), tmp_path)
     config = train.load_config_file(SMOKE).clip
     config.source, config.path = "hf", str(tmp_path)
     config.image_size, config.patch_size = 32, 8
-    assert builders.load_clip(config, 0)[0] == cfg
+    assert build.load_clip(config, 0)[0] == cfg
     config.image_size = 224
     with pytest.raises(ConfigError, match="config.clip.image_size=224.*image_size 32"):
-        builders.load_clip(config, 0)
+        build.load_clip(config, 0)
     config.image_size, config.patch_size = 32, 16
     with pytest.raises(ConfigError, match="config.clip.patch_size=16.*patch_size 8"):
-        builders.load_clip(config, 0)
+        build.load_clip(config, 0)

@@ -1,8 +1,8 @@
 """Helper for tests/test_train.py: the training CLI, as one process of a multi-process run.
 
-    python tests/train_worker.py [--sigterm_at_step N] --syncs FILE -- <vtfpar_jax.train args>
+    python tests/train_worker.py [--sigterm_at_step N] --syncs FILE -- <vtfpar train args>
 
-Runs `vtfpar_jax.train.main` unchanged (jax.distributed comes from the
+Runs `vtfpar_jax.training.train.main` unchanged (jax.distributed comes from the
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment), with
 two observations added for the test:
 - `--sigterm_at_step N`: the process sends itself SIGTERM while step N runs,
@@ -31,7 +31,7 @@ def main():
     parser.add_argument("--syncs", required=True)
     opts = parser.parse_args(args)
     sys.path.insert(0, REPO)
-    from vtfpar_jax import train
+    from vtfpar_jax.training import train
 
     syncs = []
     any_process = train.any_process

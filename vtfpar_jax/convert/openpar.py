@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vtfpar_jax.convert import openai_clip
-from vtfpar_jax.convert.weights import (
+from vtfpar_jax.backbones import openai_clip
+from vtfpar_jax.backbones.weights import (
     CONV,
     COPY,
     LINEAR,

@@ -1,11 +1,11 @@
 """Convert a published VTFPAR++ checkpoint into a model dir (the format training writes).
 
-    python -m vtfpar_jax.convert.openpar_cli --checkpoint ckpt.pth --clip ViT-B-16.pt \\
+    vtfpar convert --checkpoint ckpt.pth --clip ViT-B-16.pt \\
         --dataset mars --out runs/published_mars [--frames 6 --spatial_interact_map default ...]
 
 `--clip` is OpenAI's `ViT-B-16.pt` or a HuggingFace CLIP id/folder: the
 published checkpoint lacks the text tower. The model dir then works with
-`vtfpar_jax.evaluate --model` and `vtfpar_jax.predict --model`.
+`vtfpar_jax.evaluation.evaluate --model` and `vtfpar_jax.inference.predict --model`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import sys
 
 import numpy as np
 
-from vtfpar_jax import attributes, tokenizer
-from vtfpar_jax.checkpoint import CheckpointStore
-from vtfpar_jax.convert import hf_clip, openai_clip, openpar
-from vtfpar_jax.convert.weights import WeightImportError
+from vtfpar_jax import attributes
+from vtfpar_jax.backbones import clip_tokenizer, hf_clip, openai_clip
+from vtfpar_jax.backbones.weights import WeightImportError
+from vtfpar_jax.convert import openpar
 from vtfpar_jax.errors import ConfigError, UserError
+from vtfpar_jax.state.checkpoint import CheckpointStore
 
 
 class OutputExistsError(UserError, FileExistsError):
@@ -34,7 +35,7 @@ DATASETS = {"mars": ("configs.mars", "mars"), "duke": ("configs.duke", "duke")}
 def write_model_dir(out: str, cfg, variables: dict, config, attribute_set, tokens: np.ndarray,
                     phrases) -> None:
     """config.json + clip/ + checkpoints/0 exactly as a training run lays them out."""
-    from vtfpar_jax.model_dir import fresh_state
+    from vtfpar_jax.state.model_dir import fresh_state
     if os.path.exists(os.path.join(out, "checkpoints")):
         raise OutputExistsError(f"{out} already holds checkpoints; choose an empty --out")
     os.makedirs(out, exist_ok=True)
@@ -65,8 +66,8 @@ def convert_files(checkpoint: str, clip_path: str, dataset: str, out: str,
         folder = hf_clip.resolve_folder(clip_path)
     try:
         has_vocab = folder is not None and os.path.exists(os.path.join(folder, "vocab.json"))
-        tok = tokenizer.from_pretrained(folder) if has_vocab else tokenizer.default_tokenizer(
-            bpe_path)
+        tok = (clip_tokenizer.from_pretrained(folder) if has_vocab
+               else clip_tokenizer.default_tokenizer(bpe_path))
     except (FileNotFoundError, ValueError) as e:  # no BPE file, or a bad one
         raise ConfigError(f"--bpe: {e}") from None
     cfg, variables = openpar.convert(state, clip=clip, source=checkpoint, **options)
@@ -83,13 +84,13 @@ def convert_files(checkpoint: str, clip_path: str, dataset: str, out: str,
     config.clip.source, config.clip.path = "hf", os.path.join(os.path.abspath(out), "clip")
     config.clip.image_size, config.clip.patch_size = cfg.clip.image_size, cfg.clip.patch_size
     phrases = attribute_set.published_phrases
-    tokens = tokenizer.tokenize(tok, phrases)
+    tokens = clip_tokenizer.tokenize(tok, phrases)
     write_model_dir(out, cfg, variables, config, attribute_set, tokens, phrases)
     return out
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vtfpar convert", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="the published train.py checkpoint")
     parser.add_argument("--clip", required=True, help="OpenAI ViT-B-16.pt, or a HF CLIP id/folder")
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
@@ -108,8 +109,4 @@ def main(argv=None):
     except UserError as e:  # bad input: one line; anything else is a bug: its traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    print(f"wrote model dir {out}: evaluate with python -m vtfpar_jax.evaluate --model {out}")
-
-
-if __name__ == "__main__":
-    main()
+    print(f"wrote model dir {out}: evaluate with vtfpar evaluate --model {out}")

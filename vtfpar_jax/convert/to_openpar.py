@@ -33,10 +33,11 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from vtfpar_jax.convert import openai_clip, openpar
-from vtfpar_jax.convert.weights import leaf
+from vtfpar_jax.backbones import openai_clip
+from vtfpar_jax.backbones.weights import leaf
+from vtfpar_jax.convert import openpar
 from vtfpar_jax.errors import ConfigError
-from vtfpar_jax.models import backbones, clip, vtfpar
+from vtfpar_jax.models import clip, towers, vtfpar
 from vtfpar_jax.models.side_nets import INTERACTION_MAPS, SIDE_DEPTH, SIDE_HEADS
 
 # The published code builds its side ViTs from this table (`model_register`) only.
@@ -66,7 +67,7 @@ def published_options(config: ml_collections.ConfigDict, cfg: vtfpar.VTFPARConfi
                       trainable: Any) -> dict:
     """The published command-line options that build this model, or one refusal naming the
     config option the published code cannot follow."""
-    backbone = backbones.of(cfg.clip)
+    backbone = towers.of(cfg.clip)
     vit_b16 = clip.vit_b16()
     if backbone.name != "clip":
         raise ExportRefusedError(f"backbone={backbone.name!r} ({config.clip.path}): the "
@@ -168,8 +169,8 @@ def checkpoint_epoch(model: str, step: int) -> int:
     """The training epoch recorded with checkpoint `step` of a model dir (or hf:// id)."""
     import orbax.checkpoint as ocp
 
-    from vtfpar_jax import model_dir
-    from vtfpar_jax.checkpoint import CheckpointStore
+    from vtfpar_jax.state import model_dir
+    from vtfpar_jax.state.checkpoint import CheckpointStore
     store = CheckpointStore(model_dir.resolve(model), async_save=False)
     try:
         meta = store.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -196,5 +197,5 @@ def write_checkpoint(loaded, model: str, out: str) -> dict:
 
 def export(model: str, out: str, step: int | None = None) -> dict:
     """`write_checkpoint` of model dir `model` at `step` (default: the newest that loads)."""
-    from vtfpar_jax import model_dir
+    from vtfpar_jax.state import model_dir
     return write_checkpoint(model_dir.load(model, step), model, out)

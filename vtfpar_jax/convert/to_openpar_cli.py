@@ -1,6 +1,6 @@
 """Export a model dir to the published VTFPAR++ checkpoint format ({'epoch', 'model_state_dict'}).
 
-    python -m vtfpar_jax.convert.to_openpar_cli --model runs/mars --out mars.pth [--step N]
+    vtfpar to-openpar --model runs/mars --out mars.pth [--step N]
 
 The file loads into the published `TransformerClassifier` with a strict
 `load_state_dict`; build that model with the command-line options printed
@@ -33,7 +33,7 @@ def command_line(options: dict) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vtfpar to-openpar", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="the model dir to export")
     parser.add_argument("--out", required=True, help="the .pth file to write (must be new)")
     parser.add_argument("--step", type=int, default=None,
@@ -50,7 +50,3 @@ def main(argv=None):
     with open(args.out + ".json", "w") as f:
         json.dump({**written, "command_line": flags}, f, indent=1)
     print(f"wrote {args.out} (step {written['step']}); build the published model with: {flags}")
-
-
-if __name__ == "__main__":
-    main()

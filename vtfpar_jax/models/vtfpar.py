@@ -1,6 +1,6 @@
 """The whole VTFPAR++ model: frozen backbone features -> side nets -> fusion block -> heads -> BN.
 
-The backbone is CLIP (as published) or SigLIP (models/backbones.py says what
+The backbone is CLIP (as published) or SigLIP (models/towers.py says what
 the model reads of it). Parameters come in two trees that never mix:
     clip_params   the backbone's towers (frozen by default; models/clip.py, models/siglip.py)
     variables     {'params': side nets, fusion and heads, 'batch_stats': BN}
@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vtfpar_jax.models import backbones, clip, siglip
+from vtfpar_jax.models import clip, siglip, towers
 from vtfpar_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from vtfpar_jax.models.lean_ops import LayerNorm
 from vtfpar_jax.models.side_nets import (
@@ -43,7 +43,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 class VTFPARConfig:
     """Everything that shapes the model; hashable (a static jit argument)."""
 
-    clip: clip.ClipConfig | siglip.SiglipConfig   # the backbone (models/backbones.py)
+    clip: clip.ClipConfig | siglip.SiglipConfig   # the backbone (models/towers.py)
     num_attributes: int
     frames: int = 6
     spatial_map: InteractionMap = INTERACTION_MAPS["default"]
@@ -107,7 +107,7 @@ class VTFPARConfig:
         if self.frames < 1:
             raise ValueError(f"config: frames={self.frames}; need at least 1")
         layers = self.clip.vision.layers
-        backbone = backbones.of(self.clip).display_name
+        backbone = towers.of(self.clip).display_name
         for name, entries, use in (("spatial_map", self.spatial_map, self.use_spatial),
                                    ("temporal_map", self.temporal_map, self.use_temporal)):
             if not use:
@@ -201,13 +201,13 @@ class VTFPAR(nn.Module):
 def clip_tokens(cfg: VTFPARConfig, clip_params: Mapping[str, Any], video: jax.Array,
                 frozen: bool = True) -> dict[int, jax.Array]:
     """Backbone patch tokens {index: (B*F, P, C)} at the indices the side nets read
-    (CLIP's class token dropped: backbones.patch_tokens).
+    (CLIP's class token dropped: towers.patch_tokens).
 
     With `frozen`, under stop_gradient: no backward pass runs through the backbone.
     """
     b, f, h, w, _ = video.shape
     sources = cfg.clip_sources
-    outs = backbones.patch_tokens(cfg.clip, clip_params, video.reshape(b * f, h, w, 3), sources,
+    outs = towers.patch_tokens(cfg.clip, clip_params, video.reshape(b * f, h, w, 3), sources,
                                   DTYPES[cfg.clip_dtype], cfg.attention)
     if frozen:
         outs = [jax.lax.stop_gradient(o) for o in outs]

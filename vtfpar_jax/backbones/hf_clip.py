@@ -1,0 +1,293 @@
+"""HuggingFace CLIP checkpoints (`CLIPModel.save_pretrained` folders or hub ids) <-> our params.
+
+    cfg, params = hf_clip.load("openai/clip-vit-base-patch16")   # cached hub repo
+    cfg, params = hf_clip.load("/data/clip-vit-base-patch16")    # local folder
+    hf_clip.save(cfg, params, "/tmp/clip")                       # and back
+
+A folder holds `config.json` and either `model.safetensors` or shards listed in
+`model.safetensors.index.json`. Only safetensors are read (with
+`safetensors.numpy`, no torch): they hold raw arrays, so reading an untrusted
+file cannot run code, unlike a pickled `pytorch_model.bin`.
+
+HF keeps q, k and v as three Linear layers where our block packs one (W, 3W)
+`qkv` kernel laid out [q | k | v]; the table below maps everything else
+one-to-one, and `QKV` packs (load) or splits (save) the attention projections.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vtfpar_jax.backbones.openai_clip import expected_shapes
+from vtfpar_jax.backbones.weights import (
+    CONV,
+    COPY,
+    LINEAR,
+    SourceTensors,
+    Transform,
+    WeightImportError,
+    leaf,
+    transpose,
+)
+from vtfpar_jax.models import clip
+from vtfpar_jax.models.layers import ACTIVATIONS
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+# What a hub snapshot needs: weights, config, and the tokenizer files beside them.
+HUB_PATTERNS = ["*.json", "*.safetensors", "vocab.json", "merges.txt", "tokenizer*"]
+
+BLOCK_TABLE = (  # HF encoder-layer names -> ours (q/k/v are packed separately)
+    ("layer_norm1.weight", "ln_1/scale", COPY), ("layer_norm1.bias", "ln_1/bias", COPY),
+    ("layer_norm2.weight", "ln_2/scale", COPY), ("layer_norm2.bias", "ln_2/bias", COPY),
+    ("self_attn.out_proj.weight", "attn/out/kernel", LINEAR),
+    ("self_attn.out_proj.bias", "attn/out/bias", COPY),
+    ("mlp.fc1.weight", "fc1/kernel", LINEAR), ("mlp.fc1.bias", "fc1/bias", COPY),
+    ("mlp.fc2.weight", "fc2/kernel", LINEAR), ("mlp.fc2.bias", "fc2/bias", COPY),
+)
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+
+_TOP_TABLE = (  # HF names outside the encoder layers -> ours
+    ("vision_model.embeddings.class_embedding", "vision/class_embedding", COPY),
+    ("vision_model.embeddings.patch_embedding.weight", "vision/patch_embed/kernel", CONV),
+    ("vision_model.embeddings.position_embedding.weight", "vision/position_embedding", COPY),
+    ("vision_model.pre_layrnorm.weight", "vision/pre_layernorm/scale", COPY),  # sic: 'layrnorm'
+    ("vision_model.pre_layrnorm.bias", "vision/pre_layernorm/bias", COPY),
+    ("vision_model.post_layernorm.weight", "vision/post_layernorm/scale", COPY),
+    ("vision_model.post_layernorm.bias", "vision/post_layernorm/bias", COPY),
+    ("visual_projection.weight", "vision/projection/kernel", LINEAR),
+    ("text_model.embeddings.token_embedding.weight", "text/token_embedding/embedding", COPY),
+    ("text_model.embeddings.position_embedding.weight", "text/position_embedding", COPY),
+    ("text_model.final_layer_norm.weight", "text/final_layernorm/scale", COPY),
+    ("text_model.final_layer_norm.bias", "text/final_layernorm/bias", COPY),
+    ("text_projection.weight", "text/projection/kernel", LINEAR),
+    ("logit_scale", "logit_scale", COPY),
+)
+
+_TOWERS = (("vision_model", "vision"), ("text_model", "text"))
+
+
+def _name_table(cfg: clip.ClipConfig) -> Iterator[tuple[str, str, tuple[Transform, Transform]]]:
+    """Every one-to-one (HF key, our path, layouts) of a CLIP of this shape."""
+    yield from _TOP_TABLE
+    for hf_tower, tower in _TOWERS:
+        for i in range(getattr(cfg, tower).layers):
+            for src, dst, layouts in BLOCK_TABLE:
+                yield f"{hf_tower}.encoder.layers.{i}.{src}", f"{tower}/layers_{i}/{dst}", layouts
+
+
+def _qkv_table(cfg: clip.ClipConfig) -> Iterator[tuple[str, str, int]]:
+    """(HF layer prefix, our attention path, width) of every attention layer."""
+    for hf_tower, tower in _TOWERS:
+        c = getattr(cfg, tower)
+        for i in range(c.layers):
+            yield f"{hf_tower}.encoder.layers.{i}", f"{tower}/layers_{i}/attn/qkv", c.width
+
+
+def is_buffer(key: str) -> bool:
+    # Older transformers saved the `position_ids` buffers (0..n-1); they carry no weights.
+    return key.endswith(".embeddings.position_ids")
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def resolve_folder(path: str | os.PathLike, patterns: list[str] = HUB_PATTERNS) -> str:
+    """A local folder as is; anything else is a hub id, taken from the cache or the hub
+    (the files matching `patterns`)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return path
+    if os.path.isfile(path):
+        raise WeightImportError(f"{path}: is a file; pass the folder that holds {CONFIG_FILE} "
+                                f"and {WEIGHTS_FILE} (a HuggingFace CLIP checkpoint folder)")
+    import huggingface_hub
+
+    try:
+        return huggingface_hub.snapshot_download(path, allow_patterns=patterns)
+    except Exception as e:  # noqa: BLE001 - the hub raises validation, HTTP and cache errors alike
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise WeightImportError(
+            f"{path!r} is neither an existing folder nor a HuggingFace hub repo that is cached "
+            f"or reachable ({type(e).__name__}: {reason}). Pass a local folder holding "
+            f"{CONFIG_FILE} and {WEIGHTS_FILE}, or download the repo once with network access "
+            f"(`hf download {path}`) and use it offline from the cache with HF_HUB_OFFLINE=1."
+        ) from None
+
+
+def read_config_file(folder: str) -> tuple[str, Any]:
+    """(path, parsed JSON) of a checkpoint folder's config.json."""
+    file = os.path.join(folder, CONFIG_FILE)
+    if not os.path.isfile(file):
+        raise WeightImportError(f"{file}: no such file (a HuggingFace checkpoint folder has its "
+                                "architecture in config.json)")
+    try:
+        with open(file, encoding="utf-8") as f:
+            return file, json.load(f)
+    except (OSError, ValueError) as e:
+        raise WeightImportError(f"{file}: not readable JSON ({e})") from None
+
+
+def read_config(folder: str) -> clip.ClipConfig:
+    """Our `ClipConfig` from a checkpoint folder's config.json (defaults filled by transformers)."""
+    from transformers import CLIPConfig
+
+    file, raw = read_config_file(folder)
+    if not isinstance(raw, dict) or raw.get("model_type") != "clip":
+        found = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
+        raise WeightImportError(f"{file}: model_type is {found!r}, expected 'clip' (a "
+                                "CLIPModel checkpoint with both towers)")
+    try:
+        cfg = clip.ClipConfig.from_hf(CLIPConfig.from_dict(raw))
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightImportError(f"{file}: not a usable CLIP config ({type(e).__name__}: {e})") \
+            from None
+    for tower in (cfg.vision, cfg.text):
+        if tower.activation not in ACTIVATIONS:
+            raise WeightImportError(f"{file}: hidden_act {tower.activation!r} is not supported "
+                                    f"(known: {', '.join(ACTIVATIONS)})")
+    return cfg
+
+
+def _weight_files(folder: str) -> tuple[list[str], str]:
+    """The safetensors files of a folder, and the file to name in errors."""
+    single, index = os.path.join(folder, WEIGHTS_FILE), os.path.join(folder, INDEX_FILE)
+    if os.path.isfile(single):
+        return [single], single
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise WeightImportError(f"{index}: not a safetensors index ({e!r})") from None
+        return [os.path.join(folder, s) for s in shards], index
+    others = sorted(f for f in os.listdir(folder) if f.endswith((".bin", ".pt", ".pth", ".h5")))
+    hint = (f"; found {', '.join(others)}: re-save it with "
+            "`save_pretrained(..., safe_serialization=True)`") if others else ""
+    raise WeightImportError(f"{single}: no such file (nor {INDEX_FILE}); only safetensors "
+                            f"weights are read{hint}")
+
+
+def _read_safetensors(file: str) -> dict[str, np.ndarray]:
+    import safetensors.numpy
+
+    if not os.path.isfile(file):
+        raise WeightImportError(f"{file}: no such file")
+    try:
+        return safetensors.numpy.load_file(file)
+    except TypeError as e:
+        if "bfloat16" not in str(e):
+            raise WeightImportError(f"{file}: holds a dtype numpy cannot read ({e})") from None
+        # numpy has no bfloat16, so safetensors.numpy refuses such files; the flax reader
+        # returns jax arrays, which numpy views through ml_dtypes and `to_numpy` widens.
+        import safetensors.flax
+
+        return {k: np.asarray(v) for k, v in safetensors.flax.load_file(file).items()}
+    except Exception as e:  # noqa: BLE001 - SafetensorError is not exported as a class
+        raise WeightImportError(f"{file}: not a readable safetensors file, truncated or "
+                                f"corrupted? ({type(e).__name__}: {e})") from None
+
+
+def read_tensors(folder: str) -> tuple[dict[str, np.ndarray], str]:
+    """Every tensor of the folder's checkpoint (all shards), and the file to name in errors."""
+    files, source = _weight_files(folder)
+    tensors: dict[str, np.ndarray] = {}
+    for file in files:
+        tensors.update(_read_safetensors(file))
+    return tensors, source
+
+
+# ---------------------------------------------------------------------------- mapping
+
+
+def pack_qkv(tensors: SourceTensors, hf_layer: str, path: str, width: int) -> None:
+    """q, k, v Linear layers (out, in) -> our packed kernel (W, 3W) and bias (3W,) at
+    `path` (the full target path, e.g. 'clip/vision/layers_0/attn/qkv')."""
+    for suffix, shape in (("weight", (width, width)), ("bias", (width,))):
+        keys = [f"{hf_layer}.{proj}.{suffix}" for proj in QKV]
+        arrays = [tensors.get(k) for k in keys]
+        for key, array in zip(keys, arrays, strict=True):
+            # Checked here because a misfit would otherwise surface as a concatenate error.
+            if array.shape != shape:
+                raise WeightImportError(f"{tensors.source}: key {key!r} has shape {array.shape}, "
+                                        f"expected {shape} for '{path}'")
+        packed = np.concatenate(arrays, axis=0)
+        tensors.put(f"{path}/{'kernel' if suffix == 'weight' else 'bias'}",
+                    transpose(packed) if suffix == "weight" else packed, keys[0])
+
+
+def params_from_tables(state: Mapping[str, Any], source: str, name_table, qkv_table,
+                       shapes, root: str) -> dict:
+    """Our params from HF-named tensors by a model's name and q/k/v tables: every key
+    consumed, every leaf of `shapes` filled (errors name key, shapes and `source`);
+    shared by the CLIP and SigLIP imports. `root` prefixes paths in messages."""
+    tensors = SourceTensors(state, source)
+    for hf_key, path, (to_ours, _) in name_table:
+        tensors.take(hf_key, f"{root}/{path}", to_ours)
+    for hf_layer, path, width in qkv_table:
+        pack_qkv(tensors, hf_layer, f"{root}/{path}", width)
+    tensors.drop(is_buffer)
+    tensors.check_consumed()
+    params = tensors.build_tree(shapes, prefix=(root,))
+    return jax.tree.map(jnp.asarray, params)
+
+
+def params_from_tensors(state: Mapping[str, Any], cfg: clip.ClipConfig,
+                        source: str = "state dict") -> dict:
+    """Our CLIP params from HF-named tensors (numpy arrays or torch tensors) of shape `cfg`."""
+    return params_from_tables(state, source, _name_table(cfg), _qkv_table(cfg),
+                              expected_shapes(cfg), "clip")
+
+
+def load(path: str | os.PathLike) -> tuple[clip.ClipConfig, dict]:
+    """(cfg, params) from a HF CLIP checkpoint folder, or a hub id (cache, or hub if reachable)."""
+    folder = resolve_folder(path)
+    cfg = read_config(folder)
+    state, source = read_tensors(folder)
+    return cfg, params_from_tensors(state, cfg, source)
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def hf_tensors(params: Mapping[str, Any], name_table, qkv_table) -> dict[str, np.ndarray]:
+    """HF-named float32 tensors from our params, by a model's name and q/k/v tables (the
+    inverse of its import); shared by the CLIP and SigLIP exports."""
+    out = {hf_key: to_hf(leaf(params, path)) for hf_key, path, (_, to_hf) in name_table}
+    for hf_layer, path, width in qkv_table:
+        kernel, bias = leaf(params, f"{path}/kernel"), leaf(params, f"{path}/bias")
+        for i, proj in enumerate(QKV):
+            out[f"{hf_layer}.{proj}.weight"] = transpose(kernel[:, i * width:(i + 1) * width])
+            out[f"{hf_layer}.{proj}.bias"] = np.ascontiguousarray(bias[i * width:(i + 1) * width])
+    return out
+
+
+def write_folder(hf_config, tensors: Mapping[str, np.ndarray],
+                 folder: str | os.PathLike) -> None:
+    """config.json + model.safetensors, as transformers' `from_pretrained` reads them."""
+    import safetensors.numpy
+
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    hf_config.save_pretrained(folder)
+    # transformers refuses safetensors files whose metadata does not name a framework.
+    safetensors.numpy.save_file(dict(tensors), os.path.join(folder, WEIGHTS_FILE),
+                                metadata={"format": "pt"})
+
+
+def tensors_from_params(cfg: clip.ClipConfig, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """HF-named float32 tensors from our params (the inverse of `params_from_tensors`)."""
+    return hf_tensors(params, _name_table(cfg), _qkv_table(cfg))
+
+
+def save(cfg: clip.ClipConfig, params: Mapping[str, Any], folder: str | os.PathLike) -> None:
+    """Write config.json + model.safetensors in HF's names (loadable by `CLIPModel`, `load`)."""
+    write_folder(cfg.to_hf(), tensors_from_params(cfg, params), folder)

@@ -1,0 +1,1 @@
+"""Evaluation: the Evaluator, the three metric protocols, decision rules and pictures."""

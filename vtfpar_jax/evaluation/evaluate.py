@@ -1,0 +1,184 @@
+"""Evaluation: `vtfpar evaluate --model DIR [--split test] [--step N]`.
+
+Exact and deterministic: uniformly spaced frames, every tracklet once (padded
+last batch, masked). Reports the three protocols of vtfpar_jax.evaluation.metrics (the
+published group metrics at 0.45 are the headline) as a table, metrics.json and
+a per-attribute bar chart. Periodic evaluation during training uses the same
+`Evaluator`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from vtfpar_jax import cli_errors
+from vtfpar_jax.evaluation import metrics
+from vtfpar_jax.models import preprocess, vtfpar
+from vtfpar_jax.outputs import files
+from vtfpar_jax.state import optim, sharding
+
+# (video (B, T, h, w, 3) uint8, tracklet index (B,)) -> video: see Evaluator.probabilities.
+Corrupt = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class Evaluator:
+    """Runs the model in evaluation mode over a split and computes every metric."""
+
+    def __init__(self, model_cfg, builder, attribute_set, frozen, mesh, input_config):
+        from input_pipeline import pipeline
+        self.model_cfg, self.builder, self.attribute_set = model_cfg, builder, attribute_set
+        self.frozen, self.mesh, self.input = frozen, mesh, input_config
+        self.pipeline = pipeline
+        self.predict = jit_eval_logits(model_cfg, mesh,
+                                       input_config.get("normalization", "published"))
+
+    @classmethod
+    def from_trainer(cls, trainer) -> Evaluator:
+        return cls(trainer.model_cfg, trainer.builder, trainer.attribute_set, trainer.frozen,
+                   trainer.mesh, trainer.config.input)
+
+    def probabilities(self, state, split: str, corrupt: Corrupt | None = None,
+                      progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(probs, labels, mask) over `split`, gathered from every host.
+
+        `corrupt(video, index)`, if given, changes each host batch's uint8 frames
+        before they go to the devices (index: each row's tracklet, -1 on padding);
+        e.g. a `vtfpar_jax.experiments.corruptions.corrupt_batch` with its corruption bound.
+        """
+        from tqdm import tqdm
+        out = {"probs": [], "labels": [], "mask": []}
+        batches = self.pipeline.eval_batches(
+            self.builder, split, batch_size=self.input.eval_batch_size,
+            frames=self.model_cfg.frames, frame_size=self.pipeline.frame_size(self.input),
+            process_index=jax.process_index(), process_count=jax.process_count())
+        for local in tqdm(batches, desc=f"evaluate {split}", unit="batch", leave=False,
+                          disable=not progress):
+            index = local.pop("index")
+            if corrupt is not None:
+                local["video"] = corrupt(local["video"], index)
+            batch = sharding.global_batch(local, self.mesh)
+            logits = self.predict(state.trainable, state.batch_stats, self.frozen, batch["video"])
+            out["probs"].append(metrics.sigmoid(_on_host(logits)))
+            out["labels"].append(_on_host(batch["labels"]))
+            out["mask"].append(_on_host(batch["mask"]))
+        return tuple(np.concatenate(out[k]) for k in ("probs", "labels", "mask"))
+
+    def run(self, state, split: str, report_dir: str | None = None,
+            corrupt: Corrupt | None = None, progress: bool = False) -> dict:
+        probs, labels, mask = self.probabilities(state, split, corrupt, progress)
+        results = metrics.evaluate_all(probs, labels, self.attribute_set, mask=mask)
+        if report_dir and jax.process_index() == 0:
+            metrics.save_report(results, self.attribute_set, report_dir)
+            files.write_text(os.path.join(report_dir, "table.txt"),
+                             metrics.format_table(results, self.attribute_set))
+        return results
+
+
+def _on_host(value: jax.Array) -> np.ndarray:
+    """A batch-sharded global array, whole, on this host (from every host's shards)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return np.asarray(value)
+
+
+def jit_eval_logits(cfg, mesh, normalization: str = "published"):
+    """`eval_logits(trainable, batch_stats, frozen, video)` jitted; the logits stay
+    sharded over the batch like the video (gathering them is the host's job, once,
+    not a collective in every forward)."""
+    return jax.jit(functools.partial(eval_logits, cfg, normalization=normalization),
+                   out_shardings=sharding.batch_sharding(mesh))
+
+
+def eval_logits(cfg, trainable, batch_stats, frozen, video, normalization: str = "published"):
+    """Evaluation-mode logits (B, A) from a training state's pieces.
+
+    `video`: the pipeline's (B, T, h, w, 3) uint8 frames, resized and normalised
+    here (vtfpar_jax.models.preprocess, no augmentation), or float model input as it is.
+    """
+    video = preprocess.model_input(video, (cfg.clip.image_size,) * 2,
+                                   preprocess.Preprocess(normalization, augment=False))
+    params = optim.merge(trainable, frozen.params)
+    logits, _ = vtfpar.apply(cfg, {"params": params["model"], "batch_stats": batch_stats},
+                             params["clip"], video, frozen.text_features)
+    return logits
+
+
+def headline(results: dict) -> dict[str, float]:
+    g, p = results["group"], results["par"]
+    return {"group_acc": g["acc"], "group_prec": g["prec"], "group_rec": g["rec"],
+            "group_f1": g["f1"], "mA": p["ma"], "instance_f1": p["f1"],
+            "chen_acc": results["chen"]["acc"], "chen_f1": results["chen"]["f1"]}
+
+
+def summary_line(results: dict) -> str:
+    if "preempted_at" in results:
+        return f"preempted at step {results['preempted_at']}; rerun the same command to resume"
+    h = headline(results)
+    return ("group (published, 0.45): acc {group_acc:.4f} prec {group_prec:.4f} rec "
+            "{group_rec:.4f} F1 {group_f1:.4f} | mA {mA:.4f} instance F1 {instance_f1:.4f} | "
+            "Chen acc {chen_acc:.4f} F1 {chen_f1:.4f}").format(**h)
+
+
+def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
+                     report_dir: str | None = None, data_dir: str | None = None) -> dict:
+    """Evaluate a work dir's newest good checkpoint (or `step`) on `split`."""
+    from vtfpar_jax.state import model_dir
+    loaded = model_dir.load(workdir, step=step)
+    if data_dir:
+        loaded.config.data_dir = data_dir
+    evaluator = Evaluator(loaded.model_cfg, loaded.builder(), loaded.attribute_set,
+                          loaded.frozen, loaded.mesh, loaded.config.input)
+    return evaluator.run(loaded.state, split, report_dir or os.path.join(
+        model_dir.resolve(workdir), f"eval_{split}"))
+
+
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(prog="vtfpar evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a training work dir or converted model")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--step", type=int, default=None)
+    parser.add_argument("--out", default=None,
+                        help="report folder, new or empty, or holding this command's results "
+                        "for the same model and split (default MODEL/eval_SPLIT)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace whatever --out holds, whole")
+    parser.add_argument("--data_dir", default=None,
+                        help="TFDS data dir (default: the one the model was trained with)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli_errors.add_verbose(parser)
+    args = parser.parse_args(argv)
+    return cli_errors.run(lambda: _evaluate(args), args.verbose)
+
+
+def _evaluate(args) -> dict:
+    from vtfpar_jax.outputs import out_folder
+    from vtfpar_jax.state import model_dir
+    from vtfpar_jax.state.build import attributes
+    out_path = args.out or os.path.join(args.model, f"eval_{args.split}")
+    out = out_folder.OutFolder(
+        out_path, "evaluate", {"model": os.path.abspath(args.model), "split": args.split,
+                               "step": args.step, "data_dir": args.data_dir and
+                               os.path.abspath(args.data_dir)},
+        args.overwrite, keep=[args.model])
+    model_dir.check_dataset(args.model, args.split, args.data_dir)
+    loaded = model_dir.load_announced(args.model, step=args.step)
+    out.check_step(loaded.step)
+    if args.data_dir:
+        loaded.config.data_dir = args.data_dir
+    evaluator = Evaluator(loaded.model_cfg, loaded.builder(args.split), loaded.attribute_set,
+                          loaded.frozen, loaded.mesh, loaded.config.input)
+    cli_errors.on_stop(f"nothing was written to {out_path}; rerun the same command")
+    with out.filling(loaded.step, unreadable_newer_checkpoints=loaded.unreadable_newer) as folder:
+        results = evaluator.run(loaded.state, args.split, folder,
+                                progress=not args.no_progress)
+    print(metrics.format_table(results, attributes.get(results["attribute_set"])))
+    print(summary_line(results))
+    print(f"step {loaded.step}; written to {out_path}")
+    return results

@@ -1,0 +1,1 @@
+"""Experiments over trained models: clip corruptions, robustness and ablation runs."""

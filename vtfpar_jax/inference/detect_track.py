@@ -1,0 +1,186 @@
+"""Tracks made from the video itself: people detected, then tracked (the `video` extra).
+
+    detector = detectors.build("hog", min_person_px=48)
+    made = tracks_for("street.mp4", info, detector=detector, detect_every=1)
+    made = tracks_for("street.mp4", info, detections="dets.txt")   # a MOT detections file
+    made.tracks, made.warnings
+
+Detection: any detector of vtfpar_jax.inference.detectors (OpenCV's HOG by default, or
+an ONNX or Hugging Face model of the user's), or a MOT detections file
+(`frame,-1,x,y,w,h,conf`) whose conf column is used as written. A box taller
+than MAX_PERSON_SHARE of the frame is not a person a street camera sees whole
+(HOG fires on walls and road at that size): it is dropped, and the count said.
+
+Tracking: supervision's ByteTrack, its thresholds acting on scores in [0, 1].
+With detect_every N the detector runs on frames 1, 1 + N, ...; ByteTrack sees
+only those (its frame rate divided by N, so it keeps a lost track as long in
+seconds), and each track's box on the frames between two of its detections is
+interpolated linearly: the tracker carries it across the gap, also across up to
+CARRIED_DETECTIONS - 1 detection frames in a row where the detector missed it
+(ByteTrack kept its id, so both ends are the same person). A track seen on the
+last frame searched is carried on, at its last velocity, to the end of the video
+(at most N - 1 frames) or the frame's edge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings as python_warnings
+
+import numpy as np
+from tqdm import tqdm
+
+from vtfpar_jax.inference import mot, stage_times, video_stream
+from vtfpar_jax.inference.detectors import Boxes, Detector, base
+
+MAX_PERSON_SHARE = 0.8      # a person box spans at most this share of the frame's height
+CARRIED_DETECTIONS = 3      # a track missed on up to 2 detection frames in a row is carried
+START_IOU = 0.2             # ByteTrack's matching bound: 1 - minimum_matching_threshold 0.8
+
+
+@dataclasses.dataclass
+class MadeTracks:
+    tracks: dict[int, mot.Track]
+    warnings: list[str]
+    detected_frames: int
+    boxes_found: int
+
+
+def plausible(boxes: Boxes, frame_height: int) -> tuple[Boxes, int]:
+    """(the boxes no taller than MAX_PERSON_SHARE of the frame, how many were dropped)."""
+    heights = boxes.xyxy[:, 3] - boxes.xyxy[:, 1]
+    keep = heights <= MAX_PERSON_SHARE * frame_height
+    return boxes.select(keep), int((~keep).sum())
+
+
+def _file_boxes(given: list[mot.Box]) -> Boxes:
+    return Boxes([[b.x, b.y, b.x + b.w, b.y + b.h] for b in given], [b.conf for b in given])
+
+
+def interpolate_gaps(track: mot.Track, longest: int) -> mot.Track:
+    """The track with a box on every frame of each gap of at most `longest` frames between
+    two of its boxes, moved linearly between them (score: the lower of the two)."""
+    filled = [track.boxes[0]]
+    for a, b in zip(track.boxes, track.boxes[1:], strict=False):
+        gap = b.frame - a.frame
+        if 1 < gap <= longest:
+            for k in range(1, gap):
+                t = k / gap
+                filled.append(mot.Box(a.frame + k, *(float(u + t * (v - u)) for u, v in
+                                                     zip((a.x, a.y, a.w, a.h),
+                                                         (b.x, b.y, b.w, b.h), strict=True)),
+                                      min(a.conf, b.conf)))
+        filled.append(b)
+    return mot.Track(track.id, filled)
+
+
+def _unconfirmed_start(box: mot.Box, earlier: Boxes, earlier_frame: int
+                       ) -> tuple[list[mot.Box], Boxes]:
+    """([the box a new track most likely had on the previous detection frame] or []; the
+    earlier boxes left unclaimed).
+
+    ByteTrack confirms a track born after the first frame only on its second detection
+    and reports it from there, so each new track would lose its first detection frame
+    (with --detect_every N, N frames). The previous detection frame's unclaimed box that
+    overlaps the new track's first box most, at IoU >= START_IOU (ByteTrack's own bound
+    for matching a track to a detection), is taken as its start."""
+    if not len(earlier):
+        return [], earlier
+    x0, y0, x1, y1 = box.x, box.y, box.x + box.w, box.y + box.h
+    lo = np.maximum(earlier.xyxy[:, :2], [x0, y0])
+    hi = np.minimum(earlier.xyxy[:, 2:], [x1, y1])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+    areas = np.prod(earlier.xyxy[:, 2:] - earlier.xyxy[:, :2], axis=1)
+    iou = inter / (areas + box.w * box.h - inter)
+    best = int(np.argmax(iou))
+    if iou[best] < START_IOU:
+        return [], earlier
+    bx0, by0, bx1, by1 = (float(v) for v in earlier.xyxy[best])
+    start = mot.Box(earlier_frame, bx0, by0, bx1 - bx0, by1 - by0, float(earlier.scores[best]))
+    return [start], earlier.select(np.arange(len(earlier)) != best)
+
+
+def extend_to(track: mot.Track, searched: int, last: int,
+              frame_size: tuple[int, int]) -> mot.Track:
+    """A track seen on the last frame searched (`searched`), carried on to frame `last` at
+    its velocity between its last two boxes, while the box stays inside the (H, W) frame:
+    the frames after the last detection frame have no detection of their own."""
+    end = track.boxes[-1]
+    if end.frame != searched or last <= searched or len(track.boxes) < 2:
+        return track
+    before = track.boxes[-2]
+    step = [(u - v) / (end.frame - before.frame) for u, v in
+            zip((end.x, end.y), (before.x, before.y), strict=True)]
+    carried = []
+    for k in range(1, last - end.frame + 1):
+        x, y = end.x + k * step[0], end.y + k * step[1]
+        if x < 0 or y < 0 or x + end.w > frame_size[1] or y + end.h > frame_size[0]:
+            break   # walking out of view: no detector would have seen it there
+        carried.append(mot.Box(end.frame + k, x, y, end.w, end.h, end.conf))
+    return mot.Track(track.id, track.boxes + carried)
+
+
+def tracks_for(path: str, info: video_stream.VideoInfo, detector: Detector | None = None,
+               detections: str | dict[int, list[mot.Box]] | None = None, detect_every: int = 1,
+               times: stage_times.StageTimes | None = None,
+               progress: bool = True) -> MadeTracks:
+    """ByteTrack over the boxes of `detector` (run on every `detect_every`-th decoded frame)
+    or of the `detections` MOT file, or what `mot.read_detections` read from it (every
+    frame it lists). Possibly no track."""
+    sv = base.import_extra("supervision")
+    given = mot.read_detections(detections) if isinstance(detections, str) else detections
+    if given is None and detector is None:
+        raise ValueError("tracks_for needs a detector or a detections file")
+    every = 1 if given is not None else detect_every
+    times = times or stage_times.StageTimes(info.frames)
+    with python_warnings.catch_warnings():
+        # supervision 0.30 marks ByteTrack deprecated (it moves to the `trackers` package,
+        # which needs the GUI build of OpenCV); the pinned 0.30 still ships it.
+        python_warnings.simplefilter("ignore", FutureWarning)
+        tracker = sv.ByteTrack(frame_rate=max(1, round(float(info.fps) / every)))
+    boxes: dict[int, list[mot.Box]] = {}
+    frames = (((n, None) for n in range(1, info.frames + 1)) if given is not None
+              else times.timed("decode", video_stream.frames(path)))
+    detected = found_count = implausible = 0
+    unclaimed = Boxes.empty()    # the last detection frame's boxes that no track took
+    for number, frame in tqdm(frames, total=info.frames, desc="frames (detect, track)",
+                              unit="frame", disable=not progress, leave=False):
+        if (number - 1) % every:
+            continue
+        with times.stage("detect"):
+            found = (_file_boxes(given.get(number, [])) if given is not None
+                     else detector(frame))
+            found, dropped = plausible(found, info.height)
+        detected += 1
+        found_count += len(found)
+        implausible += dropped
+        with times.stage("track"):
+            tracked = tracker.update_with_detections(sv.Detections(
+                xyxy=found.xyxy, confidence=found.scores,
+                class_id=np.zeros(len(found), np.int64)))
+            claimed = np.zeros(len(found), bool)
+            for (x0, y0, x1, y1), track_id, score in zip(tracked.xyxy, tracked.tracker_id,
+                                                         tracked.confidence, strict=True):
+                claimed |= (found.xyxy == [x0, y0, x1, y1]).all(axis=1)
+                box = mot.Box(number, float(x0), float(y0), float(x1 - x0), float(y1 - y0),
+                              float(score))
+                if int(track_id) not in boxes:
+                    boxes[int(track_id)], unclaimed = _unconfirmed_start(
+                        box, unclaimed, number - every)
+                boxes[int(track_id)].append(box)
+            unclaimed = found.select(~claimed)
+    with times.stage("track"):
+        last_searched = 1 + (info.frames - 1) // every * every
+        tracks = {i: extend_to(interpolate_gaps(mot.Track(i, b), every * CARRIED_DETECTIONS),
+                               last_searched, min(info.frames, last_searched + every - 1),
+                               (info.height, info.width))
+                  for i, b in sorted(boxes.items())}
+    notes = []
+    if implausible:
+        notes.append(f"{implausible} detected box(es) taller than {MAX_PERSON_SHARE:.0%} of the "
+                     f"{info.height} px frame were not taken for people")
+    if not tracks:
+        notes.append(f"no person was found on the {detected} frame(s) searched"
+                     + (" (--min_person_px may be above the people's height)"
+                        if given is None else ""))
+    return MadeTracks(tracks, notes, detected, found_count)

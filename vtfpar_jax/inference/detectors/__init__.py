@@ -1,0 +1,51 @@
+"""Person detectors behind one interface, built from `--detector KIND[:ARGUMENT]`.
+
+    detector = detectors.build("hog", min_person_px=48)
+    detector = detectors.build("onnx:yolov8n.onnx", score_threshold=0.4)
+    detector = detectors.build("hf:PekingU/rtdetr_r18vd")          # Hub id or a local folder
+    boxes = detector(frame)            # base.Boxes: xyxy in the frame's pixels, scores in [0, 1]
+
+A new detector is one module with one `base.Detector` subclass that has a
+`from_argument(argument, options)` classmethod, plus one line in REGISTRY. The
+modules are imported on use, so OpenCV, onnxruntime and torch load only for the
+detector asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+from vtfpar_jax.inference.detectors.base import (
+    MIN_PERSON_PX,
+    SCORE_THRESHOLD,
+    Boxes,
+    Detector,
+    DetectorError,
+)
+
+__all__ = ["REGISTRY", "Boxes", "Detector", "DetectorError", "Options", "build"]
+
+# kind -> (module, class)
+REGISTRY = {
+    "hog": ("vtfpar_jax.inference.detectors.hog", "HogDetector"),
+    "onnx": ("vtfpar_jax.inference.detectors.onnx_models", "OnnxDetector"),
+    "hf": ("vtfpar_jax.inference.detectors.huggingface", "HuggingFaceDetector"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    min_person_px: float = MIN_PERSON_PX     # the built-in detector's smallest person
+    score_threshold: float = SCORE_THRESHOLD  # a learned detector's person score, at least
+
+
+def build(spec: str, **options) -> Detector:
+    """The detector `spec` names: 'hog', 'onnx:PATH' or 'hf:HUB_ID_OR_FOLDER'."""
+    kind, _, argument = spec.partition(":")
+    if kind not in REGISTRY:
+        raise DetectorError(f"--detector {spec!r}: unknown kind {kind!r}; expected hog, "
+                            "onnx:MODEL.onnx or hf:HUB_ID_OR_FOLDER")
+    module, cls = REGISTRY[kind]
+    return getattr(importlib.import_module(module), cls).from_argument(argument,
+                                                                       Options(**options))

@@ -1,0 +1,340 @@
+"""Attributes per person in a street video: tracks in, per-track attributes and drawings out.
+
+    vtfpar track VIDEO --model DIR [--tracks FILE] [--window N]
+        [--detector hog|onnx:MODEL.onnx|hf:HUB_ID_OR_FOLDER] [--min_person_px 48]
+        [--detect_every N] [--out DIR]
+
+Tracks come from --tracks, a MOTChallenge text file (`frame,id,x,y,w,h,conf,...`,
+frames from 1; vtfpar_jax.inference.mot), or, without it, from the built-in path
+(vtfpar_jax.inference.detect_track: a person detector of vtfpar_jax.inference.detectors, OpenCV's
+HOG by default, or --detections, then supervision's ByteTrack; the `video`
+extra). Each track is cropped from the
+frames with a little context at the training crops' aspect and predicted as a
+tracklet, T frames sampled over the whole track and, with --window N, over
+each sliding window of N of its frames (vtfpar_jax.inference.tracklets); clips of all
+tracks are batched through `predict.predict_clips`.
+
+The video is decoded as a stream, twice (crops, then the annotated copy), and
+never held: only the crops of clips still open are kept.
+
+OUT (default tracks_out/) gets:
+- tracks.json: per track id its frame span, boxes, whole-track and per-window
+  probabilities and the decided attributes (published rules, vtfpar_jax.evaluation.decisions);
+- annotated.mp4: the video with boxes, ids and each track's top decided attributes;
+- contact_sheet.png: one row per track, its sampled crops and its attributes;
+- tracks.txt: the tracks used, in MOT format (with the built-in path: the ones it made).
+At the end a table gives the seconds and frames/s of each stage (decode, detect,
+track, crop, predict, draw; vtfpar_jax.inference.stage_times), also in tracks.json.
+
+Bad input is one `error:` line and exit status 1, before anything is written:
+an unreadable video, a malformed or empty tracks file (the line is named).
+Boxes reaching outside the frame are clamped, each with a warning naming the
+track and frame (also listed in tracks.json's 'warnings').
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from vtfpar_jax import cli_errors
+from vtfpar_jax.evaluation import decisions, metrics
+from vtfpar_jax.inference import (
+    detectors,
+    mot,
+    predict,
+    stage_times,
+    track_outputs,
+    tracklets,
+    video_stream,
+)
+from vtfpar_jax.inference import video as video_io
+from vtfpar_jax.outputs import files, out_folder
+from vtfpar_jax.state import model_dir
+
+
+class _Batcher:
+    """Clips in, probabilities out, `batch` clips per model call. The last call is padded to
+    `batch` by repeating a clip, so every call has one shape and compiles once."""
+
+    def __init__(self, loaded: model_dir.LoadedModel, batch: int, normalization: str):
+        self._loaded, self._batch, self._normalization = loaded, batch, normalization
+        self._pending: list[tracklets.Clip] = []
+        self.probabilities: dict[tracklets.ClipPlan, np.ndarray] = {}
+
+    def add(self, clip: tracklets.Clip) -> list[tracklets.Clip]:
+        self._pending.append(clip)
+        return self.flush() if len(self._pending) >= self._batch else []
+
+    def flush(self) -> list[tracklets.Clip]:
+        """Predict the pending clips; returns them."""
+        done, self._pending = self._pending, []
+        if not done:
+            return done
+        crops = [c.crops for c in done]
+        crops += [crops[-1]] * (self._batch - len(crops))
+        probs = predict.predict_clips(
+            self._loaded, video_io.normalize(np.stack(crops), self._normalization))
+        for clip, row in zip(done, probs, strict=False):
+            self.probabilities[clip.plan] = row
+        return done
+
+
+def predict_tracks(path: str, tracks: dict[int, mot.Track], loaded: model_dir.LoadedModel,
+                   num_frames: int, window: int | None, batch: int, aspect: float,
+                   context: float, progress: bool = True,
+                   times: stage_times.StageTimes | None = None
+                   ) -> tuple[dict[tracklets.ClipPlan, np.ndarray], dict[int, np.ndarray]]:
+    """(probabilities per clip plan, contact-sheet thumbnails per track id), in one pass."""
+    times = times or stage_times.StageTimes(num_frames)
+    cfg = loaded.model_cfg
+    normalization = loaded.config.input.get("normalization", "published")
+    plans = tracklets.plan(tracks, cfg.frames, window)
+    collector = tracklets.CropCollector(tracks, plans, cfg.clip.image_size, aspect, context)
+    batcher = _Batcher(loaded, batch, normalization)
+    thumbnails: dict[int, np.ndarray] = {}
+    track_bar = tqdm(total=len(tracks), desc="tracks", unit="track", position=1,
+                     disable=not progress, leave=False)
+
+    def finished(clips: list[tracklets.Clip]) -> None:
+        for clip in clips:
+            if clip.plan.window is None:
+                thumbnails[clip.plan.track_id] = clip.thumbnails
+                track_bar.update(1)
+
+    last_wanted = max((max(p.sampled) for p in plans), default=0)
+    with tqdm(total=num_frames, desc="frames (crops)", unit="frame", position=0,
+              disable=not progress, leave=False) as frame_bar:
+        for number, frame in times.timed("decode", video_stream.frames(path)):
+            with times.stage("crop"):
+                clips = list(collector.add(number, frame))
+            for clip in clips:
+                with times.stage("predict"):
+                    finished(batcher.add(clip))
+            frame_bar.update(1)
+            if number >= last_wanted:   # no clip needs a later frame
+                break
+    with times.stage("predict"):
+        finished(batcher.flush())
+    track_bar.close()
+    missing = collector.unfinished()
+    if missing:   # boxes past the probed end were dropped: the decoder gave fewer frames
+        raise video_io.InputError(f"{path}: decoding ended before frame "
+                                  f"{missing[0].sampled[-1]}, which track "
+                                  f"{missing[0].track_id} needs")
+    return batcher.probabilities, thumbnails
+
+
+def _records(tracks, probabilities, loaded, threshold) -> dict[int, dict[str, Any]]:
+    by_track: dict[int, dict] = {t: {"windows": []} for t in tracks}
+    for plan, probs in probabilities.items():
+        if plan.window is None:
+            by_track[plan.track_id]["whole"] = probs
+        else:
+            by_track[plan.track_id]["windows"].append(
+                {"index": plan.window, "first_frame": plan.first, "last_frame": plan.last,
+                 "probabilities": probs})
+    records = {}
+    for track_id, parts in by_track.items():
+        windows = sorted(parts["windows"], key=lambda w: w["index"])
+        records[track_id] = track_outputs.track_record(
+            tracks[track_id], parts["whole"], windows, loaded.attribute_set, threshold)
+    return records
+
+
+def write_annotated(path: str, out_path: str, info: video_stream.VideoInfo,
+                    tracks: dict[int, mot.Track], records: dict[int, dict[str, Any]],
+                    progress: bool = True, times: stage_times.StageTimes | None = None) -> int:
+    """The video again, with boxes and labels; written whole or not at all (a temporary
+    file renamed when complete). Returns the number of frames written."""
+    boxes_at: dict[int, list] = {}
+    for track in tracks.values():
+        for b in track.boxes:
+            boxes_at.setdefault(b.frame, []).append((track.id, (b.x, b.y, b.w, b.h)))
+    labels = {i: track_outputs.top_decided(r) for i, r in records.items()}
+    times = times or stage_times.StageTimes(info.frames)
+    with files.atomic_file(out_path) as temporary, video_stream.Writer(
+            temporary, info.width, info.height, info.fps, container_format="mp4") as writer:
+        for number, frame in tqdm(times.timed("decode", video_stream.frames(path)),
+                                  total=info.frames, desc="frames (annotated video)",
+                                  unit="frame", disable=not progress, leave=False):
+            with times.stage("draw"):
+                writer.write(track_outputs.annotate(frame, boxes_at.get(number, []), labels))
+    return writer.count
+
+
+def too_small(info: video_stream.VideoInfo, tracks: dict[int, mot.Track],
+              image_size: int) -> list[str]:
+    """Warnings for a video smaller than the model's input and for tracks with boxes under
+    predict.MIN_PERSON_SIDE pixels: their crops are upscaled from few pixels, so their
+    attributes are guesses."""
+    found = []
+    if min(info.width, info.height) < image_size:
+        found.append(f"the video is {info.width}x{info.height}, smaller than the model's "
+                     f"{image_size}x{image_size} input: every crop is upscaled, the "
+                     "attributes are guesses")
+    for track in tracks.values():
+        smallest = min(track.boxes, key=lambda b: min(b.w, b.h))
+        if min(smallest.w, smallest.h) < predict.MIN_PERSON_SIDE:
+            found.append(f"track {track.id}: a box of {smallest.w:g}x{smallest.h:g} pixels on "
+                         f"frame {smallest.frame} (under {predict.MIN_PERSON_SIDE}): its "
+                         "attributes are guesses")
+    return found
+
+
+def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track], out: str,
+        *, window: int | None = None, batch: int = 8, aspect: float = tracklets.TRAINING_ASPECT,
+        context: float = tracklets.CONTEXT, threshold: float = metrics.PUBLISHED_THRESHOLD,
+        info: video_stream.VideoInfo | None = None, about: dict[str, Any] | None = None,
+        progress: bool = True, times: stage_times.StageTimes | None = None) -> dict[str, Any]:
+    """Predict every track and write OUT's files; returns tracks.json's content."""
+    info = info or video_stream.probe(video)
+    times = times or stage_times.StageTimes(info.frames)
+    tracks, warnings = mot.fit_to_video(tracks, info.width, info.height, info.frames)
+    warnings += too_small(info, tracks, loaded.model_cfg.clip.image_size)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    probabilities, thumbnails = predict_tracks(video, tracks, loaded, info.frames, window,
+                                               batch, aspect, context, progress, times)
+    records = _records(tracks, probabilities, loaded, threshold)
+    cfg = loaded.model_cfg
+    result = {
+        **(about or {}), "video": video,
+        "video_frames": info.frames, "width": info.width, "height": info.height,
+        "fps": float(info.fps), "step": loaded.step, "frames_per_clip": cfg.frames,
+        "image_size": [cfg.clip.image_size] * 2,
+        "normalization": loaded.config.input.get("normalization", "published"),
+        "crop": {"aspect": aspect, "context": context},
+        "window": window, "attribute_set": loaded.attribute_set.name, "threshold": threshold,
+        "decision_rules": {"binary": decisions.BINARY_RULE.format(threshold=threshold),
+                           "multi-class": decisions.MULTICLASS_RULE},
+        "warnings": warnings,
+        "tracks": {str(i): r for i, r in records.items()},
+    }
+    os.makedirs(out, exist_ok=True)
+    # The video first: its pass decodes to the last frame (the crops' pass may stop early),
+    # so a decoding error there leaves no record of a run that did not finish.
+    write_annotated(video, os.path.join(out, "annotated.mp4"), info, tracks, records, progress,
+                    times)
+    mot.write_tracks(os.path.join(out, "tracks.txt"), tracks)
+    sheet = track_outputs.contact_sheet(
+        [{"record": records[i], "thumbnails": thumbnails[i]} for i in sorted(records)],
+        cfg.frames)
+    files.save_figure(sheet, os.path.join(out, "contact_sheet.png"))
+    result["stage_seconds"] = times.as_dict()   # the drawing pass included
+    files.write_json(os.path.join(out, "tracks.json"), result, indent=1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="vtfpar track",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("video", help="a video file (mp4, avi, ...; decoded with PyAV)")
+    parser.add_argument("--model", required=True, help="a training work dir or converted model")
+    parser.add_argument("--tracks", default=None,
+                        help="MOTChallenge tracks (frame,id,x,y,w,h,conf,...); default: "
+                        "detect and track people (needs the 'video' extra)")
+    parser.add_argument("--detections", default=None,
+                        help="without --tracks: person detections in MOT format (id -1) to "
+                        "track instead of running a detector")
+    parser.add_argument("--detector", default="hog",
+                        help="without --tracks/--detections: hog (OpenCV's, built in), "
+                        "onnx:MODEL.onnx (YOLO or DETR layout) or hf:HUB_ID_OR_FOLDER "
+                        "(transformers object detection); default %(default)s")
+    parser.add_argument("--min_person_px", type=predict.positive_int("--min_person_px"),
+                        default=detectors.MIN_PERSON_PX,
+                        help="hog: height of the smallest person to find; frames are enlarged "
+                        "to bring it to the detector's window (default %(default)s)")
+    parser.add_argument("--score_threshold", type=float, default=detectors.SCORE_THRESHOLD,
+                        help="onnx/hf: person score to keep a box (default %(default)s)")
+    parser.add_argument("--detect_every", type=predict.positive_int("--detect_every"),
+                        default=1, help="run the detector on every N-th frame; tracks are "
+                        "carried between (default %(default)s)")
+    parser.add_argument("--window", type=predict.positive_int("--window"), default=None,
+                        help="also predict each sliding window of N track frames "
+                        "(stride N // 2)")
+    parser.add_argument("--out", default="tracks_out",
+                        help="output folder, new or empty, or holding this command's results "
+                        "for the same model and inputs (default %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace whatever --out holds, whole")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+    parser.add_argument("--batch", type=predict.positive_int("--batch"), default=8,
+                        help="clips per model call (default %(default)s)")
+    parser.add_argument("--context", type=float, default=tracklets.CONTEXT,
+                        help="margin added on each side of a box, as a fraction of its size "
+                        "(default %(default)s)")
+    parser.add_argument("--aspect", type=float, default=tracklets.TRAINING_ASPECT,
+                        help="height / width of the crops (default %(default)s, as MARS's)")
+    parser.add_argument("--threshold", type=float, default=metrics.PUBLISHED_THRESHOLD,
+                        help="binary decision threshold (default %(default)s, as published)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cli_errors.add_verbose(parser)
+    args = parser.parse_args(argv)
+    return cli_errors.run(lambda: _track_attributes(args), args.verbose)
+
+
+def _track_attributes(args: argparse.Namespace) -> dict[str, Any]:
+    if args.tracks and args.detections:
+        cli_errors.fail("--tracks and --detections: give one (tracks are used as they are; "
+                        "detections are tracked first)")
+    if args.context < 0 or args.aspect <= 0:
+        cli_errors.fail(f"--context {args.context} / --aspect {args.aspect}: expected "
+                        "context >= 0 and aspect > 0")
+    # The inputs, the detector and --out first, then the model: the cheapest mistakes are
+    # reported soonest.
+    info = video_stream.probe(args.video)
+    tracks = mot.read_tracks(args.tracks) if args.tracks else None
+    detections = mot.read_detections(args.detections) if args.detections else None
+    if tracks is not None and not mot.fit_to_video(tracks, info.width, info.height,
+                                                   info.frames)[0]:
+        cli_errors.fail(f"{args.tracks}: no track has a box inside the video "
+                        f"({info.width}x{info.height}, {info.frames} frames)")
+    detector = None if tracks is not None or detections is not None else detectors.build(
+        args.detector, min_person_px=args.min_person_px, score_threshold=args.score_threshold)
+    made_by = f"{args.detector}+bytetrack"
+    tracks_from = args.tracks or args.detections or made_by
+    out = out_folder.OutFolder(
+        args.out, "track_attributes",
+        {"model": os.path.abspath(args.model), "video": os.path.abspath(args.video),
+         "tracks_from": os.path.abspath(tracks_from) if tracks_from != made_by else made_by,
+         "min_person_px": args.min_person_px if detector else None,
+         "score_threshold": args.score_threshold if detector else None,
+         "detect_every": args.detect_every if detector else 1,
+         "step": args.step, "window": args.window, "context": args.context,
+         "aspect": args.aspect, "threshold": args.threshold},
+        args.overwrite, keep=[args.model, args.video, *filter(None, [args.tracks,
+                                                                     args.detections])])
+    loaded = model_dir.load_announced(args.model, step=args.step)
+    out.check_step(loaded.step)
+    times, about = stage_times.StageTimes(info.frames), {}
+    if tracks is None:
+        from vtfpar_jax.inference import detect_track
+        made = detect_track.tracks_for(args.video, info, detector, detections,
+                                       args.detect_every, times,
+                                       progress=not args.no_progress)
+        for note in made.warnings:
+            print(f"warning: {note}", file=sys.stderr)
+        tracks = made.tracks
+        about = {"detector": detector.description if detector else None,
+                 "detect_every": args.detect_every if detector else 1,
+                 "detection_warnings": made.warnings}
+    cli_errors.on_stop(f"nothing was written to {args.out}; rerun the same command")
+    with out.filling(loaded.step, unreadable_newer_checkpoints=loaded.unreadable_newer) as folder:
+        result = run(args.video, loaded, tracks, folder, window=args.window,
+                     batch=args.batch, aspect=args.aspect, context=args.context,
+                     threshold=args.threshold, info=info, progress=not args.no_progress,
+                     times=times, about={"model": args.model, **about,
+                                         "tracks_from": tracks_from})
+    for track_id, record in result["tracks"].items():
+        print(f"track {track_id} (frames {record['first_frame']}-{record['last_frame']}): "
+              f"{record['summary']}")
+    print(f"{len(result['tracks'])} track(s): {args.out}/tracks.json, annotated.mp4, "
+          "contact_sheet.png")
+    print(times.table())
+    return result

@@ -1,0 +1,117 @@
+"""What `track_attributes` writes: the per-track record, the annotated frames, the contact sheet.
+
+The decisions are the published rules of `vtfpar_jax.evaluation.decisions` (binary: p >
+threshold; multi-class: argmax over the group), applied to each track's
+whole-track probabilities.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import textwrap
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from vtfpar_jax import attributes
+from vtfpar_jax.evaluation import decisions
+from vtfpar_jax.inference.mot import Track
+
+LABEL_ITEMS = 3     # decided attributes drawn on the video, the most probable first
+
+
+def track_record(track: Track, probs: np.ndarray, windows: list[dict[str, Any]],
+                 attribute_set: attributes.AttributeSet, threshold: float) -> dict[str, Any]:
+    """tracks.json's entry for one track (`windows`: [{'first_frame', 'last_frame',
+    'probabilities' (A,)}], empty without --window)."""
+    decided = decisions.decide(probs, attribute_set, threshold)
+
+    def named(p: np.ndarray) -> dict[str, float]:
+        return {n: float(v) for n, v in zip(attribute_set.columns, p, strict=True)}
+
+    return {
+        "id": track.id,
+        "first_frame": track.boxes[0].frame,
+        "last_frame": track.boxes[-1].frame,
+        "num_boxes": len(track.boxes),
+        "boxes": [[b.frame, round(b.x, 2), round(b.y, 2), round(b.w, 2), round(b.h, 2)]
+                  for b in track.boxes],
+        "probabilities": named(probs),
+        "decisions": decided,
+        "summary": decisions.summary({"decisions": decided}),
+        "windows": [{"first_frame": w["first_frame"], "last_frame": w["last_frame"],
+                     "probabilities": named(w["probabilities"])} for w in windows],
+    }
+
+
+def top_decided(record: dict[str, Any], count: int = LABEL_ITEMS) -> list[str]:
+    """The `count` most probable decided attributes: present binaries by name, multi-class
+    groups as group=value."""
+    items = [(d["probability"], d["attribute"]) for d in record["decisions"]
+             if d["kind"] == "binary" and d["present"]]
+    items += [(d["probability"], f"{d['group']}={d['value']}") for d in record["decisions"]
+              if d["kind"] == "multi-class"]
+    return [name for _, name in sorted(items, key=lambda item: -item[0])[:count]]
+
+
+def track_colour(track_id: int) -> tuple[int, int, int]:
+    """A bright colour per id, far apart for neighbouring ids (golden-ratio hues)."""
+    r, g, b = colorsys.hsv_to_rgb((track_id * 0.618034) % 1.0, 0.85, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def annotate(frame: np.ndarray, boxes: list[tuple[int, tuple[float, float, float, float]]],
+             labels: dict[int, list[str]]) -> np.ndarray:
+    """The frame with each (id, (x, y, w, h)) box, its id and its track's top attributes."""
+    image = Image.fromarray(frame)
+    draw = ImageDraw.Draw(image)
+    font = _font(max(10, frame.shape[0] // 40))
+    for track_id, (x, y, w, h) in boxes:
+        colour = track_colour(track_id)
+        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=colour, width=2)
+        text = "\n".join([f"id {track_id}", *labels.get(track_id, [])])
+        left, top, right, bottom = draw.multiline_textbbox((x, y), text, font=font)
+        ty = y - (bottom - top) - 4 if y - (bottom - top) - 4 >= 0 else y + h + 2
+        draw.rectangle([x, ty, x + right - left + 4, ty + bottom - top + 4], fill=(0, 0, 0))
+        draw.multiline_text((x + 2, ty + 2 - (top - y)), text, fill=colour, font=font)
+    return np.asarray(image)
+
+
+def contact_sheet(rows: list[dict[str, Any]], frames: int) -> Image.Image:
+    """One row per track: id and frame span, its sampled crops, its decided attributes.
+
+    rows: [{'record': track_record(...), 'thumbnails': (T, h, w, 3) uint8}].
+    """
+    thumb_h, thumb_w = (rows[0]["thumbnails"].shape[1:3] if rows else (96, 48))
+    label_w, text_w, pad = 120, 300, 6
+    row_h = thumb_h + 2 * pad
+    width = label_w + frames * (thumb_w + pad) + text_w
+    header_h = 28
+    sheet = Image.new("RGB", (width, header_h + max(1, len(rows)) * row_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    font, small = _font(14), _font(11)
+    draw.text((pad, 6), f"{len(rows)} track(s); {frames} sampled frames each" if rows else
+              "no tracks found", fill=(0, 0, 0), font=font)
+    for i, row in enumerate(rows):
+        record, top = row["record"], header_h + i * row_h
+        draw.text((pad, top + pad), f"id {record['id']}", fill=track_colour(record["id"]),
+                  font=font)
+        draw.text((pad, top + pad + 20), f"frames {record['first_frame']}-"
+                  f"{record['last_frame']}\n{record['num_boxes']} boxes", fill=(0, 0, 0),
+                  font=small)
+        for t, thumbnail in enumerate(row["thumbnails"]):
+            sheet.paste(Image.fromarray(thumbnail), (label_w + t * (thumb_w + pad), top + pad))
+        lines = [d["attribute"] for d in record["decisions"]
+                 if d["kind"] == "binary" and d["present"]]
+        lines = (textwrap.wrap(", ".join(lines), 48) if lines
+                 else ["(no binary attribute present)"])
+        lines += [f"{d['group']}: {d['value']} ({d['probability']:.2f})"
+                  for d in record["decisions"] if d["kind"] == "multi-class"]
+        draw.multiline_text((label_w + frames * (thumb_w + pad), top + pad), "\n".join(lines),
+                            fill=(0, 0, 0), font=small)
+    return sheet

@@ -1,0 +1,213 @@
+"""Reading a clip for prediction: a folder of frames or a video file -> model input.
+
+    frames_uint8, video = read_input("walk.mp4", frames=6, image_size=(224, 224),
+                                     normalization="published")
+
+The conventions are those of evaluation (`input_pipeline.pipeline` choosing and
+decoding frames, `vtfpar_jax.models.preprocess` resizing and normalising them), so that a
+model sees the same kind of pixels it was trained and evaluated on:
+- frame choice 'uniform': the centres of T equal bins over the n frames, in
+  order; a clip shorter than T repeats frames;
+- resize to the CLIP image size, aspect ratio not kept, bilinear, filtering
+  when shrinking, rounded to uint8 (the published transforms act on uint8
+  PIL images);
+- normalisation (x / 255 - mean) / std with the pipeline's named statistics.
+
+Implemented with numpy, PIL and PyAV only: prediction needs no TensorFlow. PIL
+resizes in 8-bit fixed point where evaluation resizes in float and rounds,
+so a pixel may differ by one or two levels of 255 (tests/test_predict.py
+measures it against the pipeline on the same frames).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vtfpar_jax.errors import UserError
+from vtfpar_jax.models.normalization import NORMALIZATIONS
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+class InputError(UserError, ValueError):
+    """An input that cannot be read as a clip; the message names the path and why."""
+
+
+def frame_indices(num_frames: int, frames: int) -> np.ndarray:
+    """(frames,) int indices: centres of `frames` equal bins over `num_frames`, in order.
+
+    The pipeline's 'uniform' choice, computed in float32 as it does, so both
+    pick the same frames.
+    """
+    if num_frames < 1 or frames < 1:
+        raise ValueError(f"frame_indices({num_frames}, {frames}): both must be >= 1")
+    centres = ((np.arange(frames, dtype=np.float32) + np.float32(0.5))
+               * np.float32(num_frames) / np.float32(frames))
+    return np.minimum(np.floor(centres).astype(np.int64), num_frames - 1)
+
+
+def resize(frame: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """(h, w, 3) uint8 -> (H, W, 3) uint8, bilinear, aspect not kept.
+
+    PIL's bilinear widens its kernel when it shrinks (antialiasing), which is
+    what the pipeline's `antialias=True` does; when enlarging both interpolate
+    between the same pixel centres.
+    """
+    height, width = image_size
+    image = Image.fromarray(frame)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def normalize(frames_uint8: np.ndarray, normalization: str = "published") -> np.ndarray:
+    """(..., 3) uint8 -> float32 (x / 255 - mean) / std."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization={normalization!r}: expected one of "
+                         f"{sorted(NORMALIZATIONS)}")
+    mean, std = (np.asarray(v, np.float32) for v in NORMALIZATIONS[normalization])
+    return (frames_uint8.astype(np.float32) / np.float32(255.0) - mean) / std
+
+
+def _list_frame_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise InputError(f"{folder}: empty folder (expected the frames of one tracklet)")
+    return files
+
+
+def _read_image(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _read_folder(folder: Path, frames: int) -> list[np.ndarray]:
+    """The chosen frames of a folder of images sorted by name; non-images are errors."""
+    files = _list_frame_files(folder)
+    # Every file is checked (headers only, cheap) so a stray non-image is named
+    # rather than silently shifting which frames are chosen.
+    bad = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError):
+            bad.append(path.name)
+    if len(bad) == len(files):
+        raise InputError(f"{folder}: no image among its {len(files)} file(s) "
+                         f"(e.g. {bad[0]!r}); expected a folder of frames")
+    if bad:
+        raise InputError(f"{folder}: {len(bad)} file(s) are not images (e.g. {bad[0]!r}); "
+                         "a frame folder should hold only the frames")
+    return [_read_image(files[i]) for i in frame_indices(len(files), frames)]
+
+
+def _decode_video(path: Path) -> list[np.ndarray]:
+    """Every frame of a video as (h, w, 3) uint8 RGB, decoded with PyAV."""
+    import av
+
+    try:
+        with av.open(os.fspath(path)) as container:
+            if not container.streams.video:
+                raise InputError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            # Frames are decoded in full: a stream's frame count is often missing
+            # or wrong in headers, and pedestrian tracklets are short.
+            decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    except av.FFmpegError as e:
+        raise InputError(f"{path}: not a readable video ({type(e).__name__}: {e})") from None
+    if not decoded:
+        raise InputError(f"{path}: the video has no frames")
+    return decoded
+
+
+def read_input(path: str | os.PathLike, frames: int, image_size: tuple[int, int],
+               normalization: str = "published") -> tuple[np.ndarray, np.ndarray]:
+    """One clip from a folder of frames (sorted by name) or a video file.
+
+    Args:
+      path: a folder of image files (one tracklet) or a video (mp4, avi, ...).
+      frames: T frames to sample uniformly (in order; repeated when fewer).
+      image_size: (H, W) the model takes (the CLIP image size).
+      normalization: 'published' (mean = std = 0.5) or 'clip'.
+
+    Returns:
+      frames_uint8 (T, H, W, 3) uint8 resized frames (for display) and
+      video (T, H, W, 3) float32 normalised (the model input).
+
+    Raises:
+      InputError: a missing path, an empty folder, non-images, an unreadable video.
+    """
+    return model_input(read_frames(path, frames), image_size, normalization)
+
+
+def read_frames(path: str | os.PathLike, frames: int) -> list[np.ndarray]:
+    """The T frames `read_input` samples, (h, w, 3) uint8 at their size on disk."""
+    path = Path(path)
+    if frames < 1:
+        raise ValueError(f"frames={frames}: need at least 1")
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return _read_folder(path, frames)
+    decoded = _decode_video(path)
+    return [decoded[i] for i in frame_indices(len(decoded), frames)]
+
+
+def model_input(chosen: list[np.ndarray], image_size: tuple[int, int],
+                normalization: str = "published") -> tuple[np.ndarray, np.ndarray]:
+    """(frames resized to `image_size`, uint8; the same normalised, float32)."""
+    frames_uint8 = np.stack([resize(f, tuple(image_size)) for f in chosen])
+    return frames_uint8, normalize(frames_uint8, normalization)
+
+
+def preprocessing(frames: int, image_size: tuple[int, int], normalization: str) -> dict:
+    """What `read_input` does to a clip, stated for someone who must repeat it without
+    this package (the export metadata carries it): every step, in order."""
+    mean, std = NORMALIZATIONS[normalization]
+    height, width = image_size
+    return {
+        "decode": {
+            "video": "every frame, as RGB uint8: PyAV frame.to_ndarray(format='rgb24') "
+                     "(FFmpeg's default YUV->RGB conversion)",
+            "folder": "the image files sorted by name, each Image.convert('RGB'), uint8"},
+        "frame_choice": {
+            "name": "uniform", "frames": frames,
+            "rule": "of the N decoded frames take indices floor((i + 0.5) * N / T) for "
+                    "i = 0..T-1, computed in float32, at most N - 1, in temporal order "
+                    "(the middles of T equal segments; a clip of fewer than T frames "
+                    "repeats frames)"},
+        "resize": {
+            "size": [height, width], "method": "bilinear", "antialias": True,
+            "implementation": f"PIL Image.fromarray(frame).resize(({width}, {height}), "
+                              "Image.Resampling.BILINEAR) on the uint8 frame (PIL widens the "
+                              "bilinear kernel when shrinking: antialiasing); the result is "
+                              "uint8; skipped when the frame already has this size",
+            "aspect_ratio": "not kept: the whole frame is stretched to the size",
+            "crop": "none", "padding": "none"},
+        "colour_order": "RGB",
+        "dtype": "uint8 after resizing, then float32",
+        "normalization": {"name": normalization, "mean": list(mean), "std": list(std),
+                          "formula": "(pixel / 255 - mean) / std per channel, in float32"},
+        "layout": "(T, H, W, 3) per clip; clips stacked to (B, T, H, W, 3)",
+    }
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 10) -> None:
+    """(T, h, w, 3) uint8 -> an H.264 mp4 (yuv420p, so even sides are required)."""
+    import av
+
+    frames = np.asarray(frames, np.uint8)
+    _, height, width, _ = frames.shape
+    with av.open(os.fspath(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -1,0 +1,167 @@
+"""A model dir (a training work dir, or a converted published checkpoint) loaded for inference.
+
+It holds config.json (config, attribute set, phrases, token ids), clip/ (the
+frozen backbone, CLIP or SigLIP, HuggingFace format) and checkpoints/<step>/ (Orbax).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vtfpar_jax import attributes
+from vtfpar_jax.backbones import text
+from vtfpar_jax.errors import UserError, nearest
+from vtfpar_jax.models import towers, vtfpar
+from vtfpar_jax.state import build, fingerprint, optim, sharding
+from vtfpar_jax.state.checkpoint import CheckpointStore, NoCheckpointError, abstract
+
+
+class ModelDirError(UserError, ValueError):
+    """A model dir that does not fit what it is used with."""
+
+
+class ModelDirMissingError(UserError, FileNotFoundError):
+    """A model dir without its config.json or any loadable checkpoint."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    config: ml_collections.ConfigDict
+    model_cfg: vtfpar.VTFPARConfig
+    attribute_set: attributes.AttributeSet
+    state: Any          # train.TrainState
+    frozen: Any         # train.Frozen
+    mesh: jax.sharding.Mesh
+    step: int
+    unreadable_newer: list[str] = dataclasses.field(default_factory=list)  # "step N (why)"
+
+    def fallback_warning(self, model: str) -> str | None:
+        """One line when a newer checkpoint could not be read and an older step is used."""
+        if not self.unreadable_newer:
+            return None
+        return (f"using step {self.step} of {model}: the newer checkpoint(s) cannot be read "
+                f"({'; '.join(self.unreadable_newer)}); the results are step {self.step}'s "
+                "and say so")
+
+    def builder(self, split: str | None = None):
+        return dataset_builder(self.config, self.attribute_set.name, split)
+
+    def variables(self) -> dict:
+        """{'params', 'batch_stats', 'clip'}: the form `predict.compute_logits` takes."""
+        params = optim.merge(self.state.trainable, self.frozen.params)
+        return {"params": params["model"], "batch_stats": self.state.batch_stats,
+                "clip": params["clip"]}
+
+
+def resolve(model: str) -> str:
+    """A local model dir: `model` itself, or for hf://ORG/NAME[@REV] its copy from the Hub
+    (vtfpar_jax/state/hub_snapshot.py), so that every command that takes --model takes both."""
+    if model.startswith("hf://"):
+        from vtfpar_jax.state import hub_snapshot
+        return hub_snapshot.model_dir_from_hub(model)
+    return model
+
+
+def dataset_builder(config: ml_collections.ConfigDict, attribute_set: str,
+                    split: str | None = None):
+    """The TFDS builder of the model's dataset, prepared, with the model's attributes (and
+    `split`, if given); else one `UserError` naming what is missing."""
+    import input_pipeline
+    from input_pipeline import pipeline
+    b = input_pipeline.get_builder(config.dataset, config.data_dir or None)
+    if not b.is_prepared():
+        raise input_pipeline.DatasetNotBuiltError(b)
+    if pipeline.attribute_set(b).name != attribute_set:
+        raise ModelDirError(f"model attributes {attribute_set!r} do not match "
+                            f"dataset {config.dataset!r}")
+    if split is not None and split not in b.info.splits:
+        raise ModelDirError(f"--split {split!r}: the dataset {config.dataset!r} has the splits "
+                            f"{', '.join(sorted(b.info.splits))}"
+                            f"{nearest(split, b.info.splits)}")
+    return b
+
+
+def check_dataset(model: str, split: str, data_dir: str | None = None) -> None:
+    """Before the model loads: its dataset (in `data_dir`, or the one it was trained with)
+    is prepared and has `split`."""
+    run = read_run_file(model)
+    config = ml_collections.ConfigDict(run["config"])
+    if data_dir:
+        config.data_dir = data_dir
+    dataset_builder(config, run["attribute_set"], split)
+
+
+def read_run_file(model: str) -> dict:
+    model = resolve(model)
+    path = os.path.join(model, "config.json")
+    if not os.path.isfile(path):
+        raise ModelDirMissingError(f"{model}: not a model dir (no config.json); expected a "
+                                   "training work dir or the output of "
+                                   "vtfpar_jax.convert.openpar_cli")
+    with open(path) as f:
+        return json.load(f)
+
+
+def fresh_state(config, model_cfg, clip_params, variables: dict | None = None):
+    """(step-0 TrainState, frozen params) laid out as this config trains them.
+
+    The schedule inside the optimiser does not shape its state, so any will do.
+    """
+    from vtfpar_jax.state.train_state import initial_state
+    if variables is None:
+        variables = vtfpar.init(model_cfg, jax.random.PRNGKey(0))
+    tx = optim.make_optimizer(config.optimizer, optim.make_schedule(config.optimizer,
+                                                                    config.num_epochs, 1))
+    return initial_state(variables, clip_params, config.frozen_patterns, tx)
+
+
+def load_announced(model: str, step: int | None = None) -> LoadedModel:
+    """`load`, and one `warning:` line on stderr when a newer checkpoint was unreadable."""
+    loaded = load(model, step)
+    warning = loaded.fallback_warning(model)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return loaded
+
+
+def load(model: str, step: int | None = None) -> LoadedModel:
+    from vtfpar_jax.state.train_state import Frozen
+    model = resolve(model)
+    run = read_run_file(model)
+    # The config in force: a restart may have changed e.g. data_dir since config.json.
+    config = ml_collections.ConfigDict(fingerprint.current_config(model, run["config"]))
+    attribute_set = attributes.get(run["attribute_set"])
+    clip_cfg, clip_params = build.load_backbone_folder(os.path.join(model, "clip"))
+    if towers.of(clip_cfg).name != build.backbone_name(config):
+        raise ModelDirError(f"{model}: config.json says backbone "
+                            f"{build.backbone_name(config)!r}, but clip/ holds a "
+                            f"{towers.of(clip_cfg).display_name} checkpoint")
+    model_cfg = build.model_config(config, clip_cfg, attribute_set.num_attributes)
+    template, frozen_params = fresh_state(config, model_cfg, clip_params)
+    mesh = sharding.make_mesh()
+    store = CheckpointStore(model, async_save=False)
+    try:
+        state, meta = store.restore(abstract(template, sharding.replicated(mesh)), step,
+                                    announce=False)
+    except NoCheckpointError as e:
+        raise ModelDirMissingError(f"{model}: no checkpoint to load ({e})") from None
+    finally:
+        store.close()
+    tokens = np.asarray(run["tokens"], np.int32)
+    features = text.attribute_text_features(clip_cfg, clip_params, run["phrases"], tokens,
+                                            cache_dir=os.path.join(model, "text_cache"))
+    ratio = run.get("positive_ratio")
+    frozen = sharding.replicate(Frozen(params=frozen_params, text_features=jnp.asarray(features),
+                                       positive_ratio=None if ratio is None else
+                                       jnp.asarray(ratio, jnp.float32)), mesh)
+    return LoadedModel(config, model_cfg, attribute_set, state, frozen, mesh, int(meta["step"]),
+                       list(store.unreadable))

@@ -1,0 +1,299 @@
+"""Train-step and prediction throughput on whatever devices JAX sees.
+
+    vtfpar bench --clip vit_b16|tiny --batch 16 --frames 6 [--backbone siglip]
+        [--dtype bfloat16] [--clip-dtype float16] [--remat none|dots|blocks]
+        [--attention auto|xla|cudnn] [--breakdown] [--steps 20] [--devices N]
+        [--json out.json]
+    vtfpar bench --aot h200|h100|h200x8|tpu-v5e:4x4 --batch 64 ...
+
+Feeds in-memory random arrays (no input pipeline) to the project's own train
+step (`train_step.make_train_step`, jitted exactly as `train.Trainer` jits it)
+and to the evaluation forward (`evaluate.eval_logits`, jitted as `Evaluator`
+does), on random CLIP weights: speed depends on shapes, not values. Only jax,
+flax, optax and numpy are needed: nothing here imports TensorFlow or
+ml_collections, so it runs on a GPU machine that has neither.
+
+Times are medians over `--steps` calls after compilation, each call blocked on
+with `jax.block_until_ready`. Peak memory is `device.memory_stats()
+['peak_bytes_in_use']` where the backend keeps it (GPU, TPU); the CPU backend
+does not, so there it is None and the process's peak RSS is reported beside it.
+`--devices N` simulates N CPU devices (`jax_num_cpu_devices`), the batch
+sharded over the `data` mesh axis as in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import statistics
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from vtfpar_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from vtfpar_jax.models.side_nets import REMAT_POLICIES
+from vtfpar_jax.tools.bench_setup import (
+    CLIPS,
+    DTYPES,
+    clip_config,
+    count_params,
+    jitted,
+    make_inputs,
+    model_config,
+)
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything one benchmark run calls: the jitted functions and their inputs."""
+
+    model_cfg: Any
+    mesh: Any
+    train_step: Any
+    predict: Any
+    clip_forward: Any
+    state: Any
+    frozen: Any
+    batch: dict
+    rng: jax.Array
+    trainable_params: int
+
+
+def build(clip_name: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: str = "float32",
+          clip_dtype: str | None = None, remat: str | None = None, attention: str | None = None,
+          num_attributes: int = 43, seed: int = 0, backbone: str = "clip", clip_cfg=None,
+          clip_params=None,
+          variables=None, text_features=None, video: np.ndarray | None = None) -> Setup:
+    """The train step and evaluation forward of the project, jitted over a `data` mesh
+    of the local devices, with their inputs placed (compare_pytorch passes converted
+    weights here). Options left as None take the project's defaults."""
+    from vtfpar_jax.state import sharding
+
+    model_cfg = model_config(clip_cfg or clip_config(clip_name, backbone), frames=frames,
+                             dtype=dtype,
+                             clip_dtype=clip_dtype, remat=remat, attention=attention,
+                             num_attributes=num_attributes)
+    mesh = sharding.make_mesh()
+    if batch % jax.device_count():
+        raise ValueError(f"--batch {batch} does not split over {jax.device_count()} devices")
+    state, frozen, local, rng = make_inputs(
+        model_cfg, batch=batch, seed=seed, clip_params=clip_params, variables=variables,
+        text_features=text_features, video=video)
+    train_step, predict, clip_forward = jitted(model_cfg, mesh)
+    return Setup(model_cfg, mesh, train_step, predict, clip_forward,
+                 sharding.replicate(state, mesh), sharding.replicate(frozen, mesh),
+                 sharding.global_batch(jax.device_get(local), mesh), rng,
+                 count_params(state.trainable))
+
+
+def _timed(fn, steps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def peak_device_bytes() -> int | None:
+    """Largest `peak_bytes_in_use` over local devices; None where the backend keeps none (CPU)."""
+    peaks = []
+    for device in jax.local_devices():
+        try:
+            stats = device.memory_stats()
+        except Exception:  # noqa: BLE001 - CPU raises or returns None depending on version
+            stats = None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(int(stats["peak_bytes_in_use"]))
+    return max(peaks) if peaks else None
+
+
+def rss_peak_bytes() -> int:
+    """This process's peak resident set size (Linux reports KiB)."""
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def measure(setup: Setup, steps: int = 20, warmup: int = 2,
+            breakdown: bool = False) -> dict[str, Any]:
+    """Compile and time prediction, then the train step; peaks after each. With
+    `breakdown`, also the frozen CLIP forward alone in the step's shapes."""
+    from vtfpar_jax.tools import compiled_stats
+
+    s = setup
+    batch, frames = s.batch["video"].shape[:2]
+    start = time.perf_counter()
+    predict = s.predict.lower(s.state.trainable, s.state.batch_stats, s.frozen,
+                              s.batch["video"]).compile()
+    predict_compile_s = time.perf_counter() - start
+
+    def predict_once():
+        jax.block_until_ready(predict(s.state.trainable, s.state.batch_stats, s.frozen,
+                                      s.batch["video"]))
+
+    predict_times = _timed(predict_once, steps, warmup)
+    # Prediction runs first so that its peak is not hidden by training's.
+    predict_peak = peak_device_bytes()
+
+    start = time.perf_counter()
+    train = s.train_step.lower(s.state, s.batch, s.rng, s.frozen).compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": s.state, "metrics": None}
+
+    def train_once():
+        holder["state"], holder["metrics"] = train(holder["state"], s.batch, s.rng, s.frozen)
+        jax.block_until_ready((holder["state"], holder["metrics"]))
+
+    train_times = _timed(train_once, steps, warmup)
+    s.state = holder["state"]  # the old one was donated
+    metrics = jax.device_get(holder["metrics"])
+    step_s = statistics.median(train_times)
+    predict_s = statistics.median(predict_times)
+    device = jax.devices()[0]
+    peak = peak_device_bytes()
+    result = {
+        "device": f"{jax.device_count()}x {device.device_kind}", "platform": device.platform,
+        "device_count": jax.device_count(), "jax_version": jax.__version__,
+        "clip_width": s.model_cfg.clip.vision.width, "batch": int(batch), "frames": int(frames),
+        "dtype": s.model_cfg.dtype, "clip_dtype": s.model_cfg.clip_dtype,
+        "remat": s.model_cfg.remat, "attention": s.model_cfg.attention,
+        "trainable_params": s.trainable_params, "steps": steps, "warmup": warmup,
+        "compile_s": compile_s, "step_s_median": step_s, "step_s_mean": statistics.mean(
+            train_times), "step_s_min": min(train_times),
+        "clips_per_s": batch / step_s, "frames_per_s": batch * frames / step_s,
+        "predict_compile_s": predict_compile_s, "predict_s_median": predict_s,
+        "predict_clips_per_s": batch / predict_s,
+        "peak_bytes": peak, "predict_peak_bytes": predict_peak,
+        "peak_source": "device.memory_stats()['peak_bytes_in_use']" if peak is not None
+        else None,
+        "rss_peak_bytes": rss_peak_bytes(),
+        "memory_analysis": {"train": compiled_stats.memory(train),
+                            "predict": compiled_stats.memory(predict)},
+        "kernels": {"train": compiled_stats.kernels(train.as_text())},
+        "loss": float(metrics["loss"]), "finite": bool(metrics["finite"]),
+    }
+    if breakdown:
+        result["breakdown"] = clip_breakdown(s, step_s, steps, warmup)
+    return result
+
+
+def clip_breakdown(s: Setup, step_s: float, steps: int, warmup: int) -> dict[str, float]:
+    """The frozen CLIP forward alone, in the step's shapes, against the whole step.
+
+    `backbone_bound` is step frames/s over CLIP-only frames/s: the share of the
+    speed the step would have if the side networks, fusion and optimiser were free.
+    """
+    clip_forward = s.clip_forward.lower(s.state.trainable, s.frozen, s.batch["video"]).compile()
+    clip_times = _timed(lambda: jax.block_until_ready(
+        clip_forward(s.state.trainable, s.frozen, s.batch["video"])), steps, warmup)
+    clip_s = statistics.median(clip_times)
+    frames = s.batch["video"].shape[0] * s.batch["video"].shape[1]
+    return {"clip_s_median": clip_s, "clip_frames_per_s": frames / clip_s,
+            "clip_share": clip_s / step_s, "side_share": 1 - clip_s / step_s,
+            "backbone_bound": clip_s / step_s}
+
+
+def _gib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2 ** 30:.2f} GiB"
+
+
+def summary(r: dict[str, Any], clip_name: str) -> str:
+    peak = (f"peak {_gib(r['peak_bytes'])} (predict {_gib(r['predict_peak_bytes'])})"
+            if r["peak_bytes"] is not None else f"peak n/a on {r['platform']} (RSS "
+            f"{_gib(r['rss_peak_bytes'])})")
+    line = (f"{clip_name} batch {r['batch']} x {r['frames']} frames, {r['dtype']} (CLIP "
+            f"{r['clip_dtype']}), remat {r['remat']}, attention {r['attention']} on "
+            f"{r['device']}: train {r['step_s_median']:.4f} s/step = {r['clips_per_s']:.1f} "
+            f"clips/s = {r['frames_per_s']:.0f} frames/s, compile {r['compile_s']:.1f} s; "
+            f"predict {r['predict_clips_per_s']:.1f} clips/s; {peak}")
+    if "breakdown" in r:
+        b = r["breakdown"]
+        line += (f"\nbreakdown: CLIP forward alone {b['clip_s_median']:.4f} s "
+                 f"({b['clip_frames_per_s']:.0f} frames/s) = {b['clip_share']:.0%} of the step, "
+                 f"side networks + optimiser {b['side_share']:.0%}; backbone-bound ratio "
+                 f"{b['backbone_bound']:.0%}")
+    return line
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="vtfpar bench", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clip", default="vit_b16", choices=CLIPS,
+                   help="the backbone's ViT shape (so400m14: SigLIP only, vit_l14: CLIP only)")
+    p.add_argument("--backbone", default="clip", choices=("clip", "siglip"),
+                   help="the frozen backbone (random weights of its shape)")
+    p.add_argument("--batch", type=int, default=16, help="global batch (clips)")
+    p.add_argument("--frames", type=int, default=6)
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="compute dtype of side nets, fusion and heads")
+    p.add_argument("--clip-dtype", default=None, choices=DTYPES,
+                   help="compute dtype of the frozen CLIP (default: --dtype)")
+    p.add_argument("--remat", default=None, choices=REMAT_POLICIES,
+                   help="what the side and fusion blocks keep for backward (model.remat; "
+                        "default: the project's)")
+    p.add_argument("--attention", default=None, choices=ATTENTION_IMPLEMENTATIONS,
+                   help="attention implementation (model.attention; default: auto)")
+    p.add_argument("--num-attributes", type=int, default=43)
+    p.add_argument("--steps", type=int, default=20, help="timed calls (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the frozen CLIP forward alone: CLIP's and the side "
+                        "networks' shares, and the backbone-bound ratio")
+    p.add_argument("--aot", default=None, metavar="TARGET",
+                   help="compile only, deviceless, for TARGET (h100, h200, h200x8, "
+                        "tpu-v5e:4x4, ...; see vtfpar_jax/tools/aot.py) and report memory, kernels "
+                        "and collectives; needs `make aot-venv`")
+    p.add_argument("--devices", type=int, default=0,
+                   help="simulate N CPU devices (CPU only; must precede any JAX computation)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the figures here")
+    args = p.parse_args(argv)
+    command = "vtfpar bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.aot:
+        from vtfpar_jax.tools import aot
+        try:
+            aot.prepare(args.aot)
+            result = aot.compile_report(args.aot, args.clip, batch=args.batch,
+                                        frames=args.frames, dtype=args.dtype,
+                                        clip_dtype=args.clip_dtype, remat=args.remat,
+                                        attention=args.attention,
+                                        num_attributes=args.num_attributes,
+                                        backbone=args.backbone)
+        except aot.TargetError as e:
+            p.error(str(e))
+        result["command"] = command
+        _write_json(args.json, result)
+        print(aot.summary(result))
+        return result
+    if args.devices:
+        # Must happen before the CPU backend starts, i.e. before any device query.
+        jax.config.update("jax_num_cpu_devices", args.devices)
+        if jax.devices()[0].platform != "cpu":
+            p.error("--devices simulates CPU devices; this JAX sees "
+                    f"{jax.devices()[0].platform}")
+    try:
+        setup = build(args.clip, batch=args.batch, frames=args.frames, dtype=args.dtype,
+                      clip_dtype=args.clip_dtype, remat=args.remat, attention=args.attention,
+                      num_attributes=args.num_attributes, seed=args.seed,
+                      backbone=args.backbone)
+    except ValueError as e:
+        p.error(str(e))
+    result = measure(setup, steps=args.steps, warmup=args.warmup, breakdown=args.breakdown)
+    result["clip"], result["backbone"] = args.clip, args.backbone
+    result["command"] = command
+    _write_json(args.json, result)
+    print(summary(result, args.clip if args.backbone == "clip" else f"siglip {args.clip}"))
+    return result
+
+
+def _write_json(path: str | None, result: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)

@@ -1,0 +1,460 @@
+"""Side by side with the published PyTorch VTFPAR++: same weights, same clip, parity and speed.
+
+    vtfpar compare-pytorch --openpar /path/to/OpenPAR/VTFPAR++
+        [--batch 2] [--frames 6] [--device cpu|cuda] [--steps 5] [--json out.json]
+    vtfpar compare-pytorch --openpar /path/to/OpenPAR/VTFPAR++ \
+        --model runs/mars --clips walk.mp4 frames_dir/ [--device cpu|cuda] [--json out.json]
+
+With `--model`, a model dir trained here is exported to the published format
+(`vtfpar_jax.convert.to_openpar`), loaded into the published model with a
+strict `load_state_dict`, and both sides run on the same clips, read as
+`predict` reads them. Reported: max |delta logits| and each side's decisions
+per clip. CLIP runs in float32 on both sides.
+
+Needs a local checkout of the published code (never vendored here) and torch
++ timm. The published model is built as its train.py builds it, from a random
+ViT-B/16 CLIP made by the checkout's own `CLIP.clip.model.build_model` (no
+download); its weights are converted with `vtfpar_jax.convert.openpar.convert`
+and both models see the same clip. Reported: max |delta logits| in eval mode,
+prediction clips/s of both, train s/step of both (Adam on the trainable
+tensors, the published weighted BCE) and peak device memory where the device
+keeps a counter (CUDA; None on CPU).
+
+To import the checkout without its unused dependencies, `published_code`
+supplies, for the duration of the run:
+- stand-ins for detectron2 (`CNNBlockBase`, `Conv2d`), fvcore
+  (`c2_xavier_fill`) and open_clip (two classes used only as annotations),
+  and, where missing, ftfy (`fix_text`, identity on the ASCII phrases) and
+  pkg_resources (only `packaging` is read);
+- the argument list its `config.argument_parser` parses at import time;
+- a no-op `ViT.load_param`, which otherwise reads an ImageNet ViT from a
+  hard-coded path and then discards the model;
+- on a machine without CUDA, `torch.Tensor.cuda` as a no-op (the forward pass
+  calls `.cuda()` unconditionally).
+If torchvision's compiled ops cannot load (a CUDA torchvision wheel beside a
+CPU torch), its op registrations are skipped: neither timm's ViT nor the
+published model calls a torchvision op.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib
+import json
+import os
+import statistics
+import sys
+import time
+import types
+from typing import Any
+
+import numpy as np
+
+VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+               vision_patch_size=16, context_length=77, vocab_size=49408,
+               transformer_width=512, transformer_heads=8, transformer_layers=12)
+
+
+def _module(name: str, **attrs) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__dict__.update(attrs)
+    return module
+
+
+def _stand_ins() -> dict[str, types.ModuleType]:
+    import torch
+    from torch import nn
+
+    class CNNBlockBase(nn.Module):
+        """detectron2's base block: records channels and stride, nothing else."""
+
+        def __init__(self, in_channels: int, out_channels: int, stride: int):
+            super().__init__()
+            self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+
+    def c2_xavier_fill(module: nn.Module) -> None:
+        # fvcore's Caffe2 "XavierFill": uniform with a = 1, zero bias.
+        nn.init.kaiming_uniform_(module.weight, a=1)
+        if module.bias is not None:
+            nn.init.constant_(module.bias, 0)
+
+    class Annotation(nn.Module):
+        """open_clip classes the checkout names in signatures only."""
+
+    mods = {
+        "detectron2": _module("detectron2"),
+        "detectron2.layers": _module("detectron2.layers", CNNBlockBase=CNNBlockBase,
+                                     Conv2d=nn.Conv2d),
+        "fvcore": _module("fvcore"), "fvcore.nn": _module("fvcore.nn"),
+        "fvcore.nn.weight_init": _module("fvcore.nn.weight_init", c2_xavier_fill=c2_xavier_fill),
+        "open_clip": _module("open_clip"),
+        "open_clip.transformer": _module("open_clip.transformer",
+                                         ResidualAttentionBlock=Annotation,
+                                         VisionTransformer=Annotation),
+    }
+    if importlib.util.find_spec("ftfy") is None:
+        mods["ftfy"] = _module("ftfy", fix_text=lambda text: text)
+    if importlib.util.find_spec("pkg_resources") is None:
+        import packaging.version
+        mods["pkg_resources"] = _module("pkg_resources", packaging=packaging)
+    del torch
+    return mods
+
+
+def _import_torchvision() -> None:
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError:
+        for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
+            del sys.modules[name]
+        for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
+            sys.modules[name] = _module(name)
+        import torchvision  # noqa: F401
+
+
+@contextlib.contextmanager
+def published_code(openpar_dir: str, frames: int, device: str, flags: tuple[str, ...] = ()):
+    """Import the checkout's `models.base_block` and `CLIP.clip` (see the module docstring),
+    its options parsed from `--frames frames` and `flags` (published option names)."""
+    import torch
+
+    if not os.path.isfile(os.path.join(openpar_dir, "models", "base_block.py")):
+        raise FileNotFoundError(f"{openpar_dir}: no models/base_block.py (expected the "
+                                "VTFPAR++ folder of Event-AHU/OpenPAR)")
+    _import_torchvision()
+    for name, module in _stand_ins().items():
+        sys.modules.setdefault(name, module)
+    saved_argv, saved_path, saved_cuda = sys.argv, list(sys.path), torch.Tensor.cuda
+    sys.argv = ["train.py", "MARS", "--frames", str(frames), *flags]
+    sys.path.insert(0, openpar_dir)
+    if device == "cpu":
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    try:
+        base_block = importlib.import_module("models.base_block")
+        clip_model = importlib.import_module("CLIP.clip.model")
+        clip_api = importlib.import_module("CLIP.clip.clip")
+        importlib.import_module("models.vit").ViT.load_param = lambda self, path: None
+        yield types.SimpleNamespace(base_block=base_block, clip_model=clip_model,
+                                    clip=clip_api)
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+        torch.Tensor.cuda = saved_cuda
+
+
+def _weighted_bce_torch(logits, labels, positive_ratio):
+    """docs/published-model.md §8, as the published loss computes it."""
+    import torch
+    positive = (labels > 0.5).float()
+    weights = torch.exp(positive * (1 - positive_ratio) + (1 - positive) * positive_ratio)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    return (weights * bce).sum() / logits.shape[0]
+
+
+def _torch_times(fn, steps: int, warmup: int, sync) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _run_published(openpar_dir: str, batch: int, frames: int, device: str, steps: int,
+                   warmup: int, seed: int, train: bool, clip_fp16: bool) -> dict[str, Any]:
+    """The published model on a random ViT-B/16 CLIP: its weights converted to ours,
+    the clip, its logits, and its timings and CUDA peaks. Its own function so that
+    every PyTorch tensor is freed on return, before JAX allocates on the same GPU."""
+    import torch
+
+    from vtfpar_jax import attributes
+    from vtfpar_jax.convert import openpar
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    phrases = list(attributes.get("mars").phrases("published"))
+    cuda = device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    with published_code(openpar_dir, frames, device) as pub:
+        # A random CLIP in OpenAI's names, through the checkout's own build_model
+        # (which converts it to fp16, as clip.load does on a GPU).
+        state = {k: v.clone() for k, v in pub.clip_model.CLIP(**VIT_B16).state_dict().items()}
+        clip_torch = pub.clip_model.build_model(state).to(device)
+        if not clip_fp16:
+            clip_torch = clip_torch.float()
+        model = pub.base_block.TransformerClassifier(clip_torch, len(phrases),
+                                                     attr_words=phrases).to(device)
+        for name, param in model.named_parameters():
+            if "clip_visual_extractor" in name:  # as the published train.py freezes it
+                param.requires_grad = False
+        with torch.no_grad():  # running statistics that are not the identity
+            model.bn.running_mean.uniform_(-0.5, 0.5)
+            model.bn.running_var.uniform_(0.5, 2.0)
+        source = {"model/" + k: v.detach().float().cpu().numpy()
+                  for k, v in model.state_dict().items()}
+        source.update({"clip/" + k: v.detach().float().cpu().numpy()
+                       for k, v in clip_torch.state_dict().items()})
+        cfg, variables = openpar.convert(source, frames=frames, source="published model")
+        tokens = model.text.cpu().numpy()
+        video = rng.standard_normal((batch, frames, 3, 224, 224)).astype(np.float32)
+        video_t = torch.from_numpy(video).to(device)
+
+        model.eval()
+
+        def torch_predict():
+            with torch.no_grad():
+                return model(video_t, clip_torch)
+
+        logits_torch = torch_predict().float().cpu().numpy()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        torch_predict_s = statistics.median(_torch_times(torch_predict, steps, warmup, sync))
+        torch_predict_peak = torch.cuda.max_memory_allocated() if cuda else None
+
+        torch_train_s = torch_train_peak = None
+        if train:
+            model.train()
+            optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                         lr=1e-3)
+            labels = torch.from_numpy((rng.uniform(size=(batch, len(phrases))) < 0.3)
+                                      .astype(np.float32)).to(device)
+            ratio = torch.full((len(phrases),), 0.3, device=device)
+
+            def torch_step():
+                loss = _weighted_bce_torch(model(video_t, clip_torch), labels, ratio)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            torch_train_s = statistics.median(_torch_times(torch_step, steps, warmup, sync))
+            torch_train_peak = torch.cuda.max_memory_allocated() if cuda else None
+    return {"cfg": cfg, "variables": variables, "tokens": tokens, "video": video,
+            "phrases": phrases, "logits": logits_torch, "predict_s": torch_predict_s,
+            "predict_peak": torch_predict_peak, "train_s": torch_train_s,
+            "train_peak": torch_train_peak, "torch_version": torch.__version__}
+
+
+def compare(openpar_dir: str, batch: int = 2, frames: int = 6, device: str = "cpu",
+            steps: int = 5, warmup: int = 1, seed: int = 0, train: bool = True,
+            clip_fp16: bool | None = None, jax_dtype: str = "float32",
+            jax_clip_dtype: str | None = None) -> dict[str, Any]:
+    """Both models on the same weights and clip. The JAX side computes in the
+    published dtypes unless `jax_dtype` (side nets) or `jax_clip_dtype` say
+    otherwise; the logit difference then includes theirs."""
+    # Both frameworks share one GPU: JAX must not grab 75 % of it up front (read
+    # when its GPU backend starts, which is after the PyTorch half below).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+
+    from vtfpar_jax.models import clip
+    from vtfpar_jax.tools import bench
+
+    clip_fp16 = device == "cuda" if clip_fp16 is None else clip_fp16
+    pub = _run_published(openpar_dir, batch, frames, device, steps, warmup, seed, train,
+                         clip_fp16)
+    if device == "cuda":
+        import torch
+        gc.collect()
+        torch.cuda.empty_cache()
+    cfg, variables, video, phrases, tokens = (
+        pub[k] for k in ("cfg", "variables", "video", "phrases", "tokens"))
+    # Our side, on the converted weights and the same clip (NCHW -> NHWC at the border).
+    jax_clip_dtype = jax_clip_dtype or ("float16" if clip_fp16 else "float32")
+    text = clip.text_features(cfg.clip, variables["clip"], tokens)
+    setup = bench.build(clip_cfg=cfg.clip, batch=batch, frames=frames, dtype=jax_dtype,
+                        clip_dtype=jax_clip_dtype,
+                        num_attributes=len(phrases), seed=seed, clip_params=variables["clip"],
+                        variables={"params": variables["params"],
+                                   "batch_stats": variables["batch_stats"]},
+                        text_features=text, video=video.transpose(0, 1, 3, 4, 2))
+    logits_jax = np.asarray(setup.predict(setup.state.trainable, setup.state.batch_stats,
+                                          setup.frozen, setup.batch["video"]))
+    ours = bench.measure(setup, steps=steps, warmup=warmup) if train else None
+    if ours is None:
+        start = time.perf_counter()
+        for _ in range(steps):
+            jax.block_until_ready(setup.predict(setup.state.trainable, setup.state.batch_stats,
+                                                setup.frozen, setup.batch["video"]))
+        jax_predict_s = (time.perf_counter() - start) / steps
+    else:
+        jax_predict_s = ours["predict_s_median"]
+    return {
+        "batch": batch, "frames": frames, "device": device, "clip_fp16": clip_fp16,
+        "jax_device": str(jax.devices()[0].device_kind), "torch_version": pub["torch_version"],
+        "jax_version": jax.__version__, "jax_dtype": jax_dtype, "jax_clip_dtype": jax_clip_dtype,
+        "max_abs_logit_diff": float(np.abs(logits_jax - pub["logits"]).max()),
+        "max_abs_logit": float(np.abs(pub["logits"]).max()),
+        "published": {"predict_s": pub["predict_s"],
+                      "predict_clips_per_s": batch / pub["predict_s"],
+                      "train_s_per_step": pub["train_s"],
+                      "train_clips_per_s": batch / pub["train_s"] if pub["train_s"] else None,
+                      "predict_peak_bytes": pub["predict_peak"],
+                      "train_peak_bytes": pub["train_peak"]},
+        "jax": {"predict_s": jax_predict_s, "predict_clips_per_s": batch / jax_predict_s,
+                "train_s_per_step": ours["step_s_median"] if ours else None,
+                "train_clips_per_s": ours["clips_per_s"] if ours else None,
+                "compile_s": ours["compile_s"] if ours else None,
+                "predict_peak_bytes": ours["predict_peak_bytes"] if ours else None,
+                "train_peak_bytes": ours["peak_bytes"] if ours else None},
+        "steps": steps, "memory_note": None if device == "cuda" else
+        "CPU: no peak-memory counter on either side (None)",
+    }
+
+
+def _published_logits(openpar_dir: str, model: str, loaded, phrases: list[str],
+                      video: np.ndarray, device: str) -> tuple[np.ndarray, dict]:
+    """The published model's logits on `video` (N, T, H, W, 3), from the checkpoint that
+    `to_openpar` writes for `loaded`, and what was written (step, epoch, options)."""
+    import tempfile
+
+    import torch
+
+    from vtfpar_jax.backbones import openai_clip
+    from vtfpar_jax.convert import to_openpar
+    from vtfpar_jax.convert.to_openpar_cli import command_line
+
+    cfg = loaded.model_cfg
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "exported.pth")
+        written = to_openpar.write_checkpoint(loaded, model, path)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    flags = tuple(command_line(written["openpar_options"]).split())
+    with published_code(openpar_dir, cfg.frames, device, flags) as pub:
+        # The text tower comes from this CLIP (as from ViT-B-16.pt). build_model loads the
+        # weights into fp16; loaded again after .float(), both sides run exact float32.
+        clip_state = {k: torch.tensor(v) for k, v in openai_clip.tensors_from_params(
+            cfg.clip, loaded.variables()["clip"]).items()}
+        clip_torch = pub.clip_model.build_model(dict(clip_state)).float()
+        clip_torch.load_state_dict(clip_state)
+        clip_torch = clip_torch.to(device)
+        net = pub.base_block.TransformerClassifier(clip_torch, len(phrases),
+                                                   attr_words=phrases).to(device)
+        net.load_state_dict(checkpoint["model_state_dict"], strict=True)
+        net.eval()
+        with torch.no_grad():
+            frames = torch.from_numpy(video.transpose(0, 1, 4, 2, 3).copy()).to(device)
+            logits = net(frames, clip_torch).float().cpu().numpy()
+    return logits, written
+
+
+def compare_model(openpar_dir: str, model: str, clips: list[str], device: str = "cpu"
+                  ) -> dict[str, Any]:
+    """Model dir `model` here and, exported, in the published code, on the same clips."""
+    from vtfpar_jax.evaluation import decisions
+    from vtfpar_jax.inference import predict, video
+    from vtfpar_jax.state import model_dir
+
+    loaded = model_dir.load(model)
+    cfg, attribute_set = loaded.model_cfg, loaded.attribute_set
+    size = cfg.clip.image_size
+    inputs = np.stack([video.read_input(c, cfg.frames, (size, size),
+                                        loaded.config.input.normalization)[1] for c in clips])
+    run = model_dir.read_run_file(model)
+    published, written = _published_logits(openpar_dir, model, loaded, run["phrases"], inputs,
+                                           device)
+    ours = np.asarray(predict.compute_logits(cfg, loaded.variables(), inputs,
+                                             np.asarray(run["tokens"], np.int32)))
+    per_clip = []
+    for clip, mine, theirs in zip(clips, ours, published, strict=True):
+        sides = {name: decisions.prediction_record(1 / (1 + np.exp(-logits.astype(np.float64))),
+                                                   attribute_set)
+                 for name, logits in (("jax", mine), ("published", theirs))}
+        per_clip.append({"clip": str(clip),
+                         "max_abs_logit_diff": float(np.abs(mine - theirs).max()),
+                         "jax": decisions.summary(sides["jax"]),
+                         "published": decisions.summary(sides["published"]),
+                         "same_decisions": decisions.decided_columns(
+                             sides["jax"]["decisions"], attribute_set) ==
+                         decisions.decided_columns(sides["published"]["decisions"],
+                                                   attribute_set)})
+    return {"model": os.path.abspath(model), "step": written["step"],
+            "openpar_options": written["openpar_options"], "device": device,
+            "max_abs_logit_diff": float(np.abs(ours - published).max()),
+            "max_abs_logit": float(np.abs(published).max()), "clips": per_clip}
+
+
+def model_summary(r: dict[str, Any]) -> str:
+    lines = [f"{r['model']} (step {r['step']}) in the published code on {r['device']}: "
+             f"max |dlogits| {r['max_abs_logit_diff']:.2e} over {len(r['clips'])} clip(s)"]
+    for c in r["clips"]:
+        same = "same decisions" if c["same_decisions"] else "DIFFERENT decisions"
+        lines.append(f"{c['clip']}: {same}; max |dlogits| {c['max_abs_logit_diff']:.2e}\n"
+                     f"  jax:       {c['jax']}\n  published: {c['published']}")
+    return "\n".join(lines)
+
+
+def summary(r: dict[str, Any]) -> str:
+    p, j = r["published"], r["jax"]
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if a and b else "n/a"
+
+    train = (f"train {p['train_s_per_step']:.3f} vs {j['train_s_per_step']:.3f} s/step "
+             f"({ratio(p['train_s_per_step'], j['train_s_per_step'])} faster)"
+             if p["train_s_per_step"] else "train not run")
+    memory = ""
+    if p["train_peak_bytes"] and j["train_peak_bytes"]:
+        memory = (f"; train peak {p['train_peak_bytes'] / 2 ** 30:.2f} vs "
+                  f"{j['train_peak_bytes'] / 2 ** 30:.2f} GiB "
+                  f"({j['train_peak_bytes'] / p['train_peak_bytes']:.0%} of published)")
+    jax_dtypes = f"{r['jax_dtype']}, CLIP {r['jax_clip_dtype']}"
+    return (f"batch {r['batch']} x {r['frames']} frames on {r['device']} (JAX {jax_dtypes}): "
+            f"max |dlogits| {r['max_abs_logit_diff']:.2e}; predict "
+            f"{p['predict_clips_per_s']:.2f} vs {j['predict_clips_per_s']:.2f} clips/s "
+            f"(published vs JAX, {ratio(j['predict_clips_per_s'], p['predict_clips_per_s'])}); "
+            f"{train}{memory}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from vtfpar_jax.errors import UserError
+    from vtfpar_jax.tools.bench import DTYPES
+
+    p = argparse.ArgumentParser(prog="vtfpar compare-pytorch",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--openpar", required=True, help="the VTFPAR++ folder of an OpenPAR checkout")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--frames", type=int, default=6)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="the PyTorch device (JAX uses its default device)")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-train", action="store_true", help="parity and prediction only")
+    p.add_argument("--clip-fp16", default=None, action=argparse.BooleanOptionalAction,
+                   help="CLIP in fp16 on both sides (default: on for cuda, as published)")
+    p.add_argument("--jax-dtype", default="float32", choices=DTYPES,
+                   help="the JAX side's side-net dtype (default: float32, as published)")
+    p.add_argument("--jax-clip-dtype", default=None, choices=DTYPES,
+                   help="the JAX side's CLIP dtype (default: the published side's)")
+    p.add_argument("--model", default=None,
+                   help="a model dir: export it to the published format and compare both on "
+                   "--clips (instead of random weights)")
+    p.add_argument("--clips", nargs="+", default=[],
+                   help="with --model: video files or frame folders, read as predict does")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.model is not None and not args.clips:
+        p.error("--model needs --clips (video files or frame folders)")
+    try:
+        if args.model is not None:
+            result = compare_model(args.openpar, args.model, args.clips, args.device)
+        else:
+            result = compare(args.openpar, args.batch, args.frames, args.device, args.steps,
+                             args.warmup, train=not args.no_train, clip_fp16=args.clip_fp16,
+                             jax_dtype=args.jax_dtype, jax_clip_dtype=args.jax_clip_dtype)
+    except UserError as e:  # a refused model, a missing clip: one line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except (FileNotFoundError, ImportError) as e:
+        p.error(str(e))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    print(model_summary(result) if args.model is not None else summary(result))
+    return result

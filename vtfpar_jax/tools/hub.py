@@ -1,0 +1,187 @@
+"""A model dir on the Hugging Face Hub: write (and upload) its layout, and load it back.
+
+    vtfpar push-to-hub runs/mars ORG/NAME            # upload
+    vtfpar push-to-hub runs/mars --local hub_layout  # write the layout only
+    vtfpar predict --model hf://ORG/NAME[@REV] clip.mp4
+
+The layout:
+- `model.safetensors`: the side networks, fusion and heads (`params/...`) and the
+  BatchNorm statistics (`batch_stats/...`) of one checkpoint;
+- `config.json`: the model dir's config.json (config, attribute set, phrases,
+  token ids) plus `hub`: the step and epoch, where the backbone is, and the
+  SHA-256 of every file the model reads;
+- `backbone/`: the frozen backbone (HF format), unless it came from the Hub,
+  where `hub.backbone_repo` names it instead;
+- `README.md`: the model card.
+
+`hf://ORG/NAME[@REV]`, wherever a command takes `--model`, is resolved by
+`model_dir.resolve` through `vtfpar_jax/state/hub_snapshot.py`: the repo is fetched
+with `huggingface_hub.snapshot_download` (or found in its cache), every file is
+checked against config.json, and it is written once as an ordinary model dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+from vtfpar_jax.errors import UserError
+from vtfpar_jax.state.hub_snapshot import BACKBONE, CONFIG, WEIGHTS, HubLayoutError, sha256
+
+
+def _backbone_repo(config) -> str | None:
+    """The Hub id the backbone was read from, or None (random, a file or a local folder)."""
+    path = config.clip.get("path", "")
+    if config.clip.get("source") == "hf" and path and not os.path.exists(path):
+        return path
+    return None
+
+
+# Headline metrics -> how the card names them (docs/published-model.md §9 has the protocols).
+_CARD_METRICS = {
+    "group_f1": "F1, published groups (p > 0.45)", "group_acc": "accuracy, published groups",
+    "mA": "mA (label-based mean accuracy)", "instance_f1": "instance F1",
+    "chen_f1": "macro F1, Chen et al. (argmax per group)"}
+
+
+def _evaluation(model: str) -> tuple[str, dict, str] | None:
+    """(folder, results, table) of the model dir's evaluation: eval/ (written at the end
+    of training) or eval_test/ (vtfpar evaluate)."""
+    for folder in ("eval", "eval_test"):
+        path = os.path.join(model, folder, "metrics.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                results = json.load(f)
+            table_path = os.path.join(model, folder, "table.txt")
+            table = open(table_path).read() if os.path.isfile(table_path) else ""
+            return folder, results, table
+    return None
+
+
+def model_card(run: dict, repo: str, step: int, backbone: str, evaluation) -> str:
+    """README.md: Hub metadata (YAML) and what the model is, how it was trained and scored."""
+    from vtfpar_jax.evaluation.evaluate import headline
+    config = run["config"]
+    dataset = config["dataset"] or "unknown"
+    lines = ["---", "library_name: vtfpar-jax", "tags:", "- pedestrian-attribute-recognition",
+             "- video", "- jax", "datasets:", f"- {dataset}"]
+    if not backbone.startswith(BACKBONE):
+        lines.append(f"base_model: {backbone}")
+    if evaluation:
+        scores = headline(evaluation[1])
+        lines += ["model-index:", f"- name: {repo}", "  results:",
+                  "  - task:", "      type: video-classification",
+                  "      name: pedestrian attribute recognition",
+                  "    dataset:", f"      name: {dataset}", f"      type: {dataset}",
+                  "      split: test", "    metrics:"]
+        for key, name in _CARD_METRICS.items():
+            lines += [f"    - type: {key}", f"      name: {name}",
+                      f"      value: {scores[key]:.4f}"]
+    lines += ["---", "", f"# {repo}", "",
+              "VTFPAR++ (frozen backbone + spatial and temporal side networks + fusion with "
+              "attribute text features), trained with vtfpar-jax.", "",
+              f"- **Dataset**: `{dataset}`; attribute set `{run['attribute_set']}` "
+              f"({len(run['phrases'])} attributes)",
+              f"- **Backbone**: `{config.get('backbone', 'clip')}` from `{backbone}`",
+              f"- **Checkpoint**: step {step}", "", "## Metrics", ""]
+    if evaluation:
+        folder, results, table = evaluation
+        lines += [f"Evaluated on {results.get('num_samples', '?')} test clips "
+                  f"(`{folder}/metrics.json` of the model dir), frames chosen uniformly "
+                  "(the middles of equal segments). The published group metrics count "
+                  "TP/TN/FP/FN per attribute group and average over groups (positive above "
+                  "0.45); mA and instance metrics are the usual PAR protocol; Chen et al. "
+                  "take the argmax in each multi-class group.", "", "```", table.rstrip(),
+                  "```", ""]
+    else:
+        lines += ["Not evaluated: the model dir held no evaluation (eval/metrics.json).", ""]
+    lines += ["## Training config", "", "```json", json.dumps(config, indent=1), "```", "",
+              "## Usage", "", "```bash", "pip install vtfpar-jax",
+              f"vtfpar predict --model hf://{repo} clip.mp4",
+              f"vtfpar evaluate --model hf://{repo}",
+              f"vtfpar export --model hf://{repo} --format onnx --out model.onnx",
+              "```", ""]
+    return "\n".join(lines)
+
+
+def write_layout(model: str, folder: str, repo: str = "ORG/NAME") -> str:
+    """Write the Hub layout of model dir `model` into `folder` (new or empty)."""
+    import safetensors.numpy
+    from flax import traverse_util
+
+    from vtfpar_jax.convert.to_openpar import checkpoint_epoch
+    from vtfpar_jax.state import model_dir
+    if os.path.isdir(folder) and os.listdir(folder):
+        raise HubLayoutError(f"{folder}: not empty; choose a new folder")
+    model = model_dir.resolve(model)
+    loaded = model_dir.load(model)
+    if "clip" in loaded.state.trainable:
+        raise HubLayoutError(f"{model}: frozen_patterns train part of the backbone; the Hub "
+                             "layout holds a frozen backbone only")
+    run = model_dir.read_run_file(model)
+    variables = loaded.variables()
+    tensors = {f"{name}/{path}": np.asarray(value, np.float32)
+               for name in ("params", "batch_stats")
+               for path, value in traverse_util.flatten_dict(variables[name], sep="/").items()}
+    os.makedirs(folder, exist_ok=True)
+    safetensors.numpy.save_file(tensors, os.path.join(folder, WEIGHTS),
+                                metadata={"format": "flax"})
+    backbone_repo = _backbone_repo(loaded.config)
+    if backbone_repo is None:
+        shutil.copytree(os.path.join(model, "clip"), os.path.join(folder, BACKBONE))
+    files = {WEIGHTS: sha256(os.path.join(folder, WEIGHTS))}
+    for root, _, names in os.walk(os.path.join(folder, BACKBONE)):
+        for name in names:
+            path = os.path.join(root, name)
+            files[os.path.relpath(path, folder)] = sha256(path)
+    epoch = checkpoint_epoch(model, loaded.step)
+    run["hub"] = {"step": loaded.step, "epoch": epoch, "backbone_repo": backbone_repo,
+                  "files": files}
+    with open(os.path.join(folder, CONFIG), "w") as f:
+        json.dump(run, f, indent=1)
+    with open(os.path.join(folder, "README.md"), "w") as f:
+        f.write(model_card(run, repo, loaded.step, backbone_repo or f"{BACKBONE}/ (included)",
+                           _evaluation(model)))
+    return folder
+
+
+def push(model: str, repo: str, private: bool = False) -> str:
+    """Write the layout in a temporary folder and upload it to `repo` (created if new)."""
+    import huggingface_hub
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_layout(model, os.path.join(tmp, "layout"), repo)
+        api = huggingface_hub.HfApi()
+        api.create_repo(repo, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo, folder_path=folder,
+                                 commit_message=f"vtfpar-jax model dir {os.path.basename(model)}")
+    return str(info)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="vtfpar push-to-hub",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="the model dir to publish")
+    parser.add_argument("repo", nargs="?", help="ORG/NAME on the Hub")
+    parser.add_argument("--local", default=None, metavar="FOLDER",
+                        help="write the layout into FOLDER and upload nothing")
+    parser.add_argument("--private", action="store_true")
+    args = parser.parse_args(argv)
+    if args.repo is None and args.local is None:
+        parser.error("give REPO to upload, or --local FOLDER")
+    try:
+        if args.local is not None:
+            write_layout(args.model, args.local, args.repo or "ORG/NAME")
+            print(f"wrote the Hub layout of {args.model} to {args.local}")
+        else:
+            info = push(args.model, args.repo, args.private)
+            print(f"uploaded {args.model} to {args.repo}: {info}")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Training: the trainer and its loop, the step, losses and run logs."""

@@ -1,0 +1,431 @@
+"""Training: `vtfpar train --config configs/mars.py --workdir DIR`.
+
+One pure `train_step(state, batch, rng)` jitted over a `data` mesh axis: the
+batch is sharded, the trainable params and optimiser state are replicated, the
+frozen params (all of CLIP by default) are a separate, never-donated argument
+that no gradient or optimiser state ever touches. The same code runs on one
+CPU, several GPUs or a TPU pod slice (one process per host).
+
+A work dir holds one run. Its config.json is written when the run starts and
+never rewritten; rerunning into the same work dir resumes that run. A restart
+may change only how long the run goes and how it is watched
+(`fingerprint.RUN_CONTROL_FIELDS`: num_epochs, max_steps, data_dir, the
+log/eval/checkpoint cadence); each change is appended to config_changes.jsonl
+with the step it applies from. Any other change (e.g. optimizer.lr) is refused
+naming the field, before the backbone or data are loaded, unless
+--allow_config_change is given; that change is recorded too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vtfpar_jax import cli_errors
+from vtfpar_jax.errors import ConfigError, UserError, nearest
+from vtfpar_jax.models import preprocess, rng, vtfpar
+from vtfpar_jax.outputs.files import atomic_file, atomic_folder
+from vtfpar_jax.state import build, fingerprint, optim, sharding
+from vtfpar_jax.state.checkpoint import CheckpointStore, NoCheckpointError, abstract
+from vtfpar_jax.state.train_state import Frozen, initial_state, step_frozen_params
+from vtfpar_jax.training.run_logging import MetricsLogger, WorkdirBusyError, WorkdirLock
+from vtfpar_jax.training.train_step import jit_train_step, make_train_step
+
+
+def load_config_file(spec: str, **overrides) -> ml_collections.ConfigDict:
+    """'configs/mars.py[:arg]' -> that file's get_config(arg), as --config reads it.
+
+    `overrides` set fields as --config.<field>= does; nested ones by dotted key,
+    e.g. `**{"optimizer.lr": 3e-4}`. A field the config does not have is refused,
+    naming the nearest one (as absl does for --config.<field>= typos).
+    """
+    import importlib.util
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} not found")
+    module_spec = importlib.util.spec_from_file_location("_vtfpar_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg or None)
+    fields = config_fields(config)
+    for key, value in overrides.items():
+        if key not in fields:
+            raise ConfigError(f"{path}: override {key!r}: the config has no field {key!r}"
+                              f"{nearest(key, fields)}")
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+def config_fields(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every field's dotted name ('optimizer', 'optimizer.lr', ...)."""
+    names = []
+    for key, value in config.items():
+        names.append(prefix + key)
+        if isinstance(value, ml_collections.ConfigDict):
+            names += config_fields(value, f"{prefix}{key}.")
+    return names
+
+
+class Trainer:
+    """Builds everything a run needs from a config and a work dir, then trains."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        import input_pipeline
+        from input_pipeline import pipeline
+
+        self.config, self.workdir = config, workdir
+        self.pipeline = pipeline
+        self.builder = input_pipeline.get_builder(config.dataset, config.data_dir or None)
+        if not self.builder.is_prepared():
+            raise input_pipeline.DatasetNotBuiltError(self.builder)
+        self.attribute_set = pipeline.attribute_set(self.builder)
+        self.clip_cfg, clip_params = build.load_backbone(config, config.seed)
+        # The full float32 CLIP stays on the host (numpy), for clip/ and the text
+        # features; only the step's trimmed copy (`step_frozen_params`) goes to the devices.
+        # A copy: on the CPU backend np.asarray is a view that keeps the device buffer alive.
+        clip_params = jax.tree.map(lambda x: np.array(x, copy=True), clip_params)
+        self.model_cfg = build.model_config(config, self.clip_cfg,
+                                               self.attribute_set.num_attributes)
+        self.phrases, self.tokens = build.attribute_tokens(config, self.attribute_set)
+        try:
+            self.steps_per_epoch = pipeline.steps_per_epoch(
+                self.builder, config.input.batch_size, jax.process_count())
+        except ValueError as e:  # the batch size does not split over the hosts
+            raise ConfigError(f"config.input.batch_size: {e}") from None
+        if config.input.batch_size % jax.device_count():
+            raise ConfigError(f"config.input.batch_size={config.input.batch_size} does not split "
+                              f"over {jax.device_count()} devices; choose a multiple of it")
+        self.total_steps = config.max_steps or config.num_epochs * self.steps_per_epoch
+        try:  # the messages start with the field's name: "pad_pixels=40: ..."
+            self.preprocess = preprocess.Preprocess.from_config(config.input)
+            self.preprocess.check((self.clip_cfg.image_size,) * 2)
+        except ValueError as e:
+            raise ConfigError(f"config.input.{e}") from None
+        try:
+            self.frame_size = pipeline.frame_size(config.input)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+        self.mesh = sharding.make_mesh()
+        # The schedule counts optimiser updates: one per `accumulate_steps` batches.
+        self.schedule = optim.make_schedule(
+            config.optimizer, config.num_epochs,
+            max(self.steps_per_epoch // config.optimizer.accumulate_steps, 1))
+        self.tx = optim.make_optimizer(config.optimizer, self.schedule)
+        variables = vtfpar.init(self.model_cfg, rng.stream(config.seed, "model_init"))
+        state, frozen = initial_state(variables, clip_params, config.frozen_patterns, self.tx)
+        self.clip_frozen = "clip" not in state.trainable
+        from vtfpar_jax.backbones import text
+        text_features = text.attribute_text_features(
+            self.clip_cfg, clip_params, self.phrases, self.tokens,
+            cache_dir=os.path.join(workdir, "text_cache"))
+        self.frozen = sharding.replicate(Frozen(
+            params=step_frozen_params(self.model_cfg, frozen),
+            text_features=jnp.asarray(text_features),
+            positive_ratio=jnp.asarray(pipeline.positive_ratio(self.builder))), self.mesh)
+        self.state = sharding.replicate(state, self.mesh)
+        self.clip_params = clip_params
+        self.train_step = jit_train_step(
+            make_train_step(self.model_cfg, self.tx, self.schedule, self.clip_frozen,
+                            config.optimizer.accumulate_steps, self.preprocess), self.mesh)
+        # The run's key: the step draws its dropout and augmentation streams from it.
+        self.rng = rng.run_key(config.seed)
+
+    def count_params(self) -> dict[str, int]:
+        size = lambda t: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t))  # noqa: E731
+        return {"trainable": size(self.state.trainable), "frozen": size(self.frozen.params),
+                "optimizer_state": size(self.state.opt_state)}
+
+    def batches(self, step: int):
+        """Training batches from `step` on, epoch after epoch (exactly resumable).
+
+        uint8 frames as decoded: the step resizes, augments and normalises them.
+        """
+        c = self.config
+        epoch, start = divmod(step, self.steps_per_epoch)
+        data_seed = rng.data_order_seed(c.seed)
+        while True:
+            yield from (sharding.global_batch(b, self.mesh) for b in self.pipeline.train_batches(
+                self.builder, batch_size=c.input.batch_size, frames=self.model_cfg.frames,
+                epoch=epoch, start_batch=start, seed=data_seed, frame_choice=c.input.frame_choice,
+                frame_size=self.frame_size, process_index=jax.process_index(),
+                process_count=jax.process_count()))
+            epoch, start = epoch + 1, 0
+
+
+def save_run_files(trainer: Trainer):
+    """config.json and the frozen backbone (HF format) beside the checkpoints, by process 0.
+
+    Both are written once, when the run starts, and never rewritten: a restart's
+    changes go to config_changes.jsonl (vtfpar_jax.state.fingerprint). Both are written
+    whole then renamed (vtfpar_jax.outputs.files), so a run killed while writing them
+    leaves nothing half-written for the next one to read.
+    """
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(trainer.workdir, "config.json")
+    if not os.path.exists(path):
+        _write_config_file(trainer, path)
+    clip_dir = os.path.join(trainer.workdir, "clip")
+    if not os.path.isdir(clip_dir):
+        with atomic_folder(clip_dir) as temporary:
+            build.save_backbone(trainer.clip_cfg, trainer.clip_params, temporary)
+
+
+def _write_config_file(trainer: Trainer, path: str) -> None:
+    identity = fingerprint.run_identity(trainer.config)
+    with atomic_file(path) as temporary, open(temporary, "w") as f:
+        json.dump({"config": trainer.config.to_dict(),
+                   "fingerprint": fingerprint.fingerprint(identity),
+                   "splits": identity["splits"],
+                   "attribute_set": trainer.attribute_set.name,
+                   "phrases": list(trainer.phrases), "tokens": trainer.tokens.tolist(),
+                   "positive_ratio": np.asarray(trainer.frozen.positive_ratio).tolist()},
+                  f, indent=1, default=list)
+
+
+class Preemption:
+    """SIGTERM (a preemption notice) asks the loop to checkpoint and stop.
+
+    The handler only sets a flag: no host sync on any step. One process reads
+    its flag after every step. Several processes must stop at the same step, so
+    they share their flags only at `sync_step`s (log and checkpoint steps, where
+    the loop waits for the devices anyway): one small all-gather there, none on
+    the steps between. `close()` puts the previous SIGTERM handler back.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        else:  # signal handlers can only be set from the main thread
+            logging.warning("training outside the main thread: SIGTERM will not checkpoint")
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM: saving a checkpoint and stopping")
+        self.requested = True
+
+    def agreed(self, sync_step: bool) -> bool:
+        """Whether every process stops now (True on all of them, or on none)."""
+        if jax.process_count() == 1:
+            return self.requested
+        return sync_step and any_process(self.requested)
+
+    def close(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if `flag` is True on any (a collective: all must call it)."""
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def lock_workdir(workdir: str) -> WorkdirLock | None:
+    """The work dir's lock, taken by process 0 for the whole run (None elsewhere).
+
+    One holder per run: the other hosts of a multi-host run write to the same
+    shared work dir and must not be refused by process 0's lock. They learn
+    whether process 0 got it, so that all stop together when it did not.
+    """
+    lock, refusal = None, ""
+    if jax.process_index() == 0:
+        try:
+            lock = WorkdirLock(workdir)
+        except WorkdirBusyError as e:
+            refusal = str(e)
+    if jax.process_count() > 1 and any_process(bool(refusal)) and not refusal:
+        refusal = f"{workdir} is in use: process 0 could not lock it (see its log)"
+    if refusal:
+        raise WorkdirBusyError(refusal)
+    return lock
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> dict:
+    """Train (resuming from the work dir's newest good checkpoint) and evaluate.
+
+    A restart whose config differs from the work dir's in more than
+    `fingerprint.RUN_CONTROL_FIELDS` is refused before anything is built, naming
+    the fields, unless `allow_config_change`; a change let through is recorded
+    in config_changes.jsonl with its step.
+
+    Whatever happens once the lock is taken (a failed start included), the lock,
+    the checkpoint writer, the logs and the SIGTERM handler are released on the
+    way out, so the next call in the same process finds the work dir free.
+    """
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the work dir {workdir}: {e}") from None
+    with contextlib.ExitStack() as cleanup:
+        lock = lock_workdir(workdir)
+        if lock is not None:
+            cleanup.callback(lock.release)
+        return _train_and_evaluate(config, workdir, cleanup, allow_config_change)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        cleanup: contextlib.ExitStack, allow_config_change: bool) -> dict:
+    from vtfpar_jax.evaluation import evaluate
+
+    changes = fingerprint.restart_changes(workdir, config, allow_config_change)
+    trainer = Trainer(config, workdir)
+    save_run_files(trainer)
+    store = CheckpointStore(workdir, keep=config.keep_checkpoints,
+                            keep_every=config.keep_every_steps or None,
+                            retries=config.checkpoint_retries)
+    cleanup.callback(store.close)
+    state = trainer.state
+    try:
+        state, meta = store.restore(abstract(state, sharding.replicated(trainer.mesh)))
+        logging.info("resumed at step %d (epoch %d, batch %d)", meta["step"], meta["epoch"],
+                     meta["batch"])
+    except NoCheckpointError:
+        if store.steps():  # checkpoints exist but none loads: never silently start over
+            raise
+        logging.info("no checkpoint in %s: training from scratch", workdir)
+    step = int(state.step)
+    if changes and jax.process_index() == 0:
+        fingerprint.record_changes(workdir, changes, step)
+        logging.info("config changed from step %d on: %s", step, fingerprint.describe(changes))
+    logger = MetricsLogger(workdir, total_steps=trainer.total_steps, initial_step=step)
+    cleanup.callback(logger.close)
+    logging.info("params: %s", trainer.count_params())
+    preemption = Preemption()
+    cleanup.callback(preemption.close)
+    evaluator = evaluate.Evaluator.from_trainer(trainer)
+
+    def checkpoint(state, force=False):
+        epoch, batch = divmod(int(state.step), trainer.steps_per_epoch)
+        store.save(int(state.step), state, {"step": int(state.step), "epoch": epoch,
+                                            "batch": batch}, force=force)
+
+    batches = trainer.batches(step)
+    last_time, last_step = time.time(), step
+    # The first non-finite step, kept on the device (no host sync per step); checked
+    # before anything is logged or saved, so no checkpoint follows a skipped step.
+    first_bad = jnp.asarray(0, jnp.int32)
+    while step < trainer.total_steps:
+        batch = next(batches)
+        state, metrics = trainer.train_step(state, batch, trainer.rng, trainer.frozen)
+        step += 1
+        first_bad = jnp.where((first_bad == 0) & ~metrics["finite"], step, first_bad)
+        log_now = step % config.log_every_steps == 0 or step == trainer.total_steps
+        # The loop waits for the devices only at these steps, the same on every host.
+        sync_step = log_now or step % config.checkpoint_every_steps == 0
+        if sync_step and int(first_bad):
+            raise NonFiniteError(
+                f"step {int(first_bad)}: the loss or gradient norm is not finite; the step "
+                f"was not applied and the last good checkpoint is kept")
+        if log_now:
+            metrics = jax.device_get(metrics)
+            elapsed = time.time() - last_time
+            rate = (step - last_step) / max(elapsed, 1e-9)
+            logger.write(step, {"loss": float(metrics["loss"]),
+                                "learning_rate": float(metrics["lr"]),
+                                "grad_norm": float(metrics["grad_norm"]),
+                                "steps_per_s": rate,
+                                "clips_per_s": rate * config.input.batch_size})
+            last_time, last_step = time.time(), step
+        if step % config.checkpoint_every_steps == 0:
+            checkpoint(state)
+        if step % trainer.steps_per_epoch == 0 and config.eval_every_epochs and (
+                step // trainer.steps_per_epoch) % config.eval_every_epochs == 0:
+            results = evaluator.run(state, "test")
+            logger.write(step, {f"eval/{k}": v for k, v in evaluate.headline(results).items()})
+        if preemption.agreed(sync_step):
+            if int(first_bad):
+                raise NonFiniteError(f"step {int(first_bad)}: not finite; not saved")
+            checkpoint(state, force=True)
+            store.wait()
+            logging.warning("stopped at step %d after SIGTERM; rerun to resume", step)
+            return {"preempted_at": step}
+    checkpoint(state, force=True)
+    store.wait()
+    results = evaluator.run(state, "test", report_dir=os.path.join(workdir, "eval"))
+    logger.plot_curves()
+    return results
+
+
+class NonFiniteError(UserError, FloatingPointError):
+    """A step's loss or gradient norm is not finite: the run stops, its checkpoints kept."""
+
+
+def untrained_results(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The same evaluation on the freshly initialised model, for contrast."""
+    from vtfpar_jax.evaluation import evaluate
+    trainer = Trainer(config, workdir)
+    return evaluate.Evaluator.from_trainer(trainer).run(trainer.state, "test")
+
+
+def check_config_overrides(argv: list[str]) -> None:
+    """Refuse a --config.<field>=... that names no field of the --config file."""
+    spec = next((arg.partition("=")[2] or next_arg for arg, next_arg in zip(
+        argv, [*argv[1:], ""], strict=True) if arg.partition("=")[0] == "--config"), None)
+    if not spec:
+        return  # absl reports the missing --config
+    fields = config_fields(load_config_file(spec))
+    for arg in argv:
+        if arg.startswith("--config."):
+            key = arg.removeprefix("--config.").partition("=")[0]
+            if key not in fields:
+                raise ConfigError(f"--config.{key}: {spec.partition(':')[0]} has no field "
+                                  f"{key!r}{nearest(key, fields)}")
+
+
+def main(argv=None):
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    flags_ = flags.FLAGS
+    config_flags.DEFINE_config_file("config", None, "A configs/<name>.py[:args] file.")
+    flags.DEFINE_string("workdir", None, "Work dir for checkpoints, logs and the CLIP copy.")
+    flags.DEFINE_bool("allow_config_change", False,
+                      "Restart a work dir with a config that differs in more than the run's "
+                      "length, data dir and log/eval/checkpoint cadence (recorded in "
+                      "config_changes.jsonl).")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def train(_):
+        sharding.initialize_distributed()
+        # SIGTERM while training checkpoints then stops (Preemption); Ctrl-C keeps the
+        # checkpoints already written.
+        cli_errors.on_stop(f"the checkpoints written so far are kept in {flags_.workdir}; "
+                           "rerun the same command to resume from the newest")
+        results = train_and_evaluate(flags_.config, flags_.workdir,
+                                     flags_.allow_config_change)
+        from vtfpar_jax.evaluation import evaluate
+        print(evaluate.summary_line(results))
+
+    def run(_):
+        cli_errors.run(lambda: train(_), verbose=True)   # the step logs are training's INFO
+
+    def parse_flags(argv):
+        try:  # absl's own error for a --config.<field> typo is a KeyError traceback
+            check_config_overrides(argv)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        return flags_(argv)
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    app.run(run, ["vtfpar train", *args], flags_parser=parse_flags)   # absl: argv[0] names us
