@@ -125,7 +125,7 @@ def test_bad_clip_source_is_a_clear_error():
     config = load("demo.py")
     config.clip.preset = "huge"
     with pytest.raises(ValueError, match="preset='huge'"):
-        build.load_clip(config.clip, 0)
+        build.load_backbone(config, 0)
     config.clip.source = "torchhub"
     with pytest.raises(ValueError, match="source='torchhub'"):
-        build.load_clip(config.clip, 0)
+        build.load_backbone(config, 0)

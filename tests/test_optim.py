@@ -176,7 +176,7 @@ def smoke_parts():
     config = load_config_file(os.path.join(REPO, "configs", "demo.py") + ":smoke")
     config.model.frames = 2
     aset = attributes.get("synthetic")
-    clip_cfg, clip_params = build.load_clip(config.clip, config.seed)
+    clip_cfg, clip_params = build.load_backbone(config, config.seed)
     model_cfg = build.model_config(config, clip_cfg, aset.num_attributes)
     phrases, tokens = build.attribute_tokens(config, aset)
     features = text.attribute_text_features(clip_cfg, clip_params, phrases, tokens)
@@ -221,7 +221,7 @@ def test_partial_finetune_trains_clip_block_3_only(smoke_parts):
     # Every weight matrix of block 3 gets a gradient and moves.
     assert {k for k in block3 if k.endswith("kernel")} <= set(moved), sorted(block3 - set(moved))
     # Everything else of CLIP is bit-identical to a fresh copy of the initial CLIP.
-    _, fresh_clip = build.load_clip(config.clip, config.seed)
+    _, fresh_clip = build.load_backbone(config, config.seed)
     merged = flat(jax.tree.map(np.asarray, optim.merge(new.trainable, frozen)))
     for k, v in flat({"clip": fresh_clip}).items():
         if k not in block3:

@@ -212,7 +212,7 @@ def test_frozen_params_unchanged_and_without_optimizer_state(data_dir, tmp_path)
     after = flat(state.trainable)
     assert any(not np.array_equal(after[k], before[k]) for k in before)
     # CLIP: bit-identical to a fresh copy of the initial weights (less what is not read).
-    _, fresh = build.load_clip(config.clip, config.seed)
+    _, fresh = build.load_backbone(config, config.seed)
     fresh = without_unread(fresh)
     frozen_now = flat(trainer.frozen.params["clip"])
     assert set(frozen_now) == set(flat(fresh))
@@ -547,13 +547,13 @@ def test_real_clip_size_fields_must_match_the_loaded_clip(tmp_path):
     from vtfpar_jax.backbones import hf_clip
     cfg = clip.tiny(image_size=32, patch_size=8)
     hf_clip.save(cfg, clip.init_params(cfg, jax.random.PRNGKey(0)), tmp_path)
-    config = train.load_config_file(SMOKE).clip
-    config.source, config.path = "hf", str(tmp_path)
-    config.image_size, config.patch_size = 32, 8
-    assert build.load_clip(config, 0)[0] == cfg
-    config.image_size = 224
+    config = train.load_config_file(SMOKE)
+    config.clip.source, config.clip.path = "hf", str(tmp_path)
+    config.clip.image_size, config.clip.patch_size = 32, 8
+    assert build.load_backbone(config, 0)[0] == cfg
+    config.clip.image_size = 224
     with pytest.raises(ConfigError, match="config.clip.image_size=224.*image_size 32"):
-        build.load_clip(config, 0)
-    config.image_size, config.patch_size = 32, 16
+        build.load_backbone(config, 0)
+    config.clip.image_size, config.clip.patch_size = 32, 16
     with pytest.raises(ConfigError, match="config.clip.patch_size=16.*patch_size 8"):
-        build.load_clip(config, 0)
+        build.load_backbone(config, 0)

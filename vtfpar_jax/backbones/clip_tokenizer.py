@@ -28,6 +28,7 @@ PACKAGED_BPE = importlib.resources.files("vtfpar_jax.backbones") / "clip_vocab" 
 # the first 48,894 merges of the file (lines 2 to 48,895), and the two special tokens.
 _NUM_MERGES = 49152 - 256 - 2
 START_OF_TEXT, END_OF_TEXT = "<|startoftext|>", "<|endoftext|>"
+SOT, EOT = 49406, 49407     # their ids
 
 
 def _byte_symbols() -> list[str]:
@@ -98,3 +99,17 @@ def tokenize(tokenizer: CLIPTokenizer, phrases: Sequence[str],
                              f"the context length {context_length}")
         row[:len(ids)] = ids
     return rows
+
+
+def byte_tokens(phrases: Sequence[str], context_length: int = 77) -> np.ndarray:
+    """OpenAI-layout ids for a randomly initialised CLIP, one id per UTF-8 byte.
+
+    CLIP's first 256 ids are its byte symbols, so this is a valid (if
+    unmerged) encoding; a random text tower has no vocabulary to respect.
+    Real CLIP weights need the real BPE tokenizer (`tokenize`).
+    """
+    ids = np.zeros((len(phrases), context_length), np.int32)
+    for i, phrase in enumerate(phrases):
+        row = [SOT, *phrase.lower().encode("utf-8")][: context_length - 1] + [EOT]
+        ids[i, : len(row)] = row
+    return ids

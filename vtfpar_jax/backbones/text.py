@@ -20,22 +20,6 @@ import numpy as np
 from vtfpar_jax.models import towers
 from vtfpar_jax.outputs.files import atomic_file
 
-SOT, EOT = 49406, 49407
-
-
-def byte_tokens(phrases: Sequence[str], context_length: int = 77) -> np.ndarray:
-    """OpenAI-layout ids for a randomly initialised CLIP, one id per UTF-8 byte.
-
-    CLIP's first 256 ids are its byte symbols, so this is a valid (if
-    unmerged) encoding; a random text tower has no vocabulary to respect.
-    Real CLIP weights need the real BPE tokenizer (vtfpar_jax.backbones.clip_tokenizer).
-    """
-    ids = np.zeros((len(phrases), context_length), np.int32)
-    for i, phrase in enumerate(phrases):
-        row = [SOT, *phrase.lower().encode("utf-8")][: context_length - 1] + [EOT]
-        ids[i, : len(row)] = row
-    return ids
-
 
 def weights_digest(text_params) -> str:
     h = hashlib.sha256()

@@ -46,7 +46,6 @@ import ml_collections
 
 from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import UserError, nearest
-from vtfpar_jax.models import towers
 from vtfpar_jax.outputs.files import read_to_resume, save_figure, write_json, write_text
 from vtfpar_jax.state import build, fingerprint
 from vtfpar_jax.training import train
@@ -65,7 +64,7 @@ def frozen_preset(name: str, config: ml_collections.ConfigDict) -> tuple[str, ..
     (the config must be final: the preset reads its backbone and interaction maps)."""
     from vtfpar_jax.models.side_nets import parse_interaction_map
     try:
-        backbone = towers.BACKBONES[build.backbone_name(config)]
+        backbone = build.backbone(config).towers
     except UserError as e:
         raise AblationError(f"frozen_patterns={name}: {e}") from None
     if name == "side_tuning":

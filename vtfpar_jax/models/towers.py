@@ -56,8 +56,16 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
+def register(backbone: Backbone) -> None:
+    """Adds a backbone's towers (vtfpar_jax.backbones.registry.register calls this)."""
+    BACKBONES[backbone.name] = backbone
+
+
 def of(cfg: Any) -> Backbone:
-    """The backbone whose config `cfg` is."""
+    """The backbone whose config `cfg` is (its exact type first, then a subclass)."""
+    for backbone in BACKBONES.values():
+        if type(cfg) is backbone.config_type:
+            return backbone
     for backbone in BACKBONES.values():
         if isinstance(cfg, backbone.config_type):
             return backbone

@@ -1,104 +1,82 @@
 """From a config to the pieces a run needs: the backbone, model config, attribute tokens.
 
 Shared by training, evaluation and prediction so that a work dir always
-rebuilds the same model. `config.backbone` picks CLIP (as published) or
-SigLIP; `config.clip` says where the backbone's weights come from, whichever
-it is (source 'hf' with a hub id or folder, or 'random' with a preset).
+rebuilds the same model. `config.backbone` names an entry of the backbone
+registry (vtfpar_jax.backbones.registry: CLIP, as published, or SigLIP);
+`config.clip` says where its weights come from, whichever it is (a source its
+loaders read, e.g. 'hf' with a hub id or folder, or 'random' with a preset).
 """
 
 from __future__ import annotations
 
-import json
-import os
+from typing import Any
 
 import ml_collections
 import numpy as np
 
 from vtfpar_jax import attributes
-from vtfpar_jax.backbones import (
-    clip_tokenizer,
-    hf_clip,
-    hf_siglip,
-    openai_clip,
-    siglip_tokenizer,
-    text,
-)
+from vtfpar_jax.backbones import registry
 from vtfpar_jax.errors import ConfigError
-from vtfpar_jax.models import clip, rng, siglip, towers, vtfpar
+from vtfpar_jax.models import rng, vtfpar
 from vtfpar_jax.models.side_nets import parse_interaction_map
 
-CLIP_PRESETS = {"tiny": clip.tiny, "vit_b16": clip.vit_b16, "vit_l14": clip.vit_l14}
-BackboneConfig = clip.ClipConfig | siglip.SiglipConfig
-SIGLIP_PRESETS = {"tiny": siglip.tiny, "base16": siglip.base16, "so400m14": siglip.so400m14}
-# The checkpoint formats of each backbone: (load a HF folder or hub id, save one).
-BACKBONE_FILES = {"clip": (hf_clip.load, hf_clip.save), "siglip": (hf_siglip.load, hf_siglip.save)}
+BackboneConfig = Any   # the config type of a registered backbone (models/towers.py)
+
+
+def backbone(config: ml_collections.ConfigDict) -> registry.Backbone:
+    """The registry's entry for config.backbone; runs saved before it existed were CLIP."""
+    return registry.get(config.get("backbone", "clip"))
 
 
 def backbone_name(config: ml_collections.ConfigDict) -> str:
-    """config.backbone, checked; runs saved before it existed were CLIP."""
-    name = config.get("backbone", "clip")
-    if name not in towers.BACKBONES:
-        raise ConfigError(f"config.backbone={name!r}; expected one of "
-                          f"{sorted(towers.BACKBONES)}")
-    return name
+    return backbone(config).name
 
 
 def load_backbone(config: ml_collections.ConfigDict, seed: int):
-    """(backbone cfg, params) of config.backbone, from config.clip's source."""
-    if backbone_name(config) == "clip":
-        return load_clip(config.clip, seed)
-    return load_siglip(config.clip, seed)
-
-
-def load_siglip(c: ml_collections.ConfigDict, seed: int) -> tuple[siglip.SiglipConfig, dict]:
-    """SigLIP from a HuggingFace id/folder or a seeded random init (as `load_clip`)."""
-    if c.source == "hf":
-        cfg, params = hf_siglip.load(c.path)
-        _check_sizes(c, cfg)
-        return cfg, params
+    """(backbone cfg, params) of config.backbone from config.clip's source: a file or hub id
+    its loaders read (CLIP: 'hf', 'openai'; SigLIP: 'hf'), or seeded random weights of
+    preset config.clip.preset ('random'). A loaded backbone brings its own image and patch
+    size, and the config must agree with them (frames are resized to them)."""
+    entry, c = backbone(config), config.clip
     if c.source == "random":
-        return _random_backbone(c, siglip, SIGLIP_PRESETS, seed, " with backbone 'siglip'")
-    raise ConfigError(f"config.clip.source={c.source!r} with backbone 'siglip'; expected 'hf' "
-                      "or 'random'")
+        cfg = _random_config(config)
+        return cfg, entry.towers.init_params(cfg, rng.stream(seed, "backbone_init"))
+    cfg, params = _loader(config)(c.path)
+    _check_sizes(c, cfg)
+    return cfg, params
 
 
-def _random_backbone(c: ml_collections.ConfigDict, module, presets: dict, seed: int,
-                     which: str = ""):
-    """(cfg, seeded random params) of preset `c.preset` of a backbone module (clip or
-    siglip)."""
-    cfg = _random_config(c, module, presets, which)
-    return cfg, module.init_params(cfg, rng.stream(seed, "backbone_init"))
+def _loader(config: ml_collections.ConfigDict):
+    entry, source = backbone(config), config.clip.source
+    if source not in entry.loaders:
+        raise ConfigError(f"config.clip.source={source!r} with backbone {entry.name!r}; "
+                          f"expected one of {sorted([*entry.loaders, 'random'])}")
+    return entry.loaders[source]
 
 
-def _random_config(c: ml_collections.ConfigDict, module, presets: dict, which: str = ""):
-    """The cfg of preset `c.preset`; the tiny preset takes the config's image and patch size."""
-    if c.preset not in presets:
-        raise ConfigError(f"config.clip.preset={c.preset!r}{which}; expected one of "
-                          f"{sorted(presets)}")
-    return (module.tiny(image_size=c.image_size, patch_size=c.patch_size) if c.preset == "tiny"
-            else presets[c.preset]())
+def _random_config(config: ml_collections.ConfigDict):
+    """The cfg of preset config.clip.preset; the tiny preset takes the config's image and
+    patch size."""
+    entry, c = backbone(config), config.clip
+    if c.preset not in entry.presets:
+        raise ConfigError(f"config.clip.preset={c.preset!r} with backbone {entry.name!r}; "
+                          f"expected one of {sorted(entry.presets)}")
+    return entry.presets[c.preset](c)
 
 
 def backbone_config(config: ml_collections.ConfigDict) -> BackboneConfig | None:
     """The backbone's config without its weights: a random preset's, or a HF folder's
-    config.json (checked against the config's sizes). None for an OpenAI file, whose
-    shape only its weights tell; the run reads them when it starts."""
-    c, name = config.clip, backbone_name(config)
+    config.json (checked against the config's sizes). None for a source whose shape only its
+    weights tell (an OpenAI file); the run reads them when it starts."""
+    c = config.clip
     if c.source == "random":
-        module, presets = (clip, CLIP_PRESETS) if name == "clip" else (siglip, SIGLIP_PRESETS)
-        return _random_config(c, module, presets, "" if name == "clip" else
-                              " with backbone 'siglip'")
-    if c.source == "hf":
-        if name == "clip":
-            cfg = hf_clip.read_config(hf_clip.resolve_folder(c.path))
-        else:
-            cfg = hf_siglip.read_config(hf_clip.resolve_folder(c.path, hf_siglip.HUB_PATTERNS))
-        _check_sizes(c, cfg)
-        return cfg
-    if c.source == "openai" and name == "clip":
+        return _random_config(config)
+    _loader(config)   # a source the backbone has
+    if c.source != "hf":
         return None
-    raise ConfigError(f"config.clip.source={c.source!r} with backbone {name!r}; expected "
-                      f"{'hf, openai' if name == 'clip' else 'hf'} or random")
+    cfg = backbone(config).read_config(c.path)
+    _check_sizes(c, cfg)
+    return cfg
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -132,35 +110,14 @@ def _check_sizes(c: ml_collections.ConfigDict, cfg) -> None:
 
 
 def save_backbone(cfg, params, folder: str) -> None:
-    """The backbone in its HF format (a model dir's clip/ folder)."""
-    BACKBONE_FILES[towers.of(cfg).name][1](cfg, params, folder)
+    """The backbone in the format its 'hf' loader reads (a model dir's clip/ folder)."""
+    registry.of(cfg).save(cfg, params, folder)
 
 
 def load_backbone_folder(folder: str):
-    """(cfg, params) of the HF checkpoint in `folder`, CLIP or SigLIP by its config.json."""
-    try:
-        with open(os.path.join(folder, hf_clip.CONFIG_FILE), encoding="utf-8") as f:
-            model_type = json.load(f).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        model_type = None  # hf_clip.load names what is wrong with the folder
-    if model_type in ("siglip", "siglip2"):
-        return hf_siglip.load(folder)
-    return hf_clip.load(folder)
-
-
-def load_clip(c: ml_collections.ConfigDict, seed: int) -> tuple[clip.ClipConfig, dict]:
-    """CLIP from a HuggingFace id/folder, an OpenAI file, or a seeded random init.
-
-    `image_size` and `patch_size` shape a random CLIP; a loaded one brings its
-    own, and the config must agree with them (frames are resized to them).
-    """
-    if c.source in ("hf", "openai"):
-        cfg, params = (hf_clip.load if c.source == "hf" else openai_clip.load)(c.path)
-        _check_sizes(c, cfg)
-        return cfg, params
-    if c.source == "random":
-        return _random_backbone(c, clip, CLIP_PRESETS, seed)
-    raise ConfigError(f"config.clip.source={c.source!r}; expected 'hf', 'openai' or 'random'")
+    """(cfg, params) of the checkpoint saved in `folder`, of the backbone its config.json
+    names."""
+    return registry.of_folder(folder).loaders["hf"](folder)
 
 
 def model_config(config: ml_collections.ConfigDict, clip_cfg: BackboneConfig,
@@ -195,32 +152,8 @@ def _remat_policy(value) -> str:
 
 def attribute_tokens(config: ml_collections.ConfigDict, attribute_set: attributes.AttributeSet,
                      clip_folder: str | None = None) -> tuple[tuple[str, ...], np.ndarray]:
-    """(phrases, (A, context) ids) in the layout of the backbone: OpenAI's (A, 77) for
-    CLIP, SigLIP's padded (A, 64), with the tokenizer that fits its checkpoint."""
+    """(phrases, (A, context) ids) in the layout of the backbone (OpenAI's (A, 77) for CLIP,
+    SigLIP's padded (A, 64)), with the tokenizer that fits its checkpoint (`clip_folder`, or
+    the one config.clip names)."""
     phrases = attribute_set.phrases(config.text.phrases, config.text.template)
-    source = config.clip.source
-    if backbone_name(config) == "siglip":
-        return phrases, _siglip_tokens(config, phrases, clip_folder)
-    if source == "random":
-        return phrases, text.byte_tokens(phrases)
-    if source == "hf" and clip_folder is None:
-        # A hub id resolves to its cached snapshot, which carries vocab.json/merges.txt.
-        clip_folder = hf_clip.resolve_folder(config.clip.path)
-    try:
-        if clip_folder and os.path.exists(os.path.join(clip_folder, "vocab.json")):
-            tok = clip_tokenizer.from_pretrained(clip_folder)
-        else:
-            tok = clip_tokenizer.default_tokenizer(config.text.bpe_path or None)
-        return phrases, clip_tokenizer.tokenize(tok, phrases)
-    except (FileNotFoundError, ValueError) as e:  # no BPE file, a bad one, a phrase too long
-        raise ConfigError(f"config.text: {e}") from None
-
-
-def _siglip_tokens(config: ml_collections.ConfigDict, phrases, folder: str | None) -> np.ndarray:
-    if config.clip.source == "random":
-        return siglip_tokenizer.byte_tokens(phrases)
-    try:
-        folder = folder or hf_clip.resolve_folder(config.clip.path, hf_siglip.HUB_PATTERNS)
-        return siglip_tokenizer.tokenize(siglip_tokenizer.from_pretrained(folder), phrases)
-    except (OSError, ValueError) as e:  # no tokenizer files, a phrase too long
-        raise ConfigError(f"config.text with the SigLIP at {config.clip.path}: {e}") from None
+    return phrases, backbone(config).tokens(config, phrases, clip_folder)

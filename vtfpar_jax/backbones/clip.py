@@ -1,0 +1,43 @@
+"""CLIP, as published: its presets, its weight files (a HuggingFace folder or hub id, an OpenAI
+file) and its tokens (OpenAI's BPE, or one id per byte for random weights)."""
+
+from __future__ import annotations
+
+import os
+
+from vtfpar_jax.backbones import clip_tokenizer, hf_clip, openai_clip, registry
+from vtfpar_jax.errors import ConfigError
+from vtfpar_jax.models import clip as clip_towers
+from vtfpar_jax.models import towers
+
+
+def _tokens(config, phrases, folder: str | None):
+    """OpenAI's (A, 77) layout, with the tokenizer that fits the checkpoint: its own
+    vocab.json/merges.txt where it has them, OpenAI's BPE file otherwise."""
+    source = config.clip.source
+    if source == "random":
+        return clip_tokenizer.byte_tokens(phrases)
+    if source == "hf" and folder is None:
+        # A hub id resolves to its cached snapshot, which carries vocab.json/merges.txt.
+        folder = hf_clip.resolve_folder(config.clip.path)
+    try:
+        if folder and os.path.exists(os.path.join(folder, "vocab.json")):
+            tok = clip_tokenizer.from_pretrained(folder)
+        else:
+            tok = clip_tokenizer.default_tokenizer(config.text.bpe_path or None)
+        return clip_tokenizer.tokenize(tok, phrases)
+    except (FileNotFoundError, ValueError) as e:  # no BPE file, a bad one, a phrase too long
+        raise ConfigError(f"config.text: {e}") from None
+
+
+BACKBONE = registry.register(registry.Backbone(
+    towers=towers.BACKBONES["clip"],
+    presets={"tiny": lambda c: clip_towers.tiny(image_size=c.image_size, patch_size=c.patch_size),
+             "vit_b16": lambda c: clip_towers.vit_b16(),
+             "vit_l14": lambda c: clip_towers.vit_l14()},
+    loaders={"hf": hf_clip.load, "openai": openai_clip.load},
+    read_config=lambda path: hf_clip.read_config(hf_clip.resolve_folder(path)),
+    save=hf_clip.save,
+    model_types=("clip",),
+    tokens=_tokens,
+))

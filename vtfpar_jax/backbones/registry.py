@@ -1,0 +1,76 @@
+"""The backbones the package knows, each one `Backbone` entry: all that is known of it outside
+its Flax towers' code.
+
+A backbone is one module that builds its entry and `register`s it (backbones/clip.py,
+backbones/siglip.py; a test registers a toy one). Building a run, saving and loading a model
+dir, the ablation presets and the benchmark ask this registry: by `config.backbone` (`get`),
+by a backbone config object (`of`) or by a saved folder's config.json (`of_folder`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from vtfpar_jax.backbones import hf_clip
+from vtfpar_jax.backbones.weights import WeightImportError
+from vtfpar_jax.errors import ConfigError
+from vtfpar_jax.models import towers
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    towers: towers.Backbone         # what the model reads of it (models/towers.py)
+    # config.clip.preset -> (config.clip) -> its config, for random weights of that shape.
+    presets: Mapping[str, Callable[[Any], Any]]
+    # config.clip.source other than 'random' -> (config.clip.path) -> (its config, params).
+    loaders: Mapping[str, Callable[[str], tuple[Any, dict]]]
+    # (config.clip.path of source 'hf') -> its config, without reading the weights.
+    read_config: Callable[[str], Any]
+    # (cfg, params, folder): the copy a model dir keeps (clip/), which `loaders['hf']` reads.
+    save: Callable[[Any, Any, str], None]
+    model_types: tuple[str, ...]    # `model_type` in the config.json of such a folder
+    # (run config, phrases, backbone folder or None) -> (A, context) token ids.
+    tokens: Callable[[Any, tuple[str, ...], str | None], Any]
+
+    @property
+    def name(self) -> str:          # config.backbone
+        return self.towers.name
+
+    @property
+    def display_name(self) -> str:
+        return self.towers.display_name
+
+
+REGISTRY: dict[str, Backbone] = {}
+
+
+def register(backbone: Backbone) -> Backbone:
+    """Adds `backbone` here and its towers to the model's table (models/towers.py)."""
+    REGISTRY[backbone.name] = backbone
+    towers.register(backbone.towers)
+    return backbone
+
+
+def get(name: str) -> Backbone:
+    """The backbone that `config.backbone = name` runs."""
+    if name not in REGISTRY:
+        raise ConfigError(f"config.backbone={name!r}; expected one of {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def of(cfg: Any) -> Backbone:
+    """The backbone whose config `cfg` is."""
+    return REGISTRY[towers.of(cfg).name]
+
+
+def of_folder(folder: str) -> Backbone:
+    """The backbone of a saved checkpoint folder, by its config.json's model_type."""
+    file, raw = hf_clip.read_config_file(folder)
+    found = raw.get("model_type") if isinstance(raw, dict) else None
+    for backbone in REGISTRY.values():
+        if found in backbone.model_types:
+            return backbone
+    known = sorted(t for b in REGISTRY.values() for t in b.model_types)
+    raise WeightImportError(f"{file}: model_type is {found!r}; expected one of {known}")

@@ -1,0 +1,35 @@
+"""SigLIP in place of CLIP: its presets, its weight files (a HuggingFace folder or hub id) and
+its tokens (its SentencePiece tokenizer, padded to 64, or one id per byte for random
+weights)."""
+
+from __future__ import annotations
+
+from vtfpar_jax.backbones import hf_clip, hf_siglip, registry, siglip_tokenizer
+from vtfpar_jax.errors import ConfigError
+from vtfpar_jax.models import siglip as siglip_towers
+from vtfpar_jax.models import towers
+
+
+def _tokens(config, phrases, folder: str | None):
+    if config.clip.source == "random":
+        return siglip_tokenizer.byte_tokens(phrases)
+    try:
+        folder = folder or hf_clip.resolve_folder(config.clip.path, hf_siglip.HUB_PATTERNS)
+        return siglip_tokenizer.tokenize(siglip_tokenizer.from_pretrained(folder), phrases)
+    except (OSError, ValueError) as e:  # no tokenizer files, a phrase too long
+        raise ConfigError(f"config.text with the SigLIP at {config.clip.path}: {e}") from None
+
+
+BACKBONE = registry.register(registry.Backbone(
+    towers=towers.BACKBONES["siglip"],
+    presets={"tiny": lambda c: siglip_towers.tiny(image_size=c.image_size,
+                                                  patch_size=c.patch_size),
+             "base16": lambda c: siglip_towers.base16(),
+             "so400m14": lambda c: siglip_towers.so400m14()},
+    loaders={"hf": hf_siglip.load},
+    read_config=lambda path: hf_siglip.read_config(
+        hf_clip.resolve_folder(path, hf_siglip.HUB_PATTERNS)),
+    save=hf_siglip.save,
+    model_types=("siglip", "siglip2"),
+    tokens=_tokens,
+))
