@@ -32,9 +32,10 @@ def _tokens(config, phrases, folder: str | None):
 
 BACKBONE = registry.register(registry.Backbone(
     towers=towers.BACKBONES["clip"],
-    presets={"tiny": lambda c: clip_towers.tiny(image_size=c.image_size, patch_size=c.patch_size),
-             "vit_b16": lambda c: clip_towers.vit_b16(),
-             "vit_l14": lambda c: clip_towers.vit_l14()},
+    presets={"tiny": clip_towers.tiny,
+             "vit_b16": lambda **_: clip_towers.vit_b16(),
+             "vit_l14": lambda **_: clip_towers.vit_l14()},
+    shapes={"tiny": "tiny", "vit_b16": "vit_b16", "vit_l14": "vit_l14"},
     loaders={"hf": hf_clip.load, "openai": openai_clip.load},
     read_config=lambda path: hf_clip.read_config(hf_clip.resolve_folder(path)),
     save=hf_clip.save,

@@ -22,8 +22,12 @@ from vtfpar_jax.models import towers
 @dataclasses.dataclass(frozen=True)
 class Backbone:
     towers: towers.Backbone         # what the model reads of it (models/towers.py)
-    # config.clip.preset -> (config.clip) -> its config, for random weights of that shape.
-    presets: Mapping[str, Callable[[Any], Any]]
+    # config.clip.preset -> (image_size=, patch_size=) -> its config, for random weights of
+    # that shape. Only a preset with free sizes ('tiny') reads them; each has defaults.
+    presets: Mapping[str, Callable[..., Any]]
+    # A ViT shape that `vtfpar bench --clip` and `vtfpar param-count --clip` name -> the
+    # preset of that shape ('vit_b16' is CLIP's 'vit_b16' and SigLIP's 'base16').
+    shapes: Mapping[str, str]
     # config.clip.source other than 'random' -> (config.clip.path) -> (its config, params).
     loaders: Mapping[str, Callable[[str], tuple[Any, dict]]]
     # (config.clip.path of source 'hf') -> its config, without reading the weights.
@@ -58,6 +62,23 @@ def get(name: str) -> Backbone:
     if name not in REGISTRY:
         raise ConfigError(f"config.backbone={name!r}; expected one of {sorted(REGISTRY)}")
     return REGISTRY[name]
+
+
+def shape_config(backbone: str, shape: str) -> Any:
+    """The config of `backbone`'s random weights of ViT shape `shape` (the benchmark's
+    `--backbone` and `--clip`)."""
+    if backbone not in REGISTRY:
+        raise ValueError(f"--backbone {backbone!r}; expected one of {sorted(REGISTRY)}")
+    entry = REGISTRY[backbone]
+    if shape not in entry.shapes:
+        raise ValueError(f"--clip {shape!r} with --backbone {backbone}; expected one of "
+                         f"{tuple(entry.shapes)}")
+    return entry.presets[entry.shapes[shape]]()
+
+
+def shapes() -> tuple[str, ...]:
+    """Every ViT shape some registered backbone has (the choices of `--clip`)."""
+    return tuple(dict.fromkeys(s for b in REGISTRY.values() for s in b.shapes))
 
 
 def of(cfg: Any) -> Backbone:

@@ -22,10 +22,10 @@ def _tokens(config, phrases, folder: str | None):
 
 BACKBONE = registry.register(registry.Backbone(
     towers=towers.BACKBONES["siglip"],
-    presets={"tiny": lambda c: siglip_towers.tiny(image_size=c.image_size,
-                                                  patch_size=c.patch_size),
-             "base16": lambda c: siglip_towers.base16(),
-             "so400m14": lambda c: siglip_towers.so400m14()},
+    presets={"tiny": siglip_towers.tiny,
+             "base16": lambda **_: siglip_towers.base16(),
+             "so400m14": lambda **_: siglip_towers.so400m14()},
+    shapes={"tiny": "tiny", "vit_b16": "base16", "so400m14": "so400m14"},
     loaders={"hf": hf_siglip.load},
     read_config=lambda path: hf_siglip.read_config(
         hf_clip.resolve_folder(path, hf_siglip.HUB_PATTERNS)),

@@ -61,7 +61,7 @@ def _random_config(config: ml_collections.ConfigDict):
     if c.preset not in entry.presets:
         raise ConfigError(f"config.clip.preset={c.preset!r} with backbone {entry.name!r}; "
                           f"expected one of {sorted(entry.presets)}")
-    return entry.presets[c.preset](c)
+    return entry.presets[c.preset](image_size=c.image_size, patch_size=c.patch_size)
 
 
 def backbone_config(config: ml_collections.ConfigDict) -> BackboneConfig | None:

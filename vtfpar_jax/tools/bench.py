@@ -35,10 +35,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from vtfpar_jax.backbones import registry
 from vtfpar_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from vtfpar_jax.models.side_nets import REMAT_POLICIES
 from vtfpar_jax.tools.bench_setup import (
-    CLIPS,
     DTYPES,
     clip_config,
     count_params,
@@ -208,7 +208,7 @@ def summary(r: dict[str, Any], clip_name: str) -> str:
     peak = (f"peak {_gib(r['peak_bytes'])} (predict {_gib(r['predict_peak_bytes'])})"
             if r["peak_bytes"] is not None else f"peak n/a on {r['platform']} (RSS "
             f"{_gib(r['rss_peak_bytes'])})")
-    line = (f"{clip_name} batch {r['batch']} x {r['frames']} frames, {r['dtype']} (CLIP "
+    line = (f"{clip_name} batch {r['batch']} x {r['frames']} frames, {r['dtype']} (backbone "
             f"{r['clip_dtype']}), remat {r['remat']}, attention {r['attention']} on "
             f"{r['device']}: train {r['step_s_median']:.4f} s/step = {r['clips_per_s']:.1f} "
             f"clips/s = {r['frames_per_s']:.0f} frames/s, compile {r['compile_s']:.1f} s; "
@@ -225,9 +225,9 @@ def summary(r: dict[str, Any], clip_name: str) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="vtfpar bench", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clip", default="vit_b16", choices=CLIPS,
+    p.add_argument("--clip", default="vit_b16", choices=registry.shapes(),
                    help="the backbone's ViT shape (so400m14: SigLIP only, vit_l14: CLIP only)")
-    p.add_argument("--backbone", default="clip", choices=("clip", "siglip"),
+    p.add_argument("--backbone", default="clip", choices=sorted(registry.REGISTRY),
                    help="the frozen backbone (random weights of its shape)")
     p.add_argument("--batch", type=int, default=16, help="global batch (clips)")
     p.add_argument("--frames", type=int, default=6)
@@ -255,6 +255,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args(argv)
+    try:   # a shape the backbone has, before any compile
+        registry.shape_config(args.backbone, args.clip)
+    except ValueError as e:
+        p.error(str(e))
     command = "vtfpar bench " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.aot:
         from vtfpar_jax.tools import aot
@@ -289,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["clip"], result["backbone"] = args.clip, args.backbone
     result["command"] = command
     _write_json(args.json, result)
-    print(summary(result, args.clip if args.backbone == "clip" else f"siglip {args.clip}"))
+    print(summary(result, f"{registry.get(args.backbone).display_name} {args.clip}"))
     return result
 
 

@@ -14,10 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# `--clip` names a ViT shape; `--backbone` whose: each backbone's preset of that shape.
-BACKBONE_PRESETS = {"clip": {"tiny": "tiny", "vit_b16": "vit_b16", "vit_l14": "vit_l14"},
-                    "siglip": {"tiny": "tiny", "vit_b16": "base16", "so400m14": "so400m14"}}
-CLIPS = ("tiny", "vit_b16", "vit_l14", "so400m14")
 DTYPES = ("float32", "bfloat16", "float16")
 
 # The published recipe (configs/common.py), as a plain object: optim only reads
@@ -29,15 +25,9 @@ FROZEN_PATTERNS = ("clip/.*",)
 
 
 def clip_config(name: str, backbone: str = "clip"):
-    """The random backbone of shape `name`: CLIP's or SigLIP's (models/towers.py)."""
-    from vtfpar_jax.models import clip, siglip
-    if backbone not in BACKBONE_PRESETS:
-        raise ValueError(f"--backbone {backbone!r}; expected one of {sorted(BACKBONE_PRESETS)}")
-    presets = BACKBONE_PRESETS[backbone]
-    if name not in presets:
-        raise ValueError(f"--clip {name!r} with --backbone {backbone}; expected one of "
-                         f"{tuple(presets)}")
-    return getattr({"clip": clip, "siglip": siglip}[backbone], presets[name])()
+    """The random backbone `backbone` of ViT shape `name` (its entry's `shapes`)."""
+    from vtfpar_jax.backbones import registry
+    return registry.shape_config(backbone, name)
 
 
 def model_config(clip_cfg, *, frames: int = 6, dtype: str = "float32",

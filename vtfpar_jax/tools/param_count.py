@@ -1,6 +1,7 @@
 """Trainable and frozen parameter counts of a VTFPAR++ configuration, from shapes only.
 
-    vtfpar param-count [--clip vit_b16|vit_l14|tiny] [--frames 6] [--dim 240]
+    vtfpar param-count [--backbone clip|siglip] [--clip vit_b16|vit_l14|so400m14|tiny]
+        [--frames 6] [--dim 240]
         [--spatial_map default] [--temporal_map default] [--num_attributes 43]
 
 Everything is counted with `jax.eval_shape`, so no array is ever allocated
@@ -17,7 +18,8 @@ from typing import Any
 
 import jax
 
-from vtfpar_jax.models import clip, siglip, towers, vtfpar
+from vtfpar_jax.backbones import registry
+from vtfpar_jax.models import clip, towers, vtfpar
 from vtfpar_jax.models.side_nets import AGGREGATIONS, SIDE_DEPTH, parse_interaction_map, side_block
 
 # The published default model's trainable count (ImageNet ViT excluded: it is
@@ -26,11 +28,6 @@ PUBLISHED_TRAINABLE = 15_036_610
 # The published temporal side net always creates this many D->D projections
 # (docs/published-model.md §7); they never run.
 PUBLISHED_PROJECTION_LAYERS = 5
-
-# The backbones (`--clip`): CLIP's, and SigLIP's at the shapes of its released checkpoints.
-CLIPS = {"vit_b16": clip.vit_b16, "vit_l14": clip.vit_l14, "tiny": clip.tiny,
-         "siglip_base16": siglip.base16, "siglip_so400m14": siglip.so400m14}
-
 
 def _size(tree: Any) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
@@ -100,7 +97,9 @@ def is_published_default(cfg: vtfpar.VTFPARConfig) -> bool:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vtfpar param-count", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clip", choices=sorted(CLIPS), default="vit_b16")
+    p.add_argument("--backbone", choices=sorted(registry.REGISTRY), default="clip")
+    p.add_argument("--clip", choices=registry.shapes(), default="vit_b16",
+                   help="the backbone's ViT shape (so400m14: SigLIP only, vit_l14: CLIP only)")
     p.add_argument("--frames", type=int, default=6)
     p.add_argument("--dim", type=int, default=240)
     p.add_argument("--heads", type=int, default=None,
@@ -116,17 +115,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    a = _parser().parse_args(argv)
+    parser = _parser()
+    a = parser.parse_args(argv)
+    try:
+        backbone = registry.shape_config(a.backbone, a.clip)
+    except ValueError as e:
+        parser.error(str(e))
     cfg = vtfpar.VTFPARConfig(
-        clip=CLIPS[a.clip](), num_attributes=a.num_attributes, frames=a.frames,
+        clip=backbone, num_attributes=a.num_attributes, frames=a.frames,
         spatial_map=parse_interaction_map(a.spatial_map),
         temporal_map=parse_interaction_map(a.temporal_map),
         spatial_aggregation=a.spatial_aggregation, temporal_aggregation=a.temporal_aggregation,
         dim=a.dim, heads=a.heads, use_spatial=not a.without_spatial,
         use_temporal=not a.without_temporal)
     c = count(cfg)
-    print(f"VTFPAR++ with CLIP {a.clip}, {cfg.frames} frames, width {cfg.dim} "
-          f"({cfg.num_heads} heads), {cfg.num_attributes} attributes")
+    print(f"VTFPAR++ with {registry.get(a.backbone).display_name} {a.clip}, {cfg.frames} "
+          f"frames, width {cfg.dim} ({cfg.num_heads} heads), {cfg.num_attributes} attributes")
     print("trainable parameters:")
     for name, n in c["trainable"].items():
         print(f"  {name:<28}{n:>14,}")
