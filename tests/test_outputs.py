@@ -247,21 +247,23 @@ def _run_until_progress(argv, marker: str) -> tuple[int, str]:
             break
         seen += chunk
     assert marker.encode() in seen, seen.decode(errors="replace")[-2000:]
+    assert process.poll() is None, "the command ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
     rest = process.stderr.read()
     process.wait(timeout=300)
     return process.returncode, (seen + rest).decode(errors="replace")
 
 
+# evaluate is not among them: on the demo's one-batch test split its progress bar shows one
+# compile before the end, so whether a signal sent on seeing it lands is up to the scheduler
+# (a CI run saw exit 0). Its stop message comes from the same cli_errors.run, tested above.
 @pytest.mark.slow
 @pytest.mark.parametrize("command,marker", [("track", "frames (crops)"),
-                                            ("robustness", "robustness:"),
-                                            ("evaluate", "evaluate test")])
+                                            ("robustness", "robustness:")])
 def test_ctrl_c_is_one_line_and_a_rerun_completes(demo_model, tmp_path, command, marker):
     out = tmp_path / "out"
     argv = {"track": [str(_street(tmp_path)), "--tracks", str(tmp_path / "t.txt")],
-            "robustness": ["--corruptions", "occlusion", "--severities", "1"],
-            "evaluate": []}[command]
+            "robustness": ["--corruptions", "occlusion", "--severities", "1"]}[command]
     (tmp_path / "t.txt").write_text("".join(f"{f},1,4,4,12,24,1\n" for f in range(1, 5)))
     argv = ["vtfpar_jax", command, "--model", str(demo_model["model"]), "--out", str(out),
             *argv]
