@@ -1,8 +1,9 @@
 """A third backbone is one registration (vtfpar_jax.backbones.registry): nothing else in the
 package names the backbones. A toy one, registered here, is CLIP's towers under its own
 config type, weight folder format and name; everything a run asks of a backbone (config
-check, random weights, tokens, text features, the model, the saved clip/ folder, the
-benchmark's shapes, param-count) must work for it, and give CLIP's numbers."""
+check, random weights, tokens, text features, the model, training, the saved clip/ folder,
+a model dir's reload, evaluation, prediction, the benchmark's shapes, param-count) must work
+for it."""
 
 from __future__ import annotations
 
@@ -17,12 +18,15 @@ import safetensors.numpy
 from flax import traverse_util
 from smoke_runs import smoke_config
 
-from vtfpar_jax import attributes
-from vtfpar_jax.backbones import clip_tokenizer, registry, text
+from vtfpar_jax.backbones import clip_tokenizer, registry
 from vtfpar_jax.backbones.weights import WeightImportError
-from vtfpar_jax.models import clip, towers, vtfpar
-from vtfpar_jax.state import build
+from vtfpar_jax.evaluation import evaluate
+from vtfpar_jax.inference import predict
+from vtfpar_jax.models import clip, towers
+from vtfpar_jax.state import build, model_dir
+from vtfpar_jax.state.checkpoint import CheckpointStore
 from vtfpar_jax.tools import bench_setup, param_count
+from vtfpar_jax.training import train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,29 +75,15 @@ def toy():
     del registry.REGISTRY["toy"], towers.BACKBONES["toy"]
 
 
-def _logits(config, attribute_set):
-    """The model of `config` (its backbone's random weights, seed 0) on a fixed clip."""
-    build.check_config(config)
-    cfg, params = build.load_backbone(config, 0)
-    phrases, tokens = build.attribute_tokens(config, attribute_set)
-    features = text.attribute_text_features(cfg, params, phrases, tokens)
-    model_cfg = build.model_config(config, cfg, attribute_set.num_attributes)
-    variables = vtfpar.init(model_cfg, jax.random.key(0))
-    video = np.random.default_rng(0).random((1, model_cfg.frames, cfg.image_size,
-                                             cfg.image_size, 3), dtype=np.float32)
-    return cfg, params, np.asarray(vtfpar.apply(model_cfg, variables, params, video,
-                                                features)[0])
-
-
-def test_a_registered_backbone_runs_and_gives_its_towers_numbers(toy, data_dir, tmp_path):
+def test_a_registered_backbone_is_built_saved_and_found_again(toy, data_dir, tmp_path):
     config = smoke_config(data_dir)
     config.backbone = "toy"
-    cfg, params, logits = _logits(config, attributes.SYNTHETIC)
+    build.check_config(config)
+    cfg, params = build.load_backbone(config, 0)
     assert type(cfg) is ToyConfig and towers.of(cfg) is toy.towers
+    # The same towers and the same random stream as CLIP's: the same weights.
     config.backbone = "clip"
-    clip_cfg, clip_params, clip_logits = _logits(config, attributes.SYNTHETIC)
-    assert type(clip_cfg) is clip.ClipConfig
-    np.testing.assert_array_equal(logits, clip_logits)   # same towers, same seed stream
+    jax.tree.map(np.testing.assert_array_equal, params, build.load_backbone(config, 0)[1])
 
     folder = str(tmp_path / "clip")
     build.save_backbone(cfg, params, folder)             # a model dir's copy, its format
@@ -108,6 +98,25 @@ def test_a_registered_backbone_runs_and_gives_its_towers_numbers(toy, data_dir, 
     with pytest.raises(WeightImportError, match=r"model_type is 'dino'; expected one of "
                                                 r"\['clip', 'siglip', 'siglip2', 'toy'\]"):
         build.load_backbone_folder(folder)
+
+
+@pytest.mark.slow
+def test_a_registered_backbone_trains_reloads_evaluates_and_predicts(toy, data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    config = smoke_config(data_dir, max_steps=2, num_epochs=1, eval_every_epochs=1)
+    config.backbone = "toy"
+    assert "group" in train.train_and_evaluate(config, workdir)
+    assert CheckpointStore(workdir).steps() == [2]
+    saved_cfg, _ = _load(os.path.join(workdir, "clip"))   # the toy's own folder format
+    loaded = model_dir.load(workdir)
+    assert loaded.model_cfg.clip == saved_cfg and type(saved_cfg) is ToyConfig
+    assert "group" in evaluate.evaluate_workdir(workdir)
+    size = saved_cfg.image_size
+    clips = np.random.default_rng(0).random((2, loaded.model_cfg.frames, size, size, 3),
+                                            dtype=np.float32)
+    probs = predict.predict_clips(loaded, clips)
+    assert probs.shape == (2, loaded.attribute_set.num_attributes)
+    assert np.all((probs > 0) & (probs < 1)) and probs.std() > 0
 
 
 def test_the_benchmark_and_param_count_take_a_registered_backbone(toy, capsys):

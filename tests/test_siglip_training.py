@@ -1,5 +1,5 @@
 """VTFPAR++ on a SigLIP backbone: the side networks, fusion and heads unchanged, trained,
-resumed, evaluated and used for prediction on the tiny synthetic set
+evaluated and used for prediction on the tiny synthetic set
 (configs/demo.py:smoke,backbone=siglip: a small random SigLIP)."""
 
 from __future__ import annotations
@@ -111,18 +111,17 @@ def test_step_holds_only_the_siglip_part_it_reads():
 
 
 @pytest.mark.slow
-def test_trains_resumes_evaluates_and_predicts(data_dir, tmp_path):
+def test_trains_evaluates_and_predicts(data_dir, tmp_path):
+    """(Resuming does not depend on the backbone: tests/test_train.py.)"""
     workdir = tmp_path / "run"
     overrides = {"num_epochs": 1, "eval_every_epochs": 1, "checkpoint_every_steps": 100}
-    train.train_and_evaluate(siglip_smoke_config(data_dir, max_steps=2, **overrides),
-                             str(workdir))
-    assert CheckpointStore(str(workdir)).steps() == [2]
-    results = train.train_and_evaluate(siglip_smoke_config(data_dir, **overrides), str(workdir))
+    results = train.train_and_evaluate(siglip_smoke_config(data_dir, max_steps=2, **overrides),
+                                       str(workdir))
     assert "group" in results
-    assert CheckpointStore(str(workdir)).steps()[-1] == 6
+    assert CheckpointStore(str(workdir)).steps() == [2]
     steps = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")
              if "loss" in json.loads(line)]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    assert steps == [1, 2]
     # The work dir holds the SigLIP in HF format, and loads back as one.
     saved_cfg, _ = hf_siglip.load(workdir / "clip")
     loaded = model_dir.load(str(workdir))
