@@ -11,7 +11,12 @@ PYTEST_ARGS ?=
 # Deviceless GPU/TPU compiles (vtfpar_jax/tools/aot.py) need jax[cuda13] and jax[tpu], several
 # GB and Python >= 3.12: their own venv, never the test one.
 AOT_VENV := .venv-aot
-AOT_PYTHON ?= $(shell for p in python3.13 python3.12; do $$p -c '' 2>/dev/null && command -v $$p && break; done)
+# The first interpreter >= 3.12 that runs: on PATH, else one pyenv has installed but not
+# selected (where its python3.12 shim only says "command not found").
+AOT_PYTHON ?= $(shell for p in python3.13 python3.12 \
+	$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1[2-9]*/bin/python 2>/dev/null | sort -rV); \
+	do $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
+	&& command -v $$p && break; done)
 AOT_STAMP := $(AOT_VENV)/.installed-aot
 AOT_TARGET ?= h200
 AOT_ARGS ?= --batch 64 --dtype bfloat16
@@ -44,7 +49,7 @@ clean-demo:
 	rm -rf $(DEMO_DIR)
 
 $(AOT_STAMP): pyproject.toml
-	@test -n "$(AOT_PYTHON)" || { echo "aot-venv needs python3.12 or newer (jax 0.11)"; exit 1; }
+	@test -n "$(AOT_PYTHON)" || { echo "aot-venv needs python3.12 or newer (jax 0.11): none found on PATH or in pyenv; set AOT_PYTHON=/path/to/python3.12"; exit 1; }
 	@test -x $(AOT_VENV)/bin/python || $(AOT_PYTHON) -m venv $(AOT_VENV)
 	$(AOT_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(AOT_VENV)/bin/python -m pip install --quiet 'jax[cuda13,tpu]>=0.11.2,<0.12' \
