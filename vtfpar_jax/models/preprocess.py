@@ -31,7 +31,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from vtfpar_jax.models.normalization import NORMALIZATIONS
+from vtfpar_jax.models.normalization import NORMALIZATIONS, normalize
 
 PAD_PIXELS = 10  # published, at 224 px; scale it with smaller frames
 
@@ -75,12 +75,6 @@ def resize(video: jax.Array, image_size: tuple[int, int]) -> jax.Array:
         frames = jax.image.resize(frames, (*video.shape[:-3], *image_size, 3), method="linear",
                                   antialias=True)
     return jnp.clip(jnp.round(frames), 0.0, 255.0)
-
-
-def normalize(frames: jax.Array, normalization: str) -> jax.Array:
-    """Pixel values in [0, 255] -> (x / 255 - mean) / std, float32."""
-    mean, std = (jnp.asarray(v, jnp.float32) for v in NORMALIZATIONS[normalization])
-    return (frames / 255.0 - mean) / std
 
 
 def augment(frames: jax.Array, rng: jax.Array, pad_pixels: int) -> jax.Array:
