@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vtfpar_jax.inference import detect_track, detectors, mot, video_stream
+from vtfpar_jax.inference import detect_track, detectors, mot
+from vtfpar_jax.inference import video as video_io
 from vtfpar_jax.tools import mot_metrics, street_scene
 
 
@@ -18,7 +19,7 @@ def _recall(video, truth: dict[int, mot.Track], detector) -> float:
         for b in track.boxes:
             true_at.setdefault(b.frame, []).append([b.x, b.y, b.w, b.h])
     hits = total = 0
-    for number, frame in video_stream.frames(video):
+    for number, frame in video_io.iter_frames(video):
         found = detector(frame)
         xywh = np.concatenate([found.xyxy[:, :2], found.xyxy[:, 2:] - found.xyxy[:, :2]], 1)
         distances = mot_metrics.iou_distances(np.asarray(true_at[number]).reshape(-1, 4), xywh)
@@ -46,7 +47,7 @@ def test_empty_street_gives_no_track_and_says_so(tmp_path):
     scene = street_scene.Scene((240, 320), (96, 48), 4, (), seed=3)
     video = tmp_path / "empty.mp4"
     street_scene.write_video(scene, video)
-    made = detect_track.tracks_for(str(video), video_stream.probe(video),
+    made = detect_track.tracks_for(str(video), video_io.probe(video),
                                    detectors.build("hog"), progress=False)
     assert made.tracks == {} and made.boxes_found == 0
     assert made.warnings == ["no person was found on the 4 frame(s) searched (--min_person_px "

@@ -19,6 +19,7 @@ from PIL import Image
 from vtfpar_jax import attributes
 from vtfpar_jax.evaluation import decisions
 from vtfpar_jax.inference import mot, predict, track_attributes, tracklets, video
+from vtfpar_jax.models import normalization
 from vtfpar_jax.tools import street_scene
 
 pytestmark = pytest.mark.slow
@@ -124,7 +125,7 @@ def test_track_probabilities_are_predict_on_the_tracklet(street, result, loaded)
     frames = loaded.model_cfg.frames
     for track_id, crops in street["tracklets"].items():
         chosen = crops[video.frame_indices(len(crops), frames)]
-        clip = video.normalize(np.stack([video.resize(f, size) for f in chosen]))
+        clip = normalization.normalize(np.stack([video.resize(f, size) for f in chosen]))
         expected = predict.predict_clips(loaded, clip[None])[0]
         got = np.asarray(list(result["record"]["tracks"][str(track_id)]["probabilities"]
                               .values()))
@@ -166,14 +167,13 @@ def test_decided_attributes_agree_with_the_truth_as_on_the_test_split(street, re
 
 
 def test_annotated_video_and_contact_sheet(street, result):
-    from vtfpar_jax.inference import video_stream
-    source = video_stream.probe(street["video"])
-    annotated = video_stream.probe(result["out"] / "annotated.mp4")
+    source = video.probe(street["video"])
+    annotated = video.probe(result["out"] / "annotated.mp4")
     assert (annotated.frames, annotated.width, annotated.height) == (
         source.frames, source.width, source.height) == (NUM_FRAMES, FRAME_SIZE[1], FRAME_SIZE[0])
     # Boxes are drawn: frame 5 differs from the source where person 1's box outline runs.
-    first = next(f for n, f in video_stream.frames(result["out"] / "annotated.mp4") if n == 5)
-    plain = next(f for n, f in video_stream.frames(street["video"]) if n == 5)
+    first = next(f for n, f in video.iter_frames(result["out"] / "annotated.mp4") if n == 5)
+    plain = next(f for n, f in video.iter_frames(street["video"]) if n == 5)
     box = mot.read_tracks(street["tracks"])[1].boxes[4]
     x, y = int(box.x), int(box.y)
     outline = first[y:y + int(box.h), x].astype(int) - plain[y:y + int(box.h), x].astype(int)
@@ -204,9 +204,8 @@ def test_another_run_into_the_same_out_is_refused_and_changes_nothing(street, re
 
 
 def test_tiny_video_and_boxes_are_warned_and_recorded(demo_model, tmp_path, capsys):
-    from vtfpar_jax.inference import video as video_io
     path = tmp_path / "tiny.mp4"
-    video_io.write_video(path, np.full((4, 8, 8, 3), 200, np.uint8))
+    video.write_video(path, np.full((4, 8, 8, 3), 200, np.uint8))
     tracks = tmp_path / "tracks.txt"
     tracks.write_text("".join(f"{f},1,0,0,4,8,1\n" for f in range(1, 5)))
     code, _, err = _cli(capsys, path, "--model", demo_model["model"], "--tracks", tracks,
@@ -300,7 +299,6 @@ def test_boxes_outside_the_frame_are_clamped_with_warnings(demo_model, street, t
 
 def _check_outputs(out: Path, source: Path) -> dict:
     """tracks.json, tracks.txt, contact_sheet.png and annotated.mp4 agree and are readable."""
-    from vtfpar_jax.inference import video_stream
     record = json.loads((out / "tracks.json").read_text())
     made = mot.read_tracks(out / "tracks.txt") if record["tracks"] else {}
     assert sorted(made) == sorted(int(i) for i in record["tracks"])
@@ -308,7 +306,7 @@ def _check_outputs(out: Path, source: Path) -> dict:
         assert [b[0] for b in track["boxes"]] == made[int(track_id)].frames
         assert len(track["probabilities"]) == 24 and len(track["decisions"]) == 11
     assert Image.open(out / "contact_sheet.png").format == "PNG"
-    a, b = video_stream.probe(out / "annotated.mp4"), video_stream.probe(source)
+    a, b = video.probe(out / "annotated.mp4"), video.probe(source)
     assert (a.frames, a.width, a.height) == (b.frames, b.width, b.height)
     return record
 

@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vtfpar_jax.errors import UserError
-from vtfpar_jax.inference import detectors, video_stream
+from vtfpar_jax.inference import detectors
+from vtfpar_jax.inference import video as video_io
 
 
 def draw(frame: np.ndarray, boxes: detectors.Boxes, scale: float) -> Image.Image:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="frames_out")
     args = parser.parse_args(argv)
     try:
-        info = video_stream.probe(args.video)
+        info = video_io.probe(args.video)
         wanted = sorted(set(args.frames))
         if wanted[0] < 1 or wanted[-1] > info.frames:
             raise UserError(f"--frames {wanted[0]}..{wanted[-1]}: {args.video} has frames "
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         detector = detectors.build(args.detector, min_person_px=args.min_person_px,
                                    score_threshold=args.score_threshold)
         os.makedirs(args.out, exist_ok=True)
-        for number, frame in video_stream.frames(args.video):
+        for number, frame in video_io.iter_frames(args.video):
             if number in wanted:
                 boxes = detector(frame)
                 draw(frame, boxes, args.scale).save(

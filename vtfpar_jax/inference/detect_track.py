@@ -30,7 +30,8 @@ import warnings as python_warnings
 import numpy as np
 from tqdm import tqdm
 
-from vtfpar_jax.inference import mot, stage_times, video_stream
+from vtfpar_jax.inference import mot, stage_times
+from vtfpar_jax.inference import video as video_io
 from vtfpar_jax.inference.detectors import Boxes, Detector, base
 
 MAX_PERSON_SHARE = 0.8      # a person box spans at most this share of the frame's height
@@ -120,7 +121,7 @@ def extend_to(track: mot.Track, searched: int, last: int,
     return mot.Track(track.id, track.boxes + carried)
 
 
-def tracks_for(path: str, info: video_stream.VideoInfo, detector: Detector | None = None,
+def tracks_for(path: str, info: video_io.VideoInfo, detector: Detector | None = None,
                detections: str | dict[int, list[mot.Box]] | None = None, detect_every: int = 1,
                times: stage_times.StageTimes | None = None,
                progress: bool = True) -> MadeTracks:
@@ -140,7 +141,7 @@ def tracks_for(path: str, info: video_stream.VideoInfo, detector: Detector | Non
         tracker = sv.ByteTrack(frame_rate=max(1, round(float(info.fps) / every)))
     boxes: dict[int, list[mot.Box]] = {}
     frames = (((n, None) for n in range(1, info.frames + 1)) if given is not None
-              else times.timed("decode", video_stream.frames(path)))
+              else times.timed("decode", video_io.iter_frames(path)))
     detected = found_count = implausible = 0
     unclaimed = Boxes.empty()    # the last detection frame's boxes that no track took
     for number, frame in tqdm(frames, total=info.frames, desc="frames (detect, track)",

@@ -1,7 +1,7 @@
 """Where a video's time goes: seconds per stage (decode, detect, track, crop, predict, draw).
 
     times = StageTimes(video_frames=795)
-    for number, frame in times.timed("decode", video_stream.frames(path)):
+    for number, frame in times.timed("decode", video_io.iter_frames(path)):
         with times.stage("detect"):
             boxes = detector(frame)
     print(times.table())

@@ -51,9 +51,9 @@ from vtfpar_jax.inference import (
     stage_times,
     track_outputs,
     tracklets,
-    video_stream,
 )
 from vtfpar_jax.inference import video as video_io
+from vtfpar_jax.models import normalization
 from vtfpar_jax.outputs import files, out_folder
 from vtfpar_jax.state import model_dir
 
@@ -79,7 +79,7 @@ class _Batcher:
         crops = [c.crops for c in done]
         crops += [crops[-1]] * (self._batch - len(crops))
         probs = predict.predict_clips(
-            self._loaded, video_io.normalize(np.stack(crops), self._normalization))
+            self._loaded, normalization.normalize(np.stack(crops), self._normalization))
         for clip, row in zip(done, probs, strict=False):
             self.probabilities[clip.plan] = row
         return done
@@ -110,7 +110,7 @@ def predict_tracks(path: str, tracks: dict[int, mot.Track], loaded: model_dir.Lo
     last_wanted = max((max(p.sampled) for p in plans), default=0)
     with tqdm(total=num_frames, desc="frames (crops)", unit="frame", position=0,
               disable=not progress, leave=False) as frame_bar:
-        for number, frame in times.timed("decode", video_stream.frames(path)):
+        for number, frame in times.timed("decode", video_io.iter_frames(path)):
             with times.stage("crop"):
                 clips = list(collector.add(number, frame))
             for clip in clips:
@@ -147,7 +147,7 @@ def _records(tracks, probabilities, loaded, threshold) -> dict[int, dict[str, An
     return records
 
 
-def write_annotated(path: str, out_path: str, info: video_stream.VideoInfo,
+def write_annotated(path: str, out_path: str, info: video_io.VideoInfo,
                     tracks: dict[int, mot.Track], records: dict[int, dict[str, Any]],
                     progress: bool = True, times: stage_times.StageTimes | None = None) -> int:
     """The video again, with boxes and labels; written whole or not at all (a temporary
@@ -158,9 +158,9 @@ def write_annotated(path: str, out_path: str, info: video_stream.VideoInfo,
             boxes_at.setdefault(b.frame, []).append((track.id, (b.x, b.y, b.w, b.h)))
     labels = {i: track_outputs.top_decided(r) for i, r in records.items()}
     times = times or stage_times.StageTimes(info.frames)
-    with files.atomic_file(out_path) as temporary, video_stream.Writer(
+    with files.atomic_file(out_path) as temporary, video_io.Writer(
             temporary, info.width, info.height, info.fps, container_format="mp4") as writer:
-        for number, frame in tqdm(times.timed("decode", video_stream.frames(path)),
+        for number, frame in tqdm(times.timed("decode", video_io.iter_frames(path)),
                                   total=info.frames, desc="frames (annotated video)",
                                   unit="frame", disable=not progress, leave=False):
             with times.stage("draw"):
@@ -168,7 +168,7 @@ def write_annotated(path: str, out_path: str, info: video_stream.VideoInfo,
     return writer.count
 
 
-def too_small(info: video_stream.VideoInfo, tracks: dict[int, mot.Track],
+def too_small(info: video_io.VideoInfo, tracks: dict[int, mot.Track],
               image_size: int) -> list[str]:
     """Warnings for a video smaller than the model's input and for tracks with boxes under
     predict.MIN_PERSON_SIDE pixels: their crops are upscaled from few pixels, so their
@@ -190,10 +190,10 @@ def too_small(info: video_stream.VideoInfo, tracks: dict[int, mot.Track],
 def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track], out: str,
         *, window: int | None = None, batch: int = 8, aspect: float = tracklets.TRAINING_ASPECT,
         context: float = tracklets.CONTEXT, threshold: float = metrics.PUBLISHED_THRESHOLD,
-        info: video_stream.VideoInfo | None = None, about: dict[str, Any] | None = None,
+        info: video_io.VideoInfo | None = None, about: dict[str, Any] | None = None,
         progress: bool = True, times: stage_times.StageTimes | None = None) -> dict[str, Any]:
     """Predict every track and write OUT's files; returns tracks.json's content."""
-    info = info or video_stream.probe(video)
+    info = info or video_io.probe(video)
     times = times or stage_times.StageTimes(info.frames)
     tracks, warnings = mot.fit_to_video(tracks, info.width, info.height, info.frames)
     warnings += too_small(info, tracks, loaded.model_cfg.clip.image_size)
@@ -288,7 +288,7 @@ def _track_attributes(args: argparse.Namespace) -> dict[str, Any]:
                         "context >= 0 and aspect > 0")
     # The inputs, the detector and --out first, then the model: the cheapest mistakes are
     # reported soonest.
-    info = video_stream.probe(args.video)
+    info = video_io.probe(args.video)
     tracks = mot.read_tracks(args.tracks) if args.tracks else None
     detections = mot.read_detections(args.detections) if args.detections else None
     if tracks is not None and not mot.fit_to_video(tracks, info.width, info.height,

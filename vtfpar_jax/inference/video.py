@@ -1,7 +1,18 @@
-"""Reading a clip for prediction: a folder of frames or a video file -> model input.
+"""Video files and frame folders, read and written: every decode and encode goes through
+here (PyAV).
+
+A clip for prediction, a folder of frames or a short video -> model input:
 
     frames_uint8, video = read_input("walk.mp4", frames=6, image_size=(224, 224),
                                      normalization="published")
+
+A long video, read and written one frame at a time, never held whole:
+
+    info = probe("street.mp4")                 # frames, width, height, fps
+    for number, frame in iter_frames("street.mp4"):  # 1-based, (h, w, 3) uint8 RGB
+        ...
+    with Writer("out.mp4", info.width, info.height, info.fps) as w:
+        w.write(frame)
 
 The conventions are those of evaluation (`input_pipeline.pipeline` choosing and
 decoding frames, `vtfpar_jax.models.preprocess` resizing and normalising them), so that a
@@ -21,16 +32,20 @@ measures it against the pipeline on the same frames).
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vtfpar_jax.errors import UserError
-from vtfpar_jax.models.normalization import NORMALIZATIONS
+from vtfpar_jax.models.normalization import NORMALIZATIONS, normalize
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+DEFAULT_FPS = Fraction(25)
 
 
 class InputError(UserError, ValueError):
@@ -62,15 +77,6 @@ def resize(frame: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
-
-
-def normalize(frames_uint8: np.ndarray, normalization: str = "published") -> np.ndarray:
-    """(..., 3) uint8 -> float32 (x / 255 - mean) / std."""
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization={normalization!r}: expected one of "
-                         f"{sorted(NORMALIZATIONS)}")
-    mean, std = (np.asarray(v, np.float32) for v in NORMALIZATIONS[normalization])
-    return (frames_uint8.astype(np.float32) / np.float32(255.0) - mean) / std
 
 
 def _list_frame_files(folder: Path) -> list[Path]:
@@ -107,19 +113,9 @@ def _read_folder(folder: Path, frames: int) -> list[np.ndarray]:
 
 
 def _decode_video(path: Path) -> list[np.ndarray]:
-    """Every frame of a video as (h, w, 3) uint8 RGB, decoded with PyAV."""
-    import av
-
-    try:
-        with av.open(os.fspath(path)) as container:
-            if not container.streams.video:
-                raise InputError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            # Frames are decoded in full: a stream's frame count is often missing
-            # or wrong in headers, and pedestrian tracklets are short.
-            decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-    except av.FFmpegError as e:
-        raise InputError(f"{path}: not a readable video ({type(e).__name__}: {e})") from None
+    """Every frame of a video as (h, w, 3) uint8 RGB. Decoded in full: a stream's frame
+    count is often missing or wrong in headers, and pedestrian tracklets are short."""
+    decoded = [frame for _, frame in iter_frames(path)]
     if not decoded:
         raise InputError(f"{path}: the video has no frames")
     return decoded
@@ -198,16 +194,99 @@ def preprocessing(frames: int, image_size: tuple[int, int], normalization: str) 
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 10) -> None:
-    """(T, h, w, 3) uint8 -> an H.264 mp4 (yuv420p, so even sides are required)."""
-    import av
-
+    """(T, h, w, 3) uint8 -> an H.264 mp4 (`Writer`)."""
     frames = np.asarray(frames, np.uint8)
-    _, height, width, _ = frames.shape
-    with av.open(os.fspath(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    with Writer(path, frames.shape[2], frames.shape[1], Fraction(fps)) as writer:
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            writer.write(frame)
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    frames: int
+    width: int
+    height: int
+    fps: Fraction
+
+
+def _open(path: str):
+    import av
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such video file")
+    try:
+        container = av.open(path)
+    except av.FFmpegError as e:
+        raise InputError(f"{path}: not a readable video ({type(e).__name__}: {e})") from None
+    if not container.streams.video:
+        container.close()
+        raise InputError(f"{path}: no video stream")
+    return container
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Frame count (by demuxing every packet: headers often lack it or get it wrong, and
+    demuxing decodes nothing), size and frame rate. The first frame is decoded too, so a
+    file whose packets do not decode fails here, before any output is written."""
+    import av
+    path = os.fspath(path)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        count = sum(1 for packet in container.demux(stream) if packet.size)
+        container.seek(0)
+        first = next(iter(container.decode(stream)), None)
+        fps = stream.average_rate or stream.guessed_rate or DEFAULT_FPS
+    except (av.FFmpegError, StopIteration) as e:
+        raise InputError(f"{path}: not a readable video ({type(e).__name__}: {e})") from None
+    finally:
+        container.close()
+    if count == 0 or first is None:
+        raise InputError(f"{path}: the video has no frames")
+    return VideoInfo(count, first.width, first.height, Fraction(fps))
+
+
+def iter_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray]]:
+    """(1-based frame number, (h, w, 3) uint8 RGB) for every decoded frame, in order."""
+    import av
+    path = os.fspath(path)
+    container = _open(path)
+    try:
+        for number, frame in enumerate(container.decode(container.streams.video[0]), start=1):
+            yield number, frame.to_ndarray(format="rgb24")
+    except av.FFmpegError as e:
+        raise InputError(f"{path}: not a readable video ({type(e).__name__}: {e})") from None
+    finally:
+        container.close()
+
+
+class Writer:
+    """An H.264 mp4, one frame at a time. yuv420p (what every player takes) where the
+    sides are even, which it needs; yuv444p otherwise, so the size is kept."""
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int,
+                 fps: Fraction = DEFAULT_FPS, container_format: str | None = None):
+        """container_format: 'mp4' and so on; by default from the path's suffix."""
+        import av
+        self._container = av.open(os.fspath(path), mode="w", format=container_format)
+        self._stream = self._container.add_stream("libx264", rate=fps)
+        self._stream.width, self._stream.height = width, height
+        self._stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        self.count = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        import av
+        video_frame = av.VideoFrame.from_ndarray(np.asarray(frame, np.uint8), format="rgb24")
+        for packet in self._stream.encode(video_frame):
+            self._container.mux(packet)
+        self.count += 1
+
+    def close(self) -> None:
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -20,7 +20,8 @@ import json
 import os
 import tempfile
 
-from vtfpar_jax.inference import detect_track, detectors, stage_times, video_stream
+from vtfpar_jax.inference import detect_track, detectors, stage_times
+from vtfpar_jax.inference import video as video_io
 from vtfpar_jax.tools import mot_metrics, street_scene
 
 
@@ -30,7 +31,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def run_one(video: str, truth, detector, detect_every: int) -> dict:
-    info = video_stream.probe(video)
+    info = video_io.probe(video)
     times = stage_times.StageTimes(info.frames)
     made = detect_track.tracks_for(video, info, detector, detect_every=detect_every,
                                    times=times, progress=False)
