@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 
-from vtfpar_jax.training import train
+from vtfpar_jax.training import config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs", "demo.py") + ":smoke"
 
 
 def smoke_config(data_dir, **overrides):
-    return train.load_config_file(SMOKE, data_dir=data_dir, **overrides)
+    return config_file.load_config_file(SMOKE, data_dir=data_dir, **overrides)
 
 
 def subprocess_env() -> dict[str, str]:

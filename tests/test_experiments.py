@@ -18,7 +18,7 @@ from vtfpar_jax.experiments import ablate, corruptions, robustness
 from vtfpar_jax.experiments.corruptions import CorruptionError
 from vtfpar_jax.outputs import files
 from vtfpar_jax.state import fingerprint
-from vtfpar_jax.training import train
+from vtfpar_jax.training import config_file, train
 
 SWEEP = "model.temporal_aggregation=max,attention"
 POINTS = ["temporal_aggregation=max", "temporal_aggregation=attention"]
@@ -169,7 +169,7 @@ def test_ablate_cli_names_the_bad_point(tmp_path, capsys, fake_training):
 
 
 def test_labels_spell_their_values_and_never_collide():
-    config = train.load_config_file(SMOKE)
+    config = config_file.load_config_file(SMOKE)
     points = ablate.grid(config, ["text.template=a b,a_b"])   # once both 'template=a_b'
     assert list(points) == [f"template=a_b-{fingerprint.short_hash('a b')}", "template=a_b"]
     with pytest.raises(ablate.AblationError, match="a value is repeated"):
@@ -177,7 +177,7 @@ def test_labels_spell_their_values_and_never_collide():
 
 
 def test_sweeps_are_typed_by_their_field_and_bad_ones_named():
-    config = train.load_config_file(SMOKE)
+    config = config_file.load_config_file(SMOKE)
     points = ablate.grid(config, ["model.dim=32,64", "input.augment=true,false"])
     assert list(points) == ["dim=32__augment=true", "dim=32__augment=false",
                             "dim=64__augment=true", "dim=64__augment=false"]
@@ -191,7 +191,7 @@ def test_sweeps_are_typed_by_their_field_and_bad_ones_named():
 
 
 def test_frozen_patterns_presets_and_literals():
-    config = train.load_config_file(SMOKE)   # map '0': CLIP features 0..4 of a 4-block CLIP
+    config = config_file.load_config_file(SMOKE)   # map '0': CLIP features 0..4 of a 4-block CLIP
     literal = "('clip/text/.*', 'clip/logit_scale')"
     points = ablate.grid(config, [f"frozen_patterns=side_tuning,last_block,full_vision,{literal}"])
     named = "frozen_patterns=clip_text_._clip_logit_scale-" + fingerprint.short_hash(
@@ -204,7 +204,7 @@ def test_frozen_patterns_presets_and_literals():
                            "clip/vision/embeddings/patch/kernel", "clip/text/layers_0/fc1/kernel")
                if not any(re.fullmatch(pattern, p) for pattern in last)]
     assert trained == ["clip/vision/layers_3/fc1/kernel"]   # feature 4 = after block 4
-    demo = train.load_config_file(SMOKE.replace(":smoke", ""))   # reads feature 0 only
+    demo = config_file.load_config_file(SMOKE.replace(":smoke", ""))   # reads feature 0 only
     with pytest.raises(ablate.AblationError, match="only CLIP feature 0"):
         ablate.frozen_preset("last_block", demo)
     with pytest.raises(ablate.AblationError, match="did you mean 'last_block'"):

@@ -14,7 +14,7 @@ from smoke_runs import SMOKE, smoke_config
 from vtfpar_jax.experiments import ablate, corruptions
 from vtfpar_jax.models import towers, vtfpar
 from vtfpar_jax.state import build, fingerprint, optim
-from vtfpar_jax.training import train
+from vtfpar_jax.training import config_file, train
 
 
 def _backbone_shapes(clip_cfg) -> dict:
@@ -35,7 +35,7 @@ def _trainable(config, preset: str) -> list[str]:
 
 @pytest.mark.parametrize("backbone", ["clip", "siglip"])
 def test_presets_freeze_every_leaf_outside_the_vision_tower(backbone):
-    config = train.load_config_file(f"{SMOKE},backbone={backbone}")   # map '0': blocks 0..4
+    config = config_file.load_config_file(f"{SMOKE},backbone={backbone}")   # map '0': blocks 0..4
     clip_cfg = build.backbone_config(config)
     clip_leaves = sorted("clip/" + k for k in traverse_util.flatten_dict(
         _backbone_shapes(clip_cfg), sep="/"))

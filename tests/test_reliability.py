@@ -25,7 +25,7 @@ from smoke_runs import REPO, SMOKE, smoke_config, subprocess_env
 from vtfpar_jax.state import model_dir, sharding
 from vtfpar_jax.state.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.training import train
-from vtfpar_jax.training.run_logging import WorkdirLock
+from vtfpar_jax.training.workdir_lock import WorkdirLock
 
 # Short runs: no evaluation between epochs, a checkpoint after every step.
 SHORT = {"eval_every_epochs": 0, "checkpoint_every_steps": 1}
@@ -158,7 +158,7 @@ def test_no_readable_checkpoint_is_a_clear_error(workdir3, data_dir):
 HOLDER = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from vtfpar_jax.training.run_logging import WorkdirLock
+from vtfpar_jax.training.workdir_lock import WorkdirLock
 lock = WorkdirLock({workdir!r})
 print("locked", flush=True)
 time.sleep(600)

@@ -32,7 +32,7 @@ from vtfpar_jax.models import clip, vtfpar
 from vtfpar_jax.state import build, model_dir, optim
 from vtfpar_jax.state.checkpoint import CheckpointStore
 from vtfpar_jax.state.train_state import initial_state, step_frozen_params
-from vtfpar_jax.training import losses, train
+from vtfpar_jax.training import config_file, losses, preemption, train
 
 WORKER = os.path.join(REPO, "tests", "train_worker.py")
 # Adam's eps for the cross-device comparisons. With the published 1e-8, leaves whose
@@ -486,18 +486,18 @@ def test_sigterm_saves_once_stops_and_restores_the_handler(data_dir, tmp_path, m
 def test_preemption_shares_flags_only_at_sync_steps(monkeypatch):
     """On several processes the flag costs one all-gather per sync step, none between."""
     calls = []
-    monkeypatch.setattr(train.jax, "process_count", lambda: 2)
-    monkeypatch.setattr(train, "any_process", lambda flag: calls.append(flag) or flag)
-    preemption = train.Preemption()
+    monkeypatch.setattr(preemption.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(preemption, "any_process", lambda flag: calls.append(flag) or flag)
+    stop = preemption.Preemption()
     try:
         sync_steps = [s % 5 == 0 for s in range(1, 21)]
-        assert not any(preemption.agreed(sync) for sync in sync_steps)
+        assert not any(stop.agreed(sync) for sync in sync_steps)
         assert calls == [False] * 4
-        preemption.requested = True
-        assert not preemption.agreed(False) and calls == [False] * 4
-        assert preemption.agreed(True) and calls == [False] * 4 + [True]
+        stop.requested = True
+        assert not stop.agreed(False) and calls == [False] * 4
+        assert stop.agreed(True) and calls == [False] * 4 + [True]
     finally:
-        preemption.close()
+        stop.close()
 
 
 @pytest.mark.slow
@@ -527,12 +527,12 @@ def test_full_clip_stays_on_the_host(data_dir, tmp_path):
 
 def test_config_typo_is_refused_naming_the_nearest_field():
     with pytest.raises(ConfigError, match=r"no field 'optimizer\.lrr'.*'optimizer\.lr'"):
-        train.load_config_file(SMOKE, **{"optimizer.lrr": 1.0})
+        config_file.load_config_file(SMOKE, **{"optimizer.lrr": 1.0})
     with pytest.raises(ConfigError, match=r"'optimiser\.lr'.*'optimizer\.lr'"):
-        train.load_config_file(SMOKE, **{"optimiser.lr": 1.0})
+        config_file.load_config_file(SMOKE, **{"optimiser.lr": 1.0})
     with pytest.raises(ConfigError, match=r"--config\.model\.frame: .* 'model\.frames'"):
-        train.check_config_overrides(["train", "--config", SMOKE, "--config.model.frame=3"])
-    train.check_config_overrides(["train", f"--config={SMOKE}", "--config.model.frames=3"])
+        config_file.check_config_overrides(["train", "--config", SMOKE, "--config.model.frame=3"])
+    config_file.check_config_overrides(["train", f"--config={SMOKE}", "--config.model.frames=3"])
 
 
 @pytest.mark.slow
@@ -547,7 +547,7 @@ def test_real_clip_size_fields_must_match_the_loaded_clip(tmp_path):
     from vtfpar_jax.backbones import hf_clip
     cfg = clip.tiny(image_size=32, patch_size=8)
     hf_clip.save(cfg, clip.init_params(cfg, jax.random.PRNGKey(0)), tmp_path)
-    config = train.load_config_file(SMOKE)
+    config = config_file.load_config_file(SMOKE)
     config.clip.source, config.clip.path = "hf", str(tmp_path)
     config.clip.image_size, config.clip.patch_size = 32, 8
     assert build.load_backbone(config, 0)[0] == cfg

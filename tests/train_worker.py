@@ -8,7 +8,7 @@ two observations added for the test:
 - `--sigterm_at_step N`: the process sends itself SIGTERM while step N runs,
   a preemption notice arriving at the same step on every process;
 - `--syncs FILE`: how many times the hosts synchronised on the preemption
-  flag (`train.any_process`), written to FILE on exit.
+  flag (`preemption.any_process`), written to FILE on exit.
 """
 
 from __future__ import annotations
@@ -31,16 +31,16 @@ def main():
     parser.add_argument("--syncs", required=True)
     opts = parser.parse_args(args)
     sys.path.insert(0, REPO)
-    from vtfpar_jax.training import train
+    from vtfpar_jax.training import preemption, train
 
     syncs = []
-    any_process = train.any_process
+    any_process = preemption.any_process
 
     def counted(flag):
         syncs.append(flag)
         return any_process(flag)
 
-    train.any_process = counted
+    preemption.any_process = counted
     atexit.register(lambda: open(opts.syncs, "w").write(str(len(syncs))))
 
     if opts.sigterm_at_step:

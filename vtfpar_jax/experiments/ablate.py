@@ -48,7 +48,7 @@ from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import UserError, nearest
 from vtfpar_jax.outputs.files import read_to_resume, save_figure, write_json, write_text
 from vtfpar_jax.state import build, fingerprint
-from vtfpar_jax.training import train
+from vtfpar_jax.training import config_file, train
 
 METRICS = (("group_f1", "group F1"), ("mA", "mA"), ("chen_f1", "Chen F1"),
            ("instance_f1", "instance F1"))
@@ -112,7 +112,7 @@ def _split_values(text: str) -> list[str]:
 
 def parse_value(config: ml_collections.ConfigDict, key: str, text: str):
     """`text` typed as the config's field `key` is (a preset name stays a string)."""
-    fields = train.config_fields(config)
+    fields = config_file.config_fields(config)
     if key not in fields:
         raise AblationError(f"{key!r}: the config has no such field{nearest(key, fields)}")
     node = config
@@ -199,7 +199,7 @@ def _resolved(config_spec: str, sets: dict, overrides: dict) -> ml_collections.C
     values = {**sets, **overrides}
     preset = values.pop("frozen_patterns") if _is_preset(
         "frozen_patterns", values.get("frozen_patterns")) else None
-    config = train.load_config_file(config_spec, **values)
+    config = config_file.load_config_file(config_spec, **values)
     if preset is not None:
         config.frozen_patterns = frozen_preset(preset, config)
     return config
@@ -209,7 +209,7 @@ def checked_points(config_spec: str, sweeps: list[str], sets: dict
                    ) -> dict[str, tuple[dict, ml_collections.ConfigDict]]:
     """{label: (sweep values, final config)} for every point, each config built and
     checked as its run would check it, so a bad value is refused before any work."""
-    base = train.load_config_file(config_spec,
+    base = config_file.load_config_file(config_spec,
                                   **{k: v for k, v in sets.items() if not _is_preset(k, v)})
     points = grid(base, sweeps)
     both = sorted(set(sets) & {k for overrides in points.values() for k in overrides})
@@ -339,7 +339,7 @@ def _parse_sets(items: list[str]) -> dict:
 def _typed_sets(config_spec: str, raw: dict) -> dict:
     """--set values typed like their fields; a frozen_patterns preset stays a name, resolved
     on each point's final config."""
-    base = train.load_config_file(config_spec)
+    base = config_file.load_config_file(config_spec)
     return {key: parse_value(base, key, text) for key, text in raw.items()}
 
 

@@ -1,14 +1,7 @@
-"""What a run leaves for people: JSONL + TensorBoard scalars, a progress bar, curves.
-
-Also the work-dir lock: one training run per work dir. The lock is an flock
-on `workdir/.lock`, which the OS releases when the holder dies, so a killed run
-never blocks the next one. A multi-host run takes it in process 0 only
-(`train.lock_workdir`); which file systems it protects is in docs/reliability.md.
-"""
+"""What a run leaves for people: JSONL + TensorBoard scalars, a progress bar, curves."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -16,34 +9,7 @@ import sys
 
 import jax
 
-from vtfpar_jax.errors import UserError
 from vtfpar_jax.outputs import files
-
-
-class WorkdirBusyError(UserError, RuntimeError):
-    """Another run holds the work dir's lock."""
-
-
-class WorkdirLock:
-    def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, ".lock")
-        self.file = open(self.path, "a+")  # noqa: SIM115 - held for the run's lifetime
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            raise WorkdirBusyError(f"{workdir} is in use by {holder}: one training process per "
-                               "work dir (the lock goes away when that process ends)") from None
-        self.file.truncate(0)
-        self.file.write(f"pid {os.getpid()}")
-        self.file.flush()
-
-    def release(self):
-        if not self.file.closed:
-            fcntl.flock(self.file, fcntl.LOCK_UN)
-            self.file.close()
 
 
 class MetricsLogger:

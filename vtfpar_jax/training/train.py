@@ -22,9 +22,7 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 
 import jax
@@ -33,52 +31,17 @@ import ml_collections
 import numpy as np
 
 from vtfpar_jax import cli_errors
-from vtfpar_jax.errors import ConfigError, UserError, nearest
+from vtfpar_jax.errors import ConfigError, UserError
 from vtfpar_jax.models import preprocess, rng, vtfpar
 from vtfpar_jax.outputs.files import atomic_file, atomic_folder
 from vtfpar_jax.state import build, fingerprint, optim, sharding
 from vtfpar_jax.state.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.state.train_state import Frozen, initial_state, step_frozen_params
-from vtfpar_jax.training.run_logging import MetricsLogger, WorkdirBusyError, WorkdirLock
+from vtfpar_jax.training.config_file import check_config_overrides
+from vtfpar_jax.training.preemption import Preemption
+from vtfpar_jax.training.run_logging import MetricsLogger
 from vtfpar_jax.training.train_step import jit_train_step, make_train_step
-
-
-def load_config_file(spec: str, **overrides) -> ml_collections.ConfigDict:
-    """'configs/mars.py[:arg]' -> that file's get_config(arg), as --config reads it.
-
-    `overrides` set fields as --config.<field>= does; nested ones by dotted key,
-    e.g. `**{"optimizer.lr": 3e-4}`. A field the config does not have is refused,
-    naming the nearest one (as absl does for --config.<field>= typos).
-    """
-    import importlib.util
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} not found")
-    module_spec = importlib.util.spec_from_file_location("_vtfpar_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
-    fields = config_fields(config)
-    for key, value in overrides.items():
-        if key not in fields:
-            raise ConfigError(f"{path}: override {key!r}: the config has no field {key!r}"
-                              f"{nearest(key, fields)}")
-        *parents, leaf = key.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    return config
-
-
-def config_fields(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    """Every field's dotted name ('optimizer', 'optimizer.lr', ...)."""
-    names = []
-    for key, value in config.items():
-        names.append(prefix + key)
-        if isinstance(value, ml_collections.ConfigDict):
-            names += config_fields(value, f"{prefix}{key}.")
-    return names
+from vtfpar_jax.training.workdir_lock import lock_workdir
 
 
 class Trainer:
@@ -199,66 +162,6 @@ def _write_config_file(trainer: Trainer, path: str) -> None:
                   f, indent=1, default=list)
 
 
-class Preemption:
-    """SIGTERM (a preemption notice) asks the loop to checkpoint and stop.
-
-    The handler only sets a flag: no host sync on any step. One process reads
-    its flag after every step. Several processes must stop at the same step, so
-    they share their flags only at `sync_step`s (log and checkpoint steps, where
-    the loop waits for the devices anyway): one small all-gather there, none on
-    the steps between. `close()` puts the previous SIGTERM handler back.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
-        else:  # signal handlers can only be set from the main thread
-            logging.warning("training outside the main thread: SIGTERM will not checkpoint")
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM: saving a checkpoint and stopping")
-        self.requested = True
-
-    def agreed(self, sync_step: bool) -> bool:
-        """Whether every process stops now (True on all of them, or on none)."""
-        if jax.process_count() == 1:
-            return self.requested
-        return sync_step and any_process(self.requested)
-
-    def close(self):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-            self.previous = None
-
-
-def any_process(flag: bool) -> bool:
-    """True on every process if `flag` is True on any (a collective: all must call it)."""
-    from jax.experimental import multihost_utils
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
-
-
-def lock_workdir(workdir: str) -> WorkdirLock | None:
-    """The work dir's lock, taken by process 0 for the whole run (None elsewhere).
-
-    One holder per run: the other hosts of a multi-host run write to the same
-    shared work dir and must not be refused by process 0's lock. They learn
-    whether process 0 got it, so that all stop together when it did not.
-    """
-    lock, refusal = None, ""
-    if jax.process_index() == 0:
-        try:
-            lock = WorkdirLock(workdir)
-        except WorkdirBusyError as e:
-            refusal = str(e)
-    if jax.process_count() > 1 and any_process(bool(refusal)) and not refusal:
-        refusal = f"{workdir} is in use: process 0 could not lock it (see its log)"
-    if refusal:
-        raise WorkdirBusyError(refusal)
-    return lock
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> dict:
     """Train (resuming from the work dir's newest good checkpoint) and evaluate.
@@ -375,21 +278,6 @@ def untrained_results(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from vtfpar_jax.evaluation import evaluate
     trainer = Trainer(config, workdir)
     return evaluate.Evaluator.from_trainer(trainer).run(trainer.state, "test")
-
-
-def check_config_overrides(argv: list[str]) -> None:
-    """Refuse a --config.<field>=... that names no field of the --config file."""
-    spec = next((arg.partition("=")[2] or next_arg for arg, next_arg in zip(
-        argv, [*argv[1:], ""], strict=True) if arg.partition("=")[0] == "--config"), None)
-    if not spec:
-        return  # absl reports the missing --config
-    fields = config_fields(load_config_file(spec))
-    for arg in argv:
-        if arg.startswith("--config."):
-            key = arg.removeprefix("--config.").partition("=")[0]
-            if key not in fields:
-                raise ConfigError(f"--config.{key}: {spec.partition(':')[0]} has no field "
-                                  f"{key!r}{nearest(key, fields)}")
 
 
 def main(argv=None):
