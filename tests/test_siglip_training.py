@@ -20,13 +20,13 @@ from vtfpar_jax.models import clip, siglip, towers, vtfpar
 from vtfpar_jax.state import build, model_dir
 from vtfpar_jax.state.checkpoint import CheckpointStore
 from vtfpar_jax.tools import param_count
-from vtfpar_jax.training import train
+from vtfpar_jax.training import config_file, train
 
 SIGLIP_SMOKE = SMOKE + ",backbone=siglip"
 
 
 def siglip_smoke_config(data_dir, **overrides):
-    return train.load_config_file(SIGLIP_SMOKE, data_dir=data_dir, **overrides)
+    return config_file.load_config_file(SIGLIP_SMOKE, data_dir=data_dir, **overrides)
 
 
 def test_smoke_config_is_a_tiny_siglip(data_dir):
