@@ -9,7 +9,7 @@ import pytest
 from vtfpar_jax import attributes
 from vtfpar_jax.models import clip
 from vtfpar_jax.state import build
-from vtfpar_jax.training.train import load_config_file
+from vtfpar_jax.training.config_file import load_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -18,7 +18,7 @@ from vtfpar_jax.backbones import text
 from vtfpar_jax.models import vtfpar
 from vtfpar_jax.state import build, optim
 from vtfpar_jax.state.train_state import Frozen, TrainState
-from vtfpar_jax.training.train import load_config_file
+from vtfpar_jax.training.config_file import load_config_file
 from vtfpar_jax.training.train_step import make_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
