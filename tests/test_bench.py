@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Runs before the benchmark in the child: a finder at the front of sys.meta_path
 # makes the packages the GPU machine lacks unimportable.
 BLOCKER = """
-import importlib.abc, runpy, sys
+import importlib.abc, sys
 BLOCKED = {"tensorflow", "tensorflow_datasets", "ml_collections"}
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -28,8 +28,8 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(f"{name} is blocked: the benchmark must not import it")
         return None
 sys.meta_path.insert(0, Block())
-sys.argv = ["vtfpar_jax.tools.bench"] + sys.argv[1:]
-runpy.run_module("vtfpar_jax.tools.bench", run_name="__main__")
+from vtfpar_jax import cli
+cli.main(["bench", *sys.argv[1:]])
 """
 
 
@@ -43,8 +43,7 @@ def _run(args, tmp_path):
 
 
 def test_blocker_really_blocks(tmp_path):
-    code = BLOCKER.replace('runpy.run_module("vtfpar_jax.tools.bench", run_name="__main__")',
-                           "import ml_collections")
+    code = BLOCKER.replace('cli.main(["bench", *sys.argv[1:]])', "import ml_collections")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0 and "blocked" in proc.stderr

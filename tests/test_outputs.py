@@ -12,7 +12,7 @@ import sys
 import pytest
 from smoke_runs import REPO, assert_default_modes, subprocess_env
 
-from vtfpar_jax import cli_errors
+from vtfpar_jax import cli, cli_errors
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.outputs import files, out_folder
 from vtfpar_jax.state import model_dir
@@ -171,9 +171,9 @@ def _street(tmp_path):
     ("predict", ["--out", "{file}", "{video}"], "--out {file}: a file; expected a folder"),
     ("predict", ["--frames", "0", "{video}"], "--frames '0': expected a positive integer"),
     ("predict", ["--out", "{busy}", "{video}"], "--out {busy} holds notes.txt"),
-    ("track_attributes", ["{video}", "--out", "{file}"], "--out {file}: a file"),
-    ("track_attributes", ["{video}", "--detections", "{bad}"], "{bad}: line 1: "),
-    ("track_attributes", ["{video}", "--detections", "{tracks}"],
+    ("track", ["{video}", "--out", "{file}"], "--out {file}: a file"),
+    ("track", ["{video}", "--detections", "{bad}"], "{bad}: line 1: "),
+    ("track", ["{video}", "--detections", "{tracks}"],
      "id 3; detections have id -1. These look like tracks: give them with --tracks"),
     ("evaluate", ["--split", "bogus"], "--split 'bogus': the dataset"),
     ("evaluate", ["--out", "{file}"], "--out {file}: a file"),
@@ -203,7 +203,7 @@ def test_bad_option_is_one_line_before_the_model_loads(demo_model, tmp_path, cap
                 "--sweep", "seed=0,1", *argv]
     else:
         argv = ["--model", str(demo_model["model"]), *argv]
-    main = importlib.import_module(f"vtfpar_jax.{command}").main
+    main = importlib.import_module(cli.COMMANDS[command].module).main
     line = _one_line(capsys, main, argv)
     assert fragment.format(**names) in line
     assert no_model_load == []

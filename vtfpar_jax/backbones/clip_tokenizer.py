@@ -15,9 +15,14 @@ import importlib.resources
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from transformers import CLIPTokenizer
+
+# transformers is imported on use: the registry imports this module, and the deviceless-
+# compile venv (`make aot-venv`: jax, flax, optax) has no transformers.
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 BPE_ENV_VAR = "VTFPAR_CLIP_BPE"
 BPE_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
@@ -47,6 +52,7 @@ def _byte_symbols() -> list[str]:
 
 def from_bpe_file(path: str | os.PathLike) -> CLIPTokenizer:
     """A transformers `CLIPTokenizer` equal to OpenAI's, from `bpe_simple_vocab_16e6.txt.gz`."""
+    from transformers import CLIPTokenizer
     path = Path(path)
     try:
         with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -66,6 +72,7 @@ def from_bpe_file(path: str | os.PathLike) -> CLIPTokenizer:
 
 def from_pretrained(folder: str | os.PathLike) -> CLIPTokenizer:
     """The tokenizer of a local HF CLIP checkpoint folder (vocab.json + merges.txt)."""
+    from transformers import CLIPTokenizer
     return CLIPTokenizer.from_pretrained(os.fspath(folder), local_files_only=True)
 
 
