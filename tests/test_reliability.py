@@ -267,7 +267,8 @@ def test_kill_9_and_restart_equals_uninterrupted(data_dir, tmp_path):
 
     rng = random.Random(1234)
     kills = []
-    for target in sorted(rng.sample(range(1, steps), 2)):
+    # One kill: each training process costs a start-up and a compile in the suite's budget.
+    for target in sorted(rng.sample(range(1, steps), 1)):
         proc = subprocess.Popen(cli(killed, data_dir, *args), cwd=REPO, env=subprocess_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
