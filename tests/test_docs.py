@@ -1,0 +1,155 @@
+"""The user docs (README.md, CONTRIBUTING.md, docs/*.md) against the code they describe.
+
+- every `vtfpar COMMAND` / `python -m vtfpar_jax COMMAND` they write names a command of
+  `cli.COMMANDS`, and every `--flag` written after it on the same command line is in that
+  command's help;
+- none still writes the old `python -m vtfpar_jax.<module>` form;
+- every relative link and image resolves to a file;
+- no working notes or machine-local paths;
+- the README stays short and has a contents list.
+
+Help texts come in-process from `cli.main([command, '--help'])`, so no command runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import pathlib
+import re
+
+import pytest
+
+from vtfpar_jax import cli
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+USER_DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
+INLINE = re.compile(r"`([^`]+)`")
+# A command: `vtfpar NAME` (also .venv/bin/vtfpar NAME) or `python -m vtfpar_jax NAME`.
+COMMAND = re.compile(r"(?:(?<![\w.-])python3? -m vtfpar_jax|(?<![\w.-])vtfpar)(?=\s)\s+"
+                     r"([a-z][a-z0-9-]*)")
+FLAG = re.compile(r"(?<![\w-])--[A-Za-z][\w.-]*")
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+OLD_FORM = re.compile(r"python3? -m vtfpar_jax\.[\w.]+")
+
+# Working notes and machine-local paths: anywhere in the text.
+FORBIDDEN_ANYWHERE = ["/work/", "/tmp/", ".openpar/", "this project's 2-core",
+                      "this 2-core machine", "this CPU machine", "no access to model downloads"]
+# Working-note words: in prose only (code may name an onnxruntime `session`).
+FORBIDDEN_PROSE = re.compile(r"\bsession\b|\blent\b|\bthe issue\b|\bissues? #?\d|"
+                             r"\bmeasured here\b", re.I)
+
+
+def code_texts(text: str) -> list[str]:
+    """Fenced blocks and inline code spans, each as logical lines (continuations joined)."""
+    blocks = FENCE.findall(text)
+    prose = FENCE.sub("", text)
+    spans = [m.replace("\n", " ") for paragraph in re.split(r"\n\s*\n", prose)
+             for m in INLINE.findall(paragraph)]
+    lines = []
+    for chunk in [*blocks, *spans]:
+        lines += re.sub(r"\\\n\s*", " ", chunk).splitlines()
+    return lines
+
+
+def prose_of(text: str) -> str:
+    return INLINE.sub("", FENCE.sub("", text))
+
+
+def command_lines(path: pathlib.Path) -> list[tuple[str, list[str], str]]:
+    """(command, flags written after it, the line) for each command written in `path`."""
+    found = []
+    for line in code_texts(path.read_text()):
+        matches = list(COMMAND.finditer(line))
+        for i, m in enumerate(matches):
+            end = matches[i + 1].start() if i + 1 < len(matches) else len(line)
+            rest = line[m.end():end].split("&&")[0]
+            flags = [f.rstrip(".") for f in FLAG.findall(rest)]
+            found.append((m.group(1), flags, line.strip()))
+    return found
+
+
+@functools.cache
+def help_text(name: str) -> str:
+    """What `vtfpar NAME --help` prints (train: absl's --helpfull), without running it."""
+    if name == "train":
+        from absl import flags
+        if "workdir" not in flags.FLAGS:   # train.main defines its absl flags once a process
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                with contextlib.suppress(SystemExit):
+                    cli.main(["train", "--helpfull"])
+        return "\n".join(f"--{n}" for n in flags.FLAGS)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        with pytest.raises(SystemExit):
+            cli.main([name, "--help"])
+    return out.getvalue()
+
+
+def accepts(name: str, flag: str) -> bool:
+    if flag in ("--help", "-h"):
+        return True
+    text = help_text(name).replace("--[no]", "--")
+    if name == "train" and flag.startswith("--config."):   # a config field, not a flag
+        flag = "--config"
+    flag = flag.split("=")[0]
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text) is not None
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_commands_and_flags_exist(path):
+    wrong = []
+    for name, flags, line in command_lines(path):
+        if name not in cli.COMMANDS:
+            wrong.append(f"no command {name!r}: {line}")
+            continue
+        wrong += [f"vtfpar {name} has no {flag}: {line}" for flag in flags
+                  if not accepts(name, flag)]
+    assert not wrong, f"{path.relative_to(ROOT)}:\n" + "\n".join(wrong)
+
+
+def test_the_docs_write_commands():
+    """The extraction above finds the commands (a broken regex would pass everything)."""
+    names = {name for path in DOCS for name, _, _ in command_lines(path)}
+    assert {"train", "predict", "track", "export", "convert", "bench"} <= names
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_no_old_module_commands(path):
+    old = sorted(set(m.group(0) for m in OLD_FORM.finditer(path.read_text())))
+    assert not old, f"{path.relative_to(ROOT)}: old form {old}; write `vtfpar COMMAND`"
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_relative_links_resolve(path):
+    missing = []
+    for target in LINK.findall(FENCE.sub("", path.read_text())):
+        if re.match(r"(https?|mailto):", target) or target.startswith("#"):
+            continue
+        if not (path.parent / target.split("#")[0]).exists():
+            missing.append(target)
+    assert not missing, f"{path.relative_to(ROOT)} links to missing files: {missing}"
+
+
+@pytest.mark.parametrize("path", USER_DOCS, ids=lambda p: p.name)
+def test_no_working_notes(path):
+    text = path.read_text()
+    found = [phrase for phrase in FORBIDDEN_ANYWHERE if phrase in text]
+    found += [m.group(0) for m in FORBIDDEN_PROSE.finditer(prose_of(text))]
+    assert not found, f"{path.relative_to(ROOT)} holds working notes: {found}"
+
+
+def test_readme_is_short_with_a_contents_list():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 260
+    contents = re.search(r"^## Contents\n\n((?:- \[[^\]]+\]\(#[\w-]+\)\n)+)", text, re.M)
+    assert contents, "README.md needs a '## Contents' list of section links"
+    headings = {re.sub(r"[^\w -]", "", h).strip().lower().replace(" ", "-")
+                for h in re.findall(r"^## (.+)$", text, re.M)}
+    anchors = re.findall(r"\(#([\w-]+)\)", contents.group(1))
+    assert set(anchors) <= headings, set(anchors) - headings
