@@ -4,7 +4,7 @@
   `cli.COMMANDS`, and every `--flag` written after it on the same command line is in that
   command's help;
 - none still writes the old `python -m vtfpar_jax.<module>` form;
-- every relative link and image resolves to a file;
+- every relative link and image resolves to a file (and a heading, for `#anchor`s);
 - no working notes or machine-local paths;
 - the README stays short and has a contents list.
 
@@ -125,15 +125,27 @@ def test_no_old_module_commands(path):
     assert not old, f"{path.relative_to(ROOT)}: old form {old}; write `vtfpar COMMAND`"
 
 
+def anchors(path: pathlib.Path) -> set[str]:
+    """GitHub's anchors of a Markdown file: its headings' slugs and explicit ids."""
+    text = FENCE.sub("", path.read_text())
+    slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+             for h in re.findall(r"^#+ (.+)$", text, re.M)}
+    return slugs | set(re.findall(r'<a id="([^"]+)"', text))
+
+
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
 def test_relative_links_resolve(path):
     missing = []
     for target in LINK.findall(FENCE.sub("", path.read_text())):
-        if re.match(r"(https?|mailto):", target) or target.startswith("#"):
+        if re.match(r"(https?|mailto):", target):
             continue
-        if not (path.parent / target.split("#")[0]).exists():
+        file, _, anchor = target.partition("#")
+        linked = path.parent / file if file else path
+        if not linked.exists():
             missing.append(target)
-    assert not missing, f"{path.relative_to(ROOT)} links to missing files: {missing}"
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+            missing.append(target)
+    assert not missing, f"{path.relative_to(ROOT)} links to missing files or anchors: {missing}"
 
 
 @pytest.mark.parametrize("path", USER_DOCS, ids=lambda p: p.name)
