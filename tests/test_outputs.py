@@ -236,10 +236,20 @@ def test_cli_errors_one_line_per_stop(capsys):
 
 # --- clean stops, in a real process -------------------------------------------------------
 
-def _run_until_progress(argv, marker: str) -> tuple[int, str]:
-    """Start the command, SIGINT it once `marker` shows on stderr, and return (status, stderr)."""
-    process = subprocess.Popen([sys.executable, "-m", *argv], cwd=REPO, env=subprocess_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+# `python -m vtfpar_jax ARGS` as a terminal starts it: Ctrl-C raises KeyboardInterrupt. A
+# suite started in the background (`make test &`) hands its children SIGINT ignored (the
+# shell's rule for background jobs), and Python then leaves it ignored: put it back.
+AS_IN_A_TERMINAL = ("import runpy, signal, sys; "
+                    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                    "sys.argv[0] = 'vtfpar'; runpy.run_module('vtfpar_jax', run_name='__main__')")
+
+
+def _run_until_progress(args, marker: str) -> tuple[int, str]:
+    """Start `vtfpar ARGS`, SIGINT it once `marker` shows on stderr, and return (status,
+    stderr)."""
+    process = subprocess.Popen([sys.executable, "-c", AS_IN_A_TERMINAL, *args], cwd=REPO,
+                               env=subprocess_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
     seen = b""
     while marker.encode() not in seen:
         chunk = os.read(process.stderr.fileno(), 4096)
@@ -265,8 +275,7 @@ def test_ctrl_c_is_one_line_and_a_rerun_completes(demo_model, tmp_path, command,
     argv = {"track": [str(_street(tmp_path)), "--tracks", str(tmp_path / "t.txt")],
             "robustness": ["--corruptions", "occlusion", "--severities", "1"]}[command]
     (tmp_path / "t.txt").write_text("".join(f"{f},1,4,4,12,24,1\n" for f in range(1, 5)))
-    argv = ["vtfpar_jax", command, "--model", str(demo_model["model"]), "--out", str(out),
-            *argv]
+    argv = [command, "--model", str(demo_model["model"]), "--out", str(out), *argv]
     status, err = _run_until_progress(argv, marker)
     # The progress bars' carriage returns and cursor moves (tqdm) are not lines.
     shown = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", err).replace("\r", "\n")
@@ -275,8 +284,8 @@ def test_ctrl_c_is_one_line_and_a_rerun_completes(demo_model, tmp_path, command,
     assert status == 130, err[-3000:]
     assert len(lines) == 1 and lines[0].startswith("interrupted: "), err[-3000:]
     assert "rerun the same command" in lines[0]
-    done = subprocess.run([sys.executable, "-m", *argv], cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "vtfpar_jax", *argv], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     for stderr in (err, done.stderr):   # quiet by default: no Python library INFO/DEBUG
         assert not [line for line in stderr.splitlines()
