@@ -14,10 +14,7 @@ from vtfpar_jax.models import towers
 def _tokens(config, phrases, folder: str | None):
     """OpenAI's (A, 77) layout, with the tokenizer that fits the checkpoint: its own
     vocab.json/merges.txt where it has them, OpenAI's BPE file otherwise."""
-    source = config.clip.source
-    if source == "random":
-        return clip_tokenizer.byte_tokens(phrases)
-    if source == "hf" and folder is None:
+    if config.clip.source == "hf" and folder is None:
         # A hub id resolves to its cached snapshot, which carries vocab.json/merges.txt.
         folder = hf_clip.resolve_folder(config.clip.path)
     try:
@@ -40,5 +37,6 @@ BACKBONE = registry.register(registry.Backbone(
     read_config=lambda path: hf_clip.read_config(hf_clip.resolve_folder(path)),
     save=hf_clip.save,
     model_types=("clip",),
+    byte_tokens=clip_tokenizer.byte_tokens,
     tokens=_tokens,
 ))

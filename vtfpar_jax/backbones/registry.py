@@ -35,7 +35,10 @@ class Backbone:
     # (cfg, params, folder): the copy a model dir keeps (clip/), which `loaders['hf']` reads.
     save: Callable[[Any, Any, str], None]
     model_types: tuple[str, ...]    # `model_type` in the config.json of such a folder
-    # (run config, phrases, backbone folder or None) -> (A, context) token ids.
+    # phrases -> (A, context) ids for random weights, which have no vocabulary: one id per byte.
+    byte_tokens: Callable[[tuple[str, ...]], Any]
+    # (run config, phrases, backbone folder or None) -> (A, context) ids from the tokenizer of
+    # the checkpoint the config names (or of the folder); its errors are ConfigErrors.
     tokens: Callable[[Any, tuple[str, ...], str | None], Any]
 
     @property

@@ -11,8 +11,6 @@ from vtfpar_jax.models import towers
 
 
 def _tokens(config, phrases, folder: str | None):
-    if config.clip.source == "random":
-        return siglip_tokenizer.byte_tokens(phrases)
     try:
         folder = folder or hf_clip.resolve_folder(config.clip.path, hf_siglip.HUB_PATTERNS)
         return siglip_tokenizer.tokenize(siglip_tokenizer.from_pretrained(folder), phrases)
@@ -31,5 +29,6 @@ BACKBONE = registry.register(registry.Backbone(
         hf_clip.resolve_folder(path, hf_siglip.HUB_PATTERNS)),
     save=hf_siglip.save,
     model_types=("siglip", "siglip2"),
+    byte_tokens=siglip_tokenizer.byte_tokens,
     tokens=_tokens,
 ))

@@ -210,7 +210,7 @@ def checked_points(config_spec: str, sweeps: list[str], sets: dict
     """{label: (sweep values, final config)} for every point, each config built and
     checked as its run would check it, so a bad value is refused before any work."""
     base = config_file.load_config_file(config_spec,
-                                  **{k: v for k, v in sets.items() if not _is_preset(k, v)})
+                                        **{k: v for k, v in sets.items() if not _is_preset(k, v)})
     points = grid(base, sweeps)
     both = sorted(set(sets) & {k for overrides in points.values() for k in overrides})
     if both:

@@ -28,10 +28,6 @@ def backbone(config: ml_collections.ConfigDict) -> registry.Backbone:
     return registry.get(config.get("backbone", "clip"))
 
 
-def backbone_name(config: ml_collections.ConfigDict) -> str:
-    return backbone(config).name
-
-
 def load_backbone(config: ml_collections.ConfigDict, seed: int):
     """(backbone cfg, params) of config.backbone from config.clip's source: a file or hub id
     its loaders read (CLIP: 'hf', 'openai'; SigLIP: 'hf'), or seeded random weights of
@@ -154,6 +150,9 @@ def attribute_tokens(config: ml_collections.ConfigDict, attribute_set: attribute
                      clip_folder: str | None = None) -> tuple[tuple[str, ...], np.ndarray]:
     """(phrases, (A, context) ids) in the layout of the backbone (OpenAI's (A, 77) for CLIP,
     SigLIP's padded (A, 64)), with the tokenizer that fits its checkpoint (`clip_folder`, or
-    the one config.clip names)."""
+    the one config.clip names); random weights have no vocabulary, so one id per byte."""
     phrases = attribute_set.phrases(config.text.phrases, config.text.template)
-    return phrases, backbone(config).tokens(config, phrases, clip_folder)
+    entry = backbone(config)
+    if config.clip.source == "random":
+        return phrases, entry.byte_tokens(phrases)
+    return phrases, entry.tokens(config, phrases, clip_folder)

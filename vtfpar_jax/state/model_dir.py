@@ -141,9 +141,9 @@ def load(model: str, step: int | None = None) -> LoadedModel:
     config = ml_collections.ConfigDict(fingerprint.current_config(model, run["config"]))
     attribute_set = attributes.get(run["attribute_set"])
     clip_cfg, clip_params = build.load_backbone_folder(os.path.join(model, "clip"))
-    if towers.of(clip_cfg).name != build.backbone_name(config):
+    if towers.of(clip_cfg).name != build.backbone(config).name:
         raise ModelDirError(f"{model}: config.json says backbone "
-                            f"{build.backbone_name(config)!r}, but clip/ holds a "
+                            f"{build.backbone(config).name!r}, but clip/ holds a "
                             f"{towers.of(clip_cfg).display_name} checkpoint")
     model_cfg = build.model_config(config, clip_cfg, attribute_set.num_attributes)
     template, frozen_params = fresh_state(config, model_cfg, clip_params)
