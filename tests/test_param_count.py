@@ -2,12 +2,11 @@
 
 The expected figures are computed here independently of `param_count`: from
 the layer formulas of the reference (sections 2, 4-7) and from the published
-model's own tensor list (tests/fixtures/openpar_parity).
+model's own tensor list (the published sample's params.json).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import subprocess
@@ -15,6 +14,7 @@ import sys
 
 import pytest
 
+from vtfpar_jax.convert import published_sample
 from vtfpar_jax.models import clip, vtfpar
 from vtfpar_jax.models.side_nets import INTERACTION_MAPS
 from vtfpar_jax.tools import param_count
@@ -48,9 +48,9 @@ def test_default_counts_match_the_layer_formulas():
     assert got["trainable_total"] + unused == param_count.PUBLISHED_TRAINABLE == 15_036_610
 
 
-def test_reconciles_with_the_published_tensor_list(fixtures_dir):
+def test_reconciles_with_the_published_tensor_list():
     """The fixture lists every tensor of the published default model with its shape."""
-    meta = json.loads((fixtures_dir / "openpar_parity" / "default" / "params.json").read_text())
+    meta = published_sample.params("default")
     sizes = {t["name"]: math.prod(t["shape"]) for t in meta["tensors"]}
     model = {k[len("model/"):]: n for k, n in sizes.items() if k.startswith("model/")}
     # BatchNorm's running statistics are buffers, not parameters.

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from vtfpar_jax.backbones import clip_tokenizer
+from vtfpar_jax.convert import published_sample
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +65,8 @@ def test_published_phrases(bpe_tokenizer, expected_ids, name):
 
 def test_parity_fixture_tokens(bpe_tokenizer, fixtures_dir):
     """The published model's own token array (openpar_parity) is what we produce."""
-    case = fixtures_dir / "openpar_parity" / "default"
-    with open(case / "params.json") as f:
-        phrases = json.load(f)["attributes"]
-    expected = np.load(case / "expected.npz")["tokens"]
+    phrases = published_sample.params("default")["attributes"]
+    expected = np.load(fixtures_dir / "openpar_parity" / "default" / "expected.npz")["tokens"]
     np.testing.assert_array_equal(clip_tokenizer.tokenize(bpe_tokenizer, phrases), expected)
 
 
