@@ -3,6 +3,8 @@
 - every `vtfpar COMMAND` / `python -m vtfpar_jax COMMAND` they write names a command of
   `cli.COMMANDS`, and every `--flag` written after it on the same command line is in that
   command's help;
+- every config field they override (`--config.FIELD=`, ablate's `--sweep`/`--set FIELD=`) is
+  a field of the config file on that line (configs/mars.py where the line names none);
 - none still writes the old `python -m vtfpar_jax.<module>` form;
 - every relative link and image resolves to a file (and a heading, for `#anchor`s);
 - no working notes or machine-local paths;
@@ -35,6 +37,9 @@ COMMAND = re.compile(r"(?:(?<![\w.-])python3? -m vtfpar_jax|(?<![\w.-])vtfpar)(?
 FLAG = re.compile(r"(?<![\w-])--[A-Za-z][\w.-]*")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 OLD_FORM = re.compile(r"python3? -m vtfpar_jax\.[\w.]+")
+CONFIG_FILE = re.compile(r"--config[= ](configs/\w+\.py(?::[^\s'\"]*)?)")
+PLACEHOLDERS = {"field", "FIELD"}   # usage lines: `--set field=value`
+CONFIG_FIELD = re.compile(r"--config\.([\w.]+)|--(?:sweep|set)[= ]'?([\w.]+)=")
 
 # Working notes and machine-local paths: anywhere in the text.
 FORBIDDEN_ANYWHERE = ["/work/", "/tmp/", ".openpar/", "this project's 2-core",
@@ -111,6 +116,38 @@ def test_commands_and_flags_exist(path):
         wrong += [f"vtfpar {name} has no {flag}: {line}" for flag in flags
                   if not accepts(name, flag)]
     assert not wrong, f"{path.relative_to(ROOT)}:\n" + "\n".join(wrong)
+
+
+@functools.cache
+def fields_of(spec: str) -> frozenset[str]:
+    from vtfpar_jax.training import config_file
+    return frozenset(config_file.config_fields(config_file.load_config_file(str(ROOT / spec))))
+
+
+def overridden_fields(path: pathlib.Path) -> list[tuple[str, str, str]]:
+    """(config file, field, the line) for each config field a code line of `path` sets."""
+    found = []
+    for line in code_texts(path.read_text()):
+        named = CONFIG_FILE.search(line)
+        spec = named.group(1) if named else "configs/mars.py"
+        if not (ROOT / spec.partition(":")[0]).is_file():
+            continue   # a placeholder such as configs/X.py
+        found += [(spec, a or b, line.strip()) for a, b in CONFIG_FIELD.findall(line)
+                  if (a or b) not in PLACEHOLDERS]
+    return found
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_config_fields_exist(path):
+    wrong = [f"{spec} has no field {field!r}: {line}"
+             for spec, field, line in overridden_fields(path) if field not in fields_of(spec)]
+    assert not wrong, f"{path.relative_to(ROOT)}:\n" + "\n".join(wrong)
+
+
+def test_the_docs_override_config_fields():
+    """The extraction above finds the overrides (a broken regex would pass everything)."""
+    fields = {field for path in DOCS for _, field, _ in overridden_fields(path)}
+    assert {"data_dir", "clip.path", "model.spatial_aggregation", "frozen_patterns"} <= fields
 
 
 def test_the_docs_write_commands():
