@@ -1,5 +1,5 @@
 """The Hub layout of the demo model, loaded through hf:// offline from a local Hub cache:
-predict, evaluate and export give the original model dir's numbers."""
+predict, evaluate, track and export give the original model dir's numbers."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def offline_hub(tmp_path, monkeypatch):
 def test_hub_layout_gives_the_model_dirs_numbers(demo_model, offline_hub, tmp_path):
     from vtfpar_jax.evaluation import evaluate
     from vtfpar_jax.evaluation.evaluate import headline
-    from vtfpar_jax.inference import predict, video
+    from vtfpar_jax.inference import predict, track_attributes, video
     from vtfpar_jax.tools import export
 
     model, layout = str(demo_model["model"]), tmp_path / "layout"
@@ -64,6 +64,20 @@ def test_hub_layout_gives_the_model_dirs_numbers(demo_model, offline_hub, tmp_pa
     np.testing.assert_allclose(list(records["hub"]["probabilities"].values()),
                                list(records["dir"]["probabilities"].values()), rtol=0, atol=1e-6)
 
+    tracks = tmp_path / "tracks.txt"   # one person box on every frame (MOT: frame,id,x,y,w,h)
+    tracks.write_text("".join(f"{frame},1,4,8,24,48,1,-1,-1,-1\n" for frame in range(1, 10)))
+    people = {name: track_attributes.main([str(tmp_path / "walk.mp4"), "--model", m, "--tracks",
+                                           str(tracks), "--out", str(tmp_path / f"t_{name}"),
+                                           "--no-progress"])["tracks"]
+              for name, m in (("dir", model), ("hub", spec))}
+    assert list(people["hub"]) == list(people["dir"]) == ["1"]
+    np.testing.assert_allclose(list(people["hub"]["1"]["probabilities"].values()),
+                               list(people["dir"]["1"]["probabilities"].values()),
+                               rtol=0, atol=1e-6)
+    # The output records the commit it ran, not a path made of the hf:// spec.
+    ran = json.loads((tmp_path / "t_hub" / "run.json").read_text())
+    assert f"hf://demo/vtfpar-demo@{COMMIT}" in json.dumps(ran)
+
     scores = {name: evaluate.evaluate_workdir(m, "test", report_dir=str(tmp_path / f"e_{name}"),
                                               data_dir=str(demo_model["data_dir"]))
               for name, m in (("dir", model), ("hub", spec))}
@@ -78,6 +92,19 @@ def test_hub_layout_gives_the_model_dirs_numbers(demo_model, offline_hub, tmp_pa
                                       tuple(meta["image_size"]), "published")[1][None]
         logits[name] = np.asarray(jax.export.deserialize(open(out, "rb").read()).call(clip_input))
     np.testing.assert_allclose(logits["hub"], logits["dir"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("command, folder", [("evaluate", "eval_test"),
+                                             ("robustness", "robustness_test")])
+def test_a_hub_model_needs_an_out_folder(offline_hub, capsys, command, folder):
+    """evaluate and robustness write next to a model dir by default: a Hub model has none."""
+    from vtfpar_jax import cli
+    with pytest.raises(SystemExit) as stop:
+        cli.main([command, "--model", "hf://demo/vtfpar-demo"])
+    assert stop.value.code != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --model hf://demo/vtfpar-demo: give --out; a model from the Hub has no folder "
+        f"of yours to write {folder} into")
 
 
 def test_a_file_that_does_not_match_the_config_is_named(demo_model, offline_hub, tmp_path):

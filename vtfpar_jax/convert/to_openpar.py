@@ -185,13 +185,15 @@ def write_checkpoint(loaded, model: str, out: str) -> dict:
     published command-line options that build the model it holds."""
     import torch
 
+    from vtfpar_jax.state import model_dir
+
     options = published_options(loaded.config, loaded.model_cfg, loaded.state.trainable)
     tensors = state_dict(loaded.model_cfg, loaded.variables())
     published = {k.removeprefix("model/"): torch.from_numpy(v) for k, v in tensors.items()}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     epoch = checkpoint_epoch(model, loaded.step)
     torch.save({"epoch": epoch, "model_state_dict": published}, out)
-    return {"model": os.path.abspath(model), "step": loaded.step, "epoch": epoch,
+    return {"model": model_dir.identity(model), "step": loaded.step, "epoch": epoch,
             "openpar_options": options}
 
 

@@ -161,9 +161,9 @@ def _evaluate(args) -> dict:
     from vtfpar_jax.outputs import out_folder
     from vtfpar_jax.state import model_dir
     from vtfpar_jax.state.build import attributes
-    out_path = args.out or os.path.join(args.model, f"eval_{args.split}")
+    out_path = args.out or model_dir.folder_inside(args.model, f"eval_{args.split}")
     out = out_folder.OutFolder(
-        out_path, "evaluate", {"model": os.path.abspath(args.model), "split": args.split,
+        out_path, "evaluate", {"model": model_dir.identity(args.model), "split": args.split,
                                "step": args.step, "data_dir": args.data_dir and
                                os.path.abspath(args.data_dir)},
         args.overwrite, keep=[args.model])

@@ -51,7 +51,8 @@ def cell_key(name: str, severity: int) -> str:
 
 def _identity(model: str, loaded, split: str, seed: int, names) -> dict:
     """What the cells of robustness.json ran (`loaded`: the model dir as loaded)."""
-    return {"model": os.path.abspath(model), "step": loaded.step, "split": split, "seed": seed,
+    from vtfpar_jax.state import model_dir
+    return {"model": model_dir.identity(model), "step": loaded.step, "split": split, "seed": seed,
             "attribute_set": loaded.attribute_set.name, "data_dir": loaded.config.data_dir,
             "model_config": fingerprint.jsonable(loaded.config),
             "definitions": {n: fingerprint.corruption_definition(corruptions.CORRUPTIONS[n])
@@ -95,7 +96,7 @@ def run(model: str, split: str = "test", names=DEFAULT_CORRUPTIONS,
     loaded = model_dir.load(model, step=step)
     if data_dir:
         loaded.config.data_dir = data_dir
-    out = out or os.path.join(model_dir.resolve(model), f"robustness_{split}")
+    out = out or model_dir.folder_inside(model, f"robustness_{split}")
     path = os.path.join(out, "robustness.json")
     identity = _identity(model, loaded, split, seed, names)
     cells = _resume(path, identity)
@@ -225,7 +226,7 @@ def main(argv=None):
 def _robustness(args) -> dict:
     from vtfpar_jax.outputs import out_folder
     from vtfpar_jax.state import model_dir
-    out = args.out or os.path.join(model_dir.resolve(args.model), f"robustness_{args.split}")
+    out = args.out or model_dir.folder_inside(args.model, f"robustness_{args.split}")
     corruptions.parse_names(args.corruptions)   # every option before the model loads
     corruptions.parse_severities(args.severities)
     out_folder.check_writable_folder(out)

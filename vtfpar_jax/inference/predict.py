@@ -160,7 +160,7 @@ def _predict_inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
     if missing and args.fail_fast:   # before loading the model: the cheapest mistake to report
         cli_errors.fail(f"{missing[0]}: no such file or folder")
     out = out_folder.OutFolder(
-        args.out, "predict", {"model": os.path.abspath(args.model),
+        args.out, "predict", {"model": model_dir.identity(args.model),
                               "inputs": [os.path.abspath(p) for p in paths],
                               "step": args.step, "frames": args.frames,
                               "threshold": args.threshold},

@@ -301,7 +301,7 @@ def _track_attributes(args: argparse.Namespace) -> dict[str, Any]:
     tracks_from = args.tracks or args.detections or made_by
     out = out_folder.OutFolder(
         args.out, "track_attributes",
-        {"model": os.path.abspath(args.model), "video": os.path.abspath(args.video),
+        {"model": model_dir.identity(args.model), "video": os.path.abspath(args.video),
          "tracks_from": os.path.abspath(tracks_from) if tracks_from != made_by else made_by,
          "min_person_px": args.min_person_px if detector else None,
          "score_threshold": args.score_threshold if detector else None,

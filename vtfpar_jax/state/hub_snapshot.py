@@ -45,16 +45,27 @@ def parse(spec: str) -> tuple[str, str | None]:
     return repo, revision or None
 
 
-def model_dir_from_hub(spec: str) -> str:
-    """A local model dir for `hf://ORG/NAME[@REV]`, made once per snapshot commit."""
+def _snapshot(spec: str) -> tuple[str, str]:
+    """(repo id, the local snapshot folder, named by its commit) of `hf://ORG/NAME[@REV]`."""
     import huggingface_hub
 
     repo, revision = parse(spec)
     try:
-        snapshot = huggingface_hub.snapshot_download(repo, revision=revision)
+        return repo, huggingface_hub.snapshot_download(repo, revision=revision)
     except Exception as e:  # noqa: BLE001 - offline, missing repo, network: one message
         raise HubLayoutError(f"{spec}: cannot get the repo ({type(e).__name__}: "
                              f"{str(e).splitlines()[0]})") from None
+
+
+def pinned(spec: str) -> str:
+    """`hf://ORG/NAME@<commit>`: the snapshot `spec` names now (a branch such as main moves)."""
+    repo, snapshot = _snapshot(spec)
+    return f"{SCHEME}{repo}@{os.path.basename(snapshot)}"
+
+
+def model_dir_from_hub(spec: str) -> str:
+    """A local model dir for `hf://ORG/NAME[@REV]`, made once per snapshot commit."""
+    repo, snapshot = _snapshot(spec)
     root = os.environ.get("VTFPAR_HUB_CACHE",
                           os.path.join(os.path.expanduser("~"), ".cache", "vtfpar", "hub"))
     out = os.path.join(root, f"{repo.replace('/', '--')}--{os.path.basename(snapshot)}")

@@ -71,6 +71,24 @@ def resolve(model: str) -> str:
     return model
 
 
+def identity(model: str) -> str:
+    """What an output records as the model it ran: the model dir's absolute path, or for
+    hf://ORG/NAME[@REV] the repo at the commit that was loaded."""
+    if model.startswith("hf://"):
+        from vtfpar_jax.state import hub_snapshot
+        return hub_snapshot.pinned(model)
+    return os.path.abspath(model)
+
+
+def folder_inside(model: str, name: str) -> str:
+    """A command's default output folder `name`, inside the model dir; a model from the Hub
+    has no folder of the user's to write into, so there the output must be named."""
+    if model.startswith("hf://"):
+        raise UserError(f"--model {model}: give --out; a model from the Hub has no folder of "
+                        f"yours to write {name} into")
+    return os.path.join(model, name)
+
+
 def dataset_builder(config: ml_collections.ConfigDict, attribute_set: str,
                     split: str | None = None):
     """The TFDS builder of the model's dataset, prepared, with the model's attributes (and

@@ -374,7 +374,7 @@ def compare_model(openpar_dir: str, model: str, clips: list[str], device: str = 
                              sides["jax"]["decisions"], attribute_set) ==
                          decisions.decided_columns(sides["published"]["decisions"],
                                                    attribute_set)})
-    return {"model": os.path.abspath(model), "step": written["step"],
+    return {"model": model_dir.identity(model), "step": written["step"],
             "openpar_options": written["openpar_options"], "device": device,
             "max_abs_logit_diff": float(np.abs(ours - published).max()),
             "max_abs_logit": float(np.abs(published).max()), "clips": per_clip}
