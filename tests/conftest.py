@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,18 @@ import pytest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.hookimpl(trylast=True)   # after pytest's tmp_path plugin is configured
+def pytest_configure(config):
+    """One persistent JAX compilation cache for the whole run: both xdist workers and every
+    process they start (commands, notebook kernels) compile the same smoke programs again
+    and again. Set in the main process before any test module imports JAX (which reads it
+    then); the workers inherit it. It lives in pytest's temporary folder for this run, which
+    pytest prunes."""
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(
+            config._tmp_path_factory.getbasetemp() / "jax_compilation_cache")
 
 
 def pytest_runtest_setup(item):

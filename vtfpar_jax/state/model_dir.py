@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from vtfpar_jax import attributes
 from vtfpar_jax.backbones import text
@@ -132,14 +133,29 @@ def read_run_file(model: str) -> dict:
 def fresh_state(config, model_cfg, clip_params, variables: dict | None = None):
     """(step-0 TrainState, frozen params) laid out as this config trains them.
 
+    Without `variables`, the state holds shapes only (jax.ShapeDtypeStruct): what a
+    checkpoint is restored onto, which is all a loaded model dir needs. The model's fresh
+    variables are then computed only where the config freezes some of them, since the
+    frozen ones are not in a checkpoint; run eagerly, their init is hundreds of small ops.
     The schedule inside the optimiser does not shape its state, so any will do.
     """
     from vtfpar_jax.state.train_state import initial_state
-    if variables is None:
-        variables = vtfpar.init(model_cfg, jax.random.PRNGKey(0))
     tx = optim.make_optimizer(config.optimizer, optim.make_schedule(config.optimizer,
                                                                     config.num_epochs, 1))
-    return initial_state(variables, clip_params, config.frozen_patterns, tx)
+    if variables is not None:
+        return initial_state(variables, clip_params, config.frozen_patterns, tx)
+
+    def fresh():
+        return initial_state(vtfpar.init(model_cfg, jax.random.PRNGKey(0)), clip_params,
+                             config.frozen_patterns, tx)
+
+    template, frozen = jax.eval_shape(fresh)
+    if "model" in frozen:
+        return fresh()
+    # The frozen leaves are backbone ones: take them from `clip_params` itself.
+    real = traverse_util.flatten_dict({"clip": clip_params}, sep="/")
+    return template, traverse_util.unflatten_dict(
+        {k: real[k] for k in traverse_util.flatten_dict(frozen, sep="/")}, sep="/")
 
 
 def load_announced(model: str, step: int | None = None) -> LoadedModel:
