@@ -112,7 +112,7 @@ def _code(nb) -> list:
 
 def test_the_notebooks_are_there():
     assert [p.name for p in NOTEBOOKS] == ["from_pytorch.ipynb", "quickstart.ipynb",
-                                           "tpu_pod.ipynb"]
+                                           "street_video.ipynb", "tpu_pod.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -165,6 +165,9 @@ def test_notebook_runs_in_smoke_mode(path, fresh, monkeypatch, request):
         assert "8 devices" in text
     if path.stem == "quickstart":
         assert len(images) >= 3   # the test clips and the curves
+    if path.stem == "street_video":
+        assert len(images) >= 3   # the annotated frames and the contact sheet
+        assert "drawn people: 4, tracks found:" in text
     # Everything the notebook wrote went under the working folder.
     assert (work / "runs" / "colab").is_dir()
     print(f"{path.name}: {time.perf_counter() - began:.0f} s")

@@ -85,12 +85,23 @@ def walking_scene(frame_size: tuple[int, int], person_height: int, num_frames: i
     return Scene((h, w), (ph, pw), num_frames, tuple(walkers), seed)
 
 
+def _walker_rng(scene: Scene, walker_id: int) -> np.random.Generator:
+    """The stream a person's tracklet is drawn from: its look first, then its frames."""
+    return np.random.default_rng([scene.seed, walker_id])
+
+
+def looks(scene: Scene) -> dict:
+    """{id: synthetic_figures.Look}: every person's drawn attributes (`Look.labels()`)."""
+    from input_pipeline import synthetic_figures
+    return {w.id: synthetic_figures.draw_look(_walker_rng(scene, w.id)) for w in scene.walkers}
+
+
 def _tracklets(scene: Scene) -> dict[int, np.ndarray]:
     from input_pipeline import synthetic_figures
     crops = {}
     for walker in scene.walkers:
         _, jpegs = synthetic_figures.draw_tracklet(
-            np.random.default_rng([scene.seed, walker.id]), scene.person_size, walker.count)
+            _walker_rng(scene, walker.id), scene.person_size, walker.count)
         crops[walker.id] = np.stack([np.asarray(Image.open(io.BytesIO(j)).convert("RGB"))
                                      for j in jpegs])
     return crops
