@@ -261,6 +261,8 @@ def run(config_spec: str, sweeps: list[str], workdir: str, sets: dict | None = N
     report = {"config": config_spec, "sets": fingerprint.jsonable(sets),
               "sweeps": list(sweeps), "points": done}
     todo = [label for label in points if done.get(label, {}).get("results") is None]
+    if len(todo) < len(points):
+        print(f"{path}: {len(points) - len(todo)} of {len(points)} points already done, kept")
     bar = tqdm(todo, desc="ablation", unit="point", disable=not progress)
     for label in bar:
         bar.set_postfix_str(label)

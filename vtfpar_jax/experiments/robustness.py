@@ -24,7 +24,6 @@ checkpoints alike (both are model dirs).
 from __future__ import annotations
 
 import functools
-import logging
 import os
 
 import numpy as np
@@ -106,8 +105,7 @@ def run(model: str, split: str = "test", names=DEFAULT_CORRUPTIONS,
     wanted = [(CLEAN, 0)] + [(n, s) for n in names for s in severities]
     todo = [(n, s) for n, s in wanted if cell_key(n, s) not in cells]
     if len(todo) < len(wanted):
-        logging.info("%s: %d of %d cells already done, kept", path, len(wanted) - len(todo),
-                     len(wanted))
+        print(f"{path}: {len(wanted) - len(todo)} of {len(wanted)} cells already done, kept")
     bar = tqdm(todo, desc="robustness", unit="cell", disable=not progress)
     for name, severity in bar:
         bar.set_postfix_str(cell_key(name, severity))
