@@ -111,8 +111,9 @@ def _code(nb) -> list:
 
 
 def test_the_notebooks_are_there():
-    assert [p.name for p in NOTEBOOKS] == ["from_pytorch.ipynb", "quickstart.ipynb",
-                                           "street_video.ipynb", "tpu_pod.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["experiments.ipynb", "from_pytorch.ipynb",
+                                           "quickstart.ipynb", "street_video.ipynb",
+                                           "tpu_pod.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -151,8 +152,9 @@ def test_notebook_runs_in_smoke_mode(path, fresh, monkeypatch, request):
     nb = nbformat.read(path, as_version=4)
     monkeypatch.setenv("VTFPAR_SMOKE", "1")
     if "VTFPAR_MODEL" in _code(nb)[1].source:   # it starts from a trained model
-        model = request.getfixturevalue("demo_model")["model"]
-        monkeypatch.setenv("VTFPAR_MODEL", str(model))
+        demo = request.getfixturevalue("demo_model")
+        monkeypatch.setenv("VTFPAR_MODEL", str(demo["model"]))
+        monkeypatch.setenv("VTFPAR_DATA_DIR", str(demo["data_dir"]))
     began = time.perf_counter()
     _execute(nb, work)
     errors = [o for c in _code(nb) for o in c.outputs if o.output_type == "error"]
@@ -165,6 +167,10 @@ def test_notebook_runs_in_smoke_mode(path, fresh, monkeypatch, request):
         assert "8 devices" in text
     if path.stem == "quickstart":
         assert len(images) >= 3   # the test clips and the curves
+    if path.stem == "experiments":
+        assert len(images) == 3   # robustness.png, groups.png, ablation.png
+        assert "cells already done, kept" in text and "| spatial_aggregation=max |" in text
+        assert any(line.startswith("occlusion ") for line in text.splitlines())
     if path.stem == "street_video":
         assert len(images) >= 3   # the annotated frames and the contact sheet
         assert "drawn people: 4, tracks found:" in text
