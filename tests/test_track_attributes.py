@@ -332,9 +332,11 @@ def test_detections_file_is_tracked_into_the_true_tracks(street, demo_model, tmp
     assert code == 0, err
     record = _check_outputs(out, street["video"])
     # The stage table: every stage timed, printed and recorded.
-    assert list(record["stage_seconds"]) == ["decode", "detect", "track", "crop", "predict",
-                                             "draw"]
-    assert all(record["stage_seconds"][s]["seconds"] > 0 for s in ("decode", "predict", "draw"))
+    assert list(record["stage_seconds"]) == ["load", "decode", "detect", "track", "crop",
+                                             "predict", "draw"]
+    assert all(record["stage_seconds"][s]["seconds"] > 0
+               for s in ("load", "decode", "predict", "draw"))
+    assert record["stage_seconds"]["load"]["frames_per_s"] is None   # once, not per frame
     assert "stage " in stdout and "\ntotal " in stdout
     found = {int(i): {b[0]: b[1:] for b in t["boxes"]} for i, t in record["tracks"].items()}
     assert len(found) == len(truth)

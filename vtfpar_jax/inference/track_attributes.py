@@ -310,9 +310,10 @@ def _track_attributes(args: argparse.Namespace) -> dict[str, Any]:
          "aspect": args.aspect, "threshold": args.threshold},
         args.overwrite, keep=[args.model, args.video, *filter(None, [args.tracks,
                                                                      args.detections])])
-    loaded = model_dir.load_announced(args.model, step=args.step)
-    out.check_step(loaded.step)
     times, about = stage_times.StageTimes(info.frames), {}
+    with times.stage("load"):
+        loaded = model_dir.load_announced(args.model, step=args.step)
+    out.check_step(loaded.step)
     if tracks is None:
         from vtfpar_jax.inference import detect_track
         made = detect_track.tracks_for(args.video, info, detector, detections,
