@@ -31,9 +31,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Tests run in 2 worker processes (pytest-xdist); each spawns its own CPU devices.
+# Tests run in 2 worker processes (pytest-xdist); each spawns its own CPU devices. A worker
+# that runs out of tests takes some of the other's (worksteal), so no long test is left
+# to run alone at the end.
 test: $(STAMP)
-	$(VPY) -m pytest -q -n 2 $(PYTEST_ARGS) tests
+	$(VPY) -m pytest -q -n 2 --dist worksteal $(PYTEST_ARGS) tests
 
 # The edit-test loop: everything not marked slow.
 test-fast: $(STAMP)
