@@ -11,6 +11,7 @@ loads a training run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -46,7 +47,17 @@ def parse(spec: str) -> tuple[str, str | None]:
 
 
 def _snapshot(spec: str) -> tuple[str, str]:
-    """(repo id, the local snapshot folder, named by its commit) of `hf://ORG/NAME[@REV]`."""
+    """(repo id, the local snapshot folder, named by its commit) of `hf://ORG/NAME[@REV]`.
+
+    Asked once per process: a command records the model (`pinned`) and then loads it
+    (`model_dir_from_hub`), and both must see the same commit, with one Hub request."""
+    import huggingface_hub.constants as constants
+    return _download(spec, constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE)
+
+
+@functools.cache
+def _download(spec: str, cache: str, offline: bool) -> tuple[str, str]:
+    """`_snapshot`, keyed also by the Hub cache and offline mode it was asked under."""
     import huggingface_hub
 
     repo, revision = parse(spec)
