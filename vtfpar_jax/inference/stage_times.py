@@ -51,10 +51,14 @@ class StageTimes:
                     return
             yield item
 
+    def frames_per_s(self, name: str, seconds: float) -> float | None:
+        """The video's frames over a stage's seconds; None for a stage that is not per frame."""
+        return self.video_frames / seconds if seconds > 0 and name not in ONCE else None
+
     def as_dict(self) -> dict[str, dict[str, float | None]]:
         return {name: {"seconds": round(s, 4),
-                       "frames_per_s": (round(self.video_frames / s, 2)
-                                        if s > 0 and name not in ONCE else None)}
+                       "frames_per_s": (None if (fps := self.frames_per_s(name, s)) is None
+                                        else round(fps, 2))}
                 for name, s in self.seconds.items()}
 
     def table(self) -> str:
@@ -63,7 +67,8 @@ class StageTimes:
         for name, s in [*self.seconds.items(), ("total", total)]:
             if name in ONCE and s == 0:   # a run that loads no model (the street benchmark)
                 continue
-            fps = f"{self.video_frames / s:10.2f}" if s > 0 and name not in ONCE else f"{'-':>10}"
+            fps = self.frames_per_s(name, s)
+            fps = f"{'-':>10}" if fps is None else f"{fps:10.2f}"
             share = f"{100 * s / total:5.1f}%" if total > 0 else f"{'-':>6}"
             rows.append(f"{name:<8} {s:9.3f} {fps} {share}")
         return "\n".join(rows)

@@ -22,7 +22,7 @@ from vtfpar_jax import attributes
 from vtfpar_jax.backbones import text
 from vtfpar_jax.errors import UserError, nearest
 from vtfpar_jax.models import towers, vtfpar
-from vtfpar_jax.state import build, fingerprint, optim, sharding
+from vtfpar_jax.state import build, fingerprint, hub_snapshot, optim, sharding
 from vtfpar_jax.state.checkpoint import CheckpointStore, NoCheckpointError, abstract
 
 
@@ -66,8 +66,7 @@ class LoadedModel:
 def resolve(model: str) -> str:
     """A local model dir: `model` itself, or for hf://ORG/NAME[@REV] its copy from the Hub
     (vtfpar_jax/state/hub_snapshot.py), so that every command that takes --model takes both."""
-    if model.startswith("hf://"):
-        from vtfpar_jax.state import hub_snapshot
+    if model.startswith(hub_snapshot.SCHEME):
         return hub_snapshot.model_dir_from_hub(model)
     return model
 
@@ -75,8 +74,7 @@ def resolve(model: str) -> str:
 def identity(model: str) -> str:
     """What an output records as the model it ran: the model dir's absolute path, or for
     hf://ORG/NAME[@REV] the repo at the commit that was loaded."""
-    if model.startswith("hf://"):
-        from vtfpar_jax.state import hub_snapshot
+    if model.startswith(hub_snapshot.SCHEME):
         return hub_snapshot.pinned(model)
     return os.path.abspath(model)
 
@@ -84,7 +82,7 @@ def identity(model: str) -> str:
 def folder_inside(model: str, name: str) -> str:
     """A command's default output folder `name`, inside the model dir; a model from the Hub
     has no folder of the user's to write into, so there the output must be named."""
-    if model.startswith("hf://"):
+    if model.startswith(hub_snapshot.SCHEME):
         raise UserError(f"--model {model}: give --out; a model from the Hub has no folder of "
                         f"yours to write {name} into")
     return os.path.join(model, name)
