@@ -399,6 +399,9 @@ def test_hog_detector_finds_tall_people_in_a_camera_encoded_mp4(demo_model, tmp_
     followed = {pid for track in record["tracks"].values() for f, *box in track["boxes"]
                 for pid in (1, 2) if _iou(box, truth[(pid, f)]) > 0.3}
     assert followed, record["tracks"]
+    assert all(track["detections"] <= count and 0 < track["detection_score"] < 1
+               and track["low_confidence"] == (track["detections"] < 3)
+               for track in record["tracks"].values()), record["tracks"]
 
 
 def test_empty_detections_file_is_one_line(street, demo_model, tmp_path, capsys):

@@ -29,12 +29,18 @@ matched, and the person was never tracked (on the 1080p benchmark street, 4 of
 BUFFER_PER_FRAME of its size on each side per frame between detections (the
 buffered IoU of C-BIoU, Yang et al. 2023); the tracks keep the detector's own
 boxes. With --detect_every 1 nothing is grown.
+
+A track the detector found on fewer than LOW_CONFIDENCE_BELOW of the frames it
+searched is marked low-confidence (in tracks.json, and said): a person in view is
+found frame after frame, while a box on background (HOG on road or a wall)
+mostly flickers on and off. Its attributes are still predicted.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings as python_warnings
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -46,6 +52,7 @@ from vtfpar_jax.inference.detectors import Boxes, Detector, base
 MAX_PERSON_SHARE = 0.8      # a person box spans at most this share of the frame's height
 CARRIED_DETECTIONS = 3      # a track missed on up to 2 detection frames in a row is carried
 BUFFER_PER_FRAME = 0.05     # boxes grown on each side by this share per frame between detections
+LOW_CONFIDENCE_BELOW = 3    # detections: a track found on fewer frames is marked
 START_IOU = 0.2             # ByteTrack's matching bound: 1 - minimum_matching_threshold 0.8
 
 
@@ -55,6 +62,15 @@ class MadeTracks:
     warnings: list[str]
     detected_frames: int
     boxes_found: int
+    evidence: dict[int, dict[str, Any]]   # per track: what the detector found of it
+
+
+def evidence(detected: list[mot.Box]) -> dict[str, Any]:
+    """tracks.json's account of a track's detections (`detected`: the detector's own boxes,
+    not those carried between them)."""
+    return {"detections": len(detected),
+            "detection_score": round(float(np.mean([b.conf for b in detected])), 4),
+            "low_confidence": len(detected) < LOW_CONFIDENCE_BELOW}
 
 
 def plausible(boxes: Boxes, frame_height: int) -> tuple[Boxes, int]:
@@ -194,7 +210,14 @@ def tracks_for(path: str, info: video_io.VideoInfo, detector: Detector | None = 
                                last_searched, min(info.frames, last_searched + every - 1),
                                (info.height, info.width))
                   for i, b in sorted(boxes.items())}
+    found_on = {i: evidence(b) for i, b in boxes.items()}
     notes = []
+    low = sorted(i for i, e in found_on.items() if e["low_confidence"])
+    if low:
+        notes.append(f"{len(low)} of {len(tracks)} track(s) were found on fewer than "
+                     f"{LOW_CONFIDENCE_BELOW} of the frames searched (track(s) "
+                     f"{', '.join(map(str, low))}): marked low_confidence in tracks.json, "
+                     "perhaps not a person")
     if implausible:
         notes.append(f"{implausible} detected box(es) taller than {MAX_PERSON_SHARE:.0%} of the "
                      f"{info.height} px frame were not taken for people")
@@ -202,4 +225,4 @@ def tracks_for(path: str, info: video_io.VideoInfo, detector: Detector | None = 
         notes.append(f"no person was found on the {detected} frame(s) searched"
                      + (" (--min_person_px may be above the people's height)"
                         if given is None else ""))
-    return MadeTracks(tracks, notes, detected, found_count)
+    return MadeTracks(tracks, notes, detected, found_count, found_on)

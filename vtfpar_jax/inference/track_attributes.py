@@ -191,8 +191,11 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
         *, window: int | None = None, batch: int = 8, aspect: float = tracklets.TRAINING_ASPECT,
         context: float = tracklets.CONTEXT, threshold: float = metrics.PUBLISHED_THRESHOLD,
         info: video_io.VideoInfo | None = None, about: dict[str, Any] | None = None,
-        progress: bool = True, times: stage_times.StageTimes | None = None) -> dict[str, Any]:
-    """Predict every track and write OUT's files; returns tracks.json's content."""
+        evidence: dict[int, dict[str, Any]] | None = None, progress: bool = True,
+        times: stage_times.StageTimes | None = None) -> dict[str, Any]:
+    """Predict every track and write OUT's files; returns tracks.json's content.
+    `evidence`: per track, what the detector found of it (detect_track.evidence), added to
+    its record; None for tracks given by the user."""
     info = info or video_io.probe(video)
     times = times or stage_times.StageTimes(info.frames)
     tracks, warnings = mot.fit_to_video(tracks, info.width, info.height, info.frames)
@@ -202,6 +205,8 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
     probabilities, thumbnails = predict_tracks(video, tracks, loaded, info.frames, window,
                                                batch, aspect, context, progress, times)
     records = _records(tracks, probabilities, loaded, threshold)
+    for track_id, record in records.items():
+        record.update((evidence or {}).get(track_id, {}))
     cfg = loaded.model_cfg
     result = {
         **(about or {}), "video": video,
@@ -310,7 +315,7 @@ def _track_attributes(args: argparse.Namespace) -> dict[str, Any]:
          "aspect": args.aspect, "threshold": args.threshold},
         args.overwrite, keep=[args.model, args.video, *filter(None, [args.tracks,
                                                                      args.detections])])
-    times, about = stage_times.StageTimes(info.frames), {}
+    times, about, evidence = stage_times.StageTimes(info.frames), {}, None
     with times.stage("load"):
         loaded = model_dir.load_announced(args.model, step=args.step)
     out.check_step(loaded.step)
@@ -322,6 +327,7 @@ def _track_attributes(args: argparse.Namespace) -> dict[str, Any]:
         for note in made.warnings:
             print(f"warning: {note}", file=sys.stderr)
         tracks = made.tracks
+        evidence = made.evidence
         about = {"detector": detector.description if detector else None,
                  "detect_every": args.detect_every if detector else 1,
                  "detection_warnings": made.warnings}
@@ -330,11 +336,13 @@ def _track_attributes(args: argparse.Namespace) -> dict[str, Any]:
         result = run(args.video, loaded, tracks, folder, window=args.window,
                      batch=args.batch, aspect=args.aspect, context=args.context,
                      threshold=args.threshold, info=info, progress=not args.no_progress,
-                     times=times, about={"model": args.model, **about,
-                                         "tracks_from": tracks_from})
+                     times=times, evidence=evidence, about={"model": args.model, **about,
+                                                            "tracks_from": tracks_from})
     for track_id, record in result["tracks"].items():
+        doubt = (f" [low confidence: found on {record['detections']} frame(s)]"
+                 if record.get("low_confidence") else "")
         print(f"track {track_id} (frames {record['first_frame']}-{record['last_frame']}): "
-              f"{record['summary']}")
+              f"{record['summary']}{doubt}")
     print(f"{len(result['tracks'])} track(s): {args.out}/tracks.json, annotated.mp4, "
           "contact_sheet.png")
     print(times.table())
