@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--detect_every", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--detector", default="hog")
     parser.add_argument("--min_person_px", type=int, default=None)
+    parser.add_argument("--score_threshold", type=float, default=detectors.SCORE_THRESHOLD,
+                        help="a learned detector's person score, at least (as vtfpar track)")
     parser.add_argument("--people_per_lane", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None, help="also run track_attributes with it")
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             video = os.path.join(folder, f"street_{person_px}.mp4")
             truth = street_scene.write_video(scene, video)
             min_px = args.min_person_px or person_px
-            detector = detectors.build(args.detector, min_person_px=min_px)
+            detector = detectors.build(args.detector, min_person_px=min_px,
+                                       score_threshold=args.score_threshold)
             for every in args.detect_every:
                 print(f"\n{args.size[1]}x{args.size[0]}, {len(truth)} people {person_px} px "
                       f"tall, {args.frames} frames; {detector.description}; "
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     track_attributes.main([video, "--model", args.model, "--detector",
                                            args.detector, "--min_person_px", str(min_px),
                                            "--detect_every", str(every), "--no-progress",
+                                           "--score_threshold", str(args.score_threshold),
                                            "--out", os.path.join(folder, f"out_{every}")])
     if args.json:
         with open(args.json, "w") as f:
