@@ -140,19 +140,24 @@ def test_a_walker_born_between_detections_is_tracked_every_5_frames(tmp_path):
 
 
 def test_a_track_found_on_few_frames_is_marked_low_confidence(tmp_path):
-    """A person found on all 6 frames, and a box that flickers on frames 2 and 3 only."""
+    """A person found on all 6 frames, a box that flickers on frames 2 and 3 only, and a
+    person who enters on frame 5, found on both frames left: not doubted."""
     video = tmp_path / "blank.mp4"
     street_scene.write_mp4(video, (np.zeros((160, 240, 3), np.uint8) for _ in range(6)),
                            lossless=False)
     person = [[20 + 2 * k, 10, 60 + 2 * k, 90] for k in range(6)]
-    answers = [detectors.Boxes([person[k]] + ([[150, 60, 190, 140]] if k in (1, 2) else []),
-                               [0.8] + ([0.6] if k in (1, 2) else [])) for k in range(6)]
+    flicker, entering = [[150, 60, 190, 140]], [[190, 70, 230, 150]]
+    answers = [detectors.Boxes([person[k]] + (flicker if k in (1, 2) else [])
+                               + (entering if k >= 4 else []),
+                               [0.8] + ([0.6] if k in (1, 2) else []) + ([0.7] if k >= 4 else []))
+               for k in range(6)]
     made = detect_track.tracks_for(str(video), video_io.probe(video), _Scripted(answers),
                                    progress=False)
     by_start = {track.frames[0]: made.evidence[i] for i, track in made.tracks.items()}
     assert by_start == {1: {"detections": 6, "detection_score": 0.8, "low_confidence": False},
-                        2: {"detections": 2, "detection_score": 0.6, "low_confidence": True}}
+                        2: {"detections": 2, "detection_score": 0.6, "low_confidence": True},
+                        5: {"detections": 2, "detection_score": 0.7, "low_confidence": False}}
     flicker = next(i for i, track in made.tracks.items() if track.frames[0] == 2)
-    assert made.warnings == [f"1 of 2 track(s) were found on fewer than 3 of the frames "
+    assert made.warnings == [f"1 of 3 track(s) were found on fewer than 3 of the frames "
                              f"searched (track(s) {flicker}): marked low_confidence in "
                              "tracks.json, perhaps not a person"]

@@ -31,7 +31,8 @@ buffered IoU of C-BIoU, Yang et al. 2023); the tracks keep the detector's own
 boxes. With --detect_every 1 nothing is grown.
 
 A track the detector found on fewer than LOW_CONFIDENCE_BELOW of the frames it
-searched is marked low-confidence (in tracks.json, and said): a person in view is
+searched (from its first on, so one that starts on the last two is judged on those)
+is marked low-confidence (in tracks.json, and said): a person in view is
 found frame after frame, while a box on background (HOG on road or a wall)
 mostly flickers on and off. Its attributes are still predicted.
 """
@@ -65,12 +66,13 @@ class MadeTracks:
     evidence: dict[int, dict[str, Any]]   # per track: what the detector found of it
 
 
-def evidence(detected: list[mot.Box]) -> dict[str, Any]:
+def evidence(detected: list[mot.Box], searched_after: int) -> dict[str, Any]:
     """tracks.json's account of a track's detections (`detected`: the detector's own boxes,
-    not those carried between them)."""
+    not those carried between them; `searched_after`: the frames searched from its first
+    on, so that a person who enters as the video ends is not doubted for it)."""
     return {"detections": len(detected),
             "detection_score": round(float(np.mean([b.conf for b in detected])), 4),
-            "low_confidence": len(detected) < LOW_CONFIDENCE_BELOW}
+            "low_confidence": len(detected) < min(LOW_CONFIDENCE_BELOW, searched_after)}
 
 
 def plausible(boxes: Boxes, frame_height: int) -> tuple[Boxes, int]:
@@ -210,7 +212,8 @@ def tracks_for(path: str, info: video_io.VideoInfo, detector: Detector | None = 
                                last_searched, min(info.frames, last_searched + every - 1),
                                (info.height, info.width))
                   for i, b in sorted(boxes.items())}
-    found_on = {i: evidence(b) for i, b in boxes.items()}
+    found_on = {i: evidence(b, (last_searched - b[0].frame) // every + 1)
+                for i, b in boxes.items()}
     notes = []
     low = sorted(i for i, e in found_on.items() if e["low_confidence"])
     if low:
