@@ -86,6 +86,52 @@ def test_onnx_yolo_layout_with_nms_in_the_graph(tmp_path):
     np.testing.assert_allclose(found.scores, [0.8])
 
 
+def test_onnx_yolov5_layout_scores_objectness_times_class(tmp_path):
+    # (1, 3 candidates x 21 cells of the 32x32 input's stride 8/16/32 grids, 5 + 2): cx, cy,
+    # w, h in input pixels, objectness, person, other class.
+    rows = np.zeros((63, 7), np.float32)
+    rows[:4] = [[10, 10, 4, 8, 0.9, 0.9, 0.1], [10.5, 10, 4, 8, 0.9, 0.8, 0.1],
+                [20, 20, 6, 10, 0.6, 0.9, 0.0], [24, 8, 4, 6, 0.9, 0.2, 0.9]]
+    detector = detectors.build(f"onnx:{_constant_graph(tmp_path / 'v5.onnx', {'out': rows[None]})}")
+    assert detector.layout == "yolov5" and detector.person_class == 0
+    found = detector(_frame())
+    # 0.9 x 0.9; candidate 1 (0.72) overlaps it at IoU 0.78: suppressed; 0.6 x 0.9; 0.9 x 0.2
+    # is under 0.5. Corners divided by the letterbox scale 0.5.
+    np.testing.assert_allclose(found.xyxy, [[16, 12, 24, 28], [34, 30, 46, 50]])
+    np.testing.assert_allclose(found.scores, [0.81, 0.54], rtol=1e-6)
+
+
+def test_onnx_yolox_layout_decodes_the_grid(tmp_path):
+    # (1, 21 cells, 5 + 2): x, y offsets in cells, log w, log h in strides, objectness,
+    # person, other class. Cells: 16 of stride 8 (4x4), 4 of stride 16, 1 of stride 32.
+    rows = np.zeros((21, 7), np.float32)
+    rows[0] = [0.5, 1.0, np.log(2), np.log(3), 0.9, 0.8, 0.0]    # cell (0, 0), stride 8
+    rows[5] = [0, 0, 0, 0, 0.9, 0.5, 0.0]                        # cell (1, 1): 0.45 < 0.5
+    rows[16] = [0.5, 0.5, 0, 0, 0.8, 0.1, 0.9]                   # stride 16: another class
+    rows[20] = [0.25, 0.5, np.log(0.5), 0, 1.0, 0.6, 0.0]        # the stride 32 cell
+    path = _constant_graph(tmp_path / "x.onnx", {"output": rows[None]})
+    detector = detectors.build(f"onnx:{path}")
+    assert detector.layout == "yolox" and detector.person_class == 0
+    found = detector(_frame())
+    # Cell 0: centre (4, 8), size 16 x 24 -> (-4, -4, 12, 20) / 0.5, clipped at 0; cell 20:
+    # centre (8, 16), size 16 x 32 -> (0, 0, 16, 32) / 0.5 (IoU 0.37 with the first: kept).
+    np.testing.assert_allclose(found.xyxy, [[0, 0, 24, 40], [0, 0, 32, 64]], atol=1e-5)
+    np.testing.assert_allclose(found.scores, [0.72, 0.6], rtol=1e-6)
+    # YOLOX's own exports take BGR in [0, 255], letterboxed with grey 114.
+    red = np.zeros((*FRAME, 3), np.uint8)
+    red[..., 0] = 255
+    image, scale = detector._layout.prepare(red, detector.size, detector._cv2)
+    assert scale == 0.5 and image.shape == (1, 3, 32, 32)
+    assert (image[0, :, 0, 0] == [0, 0, 255]).all() and (image[0, :, 0, 31] == 114).all()
+
+
+def test_onnx_unknown_layout_names_the_ones_read(tmp_path):
+    path = _constant_graph(tmp_path / "u.onnx", {"out": np.zeros((1, 20, 7), np.float32)})
+    with pytest.raises(detectors.DetectorError, match=r"outputs of shapes \[\(1, 20, 7\)\] for "
+                       r"a 32x32 input: not a layout this reads \(yolov5: .*yolox: .*yolo_nms: "):
+        detectors.build(f"onnx:{path}")
+
+
 def test_onnx_detr_layout(tmp_path):
     logits = np.array([[0, 3, 0], [3, 0, 0], [0, 0, 3], [0, 2.3, 2.4]], np.float32)[None]
     boxes = np.array([[0.5, 0.5, 0.25, 0.5], [0.2, 0.2, 0.1, 0.1], [0.5, 0.5, 1, 1],
