@@ -209,6 +209,20 @@ def test_bad_option_is_one_line_before_the_model_loads(demo_model, tmp_path, cap
     assert no_model_load == []
 
 
+def test_tfds_warning_about_its_own_internals_shows_only_with_verbose(caplog):
+    from absl import logging as absl_logging
+    internal = "`TensorInfo.dtype` is deprecated. Please change your code to use NumPy"
+    shown = {}
+    for verbose in (True, False, False):   # the filter is added once, however often asked
+        cli_errors.set_verbosity(verbose)
+        caplog.clear()
+        absl_logging.warning(internal)
+        absl_logging.warning("a warning of the user's own")
+        shown[verbose] = [r.getMessage() for r in caplog.records]
+    assert shown == {True: [internal, "a warning of the user's own"],
+                     False: ["a warning of the user's own"]}
+
+
 def test_cli_errors_one_line_per_stop(capsys):
     def body():
         raise UserError("bad thing\nmore detail")

@@ -53,6 +53,22 @@ def add_verbose(parser: argparse.ArgumentParser) -> None:
                         help="library logging (JAX, Orbax, TFDS, jax2onnx) at INFO")
 
 
+class _DropMessages(logging.Filter):
+    """Drops library warnings about the library's own use of its API."""
+
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in self.fragments)
+
+
+# TFDS's own decoders read TensorInfo.dtype (tensorflow_datasets/core/decode/base.py) and
+# warn of it on every dataset they decode: twice per robustness cell.
+_TFDS_INTERNALS = _DropMessages("`TensorInfo.dtype` is deprecated")
+
+
 def set_verbosity(verbose: bool) -> None:
     """Our own messages always; the libraries' INFO/DEBUG lines only with --verbose."""
     level = logging.INFO if verbose else logging.WARNING
@@ -63,6 +79,11 @@ def set_verbosity(verbose: bool) -> None:
     # TensorFlow's deprecation notices about its own internals (map_fn's dtype) are not
     # the user's to act on.
     logging.getLogger("tensorflow").setLevel(level if verbose else logging.ERROR)
+    absl_logger = logging.getLogger("absl")
+    if verbose:
+        absl_logger.removeFilter(_TFDS_INTERNALS)
+    else:
+        absl_logger.addFilter(_TFDS_INTERNALS)   # once: a filter is added only if absent
     try:   # absl keeps its own verbosity beside the logging module's
         from absl import logging as absl_logging
         absl_logging.set_verbosity("info" if verbose else "warning")

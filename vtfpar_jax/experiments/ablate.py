@@ -323,7 +323,9 @@ def save_chart(report: dict, path: str) -> None:
     ax.set_ylabel("%")
     ax.set_ylim(0, 115)   # room for the legend above the bars
     ax.legend(fontsize=8, ncols=len(METRICS), loc="upper center")
-    ax.set_title(f"ablation of {report['config']}")
+    # The file's name, not its path: from an install that is a site-packages path.
+    path, sep, argument = report["config"].partition(":")
+    ax.set_title(f"ablation of {os.path.basename(path)}{sep}{argument}")
     save_figure(figure, path, dpi=100)
 
 
