@@ -12,8 +12,8 @@ from vtfpar_jax.inference import video as video_io
 from vtfpar_jax.tools import mot_metrics, street_scene
 
 
-def _recall(video, truth: dict[int, mot.Track], detector) -> float:
-    """Share of true boxes that a detected box matches at IoU >= 0.5, over all frames."""
+def _found(video, truth: dict[int, mot.Track], detector) -> tuple[int, int]:
+    """(true boxes that a detected box matches at IoU >= 0.5, true boxes), over all frames."""
     true_at: dict[int, list] = {}
     for track in truth.values():
         for b in track.boxes:
@@ -22,24 +22,30 @@ def _recall(video, truth: dict[int, mot.Track], detector) -> float:
     for number, frame in video_io.iter_frames(video):
         found = detector(frame)
         xywh = np.concatenate([found.xyxy[:, :2], found.xyxy[:, 2:] - found.xyxy[:, :2]], 1)
-        distances = mot_metrics.iou_distances(np.asarray(true_at[number]).reshape(-1, 4), xywh)
+        true = np.asarray(true_at.get(number, [])).reshape(-1, 4)
+        distances = mot_metrics.iou_distances(true, xywh)
         hits += int((~np.isnan(distances)).any(axis=1).sum())
-        total += len(true_at[number])
-    return hits / total
+        total += len(true)
+    return hits, total
 
 
-@pytest.mark.slow   # about 30 s: HOG on frames enlarged 3.3x
-@pytest.mark.xfail(reason="not met yet: see docs/tracking.md", strict=True)
+@pytest.mark.slow   # about 30 s: HOG on frames enlarged 3.3x, four streets of each height
 def test_default_hog_finds_small_people_about_as_well_as_tall_ones(tmp_path):
+    """On four streets (seeds 3-6) of each height. The default window alone found 0.57 of
+    the 48 px people and 0.71 of the 192 px ones here; seed 3 alone, 0.48 and 0.79."""
     detector = detectors.build("hog")      # the defaults: people from 48 px
     recalls = {}
     # Frames at least 2.5 people tall: HOG's window holds a margin around the person.
     for person_px, size, per_lane in ((48, (240, 400), 3), (192, (480, 400), 2)):
-        scene = street_scene.walking_scene(size, person_px, num_frames=4, seed=3,
-                                           people_per_lane=per_lane)
-        video = tmp_path / f"street_{person_px}.mp4"
-        truth = street_scene.write_video(scene, video)
-        recalls[person_px] = _recall(video, truth, detector)
+        hits = total = 0
+        for seed in (3, 4, 5, 6):
+            scene = street_scene.walking_scene(size, person_px, num_frames=4, seed=seed,
+                                               people_per_lane=per_lane)
+            video = tmp_path / f"street_{person_px}_{seed}.mp4"
+            truth = street_scene.write_video(scene, video)
+            found, true = _found(video, truth, detector)
+            hits, total = hits + found, total + true
+        recalls[person_px] = hits / total
     assert abs(recalls[48] - recalls[192]) <= 0.10, recalls
 
 
