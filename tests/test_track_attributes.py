@@ -166,6 +166,17 @@ def test_decided_attributes_agree_with_the_truth_as_on_the_test_split(street, re
             np.asarray(list(record["probabilities"].values())), attribute_set)
 
 
+def test_labels_of_people_close_together_do_not_cover_each_other():
+    from vtfpar_jax.inference.track_outputs import place_labels
+    # Two people side by side at the top of a small frame, one at its bottom right; labels
+    # 40x30. The first's label above, moved into the frame, would cover both people: below
+    # instead (covering 60 px of the second's box). The second's below would cover the
+    # first's label: above, moved in (525 px of boxes). The third's fits above its box.
+    boxes = [(10, 5, 20, 40), (25, 10, 20, 40), (140, 100, 20, 20)]
+    placed = place_labels(boxes, [(40, 30)] * 3, (120, 160))
+    assert placed == [(10, 47, 50, 77), (25, 0, 65, 30), (120, 68, 160, 98)]
+
+
 def test_annotated_video_and_contact_sheet(street, result):
     source = video.probe(street["video"])
     annotated = video.probe(result["out"] / "annotated.mp4")

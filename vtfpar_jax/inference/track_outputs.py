@@ -71,15 +71,50 @@ def annotate(frame: np.ndarray, boxes: list[tuple[int, tuple[float, float, float
     image = Image.fromarray(frame)
     draw = ImageDraw.Draw(image)
     font = _font(max(10, frame.shape[0] // 40))
+    texts, sizes = [], []
     for track_id, (x, y, w, h) in boxes:
-        colour = track_colour(track_id)
-        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=colour, width=2)
+        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=track_colour(track_id), width=2)
         text = "\n".join([f"id {track_id}", *labels.get(track_id, [])])
-        left, top, right, bottom = draw.multiline_textbbox((x, y), text, font=font)
-        ty = y - (bottom - top) - 4 if y - (bottom - top) - 4 >= 0 else y + h + 2
-        draw.rectangle([x, ty, x + right - left + 4, ty + bottom - top + 4], fill=(0, 0, 0))
-        draw.multiline_text((x + 2, ty + 2 - (top - y)), text, fill=colour, font=font)
+        left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font)
+        texts.append((text, top))
+        sizes.append((right - left + 4, bottom - top + 4))
+    places = place_labels([box for _, box in boxes], sizes, frame.shape[:2])
+    for (track_id, _), (text, top), (lx, ly, rx, ry) in zip(boxes, texts, places, strict=True):
+        draw.rectangle([lx, ly, rx, ry], fill=(0, 0, 0))
+        draw.multiline_text((lx + 2, ly + 2 - top), text, fill=track_colour(track_id),
+                            font=font)
     return np.asarray(image)
+
+
+def place_labels(boxes: list[tuple[float, float, float, float]], sizes: list[tuple[int, int]],
+                 frame_size: tuple[int, int]) -> list[tuple[float, float, float, float]]:
+    """Each label's (x0, y0, x1, y1): above its (x, y, w, h) box, else below it, else inside
+    its top, the first that covers none of the labels placed before and no person's box
+    (the one covering least if none is free), kept inside the (H, W) frame. People close
+    together on a small frame had their labels drawn over each other's."""
+    corners = [(x, y, x + w, y + h) for x, y, w, h in boxes]
+    placed: list[tuple[float, float, float, float]] = []
+    for (x, y, _, h), size in zip(boxes, sizes, strict=True):
+        others = placed + corners
+        candidates = [_inside((x, y - size[1] - 2), size, frame_size),
+                      _inside((x, y + h + 2), size, frame_size),
+                      _inside((x + 2, y + 2), size, frame_size)]
+        placed.append(min(candidates, key=lambda c: sum(_overlap(c, o) for o in others)))
+    return placed
+
+
+def _inside(corner: tuple[float, float], size: tuple[int, int],
+            frame_size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """A (w, h) rectangle at its top-left `corner`, moved into the (H, W) frame."""
+    (w, h), (frame_h, frame_w) = size, frame_size
+    x = min(max(corner[0], 0), max(frame_w - w, 0))
+    y = min(max(corner[1], 0), max(frame_h - h, 0))
+    return x, y, x + w, y + h
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    return (max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+            * max(0.0, min(a[3], b[3]) - max(a[1], b[1])))
 
 
 def contact_sheet(rows: list[dict[str, Any]], frames: int) -> Image.Image:
