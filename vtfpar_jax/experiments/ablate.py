@@ -324,8 +324,8 @@ def save_chart(report: dict, path: str) -> None:
     ax.set_ylim(0, 115)   # room for the legend above the bars
     ax.legend(fontsize=8, ncols=len(METRICS), loc="upper center")
     # The file's name, not its path: from an install that is a site-packages path.
-    path, sep, argument = report["config"].partition(":")
-    ax.set_title(f"ablation of {os.path.basename(path)}{sep}{argument}")
+    config_file, sep, argument = report["config"].partition(":")
+    ax.set_title(f"ablation of {os.path.basename(config_file)}{sep}{argument}")
     save_figure(figure, path, dpi=100)
 
 
