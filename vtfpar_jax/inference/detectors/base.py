@@ -74,6 +74,21 @@ class LearnedDetector(Detector):
         return cls(argument, options.score_threshold)
 
 
+def nms(xyxy: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    areas = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        lo = np.maximum(xyxy[i, :2], xyxy[rest, :2])
+        hi = np.minimum(xyxy[i, 2:], xyxy[rest, 2:])
+        inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+        order = rest[inter / (areas[i] + areas[rest] - inter + 1e-9) <= iou]
+    return np.asarray(keep, np.int64)
+
+
 def import_extra(name: str):
     """A module of an extra, or a MissingExtraError naming the pip command."""
     import importlib

@@ -133,10 +133,7 @@ class HogDetector(base.Detector):
                            np.concatenate([tall.scores, small.scores]))
         if len(boxes) == 0:
             return boxes
-        xywh = np.concatenate([boxes.xyxy[:, :2], boxes.xyxy[:, 2:] - boxes.xyxy[:, :2]], 1)
-        keep = np.asarray(self._cv2.dnn.NMSBoxes(xywh.tolist(), boxes.scores.tolist(), 0.0,
-                                                 MERGE_IOU), np.int64).reshape(-1)
-        return drop_parts(boxes.select(np.sort(keep)))
+        return drop_parts(boxes.select(np.sort(base.nms(boxes.xyxy, boxes.scores, MERGE_IOU))))
 
 
 def drop_parts(boxes: base.Boxes) -> base.Boxes:

@@ -48,21 +48,6 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 YOLO_STRIDES = (8, 16, 32)
 
 
-def nms(xyxy: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression, best score first."""
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    areas = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
-    while order.size:
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        lo = np.maximum(xyxy[i, :2], xyxy[rest, :2])
-        hi = np.minimum(xyxy[i, 2:], xyxy[rest, 2:])
-        inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
-        order = rest[inter / (areas[i] + areas[rest] - inter + 1e-9) <= iou]
-    return np.asarray(keep, np.int64)
-
-
 def _cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     cxcy, wh = boxes[:, :2], boxes[:, 2:4]
     return np.concatenate([cxcy - wh / 2, cxcy + wh / 2], axis=1)
@@ -82,7 +67,7 @@ def _kept_people(xyxy: np.ndarray, scores: np.ndarray, threshold: float) -> base
     """Boxes scoring at least `threshold`, then NMS (for graphs without it)."""
     keep = scores >= threshold
     found = base.Boxes(xyxy[keep], scores[keep])
-    return found.select(nms(found.xyxy, found.scores))
+    return found.select(base.nms(found.xyxy, found.scores, NMS_IOU))
 
 
 class Layout:
@@ -95,6 +80,11 @@ class Layout:
     @staticmethod
     def matches(shapes: list[tuple], size: tuple[int, int]) -> bool:
         raise NotImplementedError
+
+    @classmethod
+    def for_graph(cls, outputs, size: tuple[int, int]) -> Layout:
+        """The layout, built for the graph's outputs and its (H, W) input."""
+        return cls()
 
     def prepare(self, frame: np.ndarray, size: tuple[int, int], cv2) -> tuple[np.ndarray, float]:
         """(the (1, 3, H, W) float32 input, the frame's enlargement into it)."""
@@ -176,6 +166,10 @@ class Yolox(Layout):
     def __init__(self, size: tuple[int, int]):
         self.cells = grid_cells(size)
 
+    @classmethod
+    def for_graph(cls, outputs, size):
+        return cls(size)
+
     @staticmethod
     def matches(shapes, size):
         return _per_cell(shapes, size) == 1
@@ -197,6 +191,13 @@ class Detr(Layout):
 
     def __init__(self, boxes_output: int):
         self.boxes_output = boxes_output
+
+    @classmethod
+    def for_graph(cls, outputs, size):
+        # The boxes output is the one named so (transformers: pred_boxes), else the one
+        # whose last axis is 4.
+        by_name = [i for i, o in enumerate(outputs) if "box" in o.name.lower()]
+        return cls(by_name[0] if len(by_name) == 1 else int(outputs[-1].shape[2] == 4))
 
     @staticmethod
     def matches(shapes, size):
@@ -231,14 +232,7 @@ def _layout(outputs, size: tuple[int, int]) -> Layout:
         raise base.DetectorError(f"outputs of shapes {shapes} for a {size[0]}x{size[1]} input: "
                                  "not a layout this reads ("
                                  + "; ".join(k.written for k in LAYOUTS) + ")")
-    if kind is Yolox:
-        return Yolox(size)
-    if kind is Detr:
-        # The boxes output is the one named so (transformers: pred_boxes), else the one
-        # whose last axis is 4.
-        by_name = [i for i, o in enumerate(outputs) if "box" in o.name.lower()]
-        return Detr(by_name[0] if len(by_name) == 1 else int(outputs[-1].shape[2] == 4))
-    return kind()
+    return kind.for_graph(outputs, size)
 
 
 def _person_class(session, layout: Layout) -> int:
