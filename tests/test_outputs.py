@@ -248,6 +248,35 @@ def test_cli_errors_one_line_per_stop(capsys):
     assert signal.getsignal(signal.SIGTERM) is not cli_errors._terminate
 
 
+@pytest.mark.parametrize("signum,status,word", [(signal.SIGINT, 130, "interrupted"),
+                                               (signal.SIGTERM, 143, "terminated")],
+                         ids=["ctrl_c", "sigterm"])
+def test_a_signal_a_library_turned_into_its_own_error_is_still_the_stop(
+        capsys, signum, status, word):
+    """dm-tree, under TFDS's as_dataset, answered a Ctrl-C that came during its mapping check
+    with "AttributeError: 'str' object has no attribute 'keys'" (a CI run saw exit 1)."""
+    def swallowed_by_a_library():
+        try:
+            os.kill(os.getpid(), signum)
+        except (KeyboardInterrupt, cli_errors.Terminated):
+            raise AttributeError("'str' object has no attribute 'keys'") from None
+    # As in a terminal: a suite run in the background starts with SIGINT ignored.
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli_errors.run(swallowed_by_a_library)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
+    assert exit_.value.code == status
+    assert capsys.readouterr().err.strip() == f"{word}: nothing was written; rerun the same command"
+
+    def fails_after_an_earlier_stop():   # the next run starts without the last one's signal
+        raise AttributeError("a bug")
+    with pytest.raises(AttributeError, match="a bug"):
+        cli_errors.run(fails_after_an_earlier_stop)
+
+
 # --- clean stops, in a real process -------------------------------------------------------
 
 # `python -m vtfpar_jax ARGS` as a terminal starts it: Ctrl-C raises KeyboardInterrupt. A

@@ -4,7 +4,9 @@
   they say how to fix it: `UserError.how_to_fix_follows`), exit 1;
 - Ctrl-C (SIGINT): `interrupted: <what was kept, how to resume or rerun>`, exit 130;
 - SIGTERM: `terminated: <the same>`, exit 143 (128 + the signal, as a shell reports it).
-Anything else is a bug and keeps its traceback.
+Anything else is a bug and keeps its traceback, unless it came after Ctrl-C or SIGTERM:
+then it is how a library's C code let the signal out (see `_stopped_by`), and the stop's
+line is printed as for the signal itself.
 
 A command's main parses its arguments, then hands its body to `run`. While it
 works, the body says what an interruption would leave with `on_stop(...)`, so
@@ -28,6 +30,8 @@ T = TypeVar("T")
 
 RERUN = "nothing was written; rerun the same command"
 _stop_message = RERUN
+# The stop signal that came during `run`'s body, if one did.
+_stopped_by: signal.Signals | None = None
 
 # Library loggers that speak at INFO/DEBUG about their own work (absl: JAX, Orbax, TFDS;
 # jax2onnx and onnx_ir: every op converted): WARNING unless --verbose.
@@ -39,7 +43,22 @@ class Terminated(BaseException):
 
 
 def _terminate(signum, frame) -> NoReturn:
+    global _stopped_by
+    _stopped_by = signal.SIGTERM
     raise Terminated()
+
+
+def _interrupt(signum, frame) -> NoReturn:
+    """Python's own SIGINT handler, remembering that it ran.
+
+    The handler raises inside whatever Python code runs next, and that may be a callback
+    of a C extension which reads any error as an answer. dm-tree (under TFDS's
+    `as_dataset`) does: a Ctrl-C during its mapping check became "AttributeError: 'str'
+    object has no attribute 'keys'", a traceback and exit 1 instead of `interrupted:`.
+    """
+    global _stopped_by
+    _stopped_by = signal.SIGINT
+    raise KeyboardInterrupt
 
 
 def on_stop(message: str) -> None:
@@ -98,20 +117,39 @@ def fail(message: str) -> NoReturn:
 
 def run(body: Callable[[], T], verbose: bool = False) -> T:
     """`body()`, ending as the module docstring says when it does not finish."""
+    global _stopped_by
+    _stopped_by = None
     on_stop(RERUN)
     set_verbosity(verbose)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous_term = signal.signal(signal.SIGTERM, _terminate)
+    # An ignored SIGINT (a background job) stays ignored.
+    watch_int = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if watch_int:
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         return body()
-    except UserError as e:
-        message = str(e) or type(e).__name__
-        _exit(1, f"error: {message if e.how_to_fix_follows else message.splitlines()[0]}")
     except KeyboardInterrupt:
-        _exit(130, f"interrupted: {_stop_message}", mid_line=True)
+        _exit_stopped(signal.SIGINT)
     except Terminated:
-        _exit(143, f"terminated: {_stop_message}", mid_line=True)
+        _exit_stopped(signal.SIGTERM)
+    except Exception as e:
+        if _stopped_by is not None:
+            _exit_stopped(_stopped_by)
+        if isinstance(e, UserError):
+            message = str(e) or type(e).__name__
+            _exit(1, f"error: {message if e.how_to_fix_follows else message.splitlines()[0]}")
+        raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        if watch_int:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_STOP_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+
+
+def _exit_stopped(signum: signal.Signals) -> NoReturn:
+    _exit(128 + signum, f"{_STOP_WORDS[signum]}: {_stop_message}", mid_line=True)
 
 
 def _exit(status: int, line: str, mid_line: bool = False) -> NoReturn:
