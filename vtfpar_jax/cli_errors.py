@@ -146,6 +146,7 @@ def run(body: Callable[[], T], verbose: bool = False) -> T:
 
 
 _STOP_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+STOP_STATUSES = frozenset(128 + signum for signum in _STOP_WORDS)   # 130, 143
 
 
 def _exit_stopped(signum: signal.Signals) -> NoReturn:
