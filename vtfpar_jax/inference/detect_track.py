@@ -121,12 +121,7 @@ def _unconfirmed_start(box: mot.Box, earlier: Boxes, earlier_frame: int
     for matching a track to a detection), is taken as its start."""
     if not len(earlier):
         return [], earlier
-    x0, y0, x1, y1 = box.x, box.y, box.x + box.w, box.y + box.h
-    lo = np.maximum(earlier.xyxy[:, :2], [x0, y0])
-    hi = np.minimum(earlier.xyxy[:, 2:], [x1, y1])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
-    areas = np.prod(earlier.xyxy[:, 2:] - earlier.xyxy[:, :2], axis=1)
-    iou = inter / (areas + box.w * box.h - inter)
+    iou = base.ious(np.array([[box.x, box.y, box.x + box.w, box.y + box.h]]), earlier.xyxy)[0]
     best = int(np.argmax(iou))
     if iou[best] < START_IOU:
         return [], earlier

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vtfpar_jax import attributes
 from vtfpar_jax.evaluation import decisions
+from vtfpar_jax.inference.detectors.base import intersections
 from vtfpar_jax.inference.mot import Track
 
 LABEL_ITEMS = 3     # decided attributes drawn on the video, the most probable first
@@ -99,7 +100,8 @@ def place_labels(boxes: list[tuple[float, float, float, float]], sizes: list[tup
         candidates = [_inside((x, y - size[1] - 2), size, frame_size),
                       _inside((x, y + h + 2), size, frame_size),
                       _inside((x + 2, y + 2), size, frame_size)]
-        placed.append(min(candidates, key=lambda c: sum(_overlap(c, o) for o in others)))
+        covered = intersections(np.array(candidates), np.array(others)).sum(axis=1)
+        placed.append(candidates[int(np.argmin(covered))])
     return placed
 
 
@@ -110,11 +112,6 @@ def _inside(corner: tuple[float, float], size: tuple[int, int],
     x = min(max(corner[0], 0), max(frame_w - w, 0))
     y = min(max(corner[1], 0), max(frame_h - h, 0))
     return x, y, x + w, y + h
-
-
-def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    return (max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-            * max(0.0, min(a[3], b[3]) - max(a[1], b[1])))
 
 
 def contact_sheet(rows: list[dict[str, Any]], frames: int) -> Image.Image:

@@ -29,11 +29,9 @@ def _by_frame(tracks: dict[int, mot.Track]) -> dict[int, list[tuple[int, list[fl
 
 def iou_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(len(a), len(b)) 1 - IoU of xywh boxes; NaN (no match) where IoU < MATCH_IOU."""
-    a, b = np.asarray(a, np.float64)[:, None], np.asarray(b, np.float64)[None]
-    lo = np.maximum(a[..., :2], b[..., :2])
-    hi = np.minimum(a[..., :2] + a[..., 2:], b[..., :2] + b[..., 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
-    iou = inter / (a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter)
+    a, b = (np.asarray(boxes, np.float64) for boxes in (a, b))
+    iou = base.ious(np.concatenate([a[:, :2], a[:, :2] + a[:, 2:]], axis=1),
+                    np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1))
     return np.where(iou >= MATCH_IOU, 1 - iou, np.nan)
 
 

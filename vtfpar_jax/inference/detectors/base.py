@@ -74,18 +74,33 @@ class LearnedDetector(Detector):
         return cls(argument, options.score_threshold)
 
 
+def areas(xyxy: np.ndarray) -> np.ndarray:
+    return np.prod(xyxy[..., 2:] - xyxy[..., :2], axis=-1)
+
+
+def intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) areas where the xyxy boxes `a` and `b` overlap."""
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    return np.prod(np.clip(hi - lo, 0, None), axis=-1)
+
+
+def ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) intersection over union of the xyxy boxes `a` and `b`; NaN between
+    two empty boxes."""
+    inter = intersections(a, b)
+    with np.errstate(invalid="ignore"):
+        return inter / (areas(a)[:, None] + areas(b)[None, :] - inter)
+
+
 def nms(xyxy: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     """Indices kept by greedy non-maximum suppression, best score first."""
     order = np.argsort(-scores, kind="stable")
     keep = []
-    areas = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
     while order.size:
         i, rest = order[0], order[1:]
         keep.append(i)
-        lo = np.maximum(xyxy[i, :2], xyxy[rest, :2])
-        hi = np.minimum(xyxy[i, 2:], xyxy[rest, 2:])
-        inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
-        order = rest[inter / (areas[i] + areas[rest] - inter + 1e-9) <= iou]
+        order = rest[~(ious(xyxy[i:i + 1], xyxy[rest])[0] > iou)]   # an empty box suppresses none
     return np.asarray(keep, np.int64)
 
 

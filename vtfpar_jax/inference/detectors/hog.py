@@ -140,11 +140,8 @@ def drop_parts(boxes: base.Boxes) -> base.Boxes:
     """`boxes` less those lying mostly (CONTAINED of their area) inside a box at least
     CONTAINED_TALLER times taller."""
     xyxy = boxes.xyxy
-    lo = np.maximum(xyxy[:, None, :2], xyxy[None, :, :2])
-    hi = np.minimum(xyxy[:, None, 2:], xyxy[None, :, 2:])
-    inside = np.prod(np.clip(hi - lo, 0, None), axis=-1)           # [part, whole]
-    area = np.prod(xyxy[:, 2:] - xyxy[:, :2], axis=-1)
+    inside = base.intersections(xyxy, xyxy)                       # [part, whole]
     height = xyxy[:, 3] - xyxy[:, 1]
-    part = ((inside >= CONTAINED * area[:, None])
+    part = ((inside >= CONTAINED * base.areas(xyxy)[:, None])
             & (height[None, :] >= CONTAINED_TALLER * height[:, None]))
     return boxes.select(~part.any(axis=1))
