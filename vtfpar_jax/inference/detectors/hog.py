@@ -67,15 +67,15 @@ class HogDetector(base.Detector):
     def __init__(self, min_person_px: float = base.MIN_PERSON_PX):
         cv2 = base.import_extra("cv2")
         self._cv2 = cv2
+        svm = np.asarray(cv2.HOGDescriptor_getDefaultPeopleDetector(), np.float32).reshape(-1)
         tall = cv2.HOGDescriptor()
-        tall.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        tall.setSVMDetector(svm)
         small = cv2.HOGDescriptor((48, 96), (16, 16), (8, 8), (8, 8), 9, 1, -1.0,
                                   cv2.HOGDescriptor_L2Hys, 0.2, False, SMALL_LEVELS)
         small.setSVMDetector(cv2.HOGDescriptor_getDaimlerPeopleDetector())
         self._tall = _Window(tall, max(1.0, TALL_ENLARGED / float(min_person_px)), 0.0)
         self._small = _Window(small, max(1.0, SMALL_ENLARGED / float(min_person_px)),
                               SMALL_MARGIN)
-        svm = np.asarray(cv2.HOGDescriptor_getDefaultPeopleDetector(), np.float32).reshape(-1)
         self._svm_weights, self._svm_bias = svm[:-1], float(svm[-1])
         self.description = (f"hog (OpenCV HOG, default 64x128 and Daimler 48x96 SVMs; frames "
                             f"enlarged {self._tall.upscale:.2f}x and {self._small.upscale:.2f}x "
