@@ -114,7 +114,7 @@ def test_overwrite_never_replaces_what_the_run_reads(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
     with pytest.raises(out_folder.OutFolderError, match="which this run reads"):
-        out_folder.OutFolder(str(tmp_path), "predict", {}, True, keep=[str(tmp_path / "model")])
+        out_folder.OutFolder(str(tmp_path), "predict", {}, True, reads=[str(tmp_path / "model")])
 
 
 def test_file_as_folder_folder_as_file_and_read_only(tmp_path):

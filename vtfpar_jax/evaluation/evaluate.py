@@ -160,13 +160,19 @@ def main(argv=None):
 def _evaluate(args) -> dict:
     from vtfpar_jax.outputs import out_folder
     from vtfpar_jax.state import model_dir
-    from vtfpar_jax.state.build import attributes
     out_path = args.out or model_dir.folder_inside(args.model, f"eval_{args.split}")
-    out = out_folder.OutFolder(
-        out_path, "evaluate", {"model": model_dir.identity(args.model), "split": args.split,
-                               "step": args.step, "data_dir": args.data_dir and
-                               os.path.abspath(args.data_dir)},
-        args.overwrite, keep=[args.model])
+    trained_on = model_dir.read_run_file(args.model)["config"].get("data_dir")
+    with out_folder.OutFolder(
+            out_path, "evaluate", {"model": model_dir.identity(args.model),
+                                   "split": args.split, "step": args.step,
+                                   "data_dir": args.data_dir and os.path.abspath(args.data_dir)},
+            args.overwrite, reads=[args.model, args.data_dir or trained_on]) as out:
+        return _evaluate_into(out, out_path, args)
+
+
+def _evaluate_into(out, out_path: str, args) -> dict:
+    from vtfpar_jax.state import model_dir
+    from vtfpar_jax.state.build import attributes
     model_dir.check_dataset(args.model, args.split, args.data_dir)
     loaded = model_dir.load_announced(args.model, step=args.step)
     out.check_step(loaded.step)

@@ -228,6 +228,12 @@ def _robustness(args) -> dict:
     corruptions.parse_names(args.corruptions)   # every option before the model loads
     corruptions.parse_severities(args.severities)
     out_folder.check_writable_folder(out)
+    with out_folder.lock(out):   # two runs would each rewrite the other's cells away
+        return _robustness_into(args, out)
+
+
+def _robustness_into(args, out: str) -> dict:
+    from vtfpar_jax.state import model_dir
     model_dir.check_dataset(args.model, args.split, args.data_dir)
     cli_errors.on_stop(f"the cells finished so far are kept in {out}/robustness.json; rerun "
                        "the same command to resume with the next")

@@ -159,12 +159,17 @@ def _predict_inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
     missing = [p for p in paths if not p.exists()]
     if missing and args.fail_fast:   # before loading the model: the cheapest mistake to report
         cli_errors.fail(f"{missing[0]}: no such file or folder")
-    out = out_folder.OutFolder(
-        args.out, "predict", {"model": model_dir.identity(args.model),
-                              "inputs": [os.path.abspath(p) for p in paths],
-                              "step": args.step, "frames": args.frames,
-                              "threshold": args.threshold},
-        args.overwrite, keep=[args.model, *args.inputs])
+    with out_folder.OutFolder(
+            args.out, "predict", {"model": model_dir.identity(args.model),
+                                  "inputs": [os.path.abspath(p) for p in paths],
+                                  "step": args.step, "frames": args.frames,
+                                  "threshold": args.threshold},
+            args.overwrite, reads=[args.model, *args.inputs]) as out:
+        return _predict_into(out, paths, args)
+
+
+def _predict_into(out: out_folder.OutFolder, paths: list[Path],
+                  args: argparse.Namespace) -> list[dict[str, Any]]:
     loaded = model_dir.load_announced(args.model, step=args.step)
     out.check_step(loaded.step)
     frames = args.frames or loaded.model_cfg.frames

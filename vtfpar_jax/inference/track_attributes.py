@@ -304,17 +304,22 @@ def _track_attributes(args: argparse.Namespace) -> dict[str, Any]:
         args.detector, min_person_px=args.min_person_px, score_threshold=args.score_threshold)
     made_by = f"{args.detector}+bytetrack"
     tracks_from = args.tracks or args.detections or made_by
-    out = out_folder.OutFolder(
-        args.out, "track_attributes",
-        {"model": model_dir.identity(args.model), "video": os.path.abspath(args.video),
-         "tracks_from": os.path.abspath(tracks_from) if tracks_from != made_by else made_by,
-         "min_person_px": args.min_person_px if detector else None,
-         "score_threshold": args.score_threshold if detector else None,
-         "detect_every": args.detect_every if detector else 1,
-         "step": args.step, "window": args.window, "context": args.context,
-         "aspect": args.aspect, "threshold": args.threshold},
-        args.overwrite, keep=[args.model, args.video, *filter(None, [args.tracks,
-                                                                     args.detections])])
+    with out_folder.OutFolder(
+            args.out, "track_attributes",
+            {"model": model_dir.identity(args.model), "video": os.path.abspath(args.video),
+             "tracks_from": os.path.abspath(tracks_from) if tracks_from != made_by else made_by,
+             "min_person_px": args.min_person_px if detector else None,
+             "score_threshold": args.score_threshold if detector else None,
+             "detect_every": args.detect_every if detector else 1,
+             "step": args.step, "window": args.window, "context": args.context,
+             "aspect": args.aspect, "threshold": args.threshold},
+            args.overwrite, reads=[args.model, args.video, args.tracks,
+                                   args.detections]) as out:
+        return _track_into(out, args, info, tracks, detections, detector, tracks_from)
+
+
+def _track_into(out: out_folder.OutFolder, args: argparse.Namespace, info, tracks,
+                detections, detector, tracks_from: str) -> dict[str, Any]:
     times, about, evidence = stage_times.StageTimes(info.frames), {}, None
     with times.stage("load"):
         loaded = model_dir.load_announced(args.model, step=args.step)

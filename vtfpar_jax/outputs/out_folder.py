@@ -2,16 +2,20 @@
 
 --out must be a new or empty folder, or one holding this command's own results
 for the same model, inputs and options (its `run.json` says so; a rerun
-replaces them). Anything else is refused, naming what is there, unless
---overwrite is given. The results are written into a temporary folder beside
---out and swapped in when complete, with `run.json` (the manifest: command,
-model dir, checkpoint step, inputs, options) written last: a folder with a
-run.json holds one whole run, and a failed or interrupted run leaves the
-earlier folder as it was.
+replaces them). Another vtfpar command's results are refused, naming what is
+there, unless --overwrite is given; a folder without our run.json is refused
+even then, and so are the current folder, the home folder, the model dir, the
+data dir, every input, and any folder holding one of them: --overwrite removes
+only what a command of ours wrote. One run writes to a --out at a time (a lock
+beside it). The results are written into a temporary folder beside --out and
+swapped in when complete, with `run.json` (the manifest: command, model dir,
+checkpoint step, inputs, options) written last: a folder with a run.json holds
+one whole run, and a failed or interrupted run leaves the earlier folder as it
+was, also when it fails or is stopped during the swap.
 
 `check_writable_folder` / `check_writable_file` are the path checks alone, for
 commands that write in place (robustness resumes cell by cell; export writes
-one file and its metadata).
+one file and its metadata); `lock` is the one-run-at-a-time lock alone.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from vtfpar_jax.errors import UserError
-from vtfpar_jax.outputs import files
+from vtfpar_jax.outputs import files, held_signals, pid_lock
 
 MANIFEST = "run.json"
 
@@ -68,43 +72,81 @@ def check_writable_file(path: str, option: str = "--out", overwrite: bool = Fals
     _check_can_create(os.path.dirname(os.path.abspath(path)), option)
 
 
+def lock(path: str, option: str = "--out") -> pid_lock.PidLock:
+    """Folder `path`'s lock, `.NAME.lock` beside it, taken now; else one `OutFolderError`
+    naming the holder. Beside, not inside: the folder itself is swapped whole."""
+    target = os.path.abspath(path)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    return pid_lock.PidLock(
+        os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.lock"),
+        lambda holder: OutFolderError(f"{option} {path} is in use by {holder}, another run "
+                                      f"writing there: one run per {option} at a time"))
+
+
 def read_manifest(path: str) -> dict[str, Any] | None:
-    """The run.json in folder `path`, or None when there is none or it cannot be read."""
+    """The run.json one of our commands wrote in folder `path`; None when there is none, it
+    cannot be read, or it lacks the command and identity that ours all hold."""
     try:
         with open(os.path.join(path, MANIFEST)) as f:
             manifest = json.load(f)
     except (OSError, ValueError):
         return None
-    return manifest if isinstance(manifest, dict) else None
+    ours = isinstance(manifest, dict) and {"command", "identity"} <= manifest.keys()
+    return manifest if ours else None
 
 
 class OutFolder:
     """--out of one run of `command`; `identity`: the model dir, inputs and options that
-    make its results what they are (JSON values; the step comes once the model is loaded)."""
+    make its results what they are (JSON values; the step comes once the model is loaded).
+    `reads`: the model dir, data dir and inputs, which --out may never be nor hold.
+
+    Made before any work: the checks, then the lock (`.NAME.lock` beside --out, one run at
+    a time), held until the results are swapped in or the `with` block ends.
+    """
 
     def __init__(self, path: str, command: str, identity: dict[str, Any], overwrite: bool,
-                 keep: Sequence[str] = ()):
+                 reads: Sequence[str | None] = ()):
         self.path, self.command, self.overwrite = path, command, overwrite
         self.identity = json.loads(json.dumps(identity))   # as it reads back from run.json
         check_writable_folder(path)
-        entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
-        self.previous = read_manifest(path) if entries else None
-        ours = (self.previous is not None and self.previous.get("command") == command
-                and self.previous.get("identity") == self.identity)
-        if entries and not ours and not overwrite:
-            shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more"
-                                              if len(entries) > 3 else "")
-            what = (f"{self.previous.get('command')}'s results for other inputs or options"
-                    if self.previous else "files of something else")
-            raise OutFolderError(f"--out {path} holds {shown} ({what}); use a new or empty "
+        _check_replaceable(path, [p for p in reads if p])
+        self.lock = lock(path)
+        try:
+            self.previous = self._check_contents()
+        except BaseException:
+            self.release()
+            raise
+
+    def __enter__(self) -> OutFolder:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Let the next run into --out (done by `filling` and the `with` block's end)."""
+        self.lock.release()
+
+    def _check_contents(self) -> dict[str, Any] | None:
+        """The run.json of what --out holds; refused unless this run may replace it."""
+        entries = sorted(os.listdir(self.path)) if os.path.isdir(self.path) else []
+        if not entries:
+            return None
+        previous = read_manifest(self.path)
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more"
+                                          if len(entries) > 3 else "")
+        if previous is None:
+            raise OutFolderError(
+                f"--out {self.path} holds {shown} (files of something else: no {MANIFEST} "
+                "of ours); use a new or empty folder (--overwrite replaces only a folder "
+                f"holding our {MANIFEST})")
+        ours = (previous["command"] == self.command
+                and previous["identity"] == self.identity)
+        if not ours and not self.overwrite:
+            raise OutFolderError(f"--out {self.path} holds {shown} ({previous['command']}'s "
+                                 "results for other inputs or options); use a new or empty "
                                  "folder, or --overwrite to replace it whole")
-        if entries:   # it will be replaced: it must not hold what the run reads
-            out = os.path.realpath(path)
-            for kept in keep:
-                inside = os.path.realpath(kept)
-                if inside == out or inside.startswith(out + os.sep):
-                    raise OutFolderError(f"--out {path} holds {kept}, which this run reads; "
-                                         "use another --out")
+        return previous
 
     def check_step(self, step: int) -> None:
         """Refuse (unless --overwrite) to replace results of another checkpoint step."""
@@ -118,33 +160,74 @@ class OutFolder:
     @contextlib.contextmanager
     def filling(self, step: int, **recorded: Any) -> Iterator[str]:
         """A temporary folder to write the results in; swapped in as --out, with run.json
-        (identity, step, `recorded`) written last, when the block succeeds."""
-        self.check_step(step)
-        target = os.path.abspath(self.path)
-        parent = os.path.dirname(target)
-        os.makedirs(parent, exist_ok=True)
-        temporary = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(target)}.tmp-")
+        (identity, step, `recorded`) written last, when the block succeeds. The lock is
+        released at the end, whichever way it ends."""
         try:
-            yield temporary
-            files.write_json(os.path.join(temporary, MANIFEST),
-                             {"command": self.command, "identity": self.identity,
-                              "step": step, **recorded})
-            files.give_default_mode(temporary)
-            _swap_in(temporary, target)
+            self.check_step(step)
+            target = os.path.abspath(self.path)
+            temporary = tempfile.mkdtemp(dir=os.path.dirname(target),
+                                         prefix=f".{os.path.basename(target)}.tmp-")
+            try:
+                yield temporary
+                files.write_json(os.path.join(temporary, MANIFEST),
+                                 {"command": self.command, "identity": self.identity,
+                                  "step": step, **recorded})
+                files.give_default_mode(temporary)
+                _swap_in(temporary, target)
+            finally:
+                shutil.rmtree(temporary, ignore_errors=True)
         finally:
-            shutil.rmtree(temporary, ignore_errors=True)
+            self.release()
+
+
+def _check_replaceable(path: str, reads: Sequence[str]) -> None:
+    """Refuse as --out, with or without --overwrite, a folder that is or holds the current
+    folder, the home folder or what the run reads: a rerun with --overwrite would remove it."""
+    out = os.path.realpath(path)
+    for kept, what in [(os.getcwd(), "the current folder"),
+                       (os.path.expanduser("~"), "the home folder"),
+                       *((p, f"{p}, which this run reads") for p in reads)]:
+        inside = os.path.realpath(kept)
+        if inside == out:
+            raise OutFolderError(f"--out {path} is {what}; give the results a folder of their "
+                                 "own, new or empty")
+        if inside.startswith(out.rstrip(os.sep) + os.sep):
+            raise OutFolderError(f"--out {path} holds {what}"
+                                 + ("" if kept in reads else f" ({inside})")
+                                 + "; give the results a folder of their own, new or empty")
 
 
 def _swap_in(temporary: str, target: str) -> None:
-    """`temporary` renamed to `target`; what `target` held is removed once it is in place."""
-    old = None
-    if os.path.isdir(target):
-        if os.listdir(target):
-            old = tempfile.mkdtemp(dir=os.path.dirname(target),
-                                   prefix=f".{os.path.basename(target)}.old-")
-            os.rename(target, os.path.join(old, "previous"))
-        else:
-            os.rmdir(target)
-    os.rename(temporary, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """`temporary` renamed to `target`; what `target` held is moved aside, and put back if
+    the new folder cannot be moved in, then removed once the new one is in place. Ctrl-C and
+    SIGTERM wait until the renames are done: a stop between them would leave no --out."""
+    replaced = None   # the folder aside holding the old results, once the new ones are in
+    try:
+        with held_signals.held():
+            if not (os.path.isdir(target) and os.listdir(target)):
+                os.rename(temporary, target)   # onto nothing or an empty folder: one step
+                return
+            aside = tempfile.mkdtemp(dir=os.path.dirname(target),
+                                     prefix=f".{os.path.basename(target)}.old-")
+            previous = os.path.join(aside, "previous")
+            try:
+                os.rename(target, previous)
+            except BaseException:
+                os.rmdir(aside)
+                raise
+            try:
+                os.rename(temporary, target)
+            except BaseException as failure:
+                try:
+                    os.rename(previous, target)
+                except OSError as e:
+                    raise OutFolderError(
+                        f"--out {target}: the new results could not be moved in ({failure}), "
+                        f"nor the earlier ones put back ({e}); the earlier ones are in "
+                        f"{previous}") from failure
+                os.rmdir(aside)
+                raise
+            replaced = aside
+    finally:   # also when a stop held during the swap is delivered
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)

@@ -1,17 +1,17 @@
 """One training run per work dir. The lock is an flock on `workdir/.lock`, which the OS
-releases when the holder dies, so a killed run never blocks the next one. A multi-host run
-takes it in process 0 only (`lock_workdir`); which file systems it protects is in
-docs/reliability.md.
+releases when the holder dies, so a killed run never blocks the next one (`outputs.pid_lock`,
+as for a command's --out). A multi-host run takes it in process 0 only (`lock_workdir`);
+which file systems it protects is in docs/reliability.md.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 
 import jax
 
 from vtfpar_jax.errors import UserError
+from vtfpar_jax.outputs import pid_lock
 from vtfpar_jax.training import preemption
 
 
@@ -19,26 +19,11 @@ class WorkdirBusyError(UserError, RuntimeError):
     """Another run holds the work dir's lock."""
 
 
-class WorkdirLock:
+class WorkdirLock(pid_lock.PidLock):
     def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, ".lock")
-        self.file = open(self.path, "a+")  # noqa: SIM115 - held for the run's lifetime
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            raise WorkdirBusyError(f"{workdir} is in use by {holder}: one training process per "
-                               "work dir (the lock goes away when that process ends)") from None
-        self.file.truncate(0)
-        self.file.write(f"pid {os.getpid()}")
-        self.file.flush()
-
-    def release(self):
-        if not self.file.closed:
-            fcntl.flock(self.file, fcntl.LOCK_UN)
-            self.file.close()
+        super().__init__(os.path.join(workdir, ".lock"), lambda holder: WorkdirBusyError(
+            f"{workdir} is in use by {holder}: one training process per work dir (the lock "
+            "goes away when that process ends)"))
 
 
 def lock_workdir(workdir: str) -> WorkdirLock | None:
