@@ -142,3 +142,17 @@ def test_converted_model_dir_gives_the_published_logits(openpar_case, tmp_path):
     with pytest.raises(SystemExit):  # an existing model dir is never overwritten
         openpar_cli.main(["--checkpoint", str(tmp_path / "ckpt.pth"), "--clip",
                           str(tmp_path / "ViT-B-16.pt"), "--dataset", "mars", "--out", str(out)])
+
+
+def test_convert_refuses_a_folder_that_holds_anything_before_reading(tmp_path, capsys):
+    from vtfpar_jax.convert import openpar_cli
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "config.json").write_text("{}")   # not ours: never replaced
+    with pytest.raises(SystemExit):
+        openpar_cli.main(["--checkpoint", str(tmp_path / "missing.pth"), "--clip",
+                          str(tmp_path / "missing.pt"), "--dataset", "mars", "--out",
+                          str(tmp_path / "project")])
+    assert capsys.readouterr().err == (f"error: --out {tmp_path / 'project'} holds "
+                                       "config.json; choose a new or empty --out\n")
+    assert (tmp_path / "project" / "config.json").read_text() == "{}"
+

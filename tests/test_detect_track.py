@@ -109,11 +109,21 @@ def test_detect_frames_draws_the_frames_asked_for(tmp_path, capsys):
     street_scene.write_video(street_scene.Scene((64, 96), (32, 16), 3, (), seed=0), video)
     detect_frames.main([str(video), "--frames", "2", "--out", str(tmp_path / "out")])
     assert capsys.readouterr().out == "frame 2: 0 box(es), heights []\n"
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["frame_000002.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["frame_000002.png",
+                                                                    "run.json"]
     with pytest.raises(SystemExit):
         detect_frames.main([str(video), "--frames", "4", "--out", str(tmp_path / "none")])
     assert "error: --frames 4..4" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+    # Other frames into the same --out: refused, the first run's frames kept; --overwrite
+    # replaces them whole.
+    with pytest.raises(SystemExit):
+        detect_frames.main([str(video), "--frames", "1", "--out", str(tmp_path / "out")])
+    assert "detect's results for other inputs or options" in capsys.readouterr().err
+    detect_frames.main([str(video), "--frames", "1", "--out", str(tmp_path / "out"),
+                        "--overwrite"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["frame_000001.png",
+                                                                    "run.json"]
 
 
 class _Scripted(detectors.Detector):

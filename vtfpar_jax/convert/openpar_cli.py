@@ -26,18 +26,27 @@ from vtfpar_jax.state.checkpoint import CheckpointStore
 
 
 class OutputExistsError(UserError, FileExistsError):
-    """--out already holds a model: it is never overwritten."""
+    """--out already holds something: it is never overwritten."""
 
 
 DATASETS = {"mars": ("configs.mars", "mars"), "duke": ("configs.duke", "duke")}
+
+
+def check_new(out: str) -> None:
+    """Refuse an --out that holds anything: a model dir's config.json and clip/ would replace
+    files of the same names (a user's folder, or another model)."""
+    entries = sorted(os.listdir(out)) if os.path.isdir(out) else []
+    if entries:
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more"
+                                          if len(entries) > 3 else "")
+        raise OutputExistsError(f"--out {out} holds {shown}; choose a new or empty --out")
 
 
 def write_model_dir(out: str, cfg, variables: dict, config, attribute_set, tokens: np.ndarray,
                     phrases) -> None:
     """config.json + clip/ + checkpoints/0 exactly as a training run lays them out."""
     from vtfpar_jax.state.model_dir import fresh_state
-    if os.path.exists(os.path.join(out, "checkpoints")):
-        raise OutputExistsError(f"{out} already holds checkpoints; choose an empty --out")
+    check_new(out)
     os.makedirs(out, exist_ok=True)
     state, _ = fresh_state(config, cfg, variables["clip"], variables)
     hf_clip.save(cfg.clip, variables["clip"], os.path.join(out, "clip"))
@@ -54,6 +63,7 @@ def write_model_dir(out: str, cfg, variables: dict, config, attribute_set, token
 def convert_files(checkpoint: str, clip_path: str, dataset: str, out: str,
                   bpe_path: str | None = None, **options) -> str:
     import importlib
+    check_new(out)   # before the minutes of reading and converting
     module, set_name = DATASETS[dataset]
     config = importlib.import_module(module).get_config()
     attribute_set = attributes.get(set_name)

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.inference import detectors
 from vtfpar_jax.inference import video as video_io
+from vtfpar_jax.outputs import out_folder
 
 
 def draw(frame: np.ndarray, boxes: detectors.Boxes, scale: float) -> Image.Image:
@@ -42,7 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min_person_px", type=int, default=detectors.MIN_PERSON_PX)
     parser.add_argument("--score_threshold", type=float, default=detectors.SCORE_THRESHOLD)
     parser.add_argument("--scale", type=float, default=0.5)
-    parser.add_argument("--out", default="frames_out")
+    parser.add_argument("--out", default="frames_out",
+                        help="output folder, new or empty, or holding this command's frames "
+                        "for the same video and options (default %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace what --out holds, whole, if a command of ours wrote it")
     args = parser.parse_args(argv)
     try:
         info = video_io.probe(args.video)
@@ -52,16 +57,26 @@ def main(argv: list[str] | None = None) -> None:
                             f"1..{info.frames}")
         detector = detectors.build(args.detector, min_person_px=args.min_person_px,
                                    score_threshold=args.score_threshold)
-        os.makedirs(args.out, exist_ok=True)
-        for number, frame in video_io.iter_frames(args.video):
-            if number in wanted:
-                boxes = detector(frame)
-                draw(frame, boxes, args.scale).save(
-                    os.path.join(args.out, f"frame_{number:06d}.png"), optimize=True)
-                heights = (boxes.xyxy[:, 3] - boxes.xyxy[:, 1]).round().astype(int).tolist()
-                print(f"frame {number}: {len(boxes)} box(es), heights {heights}")
-            if number >= wanted[-1]:
-                break
+        with out_folder.OutFolder(
+                args.out, "detect", {"video": os.path.abspath(args.video), "frames": wanted,
+                                     "detector": args.detector,
+                                     "min_person_px": args.min_person_px,
+                                     "score_threshold": args.score_threshold,
+                                     "scale": args.scale},
+                args.overwrite, reads=[args.video]) as out, out.filling(step=None) as folder:
+            _draw_frames(args, wanted, detector, folder)
     except UserError as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         sys.exit(1)
+
+
+def _draw_frames(args: argparse.Namespace, wanted: list[int], detector, folder: str) -> None:
+    for number, frame in video_io.iter_frames(args.video):
+        if number in wanted:
+            boxes = detector(frame)
+            draw(frame, boxes, args.scale).save(
+                os.path.join(folder, f"frame_{number:06d}.png"), optimize=True)
+            heights = (boxes.xyxy[:, 3] - boxes.xyxy[:, 1]).round().astype(int).tolist()
+            print(f"frame {number}: {len(boxes)} box(es), heights {heights}")
+        if number >= wanted[-1]:
+            break
