@@ -144,6 +144,23 @@ def test_overwrite_replaces_another_commands_results_but_not_a_foreign_run_json(
     assert _tree(foreign) == {"run.json": b'{"runs": [1, 2]}'}
 
 
+def test_export_overwrite_replaces_only_an_artefact_export_wrote(tmp_path, model, capsys):
+    from vtfpar_jax.tools import export
+    thesis = tmp_path / "thesis.tex"
+    thesis.write_text("chapter 1")
+    line = _one_error_line(capsys, export.main, ["--model", model, "--format", "stablehlo",
+                                                 "--out", thesis, "--overwrite"])
+    assert line == (f"error: --out {thesis}: {thesis}.json does not say that vtfpar export "
+                    "wrote it; --overwrite replaces only an artefact of ours: use another path")
+    assert thesis.read_text() == "chapter 1"
+    # An artefact with export's metadata beside it is replaced: the model is then loaded.
+    (tmp_path / "thesis.tex.json").write_text(json.dumps({"format_version": 1,
+                                                          "format": "stablehlo"}))
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        export.main(["--model", str(model), "--format", "stablehlo", "--out", str(thesis),
+                     "--overwrite"])
+
+
 # --- one run per --out --------------------------------------------------------------------
 
 HOLDER = """

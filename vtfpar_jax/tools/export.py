@@ -223,6 +223,19 @@ def export(loaded: model_dir.LoadedModel, fmt: str, out: str, batch: int | None,
     return {**metadata, "bytes": len(data), "export_seconds": round(seconds, 2)}
 
 
+def _replaceable(out: str) -> bool:
+    """Nothing at `out` and `<out>.json`, or an artefact and the metadata that export wrote."""
+    if not (os.path.exists(out) or os.path.exists(metadata_path(out))):
+        return True
+    try:
+        with open(metadata_path(out)) as f:
+            metadata = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(metadata, dict) and metadata.get("format") in FORMATS \
+        and "format_version" in metadata
+
+
 def parse_batch(value: str) -> int | None:
     """--batch: 'dynamic' -> None (symbolic), else a positive int."""
     if value == "dynamic":
@@ -262,6 +275,10 @@ def _export(args) -> dict[str, Any]:
     check_options(args.format, platforms)
     for path in (args.out, metadata_path(args.out)):
         out_folder.check_writable_file(path, "--out", args.overwrite)
+    if args.overwrite and not _replaceable(args.out):
+        raise ExportError(f"--out {args.out}: {metadata_path(args.out)} does not say that "
+                          "vtfpar export wrote it; --overwrite replaces only an artefact of "
+                          "ours: use another path")
     loaded = model_dir.load_announced(args.model, step=args.step)
     info = export(loaded, args.format, args.out, batch, model=args.model, platforms=platforms)
     print(f"{args.out}: {args.format}, {info['bytes'] / 2**20:.1f} MiB in "
