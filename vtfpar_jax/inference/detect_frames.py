@@ -55,16 +55,17 @@ def main(argv: list[str] | None = None) -> None:
         if wanted[0] < 1 or wanted[-1] > info.frames:
             raise UserError(f"--frames {wanted[0]}..{wanted[-1]}: {args.video} has frames "
                             f"1..{info.frames}")
-        detector = detectors.build(args.detector, min_person_px=args.min_person_px,
-                                   score_threshold=args.score_threshold)
         with out_folder.OutFolder(
                 args.out, "detect", {"video": os.path.abspath(args.video), "frames": wanted,
                                      "detector": args.detector,
                                      "min_person_px": args.min_person_px,
                                      "score_threshold": args.score_threshold,
                                      "scale": args.scale},
-                args.overwrite, reads=[args.video]) as out, out.filling(step=None) as folder:
-            _draw_frames(args, wanted, detector, folder)
+                args.overwrite, reads=[args.video]) as out:   # checked and locked first
+            detector = detectors.build(args.detector, min_person_px=args.min_person_px,
+                                       score_threshold=args.score_threshold)
+            with out.filling(step=None) as folder:
+                _draw_frames(args, wanted, detector, folder)
     except UserError as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         sys.exit(1)
