@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.inference import detectors
 from vtfpar_jax.inference import video as video_io
+from vtfpar_jax.outputs import files
 
 
 def draw(frame: np.ndarray, boxes: detectors.Boxes, scale: float) -> Image.Image:
@@ -44,24 +45,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=float, default=0.5)
     parser.add_argument("--out", default="frames_out")
     args = parser.parse_args(argv)
-    try:
-        info = video_io.probe(args.video)
-        wanted = sorted(set(args.frames))
-        if wanted[0] < 1 or wanted[-1] > info.frames:
-            raise UserError(f"--frames {wanted[0]}..{wanted[-1]}: {args.video} has frames "
-                            f"1..{info.frames}")
-        detector = detectors.build(args.detector, min_person_px=args.min_person_px,
-                                   score_threshold=args.score_threshold)
-        os.makedirs(args.out, exist_ok=True)
-        for number, frame in video_io.iter_frames(args.video):
-            if number in wanted:
-                boxes = detector(frame)
-                draw(frame, boxes, args.scale).save(
-                    os.path.join(args.out, f"frame_{number:06d}.png"), optimize=True)
-                heights = (boxes.xyxy[:, 3] - boxes.xyxy[:, 1]).round().astype(int).tolist()
-                print(f"frame {number}: {len(boxes)} box(es), heights {heights}")
-            if number >= wanted[-1]:
-                break
-    except UserError as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        sys.exit(1)
+    cli_errors.run(lambda: _detect(args))
+
+
+def _detect(args) -> None:
+    info = video_io.probe(args.video)
+    wanted = sorted(set(args.frames))
+    if wanted[0] < 1 or wanted[-1] > info.frames:
+        raise UserError(f"--frames {wanted[0]}..{wanted[-1]}: {args.video} has frames "
+                        f"1..{info.frames}")
+    detector = detectors.build(args.detector, min_person_px=args.min_person_px,
+                               score_threshold=args.score_threshold)
+    os.makedirs(args.out, exist_ok=True)
+    for number, frame in video_io.iter_frames(args.video):
+        if number in wanted:
+            boxes = detector(frame)
+            files.save_figure(draw(frame, boxes, args.scale),
+                              os.path.join(args.out, f"frame_{number:06d}.png"), optimize=True)
+            heights = (boxes.xyxy[:, 3] - boxes.xyxy[:, 1]).round().astype(int).tolist()
+            print(f"frame {number}: {len(boxes)} box(es), heights {heights}")
+        if number >= wanted[-1]:
+            break
