@@ -338,3 +338,42 @@ def test_no_space_names_the_nearest_existing_folder(tmp_path, number):
     line = cli_errors.no_space_line(e)
     assert line.startswith(f"error: {tmp_path}/not/yet/made.json: {os.strerror(number)} (")
     assert f"free on {tmp_path})" in line
+
+
+# --- stop lines name only what exists ----------------------------------------------------
+
+def test_robustness_stop_line_says_when_no_cell_had_finished(tmp_path):
+    from vtfpar_jax.experiments import robustness
+    path = tmp_path / "never_made" / "robustness.json"
+    assert robustness.cells_kept(str(path)) == (
+        "no cell had finished; nothing was written; rerun the same command")
+    files.write_json(str(path), {"cells": {"clean": {}, "blur@1": {}}})
+    assert robustness.cells_kept(str(path)).startswith(f"the 2 cell(s) finished are kept in {path}")
+
+
+def test_ablate_stop_line_names_the_finished_points_only(tmp_path):
+    from vtfpar_jax.experiments import ablate
+    assert ablate.points_kept(str(tmp_path)).startswith("no point had finished; rerun")
+    files.write_json(str(tmp_path / "ablation.json"),
+                     {"points": {"seed=0": {"results": {"group_f1": 0.5}}, "seed=1": {}}})
+    line = ablate.points_kept(str(tmp_path), training="seed=1")
+    assert line.startswith(f"the 1 finished point(s) are kept in {tmp_path}/ablation.json")
+    assert line.endswith("(point seed=1 resumes from its checkpoint)")
+
+
+def test_a_preempted_training_run_exits_143_in_one_line(tmp_path, capsys):
+    """Exit 0 after a preemption made SLURM, Kubernetes or a TPU VM loop think it finished."""
+    from vtfpar_jax.training import train
+    code, err = _stopped(lambda: train.preempted(3, str(tmp_path)), capsys)
+    assert code == 143
+    assert err.strip() == (f"terminated: preempted at step 3, its checkpoint saved in {tmp_path}; "
+                           "rerun the same command to resume")
+
+
+def test_the_training_stop_line_lists_the_complete_checkpoints(tmp_path):
+    from vtfpar_jax.training import train
+    assert train.checkpoints_kept(str(tmp_path)).startswith("no checkpoint had been written")
+    for name in ("2", "4", "6.orbax-checkpoint-tmp-1"):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+    assert train.checkpoints_kept(str(tmp_path)).startswith(
+        f"the checkpoints of steps 2, 4 are kept in {tmp_path}")
