@@ -168,6 +168,23 @@ def test_ablate_cli_names_the_bad_point(tmp_path, capsys, fake_training):
     assert not out.exists()
 
 
+def test_a_preempted_ablation_exits_143_naming_what_it_kept(tmp_path, capsys, monkeypatch,
+                                                            fake_training):
+    """The second point is preempted: exit 143 (a requeue policy reruns it), one line."""
+    def preempted_second(config, point_dir):
+        fake_training.append(os.path.basename(point_dir))
+        return {"preempted_at": 2} if len(fake_training) == 2 else _fake_results(config)
+    monkeypatch.setattr(train, "train_and_evaluate", preempted_second)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        ablate.main(["--config", SMOKE, "--sweep", SWEEP, "--workdir", str(out)])
+    assert exit_.value.code == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"terminated: preempted at step 2 of point {POINTS[1]}, its checkpoint saved; the 1 "
+        f"finished point(s) are kept in {out}/ablation.json; rerun the same command to go on "
+        f"(point {POINTS[1]} resumes from its checkpoint)")
+
+
 def test_labels_spell_their_values_and_never_collide():
     config = config_file.load_config_file(SMOKE)
     points = ablate.grid(config, ["text.template=a b,a_b"])   # once both 'template=a_b'

@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import sys
+import threading
 
 from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import nearest
@@ -83,19 +84,36 @@ def main(argv: list[str] | None = None) -> None:
 def entry() -> None:
     """`vtfpar` and `python -m vtfpar_jax`: `main`, and after a stop the process ends at once.
 
+    Stop signals are handled from the start (`cli_errors.watching_stops`), so a Ctrl-C during the
+    imports before a command's `run` is also one `interrupted:` line, not a traceback.
+
     A stop (Ctrl-C, SIGTERM) can come while tf.data's threads still read a dataset, and
     Python's teardown then crashed under them now and then (SIGSEGV, exit -11, after the
     `interrupted:` line: 3 of 50 interrupted `robustness` runs). By the time the stop's
     SystemExit gets here, the command's own cleanup has run (files closed, checkpoint
-    writes waited for), so the process leaves without the teardown. In-process callers of
-    `main` still get the SystemExit.
+    writes waited for: a second Ctrl-C does not cut that short), so the process leaves
+    without the teardown, once the threads that Python's teardown would wait for (Orbax's
+    `async_save`: a checkpoint being committed) have ended. In-process callers of `main`
+    still get the SystemExit.
     """
-    try:
-        main()
-    except SystemExit as e:
-        if e.code in cli_errors.STOP_STATUSES:
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(e.code)
-        raise
+    cli_errors.end_process_after_stop()
+    with cli_errors.watching_stops(restore=False):
+        try:
+            main()
+            return
+        except SystemExit as e:
+            if e.code not in cli_errors.STOP_STATUSES:
+                raise
+            status = e.code
+        except cli_errors.STOP_EXCEPTIONS as stop:   # before `run`, or after its body
+            try:
+                cli_errors.stopped_outside_run(stop)
+            except SystemExit as e:
+                status = e.code
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

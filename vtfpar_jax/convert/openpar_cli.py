@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 
-from vtfpar_jax import attributes
+from vtfpar_jax import attributes, cli_errors
 from vtfpar_jax.backbones import clip_tokenizer, hf_clip, openai_clip
 from vtfpar_jax.backbones.weights import WeightImportError
 from vtfpar_jax.convert import openpar
@@ -113,10 +112,13 @@ def main(argv=None):
         parser.add_argument(f"--{name}", type=kind, default=default)
     args = vars(parser.parse_args(argv))
     fixed = {k: args.pop(k) for k in ("checkpoint", "clip", "dataset", "out", "bpe")}
-    try:
+
+    def convert():
+        # The model dir is complete once its checkpoint is; until then a rerun rewrites it.
+        cli_errors.on_stop(lambda: f"{fixed['out']} has no checkpoint yet; rerun the same "
+                           "command" if os.path.exists(fixed["out"]) else cli_errors.RERUN)
         out = convert_files(fixed["checkpoint"], fixed["clip"], fixed["dataset"], fixed["out"],
                             fixed["bpe"], **args)
-    except UserError as e:  # bad input: one line; anything else is a bug: its traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    print(f"wrote model dir {out}: evaluate with vtfpar evaluate --model {out}")
+        print(f"wrote model dir {out}: evaluate with vtfpar evaluate --model {out}")
+
+    cli_errors.run(convert)

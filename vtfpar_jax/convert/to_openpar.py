@@ -27,7 +27,6 @@ code computes what it computes; otherwise one error names the config option
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import ml_collections
@@ -39,6 +38,7 @@ from vtfpar_jax.convert import openpar
 from vtfpar_jax.errors import ConfigError
 from vtfpar_jax.models import clip, towers, vtfpar
 from vtfpar_jax.models.side_nets import INTERACTION_MAPS, SIDE_DEPTH, SIDE_HEADS
+from vtfpar_jax.outputs import files
 
 # The published code builds its side ViTs from this table (`model_register`) only.
 PUBLISHED_WIDTHS = tuple(sorted(SIDE_HEADS))
@@ -190,9 +190,11 @@ def write_checkpoint(loaded, model: str, out: str) -> dict:
     options = published_options(loaded.config, loaded.model_cfg, loaded.state.trainable)
     tensors = state_dict(loaded.model_cfg, loaded.variables())
     published = {k.removeprefix("model/"): torch.from_numpy(v) for k, v in tensors.items()}
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     epoch = checkpoint_epoch(model, loaded.step)
-    torch.save({"epoch": epoch, "model_state_dict": published}, out)
+    # torch.save writes in place: a stop or a full disk would leave a truncated file that
+    # a rerun then refuses as existing.
+    with files.atomic_file(out) as temporary:
+        torch.save({"epoch": epoch, "model_state_dict": published}, temporary)
     return {"model": model_dir.identity(model), "step": loaded.step, "epoch": epoch,
             "openpar_options": options}
 

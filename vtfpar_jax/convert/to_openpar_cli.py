@@ -12,13 +12,12 @@ cannot compute is refused with one error naming the config option.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 
+from vtfpar_jax import cli_errors
 from vtfpar_jax.convert import to_openpar
 from vtfpar_jax.convert.openpar_cli import OutputExistsError
-from vtfpar_jax.errors import UserError
+from vtfpar_jax.outputs import files
 
 
 def command_line(options: dict) -> str:
@@ -39,14 +38,17 @@ def main(argv=None):
     parser.add_argument("--step", type=int, default=None,
                         help="the checkpoint step (default: the newest that loads)")
     args = parser.parse_args(argv)
-    try:
-        if os.path.exists(args.out):
-            raise OutputExistsError(f"{args.out} exists; choose a new --out")
-        written = to_openpar.export(args.model, args.out, args.step)
-    except UserError as e:  # bad input: one line; anything else is a bug: its traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    cli_errors.run(lambda: _to_openpar(args))
+
+
+def _to_openpar(args) -> None:
+    if os.path.exists(args.out):
+        raise OutputExistsError(f"{args.out} exists; choose a new --out")
+    sidecar = args.out + ".json"
+    cli_errors.on_stop(lambda: f"{args.out} is written, {sidecar} is not; move {args.out} away "
+                       "and rerun the same command" if os.path.exists(args.out)
+                       else cli_errors.RERUN)
+    written = to_openpar.export(args.model, args.out, args.step)
     flags = command_line(written["openpar_options"])
-    with open(args.out + ".json", "w") as f:
-        json.dump({**written, "command_line": flags}, f, indent=1)
+    files.write_json(sidecar, {**written, "command_line": flags}, indent=1)
     print(f"wrote {args.out} (step {written['step']}); build the published model with: {flags}")

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import ast
 import itertools
-import logging
 import os
 import re
 
@@ -269,9 +268,7 @@ def run(config_spec: str, sweeps: list[str], workdir: str, sets: dict | None = N
         overrides, config = points[label]
         results = train.train_and_evaluate(config, os.path.join(workdir, label))
         if "preempted_at" in results:
-            logging.warning("point %s stopped at step %d; rerun the same command to resume",
-                            label, results["preempted_at"])
-            report["stopped"] = label
+            report["stopped"] = {"point": label, "step": results["preempted_at"]}
             return report
         done[label] = {"overrides": fingerprint.jsonable(overrides),
                        "frozen_patterns": list(config.frozen_patterns),
@@ -347,6 +344,19 @@ def _typed_sets(config_spec: str, raw: dict) -> dict:
     return {key: parse_value(base, key, text) for key, text in raw.items()}
 
 
+def points_kept(workdir: str, training: str | None = None) -> str:
+    """What a stop leaves in `workdir`, asked at the stop: the finished points in
+    ablation.json, and the point in training (`training`, else the newest point folder)."""
+    path = os.path.join(workdir, "ablation.json")
+    done = read_to_resume(path, AblationError, "--workdir").get("points", {})
+    finished = [label for label, point in done.items() if point.get("results") is not None]
+    kept = (f"the {len(finished)} finished point(s) are kept in {path}" if finished
+            else "no point had finished")
+    return f"{kept}; rerun the same command to go on" + (
+        f" (point {training} resumes from its checkpoint)" if training else
+        ", each unfinished point from its newest checkpoint, if it wrote one")
+
+
 def main(argv=None):
     import argparse
     parser = argparse.ArgumentParser(prog="vtfpar ablate",
@@ -366,13 +376,13 @@ def _ablate(args) -> dict:
     from vtfpar_jax.outputs import out_folder
     out_folder.check_writable_folder(args.workdir, "--workdir")
     sets = _typed_sets(args.config, _parse_sets(args.sets))
-    cli_errors.on_stop(f"the points finished are kept in {args.workdir}/ablation.json, and "
-                       "the one in training resumes from its newest checkpoint; rerun the "
-                       "same command to go on")
+    cli_errors.on_stop(lambda: points_kept(args.workdir))
     report = run(args.config, args.sweep, args.workdir, sets)
-    if "stopped" in report:
-        print(f"stopped during point {report['stopped']}; rerun the same command to resume")
-        return report
+    if "stopped" in report:   # preempted (SIGTERM): exit 143, as training does
+        stopped = report["stopped"]
+        cli_errors.on_stop(f"preempted at step {stopped['step']} of point {stopped['point']}, "
+                           f"its checkpoint saved; {points_kept(args.workdir, stopped['point'])}")
+        raise cli_errors.Terminated()
     print(report["table"], end="")
     print(f"written to {os.path.join(args.workdir, 'ablation.md')} and ablation.png")
     return report

@@ -202,6 +202,15 @@ def save_figures(report: dict, names, severities, out: str) -> dict[str, str]:
     return paths
 
 
+def cells_kept(path: str) -> str:
+    """What a stop leaves at `path` (robustness.json), asked at the stop."""
+    cells = read_to_resume(path, RobustnessError, "--out").get("cells", {})
+    if not cells:
+        return "no cell had finished; nothing was written; rerun the same command"
+    return (f"the {len(cells)} cell(s) finished are kept in {path}; rerun the same command "
+            "to resume with the next")
+
+
 def main(argv=None):
     import argparse
     parser = argparse.ArgumentParser(
@@ -235,8 +244,7 @@ def _robustness(args) -> dict:
 def _robustness_into(args, out: str) -> dict:
     from vtfpar_jax.state import model_dir
     model_dir.check_dataset(args.model, args.split, args.data_dir)
-    cli_errors.on_stop(f"the cells finished so far are kept in {out}/robustness.json; rerun "
-                       "the same command to resume with the next")
+    cli_errors.on_stop(lambda: cells_kept(os.path.join(out, "robustness.json")))
     report = run(args.model, args.split, args.corruptions, args.severities, args.seed,
                  args.out, args.step, args.data_dir)
     print(report["table"], end="")

@@ -2,6 +2,7 @@
 
     vtfpar detect VIDEO --frames 100 250 [--detector hog]
         [--min_person_px 48] [--score_threshold 0.5] [--scale 0.5] [--out frames_out]
+        [--overwrite]
 
 Writes OUT/frame_NNNNNN.png per frame asked for (boxes in red, the picture
 scaled by --scale) and prints each frame's number of boxes and their heights.
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.inference import detectors
 from vtfpar_jax.inference import video as video_io
@@ -49,26 +50,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace what --out holds, whole, if a command of ours wrote it")
     args = parser.parse_args(argv)
-    try:
-        info = video_io.probe(args.video)
-        wanted = sorted(set(args.frames))
-        if wanted[0] < 1 or wanted[-1] > info.frames:
-            raise UserError(f"--frames {wanted[0]}..{wanted[-1]}: {args.video} has frames "
-                            f"1..{info.frames}")
-        with out_folder.OutFolder(
-                args.out, "detect", {"video": os.path.abspath(args.video), "frames": wanted,
-                                     "detector": args.detector,
-                                     "min_person_px": args.min_person_px,
-                                     "score_threshold": args.score_threshold,
-                                     "scale": args.scale},
-                args.overwrite, reads=[args.video]) as out:   # checked and locked first
-            detector = detectors.build(args.detector, min_person_px=args.min_person_px,
-                                       score_threshold=args.score_threshold)
-            with out.filling(step=None) as folder:
-                _draw_frames(args, wanted, detector, folder)
-    except UserError as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        sys.exit(1)
+    cli_errors.run(lambda: _detect(args))
+
+
+def _detect(args: argparse.Namespace) -> None:
+    info = video_io.probe(args.video)
+    wanted = sorted(set(args.frames))
+    if wanted[0] < 1 or wanted[-1] > info.frames:
+        raise UserError(f"--frames {wanted[0]}..{wanted[-1]}: {args.video} has frames "
+                        f"1..{info.frames}")
+    with out_folder.OutFolder(
+            args.out, "detect", {"video": os.path.abspath(args.video), "frames": wanted,
+                                 "detector": args.detector,
+                                 "min_person_px": args.min_person_px,
+                                 "score_threshold": args.score_threshold,
+                                 "scale": args.scale},
+            args.overwrite, reads=[args.video]) as out:   # checked and locked first
+        detector = detectors.build(args.detector, min_person_px=args.min_person_px,
+                                   score_threshold=args.score_threshold)
+        with out.filling(step=None) as folder:
+            _draw_frames(args, wanted, detector, folder)
 
 
 def _draw_frames(args: argparse.Namespace, wanted: list[int], detector, folder: str) -> None:

@@ -47,6 +47,20 @@ def give_default_mode(path: str) -> None:
 
 
 @contextlib.contextmanager
+def _named(path: str, temporary: str) -> Iterator[None]:
+    """An OSError inside names `path`: a write's own error (a full disk: ENOSPC) names no
+    file, and one naming the temporary would send the reader to a name that is gone."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = path
+        elif str(e.filename).startswith(temporary):   # inside a folder being filled
+            e.filename = path + str(e.filename)[len(temporary):]
+        raise
+
+
+@contextlib.contextmanager
 def atomic_file(path: str) -> Iterator[str]:
     """A temporary path beside `path` to write; renamed onto `path` if the block succeeds.
 
@@ -59,9 +73,10 @@ def atomic_file(path: str) -> Iterator[str]:
                                      suffix=os.path.splitext(path)[1])
     os.close(fd)
     try:
-        yield temporary
-        give_default_mode(temporary)
-        os.replace(temporary, path)
+        with _named(path, temporary):
+            yield temporary
+            give_default_mode(temporary)
+            os.replace(temporary, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
@@ -78,8 +93,9 @@ def atomic_folder(path: str) -> Iterator[str]:
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
     try:
-        yield temporary
-        give_default_mode(temporary)
+        with _named(path, temporary):
+            yield temporary
+            give_default_mode(temporary)
         try:
             os.rename(temporary, path)
         except OSError:

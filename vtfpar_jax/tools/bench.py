@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import resource
 import statistics
 import sys
@@ -35,9 +34,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from vtfpar_jax import cli_errors
 from vtfpar_jax.backbones import registry
 from vtfpar_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from vtfpar_jax.models.side_nets import REMAT_POLICIES
+from vtfpar_jax.outputs import files
 from vtfpar_jax.tools.bench_setup import (
     DTYPES,
     clip_config,
@@ -260,6 +261,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ValueError as e:
         p.error(str(e))
     command = "vtfpar bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    return cli_errors.run(lambda: _bench(p, args, command))
+
+
+def _bench(p: argparse.ArgumentParser, args, command: str) -> dict[str, Any]:
     if args.aot:
         from vtfpar_jax.tools import aot
         try:
@@ -299,5 +304,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _write_json(path: str | None, result: dict) -> None:
     if path:
-        with open(path, "w") as f:
-            json.dump(result, f, indent=1)
+        files.write_json(path, result, indent=1)

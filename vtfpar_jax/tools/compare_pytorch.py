@@ -42,7 +42,6 @@ import argparse
 import contextlib
 import gc
 import importlib
-import json
 import os
 import statistics
 import sys
@@ -51,6 +50,9 @@ import types
 from typing import Any
 
 import numpy as np
+
+from vtfpar_jax import cli_errors
+from vtfpar_jax.outputs import files
 
 VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
                vision_patch_size=16, context_length=77, vocab_size=49408,
@@ -413,7 +415,6 @@ def summary(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from vtfpar_jax.errors import UserError
     from vtfpar_jax.tools.bench import DTYPES
 
     p = argparse.ArgumentParser(prog="vtfpar compare-pytorch",
@@ -441,6 +442,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.model is not None and not args.clips:
         p.error("--model needs --clips (video files or frame folders)")
+    return cli_errors.run(lambda: _compare(p, args))
+
+
+def _compare(p: argparse.ArgumentParser, args) -> dict[str, Any]:
+    from vtfpar_jax.errors import UserError
     try:
         if args.model is not None:
             result = compare_model(args.openpar, args.model, args.clips, args.device)
@@ -448,13 +454,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result = compare(args.openpar, args.batch, args.frames, args.device, args.steps,
                              args.warmup, train=not args.no_train, clip_fp16=args.clip_fp16,
                              jax_dtype=args.jax_dtype, jax_clip_dtype=args.jax_clip_dtype)
-    except UserError as e:  # a refused model, a missing clip: one line
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    except UserError:  # a refused model, a missing clip (some are FileNotFoundErrors too)
+        raise               # one line, by cli_errors.run
     except (FileNotFoundError, ImportError) as e:
         p.error(str(e))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        files.write_json(args.json, result, indent=1)
     print(model_summary(result) if args.model is not None else summary(result))
     return result

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
+
+from vtfpar_jax import cli_errors
 
 
 def main(argv=None):
@@ -19,9 +20,11 @@ def main(argv=None):
     parser.add_argument("--config_arg", default="", help="argument of configs/demo.py")
     parser.add_argument("--prepare_only", action="store_true", help="only build the dataset")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for noisy in ("absl", "tensorflow", "orbax", "jax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return cli_errors.run(lambda: _demo(args))
+
+
+def _demo(args) -> None:
+    logging.getLogger().setLevel(logging.INFO)   # the step lines; the libraries stay quiet
 
     import input_pipeline
     from configs import demo
@@ -37,11 +40,11 @@ def main(argv=None):
     if args.prepare_only:
         return
     t1 = time.time()
+    cli_errors.on_stop(lambda: train.checkpoints_kept(args.workdir))
     results = train.train_and_evaluate(config, args.workdir)
-    print(f"trained and evaluated in {time.time() - t1:.0f} s")
     if "preempted_at" in results:
-        print(evaluate.summary_line(results))
-        sys.exit(0)
+        train.preempted(results["preempted_at"], args.workdir)
+    print(f"trained and evaluated in {time.time() - t1:.0f} s")
     from vtfpar_jax import attributes
     from vtfpar_jax.evaluation import metrics
     print(metrics.format_table(results, attributes.get(results["attribute_set"])))

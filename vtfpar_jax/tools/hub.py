@@ -26,12 +26,12 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 import numpy as np
 
-from vtfpar_jax.errors import UserError
+from vtfpar_jax import cli_errors
+from vtfpar_jax.outputs import files
 from vtfpar_jax.state.hub_snapshot import BACKBONE, CONFIG, WEIGHTS, HubLayoutError, sha256
 
 
@@ -112,10 +112,8 @@ def model_card(run: dict, repo: str, step: int, backbone: str, evaluation) -> st
 
 def write_layout(model: str, folder: str, repo: str = "ORG/NAME") -> str:
     """Write the Hub layout of model dir `model` into `folder` (new or empty)."""
-    import safetensors.numpy
     from flax import traverse_util
 
-    from vtfpar_jax.convert.to_openpar import checkpoint_epoch
     from vtfpar_jax.state import model_dir
     if os.path.isdir(folder) and os.listdir(folder):
         raise HubLayoutError(f"{folder}: not empty; choose a new folder")
@@ -129,26 +127,34 @@ def write_layout(model: str, folder: str, repo: str = "ORG/NAME") -> str:
     tensors = {f"{name}/{path}": np.asarray(value, np.float32)
                for name in ("params", "batch_stats")
                for path, value in traverse_util.flatten_dict(variables[name], sep="/").items()}
-    os.makedirs(folder, exist_ok=True)
-    safetensors.numpy.save_file(tensors, os.path.join(folder, WEIGHTS),
+    # Whole or not at all, with the umask's modes: a stop or a full disk leaves no half
+    # layout that a rerun would refuse as not empty.
+    with files.atomic_folder(folder) as layout:
+        _fill_layout(layout, model, repo, loaded, run, tensors)
+    return folder
+
+
+def _fill_layout(layout: str, model: str, repo: str, loaded, run: dict, tensors: dict) -> None:
+    import safetensors.numpy
+
+    from vtfpar_jax.convert.to_openpar import checkpoint_epoch
+    safetensors.numpy.save_file(tensors, os.path.join(layout, WEIGHTS),
                                 metadata={"format": "flax"})
     backbone_repo = _backbone_repo(loaded.config)
     if backbone_repo is None:
-        shutil.copytree(os.path.join(model, "clip"), os.path.join(folder, BACKBONE))
-    files = {WEIGHTS: sha256(os.path.join(folder, WEIGHTS))}
-    for root, _, names in os.walk(os.path.join(folder, BACKBONE)):
+        shutil.copytree(os.path.join(model, "clip"), os.path.join(layout, BACKBONE))
+    digests = {WEIGHTS: sha256(os.path.join(layout, WEIGHTS))}
+    for root, _, names in os.walk(os.path.join(layout, BACKBONE)):
         for name in names:
             path = os.path.join(root, name)
-            files[os.path.relpath(path, folder)] = sha256(path)
+            digests[os.path.relpath(path, layout)] = sha256(path)
     epoch = checkpoint_epoch(model, loaded.step)
     run["hub"] = {"step": loaded.step, "epoch": epoch, "backbone_repo": backbone_repo,
-                  "files": files}
-    with open(os.path.join(folder, CONFIG), "w") as f:
-        json.dump(run, f, indent=1)
-    with open(os.path.join(folder, "README.md"), "w") as f:
-        f.write(model_card(run, repo, loaded.step, backbone_repo or f"{BACKBONE}/ (included)",
-                           _evaluation(model)))
-    return folder
+                  "files": digests}
+    files.write_json(os.path.join(layout, CONFIG), run, indent=1)
+    files.write_text(os.path.join(layout, "README.md"),
+                     model_card(run, repo, loaded.step,
+                                backbone_repo or f"{BACKBONE}/ (included)", _evaluation(model)))
 
 
 def push(model: str, repo: str, private: bool = False) -> str:
@@ -175,13 +181,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.repo is None and args.local is None:
         parser.error("give REPO to upload, or --local FOLDER")
-    try:
-        if args.local is not None:
-            write_layout(args.model, args.local, args.repo or "ORG/NAME")
-            print(f"wrote the Hub layout of {args.model} to {args.local}")
-        else:
-            info = push(args.model, args.repo, args.private)
-            print(f"uploaded {args.model} to {args.repo}: {info}")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    cli_errors.run(lambda: _push_to_hub(args))
+
+
+def _push_to_hub(args) -> None:
+    if args.local is not None:
+        cli_errors.on_stop(f"nothing was written to {args.local}; rerun the same command")
+        write_layout(args.model, args.local, args.repo or "ORG/NAME")
+        print(f"wrote the Hub layout of {args.model} to {args.local}")
+    else:   # the upload is one commit: all of it or nothing
+        cli_errors.on_stop(f"nothing was committed to {args.repo}; rerun the same command")
+        info = push(args.model, args.repo, args.private)
+        print(f"uploaded {args.model} to {args.repo}: {info}")

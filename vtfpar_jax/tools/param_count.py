@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 
+from vtfpar_jax import cli_errors
 from vtfpar_jax.backbones import registry
 from vtfpar_jax.models import clip, towers, vtfpar
 from vtfpar_jax.models.side_nets import AGGREGATIONS, SIDE_DEPTH, parse_interaction_map, side_block
@@ -121,6 +122,10 @@ def main(argv: list[str] | None = None) -> None:
         backbone = registry.shape_config(a.backbone, a.clip)
     except ValueError as e:
         parser.error(str(e))
+    return cli_errors.run(lambda: _param_count(a, backbone))
+
+
+def _param_count(a, backbone) -> None:
     cfg = vtfpar.VTFPARConfig(
         clip=backbone, num_attributes=a.num_attributes, frames=a.frames,
         spatial_map=parse_interaction_map(a.spatial_map),

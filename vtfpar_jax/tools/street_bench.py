@@ -16,12 +16,13 @@ height. --json FILE keeps every row.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 
+from vtfpar_jax import cli_errors
 from vtfpar_jax.inference import detect_track, detectors, stage_times
 from vtfpar_jax.inference import video as video_io
+from vtfpar_jax.outputs import files
 from vtfpar_jax.tools import mot_metrics, street_scene
 
 
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--model", default=None, help="also run track_attributes with it")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    return cli_errors.run(lambda: _street_bench(args))
+
+
+def _street_bench(args) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for person_px in args.person_px:
@@ -85,6 +90,5 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                            "--score_threshold", str(args.score_threshold),
                                            "--out", os.path.join(folder, f"out_{every}")])
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        files.write_json(args.json, rows, indent=1)
     return rows

@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import time
+from typing import NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -260,7 +261,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 raise NonFiniteError(f"step {int(first_bad)}: not finite; not saved")
             checkpoint(state, force=True)
             store.wait()
-            logging.warning("stopped at step %d after SIGTERM; rerun to resume", step)
             return {"preempted_at": step}
     checkpoint(state, force=True)
     store.wait()
@@ -280,6 +280,28 @@ def untrained_results(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return evaluate.Evaluator.from_trainer(trainer).run(trainer.state, "test")
 
 
+def checkpoints_kept(workdir: str) -> str:
+    """What a stop leaves in `workdir`, asked once its cleanup has run (an asynchronous
+    checkpoint write has ended): the complete checkpoints, or none."""
+    folder = os.path.join(workdir, "checkpoints")
+    # Orbax names a complete checkpoint by its step alone; one in flight has a suffix.
+    steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) \
+        if os.path.isdir(folder) else []
+    if not steps:
+        return f"no checkpoint had been written in {workdir}; rerun the same command to start"
+    return (f"the checkpoints of steps {', '.join(map(str, steps))} are kept in {workdir}; "
+            "rerun the same command to resume from the newest")
+
+
+def preempted(step: int, workdir: str) -> NoReturn:
+    """End a preempted run as `terminated:`, exit 143: a scheduler's restart-on-failure
+    policy (SLURM --requeue, Kubernetes, a TPU VM's restart loop) then reruns it, and
+    `vtfpar train && vtfpar evaluate` does not go on with an unfinished model."""
+    cli_errors.on_stop(f"preempted at step {step}, its checkpoint saved in {workdir}; rerun "
+                       "the same command to resume")
+    raise cli_errors.Terminated()
+
+
 def main(argv=None):
     from absl import app, flags
     from ml_collections import config_flags
@@ -297,10 +319,11 @@ def main(argv=None):
         sharding.initialize_distributed()
         # SIGTERM while training checkpoints then stops (Preemption); Ctrl-C keeps the
         # checkpoints already written.
-        cli_errors.on_stop(f"the checkpoints written so far are kept in {flags_.workdir}; "
-                           "rerun the same command to resume from the newest")
+        cli_errors.on_stop(lambda: checkpoints_kept(flags_.workdir))
         results = train_and_evaluate(flags_.config, flags_.workdir,
                                      flags_.allow_config_change)
+        if "preempted_at" in results:
+            preempted(results["preempted_at"], flags_.workdir)
         from vtfpar_jax.evaluation import evaluate
         print(evaluate.summary_line(results))
 
