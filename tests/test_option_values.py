@@ -4,8 +4,11 @@ option, exit status 2 (vtfpar_jax.errors' argparse types and the commands that u
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
+from smoke_runs import REPO, subprocess_env
 
 from vtfpar_jax import errors
 
@@ -70,3 +73,27 @@ def test_track_thresholds_outside_0_1_are_refused(flag, tmp_path, capsys):
     line = _refused(track_attributes.main, [str(tmp_path / "street.mp4"), "--model",
                                             str(tmp_path / "model"), flag, "1.5"], capsys)
     assert flag in line
+
+
+def _train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vtfpar_jax", "train", *args], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("args, missing", [([], "--config and --workdir"),
+                                           (["--workdir", "runs/x"], "--config")])
+def test_train_without_config_or_workdir_is_one_line_and_usage(args, missing):
+    done = _train(*args)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert lines[0] == f"error: {missing} must be given", done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert any(line.startswith("usage: vtfpar train --config") for line in lines)
+
+
+def test_train_help_lists_what_a_run_needs():
+    done = _train("--help")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for form in ("--config FILE[:ARG]", "--config.FIELD=VALUE", "--workdir DIR",
+                 "--allow_config_change", "--verbose"):
+        assert form in done.stdout, done.stdout
