@@ -142,3 +142,13 @@ def test_converted_model_dir_gives_the_published_logits(openpar_case, tmp_path):
     with pytest.raises(SystemExit):  # an existing model dir is never overwritten
         openpar_cli.main(["--checkpoint", str(tmp_path / "ckpt.pth"), "--clip",
                           str(tmp_path / "ViT-B-16.pt"), "--dataset", "mars", "--out", str(out)])
+
+
+def test_convert_calls_random_bytes_not_a_checkpoint(tmp_path):
+    pytest.importorskip("torch")
+    path = tmp_path / "random.pth"
+    path.write_bytes(b"\x00" + np.random.default_rng(0).bytes(4095))
+    with pytest.raises(WeightImportError) as info:
+        openpar.read_checkpoint(path)
+    assert f"{path}: not a PyTorch checkpoint" in str(info.value)
+    assert "run code" not in str(info.value)
