@@ -144,7 +144,8 @@ def positive_ratio(builder: tfds.core.DatasetBuilder) -> np.ndarray:
     total = np.zeros(num_attributes, np.float64)
     count = 0
     # Only the labels are needed: keep the frames as undecoded bytes.
-    ds = builder.as_dataset(split="train", decoders={"frames": tfds.decode.SkipDecoding()})
+    ds = builder.as_dataset(split="train", read_config=_read_config(),
+                            decoders={"frames": tfds.decode.SkipDecoding()})
     for labels in tfds.as_numpy(ds.map(lambda ex: ex["labels"]).batch(1024)):
         total += labels.sum(0)
         count += len(labels)
@@ -185,7 +186,8 @@ def _frame_indices(num_frames: tf.Tensor, frames: int, frame_choice: str,
 
 def stored_frame_size(builder: tfds.core.DatasetBuilder, split: str) -> tuple[int, int]:
     """(h, w) of the first frame of `split`, read from its JPEG header."""
-    ds = builder.as_dataset(split=split, decoders={"frames": tfds.decode.SkipDecoding()})
+    ds = builder.as_dataset(split=split, read_config=_read_config(),
+                            decoders={"frames": tfds.decode.SkipDecoding()})
     for example in ds.take(1):
         height, width, _ = tf.io.extract_jpeg_shape(example["frames"][0]).numpy().tolist()
         return height, width
@@ -231,10 +233,18 @@ def _make_example_fn(frames: int, size: tuple[int, int], resize: bool, frame_cho
     return example_fn
 
 
+def _read_config(shuffle_seed: int | None = None) -> tfds.ReadConfig:
+    """TFDS's autocache off: every dataset here is read once (each epoch and each evaluation
+    builds its own), so a cache of a small split only held its bytes in memory, and a read
+    that stops early (the first frame's size, a run's last step) made TF warn that the
+    partial cache was discarded."""
+    return tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
+
+
 def _read(builder: tfds.core.DatasetBuilder, split: str, shuffle_seed: int | None):
     ds = builder.as_dataset(
         split=split, shuffle_files=shuffle_seed is not None,
-        read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed),
+        read_config=_read_config(shuffle_seed),
         decoders={"frames": tfds.decode.SkipDecoding()})
     return ds.map(lambda ex: {"frames": ex["frames"], "labels": ex["labels"],
                               "tracklet_name": ex["tracklet_name"]})

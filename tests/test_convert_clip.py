@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -384,3 +385,22 @@ def test_hf_unexpected_key(hf_folder, tmp_path):
     with pytest.raises(WeightImportError, match="layers.2.mlp.fc1.bias") as info:
         hf_clip.load(folder)
     assert str(file) in str(info.value)
+
+
+def test_random_bytes_are_not_a_checkpoint_not_a_dangerous_pickle(tmp_path):
+    path = tmp_path / "random.pt"
+    # Random bytes that start like neither torch.save's zip archive nor a pickle.
+    path.write_bytes(b"\x00" + np.random.default_rng(0).bytes(4095))
+    with pytest.raises(WeightImportError) as info:
+        openai_clip.load(path)
+    message = str(info.value)
+    assert f"{path}: not a PyTorch checkpoint" in message
+    assert "run code" not in message
+
+
+def test_a_damaged_pickle_is_called_damaged(tmp_path):
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(pickle.PROTO + bytes([2, 37, 37, 37]))
+    with pytest.raises(WeightImportError, match="its pickle is damaged") as info:
+        openai_clip.load(path)
+    assert "run code" not in str(info.value)

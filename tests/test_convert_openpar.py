@@ -156,3 +156,11 @@ def test_convert_refuses_a_folder_that_holds_anything_before_reading(tmp_path, c
                                        "config.json; choose a new or empty --out\n")
     assert (tmp_path / "project" / "config.json").read_text() == "{}"
 
+def test_convert_calls_random_bytes_not_a_checkpoint(tmp_path):
+    pytest.importorskip("torch")
+    path = tmp_path / "random.pth"
+    path.write_bytes(b"\x00" + np.random.default_rng(0).bytes(4095))
+    with pytest.raises(WeightImportError) as info:
+        openpar.read_checkpoint(path)
+    assert f"{path}: not a PyTorch checkpoint" in str(info.value)
+    assert "run code" not in str(info.value)

@@ -88,6 +88,7 @@ def set_verbosity(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s:%(name)s: %(message)s")
     logging.getLogger().setLevel(level)
+    logging.getLogger("vtfpar_jax").setLevel(logging.INFO)   # ours: a run's steps, its resume
     for name in _CHATTY:
         logging.getLogger(name).setLevel(level)
     # TensorFlow's deprecation notices about its own internals (map_fn's dtype) are not

@@ -1,4 +1,5 @@
-"""`UserError`: bad input (a config, a path, a dataset, a busy work dir), not a bug.
+"""`UserError`: bad input (a config, a path, a dataset, a busy work dir), not a bug; and the
+argparse types that refuse a bad option value.
 
 The CLIs print a `UserError` as one line, `error: <message>`, and exit 1;
 anything else keeps its traceback, since it is a bug to report. The message
@@ -6,11 +7,17 @@ names the file, key, field or option at fault and says what would fix it.
 
 Subclasses also derive from the built-in type callers already catch (a bad
 config field is still a `ValueError`, a missing dataset a `FileNotFoundError`).
+
+A bad option value is refused while the command line is parsed, before any work: the
+argparse types below raise `ArgumentTypeError`, which argparse prints as one line naming
+the option (`argument --threshold: ...`) under the command's usage, with exit status 2.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
+import math
 from collections.abc import Iterable
 
 
@@ -33,3 +40,38 @@ def nearest(name: str, valid: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest of `valid`, or '' when none is close."""
     match = difflib.get_close_matches(name, list(valid), n=1)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def positive_int(value: str) -> int:
+    """An integer of at least 1 (a count, a stride, a side in pixels)."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a positive integer")
+    return number
+
+
+def probability(value: str) -> float:
+    """A number in [0, 1] (a decision threshold, a score to reach)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0.0 <= number <= 1.0:   # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number from 0 to 1")
+    return number
+
+
+def frame_size(value: str) -> tuple[int, int]:
+    """'HxW' (height first, as the shapes are written) -> (height, width), both positive."""
+    height, sep, width = value.lower().partition("x")
+    try:
+        size = (int(height), int(width)) if sep else None
+    except ValueError:
+        size = None
+    if size is None or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected HEIGHTxWIDTH in pixels, "
+                                         "e.g. 1080x1920")
+    return size

@@ -71,11 +71,28 @@ def read_state_dict(path: str) -> dict[str, Any]:
 
 
 def refusal_message(path: str, error: Exception) -> str:
-    """Why a weights-only load refused a file: its pickle names Python objects to call."""
+    """Why a weights-only load refused a file: its pickle names Python objects to call, or
+    the file is no PyTorch checkpoint at all (torch reports both as an UnpicklingError)."""
     detail = next((line for line in str(error).splitlines() if "GLOBAL" in line), "").strip()
-    return (f"{path}: refused: its pickle references Python objects that a weights-only load "
-            f"does not allow ({detail or type(error).__name__}), so loading it could run code. "
-            "If you trust the file, re-save it as a plain state dict of tensors.")
+    if detail:
+        return (f"{path}: refused: its pickle references Python objects that a weights-only "
+                f"load does not allow ({detail}), so loading it could run code. "
+                "If you trust the file, re-save it as a plain state dict of tensors.")
+    if not _starts_like_a_checkpoint(path):
+        return (f"{path}: not a PyTorch checkpoint (neither the zip archive torch.save writes "
+                "nor a pickle)")
+    # torch's message: "... WeightsUnpickler error: \n\n<what it met>\n\nCheck the ...".
+    _, _, after = str(error).partition("WeightsUnpickler error:")
+    reason = next((line.strip() for line in after.splitlines() if line.strip()),
+                  type(error).__name__)
+    return f"{path}: not a readable PyTorch checkpoint: its pickle is damaged ({reason})"
+
+
+def _starts_like_a_checkpoint(path: str) -> bool:
+    """torch.save writes a zip archive (`PK`), older versions a pickle (the PROTO opcode)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head == b"PK" or head[:1] == pickle.PROTO
 
 
 def config_from_state_dict(tensors: SourceTensors, prefix: str = "") -> clip.ClipConfig:

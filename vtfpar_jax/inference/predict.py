@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vtfpar_jax import cli_errors
+from vtfpar_jax import cli_errors, errors
 from vtfpar_jax.errors import ConfigError
 from vtfpar_jax.evaluation import decisions, metrics, visualize
 from vtfpar_jax.inference import video
@@ -115,19 +115,6 @@ def output_names(paths: list[Path]) -> list[str]:
 MIN_PERSON_SIDE = 16   # pixels: a smaller person is a few blobs of colour once upscaled
 
 
-def positive_int(option: str):
-    """An argparse type: a positive integer, else an error naming `option`."""
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            number = 0
-        if number < 1:
-            raise argparse.ArgumentTypeError(f"{option} {value!r}: expected a positive integer")
-        return number
-    return parse
-
-
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """CLI: predict every INPUT, write <name>.json and <name>.png under --out."""
     parser = argparse.ArgumentParser(
@@ -141,10 +128,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         "for the same model and inputs (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace whatever --out holds, whole")
-    parser.add_argument("--frames", type=positive_int("--frames"), default=None,
+    parser.add_argument("--frames", type=errors.positive_int, default=None,
                         help="frames sampled per clip (default: the model's)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
-    parser.add_argument("--threshold", type=float, default=metrics.PUBLISHED_THRESHOLD,
+    parser.add_argument("--threshold", type=errors.probability,
+                        default=metrics.PUBLISHED_THRESHOLD,
                         help="binary decision threshold (default %(default)s, as published)")
     parser.add_argument("--fail-fast", action="store_true",
                         help="stop at the first input that cannot be read, before writing "

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from vtfpar_jax import cli_errors
+from vtfpar_jax import cli_errors, errors
 from vtfpar_jax.evaluation import decisions, metrics
 from vtfpar_jax.inference import (
     detectors,
@@ -251,16 +251,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="without --tracks/--detections: hog (OpenCV's, built in), "
                         "onnx:MODEL.onnx (YOLO or DETR layout) or hf:HUB_ID_OR_FOLDER "
                         "(transformers object detection); default %(default)s")
-    parser.add_argument("--min_person_px", type=predict.positive_int("--min_person_px"),
+    parser.add_argument("--min_person_px", type=errors.positive_int,
                         default=detectors.MIN_PERSON_PX,
                         help="hog: height of the smallest person to find; frames are enlarged "
                         "to bring it to the detector's window (default %(default)s)")
-    parser.add_argument("--score_threshold", type=float, default=detectors.SCORE_THRESHOLD,
+    parser.add_argument("--score_threshold", type=errors.probability,
+                        default=detectors.SCORE_THRESHOLD,
                         help="onnx/hf: person score to keep a box (default %(default)s)")
-    parser.add_argument("--detect_every", type=predict.positive_int("--detect_every"),
+    parser.add_argument("--detect_every", type=errors.positive_int,
                         default=1, help="run the detector on every N-th frame; tracks are "
                         "carried between (default %(default)s)")
-    parser.add_argument("--window", type=predict.positive_int("--window"), default=None,
+    parser.add_argument("--window", type=errors.positive_int, default=None,
                         help="also predict each sliding window of N track frames "
                         "(stride N // 2)")
     parser.add_argument("--out", default="tracks_out",
@@ -269,14 +270,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace whatever --out holds, whole")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
-    parser.add_argument("--batch", type=predict.positive_int("--batch"), default=8,
+    parser.add_argument("--batch", type=errors.positive_int, default=8,
                         help="clips per model call (default %(default)s)")
     parser.add_argument("--context", type=float, default=tracklets.CONTEXT,
                         help="margin added on each side of a box, as a fraction of its size "
                         "(default %(default)s)")
     parser.add_argument("--aspect", type=float, default=tracklets.TRAINING_ASPECT,
                         help="height / width of the crops (default %(default)s, as MARS's)")
-    parser.add_argument("--threshold", type=float, default=metrics.PUBLISHED_THRESHOLD,
+    parser.add_argument("--threshold", type=errors.probability,
+                        default=metrics.PUBLISHED_THRESHOLD,
                         help="binary decision threshold (default %(default)s, as published)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     cli_errors.add_verbose(parser)

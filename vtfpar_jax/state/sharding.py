@@ -17,6 +17,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
 
+# INFO lines here are the run's own (cli_errors.set_verbosity shows them by default).
+log = logging.getLogger(__name__)
+
 
 def initialize_distributed() -> None:
     """`jax.distributed.initialize()` when launched as several processes.
@@ -31,8 +34,8 @@ def initialize_distributed() -> None:
                                    process_id=int(env["JAX_PROCESS_ID"]))
     elif "TPU_WORKER_HOSTNAMES" in env or "SLURM_JOB_ID" in env:
         jax.distributed.initialize()
-    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count())
+    log.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+             jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
 def make_mesh() -> jax.sharding.Mesh:

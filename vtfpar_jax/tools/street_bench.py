@@ -19,16 +19,11 @@ import argparse
 import os
 import tempfile
 
-from vtfpar_jax import cli_errors
+from vtfpar_jax import cli_errors, errors
 from vtfpar_jax.inference import detect_track, detectors, stage_times
 from vtfpar_jax.inference import video as video_io
 from vtfpar_jax.outputs import files
 from vtfpar_jax.tools import mot_metrics, street_scene
-
-
-def _size(text: str) -> tuple[int, int]:
-    height, _, width = text.partition("x")
-    return int(height), int(width)
 
 
 def run_one(video: str, truth, detector, detect_every: int) -> dict:
@@ -47,19 +42,32 @@ def run_one(video: str, truth, detector, detect_every: int) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="vtfpar street-bench",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=_size, default=(1080, 1920), help="HxW (default 1080x1920)")
-    parser.add_argument("--person_px", type=int, nargs="+", default=[96])
-    parser.add_argument("--frames", type=int, default=30)
-    parser.add_argument("--detect_every", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--size", type=errors.frame_size, default=(1080, 1920),
+                        help="HxW, both even (H.264 at 4:2:0, as a camera encodes); "
+                        "default 1080x1920")
+    parser.add_argument("--person_px", type=errors.positive_int, nargs="+", default=[96])
+    parser.add_argument("--frames", type=errors.positive_int, default=30)
+    parser.add_argument("--detect_every", type=errors.positive_int, nargs="+",
+                        default=[1, 5])
     parser.add_argument("--detector", default="hog")
-    parser.add_argument("--min_person_px", type=int, default=None)
-    parser.add_argument("--score_threshold", type=float, default=detectors.SCORE_THRESHOLD,
+    parser.add_argument("--min_person_px", type=errors.positive_int, default=None)
+    parser.add_argument("--score_threshold", type=errors.probability,
+                        default=detectors.SCORE_THRESHOLD,
                         help="a learned detector's person score, at least (as vtfpar track)")
-    parser.add_argument("--people_per_lane", type=int, default=2)
+    parser.add_argument("--people_per_lane", type=errors.positive_int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None, help="also run track_attributes with it")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    height, width = args.size
+    if height % 2 or width % 2:
+        parser.error(f"argument --size: {height}x{width}: H.264 at 4:2:0 needs even sides, "
+                     f"e.g. {height + height % 2}x{width + width % 2}")
+    for person_px in args.person_px:
+        try:
+            street_scene.check_fits(args.size, person_px, args.people_per_lane)
+        except ValueError as e:
+            parser.error(f"argument --size/--person_px/--people_per_lane: {e}")
     return cli_errors.run(lambda: _street_bench(args))
 
 
@@ -88,7 +96,8 @@ def _street_bench(args) -> list[dict]:
                                            args.detector, "--min_person_px", str(min_px),
                                            "--detect_every", str(every), "--no-progress",
                                            "--score_threshold", str(args.score_threshold),
-                                           "--out", os.path.join(folder, f"out_{every}")])
+                                           "--out", os.path.join(folder,
+                                                         f"out_{person_px}px_every{every}")])
     if args.json:
         files.write_json(args.json, rows, indent=1)
     return rows

@@ -25,6 +25,7 @@ from vtfpar_jax.inference import mot
 
 CAMERA_CRF = 23
 FPS = 25                 # a camera's rate; people walk about their height per second
+KERB = 20                # rows of kerb at the frame's bottom, where no one walks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +52,28 @@ def background(rng: np.random.Generator, frame_size: tuple[int, int]) -> np.ndar
     h, w = frame_size
     ys = np.linspace(0, 1, h)[:, None, None]
     base = 90 + 60 * ys + rng.normal(0, 6, (h, w, 3))
-    base[h - 20:] = (70, 70, 75)
+    base[h - KERB:] = (70, 70, 75)
     return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def _width(person_height: int) -> int:
+    return max(1, person_height // 2)
+
+
+def _gap(person_height: int) -> int:
+    """Rows between two lanes."""
+    return max(4, person_height // 8)
+
+
+def check_fits(frame_size: tuple[int, int], person_height: int, people_per_lane: int) -> None:
+    """ValueError unless a frame of `frame_size` (H, W) holds one lane of `people_per_lane`
+    people `person_height` px tall above the kerb, with room for each to walk."""
+    h, w = frame_size
+    min_h = person_height + _gap(person_height) + KERB
+    min_w = 2 * people_per_lane * _width(person_height)
+    if h < min_h or w < min_w:
+        raise ValueError(f"{people_per_lane} people {person_height} px tall per lane do not "
+                         f"fit a {h}x{w} frame (HxW): it needs at least {min_h}x{min_w}")
 
 
 def walking_scene(frame_size: tuple[int, int], person_height: int, num_frames: int,
@@ -62,13 +83,11 @@ def walking_scene(frame_size: tuple[int, int], person_height: int, num_frames: i
     of the video's first third and walk at one speed (their height per second at FPS,
     rightwards in even lanes, leftwards in odd ones), so they never overlap; each leaves
     at the frame's edge or stays to the end."""
+    check_fits(frame_size, person_height, people_per_lane)
     h, w = frame_size
-    ph, pw = person_height, max(1, person_height // 2)
-    gap = max(4, ph // 8)
-    if ph + gap > h - 20 or pw * people_per_lane * 2 > w:
-        raise ValueError(f"{people_per_lane} people {ph} px tall per lane do not fit a "
-                         f"{w}x{h} frame")
-    lanes = (h - 20) // (ph + gap)
+    ph, pw = person_height, _width(person_height)
+    gap = _gap(ph)
+    lanes = (h - KERB) // (ph + gap)
     speed = max(1, round(ph / FPS))
     rng = np.random.default_rng(seed)
     slot = (w - pw) // people_per_lane

@@ -11,6 +11,9 @@ import jax
 
 from vtfpar_jax.outputs import files
 
+# INFO lines here are the run's own (cli_errors.set_verbosity shows them by default).
+log = logging.getLogger(__name__)
+
 
 class MetricsLogger:
     """Scalars to `metrics.jsonl` and TensorBoard (process 0), progress on the terminal."""
@@ -42,7 +45,7 @@ class MetricsLogger:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix_str(text)
         else:
-            logging.info("step %d %s", step, text)
+            log.info("step %d %s", step, text)
 
     def close(self):
         if self.enabled:

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import time
 from typing import NoReturn
 
@@ -43,6 +44,9 @@ from vtfpar_jax.training.preemption import Preemption
 from vtfpar_jax.training.run_logging import MetricsLogger
 from vtfpar_jax.training.train_step import jit_train_step, make_train_step
 from vtfpar_jax.training.workdir_lock import lock_workdir
+
+# INFO lines here are the run's own (cli_errors.set_verbosity shows them by default).
+log = logging.getLogger(__name__)
 
 
 class Trainer:
@@ -201,19 +205,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = trainer.state
     try:
         state, meta = store.restore(abstract(state, sharding.replicated(trainer.mesh)))
-        logging.info("resumed at step %d (epoch %d, batch %d)", meta["step"], meta["epoch"],
-                     meta["batch"])
+        log.info("resumed at step %d (epoch %d, batch %d)", meta["step"], meta["epoch"],
+                 meta["batch"])
     except NoCheckpointError:
         if store.steps():  # checkpoints exist but none loads: never silently start over
             raise
-        logging.info("no checkpoint in %s: training from scratch", workdir)
+        log.info("no checkpoint in %s: training from scratch", workdir)
     step = int(state.step)
     if changes and jax.process_index() == 0:
         fingerprint.record_changes(workdir, changes, step)
-        logging.info("config changed from step %d on: %s", step, fingerprint.describe(changes))
+        log.info("config changed from step %d on: %s", step, fingerprint.describe(changes))
     logger = MetricsLogger(workdir, total_steps=trainer.total_steps, initial_step=step)
     cleanup.callback(logger.close)
-    logging.info("params: %s", trainer.count_params())
+    log.info("params: %s", trainer.count_params())
     preemption = Preemption()
     cleanup.callback(preemption.close)
     evaluator = evaluate.Evaluator.from_trainer(trainer)
@@ -302,18 +306,43 @@ def preempted(step: int, workdir: str) -> NoReturn:
     raise cli_errors.Terminated()
 
 
+def _usage(flag_values) -> str:
+    """What `vtfpar train --help` prints: the flags a run needs and the override form (absl's
+    own --help lists only the flags of the `__main__` module, none of these)."""
+    rows = [("--config FILE[:ARG]", flag_values["config"].help),
+            ("--config.FIELD=VALUE", "set one field of the config, e.g. "
+             "--config.optimizer.lr=3e-4 --config.num_epochs=2 (a field the file does not "
+             "have is refused, naming the nearest)"),
+            ("--workdir DIR", flag_values["workdir"].help),
+            ("--allow_config_change", flag_values["allow_config_change"].help),
+            ("--verbose", flag_values["verbose"].help),
+            ("--helpfull", "every flag, absl's own included")]
+    width = max(len(form) for form, _ in rows)
+    wrap = textwrap.TextWrapper(width=92, subsequent_indent=" " * (width + 4))
+    return ("usage: vtfpar train --config FILE[:ARG] --workdir DIR [--config.FIELD=VALUE ...]\n"
+            "                    [--allow_config_change] [--verbose]\n\n"
+            "Train a model into a work dir from a config file; the same command resumes it.\n\n"
+            + "\n".join(wrap.fill(f"  {form:<{width}}  {text}") for form, text in rows))
+
+
+_HELP = ("-h", "-?", "-help", "--help", "--helpshort")
+
+
 def main(argv=None):
     from absl import app, flags
     from ml_collections import config_flags
 
     flags_ = flags.FLAGS
-    config_flags.DEFINE_config_file("config", None, "A configs/<name>.py[:args] file.")
-    flags.DEFINE_string("workdir", None, "Work dir for checkpoints, logs and the CLIP copy.")
+    config_flags.DEFINE_config_file(
+        "config", None, "a configs/<name>.py file, with the argument of its get_config after "
+        "':' (e.g. configs/demo.py:smoke)")
+    flags.DEFINE_string("workdir", None, "the run's folder: config, checkpoints, logs, the "
+                        "backbone's copy; a new one, or the same one to resume")
     flags.DEFINE_bool("allow_config_change", False,
-                      "Restart a work dir with a config that differs in more than the run's "
+                      "restart a work dir with a config that differs in more than the run's "
                       "length, data dir and log/eval/checkpoint cadence (recorded in "
-                      "config_changes.jsonl).")
-    flags.mark_flags_as_required(["config", "workdir"])
+                      "config_changes.jsonl)")
+    flags.DEFINE_bool("verbose", False, "library logging (JAX, Orbax, TFDS) at INFO")
 
     def train(_):
         sharding.initialize_distributed()
@@ -328,15 +357,32 @@ def main(argv=None):
         print(evaluate.summary_line(results))
 
     def run(_):
-        cli_errors.run(lambda: train(_), verbose=True)   # the step logs are training's INFO
+        cli_errors.run(lambda: train(_), verbose=flags_.verbose)
+
+    def usage_error(message: str):
+        print(f"error: {message}\n\n{_usage(flags_)}", file=sys.stderr)
+        sys.exit(2)
 
     def parse_flags(argv):
+        options = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+        if any(arg in _HELP for arg in options):
+            print(_usage(flags_))
+            sys.exit(0)
         try:  # absl's own error for a --config.<field> typo is a KeyError traceback
             check_config_overrides(argv)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
-        return flags_(argv)
+        try:
+            rest = flags_(argv)
+        except flags.Error as e:
+            usage_error(str(e).splitlines()[0])
+        missing = [f"--{name}" for name in ("config", "workdir") if flags_[name].value is None]
+        if missing:
+            usage_error(f"{' and '.join(missing)} must be given")
+        if rest[1:]:
+            usage_error(f"unexpected argument {rest[1]!r}")
+        return rest
 
     args = sys.argv[1:] if argv is None else list(argv)
     app.run(run, ["vtfpar train", *args], flags_parser=parse_flags)   # absl: argv[0] names us
