@@ -11,8 +11,9 @@ import pytest
 from flax import traverse_util
 from smoke_runs import SMOKE, smoke_config
 
+from configs import common
 from vtfpar_jax.experiments import ablate, corruptions
-from vtfpar_jax.models import towers, vtfpar
+from vtfpar_jax.models import rng, towers, vtfpar
 from vtfpar_jax.state import build, fingerprint, optim
 from vtfpar_jax.training import config_file, train
 
@@ -55,9 +56,17 @@ def test_presets_freeze_every_leaf_outside_the_vision_tower(backbone):
 def _stored_run(tmp_path, **overrides):
     """A work dir whose config.json holds the smoke config (as a run writes it)."""
     config = smoke_config("/data", **overrides)
-    (tmp_path / "config.json").write_text(json.dumps({"config": config.to_dict()},
-                                                     default=list))
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"config": config.to_dict(), "random_streams": rng.SCHEME,
+         "fingerprint": fingerprint.fingerprint(fingerprint.run_identity(config))},
+        default=list))
     return config
+
+
+def _edit_run(tmp_path, edit) -> None:
+    run = json.loads((tmp_path / "config.json").read_text())
+    edit(run)
+    (tmp_path / "config.json").write_text(json.dumps(run))
 
 
 def test_restart_with_another_lr_is_refused_before_anything_is_built(tmp_path, monkeypatch):
@@ -81,12 +90,81 @@ def test_restart_with_another_lr_is_refused_before_anything_is_built(tmp_path, m
         ("optimizer.lr", 0.001, 0.002)]
 
 
-def test_a_work_dir_from_before_a_field_existed_still_resumes(tmp_path):
+# The config's fields when config.json was first written (a7ca9d4); every field since is
+# in fingerprint.ADDED_FIELDS, with the value that behaves as runs did before it.
+FIRST_FIELDS = (
+    "dataset data_dir seed clip.source clip.path clip.preset clip.image_size clip.patch_size "
+    "model.frames model.spatial_map model.temporal_map model.spatial_aggregation "
+    "model.temporal_aggregation model.dim model.heads model.side_patch_size model.use_spatial "
+    "model.use_temporal model.drop_path_rate model.dtype model.clip_dtype text.phrases "
+    "text.template text.bpe_path input.batch_size input.eval_batch_size input.frame_choice "
+    "input.augment input.normalization optimizer.name optimizer.lr optimizer.b1 optimizer.b2 "
+    "optimizer.eps optimizer.weight_decay optimizer.schedule optimizer.warmup_epochs "
+    "optimizer.warmup_lr optimizer.min_lr optimizer.grad_clip_norm optimizer.accumulate_steps "
+    "frozen_patterns num_epochs log_every_steps checkpoint_every_steps keep_checkpoints "
+    "keep_every_steps eval_every_epochs max_steps").split()
+
+
+def test_every_field_added_since_the_first_config_json_has_its_old_value():
+    fields = set(fingerprint.flatten(fingerprint.jsonable(common.base_config())))
+    assert fields - set(FIRST_FIELDS) == set(fingerprint.ADDED_FIELDS)
+
+
+def test_a_field_added_since_a_work_dir_was_written_resumes_only_at_its_old_value(tmp_path):
     config = _stored_run(tmp_path)
-    run = json.loads((tmp_path / "config.json").read_text())
-    del run["config"]["model"]["attention"], run["config"]["backbone"]
-    (tmp_path / "config.json").write_text(json.dumps(run))
+    _edit_run(tmp_path, lambda run: (run["config"]["model"].pop("attention"),
+                                     run["config"].pop("backbone")))
+    assert config.model.attention == "auto" and config.backbone == "clip"
+    with pytest.raises(fingerprint.ConfigChangeError,
+                       match=r"another config \(model.attention 'xla' there, 'auto' now\) "
+                             r"\(model.attention came after that run started, which ran as "
+                             r"model.attention='xla'\); a restart may change only"):
+        fingerprint.restart_changes(str(tmp_path), config)
+    config.model.attention = "xla"     # CLIP, the old backbone, is the config's already
     assert fingerprint.restart_changes(str(tmp_path), config) == []
+    # A field no value of which behaves as before never resumes.
+    _edit_run(tmp_path, lambda run: run["config"]["input"].pop("frame_size"))
+    with pytest.raises(fingerprint.ConfigChangeError,
+                       match=r"input.frame_size '<absent>' there, \[0, 0\] now\) "
+                             r"\(input.frame_size came after that run started, and no value of "
+                             r"it behaves as the run did\)"):
+        fingerprint.restart_changes(str(tmp_path), config)
+
+
+def test_a_field_stored_in_an_older_form_reads_as_its_name_now(tmp_path):
+    config = _stored_run(tmp_path, **{"model.remat": "none"})
+    _edit_run(tmp_path, lambda run: run["config"]["model"].update(remat=False))
+    assert fingerprint.restart_changes(str(tmp_path), config) == []
+    config.model.remat = "blocks"
+    with pytest.raises(fingerprint.ConfigChangeError, match="model.remat 'none' there"):
+        fingerprint.restart_changes(str(tmp_path), config)
+
+
+def test_a_work_dir_resumes_only_under_its_own_random_streams(tmp_path):
+    config = _stored_run(tmp_path)
+    # Written after the named streams, before they were recorded: it has a fingerprint.
+    _edit_run(tmp_path, lambda run: run.pop("random_streams"))
+    assert fingerprint.restart_changes(str(tmp_path), config) == []
+    _edit_run(tmp_path, lambda run: run.pop("fingerprint"))     # older still
+    with pytest.raises(fingerprint.ConfigChangeError) as before:
+        fingerprint.restart_changes(str(tmp_path), config)
+    assert str(before.value) == (
+        f"{tmp_path / 'config.json'} was written before the named random streams; this "
+        f"version draws '{rng.SCHEME}', so the run would resume with another data order and "
+        "initialisation. Use another work dir, or resume it with the version that started it")
+    _edit_run(tmp_path, lambda run: run.update(random_streams="named-streams/9"))
+    with pytest.raises(fingerprint.ConfigChangeError, match="records random streams "
+                                                            "'named-streams/9'; this version"):
+        fingerprint.restart_changes(str(tmp_path), config)
+
+
+def test_a_stored_identity_says_what_it_left_unsaid():
+    identity = fingerprint.run_identity(smoke_config("/data"))
+    assert identity["random_streams"] == rng.SCHEME
+    then = json.loads(json.dumps({k: v for k, v in identity.items() if k != "random_streams"}))
+    del then["config"]["model"]["remat"]
+    assert fingerprint.differences(fingerprint.identity_as_recorded(then), identity) == [
+        ("config.model.remat", "none", "dots")]
 
 
 def test_the_config_in_force_replays_the_recorded_changes(tmp_path):

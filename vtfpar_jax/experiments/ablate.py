@@ -13,11 +13,12 @@ set and the data splits, hashed into a fingerprint (vtfpar_jax.state.fingerprint
 stored with it in ablation.json. Rerunning into the same work dir resumes:
 a finished point is kept only if its fingerprint is the same (an edited config
 file or another --set is refused, naming the fields that differ, old and new
-values), a point stopped halfway resumes from its newest checkpoint under the
-training run's own restart check (vtfpar_jax.training.train), and new sweep values add
-points. A point's label spells its values (a tuple with a short hash of it), so
-reordering sweep values never swaps results; two values with the same label
-are refused.
+values), a point stopped halfway resumes from its newest checkpoint only if its
+folder started with the point's very config and recorded no change since (a
+run-control change too, e.g. num_epochs, is refused: the point would mix two
+runs), and new sweep values add points. A point's label spells its values (a
+tuple with a short hash of it), so reordering sweep values never swaps results;
+two values with the same label are refused.
 
 Every point's config is built and checked (presets resolved, the model's fields
 validated, without loading a backbone or data) before the first point trains;
@@ -227,17 +228,53 @@ def checked_points(config_spec: str, sweeps: list[str], sets: dict
     return checked
 
 
-def _check_finished(path: str, label: str, stored: dict, identity: dict) -> None:
+def _start_over(workdir: str) -> str:
+    """The advice of a refusal: where a fresh run goes, or what to move (all of it: a point
+    folder left behind would resume)."""
+    return (f"use another --workdir, or move {workdir} away to start over (ablation.json and "
+            "the point folders in it)")
+
+
+def _check_finished(workdir: str, label: str, stored: dict, identity: dict) -> None:
     """Refuse a finished point of ablation.json that ran something else than `identity`."""
+    path = os.path.join(workdir, "ablation.json")
     if "identity" not in stored:
         raise AblationError(f"{path}: point {label} records no fingerprint (written by an "
-                            "older version), so nothing says it ran this config; use another "
-                            "--workdir, or move it away to start over")
-    diffs = fingerprint.differences(stored["identity"], identity)
+                            "older version), so nothing says it ran this config; "
+                            f"{_start_over(workdir)}")
+    diffs = fingerprint.differences(fingerprint.identity_as_recorded(stored["identity"]),
+                                    identity)
     if diffs:
         raise AblationError(f"{path}: point {label} was run with another config "
-                            f"({fingerprint.describe(diffs)}); use another --workdir, or move "
-                            "it away to start over")
+                            f"({fingerprint.describe(diffs)}); {_start_over(workdir)}")
+
+
+def _check_unfinished(workdir: str, label: str, config: ml_collections.ConfigDict) -> None:
+    """Refuse to resume a point stopped halfway unless its folder ran exactly this point:
+    the config it started with is the point's, and no change was recorded since (a new
+    num_epochs, say, would stretch its schedule mid-run, and the point would then be
+    recorded as if it ran clean)."""
+    point = os.path.join(workdir, label)
+    again = f"move {point} away to start this point over, or {_start_over(workdir)}"
+    try:
+        started = fingerprint.started_run(point)
+    except fingerprint.ConfigChangeError as e:
+        raise AblationError(f"point {label}: {e}") from None
+    if started is None:
+        return
+    diffs = fingerprint.differences(started.config, fingerprint.jsonable(config))
+    if diffs:
+        raise AblationError(
+            f"point {label} stopped halfway in {point} with another config "
+            f"({fingerprint.describe(diffs)}){fingerprint.predates(diffs, started.added)}; an "
+            f"unfinished point resumes only with the config it started with: {again}")
+    if started.changes:
+        changed = "; ".join(f"{key} {change['old']!r} -> {change['new']!r} from step "
+                            f"{entry['step']}" for entry in started.changes
+                            for key, change in entry["changes"].items())
+        raise AblationError(f"point {label} in {point} changed its config mid-run "
+                            f"({changed}; {fingerprint.CHANGES_FILE}), so it would not be the "
+                            f"point it is recorded as: {again}")
 
 
 def run(config_spec: str, sweeps: list[str], workdir: str, sets: dict | None = None,
@@ -256,10 +293,12 @@ def run(config_spec: str, sweeps: list[str], workdir: str, sets: dict | None = N
     done = read_to_resume(path, AblationError, "--workdir").get("points", {})
     for label, identity in identities.items():
         if done.get(label, {}).get("results") is not None:
-            _check_finished(path, label, done[label], identity)
+            _check_finished(workdir, label, done[label], identity)
     report = {"config": config_spec, "sets": fingerprint.jsonable(sets),
               "sweeps": list(sweeps), "points": done}
     todo = [label for label in points if done.get(label, {}).get("results") is None]
+    for label in todo:
+        _check_unfinished(workdir, label, points[label][1])
     if len(todo) < len(points):
         print(f"{path}: {len(points) - len(todo)} of {len(points)} points already done, kept")
     bar = tqdm(todo, desc="ablation", unit="point", disable=not progress)

@@ -22,7 +22,11 @@ seeds each epoch's shuffle from (that integer, epoch) and each example's frame
 choice from (that integer, epoch, index), as input_pipeline/pipeline.py says.
 
 Nothing here is stored in a checkpoint: every key is a function of the seed
-(and the step), so a resumed run draws exactly what the uninterrupted run drew.
+(and the step), so a resumed run draws exactly what the uninterrupted run drew,
+as long as it draws them the same way. `SCHEME` names the way above; a work
+dir records it in config.json (`random_streams`) and resumes only under it
+(vtfpar_jax.state.fingerprint), so a change to any row of the table, or to how
+a stream is drawn, must come with a new name.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import numpy as np
 
 STREAMS = ("backbone_init", "model_init", "dropout", "augmentation", "data_order")
 PER_STEP = ("dropout", "augmentation")
+SCHEME = "named-streams/1"
 
 
 def run_key(seed: int) -> jax.Array:

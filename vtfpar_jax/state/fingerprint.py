@@ -12,6 +12,12 @@ once). A restart may change only `RUN_CONTROL_FIELDS`: how long the run goes
 and how it is watched and checkpointed, not what a step computes. Each change
 is appended to config_changes.jsonl with the step it applies from, and the
 config in force is config.json with those changes replayed (`current_config`).
+
+A restart is held to what the run started with in two more ways. config.json
+records the random-stream scheme (`random_streams`, vtfpar_jax.models.rng.SCHEME),
+and a run resumes only under its own. A field added to the config after a work
+dir was written is not in its config.json: the run behaved as `ADDED_FIELDS`
+says, and it resumes only with that value.
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ import inspect
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 
 from vtfpar_jax.errors import ConfigError
+from vtfpar_jax.models import rng
 
 # Fields a restarted training run may change. They decide when the run ends, where
 # the data is read from and how often it logs, evaluates and checkpoints; none
@@ -39,6 +46,25 @@ RUN_CONTROL_FIELDS = ("num_epochs", "max_steps", "data_dir", "log_every_steps",
 TRAINING_SPLITS = {"train": "train", "evaluation": "test"}
 CHANGES_FILE = "config_changes.jsonl"
 ABSENT = "<absent>"
+
+# Each field added to the config since config.json was first written (a7ca9d4), with the
+# value that behaves as runs did before it existed (the commit that added it in the
+# comment). NO_EQUIVALENT: no value does, so a work dir without the field never resumes.
+NO_EQUIVALENT = ABSENT
+ADDED_FIELDS = {
+    "checkpoint_retries": 0,           # cf38212: a failed checkpoint write stopped the run
+    "model.remat": "none",             # 607af18: nothing rematerialised
+    "input.pad_pixels": 10,            # aa50662: the published padding, then fixed
+    "model.attention": "xla",          # 1db70a4: XLA's attention, the only one then
+    "input.frame_size": NO_EQUIVALENT,  # 17eea69: frames were resized on the host then
+    "backbone": "clip",                # 2d1f5f4: CLIP, the only backbone then
+}
+# A field that once stored its value in another form: (stored value, its name now).
+RENAMED_VALUES = {"model.remat": ((False, "none"), (True, "blocks"))}
+# config.json gained its fingerprint (be913c5) on the commit after the named random streams
+# (a226c52), and `random_streams` later still: a config.json with a fingerprint and no
+# scheme was written under the first named scheme; one with neither, before them.
+UNRECORDED_SCHEME = "named-streams/1"
 
 
 class ConfigChangeError(ConfigError):
@@ -77,14 +103,11 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def differences(old: dict, new: dict, shared_only: bool = False) -> list[tuple[str, Any, Any]]:
-    """(dotted field, old value, new value) for each leaf that differs, in sorted order.
-
-    `shared_only` compares only the fields both have (a record written before a
-    field existed says nothing about it); otherwise a missing one is `ABSENT`.
-    """
+def differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    """(dotted field, old value, new value) for each leaf that differs, in sorted order;
+    a field one of them lacks is `ABSENT` there."""
     a, b = flatten(jsonable(old)), flatten(jsonable(new))
-    keys = sorted(set(a) & set(b) if shared_only else set(a) | set(b))
+    keys = sorted(set(a) | set(b))
     return [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in keys
             if a.get(k, ABSENT) != b.get(k, ABSENT)]
 
@@ -105,9 +128,18 @@ def attribute_set_name(dataset: str) -> str | None:
 
 
 def run_identity(config: ml_collections.ConfigDict, splits: dict | None = None) -> dict:
-    """What a training run (or an ablation point) runs: config, attribute set, splits."""
+    """What a training run (or an ablation point) runs: config, attribute set, splits and
+    the random-stream scheme."""
     return {"config": jsonable(config), "attribute_set": attribute_set_name(config.dataset),
-            "splits": dict(splits or TRAINING_SPLITS)}
+            "splits": dict(splits or TRAINING_SPLITS), "random_streams": rng.SCHEME}
+
+
+def identity_as_recorded(identity: dict) -> dict:
+    """A stored run identity with what it leaves unsaid made explicit: the random streams
+    of an identity written before they were recorded, and the old value of each field
+    added to the config since (`ADDED_FIELDS`)."""
+    return {"random_streams": UNRECORDED_SCHEME, **identity,
+            "config": with_added_fields(identity["config"])[0]}
 
 
 def corruption_definition(corruption) -> dict:
@@ -146,12 +178,75 @@ def current_config(workdir: str, stored: dict) -> dict:
     with open(path) as f:
         for line in filter(str.strip, f):
             for key, change in json.loads(line)["changes"].items():
-                *parents, leaf = key.split(".")
-                node = config
-                for name in parents:
-                    node = node.setdefault(name, {})
-                node[leaf] = change["new"]
+                _set(config, key, change["new"])
     return config
+
+
+def with_added_fields(config: dict) -> tuple[dict, list[str]]:
+    """A stored config as a run then ran it: each field of `ADDED_FIELDS` it lacks set to
+    its old value (`NO_EQUIVALENT` when none behaves so), each renamed value by its name
+    now; and the fields that were filled in."""
+    config = json.loads(json.dumps(config))   # a deep copy
+    stored, filled = flatten(config), []
+    for key, old in ADDED_FIELDS.items():
+        if key not in stored:
+            _set(config, key, old)
+            filled.append(key)
+    for key, pairs in RENAMED_VALUES.items():
+        for before, now in pairs:
+            if key in stored and type(stored[key]) is type(before) and stored[key] == before:
+                _set(config, key, now)
+    return config, filled
+
+
+def _set(config: dict, key: str, value: Any) -> None:
+    """config[a][b] = value for key 'a.b' (the groups made where missing)."""
+    *parents, leaf = key.split(".")
+    for name in parents:
+        config = config.setdefault(name, {})
+    config[leaf] = value
+
+
+class StartedRun(NamedTuple):
+    """What a work dir's run started with: `config` (config.json's, the fields added since
+    filled in by `with_added_fields`), the names of those fields (`added`), and the
+    entries of config_changes.jsonl (`changes`)."""
+    config: dict
+    added: list[str]
+    changes: list[dict]
+
+
+def started_run(workdir: str) -> StartedRun | None:
+    """The run `workdir` holds, or None for a new work dir. A run of another random-stream
+    scheme than this version's is refused."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            run = json.load(f)
+        config, added = with_added_fields(run["config"])
+        changes_path = os.path.join(workdir, CHANGES_FILE)
+        changes = []
+        if os.path.exists(changes_path):
+            with open(changes_path) as f:
+                changes = [json.loads(line) for line in filter(str.strip, f)]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigChangeError(f"{path}: cannot read the config this run started with ({e}); "
+                                "use another work dir") from None
+    _check_random_streams(path, run)
+    return StartedRun(config, added, changes)
+
+
+def _check_random_streams(path: str, run: dict) -> None:
+    scheme = run.get("random_streams", UNRECORDED_SCHEME if "fingerprint" in run else None)
+    if scheme == rng.SCHEME:
+        return
+    then = ("was written before the named random streams" if scheme is None
+            else f"records random streams {scheme!r}")
+    raise ConfigChangeError(f"{path} {then}; this version draws {rng.SCHEME!r}, so the run "
+                            "would resume with another data order and initialisation. Use "
+                            "another work dir, or resume it with the version that started it")
 
 
 def restart_changes(workdir: str, config: ml_collections.ConfigDict,
@@ -159,28 +254,35 @@ def restart_changes(workdir: str, config: ml_collections.ConfigDict,
     """The fields `config` changes against the run in `workdir` ([] for a new run).
 
     A change outside RUN_CONTROL_FIELDS is refused, naming each such field,
-    unless `allow_change`. Only fields both configs have are compared, so a work
-    dir written before a field existed still resumes.
+    unless `allow_change`. A field added to the config since the work dir was
+    written counts as its old value (`ADDED_FIELDS`), so another value of it is
+    a change; a run of another random-stream scheme is refused (`started_run`).
     """
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    started = started_run(workdir)
+    if started is None:
         return []
-    try:
-        with open(path) as f:
-            stored = json.load(f)["config"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigChangeError(f"{path}: cannot read the config this run started with ({e}); "
-                                "use another work dir") from None
-    diffs = differences(current_config(workdir, stored), jsonable(config), shared_only=True)
+    diffs = differences(current_config(workdir, started.config), jsonable(config))
     refused = [d for d in diffs if d[0] not in RUN_CONTROL_FIELDS]
     if refused and not allow_change:
         names = ", ".join(k for k, _, _ in refused)
         raise ConfigChangeError(
-            f"{workdir} holds a run with another config ({describe(refused)}); a restart may "
-            f"change only {', '.join(RUN_CONTROL_FIELDS)}. Use another work dir, or allow "
-            f"the change of {names} explicitly (train: --allow_config_change); it is then "
-            f"recorded in {CHANGES_FILE}")
+            f"{workdir} holds a run with another config ({describe(refused)})"
+            f"{predates(refused, started.added)}; a restart may change only "
+            f"{', '.join(RUN_CONTROL_FIELDS)}. Use another work dir, or allow the change of "
+            f"{names} explicitly (train: --allow_config_change); it is then recorded in "
+            f"{CHANGES_FILE}")
     return diffs
+
+
+def predates(diffs: list[tuple[str, Any, Any]], added: list[str]) -> str:
+    """What a refusal adds about the fields of `diffs` that the run predates: '' if none."""
+    notes = []
+    for key, old, _ in diffs:
+        if key in added:
+            notes.append(f"{key} came after that run started, and no value of it behaves as "
+                         "the run did" if old == NO_EQUIVALENT else
+                         f"{key} came after that run started, which ran as {key}={old!r}")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def record_changes(workdir: str, diffs: list[tuple[str, Any, Any]], step: int) -> None:

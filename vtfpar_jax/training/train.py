@@ -13,7 +13,9 @@ may change only how long the run goes and how it is watched
 log/eval/checkpoint cadence); each change is appended to config_changes.jsonl
 with the step it applies from. Any other change (e.g. optimizer.lr) is refused
 naming the field, before the backbone or data are loaded, unless
---allow_config_change is given; that change is recorded too.
+--allow_config_change is given; that change is recorded too. So is a work dir
+of another random-stream scheme (fingerprint.started_run), and a restart runs
+the backbone saved in the work dir's clip/, never one drawn or fetched again.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class Trainer:
         if not self.builder.is_prepared():
             raise input_pipeline.DatasetNotBuiltError(self.builder)
         self.attribute_set = pipeline.attribute_set(self.builder)
-        self.clip_cfg, clip_params = build.load_backbone(config, config.seed)
+        self.clip_cfg, clip_params = run_backbone(config, workdir)
         # The full float32 CLIP stays on the host (numpy), for clip/ and the text
         # features; only the step's trimmed copy (`step_frozen_params`) goes to the devices.
         # A copy: on the CPU backend np.asarray is a view that keeps the device buffer alive.
@@ -136,6 +138,16 @@ class Trainer:
             epoch, start = epoch + 1, 0
 
 
+def run_backbone(config: ml_collections.ConfigDict, workdir: str):
+    """(backbone cfg, params) of the run in `workdir`: on a restart, its clip/ copy, written
+    when the run started, so that it resumes on the very weights it started with (a
+    random backbone is not drawn again, a hub id not fetched again at a newer revision)."""
+    saved = os.path.join(workdir, "clip")
+    if os.path.isdir(saved):
+        return build.load_backbone_folder(saved)
+    return build.load_backbone(config, config.seed)
+
+
 def save_run_files(trainer: Trainer):
     """config.json and the frozen backbone (HF format) beside the checkpoints, by process 0.
 
@@ -160,6 +172,7 @@ def _write_config_file(trainer: Trainer, path: str) -> None:
     with atomic_file(path) as temporary, open(temporary, "w") as f:
         json.dump({"config": trainer.config.to_dict(),
                    "fingerprint": fingerprint.fingerprint(identity),
+                   "random_streams": identity["random_streams"],
                    "splits": identity["splits"],
                    "attribute_set": trainer.attribute_set.name,
                    "phrases": list(trainer.phrases), "tokens": trainer.tokens.tolist(),
@@ -214,7 +227,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     step = int(state.step)
     if changes and jax.process_index() == 0:
         fingerprint.record_changes(workdir, changes, step)
-        log.info("config changed from step %d on: %s", step, fingerprint.describe(changes))
+        log.warning("config changed from step %d on: %s", step, fingerprint.describe(changes))
     logger = MetricsLogger(workdir, total_steps=trainer.total_steps, initial_step=step)
     cleanup.callback(logger.close)
     log.info("params: %s", trainer.count_params())
