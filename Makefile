@@ -47,7 +47,7 @@ test-fast: $(STAMP)
 	$(VPY) -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS) tests
 
 lint: $(STAMP)
-	$(VPY) -m ruff check vtfpar_jax input_pipeline configs tests benchmarks
+	$(VPY) -m ruff check vtfpar_jax input_pipeline configs tests benchmarks colab/runtime
 
 demo: $(STAMP)
 	$(VENV)/bin/vtfpar demo --workdir $(DEMO_DIR) --data_dir $(DATA_DIR)
