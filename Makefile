@@ -26,6 +26,10 @@ AOT_ARGS ?= --batch 64 --dtype bfloat16
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip setuptools wheel
+	@# A venv made before the package moved from tensorflow-cpu to tensorflow: both write the
+	@# same tensorflow/ folder, so the old one goes before the new one comes.
+	@if $(VPY) -m pip show -q tensorflow-cpu 2>/dev/null; then \
+		$(VPY) -m pip uninstall --quiet -y tensorflow-cpu tensorflow; fi
 	$(VPY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
@@ -43,7 +47,7 @@ test-fast: $(STAMP)
 	$(VPY) -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS) tests
 
 lint: $(STAMP)
-	$(VPY) -m ruff check vtfpar_jax input_pipeline configs tests benchmarks
+	$(VPY) -m ruff check vtfpar_jax input_pipeline configs tests benchmarks colab/runtime
 
 demo: $(STAMP)
 	$(VENV)/bin/vtfpar demo --workdir $(DEMO_DIR) --data_dir $(DATA_DIR)

@@ -36,8 +36,11 @@ CELL_TIMEOUT_S = 600
 # What the wheel is built from: pyproject.toml decides what of it is packaged.
 PACKAGED = ("pyproject.toml", "README.md", "LICENSE", "vtfpar_jax", "input_pipeline", "configs")
 KERNEL = "vtfpar-fresh"
-# Every notebook's first code cell: `%pip install -q "vtfpar-jax[EXTRAS] @ {SOURCE}"`.
-INSTALL = re.compile(r'%pip install -q "vtfpar-jax(\[[a-z,]+\])? @ \{SOURCE\}"')
+# Every notebook's first code cell: pip installs f"vtfpar-jax[{EXTRAS}] @ {SOURCE}", where EXTRAS
+# are the notebook's own plus the plugin extra of a GPU or TPU runtime, the ones
+# tests/test_colab_resolution.py resolves against Colab's runtimes.
+INSTALL = re.compile(r"package = f\"vtfpar-jax\[\{','\.join\(EXTRAS\)\}\] @ \{SOURCE\}\"")
+RUNTIME_EXTRAS = ('EXTRAS.append("cuda12")', 'EXTRAS.append("tpu")')
 
 
 @pytest.fixture(scope="session")
@@ -124,6 +127,8 @@ def test_committed_without_outputs_and_installs_first(path):
     assert all(c.outputs == [] and c.execution_count is None for c in code)
     # The first code cell names the runtime and installs the package.
     assert code[0].source.startswith("# Runtime: ") and INSTALL.search(code[0].source)
+    assert all(extra in code[0].source for extra in RUNTIME_EXTRAS)
+    assert "Checked on Colab's CPU runtime" in code[0].source
     assert "Runtime:" in nb.cells[0].source
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and "SMOKE" in tagged[0].source and "VTFPAR_SMOKE" in tagged[0].source
