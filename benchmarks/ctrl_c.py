@@ -45,7 +45,7 @@ def inputs(folder: str) -> dict[str, list[str]]:
         f.writelines(f"{t},1,8,8,24,64,1\n" for t in range(1, 49))
     return {"evaluate": [],
             "predict": [street],
-            "robustness": ["--corruptions", "occlusion,blur", "--severities", "1,3"],
+            "robustness": ["--corruptions", "occlusion,motion_blur", "--severities", "1,3"],
             "track": [street, "--tracks", tracks]}
 
 

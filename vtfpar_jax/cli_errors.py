@@ -113,7 +113,7 @@ def fail(message: str) -> NoReturn:
 def run(body: Callable[[], T], verbose: bool = False) -> T:
     """`body()`, ending as the module docstring says when it does not finish."""
     global _finished
-    _reset_stops()
+    _reset_stops(keep_pending=_process_ends_after_stop)
     _finished = False
     on_stop(RERUN)
     set_verbosity(verbose)
@@ -270,12 +270,16 @@ def stop_came() -> signal.Signals | None:
     return _came
 
 
-def _reset_stops() -> None:
-    """A new command starts: no stop has come."""
+def _reset_stops(keep_pending: bool = False) -> None:
+    """A new command starts: no stop has come, or (`keep_pending`) only the one that came
+    before it and has not reached its end (held during an import), which is sent again."""
     global _came, _delivered, _generation
     with _lock:
-        _came, _delivered = None, False
+        _came = _came if keep_pending and not _delivered else None
+        _delivered = False
         _generation += 1
+    if _came is not None:
+        _resend_until_delivered()
 
 
 def _stop_delivered() -> None:
