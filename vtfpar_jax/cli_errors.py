@@ -114,7 +114,7 @@ def fail(message: str) -> NoReturn:
 def run(body: Callable[[], T], verbose: bool = False) -> T:
     """`body()`, ending as the module docstring says when it does not finish."""
     global _finished
-    _reset_stops()
+    _reset_stops(keep_pending=_process_ends_after_stop)
     _finished = False
     on_stop(RERUN)
     set_verbosity(verbose)
@@ -226,8 +226,9 @@ def _end_progress_bars() -> bool:
 # robustness runs used to finish as if no Ctrl-C had come.
 #
 # So the handler:
-# - raises only where the exception propagates; inside a gc callback or a `__del__` it records
-#   the stop and does not raise;
+# - raises only where the exception propagates harmlessly; inside a gc callback, a `__del__`
+#   or an import (an extension module's initialisation turns it into an ImportError or an
+#   abort) it records the stop and does not raise;
 # - ignores a stop signal while a stop is already unwinding the command (its `finally` blocks
 #   and `with` exits: a checkpoint write being waited for, an atomic rename), so a second
 #   Ctrl-C lets that cleanup finish;
@@ -270,12 +271,16 @@ def stop_came() -> signal.Signals | None:
     return _came
 
 
-def _reset_stops() -> None:
-    """A new command starts: no stop has come."""
+def _reset_stops(keep_pending: bool = False) -> None:
+    """A new command starts: no stop has come, or (`keep_pending`) only the one that came
+    before it and has not reached its end (held during an import), which is sent again."""
     global _came, _delivered, _generation
     with _lock:
-        _came, _delivered = None, False
+        _came = _came if keep_pending and not _delivered else None
+        _delivered = False
         _generation += 1
+    if _came is not None:
+        _resend_until_delivered()
 
 
 def _stop_delivered() -> None:
@@ -303,11 +308,16 @@ def _handle(signum, frame) -> None:
 
 
 def _drops_exceptions(frame) -> bool:
-    """Whether `frame` runs inside code whose exceptions CPython reports and discards: a gc
-    callback or a `__del__` (a weakref callback is caught by the unraisable hook instead)."""
+    """Whether `frame` runs inside code where an exception is lost or does harm: a gc
+    callback or a `__del__`, whose exceptions CPython reports and discards (a weakref
+    callback is caught by the unraisable hook instead), or an import. A KeyboardInterrupt
+    inside an extension module's initialisation (jaxlib's MLIR, numpy) became an
+    ImportError traceback, or an abort (exit -6), in 2 of 8 runs interrupted at 0.5-6 s."""
     callbacks = {getattr(getattr(c, "__func__", c), "__code__", None) for c in gc.callbacks}
     while frame is not None:
-        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+        code = frame.f_code
+        if (code in callbacks or code.co_name == "__del__"
+                or code.co_filename.startswith("<frozen importlib._bootstrap")):
             return True
         frame = frame.f_back
     return False
