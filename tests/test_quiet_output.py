@@ -54,7 +54,7 @@ def test_train_evaluate_predict_print_only_their_own_lines(data_dir, tmp_path):
     assert SUMMARY.search(train.stdout), train.stdout
 
     evaluate = _vtfpar("evaluate", "--model", workdir, "--data_dir", data_dir,
-                       "--out", tmp_path / "eval")
+                       "--out", tmp_path / "eval", "--no-progress")
     assert evaluate.stderr == "", evaluate.stderr[-3000:]
     assert SUMMARY.search(evaluate.stdout), evaluate.stdout
 
