@@ -169,7 +169,7 @@ def _street(tmp_path):
 
 @pytest.mark.parametrize("command,args,fragment", [
     ("predict", ["--out", "{file}", "{video}"], "--out {file}: a file; expected a folder"),
-    ("predict", ["--frames", "0", "{video}"], "--frames '0': expected a positive integer"),
+    ("predict", ["--frames", "0", "{video}"], "--frames: '0': expected a positive integer"),
     ("predict", ["--out", "{busy}", "{video}"], "--out {busy} holds notes.txt"),
     ("track", ["{video}", "--out", "{file}"], "--out {file}: a file"),
     ("track", ["{video}", "--detections", "{bad}"], "{bad}: line 1: "),

@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: no command {name!r}{nearest(name, COMMANDS)}; `vtfpar --help` lists "
               "them", file=sys.stderr)
         sys.exit(2)
+    from input_pipeline import tf_notices  # light: TensorFlow loads on first use
+    tf_notices.drop_import_notices()
     importlib.import_module(COMMANDS[name].module).main(rest)
 
 
