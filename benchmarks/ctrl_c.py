@@ -53,8 +53,11 @@ def one_run(command: str, model: str, args: list[str], out: str, delay: float,
             env: dict) -> tuple[str, int, str]:
     argv = [sys.executable, "-c", AS_IN_A_TERMINAL, command, "--model", model, "--out", out,
             *args]
+    # SIGINT as a terminal hands it: not ignored, even where this harness runs as a
+    # background job (whose children start with it ignored until Python's own handler).
     process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         process.wait(timeout=delay)
     except subprocess.TimeoutExpired:

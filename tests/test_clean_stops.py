@@ -377,3 +377,31 @@ def test_the_training_stop_line_lists_the_complete_checkpoints(tmp_path):
         (tmp_path / "checkpoints" / name).mkdir(parents=True)
     assert train.checkpoints_kept(str(tmp_path)).startswith(
         f"the checkpoints of steps 2, 4 are kept in {tmp_path}")
+
+
+# A Ctrl-C while a command's module is imported (held until the import ends: an extension's
+# initialisation turned it into an ImportError or an abort), then the command's `run`.
+CTRL_C_IN_AN_IMPORT = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from vtfpar_jax import cli, cli_errors
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+def command():
+    import interrupted_while_imported   # its module code sends SIGINT
+    print("imported", file=sys.stderr)
+    cli_errors.run(lambda: time.sleep(30) or print("finished", file=sys.stderr))
+
+cli.main = command
+cli.entry()
+"""
+
+
+def test_a_ctrl_c_during_an_import_stops_the_command_after_it(tmp_path):
+    (tmp_path / "interrupted_while_imported.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.3)\n")
+    ended = subprocess.run([sys.executable, "-c", CTRL_C_IN_AN_IMPORT, str(tmp_path)],
+                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True)
+    assert ended.returncode == 130, ended.stderr
+    assert ended.stderr.splitlines() == [
+        "imported", "interrupted: nothing was written; rerun the same command"]
