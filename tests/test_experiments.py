@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 
@@ -343,9 +344,10 @@ def test_last_block_preset_follows_the_final_maps(last_block_point):
 
 
 @pytest.mark.slow
-def test_a_point_restarts_under_the_training_check(last_block_point):
+def test_a_point_restarts_under_the_training_check(last_block_point, caplog):
     """Restarting a training work dir: another lr is refused, naming it; more epochs
-    continue, and the change is recorded with its step; config.json stays as written."""
+    continue, and the change is recorded with its step and said in a warning (shown
+    without --verbose); config.json stays as written."""
     from vtfpar_jax.state import model_dir
     from vtfpar_jax.state.checkpoint import CheckpointStore
     point, _, sets = last_block_point
@@ -355,7 +357,10 @@ def test_a_point_restarts_under_the_training_check(last_block_point):
                                                             r"0.002 now\)"):
         train.train_and_evaluate(config, str(point))
     config.optimizer.lr, config.num_epochs, config.max_steps = 1e-3, 3, 2
-    train.train_and_evaluate(config, str(point))
+    with caplog.at_level(logging.WARNING):
+        train.train_and_evaluate(config, str(point))
+    assert ("config changed from step 1 on: max_steps 1 there, 2 now; num_epochs 2 there, 3 "
+            "now") in [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert CheckpointStore(str(point)).steps()[-1] == 2
     lines = (point / fingerprint.CHANGES_FILE).read_text().splitlines()
     assert [json.loads(line) | {"time": None} for line in lines] == [
