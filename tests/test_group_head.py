@@ -228,3 +228,23 @@ def test_marco_metrics_equal_scikit_learn(seed):
             expected[key].append(value)
     for key, values in expected.items():
         np.testing.assert_allclose(ours[key], np.mean(values), rtol=1e-12)
+
+
+def test_group_head_decisions_are_the_argmax_of_each_group():
+    from vtfpar_jax.evaluation import decisions
+    s = attributes.SYNTHETIC
+    counts = group_head.class_counts(s.head_groups)
+    logits = np.random.default_rng(4).standard_normal((1, sum(counts)))
+    probs = group_head.column_probabilities(logits, s.head_groups)[0]
+    threshold = decisions.default_threshold("group")
+    record = decisions.prediction_record(probs, s, threshold, "group", input="x")
+    assert record["head"] == "group" and record["threshold"] == 0.5
+    assert "argmax" in record["decision_rules"]["binary"]
+    blocks = np.split(logits[0], np.cumsum(counts)[:-1])
+    for group, block, decision in zip(s.groups, blocks, record["decisions"], strict=True):
+        if group.is_binary:
+            assert decision["present"] == (int(np.argmax(block)) == 1)
+        else:
+            assert decision["attribute"] == s.columns[group.columns[int(np.argmax(block))]]
+    attribute_record = decisions.prediction_record(probs, s)
+    assert attribute_record["head"] == "attribute" and attribute_record["threshold"] == 0.45
