@@ -63,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.clip_dtype = "float32"
     c.model.remat = "dots"                # what side/fusion blocks keep for backward: none |
                                           # dots (matmul outputs; the rest recomputed) | blocks
+    c.model.head = "attribute"            # attribute: one logit per attribute, weighted BCE
+                                          # (published train.py) | group: one softmax per
+                                          # attribute group, cross-entropy (train_marco.py)
     c.model.attention = "auto"            # auto (cuDNN flash on NVIDIA GPUs in bf16/fp16,
                                           # else XLA) | xla | cudnn
 

@@ -55,6 +55,15 @@ class AttributeSet:
     def num_attributes(self) -> int:
         return len(self.columns)
 
+    @property
+    def head_groups(self) -> tuple[tuple[int, ...], ...]:
+        """The label columns of each group, in group order: the layout of the group head
+        (model.head = 'group', vtfpar_jax/models/group_head.py). Binary groups become
+        2-way softmaxes, so MARS has 14 groups of [2]*9 + [6, 5, 9, 10, 4] classes, as
+        published; DukeMTMC-VID has 12 of [2]*8 + [6, 5, 9, 8], where the published
+        code's 11 cannot run (docs/quirks.md)."""
+        return tuple(g.columns for g in self.groups)
+
     def phrases(self, text: str = "published",
                 template: str = DEFAULT_PROMPT_TEMPLATE) -> tuple[str, ...]:
         """The strings to tokenise: `published` or `expanded` (through `template`)."""

@@ -19,6 +19,23 @@ from vtfpar_jax.evaluation import metrics
 
 BINARY_RULE = "present when probability > {threshold} (the published threshold)"
 MULTICLASS_RULE = "the column with the highest probability (argmax over the group)"
+# The group head's binary attribute is a 2-way softmax: its present class wins the argmax
+# exactly when that class's probability is above one half.
+GROUP_HEAD_THRESHOLD = 0.5
+GROUP_HEAD_BINARY_RULE = ("present when the softmax probability of its present class > "
+                          "{threshold} (0.5: the argmax of the group's two classes)")
+
+
+def default_threshold(head: str) -> float:
+    """The binary threshold a head's outputs are read with: the published 0.45 for the
+    attribute head's sigmoids, the argmax for the group head's softmaxes."""
+    return GROUP_HEAD_THRESHOLD if head == "group" else metrics.PUBLISHED_THRESHOLD
+
+
+def decision_rules(head: str, threshold: float) -> dict[str, str]:
+    """The rules written beside a prediction, in words."""
+    binary = GROUP_HEAD_BINARY_RULE if head == "group" else BINARY_RULE
+    return {"binary": binary.format(threshold=threshold), "multi-class": MULTICLASS_RULE}
 
 
 def decide(probs: np.ndarray, attribute_set: attributes.AttributeSet,
@@ -57,15 +74,16 @@ def decided_columns(decisions: list[dict[str, Any]],
 
 
 def prediction_record(probs: np.ndarray, attribute_set: attributes.AttributeSet,
-                      threshold: float = metrics.PUBLISHED_THRESHOLD,
+                      threshold: float = metrics.PUBLISHED_THRESHOLD, head: str = "attribute",
                       **about: Any) -> dict[str, Any]:
-    """The JSON written per input: `about` (input, model, ...), every probability, decisions."""
+    """The JSON written per input: `about` (input, model, ...), the model's head, every
+    probability (sigmoids, or softmaxes within groups for the group head), decisions."""
     decisions = decide(probs, attribute_set, threshold)   # also checks the shape
     return {**about,
             "attribute_set": attribute_set.name,
+            "head": head,
             "threshold": threshold,
-            "decision_rules": {"binary": BINARY_RULE.format(threshold=threshold),
-                               "multi-class": MULTICLASS_RULE},
+            "decision_rules": decision_rules(head, threshold),
             "probabilities": {name: float(p) for name, p in zip(attribute_set.columns, probs,
                                                                     strict=True)},
             "decisions": decisions}

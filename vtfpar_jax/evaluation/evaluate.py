@@ -1,7 +1,7 @@
 """Evaluation: `vtfpar evaluate --model DIR [--split test] [--step N]`.
 
 Exact and deterministic: uniformly spaced frames, every tracklet once (padded
-last batch, masked). Reports the three protocols of vtfpar_jax.evaluation.metrics (the
+last batch, masked). Reports the four protocols of vtfpar_jax.evaluation.metrics (the
 published group metrics at 0.45 are the headline) as a table, metrics.json and
 a per-attribute bar chart. Periodic evaluation during training uses the same
 `Evaluator`.
@@ -63,7 +63,7 @@ class Evaluator:
                 local["video"] = corrupt(local["video"], index)
             batch = sharding.global_batch(local, self.mesh)
             logits = self.predict(state.trainable, state.batch_stats, self.frozen, batch["video"])
-            out["probs"].append(metrics.sigmoid(_on_host(logits)))
+            out["probs"].append(metrics.probabilities(_on_host(logits), self.model_cfg))
             out["labels"].append(_on_host(batch["labels"]))
             out["mask"].append(_on_host(batch["mask"]))
         return tuple(np.concatenate(out[k]) for k in ("probs", "labels", "mask"))
@@ -96,7 +96,7 @@ def jit_eval_logits(cfg, mesh, normalization: str = "published"):
 
 
 def eval_logits(cfg, trainable, batch_stats, frozen, video, normalization: str = "published"):
-    """Evaluation-mode logits (B, A) from a training state's pieces.
+    """Evaluation-mode logits (B, cfg.num_logits) from a training state's pieces.
 
     `video`: the pipeline's (B, T, h, w, 3) uint8 frames, resized and normalised
     here (vtfpar_jax.models.preprocess, no augmentation), or float model input as it is.
@@ -113,7 +113,9 @@ def headline(results: dict) -> dict[str, float]:
     g, p = results["group"], results["par"]
     return {"group_acc": g["acc"], "group_prec": g["prec"], "group_rec": g["rec"],
             "group_f1": g["f1"], "mA": p["ma"], "instance_f1": p["f1"],
-            "chen_acc": results["chen"]["acc"], "chen_f1": results["chen"]["f1"]}
+            "chen_acc": results["chen"]["acc"], "chen_f1": results["chen"]["f1"],
+            **({f"marco_{k}": results["marco"][k] for k in ("acc", "f1_macro", "f1_micro")}
+               if "marco" in results else {})}
 
 
 def summary_line(results: dict) -> str:
@@ -122,7 +124,9 @@ def summary_line(results: dict) -> str:
     h = headline(results)
     return ("group (published, 0.45): acc {group_acc:.4f} prec {group_prec:.4f} rec "
             "{group_rec:.4f} F1 {group_f1:.4f} | mA {mA:.4f} instance F1 {instance_f1:.4f} | "
-            "Chen acc {chen_acc:.4f} F1 {chen_f1:.4f}").format(**h)
+            "Chen acc {chen_acc:.4f} F1 {chen_f1:.4f}").format(**h) + (
+            " | train_marco acc {marco_acc:.4f} macro F1 {marco_f1_macro:.4f} micro F1 "
+            "{marco_f1_micro:.4f}".format(**h) if "marco_acc" in h else "")
 
 
 def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,

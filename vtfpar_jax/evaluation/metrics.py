@@ -4,11 +4,13 @@ All functions take `probs` (B, A), sigmoid outputs in [0, 1], and `labels`
 (B, A), 0/1, whose columns follow an `AttributeSet`. Pure numpy: evaluation
 collects the model's outputs on the host and scores them here.
 
-Three protocols are in use on MARS / DukeMTMC-VID (docs/published-model.md §9):
+Four protocols are in use on MARS / DukeMTMC-VID (docs/published-model.md §9):
 
 - `group_metrics`: what the published training script prints (the headline).
 - `par_metrics`: label-based mA and instance-based accuracy/precision/recall/F1.
 - `chen_metrics`: argmax per multi-class group, accuracy and macro F1 per group.
+- `marco_metrics`: what the published second recipe (train_marco.py) prints: argmax per
+  group, accuracy, macro and micro F1 per group.
 
 Every figure is a fraction in [0, 1] (`format_table` prints percentages) and a
 plain Python float / int / list, so a result dict goes straight to JSON.
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from vtfpar_jax.attributes import AttributeSet
+from vtfpar_jax.models import group_head
 from vtfpar_jax.outputs import files
 
 PUBLISHED_THRESHOLD = 0.45
@@ -38,6 +41,15 @@ def sigmoid(logits: Any) -> np.ndarray:
     x = np.asarray(logits, dtype=np.float64)
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def probabilities(logits: Any, model_cfg) -> np.ndarray:
+    """A model's logits -> per-column probabilities (B, A), float64: the sigmoid of each
+    attribute's logit (head 'attribute'), or the softmax within each group (head 'group';
+    a binary column gets its present class)."""
+    if model_cfg.head == "group":
+        return group_head.column_probabilities(logits, model_cfg.group_columns)
+    return sigmoid(logits)
 
 
 def _ratio(numerator: np.ndarray | float, denominator: np.ndarray | float) -> np.ndarray:
@@ -212,6 +224,27 @@ def _macro_f1(true_class: np.ndarray, predicted_class: np.ndarray,
             [float(f) if p else None for f, p in zip(per_class, present, strict=True)])
 
 
+def _group_classes(probs: np.ndarray, labels: np.ndarray, attribute_set: AttributeSet,
+                   group, threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(true class (B,), predicted class (B,), class count) of one group.
+
+    A binary group has the classes (negative, positive) and predicts positive when
+    prob > threshold; a multi-class group predicts the argmax of its columns (the first
+    on a tie), and its labels must be one-hot.
+    """
+    cols = list(group.columns)
+    if group.is_binary:
+        return (labels[:, cols[0]].astype(np.int64),
+                (probs[:, cols[0]] > threshold).astype(np.int64), 2)
+    hot = labels[:, cols].sum(axis=1)
+    bad = np.flatnonzero(hot != 1)
+    if bad.size:
+        raise ValueError(f"attribute set {attribute_set.name!r}, group {group.name!r}: "
+                         f"labels of {bad.size} rows (first: {bad[:5].tolist()}) are "
+                         "not one-hot; a per-group class needs exactly one true class")
+    return np.argmax(labels[:, cols], axis=1), np.argmax(probs[:, cols], axis=1), len(cols)
+
+
 def chen_metrics(probs: Any, labels: Any, attribute_set: AttributeSet,
                  threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
     """Chen et al.'s protocol for MARS / DukeMTMC-VID attributes, per attribute group.
@@ -233,21 +266,8 @@ def chen_metrics(probs: Any, labels: Any, attribute_set: AttributeSet,
     probs, labels = _check_inputs(probs, labels, attribute_set)
     groups: dict[str, dict[str, Any]] = {}
     for group in attribute_set.groups:
-        cols = list(group.columns)
-        if group.is_binary:
-            true_class = labels[:, cols[0]].astype(np.int64)
-            predicted_class = (probs[:, cols[0]] > threshold).astype(np.int64)
-            num_classes = 2
-        else:
-            hot = labels[:, cols].sum(axis=1)
-            bad = np.flatnonzero(hot != 1)
-            if bad.size:
-                raise ValueError(f"attribute set {attribute_set.name!r}, group {group.name!r}: "
-                                 f"labels of {bad.size} rows (first: {bad[:5].tolist()}) are "
-                                 "not one-hot; Chen's protocol needs exactly one true class")
-            true_class = np.argmax(labels[:, cols], axis=1)
-            predicted_class = np.argmax(probs[:, cols], axis=1)
-            num_classes = len(cols)
+        true_class, predicted_class, num_classes = _group_classes(probs, labels, attribute_set,
+                                                                  group, threshold)
         f1, class_f1 = _macro_f1(true_class, predicted_class, num_classes)
         groups[group.name] = {"acc": float(np.mean(true_class == predicted_class)),
                               "f1": f1, "class_f1": class_f1}
@@ -259,15 +279,45 @@ def chen_metrics(probs: Any, labels: Any, attribute_set: AttributeSet,
     }
 
 
+def marco_metrics(probs: Any, labels: Any, attribute_set: AttributeSet) -> dict[str, Any]:
+    """The published second recipe's metric (batch_engine_marco.valid_trainer, printed by
+    train_marco.py), for either head.
+
+    probs (B, A) in [0, 1], labels (B, A) 0/1. Each group's predicted class is the argmax
+    of its classes: for a binary group, positive when prob > 0.5 (with the group head's
+    2-way softmax, exactly its argmax; `group_head.column_probabilities`). Per group:
+    accuracy, and F1 averaged over classes as scikit-learn's f1_score(average='macro')
+    (over the classes in the labels or the predictions) and (average='micro'); then the
+    unweighted means over groups.
+
+    Returns {'acc', 'f1_macro', 'f1_micro',
+    'groups': {group name: {'acc', 'f1_macro', 'f1_micro'}}}.
+    """
+    probs, labels = _check_inputs(probs, labels, attribute_set)
+    groups: dict[str, dict[str, float]] = {}
+    for group in attribute_set.groups:
+        true_class, predicted_class, num_classes = _group_classes(
+            probs, labels, attribute_set, group, DEFAULT_THRESHOLD)
+        right = int(np.sum(true_class == predicted_class))
+        wrong = true_class.size - right
+        # Summed over classes, each wrong sample is one false positive and one false
+        # negative: micro F1 = 2 TP / (2 TP + FP + FN).
+        groups[group.name] = {"acc": right / true_class.size,
+                              "f1_macro": _macro_f1(true_class, predicted_class, num_classes)[0],
+                              "f1_micro": float(_ratio(2 * right, 2 * right + 2 * wrong))}
+    return {key: float(np.mean([g[key] for g in groups.values()]))
+            for key in ("acc", "f1_macro", "f1_micro")} | {"groups": groups}
+
+
 def evaluate_all(probs: Any, labels: Any, attribute_set: AttributeSet,
                  mask: Any | None = None) -> dict[str, Any]:
-    """All three protocols at their customary thresholds (0.45, 0.5, 0.5).
+    """All four protocols at their customary thresholds (0.45, 0.5, 0.5, argmax).
 
     probs (B, A) in [0, 1], labels (B, A) 0/1; mask (B,) bool, False marking
     padding rows (the padded last eval batch), which are dropped first.
 
-    Returns {'attribute_set', 'num_samples', 'group', 'par', 'chen'} with the
-    dicts of `group_metrics`, `par_metrics` and `chen_metrics`.
+    Returns {'attribute_set', 'num_samples', 'group', 'par', 'chen', 'marco'} with the
+    dicts of `group_metrics`, `par_metrics`, `chen_metrics` and `marco_metrics`.
     """
     probs, labels = np.asarray(probs), np.asarray(labels)
     if mask is not None:
@@ -286,6 +336,7 @@ def evaluate_all(probs: Any, labels: Any, attribute_set: AttributeSet,
         "group": group,
         "par": par_metrics(probs, labels),
         "chen": chen_metrics(probs, labels, attribute_set),
+        "marco": marco_metrics(probs, labels, attribute_set),
     }
 
 
@@ -321,6 +372,11 @@ def format_table(results: dict[str, Any], attribute_set: AttributeSet) -> str:
               f"PAR (> {par['threshold']:g}): mA {_pct(par['ma'])}  acc {_pct(par['acc'])}  "
               f"prec {_pct(par['prec'])}  rec {_pct(par['rec'])}  F1 {_pct(par['f1'])}",
               f"Chen et al.: acc {_pct(chen['acc'])}  macro F1 {_pct(chen['f1'])}"]
+    if "marco" in results:   # reports written before it have none
+        marco = results["marco"]
+        lines.append(f"Published train_marco.py (argmax per group): acc {_pct(marco['acc'])}  "
+                     f"macro F1 {_pct(marco['f1_macro'])}  micro F1 "
+                     f"{_pct(marco['f1_micro'])}")
     return "\n".join(lines) + "\n"
 
 

@@ -6,9 +6,10 @@ INPUT is a folder of frames (one tracklet, image files sorted by name) or a
 video file (mp4, avi, ... decoded with PyAV). Each is read as evaluation reads
 a tracklet (vtfpar_jax.inference.video: T uniformly spaced frames, resized and
 normalised as the input pipeline does), all are run as one batch, and per
-input OUTDIR gets <name>.json (every attribute's probability, one decision per
-group: argmax for multi-class groups, p > 0.45 for binary ones, as published;
-see vtfpar_jax.evaluation.decisions) and <name>.png (the frames and the probabilities as
+input OUTDIR gets <name>.json (the model's head, every attribute's probability, one
+decision per group: argmax for multi-class groups, p > 0.45 for binary ones, as published,
+or the argmax of a binary's two classes with the group head; see
+vtfpar_jax.evaluation.decisions) and <name>.png (the frames and the probabilities as
 bars).
 
 An input that cannot be read does not stop the others: every readable input
@@ -50,7 +51,7 @@ def _logits(cfg: vtfpar.VTFPARConfig, variables, video, text_features):
 
 def compute_logits(config: vtfpar.VTFPARConfig, variables: Mapping[str, Any],
                    video: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """Evaluation-mode logits (B, A) for video (B, T, H, W, 3) float32 already
+    """Evaluation-mode logits (B, config.num_logits) for video (B, T, H, W, 3) float32 already
     normalised and attribute token ids (A, context); `variables` holds 'params',
     'batch_stats' and the backbone's tree under 'clip'."""
     text = towers.of(config.clip).text_features(config.clip, variables["clip"],
@@ -83,7 +84,9 @@ def config_for_frames(cfg: vtfpar.VTFPARConfig, frames: int) -> vtfpar.VTFPARCon
 
 
 def predict_clips(loaded: model_dir.LoadedModel, videos: np.ndarray) -> np.ndarray:
-    """Sigmoid probabilities (N, A) float64 for videos (N, T, H, W, 3) float32, normalised.
+    """Probabilities (N, A) float64 for videos (N, T, H, W, 3) float32, normalised: the
+    sigmoids of the attribute head, or the softmax within each group of the group head
+    (metrics.probabilities).
 
     One jitted evaluation-mode batch; T may be fewer than the trained frames
     (see `config_for_frames`). The text features are the ones the model dir
@@ -98,7 +101,7 @@ def predict_clips(loaded: model_dir.LoadedModel, videos: np.ndarray) -> np.ndarr
     cfg = config_for_frames(loaded.model_cfg, videos.shape[1])
     logits = _logits(cfg, loaded.variables(), jnp.asarray(videos),
                      loaded.frozen.text_features)
-    return metrics.sigmoid(np.asarray(logits))
+    return metrics.probabilities(np.asarray(logits), cfg)
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -131,9 +134,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--frames", type=errors.positive_int, default=None,
                         help="frames sampled per clip (default: the model's)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
-    parser.add_argument("--threshold", type=errors.probability,
-                        default=metrics.PUBLISHED_THRESHOLD,
-                        help="binary decision threshold (default %(default)s, as published)")
+    parser.add_argument("--threshold", type=errors.probability, default=None,
+                        help="binary decision threshold (default: the published "
+                        f"{metrics.PUBLISHED_THRESHOLD} for the attribute head, "
+                        f"{decisions.GROUP_HEAD_THRESHOLD}, the argmax, for the group head)")
     parser.add_argument("--fail-fast", action="store_true",
                         help="stop at the first input that cannot be read, before writing "
                         "anything (default: predict the readable ones, list the others)")
@@ -164,6 +168,8 @@ def _predict_into(out: out_folder.OutFolder, paths: list[Path],
     size = loaded.model_cfg.clip.image_size
     normalization = loaded.config.input.get("normalization", "published")
     config_for_frames(loaded.model_cfg, frames)   # a wrong --frames concerns every input
+    head = loaded.model_cfg.head
+    threshold = decisions.default_threshold(head) if args.threshold is None else args.threshold
 
     readable, failures = [], []
     # Names are given over all inputs, so an input's outputs do not depend on others failing.
@@ -193,12 +199,12 @@ def _predict_into(out: out_folder.OutFolder, paths: list[Path],
             for (path, name, warnings, frames_uint8, _), row in zip(readable, probs,
                                                                       strict=True):
                 record = decisions.prediction_record(
-                    row, loaded.attribute_set, args.threshold, input=str(path),
+                    row, loaded.attribute_set, threshold, head, input=str(path),
                     model=str(args.model), step=loaded.step, frames=frames,
                     image_size=[size, size], normalization=normalization, warnings=warnings)
                 files.write_json(os.path.join(folder, f"{name}.json"), record, indent=1)
                 visualize.save_prediction(os.path.join(folder, f"{name}.png"), frames_uint8,
-                                          row, loaded.attribute_set, args.threshold,
+                                          row, loaded.attribute_set, threshold,
                                           title=path.name)
                 records.append((path, name, record))
     for path, name, record in records:

@@ -189,13 +189,16 @@ def too_small(info: video_io.VideoInfo, tracks: dict[int, mot.Track],
 
 def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track], out: str,
         *, window: int | None = None, batch: int = 8, aspect: float = tracklets.TRAINING_ASPECT,
-        context: float = tracklets.CONTEXT, threshold: float = metrics.PUBLISHED_THRESHOLD,
+        context: float = tracklets.CONTEXT, threshold: float | None = None,
         info: video_io.VideoInfo | None = None, about: dict[str, Any] | None = None,
         evidence: dict[int, dict[str, Any]] | None = None, progress: bool = True,
         times: stage_times.StageTimes | None = None) -> dict[str, Any]:
     """Predict every track and write OUT's files; returns tracks.json's content.
     `evidence`: per track, what the detector found of it (detect_track.evidence), added to
-    its record; None for tracks given by the user."""
+    its record; None for tracks given by the user. `threshold` None: the head's own
+    (decisions.default_threshold)."""
+    head = loaded.model_cfg.head
+    threshold = decisions.default_threshold(head) if threshold is None else threshold
     info = info or video_io.probe(video)
     times = times or stage_times.StageTimes(info.frames)
     tracks, warnings = mot.fit_to_video(tracks, info.width, info.height, info.frames)
@@ -215,9 +218,8 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
         "image_size": [cfg.clip.image_size] * 2,
         "normalization": loaded.config.input.get("normalization", "published"),
         "crop": {"aspect": aspect, "context": context},
-        "window": window, "attribute_set": loaded.attribute_set.name, "threshold": threshold,
-        "decision_rules": {"binary": decisions.BINARY_RULE.format(threshold=threshold),
-                           "multi-class": decisions.MULTICLASS_RULE},
+        "window": window, "attribute_set": loaded.attribute_set.name, "head": head,
+        "threshold": threshold, "decision_rules": decisions.decision_rules(head, threshold),
         "warnings": warnings,
         "tracks": {str(i): r for i, r in records.items()},
     }
@@ -277,9 +279,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "(default %(default)s)")
     parser.add_argument("--aspect", type=float, default=tracklets.TRAINING_ASPECT,
                         help="height / width of the crops (default %(default)s, as MARS's)")
-    parser.add_argument("--threshold", type=errors.probability,
-                        default=metrics.PUBLISHED_THRESHOLD,
-                        help="binary decision threshold (default %(default)s, as published)")
+    parser.add_argument("--threshold", type=errors.probability, default=None,
+                        help="binary decision threshold (default: the published "
+                        f"{metrics.PUBLISHED_THRESHOLD} for the attribute head, "
+                        f"{decisions.GROUP_HEAD_THRESHOLD}, the argmax, for the group head)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     cli_errors.add_verbose(parser)
     args = parser.parse_args(argv)

@@ -7,7 +7,8 @@ the model reads of it). Parameters come in two trees that never mix:
 
 `apply` is the pure forward pass used by training, evaluation and prediction.
 Shapes: video (B, F, H, W, 3) normalised; text features (A, E) computed once
-from the frozen text tower; logits (B, A) float32.
+from the frozen text tower; logits (B, A) float32 with the attribute head, (B, L)
+with the group head (L: the groups' class counts summed, models/group_head.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vtfpar_jax.models import clip, siglip, towers
+from vtfpar_jax.models import clip, group_head, siglip, towers
 from vtfpar_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from vtfpar_jax.models.lean_ops import LayerNorm
 from vtfpar_jax.models.side_nets import (
@@ -37,6 +38,9 @@ from vtfpar_jax.models.side_nets import (
 )
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# 'attribute': one Linear(D -> 1) per attribute (train.py); 'group': one Linear(D -> classes)
+# per attribute group (train_marco.py, base_block_marco.py).
+HEADS = ("attribute", "group")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +64,9 @@ class VTFPARConfig:
     clip_dtype: str = "float32"         # compute dtype of the frozen CLIP
     remat: str = "dots"                 # what side/fusion blocks keep for backward (side_nets)
     attention: str = "auto"             # attention implementation (models/attention.py)
+    head: str = "attribute"             # HEADS
+    # head 'group': the label columns of each group (AttributeSet.head_groups), () otherwise.
+    group_columns: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self):
         self.validate()
@@ -79,7 +86,20 @@ class VTFPARConfig:
             self.temporal_map if self.use_temporal else ())
         return tuple(sorted({s for s, _ in maps}))
 
+    @property
+    def num_logits(self) -> int:
+        """The width of the logits: one per attribute, or every group's classes."""
+        if self.head == "group":
+            return sum(group_head.class_counts(self.group_columns))
+        return self.num_attributes
+
     def validate(self):
+        if self.head not in HEADS:
+            raise ValueError(f"config: head={self.head!r}; expected one of {HEADS}")
+        if self.head == "group":
+            group_head.check_layout(self.group_columns, self.num_attributes)
+        elif self.group_columns:
+            raise ValueError("config: group_columns are for head='group' only")
         if not (self.use_spatial or self.use_temporal):
             raise ValueError("config: use_spatial and use_temporal are both off; keep at least one")
         if self.heads is None and self.dim not in SIDE_HEADS:
@@ -155,7 +175,8 @@ class TorchBatchNorm(nn.Module):
 
 
 class VTFPAR(nn.Module):
-    """Side nets, aggregation, fusion with the text tokens, per-attribute heads, BN."""
+    """Side nets, aggregation, fusion with the text tokens, per-attribute or per-group heads,
+    BN."""
 
     cfg: VTFPARConfig
 
@@ -189,11 +210,19 @@ class VTFPAR(nn.Module):
         x = side_block(cfg.dim, cfg.num_heads, dtype, "fusion_block", cfg.drop_path_rate,
                        remat=cfg.remat, attention=cfg.attention)(x, not train)
         x = LayerNorm(epsilon=1e-6, dtype=dtype, name="norm")(x)
-        # One Linear(D -> 1) per attribute, applied to that attribute's text token.
-        kernel = self.param("heads_kernel", nn.initializers.lecun_normal(), (a, cfg.dim))
-        bias = self.param("heads_bias", nn.initializers.zeros, (a,))
-        logits = jnp.einsum("bad,ad->ba", x[:, :a], kernel.astype(dtype)).astype(jnp.float32)
-        logits = logits + bias
+        self.sow("intermediates", "fused_tokens", x)
+        if cfg.head == "group":
+            # Group g's Linear(D -> classes) reads the token at position g, that is attribute
+            # phrase g's (not a token of the group): the published quirk (docs/quirks.md).
+            logits = jnp.concatenate(
+                [nn.Dense(n, dtype=dtype, name=f"group_head_{g}")(x[:, g]).astype(jnp.float32)
+                 for g, n in enumerate(group_head.class_counts(cfg.group_columns))], axis=1)
+        else:
+            # One Linear(D -> 1) per attribute, applied to that attribute's text token.
+            kernel = self.param("heads_kernel", nn.initializers.lecun_normal(), (a, cfg.dim))
+            bias = self.param("heads_bias", nn.initializers.zeros, (a,))
+            logits = jnp.einsum("bad,ad->ba", x[:, :a], kernel.astype(dtype)).astype(jnp.float32)
+            logits = logits + bias
         self.sow("intermediates", "logits_pre_bn", logits)
         return TorchBatchNorm(name="bn")(logits, train)
 
@@ -218,7 +247,7 @@ def apply(cfg: VTFPARConfig, variables: Mapping[str, Any], clip_params: Mapping[
           video: jax.Array, text_features: jax.Array, *, train: bool = False,
           rng: jax.Array | None = None, clip_frozen: bool = True,
           capture_intermediates: bool = False) -> tuple[jax.Array, dict]:
-    """Logits (B, A) and the updated collections (batch_stats in training,
+    """Logits (B, cfg.num_logits) and the updated collections (batch_stats in training,
     intermediates when captured)."""
     tokens = clip_tokens(cfg, clip_params, video, frozen=clip_frozen)
     mutable = (["batch_stats"] if train else []) + (

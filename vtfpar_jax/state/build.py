@@ -84,7 +84,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     from vtfpar_jax.models import preprocess
     cfg = backbone_config(config)
     if cfg is not None:
-        model_config(config, cfg, num_attributes=1)   # the count shapes only the heads
+        # The attribute count and the groups shape only the heads.
+        model_config(config, cfg, num_attributes=1, group_columns=((0,),))
         try:
             preprocess.Preprocess.from_config(config.input).check((cfg.image_size,) * 2)
         except ValueError as e:
@@ -117,16 +118,21 @@ def load_backbone_folder(folder: str):
 
 
 def model_config(config: ml_collections.ConfigDict, clip_cfg: BackboneConfig,
-                 num_attributes: int) -> vtfpar.VTFPARConfig:
+                 num_attributes: int,
+                 group_columns: tuple[tuple[int, ...], ...] = ()) -> vtfpar.VTFPARConfig:
+    """The model of `config`; `group_columns` (AttributeSet.head_groups) shape the group
+    head and are dropped for the attribute head."""
     try:
-        return _model_config(config, clip_cfg, num_attributes)
+        return _model_config(config, clip_cfg, num_attributes, group_columns)
     except ValueError as e:  # the model config's checks: a field that cannot work
         raise ConfigError(str(e)) from None
 
 
 def _model_config(config: ml_collections.ConfigDict, clip_cfg: BackboneConfig,
-                  num_attributes: int) -> vtfpar.VTFPARConfig:
+                  num_attributes: int, group_columns) -> vtfpar.VTFPARConfig:
     m = config.model
+    # Runs saved before model.head existed had the attribute head.
+    head = m.get("head", "attribute")
     return vtfpar.VTFPARConfig(
         clip=clip_cfg, num_attributes=num_attributes, frames=m.frames,
         spatial_map=parse_interaction_map(m.spatial_map),
@@ -135,7 +141,8 @@ def _model_config(config: ml_collections.ConfigDict, clip_cfg: BackboneConfig,
         dim=m.dim, heads=m.heads or None, side_patch_size=m.side_patch_size,
         use_spatial=m.use_spatial, use_temporal=m.use_temporal,
         drop_path_rate=m.drop_path_rate, dtype=m.dtype, clip_dtype=m.clip_dtype,
-        remat=_remat_policy(m.get("remat", "none")), attention=m.get("attention", "auto"))
+        remat=_remat_policy(m.get("remat", "none")), attention=m.get("attention", "auto"),
+        head=head, group_columns=tuple(map(tuple, group_columns)) if head == "group" else ())
 
 
 def _remat_policy(value) -> str:

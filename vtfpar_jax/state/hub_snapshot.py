@@ -114,7 +114,8 @@ def materialize(folder: str, out: str, source: str) -> None:
     config = ml_collections.ConfigDict(run["config"])
     clip_cfg, clip_params = build.load_backbone_folder(backbone)
     attribute_set = attributes.get(run["attribute_set"])
-    model_cfg = build.model_config(config, clip_cfg, attribute_set.num_attributes)
+    model_cfg = build.model_config(config, clip_cfg, attribute_set.num_attributes,
+                                   attribute_set.head_groups)
     import jax
     expected = jax.eval_shape(lambda: vtfpar.init(model_cfg, jax.random.PRNGKey(0)))
     found = safetensors.numpy.load_file(os.path.join(folder, WEIGHTS))

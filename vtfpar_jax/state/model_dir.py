@@ -177,7 +177,8 @@ def load(model: str, step: int | None = None) -> LoadedModel:
         raise ModelDirError(f"{model}: config.json says backbone "
                             f"{build.backbone(config).name!r}, but clip/ holds a "
                             f"{towers.of(clip_cfg).display_name} checkpoint")
-    model_cfg = build.model_config(config, clip_cfg, attribute_set.num_attributes)
+    model_cfg = build.model_config(config, clip_cfg, attribute_set.num_attributes,
+                                   attribute_set.head_groups)
     template, frozen_params = fresh_state(config, model_cfg, clip_params)
     mesh = sharding.make_mesh()
     store = CheckpointStore(model, async_save=False)

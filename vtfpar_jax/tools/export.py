@@ -3,15 +3,17 @@
     vtfpar export --model DIR --format stablehlo --out model.stablehlo
     vtfpar export --model DIR --format onnx --out model.onnx [--batch 8]
 
-Both artefacts compute the evaluation-mode logits (B, A) of the model from its
+Both artefacts compute the evaluation-mode logits of the model from its
 input video (B, T, H, W, 3) float32, already resized to H = W = the CLIP image
-size and normalised ((x / 255 - mean) / std); sigmoid gives the
-probabilities `predict` reports. The weights (CLIP, side nets, heads, BatchNorm
-statistics) and the attribute text features, computed once from the model's
-phrases, are constants inside the artefact: it needs nothing else to run.
+size and normalised ((x / 255 - mean) / std): (B, A) for the attribute head, whose
+sigmoid gives the probabilities `predict` reports, or (B, L) for the group head, whose
+softmax within each group gives them (the metadata's `head` and `groups` say which).
+The weights (CLIP, side nets, heads, BatchNorm statistics) and the attribute text
+features, computed once from the model's phrases, are constants inside the artefact: it
+needs nothing else to run.
 
 What a caller needs to feed it and to read its output (normalisation, frame
-count, image size, attribute names, groups, the published decision rules) is
+count, image size, attribute names, groups, the head, the decision rules) is
 written next to it as `<out>.json` (`metadata`), for both formats; the ONNX
 file also carries the same JSON in its `metadata_props` under 'vtfpar'. The
 StableHLO file is `Exported.serialize()`'s bytes as they are, so
@@ -44,9 +46,9 @@ import numpy as np
 
 from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import UserError
-from vtfpar_jax.evaluation import decisions, metrics
+from vtfpar_jax.evaluation import decisions
 from vtfpar_jax.inference import video
-from vtfpar_jax.models import vtfpar
+from vtfpar_jax.models import group_head, vtfpar
 from vtfpar_jax.models.normalization import NORMALIZATIONS
 from vtfpar_jax.outputs import files, out_folder
 from vtfpar_jax.state import model_dir
@@ -55,6 +57,12 @@ FORMATS = ("stablehlo", "onnx")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")   # jax.export's lowering platforms
 ONNX_OPSET = 23
 INPUT_NAME, OUTPUT_NAME = "video", "logits"
+OUTPUT_MEANINGS = {
+    "attribute": "logits, one per attribute; sigmoid gives each attribute's probability",
+    "group": "logits of each group's classes, the groups one after another (groups[i].logits "
+             "is group i's span); the softmax within a group gives its probabilities; a "
+             "binary attribute's group has the classes (absent, present)",
+}
 
 
 class ExportError(UserError, ValueError):
@@ -87,6 +95,7 @@ def exportable(loaded: model_dir.LoadedModel, batch: int | None, model: str = ""
         return out.astype(jnp.float32)
 
     size = cfg.clip.image_size
+    threshold = decisions.default_threshold(cfg.head)
     normalization = loaded.config.input.get("normalization", "published")
     mean, std = NORMALIZATIONS[normalization]
     attribute_set = loaded.attribute_set
@@ -104,19 +113,29 @@ def exportable(loaded: model_dir.LoadedModel, batch: int | None, model: str = ""
                                     "formula": "(pixel / 255 - mean) / std, RGB"}},
         "preprocessing": video.preprocessing(cfg.frames, (size, size), normalization),
         "output": {"name": OUTPUT_NAME, "shape": ["B" if batch is None else batch,
-                                                  attribute_set.num_attributes],
-                   "meaning": "logits; sigmoid gives each attribute's probability"},
+                                                  cfg.num_logits],
+                   "meaning": OUTPUT_MEANINGS[cfg.head]},
+        "head": cfg.head,
         "attribute_set": attribute_set.name,
         "attributes": list(attribute_set.columns),
-        "groups": [{"name": g.name, "columns": list(g.columns), "binary": g.is_binary}
-                   for g in attribute_set.groups],
-        "threshold": metrics.PUBLISHED_THRESHOLD,
-        "decision_rules": {"binary": decisions.BINARY_RULE.format(
-                               threshold=metrics.PUBLISHED_THRESHOLD),
-                           "multi-class": decisions.MULTICLASS_RULE},
+        "groups": _groups(cfg, attribute_set),
+        "threshold": threshold,
+        "decision_rules": decisions.decision_rules(cfg.head, threshold),
     }
     shape = ("B" if batch is None else batch, cfg.frames, size, size, 3)
     return Exportable(logits, shape, metadata)
+
+
+def _groups(cfg: vtfpar.VTFPARConfig, attribute_set) -> list[dict[str, Any]]:
+    """Each group's name and columns; with the group head, also its span [start, end) of
+    the logits."""
+    groups = [{"name": g.name, "columns": list(g.columns), "binary": g.is_binary}
+              for g in attribute_set.groups]
+    if cfg.head == "group":
+        ends = np.cumsum(group_head.class_counts(cfg.group_columns)).tolist()
+        for group, start, end in zip(groups, [0, *ends[:-1]], ends, strict=True):
+            group["logits"] = [start, end]
+    return groups
 
 
 def to_stablehlo(target: Exportable, platforms: tuple[str, ...] = ("cpu",)) -> bytes:

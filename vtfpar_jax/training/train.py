@@ -70,7 +70,8 @@ class Trainer:
         # A copy: on the CPU backend np.asarray is a view that keeps the device buffer alive.
         clip_params = jax.tree.map(lambda x: np.array(x, copy=True), clip_params)
         self.model_cfg = build.model_config(config, self.clip_cfg,
-                                               self.attribute_set.num_attributes)
+                                            self.attribute_set.num_attributes,
+                                            self.attribute_set.head_groups)
         self.phrases, self.tokens = build.attribute_tokens(config, self.attribute_set)
         try:
             self.steps_per_epoch = pipeline.steps_per_epoch(

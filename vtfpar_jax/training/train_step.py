@@ -57,7 +57,7 @@ def make_train_step(cfg: vtfpar.VTFPARConfig, tx: optax.GradientTransformation,
                 cfg, {"params": params["model"], "batch_stats": state.batch_stats},
                 params["clip"], video, frozen.text_features, train=True, rng=dropout_rng,
                 clip_frozen=clip_frozen)
-            loss = losses.weighted_bce(logits, batch["labels"], frozen.positive_ratio)
+            loss = losses.head_loss(cfg, logits, batch["labels"], frozen.positive_ratio)
             return loss, updates["batch_stats"]
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
