@@ -49,4 +49,5 @@ def main(argv=None):
     flags = command_line(written["openpar_options"])
     with open(args.out + ".json", "w") as f:
         json.dump({**written, "command_line": flags}, f, indent=1)
-    print(f"wrote {args.out} (step {written['step']}); build the published model with: {flags}")
+    print(f"wrote {args.out} (step {written['step']}); build the published model "
+          f"({written['published_model']}) with: {flags}")
