@@ -17,7 +17,7 @@ from vtfpar_jax.training import losses
 
 pytestmark = pytest.mark.slow
 
-GROUP_CASES = ("group_variant",)
+GROUP_CASES = ("group_default", "group_variant")
 MODULES = {"spatial_sidenet": ["spatial_side_net"], "crossframe_sidenet": ["temporal_side_net"],
            "word_embed": ["word_embed"], "blocks": ["fusion_block"], "norm": ["norm"],
            "bn": ["bn"], "spatial_feat_aggregation": ["spatial_aggregation"],
@@ -70,7 +70,7 @@ def test_checkpoint_to_model_dir_to_export_gives_the_same_logits(openpar_case, t
     from vtfpar_jax.convert import openpar_cli
     from vtfpar_jax.state import model_dir
 
-    case = openpar_case(GROUP_CASES[0])
+    case = openpar_case("group_variant")
     state, options = case["state_dict"], case["meta"]["openpar_options"]
     model = {k.removeprefix("model/"): torch.from_numpy(v) for k, v in state.items()
              if k.startswith("model/")}
