@@ -84,3 +84,63 @@ def test_model_dir_in_the_published_code(openpar_case, tmp_path):
                               str(tmp_path / "model"), "--clips", str(tmp_path / "walk.mp4")])
     assert r["max_abs_logit_diff"] <= 1e-4
     assert all(c["same_decisions"] for c in r["clips"])
+
+
+def test_training_batches_hold_one_class_per_group():
+    from vtfpar_jax import attributes
+    from vtfpar_jax.tools import compare_training
+
+    mars = attributes.get("mars")
+    drawn = compare_training.draw_batches(3, steps=2, batch=4, frames=1, attribute_set=mars)
+    again = compare_training.draw_batches(3, steps=2, batch=4, frames=1, attribute_set=mars)
+    np.testing.assert_array_equal(drawn["labels"], again["labels"])
+    assert drawn["videos"].shape == (2, 4, 1, 3, 224, 224)
+    assert drawn["eval_video"].shape == (4, 1, 3, 224, 224)
+    for group in mars.groups:
+        if not group.is_binary:
+            np.testing.assert_array_equal(drawn["labels"][..., list(group.columns)].sum(-1), 1)
+    assert set(np.unique(drawn["labels"])) == {0.0, 1.0}
+
+
+def test_update_differences_are_relative_per_tensor():
+    from vtfpar_jax.tools import compare_training
+
+    reference = {"a": np.array([3.0, 4.0]), "b": np.array([1.0, 0.0])}
+    updates = {"a": np.array([3.0, 4.5]), "b": np.array([1.0, 0.0])}
+    d = compare_training.update_differences(updates, reference)
+    assert d["per_tensor"] == {"a": pytest.approx(0.1), "b": 0.0}
+    assert d["worst_tensor"] == "a" and d["max"] == pytest.approx(0.1)
+    assert d["median"] == pytest.approx(0.05)
+
+
+def test_head_biases_are_left_out_of_the_updates():
+    from vtfpar_jax.tools import compare_training
+
+    before = {"weight_layer.3.bias": np.zeros(1), "weight_layer.3.weight": np.zeros(2),
+              "bn.running_mean": np.zeros(1), "clip_visual_extractor.conv1.weight": np.zeros(1),
+              "norm.bias": np.zeros(2)}
+    moved = {"after": {k: v + 1 for k, v in before.items()}}
+    assert compare_training.trained_keys(before, moved) == ["norm.bias", "weight_layer.3.weight"]
+
+
+def test_training_summary_puts_each_figure_beside_its_noise_floor():
+    from vtfpar_jax.tools import compare_training
+
+    figures = {"loss_rel": 6.5e-8, "eval_logits_abs": 3.4e-4, "bn_running_abs": 2.5e-7,
+               "update_rel_median": 8.4e-4, "update_rel_max": 2e-3}
+    r = {"steps": 2, "optimizer": "sgd", "lr": 1e-3, "head": "attribute", "batch": 2,
+         "frames": 2, "published_losses": [58.62, 57.9], "jax_losses": [58.62, 57.91],
+         "jax_vs_published": figures,
+         "noise_floor": {**figures, "eval_logits_abs": 4.2e-4}}
+    lines = compare_training.summary(r).splitlines()
+    assert lines[1] == "  step 1: 58.6200000 | 58.6200000"
+    assert "eval logits after training, max |delta|: 3.40e-04 (4.20e-04)" in lines[5]
+
+
+def test_bad_training_options_are_refused_before_any_work():
+    from vtfpar_jax.tools import compare_training
+
+    with pytest.raises(ValueError, match="--train_steps 0"):
+        compare_training.compare("/nowhere", 0)
+    with pytest.raises(ValueError, match="--optimizer 'rmsprop'"):
+        compare_training.compare("/nowhere", 2, optimizer="rmsprop")

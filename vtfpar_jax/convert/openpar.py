@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vtfpar_jax import attributes
 from vtfpar_jax.backbones import openai_clip
 from vtfpar_jax.backbones.weights import (
     CONV,
@@ -38,7 +39,7 @@ from vtfpar_jax.backbones.weights import (
     conv_kernel,
 )
 from vtfpar_jax.errors import ConfigError
-from vtfpar_jax.models import vtfpar
+from vtfpar_jax.models import group_head, vtfpar
 from vtfpar_jax.models.side_nets import SIDE_DEPTH, parse_interaction_map
 
 PUBLISHED_DEFAULTS = dict(
@@ -96,8 +97,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {"model/" + k.removeprefix("module."): v for k, v in state.items()}
 
 
-def config_from_options(clip_cfg, num_attributes: int, **options) -> vtfpar.VTFPARConfig:
-    """Our config from the published command-line options (unknown names are errors)."""
+def config_from_options(clip_cfg, num_attributes: int, head: str = "attribute",
+                        group_columns: tuple = (), **options) -> vtfpar.VTFPARConfig:
+    """Our config from the published command-line options (unknown names are errors) and the
+    head (`head_layout`)."""
     unknown = set(options) - set(PUBLISHED_DEFAULTS)
     if unknown:
         raise ConfigError(f"unknown option(s) {sorted(unknown)}; published options: "
@@ -118,7 +121,8 @@ def config_from_options(clip_cfg, num_attributes: int, **options) -> vtfpar.VTFP
         spatial_map=parse_interaction_map(o["spatial_interact_map"]),
         temporal_map=parse_interaction_map(o["temporal_interact_map"]),
         spatial_aggregation=aggs[0], temporal_aggregation=aggs[1], dim=dims.pop(),
-        use_spatial=not o["without_spatial"], use_temporal=not o["without_temporal"])
+        use_spatial=not o["without_spatial"], use_temporal=not o["without_temporal"],
+        head=head, group_columns=tuple(map(tuple, group_columns)))
 
 
 def block_table(src: str, dst: str) -> Iterator[tuple[str, str, Layout]]:
@@ -169,6 +173,10 @@ def name_table(cfg: vtfpar.VTFPARConfig) -> Iterator[tuple[str, str, Layout]]:
     yield from block_table(f"model/blocks.{SIDE_DEPTH - 1}", p + "fusion_block")
     yield "model/norm.weight", p + "norm/scale", COPY
     yield "model/norm.bias", p + "norm/bias", COPY
+    if cfg.head == "group":  # one Linear(D -> classes) per group (base_block_marco.py)
+        for g in range(len(cfg.group_columns)):
+            yield f"model/weight_layer.{g}.weight", f"{p}group_head_{g}/kernel", LINEAR
+            yield f"model/weight_layer.{g}.bias", f"{p}group_head_{g}/bias", COPY
     yield "model/bn.weight", p + "bn/scale", COPY
     yield "model/bn.bias", p + "bn/bias", COPY
     yield "model/bn.running_mean", "batch_stats/bn/mean", COPY
@@ -186,9 +194,10 @@ def grouped_table(cfg: vtfpar.VTFPARConfig) -> Iterator[tuple[str, int, str, Lay
         yield f"{src}.ln.bias", streams, f"{dst}/fusion_norm/bias", COPY, "stack"
         yield f"{src}.input_proj.weight", streams, f"{dst}/fusion_proj/kernel", CONV1D_1, "stack"
         yield f"{src}.input_proj.bias", streams, f"{dst}/fusion_proj/bias", COPY, "stack"
-    heads = "model/weight_layer.{}"
-    yield f"{heads}.weight", cfg.num_attributes, p + "heads_kernel", COPY, "concatenate"
-    yield f"{heads}.bias", cfg.num_attributes, p + "heads_bias", COPY, "concatenate"
+    if cfg.head == "attribute":
+        heads = "model/weight_layer.{}"
+        yield f"{heads}.weight", cfg.num_attributes, p + "heads_kernel", COPY, "concatenate"
+        yield f"{heads}.bias", cfg.num_attributes, p + "heads_bias", COPY, "concatenate"
 
 
 def _take_model(t: SourceTensors, cfg: vtfpar.VTFPARConfig):
@@ -205,9 +214,44 @@ def _take_model(t: SourceTensors, cfg: vtfpar.VTFPARConfig):
                is not None and int(m.group(1)) >= cfg.frames)
 
 
+def head_layout(t: SourceTensors, group_columns=None) -> dict[str, Any]:
+    """{'head', 'num_attributes', 'group_columns'} told by the heads' weight shapes.
+
+    train.py's heads are Linear(D -> 1), one per attribute; train_marco.py's are
+    Linear(D -> classes), one per attribute group. A group head's layout is the attribute
+    set's (`group_columns`, AttributeSet.head_groups; without it, the one set whose groups
+    have these class counts).
+    """
+    sizes = []
+    while (key := f"model/weight_layer.{len(sizes)}.weight") in t:
+        sizes.append(int(t.tensors[key].shape[0]))
+    if not sizes:
+        raise WeightImportError(f"{t.source}: missing key 'model/weight_layer.0.weight' (not a "
+                                "published VTFPAR++ checkpoint?)")
+    if all(n == 1 for n in sizes):
+        return {"head": "attribute", "num_attributes": int(t.tensors["model/bn.weight"].shape[0]),
+                "group_columns": ()}
+    layouts = ([tuple(group_columns)] if group_columns is not None else
+               [s.head_groups for s in attributes.ATTRIBUTE_SETS.values()])
+    matching = [g for g in layouts if list(group_head.class_counts(g)) == sizes]
+    if not matching:
+        known = (f"the dataset's {list(group_head.class_counts(group_columns))}"
+                 if group_columns is not None else "no attribute set's groups")
+        raise WeightImportError(
+            f"{t.source}: group heads (train_marco.py) of {sizes} classes, but {known} have "
+            "these class counts (the published train_marco.py builds 11 groups for "
+            "DukeMTMC-VID, which cannot run: docs/quirks.md)")
+    return {"head": "group", "num_attributes": sum(len(c) for c in matching[0]),
+            "group_columns": matching[0]}
+
+
 def convert(state_dict: Mapping[str, Any], clip: tuple | None = None,
-            source: str = "state dict", **options) -> tuple[vtfpar.VTFPARConfig, dict]:
+            source: str = "state dict", group_columns=None,
+            **options) -> tuple[vtfpar.VTFPARConfig, dict]:
     """(config, variables) from `model/<published key>` and `clip/<OpenAI CLIP key>` tensors.
+
+    The head (train.py's or train_marco.py's) is told by the weight shapes (`head_layout`;
+    `group_columns`: the dataset's groups, for a group head).
 
     `clip=(ClipConfig, params)` supplies CLIP instead (e.g. from `hf_clip.load`)
     when the state dict has no `clip/` tensors. The frozen visual tower copy under
@@ -217,7 +261,7 @@ def convert(state_dict: Mapping[str, Any], clip: tuple | None = None,
     if "model/bn.weight" not in t:
         raise WeightImportError(f"{source}: missing key 'model/bn.weight' (not a published "
                                 "VTFPAR++ checkpoint?)")
-    num_attributes = int(t.tensors["model/bn.weight"].shape[0])
+    layout = head_layout(t, group_columns)
     clip_keys = [k for k in t.keys() if k.startswith("clip/")]
     if clip_keys:
         clip_cfg = openai_clip.config_from_state_dict(t, prefix="clip/")
@@ -230,7 +274,7 @@ def convert(state_dict: Mapping[str, Any], clip: tuple | None = None,
                                 "published checkpoint lacks the CLIP text tower; pass the OpenAI "
                                 "or HuggingFace CLIP it was trained with")
     _check_visual_copy(t, clip_cfg, clip_params)
-    cfg = config_from_options(clip_cfg, num_attributes, **options)
+    cfg = config_from_options(clip_cfg, **layout, **options)
     _take_model(t, cfg)
     t.drop(lambda k: _UNUSED.match(k) is not None)
     t.check_consumed()

@@ -1,5 +1,8 @@
 """Convert a published VTFPAR++ checkpoint into a model dir (the format training writes).
 
+A checkpoint of train.py (one head per attribute) or of train_marco.py (one per attribute
+group, `model.head = 'group'`): the weight shapes tell which.
+
     vtfpar convert --checkpoint ckpt.pth --clip ViT-B-16.pt \\
         --dataset mars --out runs/published_mars [--frames 6 --spatial_interact_map default ...]
 
@@ -79,12 +82,13 @@ def convert_files(checkpoint: str, clip_path: str, dataset: str, out: str,
                else clip_tokenizer.default_tokenizer(bpe_path))
     except (FileNotFoundError, ValueError) as e:  # no BPE file, or a bad one
         raise ConfigError(f"--bpe: {e}") from None
-    cfg, variables = openpar.convert(state, clip=clip, source=checkpoint, **options)
+    cfg, variables = openpar.convert(state, clip=clip, source=checkpoint,
+                                     group_columns=attribute_set.head_groups, **options)
     if cfg.num_attributes != attribute_set.num_attributes:
         raise WeightImportError(f"{checkpoint}: {cfg.num_attributes} attributes, but dataset "
                                 f"{dataset!r} has {attribute_set.num_attributes}")
     m = config.model
-    m.frames, m.dim = cfg.frames, cfg.dim
+    m.frames, m.dim, m.head = cfg.frames, cfg.dim, cfg.head
     m.spatial_map = ",".join(f"{s}->{t}" for s, t in cfg.spatial_map)
     m.temporal_map = ",".join(f"{s}->{t}" for s, t in cfg.temporal_map)
     m.spatial_aggregation = cfg.spatial_aggregation

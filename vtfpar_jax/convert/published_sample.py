@@ -11,7 +11,12 @@ and `outputs.npz`, what the published model computed in float32 on a CPU in eval
 
 - `default`: 6 frames, every published option at its default (interaction maps 'default',
   mean pooling, width 240);
-- `variant`: 4 frames, spatial map '1', temporal map '0', MLP aggregation on both streams.
+- `variant`: 4 frames, spatial map '1', temporal map '0', MLP aggregation on both streams;
+- `group_default`, `group_variant`: those options with the second recipe's head
+  (train_marco.py's `models/base_block_marco.py`: one Linear per MARS attribute group, 52
+  logits); their params.json are `default`'s and `variant`'s with the heads and BatchNorm
+  replaced (a head's weight std D**-0.5, its bias 0.02), `head: "group"` and the seed plus
+  100; their loss is train_marco.py's per-group cross-entropy.
 
 The weights have real ViT-B/16 CLIP shapes and are drawn, not stored. One
 `numpy.random.RandomState(seed)` stream gives, in this order: every tensor in the order
@@ -35,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 CASES_DIR = Path(__file__).resolve().parent / "published_sample_cases"
-CASES = ("default", "variant")
+CASES = ("default", "variant", "group_default", "group_variant")
 IMAGE_SHAPE = (3, 224, 224)
 LABEL_CUT = 0.7
 POS_RATIO_RANGE = (0.05, 0.5)

@@ -3,6 +3,7 @@
     tensors = to_openpar.state_dict(cfg, variables)   # {'model/<published key>': array}
     written = to_openpar.export("runs/mars", "mars.pth")  # {'epoch', 'model_state_dict'}
     written["openpar_options"]                         # the published options to build it
+    written["published_model"]   # models/base_block.py, or base_block_marco.py (head 'group')
 
 The inverse of `convert.openpar`: the same name tables (`openpar.name_table`,
 `openpar.grouped_table`, and `openai_clip.name_table` for the frozen visual
@@ -36,7 +37,7 @@ from vtfpar_jax.backbones import openai_clip
 from vtfpar_jax.backbones.weights import leaf
 from vtfpar_jax.convert import openpar
 from vtfpar_jax.errors import ConfigError
-from vtfpar_jax.models import clip, towers, vtfpar
+from vtfpar_jax.models import clip, group_head, towers, vtfpar
 from vtfpar_jax.models.side_nets import INTERACTION_MAPS, SIDE_DEPTH, SIDE_HEADS
 from vtfpar_jax.outputs import files
 
@@ -46,6 +47,11 @@ PUBLISHED_WIDTHS = tuple(sorted(SIDE_HEADS))
 MEAN_POOLING_WIDTH = 240
 # Our aggregation names -> the published option values (no LSTM/GRU: those crash there).
 PUBLISHED_AGGREGATIONS = {"mean": "mean_pooling", "mlp": "MLP"}
+# base_block_marco.py's groups on MARS, its only layout that runs (its DukeMTMC-VID one has 11
+# groups for 12 label groups: docs/quirks.md).
+PUBLISHED_GROUP_CLASSES = (2, 2, 2, 2, 2, 2, 2, 2, 2, 6, 5, 9, 10, 4)
+# The published model file of each head.
+PUBLISHED_MODELS = {"attribute": "models/base_block.py", "group": "models/base_block_marco.py"}
 # OpenAI keys of the visual tower the published model does not copy.
 _NOT_COPIED = ("visual.ln_post.", "visual.proj")
 
@@ -90,6 +96,12 @@ def published_options(config: ml_collections.ConfigDict, cfg: vtfpar.VTFPARConfi
     if cfg.num_heads != SIDE_HEADS[cfg.dim]:
         raise ExportRefusedError(f"model.heads={cfg.num_heads}: the published code uses "
                                  f"{SIDE_HEADS[cfg.dim]} heads at width {cfg.dim}")
+    if cfg.head == "group" and (
+            group_head.class_counts(cfg.group_columns) != PUBLISHED_GROUP_CLASSES):
+        raise ExportRefusedError(
+            f"model.head='group' with groups of {list(group_head.class_counts(cfg.group_columns))}"
+            f" classes: the published base_block_marco.py runs MARS's "
+            f"{list(PUBLISHED_GROUP_CLASSES)} only")
     if cfg.side_patch_size != 16:
         raise ExportRefusedError(f"model.side_patch_size={cfg.side_patch_size}: the published "
                                  "side ViTs use 16")
@@ -196,7 +208,8 @@ def write_checkpoint(loaded, model: str, out: str) -> dict:
     with files.atomic_file(out) as temporary:
         torch.save({"epoch": epoch, "model_state_dict": published}, temporary)
     return {"model": model_dir.identity(model), "step": loaded.step, "epoch": epoch,
-            "openpar_options": options}
+            "openpar_options": options,
+            "published_model": PUBLISHED_MODELS[loaded.model_cfg.head]}
 
 
 def export(model: str, out: str, step: int | None = None) -> dict:

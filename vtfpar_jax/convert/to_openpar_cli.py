@@ -51,4 +51,5 @@ def _to_openpar(args) -> None:
     written = to_openpar.export(args.model, args.out, args.step)
     flags = command_line(written["openpar_options"])
     files.write_json(sidecar, {**written, "command_line": flags}, indent=1)
-    print(f"wrote {args.out} (step {written['step']}); build the published model with: {flags}")
+    print(f"wrote {args.out} (step {written['step']}); build the published model "
+          f"({written['published_model']}) with: {flags}")

@@ -4,6 +4,12 @@
         [--batch 2] [--frames 6] [--device cpu|cuda] [--steps 5] [--json out.json]
     vtfpar compare-pytorch --openpar /path/to/OpenPAR/VTFPAR++ \
         --model runs/mars --clips walk.mp4 frames_dir/ [--device cpu|cuda] [--json out.json]
+    vtfpar compare-pytorch --openpar /path/to/OpenPAR/VTFPAR++ --train_steps 3 \
+        [--optimizer sgd|adam] [--frames 2] [--json out.json]
+
+With `--train_steps`, both sides train from the same weights on the same batches and
+their trajectories are compared beside the published code's own noise floor
+(vtfpar_jax.tools.compare_training says how).
 
 With `--model`, a model dir trained here is exported to the published format
 (`vtfpar_jax.convert.to_openpar`), loaded into the published model with a
@@ -65,6 +71,11 @@ def _module(name: str, **attrs) -> types.ModuleType:
     return module
 
 
+def _missing(name: str) -> bool:
+    """Neither imported (a stand-in from an earlier run counts) nor installed."""
+    return name not in sys.modules and importlib.util.find_spec(name) is None
+
+
 def _stand_ins() -> dict[str, types.ModuleType]:
     import torch
     from torch import nn
@@ -96,9 +107,9 @@ def _stand_ins() -> dict[str, types.ModuleType]:
                                          ResidualAttentionBlock=Annotation,
                                          VisionTransformer=Annotation),
     }
-    if importlib.util.find_spec("ftfy") is None:
+    if _missing("ftfy"):
         mods["ftfy"] = _module("ftfy", fix_text=lambda text: text)
-    if importlib.util.find_spec("pkg_resources") is None:
+    if _missing("pkg_resources"):
         import packaging.version
         mods["pkg_resources"] = _module("pkg_resources", packaging=packaging)
     del torch
@@ -415,6 +426,7 @@ def summary(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from vtfpar_jax.tools import compare_training
     from vtfpar_jax.tools.bench import DTYPES
 
     p = argparse.ArgumentParser(prog="vtfpar compare-pytorch",
@@ -438,6 +450,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "--clips (instead of random weights)")
     p.add_argument("--clips", nargs="+", default=[],
                    help="with --model: video files or frame folders, read as predict does")
+    p.add_argument("--train_steps", type=int, default=None,
+                   help="train both sides this many steps from the same weights on the same "
+                   "batches and compare the trajectories (vtfpar_jax.tools.compare_training)")
+    p.add_argument("--optimizer", default="sgd", choices=compare_training.OPTIMIZERS,
+                   help="with --train_steps: the optimiser on both sides")
+    p.add_argument("--head", default="attribute", choices=compare_training.HEADS,
+                   help="with --train_steps: the published head to train")
+    p.add_argument("--lr", type=float, default=1e-3, help="with --train_steps: learning rate")
+    p.add_argument("--record", default=None,
+                   help="with --train_steps: write the trajectory fixture to this folder")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.model is not None and not args.clips:
@@ -447,8 +469,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _compare(p: argparse.ArgumentParser, args) -> dict[str, Any]:
     from vtfpar_jax.errors import UserError
+    from vtfpar_jax.tools import compare_training
     try:
-        if args.model is not None:
+        if args.train_steps is not None:
+            result = compare_training.compare(
+                args.openpar, args.train_steps, args.optimizer, args.head, args.batch,
+                args.frames, args.lr, record=args.record)
+        elif args.model is not None:
             result = compare_model(args.openpar, args.model, args.clips, args.device)
         else:
             result = compare(args.openpar, args.batch, args.frames, args.device, args.steps,
@@ -460,5 +487,8 @@ def _compare(p: argparse.ArgumentParser, args) -> dict[str, Any]:
         p.error(str(e))
     if args.json:
         files.write_json(args.json, result, indent=1)
-    print(model_summary(result) if args.model is not None else summary(result))
+    if args.train_steps is not None:
+        print(compare_training.summary(result))
+    else:
+        print(model_summary(result) if args.model is not None else summary(result))
     return result
