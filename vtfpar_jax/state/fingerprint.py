@@ -58,6 +58,7 @@ ADDED_FIELDS = {
     "model.attention": "xla",          # 1db70a4: XLA's attention, the only one then
     "input.frame_size": NO_EQUIVALENT,  # 17eea69: frames were resized on the host then
     "backbone": "clip",                # 2d1f5f4: CLIP, the only backbone then
+    "model.head": "attribute",         # 499e09f: one logit per attribute, the only head then
 }
 # A field that once stored its value in another form: (stored value, its name now).
 RENAMED_VALUES = {"model.remat": ((False, "none"), (True, "blocks"))}
