@@ -91,3 +91,12 @@ def test_tensorflow_imports_without_notices_but_keeps_other_output():
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr == "after the import\n", done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("line, dropped", [
+    ("E0000 00:00:1796653247.441000    6212 cuda_platform.cc:52] failed call to cuInit: "
+     "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)", True),
+    ("E0000 00:00:1796646528.574313   28670 some_op.cc:912] an error", False),
+])
+def test_hiding_the_gpus_drops_only_tensorflows_no_cuda_error(line, dropped):
+    assert tf_notices.is_notice_or_no_cuda(line) == dropped

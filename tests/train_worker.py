@@ -53,7 +53,7 @@ def main():
                 yield batch
 
         train.Trainer.batches = batches_with_sigterm
-    train.main([sys.argv[0], *train_argv])
+    train.main(train_argv)
 
 
 if __name__ == "__main__":

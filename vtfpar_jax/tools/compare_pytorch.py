@@ -26,143 +26,28 @@ prediction clips/s of both, train s/step of both (Adam on the trainable
 tensors, the published weighted BCE) and peak device memory where the device
 keeps a counter (CUDA; None on CPU).
 
-To import the checkout without its unused dependencies, `published_code`
-supplies, for the duration of the run:
-- stand-ins for detectron2 (`CNNBlockBase`, `Conv2d`), fvcore
-  (`c2_xavier_fill`) and open_clip (two classes used only as annotations),
-  and, where missing, ftfy (`fix_text`, identity on the ASCII phrases) and
-  pkg_resources (only `packaging` is read);
-- the argument list its `config.argument_parser` parses at import time;
-- a no-op `ViT.load_param`, which otherwise reads an ImageNet ViT from a
-  hard-coded path and then discards the model;
-- on a machine without CUDA, `torch.Tensor.cuda` as a no-op (the forward pass
-  calls `.cuda()` unconditionally).
-If torchvision's compiled ops cannot load (a CUDA torchvision wheel beside a
-CPU torch), its op registrations are skipped: neither timm's ViT nor the
-published model calls a torchvision op.
+The checkout is imported by `vtfpar_jax.tools.published_code`, which says what it
+stands in for.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import importlib
 import os
 import statistics
-import sys
 import time
-import types
 from typing import Any
 
 import numpy as np
 
 from vtfpar_jax import cli_errors
 from vtfpar_jax.outputs import files
+from vtfpar_jax.tools.published_code import published_code, weighted_bce_torch
 
 VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
                vision_patch_size=16, context_length=77, vocab_size=49408,
                transformer_width=512, transformer_heads=8, transformer_layers=12)
-
-
-def _module(name: str, **attrs) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__dict__.update(attrs)
-    return module
-
-
-def _missing(name: str) -> bool:
-    """Neither imported (a stand-in from an earlier run counts) nor installed."""
-    return name not in sys.modules and importlib.util.find_spec(name) is None
-
-
-def _stand_ins() -> dict[str, types.ModuleType]:
-    import torch
-    from torch import nn
-
-    class CNNBlockBase(nn.Module):
-        """detectron2's base block: records channels and stride, nothing else."""
-
-        def __init__(self, in_channels: int, out_channels: int, stride: int):
-            super().__init__()
-            self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
-
-    def c2_xavier_fill(module: nn.Module) -> None:
-        # fvcore's Caffe2 "XavierFill": uniform with a = 1, zero bias.
-        nn.init.kaiming_uniform_(module.weight, a=1)
-        if module.bias is not None:
-            nn.init.constant_(module.bias, 0)
-
-    class Annotation(nn.Module):
-        """open_clip classes the checkout names in signatures only."""
-
-    mods = {
-        "detectron2": _module("detectron2"),
-        "detectron2.layers": _module("detectron2.layers", CNNBlockBase=CNNBlockBase,
-                                     Conv2d=nn.Conv2d),
-        "fvcore": _module("fvcore"), "fvcore.nn": _module("fvcore.nn"),
-        "fvcore.nn.weight_init": _module("fvcore.nn.weight_init", c2_xavier_fill=c2_xavier_fill),
-        "open_clip": _module("open_clip"),
-        "open_clip.transformer": _module("open_clip.transformer",
-                                         ResidualAttentionBlock=Annotation,
-                                         VisionTransformer=Annotation),
-    }
-    if _missing("ftfy"):
-        mods["ftfy"] = _module("ftfy", fix_text=lambda text: text)
-    if _missing("pkg_resources"):
-        import packaging.version
-        mods["pkg_resources"] = _module("pkg_resources", packaging=packaging)
-    del torch
-    return mods
-
-
-def _import_torchvision() -> None:
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError:
-        for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
-            del sys.modules[name]
-        for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
-            sys.modules[name] = _module(name)
-        import torchvision  # noqa: F401
-
-
-@contextlib.contextmanager
-def published_code(openpar_dir: str, frames: int, device: str, flags: tuple[str, ...] = ()):
-    """Import the checkout's `models.base_block` and `CLIP.clip` (see the module docstring),
-    its options parsed from `--frames frames` and `flags` (published option names)."""
-    import torch
-
-    if not os.path.isfile(os.path.join(openpar_dir, "models", "base_block.py")):
-        raise FileNotFoundError(f"{openpar_dir}: no models/base_block.py (expected the "
-                                "VTFPAR++ folder of Event-AHU/OpenPAR)")
-    _import_torchvision()
-    for name, module in _stand_ins().items():
-        sys.modules.setdefault(name, module)
-    saved_argv, saved_path, saved_cuda = sys.argv, list(sys.path), torch.Tensor.cuda
-    sys.argv = ["train.py", "MARS", "--frames", str(frames), *flags]
-    sys.path.insert(0, openpar_dir)
-    if device == "cpu":
-        torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    try:
-        base_block = importlib.import_module("models.base_block")
-        clip_model = importlib.import_module("CLIP.clip.model")
-        clip_api = importlib.import_module("CLIP.clip.clip")
-        importlib.import_module("models.vit").ViT.load_param = lambda self, path: None
-        yield types.SimpleNamespace(base_block=base_block, clip_model=clip_model,
-                                    clip=clip_api)
-    finally:
-        sys.argv, sys.path[:] = saved_argv, saved_path
-        torch.Tensor.cuda = saved_cuda
-
-
-def _weighted_bce_torch(logits, labels, positive_ratio):
-    """docs/published-model.md §8, as the published loss computes it."""
-    import torch
-    positive = (labels > 0.5).float()
-    weights = torch.exp(positive * (1 - positive_ratio) + (1 - positive) * positive_ratio)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    return (weights * bce).sum() / logits.shape[0]
 
 
 def _torch_times(fn, steps: int, warmup: int, sync) -> list[float]:
@@ -239,7 +124,7 @@ def _run_published(openpar_dir: str, batch: int, frames: int, device: str, steps
             ratio = torch.full((len(phrases),), 0.3, device=device)
 
             def torch_step():
-                loss = _weighted_bce_torch(model(video_t, clip_torch), labels, ratio)
+                loss = weighted_bce_torch(model(video_t, clip_torch), labels, ratio)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

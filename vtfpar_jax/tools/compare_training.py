@@ -114,7 +114,7 @@ def published_run(openpar_dir: str, start: dict, batches: dict, optimizer: str, 
     import torch
 
     from vtfpar_jax.convert.to_openpar_cli import command_line
-    from vtfpar_jax.tools.compare_pytorch import _weighted_bce_torch, published_code
+    from vtfpar_jax.tools.published_code import published_code, weighted_bce_torch
 
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -143,7 +143,7 @@ def published_run(openpar_dir: str, start: dict, batches: dict, optimizer: str, 
             clip_torch.train()
             for video, labels in zip(batches["videos"], batches["labels"], strict=True):
                 logits = net(torch.from_numpy(video), clip_torch)
-                loss = _weighted_bce_torch(logits, torch.from_numpy(labels), ratio)
+                loss = weighted_bce_torch(logits, torch.from_numpy(labels), ratio)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
