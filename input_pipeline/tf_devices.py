@@ -6,8 +6,6 @@ import logging
 
 import tensorflow as tf
 
-from input_pipeline import tf_notices
-
 log = logging.getLogger(__name__)
 
 
@@ -18,8 +16,7 @@ def hide_gpus_from_tensorflow() -> None:
     itself, leaving JAX to fail with out-of-memory errors.
     """
     try:
-        with tf_notices.stderr_without_notices(tf_notices.is_notice_or_no_cuda):
-            tf.config.set_visible_devices([], "GPU")
+        tf.config.set_visible_devices([], "GPU")
     except RuntimeError as error:
         # TF was initialised before this import; if it already sees a GPU, say so loudly.
         if tf.config.get_visible_devices("GPU"):

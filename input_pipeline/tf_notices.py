@@ -29,24 +29,13 @@ _NOTICE = re.compile(r"I\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] "
                      r"|To enable the following instructions: .* rebuild TensorFlow")
 
 
-# The full tensorflow wheel (one distribution for every platform, as Colab has it) looks for
-# CUDA when asked to hide the GPUs, and where there is no GPU driver it says so as an error;
-# TensorFlow is kept off the GPUs anyway (tf_devices), so that is not for the user either.
-_NO_CUDA = re.compile(r"E\d{4} [\d:.]+ +\d+ cuda_platform\.cc:\d+\] failed call to cuInit")
-
-
 def is_notice(line: str) -> bool:
     return _NOTICE.match(line) is not None
 
 
-def is_notice_or_no_cuda(line: str) -> bool:
-    return is_notice(line) or _NO_CUDA.match(line) is not None
-
-
 @contextlib.contextmanager
-def stderr_without_notices(is_dropped=is_notice):
-    """Descriptor 2 into a file while the body runs; then its lines, less those
-    `is_dropped` names (C++ INFO notices by default)."""
+def _stderr_without_notices():
+    """Descriptor 2 into a file while the body runs; then its lines, less the notices."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
@@ -60,13 +49,13 @@ def stderr_without_notices(is_dropped=is_notice):
             captured.seek(0)
             text = captured.read().decode(errors="replace")
             sys.stderr.write("".join(line for line in text.splitlines(keepends=True)
-                                     if not is_dropped(line)))
+                                     if not is_notice(line)))
             sys.stderr.flush()
 
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
     """Finds `tensorflow` as Python would, and runs its module under
-    `stderr_without_notices`; then steps out of the way."""
+    `_stderr_without_notices`; then steps out of the way."""
 
     def find_spec(self, fullname, path, target=None):
         if fullname != "tensorflow":
@@ -77,7 +66,7 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
             exec_module = spec.loader.exec_module
 
             def quiet_exec_module(module):
-                with stderr_without_notices():
+                with _stderr_without_notices():
                     exec_module(module)
             spec.loader.exec_module = quiet_exec_module
         return spec
