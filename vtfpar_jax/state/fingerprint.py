@@ -31,6 +31,7 @@ import sys
 from typing import Any, NamedTuple
 
 import ml_collections
+from flax import traverse_util
 
 from vtfpar_jax.errors import ConfigError
 from vtfpar_jax.models import rng
@@ -94,14 +95,10 @@ def short_hash(value: Any) -> str:
     return hashlib.sha256(repr(value).encode()).hexdigest()[:6]
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """{'optimizer.lr': 1e-3, ...}: every leaf of nested dicts by its dotted name."""
-    if isinstance(tree, dict) and tree:
-        out = {}
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
+def flatten(tree: dict) -> dict[str, Any]:
+    """{'optimizer.lr': 1e-3, ...}: every leaf of nested dicts by its dotted name. An empty
+    dict is a leaf (flax drops it), so that a group emptied or filled counts as a change."""
+    return traverse_util.flatten_dict(tree, sep=".", is_leaf=lambda _, node: not node)
 
 
 def differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
