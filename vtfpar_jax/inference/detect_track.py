@@ -121,7 +121,8 @@ def _unconfirmed_start(box: mot.Box, earlier: Boxes, earlier_frame: int
     for matching a track to a detection), is taken as its start."""
     if not len(earlier):
         return [], earlier
-    iou = base.ious(np.array([[box.x, box.y, box.x + box.w, box.y + box.h]]), earlier.xyxy)[0]
+    iou = base.import_extra("supervision").box_iou_batch(
+        np.array([[box.x, box.y, box.x + box.w, box.y + box.h]]), earlier.xyxy)[0]
     best = int(np.argmax(iou))
     if iou[best] < START_IOU:
         return [], earlier

@@ -30,8 +30,9 @@ def _by_frame(tracks: dict[int, mot.Track]) -> dict[int, list[tuple[int, list[fl
 def iou_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(len(a), len(b)) 1 - IoU of xywh boxes; NaN (no match) where IoU < MATCH_IOU."""
     a, b = (np.asarray(boxes, np.float64) for boxes in (a, b))
-    iou = base.ious(np.concatenate([a[:, :2], a[:, :2] + a[:, 2:]], axis=1),
-                    np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1))
+    iou = base.import_extra("supervision").box_iou_batch(
+        np.concatenate([a[:, :2], a[:, :2] + a[:, 2:]], axis=1),
+        np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1))
     return np.where(iou >= MATCH_IOU, 1 - iou, np.nan)
 
 

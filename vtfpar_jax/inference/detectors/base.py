@@ -74,34 +74,29 @@ class LearnedDetector(Detector):
         return cls(argument, options.score_threshold)
 
 
-def areas(xyxy: np.ndarray) -> np.ndarray:
-    return np.prod(xyxy[..., 2:] - xyxy[..., :2], axis=-1)
-
-
 def intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) areas where the xyxy boxes `a` and `b` overlap."""
+    """(len(a), len(b)) areas where the xyxy boxes `a` and `b` overlap.
+
+    supervision gives overlap ratios only (IoU, or over the smaller box); a box's share
+    covered by a taller one (hog.drop_parts) and the area labels cover (place_labels) need
+    the area itself."""
     lo = np.maximum(a[:, None, :2], b[None, :, :2])
     hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
     return np.prod(np.clip(hi - lo, 0, None), axis=-1)
 
 
-def ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) intersection over union of the xyxy boxes `a` and `b`; NaN between
-    two empty boxes."""
-    inter = intersections(a, b)
-    with np.errstate(invalid="ignore"):
-        return inter / (areas(a)[:, None] + areas(b)[None, :] - inter)
-
-
 def nms(xyxy: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression, best score first."""
+    """Indices kept by supervision's greedy non-maximum suppression (a box overlapping a
+    better one at IoU > `iou` is dropped; an empty box drops none), best score first.
+
+    supervision orders the boxes with NumPy's unstable sort, so which of two equally scored
+    boxes survives would depend on it; they are ranked here first, the earlier box ahead."""
+    sv = import_extra("supervision")
     order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size:
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        order = rest[~(ious(xyxy[i:i + 1], xyxy[rest])[0] > iou)]   # an empty box suppresses none
-    return np.asarray(keep, np.int64)
+    rank = np.empty(len(order))
+    rank[order] = np.arange(len(order), 0, -1)
+    keep = sv.box_non_max_suppression(np.c_[xyxy, rank], iou)
+    return order[keep[order]]
 
 
 def import_extra(name: str):

@@ -141,7 +141,7 @@ def drop_parts(boxes: base.Boxes) -> base.Boxes:
     CONTAINED_TALLER times taller."""
     xyxy = boxes.xyxy
     inside = base.intersections(xyxy, xyxy)                       # [part, whole]
-    height = xyxy[:, 3] - xyxy[:, 1]
-    part = ((inside >= CONTAINED * base.areas(xyxy)[:, None])
+    width, height = xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]
+    part = ((inside >= CONTAINED * (width * height)[:, None])
             & (height[None, :] >= CONTAINED_TALLER * height[:, None]))
     return boxes.select(~part.any(axis=1))
