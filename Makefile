@@ -48,6 +48,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VPY) -m ruff check vtfpar_jax input_pipeline configs tests benchmarks colab/runtime
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 demo: $(STAMP)
 	$(VENV)/bin/vtfpar demo --workdir $(DEMO_DIR) --data_dir $(DATA_DIR)
