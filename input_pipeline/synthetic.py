@@ -6,10 +6,8 @@ tracklet is drawn from `numpy.random.default_rng([SEED, split, index])`, so a
 build is reproducible bit for bit and independent of worker order.
 
 Configs:
-- `default`: 1,200 train / 400 test tracklets of 6..16 frames at 64x32 (HxW).
-  Building it took 12.5 s on two CPU cores, 20 s wall with the imports
-  (`get_builder('synthetic_pedestrians', DIR).download_and_prepare()`,
-  measured while another job kept the cores busy).
+- `default`: 1,200 train / 400 test tracklets of 6..16 frames at 64x32 (HxW);
+  docs/datasets.md gives its build time.
 - `large`: 4,800 / 1,600 tracklets, otherwise as `default` (about a minute).
 - `tiny`: 24 train / 8 test tracklets of 3..8 frames at 32x16, for tests.
 - `mars_geometry`: 400 / 16 tracklets at MARS's 256x128 with photo-like grain

@@ -91,9 +91,9 @@ def entry() -> None:
 
     A stop (Ctrl-C, SIGTERM) can come while tf.data's threads still read a dataset, and
     Python's teardown then crashed under them now and then (SIGSEGV, exit -11, after the
-    `interrupted:` line: 3 of 50 interrupted `robustness` runs). By the time the stop's
-    SystemExit gets here, the command's own cleanup has run (files closed, checkpoint
-    writes waited for: a second Ctrl-C does not cut that short), so the process leaves
+    `interrupted:` line; docs/reliability.md, "Clean stops", has the count). By the time
+    the stop's SystemExit gets here, the command's own cleanup has run (files closed,
+    checkpoint writes waited for: a second Ctrl-C does not cut that short), so the process leaves
     without the teardown, once the threads that Python's teardown would wait for (Orbax's
     `async_save`: a checkpoint being committed) have ended. In-process callers of `main`
     still get the SystemExit.

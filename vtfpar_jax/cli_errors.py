@@ -312,7 +312,7 @@ def _drops_exceptions(frame) -> bool:
     callback or a `__del__`, whose exceptions CPython reports and discards (a weakref
     callback is caught by the unraisable hook instead), or an import. A KeyboardInterrupt
     inside an extension module's initialisation (jaxlib's MLIR, numpy) became an
-    ImportError traceback, or an abort (exit -6), in 2 of 8 runs interrupted at 0.5-6 s."""
+    ImportError traceback, or an abort (exit -6) (docs/reliability.md, "Clean stops")."""
     callbacks = {getattr(getattr(c, "__func__", c), "__code__", None) for c in gc.callbacks}
     while frame is not None:
         code = frame.f_code

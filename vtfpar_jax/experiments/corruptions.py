@@ -137,9 +137,9 @@ def disk_kernel(radius: float) -> np.ndarray:
 def _convolve(clip: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Every frame and channel convolved with `kernel` (edges repeated), back to uint8.
 
-    scipy picks direct or FFT convolution by kernel size: a 27 x 27 disk on a
-    6 x 256 x 128 clip takes 0.6 s directly and 0.05 s by FFT; directly, a MARS
-    robustness cell would be an hour and a half of host time.
+    scipy picks direct or FFT convolution by kernel size: directly, the large disks
+    would cost a MARS robustness run hours of host time (docs/experiments.md measures
+    both).
     """
     ky, kx = kernel.shape
     top, left = (ky - 1) // 2, (kx - 1) // 2

@@ -24,11 +24,10 @@ last frame searched is carried on, at its last velocity, to the end of the video
 ByteTrack matches a detection to a track by IoU (times the detection's score),
 and a walker moves about 0.4 of their width in 5 frames: with --detect_every 5,
 a new track's second detection often overlapped its first too little to be
-matched, and the person was never tracked (on the 1080p benchmark street, 4 of
-14 people lost for most of the video). So ByteTrack sees every box grown by
-BUFFER_PER_FRAME of its size on each side per frame between detections (the
-buffered IoU of C-BIoU, Yang et al. 2023); the tracks keep the detector's own
-boxes. With --detect_every 1 nothing is grown.
+matched, and the person was never tracked (docs/tracking.md, "Speed"). So
+ByteTrack sees every box grown by BUFFER_PER_FRAME of its size on each side per
+frame between detections (the buffered IoU of C-BIoU, Yang et al. 2023); the
+tracks keep the detector's own boxes. With --detect_every 1 nothing is grown.
 
 A track the detector found on fewer than LOW_CONFIDENCE_BELOW of the frames it
 searched (from its first on, so one that starts on the last two is judged on those)

@@ -264,9 +264,9 @@ class Writer:
     """An H.264 mp4, one frame at a time. yuv420p (what every player takes) where the
     sides are even, which it needs; yuv444p otherwise, so the size is kept.
 
-    x264's `veryfast` preset: its default (`medium`) encoded a 1280x720 street at 21
-    frames/s on one core, the slowest stage of `vtfpar track` with a learned detector;
-    `veryfast` at 45, and the file was no larger (313 against 373 KiB for 60 frames)."""
+    x264's `veryfast` preset: its default (`medium`) made encoding the slowest stage of
+    `vtfpar track` with a learned detector, and `veryfast` is faster with a file no larger
+    (docs/tracking.md, "Speed", measures both)."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int,
                  fps: Fraction = DEFAULT_FPS, container_format: str | None = None):

@@ -19,13 +19,11 @@ Boxes of both windows are merged by non-maximum suppression, and a box lying
 mostly (CONTAINED of its area) inside a box at least CONTAINED_TALLER times taller
 is dropped: a person's legs or torso, found as a small person.
 
-On drawn street videos encoded as a camera encodes (docs/tracking.md), the
-default window alone found 0.57 of 48 px people against 0.71 of 192 px ones;
-with the confirmed Daimler window, 0.65 and 0.69, and on 8 other streets 0.69
-and 0.65 (0.60 and 0.66 with the default alone), with no more false boxes.
-The constants were chosen on such videos: a Daimler margin of 0.5 found more
-small people but put more boxes on background; 160 px for the default window
-found 48 px people as often as 192 or 224 px did.
+The default window alone found small people less often than tall ones; the
+confirmed Daimler window closes most of that gap with no more false boxes. The
+constants were chosen on drawn street videos encoded as a camera encodes: the
+figures, what else was tried, and the commands are in docs/tracking.md
+("Tracking quality on drawn streets").
 
 Scores are SVM margins passed through a logistic function, so a box on the
 decision boundary scores 0.5 and the tracker's thresholds act on numbers in (0, 1).
