@@ -13,6 +13,7 @@ imports only the ground floor (a contract names a package with all it holds).
 from __future__ import annotations
 
 import configparser
+import os
 import shutil
 import subprocess
 import sys
@@ -36,8 +37,9 @@ def _layers() -> list[list[str]]:
 def _lint_imports(root: Path) -> subprocess.CompletedProcess:
     """import-linter on the packages under `root`, with `root`'s .importlinter."""
     return subprocess.run(
-        [str(Path(sys.executable).with_name("lint-imports")), "--no-cache", "--no-logo"],
-        cwd=root, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)},
+        [sys.executable, "-c", "from importlinter.cli import lint_imports_command; "
+         "lint_imports_command()", "--no-cache", "--no-logo"],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
         capture_output=True, text=True, timeout=120)
 
 
