@@ -11,6 +11,8 @@ with random weights, saved to a folder: nothing is downloaded.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -68,7 +70,8 @@ def test_onnx_yolo_layout_without_nms(tmp_path):
     np.testing.assert_allclose(found.scores, [0.9, 0.6])
 
     # The graph's own class names decide which class is a person: now candidate 2 alone.
-    named = _constant_graph(tmp_path / "named.onnx", {"out": raw}, "{0: 'car', 1: 'person'}")
+    named = _constant_graph(tmp_path / "named.onnx", {"out": raw},
+                            "{0: 'car', 1: 'person', 2: 'dog'}")
     detector = detectors.build(f"onnx:{named}")
     assert detector.person_class == 1
     found = detector(_frame())
@@ -144,6 +147,141 @@ def test_onnx_detr_layout(tmp_path):
     # 48 x 64 frame. Query 1 is class 0, query 2 "no object", query 3's person share < 0.5.
     np.testing.assert_allclose(found.xyxy, [[18, 16, 30, 48]], rtol=1e-6)
     np.testing.assert_allclose(found.scores, [np.e ** 3 / (np.e ** 3 + 2)], rtol=1e-6)
+
+
+def _red_frame() -> np.ndarray:
+    red = np.zeros((*FRAME, 3), np.uint8)
+    red[..., 0] = 255
+    return red
+
+
+def test_onnx_yolo_nas_layout_centres_the_image_and_takes_scores_as_given(tmp_path):
+    # (1, 21 cells, 4) x0, y0, x1, y1 in input pixels and (1, 21, 80) scores (COCO's count:
+    # no class names needed). The 64x48 frame is scaled by (32 - 4) / 64 = 0.4375 to 28x21
+    # and centred: 2 rows above, 5 columns left.
+    boxes = np.zeros((21, 4), np.float32)
+    scores = np.zeros((21, 80), np.float32)
+    boxes[:4] = [[5, 2, 12, 16], [5.5, 2, 12.5, 16], [8.5, 9, 15.5, 23], [19, 16, 27, 30]]
+    scores[:4, :2] = [[0.9, 0.0], [0.8, 0.0], [0.3, 0.95], [0.7, 0.1]]
+    path = _constant_graph(tmp_path / "nas.onnx", {"pre_nms_bboxes_xyxy": boxes[None],
+                                                   "pre_nms_scores": scores[None]})
+    detector = detectors.build(f"onnx:{path}")
+    assert detector.layout == "yolo_nas" and detector.person_class == 0
+    found = detector(_frame())
+    # (box - (5, 2)) / 0.4375; candidate 1 overlaps 0 and scores lower: suppressed; 2 is not
+    # a person; 3 reaches x = 50.3 > 48: clipped. Scores unchanged (no sigmoid on top).
+    np.testing.assert_allclose(found.xyxy, [[0, 0, 16, 32], [32, 32, 48, 64]], rtol=1e-6)
+    np.testing.assert_allclose(found.scores, [0.9, 0.7], rtol=1e-6)
+    image, scale = detector._layout.prepare(_red_frame(), detector.size, detector._cv2)
+    assert scale == 0.4375 and image.shape == (1, 3, 32, 32)
+    np.testing.assert_allclose(image[0, :, 16, 16], [1, 0, 0])
+    grey = np.full(3, 114 / 255, np.float32)
+    for y, x in [(1, 16), (30, 16), (16, 4), (16, 26)]:     # the pads around the frame
+        np.testing.assert_allclose(image[0, :, y, x], grey, err_msg=f"{y}, {x}")
+
+
+def _rtdetr_outputs() -> tuple[np.ndarray, np.ndarray]:
+    """(1, 5, 80) logits, (1, 5, 4) boxes (cx, cy, w, h as fractions) of five queries."""
+    logits = np.full((5, 80), -6, np.float32)
+    logits[:4, :2] = [[2.0, -3], [-1.0, -3], [-5.0, 5], [0.5, -3]]
+    boxes = np.array([[0.5, 0.5, 0.25, 0.5], [0.5, 0.5, 0.2, 0.2], [0.2, 0.2, 0.1, 0.1],
+                      [0.1, 0.1, 0.4, 0.2], [0.5, 0.5, 1, 1]], np.float32)
+    return logits[None], boxes[None]
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def test_onnx_rtdetr_layout_scores_each_class_by_sigmoid(tmp_path):
+    logits, boxes = _rtdetr_outputs()
+    path = _constant_graph(tmp_path / "rt.onnx", {"scores": logits, "boxes": boxes})
+    detector = detectors.build(f"onnx:{path}")
+    assert detector.layout == "rtdetr" and detector.person_class == 0
+    found = detector(_frame())
+    # Query 0: centre (24, 32), size 12 x 32 of the 48 x 64 frame; query 1 sigmoid(-1) < 0.5;
+    # query 2 another class; query 3 from x = -4.8: clipped.
+    np.testing.assert_allclose(found.xyxy, [[18, 16, 30, 48], [0, 0, 14.4, 12.8]], rtol=1e-6)
+    np.testing.assert_allclose(found.scores, _sigmoid(np.array([2.0, 0.5])), rtol=1e-6)
+    # RTDetrImageProcessor's image: resized, in [0, 1], not normalised.
+    image, scale = detector._layout.prepare(_red_frame(), detector.size, detector._cv2)
+    assert scale == 1.0 and image.shape == (1, 3, 32, 32)
+    np.testing.assert_allclose(image[0, :, 0, 0], [1, 0, 0])
+
+
+def test_onnx_class_names_beside_the_graph_pick_the_layout_and_person(tmp_path):
+    # optimum's folder: model.onnx with transformers' output names, config.json's id2label.
+    # Three names and three logits: per-class scores (rtdetr), not DETR's two + no object.
+    logits, boxes = _rtdetr_outputs()
+    logits = np.roll(logits[..., :3], 2, axis=-1)          # the person logit now in column 2
+    path = _constant_graph(tmp_path / "model.onnx", {"logits": logits, "pred_boxes": boxes})
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "rt_detr", "id2label": {"0": "car", "1": "dog", "2": "person"}}')
+    detector = detectors.build(f"onnx:{path}")
+    assert detector.layout == "rtdetr" and detector.person_class == 2
+    np.testing.assert_allclose(detector(_frame()).scores, _sigmoid(np.array([2.0, 0.5])),
+                               rtol=1e-6)
+
+
+def test_onnx_ultralytics_rtdetr_layout(tmp_path):
+    # One (1, 5 queries, 4 + 3) output: cx, cy, w, h as fractions, then scores as given;
+    # Ultralytics writes the class names (person first here) into the metadata.
+    rows = np.array([[0.5, 0.5, 0.25, 0.5, 0.9, 0.1, 0.0], [0.5, 0.5, 0.2, 0.2, 0.2, 0.9, 0.0],
+                     [0.9, 0.9, 0.4, 0.4, 0.6, 0.0, 0.0], [0.5, 0.5, 1, 1, 0.1, 0.0, 0.0],
+                     [0.2, 0.2, 0.1, 0.1, 0.0, 0.0, 0.8]], np.float32)[None]
+    path = _constant_graph(tmp_path / "u.onnx", {"output0": rows},
+                           "{0: 'person', 1: 'car', 2: 'dog'}")
+    detector = detectors.build(f"onnx:{path}")
+    assert detector.layout == "rtdetr_ultralytics" and detector.person_class == 0
+    found = detector(_frame())
+    np.testing.assert_allclose(found.xyxy, [[18, 16, 30, 48], [33.6, 44.8, 48, 64]], rtol=1e-6)
+    np.testing.assert_allclose(found.scores, [0.9, 0.6], rtol=1e-6)
+
+
+def test_onnx_ambiguous_graph_is_refused_and_a_named_layout_reads_it(tmp_path):
+    # transformers' output names (DETR's, at any width) with 80 logits and no class names:
+    # DETR's 79 classes + no object, or RT-DETR's 80 (COCO's count).
+    logits, boxes = _rtdetr_outputs()
+    path = _constant_graph(tmp_path / "a.onnx", {"logits": logits, "pred_boxes": boxes})
+    with pytest.raises(detectors.DetectorError, match=(
+            rf"^--detector onnx:{path}: outputs of shapes \[\(1, 5, 80\), \(1, 5, 4\)\] for a "
+            r"32x32 input fit more than one layout \(rtdetr: .*; detr: .*\); name the one it "
+            rf"is: onnx:{path}@rtdetr or onnx:{path}@detr$")):
+        detectors.build(f"onnx:{path}")
+    rtdetr = detectors.build(f"onnx:{path}@rtdetr")
+    assert rtdetr.layout == "rtdetr" and rtdetr.person_class == 0
+    np.testing.assert_allclose(rtdetr(_frame()).scores, _sigmoid(np.array([2.0, 0.5])),
+                               rtol=1e-6)
+    detr = detectors.build(f"onnx:{path}@detr", score_threshold=0.0)
+    assert detr.layout == "detr" and detr.person_class == 1
+    assert "detr layout as named" in detr.description
+
+
+@pytest.mark.parametrize("suffix,names,fragment", [
+    ("@yolov9", None, r"unknown layout 'yolov9'; the layouts are yolov5, yolox, yolo_nms, "
+                      r"yolo, rtdetr_ultralytics, yolo_nas, rtdetr, detr$"),
+    ("@yolox", None, r"outputs of shapes \[\(1, 5, 3\), \(1, 5, 4\)\] for a 32x32 input "
+                     r"cannot be read as yolox: one \(1, cells, 5\+C\)$"),
+    # Three logits: two classes + no object (detr) or three (rtdetr), never four.
+    ("", "{0: 'car', 1: 'dog', 2: 'person', 3: 'cat'}",
+     r"outputs of shapes \[\(1, 5, 3\), \(1, 5, 4\)\] for a 32x32 input and 4 class names: "
+     r"not a layout this reads \(yolov5: .*\); by shape it could be rtdetr or detr, but its "
+     r"class count is not theirs for its 4 class names; name the one it is: \S+@rtdetr or "
+     r"\S+@detr$"),
+    ("@rtdetr", "{0: 'car', 1: 'dog', 2: 'cat'}", r"metadata 'names' names no class 'person' "
+                                                   r"\(3 classes: car, dog, cat\)$"),
+    ("@rtdetr", "{0: 'car', 1: 'dog', 2: 'cat', 3: 'person'}",
+     r"the person class is 3, but the rtdetr layout's outputs hold 3 classes$"),
+    ("", "[car, dog", r"\S+: metadata 'names' is not a dict or list of class names: "
+                      r"'\[car, dog'$"),
+])
+def test_onnx_bad_layout_or_class_names_is_one_error(tmp_path, suffix, names, fragment):
+    logits, boxes = _rtdetr_outputs()
+    path = _constant_graph(tmp_path / "b.onnx", {"scores": logits[..., :3], "boxes": boxes},
+                           names)
+    with pytest.raises(detectors.DetectorError,
+                       match=rf"^--detector onnx:{re.escape(path + suffix)}: {fragment}"):
+        detectors.build(f"onnx:{path}{suffix}")
 
 
 @pytest.mark.slow   # about 30 s, mostly importing torch and transformers

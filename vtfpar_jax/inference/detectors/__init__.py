@@ -2,6 +2,7 @@
 
     detector = detectors.build("hog", min_person_px=48)
     detector = detectors.build("onnx:yolov8n.onnx", score_threshold=0.4)
+    detector = detectors.build("onnx:rtdetr.onnx@rtdetr")         # its layout named
     detector = detectors.build("hf:PekingU/rtdetr_r18vd")          # Hub id or a local folder
     boxes = detector(frame)            # base.Boxes: xyxy in the frame's pixels, scores in [0, 1]
 
@@ -41,11 +42,11 @@ class Options:
 
 
 def build(spec: str, **options) -> Detector:
-    """The detector `spec` names: 'hog', 'onnx:PATH' or 'hf:HUB_ID_OR_FOLDER'."""
+    """The detector `spec` names: 'hog', 'onnx:PATH[@LAYOUT]' or 'hf:HUB_ID_OR_FOLDER'."""
     kind, _, argument = spec.partition(":")
     if kind not in REGISTRY:
         raise DetectorError(f"--detector {spec!r}: unknown kind {kind!r}; expected hog, "
-                            "onnx:MODEL.onnx or hf:HUB_ID_OR_FOLDER")
+                            "onnx:MODEL.onnx[@LAYOUT] or hf:HUB_ID_OR_FOLDER")
     module, cls = REGISTRY[kind]
     return getattr(importlib.import_module(module), cls).from_argument(argument,
                                                                        Options(**options))

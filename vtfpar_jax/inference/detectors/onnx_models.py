@@ -1,11 +1,16 @@
 """Person detectors exported to ONNX, run with onnxruntime (the `export` extra).
 
     --detector onnx:yolov8n.onnx
+    --detector onnx:rtdetr.onnx@rtdetr      # the layout named, where the graph leaves doubt
 
 The graph takes one image, (1, 3, H, W) float32 (H, W from the graph; 640 where
-they are not fixed). Its outputs are read in one of the layouts users export,
-told apart by their number and shapes; each is one `Layout` below, which
-prepares the image as its exporter trained on it and decodes the outputs:
+they are not fixed). Its outputs are read in one of the layouts users export; each
+is one `Layout` below, which prepares the image as its exporter trained on it and
+decodes the outputs. A layout is taken only when it alone matches the graph
+strictly: the number of outputs, their ranks and widths, and the class count
+against the class names the model carries (`class_names`). A graph that several
+layouts match is refused, naming them; `onnx:PATH@LAYOUT` picks one, refused
+where the graph's outputs cannot be read so.
 
 - yolo: one output (1, 4 + C, N), N > 4 + C (Ultralytics YOLOv8/11 without NMS):
   per candidate cx, cy, w, h in input pixels, then C class scores.
@@ -18,22 +23,42 @@ prepares the image as its exporter trained on it and decodes the outputs:
   (YOLOX as its export script writes it, the head not decoded): x, y offsets in
   cells, log w, log h in strides, objectness, C class scores. Its image is BGR in
   [0, 255].
+- rtdetr_ultralytics: one output (1, Q, 4 + C), Q not a whole number of grid
+  cells (Ultralytics RT-DETR): cx, cy, w, h as fractions of the image, then C class
+  scores as given (the sigmoid is in the graph). The image is resized to (H, W)
+  (Ultralytics' stretched letterbox for RT-DETR), RGB in [0, 1].
+- yolo_nas: two outputs, boxes (1, N, 4) and scores (1, N, C), N one candidate per
+  grid cell (super-gradients' YOLO-NAS exported with preprocessing=None and
+  postprocessing=None): x0, y0, x1, y1 in input pixels, class scores as given. The
+  image as super-gradients' COCO recipe: longest side scaled to fit (H - 4, W - 4),
+  centred on grey 114, RGB in [0, 1].
+- rtdetr: two outputs, logits (1, Q, C) and boxes (1, Q, 4), Q not one per grid cell
+  (RT-DETR from transformers, exported with torch.onnx): the image resized to
+  (H, W), RGB in [0, 1] (RTDetrImageProcessor does not normalise); scores the
+  sigmoid of each class's logit, boxes cx, cy, w, h as fractions of the image.
 - detr: two outputs, logits (1, Q, C + 1) and boxes (1, Q, 4) (DETR as exported
   from transformers): the image is resized to (H, W) and normalised with the
   ImageNet mean and deviation; scores are the softmax over classes (the last is
   "no object"), boxes cx, cy, w, h as fractions of the image.
 
+Without class names, a two-output graph's class count is all that tells DETR's
+softmax (with its "no object" column) from a score per class, so it is read
+against COCO's: 91 ids + "no object" for detr, 80 classes for rtdetr and
+yolo_nas. Outputs named `logits` and `pred_boxes`, what optimum names its exports
+of transformers' DETR family, are detr at any width (optimum has no export for
+RT-DETR: huggingface/optimum#2248).
+
 The YOLO layouts letterbox the image (scaled to fit, padded right and below with
 grey 114; RGB in [0, 1] unless said), and those without NMS in the graph keep
 person boxes above the score threshold, then apply non-maximum suppression (IoU
-NMS_IOU) as the exporter would have. The person class is the one the graph's
-metadata `names` calls 'person' (Ultralytics writes it), else COCO's: 0 for the
-YOLO layouts (80 classes), 1 for detr (COCO's 91 ids).
+NMS_IOU) as the exporter would have. The person class is the one the model's class
+names call 'person', else COCO's: 0 for 80 classes, 1 for detr (COCO's 91 ids).
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 
 import numpy as np
@@ -46,11 +71,20 @@ LETTERBOX_GREY = 114
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 YOLO_STRIDES = (8, 16, 32)
+YOLO_NAS_MARGIN = 4           # super-gradients scales COCO images to fit 636 of 640
+COCO_CLASSES = 80             # the class count of COCO-trained detectors, person = 0
+COCO_DETR_COLUMNS = 92        # DETR's COCO logits: 91 category ids (person = 1) + no object
+TRANSFORMERS_OUTPUTS = {"logits", "pred_boxes"}
+UNSTATED = -1                 # a layout whose outputs do not show its class count
 
 
 def _cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     cxcy, wh = boxes[:, :2], boxes[:, 2:4]
     return np.concatenate([cxcy - wh / 2, cxcy + wh / 2], axis=1)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))    # = 1 / (1 + e^-x), without overflow
 
 
 def grid_cells(size: tuple[int, int]) -> np.ndarray:
@@ -74,12 +108,31 @@ class Layout:
     """How one family of exported detectors takes its image and gives its boxes."""
 
     name = ""
-    written = ""          # its outputs, as the error for an unknown layout lists them
-    coco_person = 0       # the person class when the graph does not name its classes
+    written = ""          # its outputs, as the errors list them
+    coco_person = 0       # the person class when the model does not name its classes
 
     @staticmethod
-    def matches(shapes: list[tuple], size: tuple[int, int]) -> bool:
+    def class_count(shapes: list[tuple], size: tuple[int, int]) -> int | None:
+        """The number of classes outputs of these shapes hold in this layout (UNSTATED
+        where they do not show it), or None where they cannot be read so."""
         raise NotImplementedError
+
+    @classmethod
+    def matches(cls, outputs, size: tuple[int, int], names: dict[int, str] | None) -> bool:
+        """Whether the graph's outputs are this layout's, beyond doubt: their shapes fit it
+        and their class count is the names' (or, without names, one it reads unnamed)."""
+        count = cls.class_count([tuple(o.shape) for o in outputs], size)
+        if count is None:
+            return False
+        if names is None:
+            return cls.unnamed(count, {o.name for o in outputs})
+        return count in (UNSTATED, len(names))
+
+    @staticmethod
+    def unnamed(count: int, output_names: set[str]) -> bool:
+        """Whether a graph without class names is read in this layout (the single-output
+        YOLO layouts: any class count, their shapes tell them apart)."""
+        return True
 
     @classmethod
     def for_graph(cls, outputs, size: tuple[int, int]) -> Layout:
@@ -108,16 +161,36 @@ def letterbox(frame: np.ndarray, size: tuple[int, int], cv2) -> tuple[np.ndarray
     return canvas, scale
 
 
+def _stretched(frame: np.ndarray, size: tuple[int, int], cv2) -> np.ndarray:
+    """The frame resized to (H, W), RGB in [0, 1], (H, W, 3) float32."""
+    return cv2.resize(frame, size[::-1], interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+
+
+def _fraction_boxes(cxcywh: np.ndarray, scores: np.ndarray, frame_size: tuple[int, int],
+                    threshold: float) -> base.Boxes:
+    """Boxes given as cx, cy, w, h fractions of the image, scoring at least `threshold`, in
+    the frame's pixels (the query-set layouts: no NMS, as their exporters do none)."""
+    fh, fw = frame_size
+    keep = scores >= threshold
+    return base.Boxes(_cxcywh_to_xyxy(cxcywh[keep]) * [fw, fh, fw, fh], scores[keep])
+
+
+def _one_output(shapes: list[tuple]) -> tuple | None:
+    return shapes[0] if len(shapes) == 1 and len(shapes[0]) == 3 else None
+
+
 class Yolo(Layout):
     name, written = "yolo", "yolo: one (1, 4+C, N)"
 
     @staticmethod
-    def matches(shapes, size):
-        if len(shapes) != 1 or len(shapes[0]) != 3:
-            return False
-        _, rows, cols = shapes[0]
-        return (cols != 6 and isinstance(rows, int) and rows > 4
+    def class_count(shapes, size):
+        shape = _one_output(shapes)
+        if shape is None:
+            return None
+        _, rows, cols = shape
+        fits = (cols != 6 and isinstance(rows, int) and rows > 4
                 and (not isinstance(cols, int) or cols > rows))
+        return rows - 4 if fits else None
 
     def decode(self, outputs, frame_size, scale, person, threshold):
         rows = np.asarray(outputs[0][0], np.float32).T          # (N, 4 + C)
@@ -129,8 +202,9 @@ class YoloNms(Layout):
     name, written = "yolo_nms", "yolo_nms: one (1, K, 6)"
 
     @staticmethod
-    def matches(shapes, size):
-        return len(shapes) == 1 and len(shapes[0]) == 3 and shapes[0][2] == 6
+    def class_count(shapes, size):
+        shape = _one_output(shapes)
+        return UNSTATED if shape is not None and shape[2] == 6 else None
 
     def decode(self, outputs, frame_size, scale, person, threshold):
         rows = np.asarray(outputs[0][0], np.float32)
@@ -138,21 +212,28 @@ class YoloNms(Layout):
         return base.Boxes(rows[keep, :4] / scale, rows[keep, 4])
 
 
-def _per_cell(shapes: list[tuple], size: tuple[int, int]) -> int | None:
-    """Candidates per grid cell of a (1, N, 5 + C) output, or None for another shape."""
-    if len(shapes) != 1 or len(shapes[0]) != 3 or not isinstance(shapes[0][1], int):
+def _per_cell(count, size: tuple[int, int]) -> int | None:
+    """Candidates per grid cell in `count` candidates, or None for no whole number."""
+    if not isinstance(count, int):
         return None
     cells = len(grid_cells(size))
-    count = shapes[0][1]
     return count // cells if count % cells == 0 and count >= cells else None
+
+
+def _grid_class_count(shapes: list[tuple], size: tuple[int, int], per_cell: int) -> int | None:
+    """C of one (1, per_cell x cells, 5 + C) output, else None."""
+    shape = _one_output(shapes)
+    if shape is None or _per_cell(shape[1], size) != per_cell or not isinstance(shape[2], int):
+        return None
+    return shape[2] - 5 if shape[2] > 5 else None
 
 
 class Yolov5(Layout):
     name, written = "yolov5", "yolov5: one (1, 3 x cells, 5+C)"
 
     @staticmethod
-    def matches(shapes, size):
-        return _per_cell(shapes, size) == 3
+    def class_count(shapes, size):
+        return _grid_class_count(shapes, size, 3)
 
     def decode(self, outputs, frame_size, scale, person, threshold):
         rows = np.asarray(outputs[0][0], np.float32)            # (N, 5 + C)
@@ -171,8 +252,8 @@ class Yolox(Layout):
         return cls(size)
 
     @staticmethod
-    def matches(shapes, size):
-        return _per_cell(shapes, size) == 1
+    def class_count(shapes, size):
+        return _grid_class_count(shapes, size, 1)
 
     def prepare(self, frame, size, cv2):
         canvas, scale = letterbox(frame, size, cv2)
@@ -186,74 +267,271 @@ class Yolox(Layout):
                             rows[:, 4] * rows[:, 5 + person], threshold)
 
 
-class Detr(Layout):
-    name, written, coco_person = "detr", "detr: (1, Q, C+1) logits and (1, Q, 4) boxes", 1
+class RtdetrUltralytics(Layout):
+    name = "rtdetr_ultralytics"
+    written = "rtdetr_ultralytics: one (1, Q, 4+C), Q not a whole number of cells"
 
-    def __init__(self, boxes_output: int):
+    @staticmethod
+    def class_count(shapes, size):
+        shape = _one_output(shapes)
+        if (shape is None or not isinstance(shape[2], int) or shape[2] <= 4
+                or _per_cell(shape[1], size) is not None):
+            return None
+        return shape[2] - 4
+
+    @staticmethod
+    def unnamed(count, output_names):
+        return count == COCO_CLASSES
+
+    def prepare(self, frame, size, cv2):
+        return _stretched(frame, size, cv2).transpose(2, 0, 1)[None], 1.0
+
+    def decode(self, outputs, frame_size, scale, person, threshold):
+        rows = np.asarray(outputs[0][0], np.float32)            # (Q, 4 + C)
+        return _fraction_boxes(rows[:, :4], rows[:, 4 + person], frame_size, threshold)
+
+
+class TwoOutputs(Layout):
+    """Boxes (1, N, 4) and class scores (1, N, K) in two outputs: which is which, by name
+    (the one named for boxes), else by width."""
+
+    def __init__(self, boxes_output: int, size: tuple[int, int]):
         self.boxes_output = boxes_output
+        self.size = size
 
     @classmethod
     def for_graph(cls, outputs, size):
-        # The boxes output is the one named so (transformers: pred_boxes), else the one
-        # whose last axis is 4.
         by_name = [i for i, o in enumerate(outputs) if "box" in o.name.lower()]
-        return cls(by_name[0] if len(by_name) == 1 else int(outputs[-1].shape[2] == 4))
+        return cls(by_name[0] if len(by_name) == 1 else int(outputs[1].shape[2] == 4), size)
 
     @staticmethod
-    def matches(shapes, size):
-        return (len(shapes) == 2 and all(len(s) == 3 for s in shapes)
-                and 4 in (shapes[0][2], shapes[1][2]))
+    def columns(shapes: list[tuple]) -> tuple | None:
+        """(N, K) of the class output where the shapes are (1, N, 4) and (1, N, K)."""
+        if len(shapes) != 2 or any(len(s) != 3 for s in shapes):
+            return None
+        first, second = shapes
+        if 4 not in (first[2], second[2]) or (
+                first[1] != second[1] and isinstance(first[1], int) and isinstance(second[1], int)):
+            return None
+        classes = first if second[2] == 4 else second
+        return classes[1], classes[2]
+
+    def split(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """((N, 4) boxes, (N, K) class values) of the batch's one image."""
+        return (np.asarray(outputs[self.boxes_output][0], np.float32),
+                np.asarray(outputs[1 - self.boxes_output][0], np.float32))
+
+
+class YoloNas(TwoOutputs):
+    name = "yolo_nas"
+    written = "yolo_nas: (1, cells, 4) x0y0x1y1 boxes and (1, cells, C) scores"
+
+    @staticmethod
+    def class_count(shapes, size):
+        found = TwoOutputs.columns(shapes)
+        if found is None or _per_cell(found[0], size) != 1 or not isinstance(found[1], int):
+            return None
+        return found[1]
+
+    @staticmethod
+    def unnamed(count, output_names):
+        return count == COCO_CLASSES
 
     def prepare(self, frame, size, cv2):
-        image = cv2.resize(frame, size[::-1], interpolation=cv2.INTER_LINEAR)
-        image = (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        (h, w), (fh, fw) = size, frame.shape[:2]
+        scale = min((h - YOLO_NAS_MARGIN) / fh, (w - YOLO_NAS_MARGIN) / fw)
+        resized = cv2.resize(frame, (round(fw * scale), round(fh * scale)),
+                             interpolation=cv2.INTER_LINEAR)
+        top, left = self._offsets(resized.shape[:2])
+        canvas = np.full((h, w, 3), LETTERBOX_GREY, np.uint8)
+        canvas[top:top + resized.shape[0], left:left + resized.shape[1]] = resized
+        return (canvas.astype(np.float32) / 255.0).transpose(2, 0, 1)[None], scale
+
+    def _offsets(self, resized: tuple[int, int]) -> tuple[int, int]:
+        """(top, left) of an (h, w) image centred in the input, as super-gradients pads."""
+        return (self.size[0] - resized[0]) // 2, (self.size[1] - resized[1]) // 2
+
+    def decode(self, outputs, frame_size, scale, person, threshold):
+        boxes, scores = self.split(outputs)
+        top, left = self._offsets((round(frame_size[0] * scale), round(frame_size[1] * scale)))
+        return _kept_people((boxes - [left, top, left, top]) / scale, scores[:, person],
+                            threshold)
+
+
+def _query_classes(columns: tuple | None, extra_columns: int) -> int | None:
+    """The classes of a (Q, K) class output holding `extra_columns` more than its classes."""
+    if columns is None or not isinstance(columns[1], int) or columns[1] <= extra_columns:
+        return None
+    return columns[1] - extra_columns
+
+
+class Rtdetr(TwoOutputs):
+    name = "rtdetr"
+    written = "rtdetr: (1, Q, C) logits and (1, Q, 4) boxes, Q not one per cell"
+
+    @staticmethod
+    def class_count(shapes, size):
+        found = TwoOutputs.columns(shapes)
+        if found is None or _per_cell(found[0], size) == 1:
+            return None
+        return _query_classes(found, 0)
+
+    @staticmethod
+    def unnamed(count, output_names):
+        return count == COCO_CLASSES
+
+    def prepare(self, frame, size, cv2):
+        return _stretched(frame, size, cv2).transpose(2, 0, 1)[None], 1.0
+
+    def decode(self, outputs, frame_size, scale, person, threshold):
+        boxes, logits = self.split(outputs)
+        return _fraction_boxes(boxes, _sigmoid(logits[:, person]), frame_size, threshold)
+
+
+class Detr(TwoOutputs):
+    name, written, coco_person = "detr", "detr: (1, Q, C+1) logits and (1, Q, 4) boxes", 1
+
+    @staticmethod
+    def class_count(shapes, size):
+        return _query_classes(TwoOutputs.columns(shapes), 1)
+
+    @staticmethod
+    def unnamed(count, output_names):
+        return count + 1 == COCO_DETR_COLUMNS or output_names == TRANSFORMERS_OUTPUTS
+
+    def prepare(self, frame, size, cv2):
+        image = (_stretched(frame, size, cv2) - IMAGENET_MEAN) / IMAGENET_STD
         return image.transpose(2, 0, 1)[None], 1.0
 
     def decode(self, outputs, frame_size, scale, person, threshold):
-        fh, fw = frame_size
-        boxes, logits = outputs[self.boxes_output], outputs[1 - self.boxes_output]
-        logits = np.asarray(logits[0], np.float32)
+        boxes, logits = self.split(outputs)
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
-        scores = probs[:, person]
-        keep = scores >= threshold
-        xyxy = _cxcywh_to_xyxy(np.asarray(boxes[0], np.float32)[keep]) * [fw, fh, fw, fh]
-        return base.Boxes(xyxy, scores[keep])
+        return _fraction_boxes(boxes, probs[:, person], frame_size, threshold)
 
 
-LAYOUTS = (Yolov5, Yolox, YoloNms, Yolo, Detr)   # the first that matches is taken
+LAYOUTS = (Yolov5, Yolox, YoloNms, Yolo, RtdetrUltralytics, YoloNas, Rtdetr, Detr)
+BY_NAME = {k.name: k for k in LAYOUTS}
 
 
-def _layout(outputs, size: tuple[int, int]) -> Layout:
-    """The layout of the graph's outputs, built for it; or a DetectorError."""
-    shapes = [tuple(o.shape) for o in outputs]
-    kind = next((k for k in LAYOUTS if k.matches(shapes, size)), None)
-    if kind is None:
-        raise base.DetectorError(f"outputs of shapes {shapes} for a {size[0]}x{size[1]} input: "
-                                 "not a layout this reads ("
-                                 + "; ".join(k.written for k in LAYOUTS) + ")")
+def _shapes_said(outputs, size: tuple[int, int]) -> str:
+    return (f"outputs of shapes {[tuple(o.shape) for o in outputs]} for a "
+            f"{size[0]}x{size[1]} input")
+
+
+def _layout(outputs, size: tuple[int, int], names: dict[int, str] | None,
+            spec: str) -> Layout:
+    """The one layout that matches the graph's outputs, built for it; or a DetectorError.
+    `spec`: how the user names this model, onnx:PATH, for the message on how to pick."""
+    found = [k for k in LAYOUTS if k.matches(outputs, size, names)]
+    if len(found) > 1:
+        raise base.DetectorError(
+            f"{_shapes_said(outputs, size)}{_names_said(names)} fit more than one layout ("
+            + "; ".join(k.written for k in found) + "); name the one it is: "
+            + " or ".join(f"{spec}@{k.name}" for k in found))
+    if not found:
+        shaped = [k for k in LAYOUTS
+                  if k.class_count([tuple(o.shape) for o in outputs], size) is not None]
+        if shaped:
+            counts = (f"its {len(names)} class names" if names is not None
+                      else "COCO (the model names no classes)")
+            advice = (f"; by shape it could be {' or '.join(k.name for k in shaped)}, but its "
+                      f"class count is not theirs for {counts}; name the one it is: "
+                      + " or ".join(f"{spec}@{k.name}" for k in shaped))
+        else:
+            advice = f"; if it is one of them, name it: {spec}@LAYOUT"
+        raise base.DetectorError(f"{_shapes_said(outputs, size)}{_names_said(names)}: not a "
+                                 "layout this reads (" + "; ".join(k.written for k in LAYOUTS)
+                                 + ")" + advice)
+    return found[0].for_graph(outputs, size)
+
+
+def _named_layout(name: str, outputs, size: tuple[int, int]) -> Layout:
+    """The layout the user named, where the graph's outputs can be read so."""
+    kind = BY_NAME[name]
+    if kind.class_count([tuple(o.shape) for o in outputs], size) is None:
+        raise base.DetectorError(f"{_shapes_said(outputs, size)} cannot be read as "
+                                 f"{kind.written}")
     return kind.for_graph(outputs, size)
 
 
-def _person_class(session, layout: Layout) -> int:
+def _names_said(names: dict[int, str] | None) -> str:
+    return "" if names is None else f" and {len(names)} class names"
+
+
+def class_names(session, path: str) -> tuple[dict[int, str] | None, str]:
+    """(class index -> name, where they were read) from where exporters write them, or
+    (None, '') where the model names none:
+
+    - the ONNX metadata `names`: a Python dict {0: 'person', ...} (Ultralytics: YOLOv8/11,
+      RT-DETR; YOLOv5's export.py too), or a list;
+    - `config.json` beside the graph with transformers' `id2label` (optimum writes the
+      model's config next to its ONNX export).
+
+    super-gradients (YOLO-NAS) writes no class names into the graph that we could find,
+    and we could not confirm any other exporter's key; such a graph is read with COCO's
+    class count and person class."""
     names = session.get_modelmeta().custom_metadata_map.get("names")
     if names:
+        return _parsed_names(names, f"{path}: metadata 'names'"), "metadata 'names'"
+    config = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    if os.path.isfile(config):
         try:
-            for index, name in ast.literal_eval(names).items():
-                if str(name).lower() == "person":
-                    return int(index)
-        except (ValueError, SyntaxError, AttributeError):
-            pass
-    return layout.coco_person
+            with open(config) as f:
+                id2label = json.load(f).get("id2label")
+        except (OSError, ValueError, AttributeError):
+            id2label = None
+        if isinstance(id2label, dict):
+            return (_parsed_names(repr(id2label), f"{config}: id2label"),
+                    f"id2label of {config}")
+    return None, ""
+
+
+def _parsed_names(text: str, where: str) -> dict[int, str]:
+    try:
+        value = ast.literal_eval(text)
+        if isinstance(value, (list, tuple)):
+            value = dict(enumerate(value))
+        names = {int(k): str(v) for k, v in value.items()}
+    except (ValueError, SyntaxError, TypeError, AttributeError):
+        raise base.DetectorError(f"{where} is not a dict or list of class names: "
+                                 f"{text[:80]!r}") from None
+    if sorted(names) != list(range(len(names))):
+        raise base.DetectorError(f"{where}: class indices are not 0 to {len(names) - 1}")
+    return names
+
+
+def _person_class(names: dict[int, str] | None, where: str, layout: Layout) -> int:
+    if names is None:
+        return layout.coco_person
+    people = [i for i, name in names.items() if name.lower() == "person"]
+    if not people:
+        shown = list(names.values())[:5] + (["..."] if len(names) > 5 else [])
+        raise base.DetectorError(f"{where} names no class 'person' ({len(names)} classes: "
+                                 + ", ".join(shown) + ")")
+    return people[0]
+
+
+def split_layout(argument: str) -> tuple[str, str | None]:
+    """(path, layout name or None) of 'PATH' or 'PATH@LAYOUT' (a file whose own name holds
+    '@' is a path)."""
+    if os.path.isfile(argument) or "@" not in argument:
+        return argument, None
+    path, _, name = argument.rpartition("@")
+    if name not in BY_NAME:
+        raise base.DetectorError(f"--detector onnx:{argument}: unknown layout {name!r}; the "
+                                 "layouts are " + ", ".join(BY_NAME))
+    return path, name
 
 
 class OnnxDetector(base.LearnedDetector):
     """An exported detector under onnxruntime, in one of the layouts above, its person class."""
 
     kind = "onnx"
-    source_hint = "the model's path, onnx:MODEL.onnx"
+    source_hint = "the model's path, onnx:MODEL.onnx (or onnx:MODEL.onnx@LAYOUT)"
 
-    def __init__(self, path: str, score_threshold: float = base.SCORE_THRESHOLD):
+    def __init__(self, argument: str, score_threshold: float = base.SCORE_THRESHOLD):
+        path, named = split_layout(argument)
         ort = base.import_extra("onnxruntime")
         cv2 = base.import_extra("cv2")
         if not os.path.isfile(path):
@@ -272,15 +550,26 @@ class OnnxDetector(base.LearnedDetector):
         h, w = inputs[0].shape[2:]
         self.size = (h if isinstance(h, int) else DEFAULT_SIDE,
                      w if isinstance(w, int) else DEFAULT_SIDE)
+        outputs = self._session.get_outputs()
         try:
-            self._layout = _layout(self._session.get_outputs(), self.size)
+            names, where = class_names(self._session, path)
+            if named is None:
+                self._layout = _layout(outputs, self.size, names, f"onnx:{path}")
+            else:
+                self._layout = _named_layout(named, outputs, self.size)
+            self.person_class = _person_class(names, where, self._layout)
+            count = self._layout.class_count([tuple(o.shape) for o in outputs], self.size)
+            if count not in (UNSTATED, None) and self.person_class >= count:
+                raise base.DetectorError(
+                    f"the person class is {self.person_class}, but the {self._layout.name} "
+                    f"layout's outputs hold {count} classes")
         except base.DetectorError as e:
-            raise base.DetectorError(f"--detector onnx:{path}: {e}") from None
+            raise base.DetectorError(f"--detector onnx:{argument}: {e}") from None
         self.layout = self._layout.name
-        self.person_class = _person_class(self._session, self._layout)
         self.score_threshold = score_threshold
-        self.description = (f"onnx:{path} ({self.layout} layout, class {self.person_class}, "
-                            f"score >= {score_threshold:g})")
+        self.description = (f"onnx:{path} ({self.layout} layout"
+                            + (" as named" if named else "")
+                            + f", class {self.person_class}, score >= {score_threshold:g})")
 
     def __call__(self, frame: np.ndarray) -> base.Boxes:
         image, scale = self._layout.prepare(frame, self.size, self._cv2)
