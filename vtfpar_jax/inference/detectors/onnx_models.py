@@ -473,7 +473,7 @@ def class_names(session, path: str) -> tuple[dict[int, str] | None, str]:
     class count and person class."""
     names = session.get_modelmeta().custom_metadata_map.get("names")
     if names:
-        return _parsed_names(names, f"{path}: metadata 'names'"), "metadata 'names'"
+        return _parsed_names(names, "metadata 'names'"), "metadata 'names'"
     config = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
     if os.path.isfile(config):
         try:
@@ -482,20 +482,21 @@ def class_names(session, path: str) -> tuple[dict[int, str] | None, str]:
         except (OSError, ValueError, AttributeError):
             id2label = None
         if isinstance(id2label, dict):
-            return (_parsed_names(repr(id2label), f"{config}: id2label"),
-                    f"id2label of {config}")
+            return _parsed_names(id2label, f"id2label of {config}"), f"id2label of {config}"
     return None, ""
 
 
-def _parsed_names(text: str, where: str) -> dict[int, str]:
+def _parsed_names(value: str | dict, where: str) -> dict[int, str]:
+    """{index: name} of a dict or list of class names, or of its Python text."""
     try:
-        value = ast.literal_eval(text)
+        if isinstance(value, str):
+            value = ast.literal_eval(value)
         if isinstance(value, (list, tuple)):
             value = dict(enumerate(value))
         names = {int(k): str(v) for k, v in value.items()}
     except (ValueError, SyntaxError, TypeError, AttributeError):
         raise base.DetectorError(f"{where} is not a dict or list of class names: "
-                                 f"{text[:80]!r}") from None
+                                 f"{str(value)[:80]!r}") from None
     if sorted(names) != list(range(len(names))):
         raise base.DetectorError(f"{where}: class indices are not 0 to {len(names) - 1}")
     return names
