@@ -1,10 +1,13 @@
-"""The Hub layout of the demo model, loaded through hf:// offline from a local Hub cache:
-predict, evaluate, track and export give the original model dir's numbers."""
+"""The Hub layout of the demo model, loaded through hf:// offline from a local Hub cache (its
+snapshot folder read as it lies) and as a --local folder: predict, evaluate, track and export
+give the original model dir's numbers, and nothing is copied anywhere."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 
 import jax
 import numpy as np
@@ -32,8 +35,15 @@ def offline_hub(tmp_path, monkeypatch):
     cache.mkdir()
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("VTFPAR_HUB_CACHE", str(tmp_path / "model_dirs"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))   # where a second cache would go
     return cache
+
+
+def _files(folder) -> dict[str, int]:
+    """{relative path: size} of every file under `folder`."""
+    return {os.path.relpath(os.path.join(root, name), folder):
+            os.path.getsize(os.path.join(root, name))
+            for root, _, names in os.walk(folder) for name in names}
 
 
 def test_hub_layout_gives_the_model_dirs_numbers(demo_model, offline_hub, tmp_path):
@@ -44,6 +54,10 @@ def test_hub_layout_gives_the_model_dirs_numbers(demo_model, offline_hub, tmp_pa
 
     model, layout = str(demo_model["model"]), tmp_path / "layout"
     hub.main([model, "demo/vtfpar-demo", "--local", str(layout)])
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {stat.S_IMODE(os.stat(layout / name).st_mode)
+            for name in ("model.safetensors", "config.json", "README.md")} == {0o666 & ~umask}
     run = json.loads((layout / "config.json").read_text())
     assert sorted(run["hub"]["files"])[-1] == "model.safetensors"
     assert run["hub"]["backbone_repo"] is None and (layout / "backbone").is_dir()  # random CLIP
@@ -55,14 +69,21 @@ def test_hub_layout_gives_the_model_dirs_numbers(demo_model, offline_hub, tmp_pa
     assert (demo_model["model"] / "eval" / "table.txt").read_text().rstrip() in card
     _publish_offline(layout, offline_hub, "demo/vtfpar-demo")
     spec = "hf://demo/vtfpar-demo"
+    snapshot = offline_hub / "models--demo--vtfpar-demo" / "snapshots" / COMMIT
+    published = _files(snapshot)
 
     frames = np.random.default_rng(1).integers(0, 256, (9, 64, 32, 3), dtype=np.uint8)
     video.write_video(tmp_path / "walk.mp4", frames)
     records = {name: predict.main([str(tmp_path / "walk.mp4"), "--model", m, "--out",
                                    str(tmp_path / name)])[0]
-               for name, m in (("dir", model), ("hub", spec))}
-    np.testing.assert_allclose(list(records["hub"]["probabilities"].values()),
-                               list(records["dir"]["probabilities"].values()), rtol=0, atol=1e-6)
+               for name, m in (("dir", model), ("hub", spec), ("local", str(layout)))}
+    for name in ("hub", "local"):
+        np.testing.assert_allclose(list(records[name]["probabilities"].values()),
+                                   list(records["dir"]["probabilities"].values()),
+                                   rtol=0, atol=1e-6)
+    # The snapshot is read as it lies: no copy of it, nothing written into it.
+    assert not (tmp_path / "home" / ".cache" / "vtfpar").exists()
+    assert _files(snapshot) == published
 
     tracks = tmp_path / "tracks.txt"   # one person box on every frame (MOT: frame,id,x,y,w,h)
     tracks.write_text("".join(f"{frame},1,4,8,24,48,1,-1,-1,-1\n" for frame in range(1, 10)))
@@ -82,6 +103,7 @@ def test_hub_layout_gives_the_model_dirs_numbers(demo_model, offline_hub, tmp_pa
                                               data_dir=str(demo_model["data_dir"]))
               for name, m in (("dir", model), ("hub", spec))}
     assert json.dumps(scores["hub"], sort_keys=True) == json.dumps(scores["dir"], sort_keys=True)
+    assert _files(snapshot) == published
 
     logits = {}
     for name, m in (("dir", model), ("hub", spec)):
@@ -107,17 +129,31 @@ def test_a_hub_model_needs_an_out_folder(offline_hub, capsys, command, folder):
         f"of yours to write {folder} into")
 
 
-def test_a_file_that_does_not_match_the_config_is_named(demo_model, offline_hub, tmp_path):
-    layout = tmp_path / "layout"
-    hub.write_layout(str(demo_model["model"]), str(layout))
-    with open(layout / "model.safetensors", "r+b") as f:   # one byte changed
+def _change_last_byte(path) -> None:
+    with open(path, "r+b") as f:
         f.seek(-1, 2)
         last = f.read(1)
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 1]))
-    _publish_offline(layout, offline_hub, "demo/broken")
+
+
+def test_a_file_changed_after_a_load_is_named_at_the_next(demo_model, offline_hub, tmp_path):
+    """Every load checks what it reads: a byte changed in the Hub cache after a good load
+    (where a copy checked once would go on being used) is refused at the next one."""
     from vtfpar_jax.state import model_dir
-    with pytest.raises(hub.HubLayoutError, match="model.safetensors is missing or differs"):
-        model_dir.load("hf://demo/broken")
+    layout = tmp_path / "layout"
+    hub.write_layout(str(demo_model["model"]), str(layout))
+    _publish_offline(layout, offline_hub, "demo/changed")
+    snapshot = offline_hub / "models--demo--changed" / "snapshots" / COMMIT
+    assert model_dir.load("hf://demo/changed").step == json.loads(
+        (layout / "config.json").read_text())["hub"]["step"]
+    _change_last_byte(snapshot / "model.safetensors")
+    with pytest.raises(hub.HubLayoutError, match=f"{snapshot}/model.safetensors: differs from"):
+        model_dir.load("hf://demo/changed")
+    shutil.copy(layout / "model.safetensors", snapshot / "model.safetensors")
+    weights = sorted((snapshot / "backbone").glob("*.safetensors"))[0]
+    _change_last_byte(weights)
+    with pytest.raises(hub.HubLayoutError, match=f"{weights}: missing or differs"):
+        model_dir.load("hf://demo/changed")
     with pytest.raises(hub.HubLayoutError, match="hf://ORG/NAME"):
         model_dir.load("hf://just-a-name")

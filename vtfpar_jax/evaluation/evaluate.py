@@ -138,8 +138,8 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
         loaded.config.data_dir = data_dir
     evaluator = Evaluator(loaded.model_cfg, loaded.builder(), loaded.attribute_set,
                           loaded.frozen, loaded.mesh, loaded.config.input)
-    return evaluator.run(loaded.state, split, report_dir or os.path.join(
-        model_dir.resolve(workdir), f"eval_{split}"))
+    return evaluator.run(loaded.state, split,
+                         report_dir or model_dir.folder_inside(workdir, f"eval_{split}"))
 
 
 def main(argv=None):

@@ -14,10 +14,10 @@ The layout:
   where `hub.backbone_repo` names it instead;
 - `README.md`: the model card.
 
-`hf://ORG/NAME[@REV]`, wherever a command takes `--model`, is resolved by
-`model_dir.resolve` through `vtfpar_jax/state/hub_snapshot.py`: the repo is fetched
-with `huggingface_hub.snapshot_download` (or found in its cache), every file is
-checked against config.json, and it is written once as an ordinary model dir.
+`hf://ORG/NAME[@REV]`, wherever a command takes `--model`, is the Hub cache's
+snapshot folder (`huggingface_hub.snapshot_download`), read as it lies by
+`model_dir.load` (vtfpar_jax/state/hub_snapshot.py), which checks every file it
+reads against config.json; so is a `--local` folder given as `--model FOLDER`.
 """
 
 from __future__ import annotations
@@ -123,6 +123,8 @@ def write_layout(model: str, folder: str, repo: str = "ORG/NAME") -> str:
         raise HubLayoutError(f"{model}: frozen_patterns train part of the backbone; the Hub "
                              "layout holds a frozen backbone only")
     run = model_dir.read_run_file(model)
+    run.pop("hub", None)   # a Hub layout published again
+    run["config"] = loaded.config.to_dict()   # the config in force (config_changes.jsonl)
     variables = loaded.variables()
     tensors = {f"{name}/{path}": np.asarray(value, np.float32)
                for name in ("params", "batch_stats")
@@ -137,19 +139,19 @@ def write_layout(model: str, folder: str, repo: str = "ORG/NAME") -> str:
 def _fill_layout(layout: str, model: str, repo: str, loaded, run: dict, tensors: dict) -> None:
     import safetensors.numpy
 
-    from vtfpar_jax.convert.to_openpar import checkpoint_epoch
     safetensors.numpy.save_file(tensors, os.path.join(layout, WEIGHTS),
                                 metadata={"format": "flax"})
     backbone_repo = _backbone_repo(loaded.config)
-    if backbone_repo is None:
-        shutil.copytree(os.path.join(model, "clip"), os.path.join(layout, BACKBONE))
+    if backbone_repo is None:   # a model dir's clip/, or a Hub layout's own backbone/
+        saved = next(os.path.join(model, name) for name in ("clip", BACKBONE)
+                     if os.path.isdir(os.path.join(model, name)))
+        shutil.copytree(saved, os.path.join(layout, BACKBONE))
     digests = {WEIGHTS: sha256(os.path.join(layout, WEIGHTS))}
     for root, _, names in os.walk(os.path.join(layout, BACKBONE)):
         for name in names:
             path = os.path.join(root, name)
             digests[os.path.relpath(path, layout)] = sha256(path)
-    epoch = checkpoint_epoch(model, loaded.step)
-    run["hub"] = {"step": loaded.step, "epoch": epoch, "backbone_repo": backbone_repo,
+    run["hub"] = {"step": loaded.step, "epoch": loaded.epoch, "backbone_repo": backbone_repo,
                   "files": digests}
     files.write_json(os.path.join(layout, CONFIG), run, indent=1)
     files.write_text(os.path.join(layout, "README.md"),
