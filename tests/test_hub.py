@@ -12,6 +12,7 @@ import stat
 import jax
 import numpy as np
 import pytest
+from huggingface_hub import ModelCard
 
 from vtfpar_jax.tools import hub
 
@@ -60,13 +61,18 @@ def test_hub_layout_gives_the_model_dirs_numbers(demo_model, offline_hub, tmp_pa
             for name in ("model.safetensors", "config.json", "README.md")} == {0o666 & ~umask}
     run = json.loads((layout / "config.json").read_text())
     assert sorted(run["hub"]["files"])[-1] == "model.safetensors"
-    assert run["hub"]["backbone_repo"] is None and (layout / "backbone").is_dir()  # random CLIP
-    card = (layout / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: vtfpar-jax") and "hf://demo/vtfpar-demo" in card
-    # The demo run evaluated itself into eval/ at the end of training.
-    evaluated = headline(json.loads((demo_model["model"] / "eval" / "metrics.json").read_text()))
-    assert f"value: {evaluated['group_f1']:.4f}" in card
-    assert (demo_model["model"] / "eval" / "table.txt").read_text().rstrip() in card
+    # A random backbone: its recipe recorded, its weights shipped.
+    assert run["backbone_origin"]["random"] == "tiny" and "seed" in run["backbone_origin"]
+    assert run["hub"]["backbone"] == {"shipped": "backbone"} and (layout / "backbone").is_dir()
+    card = ModelCard.load(layout / "README.md")
+    assert card.data.library_name == "vtfpar-jax" and "hf://demo/vtfpar-demo" in card.text
+    # The demo run evaluated its last step, the one published, into eval/.
+    evaluated = json.loads((demo_model["model"] / "eval" / "metrics.json").read_text())
+    assert evaluated["step"] == run["hub"]["step"]
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
+        key: round(value, 4) for key, value in headline(evaluated).items()
+        if key in hub._CARD_METRICS}
+    assert (demo_model["model"] / "eval" / "table.txt").read_text().rstrip() in card.text
     _publish_offline(layout, offline_hub, "demo/vtfpar-demo")
     spec = "hf://demo/vtfpar-demo"
     snapshot = offline_hub / "models--demo--vtfpar-demo" / "snapshots" / COMMIT
@@ -157,3 +163,36 @@ def test_a_file_changed_after_a_load_is_named_at_the_next(demo_model, offline_hu
         model_dir.load("hf://demo/changed")
     with pytest.raises(hub.HubLayoutError, match="hf://ORG/NAME"):
         model_dir.load("hf://just-a-name")
+
+
+def test_a_backbone_from_the_hub_is_named_at_its_commit_and_checked(demo_model, offline_hub,
+                                                                     tmp_path):
+    """A model dir whose backbone came from a Hub repo publishes no copy of it: the layout
+    names the repo at its commit, and loading fetches it and checks its files."""
+    from vtfpar_jax.inference import predict
+    from vtfpar_jax.state import backbone_origin, model_dir
+    model = tmp_path / "model"
+    shutil.copytree(demo_model["model"], model)
+    # The demo's random backbone, as if it had been read from the Hub repo demo/tiny-clip.
+    _publish_offline(model / "clip", offline_hub, "demo/tiny-clip")
+    run = json.loads((model / "config.json").read_text())
+    run["backbone_origin"] = backbone_origin.of_path("demo/tiny-clip")
+    (model / "config.json").write_text(json.dumps(run))
+
+    layout = tmp_path / "layout"
+    hub.write_layout(str(model), str(layout), "demo/named")
+    published = json.loads((layout / "config.json").read_text())
+    assert published["hub"]["backbone"]["commit"] == COMMIT and not (layout / "backbone").exists()
+    assert ModelCard.load(layout / "README.md").data.base_model == "demo/tiny-clip"
+    _publish_offline(layout, offline_hub, "demo/named")
+
+    videos = np.random.default_rng(0).random((2, 6, 48, 48, 3), dtype=np.float32)
+    probabilities = {name: np.asarray(predict.predict_clips(model_dir.load(m), videos))
+                     for name, m in (("dir", str(model)), ("hub", "hf://demo/named"))}
+    np.testing.assert_allclose(probabilities["hub"], probabilities["dir"], rtol=0, atol=1e-6)
+
+    weights = offline_hub / "models--demo--tiny-clip" / "snapshots" / COMMIT / "model.safetensors"
+    _change_last_byte(weights)
+    with pytest.raises(hub.HubLayoutError, match=f"the backbone hf://demo/tiny-clip@{COMMIT}: "
+                                                 f"{weights} is missing or differs"):
+        model_dir.load("hf://demo/named")

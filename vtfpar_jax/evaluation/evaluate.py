@@ -73,7 +73,9 @@ class Evaluator:
         probs, labels, mask = self.probabilities(state, split, corrupt, progress)
         results = metrics.evaluate_all(probs, labels, self.attribute_set, mask=mask)
         if report_dir and jax.process_index() == 0:
-            metrics.save_report(results, self.attribute_set, report_dir)
+            # The step scored, so that a model card can tell whose metrics these are.
+            metrics.save_report({**results, "step": int(state.step)}, self.attribute_set,
+                                report_dir)
             files.write_text(os.path.join(report_dir, "table.txt"),
                              metrics.format_table(results, self.attribute_set))
         return results

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 
 from vtfpar_jax.errors import UserError
 
@@ -99,6 +100,41 @@ def read_weights(folder: str, run: dict) -> dict:
 
 
 def backbone_folder(folder: str, run: dict) -> str:
+    """The folder of the layout's backbone, each file checked against config.json: the
+    Hub repo that `hub.backbone` names at its commit, or the layout's own backbone/."""
+    named = run["hub"].get("backbone", {})
+    if "hub" in named:
+        return _named_backbone(named)
+    if run["hub"].get("backbone_repo"):   # a layout written before backbones were pinned
+        from vtfpar_jax.backbones import hf_clip
+        repo = run["hub"]["backbone_repo"]
+        print(f"warning: {folder}: the backbone {repo} is named without a commit (a layout "
+              "written before backbones were pinned); reading its current revision, "
+              "unchecked", file=sys.stderr)
+        return hf_clip.resolve_folder(repo)
+    return _shipped_backbone(folder, run)
+
+
+def _named_backbone(named: dict) -> str:
+    """The snapshot of Hub repo `named['hub']` at `named['commit']`, holding exactly the
+    files `named['files']` lists with their SHA-256 (vtfpar_jax/state/backbone_origin.py)."""
+    import huggingface_hub
+    spec = f"{SCHEME}{named['hub']}@{named['commit']}"
+    try:
+        snapshot = huggingface_hub.snapshot_download(named["hub"], revision=named["commit"],
+                                                     allow_patterns=sorted(named["files"]))
+    except Exception as e:  # noqa: BLE001 - offline, missing repo, network: one message
+        raise HubLayoutError(f"the backbone {spec}: cannot get it ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0]})") from None
+    for name, digest in named["files"].items():
+        path = os.path.join(snapshot, name)
+        if not os.path.isfile(path) or sha256(path) != digest:
+            raise HubLayoutError(f"the backbone {spec}: {path} is missing or differs from "
+                                 f"the SHA-256 recorded when the model was trained")
+    return snapshot
+
+
+def _shipped_backbone(folder: str, run: dict) -> str:
     """The layout's backbone/ folder, each of its files checked against config.json, and
     no file there that config.json does not list."""
     digests = {name: digest for name, digest in run["hub"]["files"].items()

@@ -213,6 +213,7 @@ def _load_layout(folder: str, run: dict, step: int | None) -> LoadedModel:
     # optax.identity: inference steps no optimiser, so its state is empty.
     state, frozen_params = initial_state(variables, clip_params, config.frozen_patterns,
                                          optax.identity())
+    state = state.replace(step=jnp.asarray(hub["step"], jnp.int32))
     mesh = sharding.make_mesh()
     # No text cache: a Hub snapshot is not a folder of ours to write into.
     return _loaded(config, run, clip_cfg, clip_params, model_cfg,
