@@ -165,6 +165,23 @@ def test_a_file_changed_after_a_load_is_named_at_the_next(demo_model, offline_hu
         model_dir.load("hf://just-a-name")
 
 
+def test_a_layout_written_before_backbones_were_pinned_loads(demo_model, tmp_path):
+    """Layouts of 62072ed said `backbone_repo: null` (backbone/ shipped) for `backbone`; the
+    rest of their config.json, and every file, is the same (docs/sharing.md)."""
+    from vtfpar_jax.inference import predict
+    from vtfpar_jax.state import model_dir
+    layout = tmp_path / "layout"
+    hub.write_layout(str(demo_model["model"]), str(layout))
+    run = json.loads((layout / "config.json").read_text())
+    assert run["hub"].pop("backbone") == {"shipped": "backbone"}
+    run["hub"]["backbone_repo"] = None
+    (layout / "config.json").write_text(json.dumps(run))
+    videos = np.random.default_rng(0).random((2, 6, 48, 48, 3), dtype=np.float32)
+    probabilities = [np.asarray(predict.predict_clips(model_dir.load(m), videos))
+                     for m in (str(demo_model["model"]), str(layout))]
+    np.testing.assert_allclose(probabilities[1], probabilities[0], rtol=0, atol=1e-6)
+
+
 def test_a_backbone_from_the_hub_is_named_at_its_commit_and_checked(demo_model, offline_hub,
                                                                      tmp_path):
     """A model dir whose backbone came from a Hub repo publishes no copy of it: the layout

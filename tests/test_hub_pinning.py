@@ -86,7 +86,7 @@ def test_the_card_holds_the_metrics_of_the_published_step_only(tmp_path):
     card = ModelCard(str(hub.model_card(RUN, "org/name", 9, *hub._evaluation(str(tmp_path), 9))))
     assert card.data.eval_results is None and "table of" not in card.text
     assert "holds no evaluation of step 9" in card.text
-    assert ("Left out, as they score another checkpoint than step 9: `eval/` scores an "
+    assert ("Left out, as not an evaluation of step 9: `eval/` scores an "
             "unrecorded step; `eval_test/` scores step 7.") in card.text
     assert card.data.base_model == "org/tiny-clip" and f"hf://org/tiny-clip@{COMMIT}" in card.text
 

@@ -129,7 +129,7 @@ def model_card(run: dict, repo: str, step: int, evaluation: Evaluation | None,
     else:
         lines += [f"Not evaluated: the model dir holds no evaluation of step {step}.", ""]
     if left_out:
-        lines += [f"Left out, as they score another checkpoint than step {step}: "
+        lines += [f"Left out, as not an evaluation of step {step}: "
                   f"{'; '.join(left_out)}.", ""]
     lines += ["## Training config", "", "```json", json.dumps(config, indent=1), "```", "",
               "## Usage", "", "```bash", "pip install vtfpar-jax",
