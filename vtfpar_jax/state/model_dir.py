@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import traverse_util
 
 from vtfpar_jax import attributes
@@ -29,6 +30,7 @@ from vtfpar_jax.errors import UserError, nearest
 from vtfpar_jax.models import towers, vtfpar
 from vtfpar_jax.state import build, fingerprint, hub_snapshot, optim, sharding
 from vtfpar_jax.state.checkpoint import CheckpointStore, NoCheckpointError, abstract
+from vtfpar_jax.state.train_state import Frozen, TrainState, initial_state
 
 
 class ModelDirError(UserError, ValueError):
@@ -144,7 +146,6 @@ def fresh_state(config, model_cfg, clip_params, variables: dict | None = None):
     frozen ones are not in a checkpoint; run eagerly, their init is hundreds of small ops.
     The schedule inside the optimiser does not shape its state, so any will do.
     """
-    from vtfpar_jax.state.train_state import initial_state
     tx = optim.make_optimizer(config.optimizer, optim.make_schedule(config.optimizer,
                                                                     config.num_epochs, 1))
     if variables is not None:
@@ -173,6 +174,8 @@ def load_announced(model: str, step: int | None = None) -> LoadedModel:
 
 
 def load(model: str, step: int | None = None) -> LoadedModel:
+    """The model `model` (a folder of either layout, or hf://ORG/NAME[@REV]) at `step`
+    (default: its newest readable one), for inference: no optimiser state is read or built."""
     model = resolve(model)
     run = read_run_file(model)
     if hub_snapshot.is_layout(run):
@@ -184,13 +187,17 @@ def load(model: str, step: int | None = None) -> LoadedModel:
     template, frozen_params = fresh_state(config, model_cfg, clip_params)
     mesh = sharding.make_mesh()
     store = CheckpointStore(model, async_save=False)
+    # Inference reads no optimiser state: its moments are not even read from disk.
+    wanted = {"step": template.step, "trainable": template.trainable,
+              "batch_stats": template.batch_stats}
     try:
-        state, meta = store.restore(abstract(template, sharding.replicated(mesh)), step,
-                                    announce=False)
+        restored, meta = store.restore(abstract(wanted, sharding.replicated(mesh)), step,
+                                       announce=False, partial=True)
     except NoCheckpointError as e:
         raise ModelDirMissingError(f"{model}: no checkpoint to load ({e})") from None
     finally:
         store.close()
+    state = TrainState(**restored, opt_state=optax.EmptyState())
     return _loaded(config, run, clip_cfg, clip_params, model_cfg, state, frozen_params, mesh,
                    int(meta["step"]), meta.get("epoch"), os.path.join(model, "text_cache"),
                    list(store.unreadable))
@@ -198,9 +205,6 @@ def load(model: str, step: int | None = None) -> LoadedModel:
 
 def _load_layout(folder: str, run: dict, step: int | None) -> LoadedModel:
     """The Hub layout in `folder`: its one step, every file checked as it is read."""
-    import optax
-
-    from vtfpar_jax.state.train_state import initial_state
     hub = run["hub"]
     if step is not None and step != hub["step"]:
         raise ModelDirError(f"{folder}: --step {step}, but this Hub layout holds step "
@@ -240,7 +244,6 @@ def _model_config(config: ml_collections.ConfigDict, clip_cfg, run: dict) -> vtf
 def _loaded(config, run: dict, clip_cfg, clip_params, model_cfg, state, frozen_params, mesh,
             step: int, epoch: int | None, text_cache: str | None,
             unreadable: list[str]) -> LoadedModel:
-    from vtfpar_jax.state.train_state import Frozen
     tokens = np.asarray(run["tokens"], np.int32)
     features = text.attribute_text_features(clip_cfg, clip_params, run["phrases"], tokens,
                                             cache_dir=text_cache)
