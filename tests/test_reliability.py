@@ -95,10 +95,13 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(workdir3, three_checkp
     assert len(loaded.unreadable_newer) == 1 and loaded.unreadable_newer[0].startswith("step 3")
     assert loaded.fallback_warning("M").startswith("using step 2 of M: the newer "
                                                    "checkpoint(s) cannot be read (step 3 (")
-    # Training, resuming, says it in its own words.
+    # Training, resuming, says it in its own words (the loaded model holds no optimiser
+    # state: the same fields are read as inference reads them).
     store = CheckpointStore(str(workdir3), async_save=False)
+    fields = {"step": loaded.state.step, "trainable": loaded.state.trainable,
+              "batch_stats": loaded.state.batch_stats}
     with caplog.at_level(logging.WARNING):
-        store.restore(abstract(loaded.state, sharding.replicated(loaded.mesh)))
+        store.restore(abstract(fields, sharding.replicated(loaded.mesh)), partial=True)
     store.close()
     warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
     assert "resumed from step 2" in warnings and "step 3" in warnings, warnings

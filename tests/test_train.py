@@ -30,7 +30,7 @@ from vtfpar_jax.errors import ConfigError
 from vtfpar_jax.evaluation import evaluate
 from vtfpar_jax.models import clip, vtfpar
 from vtfpar_jax.state import build, model_dir, optim
-from vtfpar_jax.state.checkpoint import CheckpointStore
+from vtfpar_jax.state.checkpoint import CheckpointStore, abstract
 from vtfpar_jax.state.train_state import initial_state, step_frozen_params
 from vtfpar_jax.training import config_file, losses, preemption, train
 
@@ -264,11 +264,18 @@ def test_step_frozen_params_hold_less_and_change_no_bit():
 
 
 def restored(workdir):
+    """(step, every leaf of the newest checkpoint, the optimiser state included: as training
+    restores it, since a model loaded for inference holds none)."""
     loaded = model_dir.load(str(workdir))
-    tree = {"trainable": loaded.state.trainable, "batch_stats": loaded.state.batch_stats,
-            "opt_state": loaded.state.opt_state}
+    _, clip_params = build.load_backbone_folder(str(workdir / "clip"))
+    template, _ = model_dir.fresh_state(loaded.config, loaded.model_cfg, clip_params)
+    store = CheckpointStore(str(workdir), async_save=False)
+    state, meta = store.restore(abstract(template))
+    store.close()
+    tree = {"trainable": state.trainable, "batch_stats": state.batch_stats,
+            "opt_state": state.opt_state}
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return loaded.step, {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+    return int(meta["step"]), {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
 
 
 @pytest.mark.slow

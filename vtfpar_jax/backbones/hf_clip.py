@@ -101,14 +101,18 @@ def is_buffer(key: str) -> bool:
 
 
 def resolve_folder(path: str | os.PathLike, patterns: list[str] = HUB_PATTERNS) -> str:
-    """A local folder as is; anything else is a hub id, taken from the cache or the hub
-    (the files matching `patterns`)."""
+    """A local folder as is; a hub id (ORG/NAME) from the cache or the hub (the files
+    matching `patterns`). A path (absolute, or ./, ../, ~, or more than one '/') that is no
+    folder is an error naming it, never taken for a hub id."""
     path = os.fspath(path)
     if os.path.isdir(path):
         return path
     if os.path.isfile(path):
         raise WeightImportError(f"{path}: is a file; pass the folder that holds {CONFIG_FILE} "
                                 f"and {WEIGHTS_FILE} (a HuggingFace CLIP checkpoint folder)")
+    if os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1:
+        raise WeightImportError(f"{path}: no such folder (a path, so not a HuggingFace hub "
+                                "id); was it moved?")
     import huggingface_hub
 
     try:

@@ -24,6 +24,7 @@ from vtfpar_jax.backbones import clip_tokenizer, hf_clip, openai_clip
 from vtfpar_jax.backbones.weights import WeightImportError
 from vtfpar_jax.convert import openpar
 from vtfpar_jax.errors import ConfigError, UserError
+from vtfpar_jax.state import backbone_origin
 from vtfpar_jax.state.checkpoint import CheckpointStore
 
 
@@ -45,7 +46,7 @@ def check_new(out: str) -> None:
 
 
 def write_model_dir(out: str, cfg, variables: dict, config, attribute_set, tokens: np.ndarray,
-                    phrases) -> None:
+                    phrases, origin: dict) -> None:
     """config.json + clip/ + checkpoints/0 exactly as a training run lays them out."""
     from vtfpar_jax.state.model_dir import fresh_state
     check_new(out)
@@ -53,7 +54,8 @@ def write_model_dir(out: str, cfg, variables: dict, config, attribute_set, token
     state, _ = fresh_state(config, cfg, variables["clip"], variables)
     hf_clip.save(cfg.clip, variables["clip"], os.path.join(out, "clip"))
     with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump({"config": config.to_dict(), "attribute_set": attribute_set.name,
+        json.dump({"config": config.to_dict(), "backbone_origin": origin,
+                   "attribute_set": attribute_set.name,
                    "phrases": list(phrases), "tokens": tokens.tolist(),
                    "converted_from": "published VTFPAR++ checkpoint"}, f, indent=1, default=list)
     store = CheckpointStore(out, async_save=False)
@@ -94,11 +96,12 @@ def convert_files(checkpoint: str, clip_path: str, dataset: str, out: str,
     m.spatial_aggregation = cfg.spatial_aggregation
     m.temporal_aggregation = cfg.temporal_aggregation
     m.use_spatial, m.use_temporal = cfg.use_spatial, cfg.use_temporal
+    origin = backbone_origin.of_path(clip_path)
     config.clip.source, config.clip.path = "hf", os.path.join(os.path.abspath(out), "clip")
     config.clip.image_size, config.clip.patch_size = cfg.clip.image_size, cfg.clip.patch_size
     phrases = attribute_set.published_phrases
     tokens = clip_tokenizer.tokenize(tok, phrases)
-    write_model_dir(out, cfg, variables, config, attribute_set, tokens, phrases)
+    write_model_dir(out, cfg, variables, config, attribute_set, tokens, phrases, origin)
     return out
 
 

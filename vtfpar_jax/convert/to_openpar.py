@@ -177,20 +177,6 @@ def state_dict(cfg: vtfpar.VTFPARConfig, variables: dict) -> dict[str, np.ndarra
     return {k: np.array(v, order="C") for k, v in out.items()}  # writable, C order, 0-d kept
 
 
-def checkpoint_epoch(model: str, step: int) -> int:
-    """The training epoch recorded with checkpoint `step` of a model dir (or hf:// id)."""
-    import orbax.checkpoint as ocp
-
-    from vtfpar_jax.state import model_dir
-    from vtfpar_jax.state.checkpoint import CheckpointStore
-    store = CheckpointStore(model_dir.resolve(model), async_save=False)
-    try:
-        meta = store.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    finally:
-        store.close()
-    return int(meta["meta"]["epoch"])
-
-
 def write_checkpoint(loaded, model: str, out: str) -> dict:
     """Write `out` (`torch.save` of {'epoch', 'model_state_dict'}) from `loaded`, the
     loaded model dir `model`; returns what was written: the step, the epoch and the
@@ -202,7 +188,7 @@ def write_checkpoint(loaded, model: str, out: str) -> dict:
     options = published_options(loaded.config, loaded.model_cfg, loaded.state.trainable)
     tensors = state_dict(loaded.model_cfg, loaded.variables())
     published = {k.removeprefix("model/"): torch.from_numpy(v) for k, v in tensors.items()}
-    epoch = checkpoint_epoch(model, loaded.step)
+    epoch = loaded.epoch
     # torch.save writes in place: a stop or a full disk would leave a truncated file that
     # a rerun then refuses as existing.
     with files.atomic_file(out) as temporary:

@@ -73,7 +73,9 @@ class Evaluator:
         probs, labels, mask = self.probabilities(state, split, corrupt, progress)
         results = metrics.evaluate_all(probs, labels, self.attribute_set, mask=mask)
         if report_dir and jax.process_index() == 0:
-            metrics.save_report(results, self.attribute_set, report_dir)
+            # The step scored, so that a model card can tell whose metrics these are.
+            metrics.save_report({**results, "step": int(state.step)}, self.attribute_set,
+                                report_dir)
             files.write_text(os.path.join(report_dir, "table.txt"),
                              metrics.format_table(results, self.attribute_set))
         return results
@@ -138,8 +140,8 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
         loaded.config.data_dir = data_dir
     evaluator = Evaluator(loaded.model_cfg, loaded.builder(), loaded.attribute_set,
                           loaded.frozen, loaded.mesh, loaded.config.input)
-    return evaluator.run(loaded.state, split, report_dir or os.path.join(
-        model_dir.resolve(workdir), f"eval_{split}"))
+    return evaluator.run(loaded.state, split,
+                         report_dir or model_dir.folder_inside(workdir, f"eval_{split}"))
 
 
 def main(argv=None):

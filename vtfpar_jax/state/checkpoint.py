@@ -73,8 +73,11 @@ class CheckpointStore:
         return sorted(self.manager.all_steps())
 
     def restore(self, abstract_state: Any, step: int | None = None,
-                announce: bool = True) -> tuple[Any, dict]:
+                announce: bool = True, partial: bool = False) -> tuple[Any, dict]:
         """(state, meta) of `step`, or of the newest checkpoint that loads.
+
+        `partial`: `abstract_state` is a dict of some of the saved state's fields (inference
+        restores no optimiser state), and only those are read.
 
         The newer checkpoints that could not be read are left in `self.unreadable`
         ("step N (why)"); `announce` logs them in training's words (resuming), while
@@ -86,8 +89,12 @@ class CheckpointStore:
         errors = self.unreadable = []
         for s in candidates:
             try:
+                state = (ocp.args.PyTreeRestore(
+                    abstract_state, partial_restore=True,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))
+                    if partial else ocp.args.StandardRestore(abstract_state))
                 restored = self.manager.restore(s, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                    state=state, meta=ocp.args.JsonRestore()))
                 if errors and announce:
                     logging.warning("resumed from step %d; newer checkpoint(s) unreadable and "
                                     "left on disk: %s", s, "; ".join(errors))

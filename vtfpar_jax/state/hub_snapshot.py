@@ -1,22 +1,27 @@
-"""hf://ORG/NAME[@REV] -> a local model dir (the loading half of vtfpar_jax/tools/hub.py).
+"""A model in the Hub layout (what `vtfpar push-to-hub` writes), read where it lies.
 
-`huggingface_hub.snapshot_download` fetches the repo (or finds it in its cache;
-`HF_HUB_OFFLINE=1` works from the cache alone). Every file config.json lists is
-checked against its SHA-256, and the weights against the shapes the config
-implies; a mismatch is one error naming the file. The snapshot is then written
-once as an ordinary model dir under `$VTFPAR_HUB_CACHE` (default
-`~/.cache/vtfpar/hub/<ORG>--<NAME>--<commit>`), which every command loads as it
-loads a training run.
+`hf://ORG/NAME[@REV]` is the folder `huggingface_hub.snapshot_download` returns:
+the snapshot in the Hub's own cache, named by its commit (with `HF_HUB_OFFLINE=1`
+it is found in that cache alone). Nothing is copied or converted: `model_dir.load`
+reads the layout (config.json, model.safetensors, backbone/) from that folder, or
+from a `push-to-hub --local` folder, the same way, and builds no optimiser state.
+
+What the model reads is checked where it is read, on every load. config.json
+records the SHA-256 of every other file the model reads: model.safetensors is
+hashed from the very bytes that are then parsed, and the backbone's files just
+before its loader opens them. The snapshot's files are not trusted as they are:
+the Hub cache is an ordinary writable folder whose files huggingface_hub does
+not check again once downloaded, and a `--local` folder has no cache at all;
+one check covers both. A check made once, when a copy was written (as earlier
+versions did), let a byte changed later move the probabilities with no warning.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
-import shutil
-import tempfile
+import sys
 
 from vtfpar_jax.errors import UserError
 
@@ -46,23 +51,23 @@ def parse(spec: str) -> tuple[str, str | None]:
     return repo, revision or None
 
 
-def _snapshot(spec: str) -> tuple[str, str]:
-    """(repo id, the local snapshot folder, named by its commit) of `hf://ORG/NAME[@REV]`.
+def snapshot(spec: str) -> str:
+    """The snapshot folder of `hf://ORG/NAME[@REV]` in the Hub cache, named by its commit.
 
-    Asked once per process: a command records the model (`pinned`) and then loads it
-    (`model_dir_from_hub`), and both must see the same commit, with one Hub request."""
+    Asked once per process: a command records the model (`pinned`) and then loads it,
+    and both must see the same commit, with one Hub request."""
     import huggingface_hub.constants as constants
     return _download(spec, constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE)
 
 
 @functools.cache
-def _download(spec: str, cache: str, offline: bool) -> tuple[str, str]:
-    """`_snapshot`, keyed also by the Hub cache and offline mode it was asked under."""
+def _download(spec: str, cache: str, offline: bool) -> str:
+    """`snapshot`, keyed also by the Hub cache and offline mode it was asked under."""
     import huggingface_hub
 
     repo, revision = parse(spec)
     try:
-        return repo, huggingface_hub.snapshot_download(repo, revision=revision)
+        return huggingface_hub.snapshot_download(repo, revision=revision)
     except Exception as e:  # noqa: BLE001 - offline, missing repo, network: one message
         raise HubLayoutError(f"{spec}: cannot get the repo ({type(e).__name__}: "
                              f"{str(e).splitlines()[0]})") from None
@@ -70,87 +75,101 @@ def _download(spec: str, cache: str, offline: bool) -> tuple[str, str]:
 
 def pinned(spec: str) -> str:
     """`hf://ORG/NAME@<commit>`: the snapshot `spec` names now (a branch such as main moves)."""
-    repo, snapshot = _snapshot(spec)
-    return f"{SCHEME}{repo}@{os.path.basename(snapshot)}"
+    repo, _ = parse(spec)
+    return f"{SCHEME}{repo}@{os.path.basename(snapshot(spec))}"
 
 
-def model_dir_from_hub(spec: str) -> str:
-    """A local model dir for `hf://ORG/NAME[@REV]`, made once per snapshot commit."""
-    repo, snapshot = _snapshot(spec)
-    root = os.environ.get("VTFPAR_HUB_CACHE",
-                          os.path.join(os.path.expanduser("~"), ".cache", "vtfpar", "hub"))
-    out = os.path.join(root, f"{repo.replace('/', '--')}--{os.path.basename(snapshot)}")
-    if not os.path.isfile(os.path.join(out, CONFIG)):
-        materialize(snapshot, out, source=spec)
-    return out
+def is_layout(run: dict) -> bool:
+    """Whether a model's config.json is a Hub layout's (else a model dir's, with checkpoints)."""
+    return "hub" in run
 
 
-def materialize(folder: str, out: str, source: str) -> None:
-    """Write the model dir `out` from the Hub layout in `folder`, checking every file."""
-    import ml_collections
+def read_weights(folder: str, run: dict) -> dict:
+    """{'params/...', 'batch_stats/...': array} of the layout in `folder`, from the bytes
+    whose SHA-256 config.json records."""
     import safetensors.numpy
-    from flax import traverse_util
-
-    from vtfpar_jax import attributes
-    from vtfpar_jax.backbones import hf_clip
-    from vtfpar_jax.models import vtfpar
-    from vtfpar_jax.state import build, optim
-    from vtfpar_jax.state.checkpoint import CheckpointStore
-    from vtfpar_jax.state.train_state import initial_state
+    path = os.path.join(folder, WEIGHTS)
     try:
-        with open(os.path.join(folder, CONFIG)) as f:
-            run = json.load(f)
-        hub = run.pop("hub")
-    except (OSError, ValueError, KeyError) as e:
-        raise HubLayoutError(f"{source}: {CONFIG} missing or not a vtfpar-jax Hub layout "
-                             f"({type(e).__name__}: {e})") from None
-    for name, digest in hub["files"].items():
-        path = os.path.join(folder, name)
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise HubLayoutError(f"{path}: cannot read it ({e.strerror})") from None
+    if hashlib.sha256(data).hexdigest() != run["hub"]["files"].get(WEIGHTS):
+        raise HubLayoutError(f"{path}: differs from the SHA-256 that {CONFIG} records")
+    return safetensors.numpy.load(data)
+
+
+def backbone_folder(folder: str, run: dict) -> str:
+    """The folder of the layout's backbone, each file checked against config.json: the
+    Hub repo that `hub.backbone` names at its commit, or the layout's own backbone/."""
+    named = run["hub"].get("backbone", {})
+    if "hub" in named:
+        return _named_backbone(named)
+    if run["hub"].get("backbone_repo"):   # a layout written before backbones were pinned
+        from vtfpar_jax.backbones import hf_clip
+        repo = run["hub"]["backbone_repo"]
+        print(f"warning: {folder}: the backbone {repo} is named without a commit (a layout "
+              "written before backbones were pinned); reading its current revision, "
+              "unchecked", file=sys.stderr)
+        return hf_clip.resolve_folder(repo)
+    return _shipped_backbone(folder, run)
+
+
+def _named_backbone(named: dict) -> str:
+    """The snapshot of Hub repo `named['hub']` at `named['commit']`, holding exactly the
+    files `named['files']` lists with their SHA-256 (vtfpar_jax/state/backbone_origin.py)."""
+    import huggingface_hub
+    spec = f"{SCHEME}{named['hub']}@{named['commit']}"
+    try:
+        snapshot = huggingface_hub.snapshot_download(named["hub"], revision=named["commit"],
+                                                     allow_patterns=sorted(named["files"]))
+    except Exception as e:  # noqa: BLE001 - offline, missing repo, network: one message
+        raise HubLayoutError(f"the backbone {spec}: cannot get it ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0]})") from None
+    for name, digest in named["files"].items():
+        path = os.path.join(snapshot, name)
         if not os.path.isfile(path) or sha256(path) != digest:
-            raise HubLayoutError(f"{source}: {name} is missing or differs from the SHA-256 "
-                                 f"that {CONFIG} records")
-    backbone = (os.path.join(folder, BACKBONE) if hub["backbone_repo"] is None
-                else hf_clip.resolve_folder(hub["backbone_repo"]))
-    config = ml_collections.ConfigDict(run["config"])
-    clip_cfg, clip_params = build.load_backbone_folder(backbone)
-    attribute_set = attributes.get(run["attribute_set"])
-    model_cfg = build.model_config(config, clip_cfg, attribute_set.num_attributes,
-                                   attribute_set.head_groups)
-    import jax
-    expected = jax.eval_shape(lambda: vtfpar.init(model_cfg, jax.random.PRNGKey(0)))
-    found = safetensors.numpy.load_file(os.path.join(folder, WEIGHTS))
-    variables = {}
-    for name, tree in expected.items():
-        flat = traverse_util.flatten_dict(tree, sep="/")
+            raise HubLayoutError(f"the backbone {spec}: {path} is missing or differs from "
+                                 f"the SHA-256 recorded when the model was trained")
+    return snapshot
+
+
+def _shipped_backbone(folder: str, run: dict) -> str:
+    """The layout's backbone/ folder, each of its files checked against config.json, and
+    no file there that config.json does not list."""
+    digests = {name: digest for name, digest in run["hub"]["files"].items()
+               if name.startswith(BACKBONE + "/")}
+    backbone = os.path.join(folder, BACKBONE)
+    found = {os.path.relpath(os.path.join(root, name), folder)
+             for root, _, names in os.walk(backbone) for name in names}
+    for name in sorted(found | set(digests)):
+        path = os.path.join(folder, name)
+        if name not in digests:
+            raise HubLayoutError(f"{path}: not listed in {CONFIG}; the layout was changed "
+                                 "after it was written")
+        if not os.path.isfile(path) or sha256(path) != digests[name]:
+            raise HubLayoutError(f"{path}: missing or differs from the SHA-256 that "
+                                 f"{CONFIG} records")
+    return backbone
+
+
+def variables(tensors: dict, expected: dict, source: str) -> dict:
+    """{'params', 'batch_stats'} trees of `expected`'s shapes from the flat `tensors`, each
+    tensor present, of its shape, and none left over; else one error naming the tensor."""
+    from flax import traverse_util
+    tensors, out = dict(tensors), {}
+    for name in ("params", "batch_stats"):
+        flat = traverse_util.flatten_dict(expected[name], sep="/")
         for path, leaf in flat.items():
             key = f"{name}/{path}"
-            if key not in found or found[key].shape != tuple(leaf.shape):
+            if key not in tensors or tensors[key].shape != tuple(leaf.shape):
                 raise HubLayoutError(
                     f"{source}: {WEIGHTS} has no tensor {key!r} of shape {tuple(leaf.shape)} "
-                    f"(found {found[key].shape if key in found else 'none'}); it does not "
+                    f"(found {tensors[key].shape if key in tensors else 'none'}); it does not "
                     f"match {CONFIG}")
-            flat[path] = found.pop(key)
-        variables[name] = traverse_util.unflatten_dict(flat, sep="/")
-    if found:
+            flat[path] = tensors.pop(key)
+        out[name] = traverse_util.unflatten_dict(flat, sep="/")
+    if tensors:
         raise HubLayoutError(f"{source}: {WEIGHTS} holds tensors {CONFIG} does not describe "
-                             f"(e.g. {sorted(found)[0]!r})")
-    # The optimiser state only has to have the right structure: the model is not trained.
-    tx = optim.make_optimizer(config.optimizer, optim.make_schedule(config.optimizer,
-                                                                    config.num_epochs, 1))
-    state, _ = initial_state(variables, clip_params, config.frozen_patterns, tx)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".", dir=os.path.dirname(out))
-    shutil.copytree(backbone, os.path.join(tmp, "clip"))
-    config.clip.source, config.clip.path = "hf", os.path.join(out, "clip")
-    with open(os.path.join(tmp, CONFIG), "w") as f:
-        json.dump({**run, "config": config.to_dict(), "hub_source": source}, f, indent=1,
-                  default=list)
-    store = CheckpointStore(tmp, async_save=False)
-    store.save(hub["step"], state, {"step": hub["step"], "epoch": hub["epoch"], "batch": 0},
-               force=True)
-    store.wait()
-    store.close()
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, out)
-
-
+                             f"(e.g. {sorted(tensors)[0]!r})")
+    return out

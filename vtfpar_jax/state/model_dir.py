@@ -1,7 +1,12 @@
-"""A model dir (a training work dir, or a converted published checkpoint) loaded for inference.
+"""A model dir loaded for inference, from either of its two layouts.
 
-It holds config.json (config, attribute set, phrases, token ids), clip/ (the
-frozen backbone, CLIP or SigLIP, HuggingFace format) and checkpoints/<step>/ (Orbax).
+- A training work dir (or a converted published checkpoint): config.json (config,
+  attribute set, phrases, token ids), clip/ (the frozen backbone, CLIP or SigLIP,
+  HuggingFace format) and checkpoints/<step>/ (Orbax).
+- The Hub layout (vtfpar_jax/tools/hub.py writes it, vtfpar_jax/state/hub_snapshot.py
+  reads it): config.json, model.safetensors and backbone/, in a `push-to-hub --local`
+  folder or the Hub cache's snapshot of `hf://ORG/NAME[@REV]`. It holds one step and
+  no optimiser state, and none is built.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import traverse_util
 
 from vtfpar_jax import attributes
@@ -24,6 +30,7 @@ from vtfpar_jax.errors import UserError, nearest
 from vtfpar_jax.models import towers, vtfpar
 from vtfpar_jax.state import build, fingerprint, hub_snapshot, optim, sharding
 from vtfpar_jax.state.checkpoint import CheckpointStore, NoCheckpointError, abstract
+from vtfpar_jax.state.train_state import Frozen, TrainState, initial_state
 
 
 class ModelDirError(UserError, ValueError):
@@ -43,6 +50,7 @@ class LoadedModel:
     frozen: Any         # train.Frozen
     mesh: jax.sharding.Mesh
     step: int
+    epoch: int | None   # the training epoch recorded with the step (None if not recorded)
     unreadable_newer: list[str] = dataclasses.field(default_factory=list)  # "step N (why)"
 
     def fallback_warning(self, model: str) -> str | None:
@@ -64,10 +72,11 @@ class LoadedModel:
 
 
 def resolve(model: str) -> str:
-    """A local model dir: `model` itself, or for hf://ORG/NAME[@REV] its copy from the Hub
-    (vtfpar_jax/state/hub_snapshot.py), so that every command that takes --model takes both."""
+    """A local folder: `model` itself, or for hf://ORG/NAME[@REV] its snapshot folder in the
+    Hub cache (vtfpar_jax/state/hub_snapshot.py), so that every command that takes --model
+    takes both. The snapshot is not the user's: nothing is written into it."""
     if model.startswith(hub_snapshot.SCHEME):
-        return hub_snapshot.model_dir_from_hub(model)
+        return hub_snapshot.snapshot(model)
     return model
 
 
@@ -137,7 +146,6 @@ def fresh_state(config, model_cfg, clip_params, variables: dict | None = None):
     frozen ones are not in a checkpoint; run eagerly, their init is hundreds of small ops.
     The schedule inside the optimiser does not shape its state, so any will do.
     """
-    from vtfpar_jax.state.train_state import initial_state
     tx = optim.make_optimizer(config.optimizer, optim.make_schedule(config.optimizer,
                                                                     config.num_epochs, 1))
     if variables is not None:
@@ -166,35 +174,82 @@ def load_announced(model: str, step: int | None = None) -> LoadedModel:
 
 
 def load(model: str, step: int | None = None) -> LoadedModel:
-    from vtfpar_jax.state.train_state import Frozen
+    """The model `model` (a folder of either layout, or hf://ORG/NAME[@REV]) at `step`
+    (default: its newest readable one), for inference: no optimiser state is read or built."""
     model = resolve(model)
     run = read_run_file(model)
+    if hub_snapshot.is_layout(run):
+        return _load_layout(model, run, step)
     # The config in force: a restart may have changed e.g. data_dir since config.json.
     config = ml_collections.ConfigDict(fingerprint.current_config(model, run["config"]))
-    attribute_set = attributes.get(run["attribute_set"])
-    clip_cfg, clip_params = build.load_backbone_folder(os.path.join(model, "clip"))
-    if towers.of(clip_cfg).name != build.backbone(config).name:
-        raise ModelDirError(f"{model}: config.json says backbone "
-                            f"{build.backbone(config).name!r}, but clip/ holds a "
-                            f"{towers.of(clip_cfg).display_name} checkpoint")
-    model_cfg = build.model_config(config, clip_cfg, attribute_set.num_attributes,
-                                   attribute_set.head_groups)
+    clip_cfg, clip_params = _backbone(model, config, os.path.join(model, "clip"))
+    model_cfg = _model_config(config, clip_cfg, run)
     template, frozen_params = fresh_state(config, model_cfg, clip_params)
     mesh = sharding.make_mesh()
     store = CheckpointStore(model, async_save=False)
+    # Inference reads no optimiser state: its moments are not even read from disk.
+    wanted = {"step": template.step, "trainable": template.trainable,
+              "batch_stats": template.batch_stats}
     try:
-        state, meta = store.restore(abstract(template, sharding.replicated(mesh)), step,
-                                    announce=False)
+        restored, meta = store.restore(abstract(wanted, sharding.replicated(mesh)), step,
+                                       announce=False, partial=True)
     except NoCheckpointError as e:
         raise ModelDirMissingError(f"{model}: no checkpoint to load ({e})") from None
     finally:
         store.close()
+    state = TrainState(**restored, opt_state=optax.EmptyState())
+    return _loaded(config, run, clip_cfg, clip_params, model_cfg, state, frozen_params, mesh,
+                   int(meta["step"]), meta.get("epoch"), os.path.join(model, "text_cache"),
+                   list(store.unreadable))
+
+
+def _load_layout(folder: str, run: dict, step: int | None) -> LoadedModel:
+    """The Hub layout in `folder`: its one step, every file checked as it is read."""
+    hub = run["hub"]
+    if step is not None and step != hub["step"]:
+        raise ModelDirError(f"{folder}: --step {step}, but this Hub layout holds step "
+                            f"{hub['step']} only")
+    config = ml_collections.ConfigDict(run["config"])
+    clip_cfg, clip_params = _backbone(folder, config, hub_snapshot.backbone_folder(folder, run))
+    model_cfg = _model_config(config, clip_cfg, run)
+    expected = jax.eval_shape(lambda: vtfpar.init(model_cfg, jax.random.PRNGKey(0)))
+    variables = hub_snapshot.variables(hub_snapshot.read_weights(folder, run), expected, folder)
+    # optax.identity: inference steps no optimiser, so its state is empty.
+    state, frozen_params = initial_state(variables, clip_params, config.frozen_patterns,
+                                         optax.identity())
+    state = state.replace(step=jnp.asarray(hub["step"], jnp.int32))
+    mesh = sharding.make_mesh()
+    # No text cache: a Hub snapshot is not a folder of ours to write into.
+    return _loaded(config, run, clip_cfg, clip_params, model_cfg,
+                   sharding.replicate(state, mesh), frozen_params, mesh, hub["step"],
+                   hub.get("epoch"), None, [])
+
+
+def _backbone(model: str, config: ml_collections.ConfigDict, folder: str):
+    """(cfg, params) of the backbone saved in `folder`, of the kind the config names."""
+    clip_cfg, clip_params = build.load_backbone_folder(folder)
+    if towers.of(clip_cfg).name != build.backbone(config).name:
+        raise ModelDirError(f"{model}: config.json says backbone "
+                            f"{build.backbone(config).name!r}, but {os.path.basename(folder)}/ "
+                            f"holds a {towers.of(clip_cfg).display_name} checkpoint")
+    return clip_cfg, clip_params
+
+
+def _model_config(config: ml_collections.ConfigDict, clip_cfg, run: dict) -> vtfpar.VTFPARConfig:
+    attribute_set = attributes.get(run["attribute_set"])
+    return build.model_config(config, clip_cfg, attribute_set.num_attributes,
+                              attribute_set.head_groups)
+
+
+def _loaded(config, run: dict, clip_cfg, clip_params, model_cfg, state, frozen_params, mesh,
+            step: int, epoch: int | None, text_cache: str | None,
+            unreadable: list[str]) -> LoadedModel:
     tokens = np.asarray(run["tokens"], np.int32)
     features = text.attribute_text_features(clip_cfg, clip_params, run["phrases"], tokens,
-                                            cache_dir=os.path.join(model, "text_cache"))
+                                            cache_dir=text_cache)
     ratio = run.get("positive_ratio")
     frozen = sharding.replicate(Frozen(params=frozen_params, text_features=jnp.asarray(features),
                                        positive_ratio=None if ratio is None else
                                        jnp.asarray(ratio, jnp.float32)), mesh)
-    return LoadedModel(config, model_cfg, attribute_set, state, frozen, mesh, int(meta["step"]),
-                       list(store.unreadable))
+    return LoadedModel(config, model_cfg, attributes.get(run["attribute_set"]), state, frozen,
+                       mesh, step, epoch, unreadable)

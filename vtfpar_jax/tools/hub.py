@@ -8,16 +8,18 @@ The layout:
 - `model.safetensors`: the side networks, fusion and heads (`params/...`) and the
   BatchNorm statistics (`batch_stats/...`) of one checkpoint;
 - `config.json`: the model dir's config.json (config, attribute set, phrases,
-  token ids) plus `hub`: the step and epoch, where the backbone is, and the
-  SHA-256 of every file the model reads;
+  token ids, `backbone_origin`) plus `hub`: the step and epoch, the backbone
+  (`hub.backbone`), and the SHA-256 of every file of the layout the model reads;
 - `backbone/`: the frozen backbone (HF format), unless it came from the Hub,
-  where `hub.backbone_repo` names it instead;
-- `README.md`: the model card.
+  where `hub.backbone` names the repo at its commit, with the SHA-256 of its files,
+  and loading fetches and checks them;
+- `README.md`: the model card (huggingface_hub.ModelCard), with the metrics of the
+  published step only.
 
-`hf://ORG/NAME[@REV]`, wherever a command takes `--model`, is resolved by
-`model_dir.resolve` through `vtfpar_jax/state/hub_snapshot.py`: the repo is fetched
-with `huggingface_hub.snapshot_download` (or found in its cache), every file is
-checked against config.json, and it is written once as an ordinary model dir.
+`hf://ORG/NAME[@REV]`, wherever a command takes `--model`, is the Hub cache's
+snapshot folder (`huggingface_hub.snapshot_download`), read as it lies by
+`model_dir.load` (vtfpar_jax/state/hub_snapshot.py), which checks every file it
+reads against config.json; so is a `--local` folder given as `--model FOLDER`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,12 +38,16 @@ from vtfpar_jax.outputs import files
 from vtfpar_jax.state.hub_snapshot import BACKBONE, CONFIG, WEIGHTS, HubLayoutError, sha256
 
 
-def _backbone_repo(config) -> str | None:
-    """The Hub id the backbone was read from, or None (random, a file or a local folder)."""
-    path = config.clip.get("path", "")
-    if config.clip.get("source") == "hf" and path and not os.path.exists(path):
-        return path
-    return None
+def _backbone_entry(origin: dict | None, source_hub: dict | None) -> dict:
+    """config.json's `hub.backbone`: the Hub repo the backbone came from, named at its commit
+    with its files' SHA-256 (not shipped), or `{"shipped": "backbone"}` for the model's own
+    copy of any other (a random, file or folder backbone, or one of unrecorded origin)."""
+    named = (source_hub or {}).get("backbone", {})   # a Hub layout published again
+    if "hub" in named:
+        return named
+    if origin is not None and "hub" in origin:
+        return origin
+    return {"shipped": BACKBONE}
 
 
 # Headline metrics -> how the card names them (docs/published-model.md §9 has the protocols).
@@ -50,64 +57,87 @@ _CARD_METRICS = {
     "chen_f1": "macro F1, Chen et al. (argmax per group)"}
 
 
-def _evaluation(model: str) -> tuple[str, dict, str] | None:
-    """(folder, results, table) of the model dir's evaluation: eval/ (written at the end
-    of training) or eval_test/ (vtfpar evaluate)."""
+class Evaluation(NamedTuple):
+    folder: str       # eval/ or eval_test/, in the model dir
+    results: dict     # its metrics.json
+    table: str        # its table.txt ('' if none)
+
+
+def _evaluation(model: str, step: int) -> tuple[Evaluation | None, list[str]]:
+    """(the model dir's evaluation of checkpoint `step`, or None; why each other one found
+    was left out). eval/ is written at the end of training and eval_test/ by vtfpar
+    evaluate: each says the step it scored (metrics.json's `step`, run.json's)."""
+    left_out = []
     for folder in ("eval", "eval_test"):
         path = os.path.join(model, folder, "metrics.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                results = json.load(f)
-            table_path = os.path.join(model, folder, "table.txt")
-            table = open(table_path).read() if os.path.isfile(table_path) else ""
-            return folder, results, table
-    return None
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            results = json.load(f)
+        manifest = os.path.join(model, folder, "run.json")
+        scored = results.get("step")
+        if scored is None and os.path.isfile(manifest):
+            with open(manifest) as f:
+                scored = json.load(f).get("step")
+        if scored != step:
+            left_out.append(f"`{folder}/` scores " + ("an unrecorded step" if scored is None
+                                                      else f"step {scored}"))
+            continue
+        table_path = os.path.join(model, folder, "table.txt")
+        table = open(table_path).read() if os.path.isfile(table_path) else ""
+        return Evaluation(folder, results, table), left_out
+    return None, left_out
 
 
-def model_card(run: dict, repo: str, step: int, backbone: str, evaluation) -> str:
-    """README.md: Hub metadata (YAML) and what the model is, how it was trained and scored."""
+def model_card(run: dict, repo: str, step: int, evaluation: Evaluation | None,
+               left_out: list[str]):
+    """The model card (huggingface_hub.ModelCard): Hub metadata, with the metrics of checkpoint
+    `step` as `model-index` results, and what the model is, how it was trained and scored."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
     from vtfpar_jax.evaluation.evaluate import headline
+    from vtfpar_jax.state import backbone_origin
     config = run["config"]
     dataset = config["dataset"] or "unknown"
-    lines = ["---", "library_name: vtfpar-jax", "tags:", "- pedestrian-attribute-recognition",
-             "- video", "- jax", "datasets:", f"- {dataset}"]
-    if not backbone.startswith(BACKBONE):
-        lines.append(f"base_model: {backbone}")
+    origin = run.get("backbone_origin")
+    results = [] if evaluation is None else [
+        EvalResult(task_type="video-classification", task_name="pedestrian attribute recognition",
+                   dataset_type=dataset, dataset_name=dataset, dataset_split="test",
+                   metric_type=key, metric_name=name, metric_value=round(value, 4))
+        for key, name in _CARD_METRICS.items()
+        for value in [headline(evaluation.results)[key]]]
+    data = ModelCardData(
+        library_name="vtfpar-jax", tags=["pedestrian-attribute-recognition", "video", "jax"],
+        datasets=[dataset], base_model=origin["hub"] if origin and "hub" in origin else None,
+        model_name=repo, eval_results=results or None)
+    lines = [f"# {repo}", "",
+             "VTFPAR++ (frozen backbone + spatial and temporal side networks + fusion with "
+             "attribute text features), trained with vtfpar-jax.", "",
+             f"- **Dataset**: `{dataset}`; attribute set `{run['attribute_set']}` "
+             f"({len(run['phrases'])} attributes)",
+             f"- **Backbone**: `{config.get('backbone', 'clip')}`, from "
+             f"{backbone_origin.describe(origin)}",
+             f"- **Checkpoint**: step {step}", "", "## Metrics", ""]
     if evaluation:
-        scores = headline(evaluation[1])
-        lines += ["model-index:", f"- name: {repo}", "  results:",
-                  "  - task:", "      type: video-classification",
-                  "      name: pedestrian attribute recognition",
-                  "    dataset:", f"      name: {dataset}", f"      type: {dataset}",
-                  "      split: test", "    metrics:"]
-        for key, name in _CARD_METRICS.items():
-            lines += [f"    - type: {key}", f"      name: {name}",
-                      f"      value: {scores[key]:.4f}"]
-    lines += ["---", "", f"# {repo}", "",
-              "VTFPAR++ (frozen backbone + spatial and temporal side networks + fusion with "
-              "attribute text features), trained with vtfpar-jax.", "",
-              f"- **Dataset**: `{dataset}`; attribute set `{run['attribute_set']}` "
-              f"({len(run['phrases'])} attributes)",
-              f"- **Backbone**: `{config.get('backbone', 'clip')}` from `{backbone}`",
-              f"- **Checkpoint**: step {step}", "", "## Metrics", ""]
-    if evaluation:
-        folder, results, table = evaluation
-        lines += [f"Evaluated on {results.get('num_samples', '?')} test clips "
-                  f"(`{folder}/metrics.json` of the model dir), frames chosen uniformly "
-                  "(the middles of equal segments). The published group metrics count "
+        lines += [f"Step {step}, evaluated on {evaluation.results.get('num_samples', '?')} test "
+                  f"clips (`{evaluation.folder}/metrics.json` of the model dir), frames chosen "
+                  "uniformly (the middles of equal segments). The published group metrics count "
                   "TP/TN/FP/FN per attribute group and average over groups (positive above "
                   "0.45); mA and instance metrics are the usual PAR protocol; Chen et al. "
-                  "take the argmax in each multi-class group.", "", "```", table.rstrip(),
-                  "```", ""]
+                  "take the argmax in each multi-class group.", "", "```",
+                  evaluation.table.rstrip(), "```", ""]
     else:
-        lines += ["Not evaluated: the model dir held no evaluation (eval/metrics.json).", ""]
+        lines += [f"Not evaluated: the model dir holds no evaluation of step {step}.", ""]
+    if left_out:
+        lines += [f"Left out, as not an evaluation of step {step}: "
+                  f"{'; '.join(left_out)}.", ""]
     lines += ["## Training config", "", "```json", json.dumps(config, indent=1), "```", "",
               "## Usage", "", "```bash", "pip install vtfpar-jax",
               f"vtfpar predict --model hf://{repo} clip.mp4",
-              f"vtfpar evaluate --model hf://{repo}",
+              f"vtfpar evaluate --model hf://{repo} --out eval_hub",
               f"vtfpar export --model hf://{repo} --format onnx --out model.onnx",
               "```", ""]
-    return "\n".join(lines)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
 def write_layout(model: str, folder: str, repo: str = "ORG/NAME") -> str:
@@ -123,6 +153,8 @@ def write_layout(model: str, folder: str, repo: str = "ORG/NAME") -> str:
         raise HubLayoutError(f"{model}: frozen_patterns train part of the backbone; the Hub "
                              "layout holds a frozen backbone only")
     run = model_dir.read_run_file(model)
+    source_hub = run.pop("hub", None)   # a Hub layout published again
+    run["config"] = loaded.config.to_dict()   # the config in force (config_changes.jsonl)
     variables = loaded.variables()
     tensors = {f"{name}/{path}": np.asarray(value, np.float32)
                for name in ("params", "batch_stats")
@@ -130,31 +162,33 @@ def write_layout(model: str, folder: str, repo: str = "ORG/NAME") -> str:
     # Whole or not at all, with the umask's modes: a stop or a full disk leaves no half
     # layout that a rerun would refuse as not empty.
     with files.atomic_folder(folder) as layout:
-        _fill_layout(layout, model, repo, loaded, run, tensors)
+        _fill_layout(layout, model, repo, loaded, run, tensors,
+                     _backbone_entry(run.get("backbone_origin"), source_hub))
     return folder
 
 
-def _fill_layout(layout: str, model: str, repo: str, loaded, run: dict, tensors: dict) -> None:
+def _fill_layout(layout: str, model: str, repo: str, loaded, run: dict, tensors: dict,
+                 backbone: dict) -> None:
     import safetensors.numpy
 
-    from vtfpar_jax.convert.to_openpar import checkpoint_epoch
     safetensors.numpy.save_file(tensors, os.path.join(layout, WEIGHTS),
                                 metadata={"format": "flax"})
-    backbone_repo = _backbone_repo(loaded.config)
-    if backbone_repo is None:
-        shutil.copytree(os.path.join(model, "clip"), os.path.join(layout, BACKBONE))
+    if "shipped" in backbone:   # a model dir's clip/, or a Hub layout's own backbone/
+        saved = [os.path.join(model, name) for name in ("clip", BACKBONE)
+                 if os.path.isdir(os.path.join(model, name))]
+        if not saved:
+            raise HubLayoutError(f"{model}: no clip/ (nor backbone/) to ship")
+        shutil.copytree(saved[0], os.path.join(layout, BACKBONE))
     digests = {WEIGHTS: sha256(os.path.join(layout, WEIGHTS))}
     for root, _, names in os.walk(os.path.join(layout, BACKBONE)):
         for name in names:
             path = os.path.join(root, name)
             digests[os.path.relpath(path, layout)] = sha256(path)
-    epoch = checkpoint_epoch(model, loaded.step)
-    run["hub"] = {"step": loaded.step, "epoch": epoch, "backbone_repo": backbone_repo,
+    run["hub"] = {"step": loaded.step, "epoch": loaded.epoch, "backbone": backbone,
                   "files": digests}
     files.write_json(os.path.join(layout, CONFIG), run, indent=1)
     files.write_text(os.path.join(layout, "README.md"),
-                     model_card(run, repo, loaded.step,
-                                backbone_repo or f"{BACKBONE}/ (included)", _evaluation(model)))
+                     str(model_card(run, repo, loaded.step, *_evaluation(model, loaded.step))))
 
 
 def push(model: str, repo: str, private: bool = False) -> str:

@@ -38,7 +38,7 @@ from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import ConfigError, UserError
 from vtfpar_jax.models import preprocess, rng, vtfpar
 from vtfpar_jax.outputs.files import atomic_file, atomic_folder
-from vtfpar_jax.state import build, fingerprint, optim, sharding
+from vtfpar_jax.state import backbone_origin, build, fingerprint, optim, sharding
 from vtfpar_jax.state.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.state.train_state import Frozen, initial_state, step_frozen_params
 from vtfpar_jax.training.config_file import check_config_overrides
@@ -175,6 +175,7 @@ def _write_config_file(trainer: Trainer, path: str) -> None:
                    "fingerprint": fingerprint.fingerprint(identity),
                    "random_streams": identity["random_streams"],
                    "splits": identity["splits"],
+                   "backbone_origin": backbone_origin.of_config(trainer.config),
                    "attribute_set": trainer.attribute_set.name,
                    "phrases": list(trainer.phrases), "tokens": trainer.tokens.tolist(),
                    "positive_ratio": np.asarray(trainer.frozen.positive_ratio).tolist()},
