@@ -86,6 +86,55 @@ def test_model_dir_in_the_published_code(openpar_case, tmp_path):
     assert all(c["same_decisions"] for c in r["clips"])
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("VTFPAR_OPENPAR"),
+                    reason="set VTFPAR_OPENPAR to the VTFPAR++ folder of an OpenPAR checkout "
+                    "(with torch and timm installed)")
+def test_group_head_export_loads_strictly_in_the_published_code(openpar_case, tmp_path):
+    """A train_marco.py checkpoint -> vtfpar convert -> vtfpar to-openpar: the file loads
+    strictly into the published base_block_marco.TransformerClassifier and gives the
+    logits the checkpoint itself gives there. (The tensors the variant options leave
+    unused come back as zeros.)"""
+    import torch
+
+    from vtfpar_jax.convert import openpar_cli, to_openpar_cli
+    from vtfpar_jax.convert.to_openpar_cli import command_line
+    from vtfpar_jax.tools.published_code import published_code
+
+    case = openpar_case("group_variant")
+    state, options = case["state_dict"], case["meta"]["openpar_options"]
+    checkpoint = {k.removeprefix("model/"): torch.from_numpy(v) for k, v in state.items()
+                  if k.startswith("model/")}
+    torch.save({"epoch": 30, "model_state_dict": checkpoint}, tmp_path / "ckpt.pth")
+    clip_state = {k.removeprefix("clip/"): torch.from_numpy(v) for k, v in state.items()
+                  if k.startswith("clip/")}
+    torch.save(clip_state, tmp_path / "ViT-B-16.pt")
+    openpar_cli.main(["--checkpoint", str(tmp_path / "ckpt.pth"), "--clip",
+                      str(tmp_path / "ViT-B-16.pt"), "--dataset", "mars", "--out",
+                      str(tmp_path / "model"), *[f"--{k}={v}" for k, v in options.items()]])
+    to_openpar_cli.main(["--model", str(tmp_path / "model"), "--out",
+                         str(tmp_path / "back.pth")])
+    exported = torch.load(tmp_path / "back.pth", weights_only=True)["model_state_dict"]
+    # The published file also holds the frozen CLIP's visual tower and BatchNorm's counter,
+    # which the drawn checkpoint leaves out.
+    checkpoint.update({k: v for k, v in exported.items()
+                       if k.startswith("clip_visual_extractor.") or k == "bn.num_batches_tracked"})
+    flags = tuple(command_line({k: v for k, v in options.items() if k != "frames"}).split())
+    logits = {}
+    with published_code(os.environ["VTFPAR_OPENPAR"], options["frames"], "cpu", flags) as pub:
+        phrases = case["meta"]["attributes"]
+        for name, weights in (("checkpoint", checkpoint), ("exported", exported)):
+            clip_torch = pub.clip_model.build_model(dict(clip_state)).float()
+            net = pub.base_block_marco().TransformerClassifier(clip_torch, len(phrases),
+                                                               attr_words=phrases)
+            net.load_state_dict(weights, strict=True)
+            net.eval()
+            clip_torch.eval()
+            with torch.no_grad():
+                logits[name] = net(torch.from_numpy(case["video"]), clip_torch).numpy()
+    np.testing.assert_allclose(logits["exported"], logits["checkpoint"], atol=1e-6, rtol=0)
+
+
 def test_training_batches_hold_one_class_per_group():
     from vtfpar_jax import attributes
     from vtfpar_jax.tools import compare_training
@@ -113,14 +162,16 @@ def test_update_differences_are_relative_per_tensor():
     assert d["median"] == pytest.approx(0.05)
 
 
-def test_head_biases_are_left_out_of_the_updates():
+def test_biases_ahead_of_batchnorm_are_left_out_of_the_updates():
     from vtfpar_jax.tools import compare_training
 
     before = {"weight_layer.3.bias": np.zeros(1), "weight_layer.3.weight": np.zeros(2),
               "bn.running_mean": np.zeros(1), "clip_visual_extractor.conv1.weight": np.zeros(1),
-              "norm.bias": np.zeros(2)}
+              "norm.bias": np.zeros(2), "norm.weight": np.zeros(2),
+              "blocks.0.norm.bias": np.zeros(2)}
     moved = {"after": {k: v + 1 for k, v in before.items()}}
-    assert compare_training.trained_keys(before, moved) == ["norm.bias", "weight_layer.3.weight"]
+    assert compare_training.trained_keys(before, moved) == [
+        "blocks.0.norm.bias", "norm.weight", "weight_layer.3.weight"]
 
 
 def test_training_summary_puts_each_figure_beside_its_noise_floor():
@@ -144,3 +195,7 @@ def test_bad_training_options_are_refused_before_any_work():
         compare_training.compare("/nowhere", 0)
     with pytest.raises(ValueError, match="--optimizer 'rmsprop'"):
         compare_training.compare("/nowhere", 2, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="--head 'marco'"):
+        compare_training.compare("/nowhere", 2, head="marco")
+    with pytest.raises(FileNotFoundError, match="/nowhere: no models/base_block.py"):
+        compare_training.compare("/nowhere", 2, head="group")

@@ -5,7 +5,8 @@
     vtfpar compare-pytorch --openpar /path/to/OpenPAR/VTFPAR++ \
         --model runs/mars --clips walk.mp4 frames_dir/ [--device cpu|cuda] [--json out.json]
     vtfpar compare-pytorch --openpar /path/to/OpenPAR/VTFPAR++ --train_steps 3 \
-        [--optimizer sgd|adam] [--frames 2] [--json out.json]
+        [--optimizer sgd|adam] [--head attribute|group] [--frames 2] [--json out.json] \
+        [--record DIR]
 
 With `--train_steps`, both sides train from the same weights on the same batches and
 their trajectories are compared beside the published code's own noise floor

@@ -87,15 +87,21 @@ def _import_torchvision() -> None:
         import torchvision  # noqa: F401
 
 
-@contextlib.contextmanager
-def published_code(openpar_dir: str, frames: int, device: str, flags: tuple[str, ...] = ()):
-    """Import the checkout's `models.base_block` and `CLIP.clip` (see the module docstring),
-    its options parsed from `--frames frames` and `flags` (published option names)."""
-    import torch
-
+def check_checkout(openpar_dir: str) -> None:
+    """Refuse a folder that is not the VTFPAR++ folder of an OpenPAR checkout."""
     if not os.path.isfile(os.path.join(openpar_dir, "models", "base_block.py")):
         raise FileNotFoundError(f"{openpar_dir}: no models/base_block.py (expected the "
                                 "VTFPAR++ folder of Event-AHU/OpenPAR)")
+
+
+@contextlib.contextmanager
+def published_code(openpar_dir: str, frames: int, device: str, flags: tuple[str, ...] = ()):
+    """Import the checkout's `models.base_block` and `CLIP.clip` (see the module docstring),
+    and, on call, `models.base_block_marco` and `batch_engine_marco`,
+    its options parsed from `--frames frames` and `flags` (published option names)."""
+    import torch
+
+    check_checkout(openpar_dir)
     _import_torchvision()
     for name, module in _stand_ins().items():
         sys.modules.setdefault(name, module)
@@ -109,8 +115,12 @@ def published_code(openpar_dir: str, frames: int, device: str, flags: tuple[str,
         clip_model = importlib.import_module("CLIP.clip.model")
         clip_api = importlib.import_module("CLIP.clip.clip")
         importlib.import_module("models.vit").ViT.load_param = lambda self, path: None
-        yield types.SimpleNamespace(base_block=base_block, clip_model=clip_model,
-                                    clip=clip_api)
+        # The second recipe's modules, imported when asked for: a run of the first recipe
+        # does not depend on them.
+        yield types.SimpleNamespace(
+            base_block=base_block, clip_model=clip_model, clip=clip_api,
+            base_block_marco=lambda: importlib.import_module("models.base_block_marco"),
+            batch_engine_marco=lambda: importlib.import_module("batch_engine_marco"))
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
         torch.Tensor.cuda = saved_cuda
