@@ -20,11 +20,11 @@ for batch in 16 64; do
   python3 -m vtfpar_jax compare-pytorch --openpar "$openpar" --batch "$batch" --frames 6 \
     --device cuda --jax-dtype bfloat16 --jax-clip-dtype bfloat16 --steps 20 \
     --json "$out/compare_b$batch.json"
-  python3 -m vtfpar_jax bench --clip vit_b16 --batch "$batch" --frames 6 --dtype bfloat16 \
+  python3 -m vtfpar_jax bench --shape vit_b16 --batch "$batch" --frames 6 --dtype bfloat16 \
     --breakdown --steps 20 --json "$out/bench_b$batch.json"
 done
 # The same model on SigLIP base/16 (random weights of its shape), beside the table.
-python3 -m vtfpar_jax bench --backbone siglip --clip vit_b16 --batch 16 --frames 6 \
+python3 -m vtfpar_jax bench --backbone siglip --shape vit_b16 --batch 16 --frames 6 \
   --dtype bfloat16 --breakdown --steps 20 --json "$out/bench_siglip_b16.json"
 python3 benchmarks/gpu_table.py "$out"
 if [ "$gpu_tests" != 0 ]; then

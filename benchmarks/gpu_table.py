@@ -31,7 +31,7 @@ def row(out: Path, batch: int) -> str:
         f"{memory:.0%} (<= {goal['memory']:.0%})",
         f"{p['predict_clips_per_s']:.0f} / {j['predict_clips_per_s']:.0f} clips/s = "
         f"{predict:.2f}x (>= {goal['predict']:g}x)",
-        f"{bench['breakdown']['clip_share']:.0%} / {bench['breakdown']['side_share']:.0%}",
+        f"{bench['breakdown']['backbone_share']:.0%} / {bench['breakdown']['side_share']:.0%}",
         f"{backbone:.0%}" + (f" (>= {goal['backbone']:.0%})" if "backbone" in goal else ""),
         f"{compare['max_abs_logit_diff']:.1e}",
     ]

@@ -38,14 +38,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data_dir = ""                 # TFDS data dir; empty: TFDS' default
     c.seed = 12240321               # the published seed
 
-    c.backbone = "clip"             # the frozen backbone: 'clip' (published) or 'siglip'
-    c.clip = ml_collections.ConfigDict()  # where the backbone's weights come from
-    c.clip.source = "hf"            # 'hf' (hub id or folder), 'openai' (.pt file) or 'random'
-    c.clip.path = "openai/clip-vit-base-patch16"
-    c.clip.preset = "tiny"          # for source='random': 'tiny', 'vit_b16' or 'vit_l14'
-                                    # (SigLIP: 'tiny', 'base16' or 'so400m14')
-    c.clip.image_size = 224
-    c.clip.patch_size = 16
+    c.backbone = ml_collections.ConfigDict()  # the frozen backbone, and its weights' source
+    c.backbone.name = "clip"            # 'clip' (published) or 'siglip'
+    c.backbone.source = "hf"            # 'hf' (hub id or folder), 'openai' (.pt file) or 'random'
+    c.backbone.path = "openai/clip-vit-base-patch16"
+    c.backbone.preset = "tiny"          # for source='random': 'tiny', 'vit_b16' or 'vit_l14'
+                                        # (SigLIP: 'tiny', 'base16' or 'so400m14')
+    c.backbone.image_size = 224
+    c.backbone.patch_size = 16
 
     c.model = ml_collections.ConfigDict()
     c.model.frames = 6
@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.use_temporal = True
     c.model.drop_path_rate = 0.1
     c.model.dtype = "float32"             # side nets; 'bfloat16' for speed
-    c.model.clip_dtype = "float32"
+    c.model.backbone_dtype = "float32"
     c.model.remat = "dots"                # what side/fusion blocks keep for backward: none |
                                           # dots (matmul outputs; the rest recomputed) | blocks
     c.model.head = "attribute"            # attribute: one logit per attribute, weighted BCE
@@ -99,11 +99,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.grad_clip_norm = 0.0
     c.optimizer.accumulate_steps = 1
 
-    # Regexes over '/'-joined param paths ('clip/vision/layers_10/fc1/kernel',
+    # Regexes over '/'-joined param paths ('backbone/vision/layers_10/fc1/kernel',
     # 'model/fusion_block/...'): full matches are frozen. Side tuning freezes all
-    # of CLIP; e.g. ('clip/text/.*', 'clip/logit_scale', 'clip/vision/(?!layers_10/).*')
-    # also fine-tunes block 11 (layers_10), the deepest the default maps read.
-    c.frozen_patterns = ("clip/.*",)
+    # of the backbone; e.g. ('backbone/text/.*', 'backbone/logit_scale',
+    # 'backbone/vision/(?!layers_10/).*') also fine-tunes block 11 (layers_10), the deepest
+    # the default maps read.
+    c.frozen_patterns = ("backbone/.*",)
 
     c.num_epochs = 30
     c.log_every_steps = 20
@@ -129,19 +130,19 @@ def published_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict
                               "recipe is base/16 only")
         # Same 12 x 768 ViT and 14 x 14 grid as CLIP B/16: the default map reads the same
         # depths. Its normalisation is 0.5/0.5, the published pipeline's already.
-        c.backbone = "siglip"
-        c.clip.path = "google/siglip-base-patch16-224"
-        c.clip.preset = "base16"
+        c.backbone.name = "siglip"
+        c.backbone.path = "google/siglip-base-patch16-224"
+        c.backbone.preset = "base16"
     elif a.backbone != "clip":
         raise ConfigError(f"config argument backbone={a.backbone!r}: expected 'clip' or "
                           "'siglip'")
     if a.vit == "l14":
-        c.clip.path = "openai/clip-vit-large-patch14"
-        c.clip.patch_size = 14
+        c.backbone.path = "openai/clip-vit-large-patch14"
+        c.backbone.patch_size = 14
         # Same depths as the default map, in ViT-L/14's 24-layer indices.
         c.model.spatial_map = c.model.temporal_map = "0->0,6->1,12->2,18->3,23->4"
     elif a.vit != "b16":
         raise ConfigError(f"config argument vit={a.vit!r}: expected 'b16' or 'l14'")
     if a.bf16:
-        c.model.dtype = c.model.clip_dtype = "bfloat16"
+        c.model.dtype = c.model.backbone_dtype = "bfloat16"
     return c

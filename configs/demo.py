@@ -31,14 +31,14 @@ from configs.common import base_config, parse_arg
 def get_config(arg=None):
     a = parse_arg(arg, smoke=False, backbone="clip", head="attribute")
     c = base_config()
-    c.backbone = a.backbone
+    c.backbone.name = a.backbone
     c.model.head = a.head
     c.dataset = "synthetic_pedestrians"
     c.seed = 0
-    c.clip.source = "random"
-    c.clip.preset = "tiny"
-    c.clip.image_size = 48
-    c.clip.patch_size = 8
+    c.backbone.source = "random"
+    c.backbone.preset = "tiny"
+    c.backbone.image_size = 48
+    c.backbone.patch_size = 8
     c.model.frames = 3
     c.model.spatial_map = c.model.temporal_map = "0->0"
     c.model.dim = 64

@@ -1,7 +1,7 @@
 """A third backbone is one registration (vtfpar_jax.backbones.registry): nothing else in the
 package names the backbones. A toy one, registered here, is CLIP's towers under its own
 config type, weight folder format and name; everything a run asks of a backbone (config
-check, random weights, tokens, text features, the model, training, the saved clip/ folder,
+check, random weights, tokens, text features, the model, training, the saved backbone/ folder,
 a model dir's reload, evaluation, prediction, the benchmark's shapes, param-count) must work
 for it."""
 
@@ -79,15 +79,15 @@ def toy():
 
 def test_a_registered_backbone_is_built_saved_and_found_again(toy, data_dir, tmp_path):
     config = smoke_config(data_dir)
-    config.backbone = "toy"
+    config.backbone.name = "toy"
     build.check_config(config)
     cfg, params = build.load_backbone(config, 0)
     assert type(cfg) is ToyConfig and towers.of(cfg) is toy.towers
     # The same towers and the same random stream as CLIP's: the same weights.
-    config.backbone = "clip"
+    config.backbone.name = "clip"
     jax.tree.map(np.testing.assert_array_equal, params, build.load_backbone(config, 0)[1])
 
-    folder = str(tmp_path / "clip")
+    folder = str(tmp_path / "backbone")
     build.save_backbone(cfg, params, folder)             # a model dir's copy, its format
     loaded_cfg, loaded = build.load_backbone_folder(folder)
     assert loaded_cfg == cfg and type(loaded_cfg) is ToyConfig
@@ -106,12 +106,12 @@ def test_a_registered_backbone_is_built_saved_and_found_again(toy, data_dir, tmp
 def test_a_registered_backbone_trains_reloads_evaluates_and_predicts(toy, data_dir, tmp_path):
     workdir = str(tmp_path / "run")
     config = smoke_config(data_dir, max_steps=2, num_epochs=1, eval_every_epochs=1)
-    config.backbone = "toy"
+    config.backbone.name = "toy"
     assert "group" in train.train_and_evaluate(config, workdir)
     assert CheckpointStore(workdir).steps() == [2]
-    saved_cfg, _ = _load(os.path.join(workdir, "clip"))   # the toy's own folder format
+    saved_cfg, _ = _load(os.path.join(workdir, "backbone"))   # the toy's own folder format
     loaded = model_dir.load(workdir)
-    assert loaded.model_cfg.clip == saved_cfg and type(saved_cfg) is ToyConfig
+    assert loaded.model_cfg.backbone == saved_cfg and type(saved_cfg) is ToyConfig
     assert "group" in evaluate.evaluate_workdir(workdir)
     size = saved_cfg.image_size
     clips = np.random.default_rng(0).random((2, loaded.model_cfg.frames, size, size, 3),
@@ -122,10 +122,10 @@ def test_a_registered_backbone_trains_reloads_evaluates_and_predicts(toy, data_d
 
 
 def test_the_benchmark_and_param_count_take_a_registered_backbone(toy, capsys):
-    assert type(bench_setup.clip_config("tiny", "toy")) is ToyConfig
-    with pytest.raises(ValueError, match=r"--clip 'vit_b16' with --backbone toy; expected one "
+    assert type(bench_setup.shape_config("tiny", "toy")) is ToyConfig
+    with pytest.raises(ValueError, match=r"--shape 'vit_b16' with --backbone toy; expected one "
                                          r"of \('tiny',\)"):
-        bench_setup.clip_config("vit_b16", "toy")
-    param_count.main(["--backbone", "toy", "--clip", "tiny", "--spatial_map", "0",
+        bench_setup.shape_config("vit_b16", "toy")
+    param_count.main(["--backbone", "toy", "--shape", "tiny", "--spatial_map", "0",
                       "--temporal_map", "0"])
     assert capsys.readouterr().out.startswith("VTFPAR++ with Toy tiny")

@@ -51,9 +51,9 @@ def test_blocker_really_blocks(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_cpu_run_writes_every_field(tmp_path):
-    result, stdout = _run(["--clip", "tiny", "--batch", "2", "--frames", "2", "--steps", "2",
+    result, stdout = _run(["--shape", "tiny", "--batch", "2", "--frames", "2", "--steps", "2",
                            "--warmup", "1", "--devices", "2", "--breakdown"], tmp_path)
-    for key in ("device", "platform", "device_count", "batch", "frames", "dtype", "clip_dtype",
+    for key in ("device", "platform", "device_count", "batch", "frames", "dtype", "backbone_dtype",
                 "remat", "attention",
                 "compile_s", "step_s_median", "clips_per_s", "frames_per_s",
                 "predict_compile_s", "predict_clips_per_s", "peak_bytes", "predict_peak_bytes",
@@ -70,9 +70,10 @@ def test_tiny_cpu_run_writes_every_field(tmp_path):
     assert result["finite"] and result["step_s_median"] > 0
     assert result["frames_per_s"] == pytest.approx(2 * result["clips_per_s"])
     b = result["breakdown"]
-    assert b["clip_s_median"] > 0
-    assert b["clip_share"] + b["side_share"] == pytest.approx(1)
-    assert b["backbone_bound"] == pytest.approx(result["frames_per_s"] / b["clip_frames_per_s"])
+    assert b["backbone_s_median"] > 0
+    assert b["backbone_share"] + b["side_share"] == pytest.approx(1)
+    assert b["backbone_bound"] == pytest.approx(
+        result["frames_per_s"] / b["backbone_frames_per_s"])
     lines = stdout.strip().splitlines()
     assert len(lines) == 2 and "clips/s" in lines[0] and "backbone-bound" in lines[1]
 
@@ -86,10 +87,22 @@ def test_aot_target_errors_are_clear(tmp_path):
 
 def test_devices_must_split_the_batch(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "vtfpar_jax", "bench", "--clip", "tiny",
+    proc = subprocess.run([sys.executable, "-m", "vtfpar_jax", "bench", "--shape", "tiny",
                            "--batch", "3", "--devices", "2"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "does not split" in proc.stderr
+
+
+@pytest.mark.parametrize("old, new", [("--clip", "--shape"), ("--clip-dtype", "--backbone-dtype")])
+def test_the_options_named_clip_are_refused_naming_their_names_now(capsys, old, new):
+    from vtfpar_jax.tools import bench, param_count
+    with pytest.raises(SystemExit) as e:
+        bench.main([old, "tiny" if old == "--clip" else "float32"])
+    assert e.value.code == 2 and f"{old} is now {new}" in capsys.readouterr().err
+    if old == "--clip":
+        with pytest.raises(SystemExit) as e:
+            param_count.main([old, "tiny"])
+        assert e.value.code == 2 and "--clip is now --shape" in capsys.readouterr().err
 
 
 def test_deviceless_compile_needs_only_jax_flax_optax():
@@ -102,7 +115,7 @@ for name in ("PIL", "tensorflow", "transformers", "torch", "av", "cv2", "sentenc
 import jax
 from vtfpar_jax.tools import aot, bench_setup
 for backbone in ("clip", "siglip"):
-    cfg = bench_setup.model_config(bench_setup.clip_config("tiny", backbone), frames=2,
+    cfg = bench_setup.model_config(bench_setup.shape_config("tiny", backbone), frames=2,
                                    dim=32, heads=4, num_attributes=3)
     jax.eval_shape(lambda: bench_setup.make_inputs(cfg, batch=2))
 """

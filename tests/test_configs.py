@@ -32,11 +32,12 @@ def load(spec: str):
 
 def clip_config_of(config, expected):
     """The CLIP config the run would use, from shapes only (no weights downloaded)."""
-    if config.clip.source == "random":
-        return clip.tiny(image_size=config.clip.image_size, patch_size=config.clip.patch_size)
+    if config.backbone.source == "random":
+        return clip.tiny(image_size=config.backbone.image_size,
+                         patch_size=config.backbone.patch_size)
     cfg = expected()
-    assert config.clip.patch_size == cfg.patch_size, "config patch size != CLIP's"
-    assert config.clip.image_size == cfg.image_size, "config image size != CLIP's"
+    assert config.backbone.patch_size == cfg.patch_size, "config patch size != CLIP's"
+    assert config.backbone.image_size == cfg.image_size, "config image size != CLIP's"
     return cfg
 
 
@@ -50,27 +51,27 @@ def test_every_config_file_is_covered():
 def test_config_builds_a_valid_model_config(spec, expected_clip, aset):
     config = load(spec)
     assert config.dataset
-    clip_cfg = clip_config_of(config, expected_clip)
+    backbone_cfg = clip_config_of(config, expected_clip)
     attribute_set = attributes.get(aset)
-    model_cfg = build.model_config(config, clip_cfg, attribute_set.num_attributes)
-    assert model_cfg.clip == clip_cfg
+    model_cfg = build.model_config(config, backbone_cfg, attribute_set.num_attributes)
+    assert model_cfg.backbone == backbone_cfg
     assert model_cfg.num_attributes == attribute_set.num_attributes
     assert model_cfg.frames == config.model.frames
     # Every interaction map reads CLIP features that exist.
-    assert max(model_cfg.clip_sources) <= clip_cfg.vision.layers
-    assert clip_cfg.image_size % model_cfg.side_patch_size == 0
+    assert max(model_cfg.backbone_sources) <= backbone_cfg.vision.layers
+    assert backbone_cfg.image_size % model_cfg.side_patch_size == 0
     assert config.input.batch_size > 0 and config.num_epochs > 0
     if "bf16" in spec:
-        assert (config.model.dtype, config.model.clip_dtype) == ("bfloat16", "bfloat16")
+        assert (config.model.dtype, config.model.backbone_dtype) == ("bfloat16", "bfloat16")
     else:
-        assert (config.model.dtype, config.model.clip_dtype) == ("float32", "float32")
+        assert (config.model.dtype, config.model.backbone_dtype) == ("float32", "float32")
     if "l14" in spec:
-        assert config.clip.path == "openai/clip-vit-large-patch14"
+        assert config.backbone.path == "openai/clip-vit-large-patch14"
         # The map reaches ViT-L/14's last block, as the default reaches ViT-B/16's.
-        assert max(model_cfg.clip_sources) == 23
+        assert max(model_cfg.backbone_sources) == 23
     elif expected_clip is clip.vit_b16:
-        assert config.clip.path == "openai/clip-vit-base-patch16"
-        assert max(model_cfg.clip_sources) == 11
+        assert config.backbone.path == "openai/clip-vit-base-patch16"
+        assert max(model_cfg.backbone_sources) == 11
     # The model config is hashable (a static jit argument).
     hash(model_cfg)
 
@@ -80,14 +81,14 @@ def test_published_recipe_fields():
         c = load(spec)
         assert (c.seed, c.input.batch_size, c.num_epochs, c.model.frames, c.model.dim) == (
             12240321, 16, 30, 6, 240)
-        assert c.frozen_patterns == ("clip/.*",)
+        assert c.frozen_patterns == ("backbone/.*",)
         assert (c.model.spatial_map, c.model.temporal_map) == ("default", "default")
     assert load("duke.py:frames=8").model.frames == 8
     assert load("mars.py").dataset == "mars_attribute"
     assert load("duke.py").dataset == "dukemtmc_vid_attribute"
     smoke = load("demo.py:smoke")
     assert smoke.dataset == "synthetic_pedestrians/tiny"
-    assert smoke.clip.source == "random"
+    assert smoke.backbone.source == "random"
 
 
 @pytest.mark.parametrize("spec,match", [
@@ -123,9 +124,9 @@ def test_bad_model_fields_are_clear_errors(field, value, match):
 
 def test_bad_clip_source_is_a_clear_error():
     config = load("demo.py")
-    config.clip.preset = "huge"
+    config.backbone.preset = "huge"
     with pytest.raises(ValueError, match="preset='huge'"):
         build.load_backbone(config, 0)
-    config.clip.source = "torchhub"
+    config.backbone.source = "torchhub"
     with pytest.raises(ValueError, match="source='torchhub'"):
         build.load_backbone(config, 0)

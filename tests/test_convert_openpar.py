@@ -47,10 +47,10 @@ def test_logits_and_intermediates_match_published(converted):
     e = case["expected"]
     logits = predict.compute_logits(cfg, variables, np.asarray(video), e["tokens"])
     np.testing.assert_allclose(logits, e["logits"], atol=1e-4, rtol=0)
-    text = clip.text_features(cfg.clip, variables["clip"], e["tokens"])
+    text = clip.text_features(cfg.backbone, variables["backbone"], e["tokens"])
     np.testing.assert_allclose(text, e["text_features"], atol=1e-4, rtol=0)
-    model_vars = {k: v for k, v in variables.items() if k != "clip"}
-    _, state = vtfpar.apply(cfg, model_vars, variables["clip"], video, text,
+    model_vars = {k: v for k, v in variables.items() if k != "backbone"}
+    _, state = vtfpar.apply(cfg, model_vars, variables["backbone"], video, text,
                             capture_intermediates=True)
     got = state["intermediates"]
     # The published temporal tokens are (streams, B, ...); ours keep the batch first.
@@ -62,11 +62,11 @@ def test_logits_and_intermediates_match_published(converted):
 def test_loss_and_gradient_norms_match_published(converted):
     case, cfg, variables, video = converted
     e = case["expected"]
-    text = clip.text_features(cfg.clip, variables["clip"], e["tokens"])
+    text = clip.text_features(cfg.backbone, variables["backbone"], e["tokens"])
 
     def loss_fn(params):
         logits, _ = vtfpar.apply(cfg, {"params": params, "batch_stats": variables["batch_stats"]},
-                                 variables["clip"], video, text)
+                                 variables["backbone"], video, text)
         return losses.weighted_bce(logits, e["labels"], e["pos_ratio"])
 
     loss, grads = jax.value_and_grad(loss_fn)(variables["params"])
@@ -80,7 +80,8 @@ def test_bfloat16_logits_stay_close(openpar_case):
     case = openpar_case("default")
     cfg, variables = openpar.convert(case["state_dict"], **case["meta"]["openpar_options"])
     video = case["video"].transpose(0, 1, 3, 4, 2)
-    bf16 = vtfpar.VTFPARConfig(**{**cfg.__dict__, "dtype": "bfloat16", "clip_dtype": "bfloat16"})
+    bf16 = vtfpar.VTFPARConfig(**{**cfg.__dict__, "dtype": "bfloat16",
+                                  "backbone_dtype": "bfloat16"})
     logits = predict.compute_logits(bf16, variables, video, case["expected"]["tokens"])
     delta = np.abs(logits - case["expected"]["logits"]).max()
     assert delta <= 5e-2, delta

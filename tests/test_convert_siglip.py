@@ -154,7 +154,7 @@ def test_config_tokens_come_from_the_checkpoint_folder(tokenizer_folder, tmp_pat
     from configs.demo import get_config
 
     config = get_config("smoke,backbone=siglip")
-    config.clip.source, config.clip.path = "hf", str(tokenizer_folder)
+    config.backbone.source, config.backbone.path = "hf", str(tokenizer_folder)
     phrases, tokens = build.attribute_tokens(config, attributes.MARS)
     direct = transformers.SiglipTokenizer.from_pretrained(tokenizer_folder)(
         list(phrases), padding="max_length", max_length=64)["input_ids"]

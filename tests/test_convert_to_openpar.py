@@ -116,7 +116,8 @@ def published_model(openpar_case):
 
 
 @pytest.mark.parametrize("change, option", [
-    (dict(clip=siglip.tiny(), spatial_map=((0, 0),), temporal_map=((0, 0),)), "backbone='siglip'"),
+    (dict(backbone=siglip.tiny(), spatial_map=((0, 0),), temporal_map=((0, 0),)),
+     "backbone.name='siglip'"),
     (dict(temporal_aggregation="attention"), "model.temporal_aggregation='attention'"),
     (dict(spatial_aggregation="max"), "model.spatial_aggregation='max'"),
     (dict(dim=192, heads=6), "model.dim=192"),
@@ -132,7 +133,7 @@ def test_models_the_published_code_cannot_run_are_refused(published_model, chang
 def test_trained_text_tower_and_other_settings_are_refused(published_model):
     config, cfg = published_model
     with pytest.raises(to_openpar.ExportRefusedError, match="frozen_patterns"):
-        to_openpar.published_options(config, cfg, {"clip": {"text": {}}})
+        to_openpar.published_options(config, cfg, {"backbone": {"text": {}}})
     other = config.copy_and_resolve_references()
     other.input.normalization = "clip"
     with pytest.raises(to_openpar.ExportRefusedError, match="input.normalization='clip'"):
@@ -146,5 +147,5 @@ def test_cli_refuses_a_model_dir_on_another_clip(demo_model, tmp_path, capsys):
     with pytest.raises(SystemExit):
         to_openpar_cli.main(["--model", str(demo_model["model"]), "--out",
                              str(tmp_path / "x.pth")])
-    assert "error: clip.path=" in capsys.readouterr().err
+    assert "error: backbone.path=" in capsys.readouterr().err
     assert not (tmp_path / "x.pth").exists()

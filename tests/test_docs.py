@@ -147,7 +147,7 @@ def test_config_fields_exist(path):
 def test_the_docs_override_config_fields():
     """The extraction above finds the overrides (a broken regex would pass everything)."""
     fields = {field for path in DOCS for _, field, _ in overridden_fields(path)}
-    assert {"data_dir", "clip.path", "model.spatial_aggregation", "frozen_patterns"} <= fields
+    assert {"data_dir", "backbone.path", "model.spatial_aggregation", "frozen_patterns"} <= fields
 
 
 def test_the_docs_write_commands():

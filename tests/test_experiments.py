@@ -123,7 +123,7 @@ def test_ablate_never_reuses_a_result_of_another_run(tmp_path, fake_training):
                            "def get_config(arg=None):\n    c = demo(arg)\n"
                            "    c.optimizer.lr = 0.001\n    return c\n")
     spec, out = f"{config_file}:smoke", str(tmp_path / "out")
-    one, two = "('clip/.*',)", "('clip/text/.*', 'clip/logit_scale')"
+    one, two = "('backbone/.*',)", "('backbone/text/.*', 'backbone/logit_scale')"
     first = ablate.run(spec, [f"frozen_patterns={one},{two}"], out, progress=False)
     labels = first["order"]
     assert all("v0" not in label and "v1" not in label for label in labels)
@@ -210,18 +210,20 @@ def test_sweeps_are_typed_by_their_field_and_bad_ones_named():
 
 def test_frozen_patterns_presets_and_literals():
     config = config_file.load_config_file(SMOKE)   # map '0': CLIP features 0..4 of a 4-block CLIP
-    literal = "('clip/text/.*', 'clip/logit_scale')"
+    literal = "('backbone/text/.*', 'backbone/logit_scale')"
     points = ablate.grid(config, [f"frozen_patterns=side_tuning,last_block,full_vision,{literal}"])
-    named = "frozen_patterns=clip_text_._clip_logit_scale-" + fingerprint.short_hash(
-        ("clip/text/.*", "clip/logit_scale"))
+    named = "frozen_patterns=backbone_text_._backbone_logit_scale-" + fingerprint.short_hash(
+        ("backbone/text/.*", "backbone/logit_scale"))
     assert list(points) == ["frozen_patterns=side_tuning", "frozen_patterns=last_block",
                             "frozen_patterns=full_vision", named]
-    assert points[named]["frozen_patterns"] == ("clip/text/.*", "clip/logit_scale")
+    assert points[named]["frozen_patterns"] == ("backbone/text/.*", "backbone/logit_scale")
     last = ablate.frozen_preset("last_block", config)
-    trained = [p for p in ("clip/vision/layers_3/fc1/kernel", "clip/vision/layers_2/fc1/kernel",
-                           "clip/vision/embeddings/patch/kernel", "clip/text/layers_0/fc1/kernel")
+    trained = [p for p in ("backbone/vision/layers_3/fc1/kernel",
+                           "backbone/vision/layers_2/fc1/kernel",
+                           "backbone/vision/embeddings/patch/kernel",
+                           "backbone/text/layers_0/fc1/kernel")
                if not any(re.fullmatch(pattern, p) for pattern in last)]
-    assert trained == ["clip/vision/layers_3/fc1/kernel"]   # feature 4 = after block 4
+    assert trained == ["backbone/vision/layers_3/fc1/kernel"]   # feature 4 = after block 4
     demo = config_file.load_config_file(SMOKE.replace(":smoke", ""))   # reads feature 0 only
     with pytest.raises(ablate.AblationError, match="only CLIP feature 0"):
         ablate.frozen_preset("last_block", demo)
@@ -332,12 +334,12 @@ def test_last_block_preset_follows_the_final_maps(last_block_point):
     from vtfpar_jax.backbones import hf_clip
     from vtfpar_jax.state import model_dir
     point, report, _ = last_block_point
-    assert report["points"][point.name]["frozen_patterns"][-1] == "clip/vision/(?!layers_1/).*"
+    assert report["points"][point.name]["frozen_patterns"][-1] == "backbone/vision/(?!layers_1/).*"
     loaded = model_dir.load(str(point))
-    assert list(loaded.state.trainable["clip"]["vision"]) == ["layers_1"]
-    _, initial = hf_clip.load(str(point / "clip"))    # the CLIP the run started from
+    assert list(loaded.state.trainable["backbone"]["vision"]) == ["layers_1"]
+    _, initial = hf_clip.load(str(point / "backbone"))    # the CLIP the run started from
     now, start = (jax.tree_util.tree_flatten_with_path(tree)[0]
-                  for tree in (loaded.variables()["clip"], initial))
+                  for tree in (loaded.variables()["backbone"], initial))
     moved = sorted({jax.tree_util.keystr(path[:2]) for (path, a), (_, b) in zip(
         now, start, strict=True) if np.abs(np.asarray(a) - np.asarray(b)).max() > 0})
     assert moved == ["['vision']['layers_1']"]

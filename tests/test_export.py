@@ -31,7 +31,7 @@ def loaded(demo_model):
 
 def _inputs(loaded, batch: int, seed: int) -> np.ndarray:
     cfg = loaded.model_cfg
-    size = cfg.clip.image_size
+    size = cfg.backbone.image_size
     # Normalised pixels lie in [-1, 1] ('published'); drawn there so the model sees its range.
     return np.random.default_rng(seed).uniform(
         -1, 1, (batch, cfg.frames, size, size, 3)).astype(np.float32)
@@ -59,8 +59,8 @@ def test_stablehlo_in_a_fresh_process_gives_jax_logits(demo_model, loaded, jax_l
                                                       tmp_path):
     path, metadata = _export(demo_model, tmp_path, "stablehlo")
     cfg = loaded.model_cfg
-    assert metadata["input"]["shape"] == ["B", cfg.frames, cfg.clip.image_size,
-                                          cfg.clip.image_size, 3]
+    assert metadata["input"]["shape"] == ["B", cfg.frames, cfg.backbone.image_size,
+                                          cfg.backbone.image_size, 3]
     assert metadata["input"]["normalization"]["mean"] == [0.5, 0.5, 0.5]
     assert metadata["attributes"] == list(loaded.attribute_set.columns)
     inputs = {f"b{b}": _inputs(loaded, b, seed=b) for b in BATCHES}
@@ -166,7 +166,7 @@ def test_metadata_alone_reproduces_predict_on_a_camera_clip(demo_model, loaded, 
               for i in range(23)]   # 23 frames: the middles of T segments are not evenly spread
     clip = tmp_path / "walk.mp4"
     video.write_video(clip, np.stack(frames))
-    size = loaded.model_cfg.clip.image_size
+    size = loaded.model_cfg.backbone.image_size
     _, expected_input = video.read_input(clip, loaded.model_cfg.frames, (size, size),
                                          loaded.config.input.normalization)
     expected = predict.predict_clips(loaded, expected_input[None])

@@ -14,22 +14,22 @@ from smoke_runs import SMOKE, smoke_config
 from configs import common
 from vtfpar_jax.experiments import ablate, corruptions
 from vtfpar_jax.models import rng, towers, vtfpar
-from vtfpar_jax.state import build, fingerprint, optim
+from vtfpar_jax.state import build, fingerprint, old_names, optim
 from vtfpar_jax.training import config_file, train
 
 
-def _backbone_shapes(clip_cfg) -> dict:
-    return jax.eval_shape(lambda: towers.of(clip_cfg).init_params(clip_cfg,
+def _backbone_shapes(backbone_cfg) -> dict:
+    return jax.eval_shape(lambda: towers.of(backbone_cfg).init_params(backbone_cfg,
                                                                      jax.random.key(0)))
 
 
 def _trainable(config, preset: str) -> list[str]:
     """The '/'-joined trainable leaves of the config's model under a preset (shapes only)."""
-    clip_cfg = build.backbone_config(config)
-    model_cfg = build.model_config(config, clip_cfg, num_attributes=3)
+    backbone_cfg = build.backbone_config(config)
+    model_cfg = build.model_config(config, backbone_cfg, num_attributes=3)
     variables = jax.eval_shape(lambda: vtfpar.init(model_cfg, jax.random.key(0)))
     trainable, _ = optim.partition({"model": variables["params"],
-                                    "clip": _backbone_shapes(clip_cfg)},
+                                    "backbone": _backbone_shapes(backbone_cfg)},
                                    ablate.frozen_preset(preset, config))
     return sorted(traverse_util.flatten_dict(trainable, sep="/"))
 
@@ -37,20 +37,20 @@ def _trainable(config, preset: str) -> list[str]:
 @pytest.mark.parametrize("backbone", ["clip", "siglip"])
 def test_presets_freeze_every_leaf_outside_the_vision_tower(backbone):
     config = config_file.load_config_file(f"{SMOKE},backbone={backbone}")   # map '0': blocks 0..4
-    clip_cfg = build.backbone_config(config)
-    clip_leaves = sorted("clip/" + k for k in traverse_util.flatten_dict(
-        _backbone_shapes(clip_cfg), sep="/"))
-    vision = [k for k in clip_leaves if k.startswith("clip/vision/")]
+    backbone_cfg = build.backbone_config(config)
+    backbone_leaves = sorted("backbone/" + k for k in traverse_util.flatten_dict(
+        _backbone_shapes(backbone_cfg), sep="/"))
+    vision = [k for k in backbone_leaves if k.startswith("backbone/vision/")]
     # The backbone names all it holds besides its vision tower: a new top-level param
     # of a backbone fails here until it is declared.
     declared = towers.BACKBONES[backbone].non_vision
-    assert {k.split("/")[1] for k in clip_leaves} == {"vision", *declared}
+    assert {k.split("/")[1] for k in backbone_leaves} == {"vision", *declared}
     assert backbone == "clip" or "logit_bias" in declared
     model = _trainable(config, "side_tuning")
     assert model and all(k.startswith("model/") for k in model)
     assert _trainable(config, "full_vision") == sorted(model + vision)
-    last = [k for k in _trainable(config, "last_block") if k.startswith("clip/")]
-    assert last == [k for k in vision if k.startswith("clip/vision/layers_3/")]
+    last = [k for k in _trainable(config, "last_block") if k.startswith("backbone/")]
+    assert last == [k for k in vision if k.startswith("backbone/vision/layers_3/")]
 
 
 def _stored_run(tmp_path, **overrides):
@@ -90,8 +90,9 @@ def test_restart_with_another_lr_is_refused_before_anything_is_built(tmp_path, m
         ("optimizer.lr", 0.001, 0.002)]
 
 
-# The config's fields when config.json was first written (a7ca9d4); every field since is
-# in fingerprint.ADDED_FIELDS, with the value that behaves as runs did before it.
+# The config's fields when config.json was first written (a7ca9d4), by their names then; every
+# field since is in fingerprint.ADDED_FIELDS, with the value that behaves as runs did before
+# it, and every field renamed since in fingerprint.RENAMED_FIELDS.
 FIRST_FIELDS = (
     "dataset data_dir seed clip.source clip.path clip.preset clip.image_size clip.patch_size "
     "model.frames model.spatial_map model.temporal_map model.spatial_aggregation "
@@ -107,14 +108,16 @@ FIRST_FIELDS = (
 
 def test_every_field_added_since_the_first_config_json_has_its_old_value():
     fields = set(fingerprint.flatten(fingerprint.jsonable(common.base_config())))
-    assert fields - set(FIRST_FIELDS) == set(fingerprint.ADDED_FIELDS)
+    first = {old_names.field(name) for name in FIRST_FIELDS}
+    assert fields - first == set(fingerprint.ADDED_FIELDS)
+    assert first <= fields
 
 
 def test_a_field_added_since_a_work_dir_was_written_resumes_only_at_its_old_value(tmp_path):
     config = _stored_run(tmp_path)
     _edit_run(tmp_path, lambda run: (run["config"]["model"].pop("attention"),
-                                     run["config"].pop("backbone")))
-    assert config.model.attention == "auto" and config.backbone == "clip"
+                                     run["config"]["backbone"].pop("name")))
+    assert config.model.attention == "auto" and config.backbone.name == "clip"
     with pytest.raises(fingerprint.ConfigChangeError,
                        match=r"another config \(model.attention 'xla' there, 'auto' now\) "
                              r"\(model.attention came after that run started, which ran as "
@@ -129,6 +132,32 @@ def test_a_field_added_since_a_work_dir_was_written_resumes_only_at_its_old_valu
                              r"\(input.frame_size came after that run started, and no value of "
                              r"it behaves as the run did\)"):
         fingerprint.restart_changes(str(tmp_path), config)
+
+
+def _under_old_names(run: dict) -> None:
+    """config.json as main@fd7faaf wrote it: the backbone called "clip" (the name a
+    string beside the group `clip`, model.clip_dtype, frozen_patterns over 'clip/...')."""
+    c = run["config"]
+    group = c.pop("backbone")
+    c["backbone"], c["clip"] = group.pop("name"), group
+    c["model"]["clip_dtype"] = c["model"].pop("backbone_dtype")
+    c["frozen_patterns"] = [p.replace("backbone/", "clip/") for p in c["frozen_patterns"]]
+
+
+def test_a_run_stored_under_the_backbones_old_names_resumes_under_the_new(tmp_path):
+    config = _stored_run(tmp_path, **{"model.backbone_dtype": "bfloat16"})
+    _edit_run(tmp_path, _under_old_names)
+    assert "clip" in json.loads((tmp_path / "config.json").read_text())["config"]
+    assert fingerprint.restart_changes(str(tmp_path), config) == []
+    config.backbone.preset = "vit_b16"
+    config.frozen_patterns = ("backbone/text/.*",)
+    assert fingerprint.restart_changes(str(tmp_path), config, allow_change=True) == [
+        ("backbone.preset", "tiny", "vit_b16"), ("frozen_patterns", ["backbone/.*"],
+                                                 ["backbone/text/.*"])]
+    # A change recorded under an old name is replayed under the new one.
+    fingerprint.record_changes(str(tmp_path), [("clip.preset", "tiny", "vit_b16")], 5)
+    assert fingerprint.current_config(str(tmp_path), fingerprint.started_run(
+        str(tmp_path)).config)["backbone"]["preset"] == "vit_b16"
 
 
 def test_a_field_stored_in_an_older_form_reads_as_its_name_now(tmp_path):

@@ -69,7 +69,7 @@ def _compiled(fn, *args):
 
 
 def _tiny_group_config(columns=((0,), (1, 2, 3), (4,))) -> vtfpar.VTFPARConfig:
-    return vtfpar.VTFPARConfig(clip=clip.tiny(), num_attributes=5, frames=2, dim=32, heads=4,
+    return vtfpar.VTFPARConfig(backbone=clip.tiny(), num_attributes=5, frames=2, dim=32, heads=4,
                                spatial_map=((0, 0),), temporal_map=((0, 0),),
                                use_temporal=False, drop_path_rate=0.0, head="group",
                                group_columns=columns)
@@ -89,15 +89,15 @@ def test_group_head_forward_as_base_block_marco():
     def run(key):
         """The variables, and the (logits, collections) of eval and train mode: one compile."""
         k = jax.random.split(key, 4)
-        clip_params = clip.init_params(cfg.clip, k[0])
+        backbone_params = clip.init_params(cfg.backbone, k[0])
         variables = vtfpar.init(cfg, k[1])
         # Running statistics other than 0/1, so eval mode's BatchNorm is seen to use them.
         variables["batch_stats"]["bn"] = {"mean": jnp.linspace(-0.3, 0.4, 7),
                                           "var": jnp.linspace(0.5, 2.0, 7)}
-        size = cfg.clip.image_size
+        size = cfg.backbone.image_size
         video = jax.random.normal(k[2], (3, cfg.frames, size, size, 3))
-        text = jax.random.normal(k[3], (cfg.num_attributes, cfg.clip.projection_dim))
-        return variables, [vtfpar.apply(cfg, variables, clip_params, video, text, train=train,
+        text = jax.random.normal(k[3], (cfg.num_attributes, cfg.backbone.projection_dim))
+        return variables, [vtfpar.apply(cfg, variables, backbone_params, video, text, train=train,
                                         capture_intermediates=True) for train in (False, True)]
 
     key = jax.random.key(2)
@@ -152,7 +152,7 @@ def test_model_config_takes_the_groups_for_the_group_head_only():
     config.model.head = "group"
     group_cfg = build.model_config(config, clip.vit_b16(), s.num_attributes, s.head_groups)
     assert group_cfg.group_columns == s.head_groups and group_cfg.num_logits == 52
-    config.clip.source = "random"   # check_config reads no weights for it
+    config.backbone.source = "random"   # check_config reads no weights for it
     config.model.spatial_map = config.model.temporal_map = "0->0"
     build.check_config(config)
     config.model.head = "groups"

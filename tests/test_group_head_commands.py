@@ -84,7 +84,7 @@ def test_predict_writes_softmax_probabilities_and_argmax_decisions(group_model, 
     assert "argmax" in record["decision_rules"]["binary"]
     s = loaded.attribute_set
     chosen = video.read_frames(walker["folder"], loaded.model_cfg.frames)
-    clip = video.model_input(chosen, (loaded.model_cfg.clip.image_size,) * 2, "published")[1]
+    clip = video.model_input(chosen, (loaded.model_cfg.backbone.image_size,) * 2, "published")[1]
     run = json.loads((group_model / "config.json").read_text())
     logits = predict.compute_logits(loaded.model_cfg, loaded.variables(), clip[None],
                                     np.asarray(run["tokens"], np.int32))[0]
@@ -124,7 +124,7 @@ def test_export_metadata_spans_the_group_logits(group_model, loaded, tmp_path):
     spans = [g["logits"] for g in metadata["groups"]]
     assert spans[0][0] == 0 and spans[-1][1] == loaded.model_cfg.num_logits
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
-    size = loaded.model_cfg.clip.image_size
+    size = loaded.model_cfg.backbone.image_size
     clip = np.random.default_rng(0).uniform(-1, 1, (2, loaded.model_cfg.frames, size, size, 3))
     exported = jax.export.deserialize(Path(out).read_bytes())
     logits = np.asarray(exported.call(clip.astype(np.float32)))

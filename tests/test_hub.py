@@ -191,7 +191,7 @@ def test_a_backbone_from_the_hub_is_named_at_its_commit_and_checked(demo_model, 
     model = tmp_path / "model"
     shutil.copytree(demo_model["model"], model)
     # The demo's random backbone, as if it had been read from the Hub repo demo/tiny-clip.
-    _publish_offline(model / "clip", offline_hub, "demo/tiny-clip")
+    _publish_offline(model / "backbone", offline_hub, "demo/tiny-clip")
     run = json.loads((model / "config.json").read_text())
     run["backbone_origin"] = backbone_origin.of_path("demo/tiny-clip")
     (model / "config.json").write_text(json.dumps(run))

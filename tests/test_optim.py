@@ -95,9 +95,10 @@ def toy_params():
         "model": {"head": {"kernel": jax.random.normal(next(k), (3, 2)),
                            "bias": jnp.zeros((2,))},
                   "norm": {"scale": jnp.ones((3,))}},
-        "clip": {"vision": {"layers_0": {"fc1": {"kernel": jax.random.normal(next(k), (3, 3))}},
-                            "layers_1": {"fc1": {"kernel": jax.random.normal(next(k), (3, 3))}}},
-                 "text": {"embed": jax.random.normal(next(k), (5, 3))}},
+        "backbone": {
+            "vision": {"layers_0": {"fc1": {"kernel": jax.random.normal(next(k), (3, 3))}},
+                       "layers_1": {"fc1": {"kernel": jax.random.normal(next(k), (3, 3))}}},
+            "text": {"embed": jax.random.normal(next(k), (5, 3))}},
     }
 
 
@@ -107,17 +108,17 @@ def flat(tree):
 
 def test_partition_merge_round_trip():
     params = toy_params()
-    trainable, frozen = optim.partition(params, ("clip/.*",))
+    trainable, frozen = optim.partition(params, ("backbone/.*",))
     assert set(flat(trainable)) == {"model/head/kernel", "model/head/bias", "model/norm/scale"}
-    assert set(flat(frozen)) == {"clip/vision/layers_0/fc1/kernel",
-                                 "clip/vision/layers_1/fc1/kernel", "clip/text/embed"}
+    assert set(flat(frozen)) == {"backbone/vision/layers_0/fc1/kernel",
+                                 "backbone/vision/layers_1/fc1/kernel", "backbone/text/embed"}
     merged = optim.merge(trainable, frozen)
     assert jax.tree.structure(merged) == jax.tree.structure(params)
     assert set(flat(merged)) == set(flat(params))
     for path, value in flat(params).items():
         np.testing.assert_array_equal(flat(merged)[path], value, err_msg=path)
-    # Full match only: 'clip' alone matches no leaf, so nothing is frozen.
-    trainable, frozen = optim.partition(params, ("clip",))
+    # Full match only: 'backbone' alone matches no leaf, so nothing is frozen.
+    trainable, frozen = optim.partition(params, ("backbone",))
     assert frozen == {} and set(flat(trainable)) == set(flat(params))
     # No patterns: everything trains.
     trainable, frozen = optim.partition(params, ())
@@ -128,17 +129,17 @@ def test_freezing_everything_is_a_clear_error():
     with pytest.raises(ValueError, match="freeze every parameter"):
         optim.partition(toy_params(), (".*",))
     with pytest.raises(ValueError, match="freeze every parameter"):
-        optim.partition(toy_params(), ("clip/.*", "model/.*"))
+        optim.partition(toy_params(), ("backbone/.*", "model/.*"))
 
 
 def test_bad_regex_is_a_clear_error():
     with pytest.raises(ValueError, match="frozen_patterns: bad regular expression"):
-        optim.partition(toy_params(), ("clip/(.*",))
+        optim.partition(toy_params(), ("backbone/(.*",))
 
 
 def test_frozen_leaves_get_no_optimizer_state_and_do_not_move():
     params = toy_params()
-    trainable, frozen = optim.partition(params, ("clip/.*", "model/norm/.*"))
+    trainable, frozen = optim.partition(params, ("backbone/.*", "model/norm/.*"))
     opt = published_optimizer()
     tx = optim.make_optimizer(opt, optim.make_schedule(opt, 30, 2))
     opt_state = tx.init(trainable)
@@ -152,7 +153,7 @@ def test_frozen_leaves_get_no_optimizer_state_and_do_not_move():
 
     def loss(t, f):
         p = optim.merge(t, f)
-        h = p["clip"]["text"]["embed"] @ p["clip"]["vision"]["layers_0"]["fc1"]["kernel"]
+        h = p["backbone"]["text"]["embed"] @ p["backbone"]["vision"]["layers_0"]["fc1"]["kernel"]
         h = h * p["model"]["norm"]["scale"]
         return jnp.sum((h @ p["model"]["head"]["kernel"] + p["model"]["head"]["bias"]) ** 2)
 
@@ -164,7 +165,7 @@ def test_frozen_leaves_get_no_optimizer_state_and_do_not_move():
     assert not np.allclose(t["model"]["head"]["kernel"], trainable["model"]["head"]["kernel"])
     merged = flat(optim.merge(t, frozen))
     for path, value in flat(params).items():
-        if path.startswith("clip/") or path.startswith("model/norm/"):
+        if path.startswith("backbone/") or path.startswith("model/norm/"):
             np.testing.assert_array_equal(merged[path], value, err_msg=path)
 
 
@@ -176,27 +177,27 @@ def smoke_parts():
     config = load_config_file(os.path.join(REPO, "configs", "demo.py") + ":smoke")
     config.model.frames = 2
     aset = attributes.get("synthetic")
-    clip_cfg, clip_params = build.load_backbone(config, config.seed)
-    model_cfg = build.model_config(config, clip_cfg, aset.num_attributes)
+    backbone_cfg, backbone_params = build.load_backbone(config, config.seed)
+    model_cfg = build.model_config(config, backbone_cfg, aset.num_attributes)
     phrases, tokens = build.attribute_tokens(config, aset)
-    features = text.attribute_text_features(clip_cfg, clip_params, phrases, tokens)
+    features = text.attribute_text_features(backbone_cfg, backbone_params, phrases, tokens)
     variables = vtfpar.init(model_cfg, jax.random.PRNGKey(0))
-    return config, aset, model_cfg, clip_params, features, variables
+    return config, aset, model_cfg, backbone_params, features, variables
 
 
 @pytest.mark.slow
-def test_partial_finetune_trains_clip_block_3_only(smoke_parts):
-    config, aset, model_cfg, clip_params, features, variables = smoke_parts
-    params = {"model": variables["params"], "clip": clip_params}
+def test_partial_finetune_trains_backbone_block_3_only(smoke_parts):
+    config, aset, model_cfg, backbone_params, features, variables = smoke_parts
+    params = {"model": variables["params"], "backbone": backbone_params}
     # configs/common.py suggests the first two; logit_scale (unused here) is the
     # one CLIP leaf outside both towers.
-    patterns = ("clip/text/.*", "clip/vision/(?!layers_3/).*", "clip/logit_scale")
+    patterns = ("backbone/text/.*", "backbone/vision/(?!layers_3/).*", "backbone/logit_scale")
     trainable, frozen = optim.partition(params, patterns)
-    block3 = {k for k in flat(params) if k.startswith("clip/vision/layers_3/")}
+    block3 = {k for k in flat(params) if k.startswith("backbone/vision/layers_3/")}
     assert block3, sorted(flat(params))[:20]
-    assert {k for k in flat(trainable) if k.startswith("clip/")} == block3
-    assert not any(k.startswith("clip/vision/layers_3/") for k in flat(frozen))
-    assert any(k.startswith("clip/vision/layers_2/") for k in flat(frozen))
+    assert {k for k in flat(trainable) if k.startswith("backbone/")} == block3
+    assert not any(k.startswith("backbone/vision/layers_3/") for k in flat(frozen))
+    assert any(k.startswith("backbone/vision/layers_2/") for k in flat(frozen))
 
     opt = config.optimizer
     schedule = optim.make_schedule(opt, config.num_epochs, 3)
@@ -207,9 +208,10 @@ def test_partial_finetune_trains_clip_block_3_only(smoke_parts):
     assert n_big == 2 * len(jax.tree.leaves(trainable))
     fz = Frozen(params=frozen, text_features=jnp.asarray(features),
                 positive_ratio=jnp.full((aset.num_attributes,), 0.3, jnp.float32))
-    step = jax.jit(make_train_step(model_cfg, tx, schedule, clip_frozen="clip" not in trainable))
+    step = jax.jit(make_train_step(model_cfg, tx, schedule,
+                                   backbone_frozen="backbone" not in trainable))
     rng = np.random.default_rng(0)
-    size = model_cfg.clip.image_size
+    size = model_cfg.backbone.image_size
     batch = {"video": jnp.asarray(rng.normal(size=(4, 2, size, size, 3)), jnp.float32),
              "labels": jnp.asarray(rng.random((4, aset.num_attributes)) > 0.5, jnp.float32)}
     before = jax.tree.map(np.asarray, trainable)
@@ -221,20 +223,20 @@ def test_partial_finetune_trains_clip_block_3_only(smoke_parts):
     # Every weight matrix of block 3 gets a gradient and moves.
     assert {k for k in block3 if k.endswith("kernel")} <= set(moved), sorted(block3 - set(moved))
     # Everything else of CLIP is bit-identical to a fresh copy of the initial CLIP.
-    _, fresh_clip = build.load_backbone(config, config.seed)
+    _, fresh_backbone = build.load_backbone(config, config.seed)
     merged = flat(jax.tree.map(np.asarray, optim.merge(new.trainable, frozen)))
-    for k, v in flat({"clip": fresh_clip}).items():
+    for k, v in flat({"backbone": fresh_backbone}).items():
         if k not in block3:
             np.testing.assert_array_equal(merged[k], v, err_msg=k)
-    assert all(not k.startswith("clip/") or k in block3 for k in after)
+    assert all(not k.startswith("backbone/") or k in block3 for k in after)
 
 
-def test_default_side_tuning_freezes_all_of_clip(smoke_parts):
-    config, _, _, clip_params, _, variables = smoke_parts
-    trainable, frozen = optim.partition({"model": variables["params"], "clip": clip_params},
+def test_default_side_tuning_freezes_all_of_the_backbone(smoke_parts):
+    config, _, _, backbone_params, _, variables = smoke_parts
+    trainable, frozen = optim.partition({"model": variables["params"], "backbone": backbone_params},
                                         config.frozen_patterns)
     assert set(trainable) == {"model"}
-    assert set(flat(frozen)) == {f"clip/{k}" for k in flat(clip_params)}
+    assert set(flat(frozen)) == {f"backbone/{k}" for k in flat(backbone_params)}
 
 
 # ---------------------------------------------- every optimiser option, against its math

@@ -359,7 +359,7 @@ def test_ctrl_c_is_one_line_and_a_rerun_completes(demo_model, tmp_path, command,
 @pytest.mark.slow
 def test_every_command_writes_files_0644_and_folders_0755(demo_model, tmp_path):
     """predict, evaluate, track_attributes, export and robustness run here under umask 022;
-    train's work dir (Orbax checkpoints, clip/, config.json) is demo_model's, made under this
+    train's work dir (Orbax checkpoints, backbone/, config.json) is demo_model's, made under this
     session's umask; ablate's outputs are checked in test_experiments."""
     from vtfpar_jax.evaluation import evaluate
     from vtfpar_jax.experiments import robustness

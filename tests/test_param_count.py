@@ -21,7 +21,7 @@ from vtfpar_jax.tools import param_count
 
 
 def default_cfg() -> vtfpar.VTFPARConfig:
-    return vtfpar.VTFPARConfig(clip=clip.vit_b16(), num_attributes=43)
+    return vtfpar.VTFPARConfig(backbone=clip.vit_b16(), num_attributes=43)
 
 
 def _block(d: int) -> int:
@@ -81,13 +81,13 @@ def test_command_prints_the_default_count_and_the_reconciliation():
 
 
 def test_command_options_and_vit_l14():
-    argv = ["--clip", "vit_l14", "--frames", "4", "--dim", "256", "--num_attributes", "36",
+    argv = ["--shape", "vit_l14", "--frames", "4", "--dim", "256", "--num_attributes", "36",
             "--spatial_map", "0->0, 6->1, 12->2, 18->3, 23->4", "--temporal_map", "1->0, 23->1"]
     out = subprocess.run([sys.executable, "-m", "vtfpar_jax", "param-count", *argv],
                          capture_output=True, text=True, check=True, timeout=120).stdout
     assert "default configuration only" in out
     cfg = vtfpar.VTFPARConfig(
-        clip=clip.vit_l14(), num_attributes=36, frames=4, dim=256,
+        backbone=clip.vit_l14(), num_attributes=36, frames=4, dim=256,
         spatial_map=((0, 0), (6, 1), (12, 2), (18, 3), (23, 4)), temporal_map=((1, 0), (23, 1)))
     got = param_count.count(cfg)
     assert f"{got['trainable_total']:>14,}" in out
@@ -103,8 +103,8 @@ def test_command_options_and_vit_l14():
                                           ("--without_temporal", "temporal_side_net")])
 def test_one_side_net_off(flag, absent):
     # The tiny CLIP has 4 layers, so the published maps (up to index 11) do not fit.
-    param_count.main(["--clip", "tiny", flag, "--spatial_map", "0", "--temporal_map", "0"])
-    cfg = vtfpar.VTFPARConfig(clip=clip.tiny(), num_attributes=43,
+    param_count.main(["--shape", "tiny", flag, "--spatial_map", "0", "--temporal_map", "0"])
+    cfg = vtfpar.VTFPARConfig(backbone=clip.tiny(), num_attributes=43,
                               spatial_map=INTERACTION_MAPS["0"], temporal_map=INTERACTION_MAPS["0"],
                               use_spatial=flag != "--without_spatial",
                               use_temporal=flag != "--without_temporal")
@@ -117,7 +117,7 @@ def test_one_side_net_off(flag, absent):
     ("attention", lambda d: d + 4 * (d * d + d))])
 def test_aggregation_counts(kind, expected):
     d = 240
-    cfg = vtfpar.VTFPARConfig(clip=clip.vit_b16(), num_attributes=43, spatial_aggregation=kind,
+    cfg = vtfpar.VTFPARConfig(backbone=clip.vit_b16(), num_attributes=43, spatial_aggregation=kind,
                               temporal_aggregation=kind)
     got = param_count.count(cfg)["trainable"]
     for side in ("spatial", "temporal"):

@@ -153,7 +153,7 @@ def test_read_input_decodes_a_video(clips):
 
 
 def test_predict_clips_shapes_and_fewer_frames(loaded, clips):
-    size = (loaded.model_cfg.clip.image_size,) * 2
+    size = (loaded.model_cfg.backbone.image_size,) * 2
     t = loaded.model_cfg.frames
     videos = np.stack([video.read_input(clips[k], t, size)[1] for k in ("folder", "mp4")])
     probs = predict.predict_clips(loaded, videos)
@@ -293,7 +293,7 @@ def _bad_inputs(root: Path, model: Path) -> dict[str, tuple[list, str]]:
     Image.new("RGB", (16, 32), "red").save(mixed / "3.png")
     no_ckpt = root / "no_checkpoint"
     no_ckpt.mkdir()
-    for name in ("config.json", "clip"):
+    for name in ("config.json", "backbone"):
         src = model / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, no_ckpt / name)
     good = root / "good"

@@ -42,13 +42,13 @@ def test_logits_loss_and_gradients_match_published(converted):
     assert cfg.head == "group" and cfg.num_logits == e["logits"].shape[1] == 52
     logits = predict.compute_logits(cfg, variables, video, e["tokens"])
     np.testing.assert_allclose(logits, e["logits"], atol=1e-4, rtol=0)
-    text = clip.text_features(cfg.clip, variables["clip"], e["tokens"])
+    text = clip.text_features(cfg.backbone, variables["backbone"], e["tokens"])
     np.testing.assert_allclose(text, e["text_features"], atol=1e-4, rtol=0)
 
     def loss_fn(params):
         out, state = vtfpar.apply(cfg, {"params": params,
                                         "batch_stats": variables["batch_stats"]},
-                                  variables["clip"], video, text, capture_intermediates=True)
+                                  variables["backbone"], video, text, capture_intermediates=True)
         return (losses.group_cross_entropy(out, e["labels"], cfg.group_columns),
                 state["intermediates"]["logits_pre_bn"][0])
 

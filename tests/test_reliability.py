@@ -372,7 +372,7 @@ def test_non_finite_step_leaves_the_state_unchanged(data_dir, tmp_path):
     trainer = train.Trainer(smoke_config(data_dir), str(tmp_path))
     batch = next(trainer.batches(0))
     before = jax.tree.map(np.asarray, trainer.state)
-    size = trainer.clip_cfg.image_size   # float frames are model input, used as given
+    size = trainer.backbone_cfg.image_size   # float frames are model input, used as given
     bad = dict(batch, video=np.full((*batch["video"].shape[:2], size, size, 3), np.nan,
                                     np.float32))
     state, metrics = trainer.train_step(trainer.state, bad, trainer.rng, trainer.frozen)

@@ -1,6 +1,6 @@
 """A resumed run is the run it claims to be: an unfinished ablation point resumes only with
 the config it started with, a work dir only under its own random streams, and a restart
-runs the backbone its clip/ folder holds rather than one drawn or fetched again."""
+runs the backbone its backbone/ folder holds rather than one drawn or fetched again."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def test_a_work_dir_of_other_random_streams_is_refused_before_anything_is_built(
 
 @pytest.mark.parametrize("backbone", ["clip", "siglip"])
 def test_a_restart_runs_the_backbone_its_clip_folder_holds(tmp_path, monkeypatch, backbone):
-    """The demo's random backbone is read back from clip/, bit for bit, and not drawn again
+    """The demo's random backbone is read back from backbone/, bit for bit, and not drawn again
     (another version could draw another one from the same seed)."""
     config = config_file.load_config_file(f"{SMOKE},backbone={backbone}")
     cfg = build.backbone_config(config)
@@ -136,7 +136,7 @@ def test_a_restart_runs_the_backbone_its_clip_folder_holds(tmp_path, monkeypatch
     saved = jax.tree.map(lambda s: generator.standard_normal(s.shape).astype(s.dtype), shapes)
     monkeypatch.setattr(build, "load_backbone", lambda config, seed: ("drawn", seed))
     assert train.run_backbone(config, str(tmp_path)) == ("drawn", config.seed)   # a new run
-    build.save_backbone(cfg, saved, str(tmp_path / "clip"))
+    build.save_backbone(cfg, saved, str(tmp_path / "backbone"))
     restarted_cfg, restarted = train.run_backbone(config, str(tmp_path))
     assert restarted_cfg == cfg
     assert all(jax.tree.leaves(jax.tree.map(

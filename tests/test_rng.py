@@ -56,8 +56,8 @@ def test_per_step_keys_trace_with_the_step():
 
 
 def test_random_backbone_draws_from_its_stream():
-    config = ml_collections.ConfigDict({"backbone": "clip", "clip": {
-        "source": "random", "preset": "tiny", "image_size": 32, "patch_size": 8}})
+    config = ml_collections.ConfigDict({"backbone": {
+        "name": "clip", "source": "random", "preset": "tiny", "image_size": 32, "patch_size": 8}})
     cfg, params = build.load_backbone(config, 4)
     want = clip.init_params(cfg, _direct(4, "backbone_init"))
     jax.tree.map(np.testing.assert_array_equal, params, want)

@@ -66,14 +66,14 @@ def test_side_nets_read_patch_tokens_only():
 def test_map_past_the_last_layer_is_one_clear_error():
     with pytest.raises(ValueError, match=r"spatial_map entry 5->1 reads SigLIP feature 5; "
                                          r"this SigLIP has indices 0..4"):
-        vtfpar.VTFPARConfig(clip=siglip.tiny(), num_attributes=5, frames=2, dim=64, heads=4,
+        vtfpar.VTFPARConfig(backbone=siglip.tiny(), num_attributes=5, frames=2, dim=64, heads=4,
                             side_patch_size=8, spatial_map=((0, 0), (5, 1)))
 
 
 def test_unknown_backbone_is_named(data_dir):
     config = siglip_smoke_config(data_dir)
-    config.backbone = "dino"
-    with pytest.raises(ConfigError, match=r"config.backbone='dino'; expected one of"):
+    config.backbone.name = "dino"
+    with pytest.raises(ConfigError, match=r"config.backbone.name='dino'; expected one of"):
         build.load_backbone(config, 0)
 
 
@@ -84,7 +84,7 @@ def test_trainable_count_differs_from_clip_only_by_the_text_embedding():
     E. ViT-B/16 CLIP and SigLIP base/16 share W = 768; E is 512 for CLIP, 768 for SigLIP,
     so SigLIP's word_embed has (768 - 512) x 240 more weights, and nothing else differs."""
     def trainable(backbone):
-        cfg = vtfpar.VTFPARConfig(clip=backbone, num_attributes=43)
+        cfg = vtfpar.VTFPARConfig(backbone=backbone, num_attributes=43)
         return param_count.count(cfg)["trainable"]
 
     clip_b16, siglip_b16 = clip.vit_b16(), siglip.base16()
@@ -100,11 +100,11 @@ def test_step_holds_only_the_siglip_part_it_reads():
     no block past the deepest index read, no post-LayerNorm or pooling head."""
     from vtfpar_jax.state.train_state import step_frozen_params
 
-    cfg = vtfpar.VTFPARConfig(clip=siglip.tiny(), num_attributes=5, frames=2, dim=64, heads=4,
+    cfg = vtfpar.VTFPARConfig(backbone=siglip.tiny(), num_attributes=5, frames=2, dim=64, heads=4,
                               side_patch_size=8, spatial_map=((0, 0), (2, 1)),
                               temporal_map=((1, 0),))
-    params = siglip.init_params(cfg.clip, jax.random.key(0))
-    held = step_frozen_params(cfg, {"clip": params})["clip"]
+    params = siglip.init_params(cfg.backbone, jax.random.key(0))
+    held = step_frozen_params(cfg, {"backbone": params})["backbone"]
     assert "text" not in held
     assert sorted(held["vision"]) == ["layers_0", "layers_1", "patch_embed",
                                       "position_embedding"]
@@ -123,9 +123,9 @@ def test_trains_evaluates_and_predicts(data_dir, tmp_path):
              if "loss" in json.loads(line)]
     assert steps == [1, 2]
     # The work dir holds the SigLIP in HF format, and loads back as one.
-    saved_cfg, _ = hf_siglip.load(workdir / "clip")
+    saved_cfg, _ = hf_siglip.load(workdir / "backbone")
     loaded = model_dir.load(str(workdir))
-    assert loaded.model_cfg.clip == saved_cfg and isinstance(saved_cfg, siglip.SiglipConfig)
+    assert loaded.model_cfg.backbone == saved_cfg and isinstance(saved_cfg, siglip.SiglipConfig)
     assert np.asarray(loaded.frozen.text_features).shape == (loaded.attribute_set.num_attributes,
                                                              saved_cfg.projection_dim)
     table = evaluate.evaluate_workdir(str(workdir))
@@ -136,11 +136,11 @@ def test_trains_evaluates_and_predicts(data_dir, tmp_path):
     assert probs.shape == (2, loaded.attribute_set.num_attributes)
     assert np.all(np.isfinite(probs)) and np.all((probs > 0) & (probs < 1))
     assert jnp.asarray(probs).std() > 0
-    # A run file that names another backbone than its clip/ folder holds is refused.
+    # A run file that names another backbone than its backbone/ folder holds is refused.
     run = json.loads((workdir / "config.json").read_text())
-    run["config"]["backbone"] = "clip"
+    run["config"]["backbone"]["name"] = "clip"
     (workdir / "config.json").write_text(json.dumps(run))
-    with pytest.raises(model_dir.ModelDirError, match="backbone 'clip', but clip/ holds a "
+    with pytest.raises(model_dir.ModelDirError, match="backbone 'clip', but backbone/ holds a "
                                                       "SigLIP checkpoint"):
         model_dir.load(str(workdir))
 
@@ -150,10 +150,10 @@ def test_published_configs_take_backbone_siglip():
 
     for module in (mars, duke):
         config = module.get_config("backbone=siglip")
-        assert config.backbone == "siglip"
-        assert config.clip.path == "google/siglip-base-patch16-224"
+        assert config.backbone.name == "siglip"
+        assert config.backbone.path == "google/siglip-base-patch16-224"
         assert config.model.spatial_map == config.model.temporal_map == "default"
-        assert module.get_config("").backbone == "clip"
+        assert module.get_config("").backbone.name == "clip"
     with pytest.raises(ConfigError, match="backbone=siglip and vit=l14"):
         mars.get_config("backbone=siglip,vit=l14")
     with pytest.raises(ConfigError, match="backbone='dino'"):

@@ -121,7 +121,7 @@ def test_every_track_is_recovered_with_its_boxes(street, result):
 def test_track_probabilities_are_predict_on_the_tracklet(street, result, loaded):
     """With no context, a track's crops are the pasted tracklet frames (through a lossless
     codec), so its whole-track probabilities are `predict` on those frames."""
-    size = (loaded.model_cfg.clip.image_size,) * 2
+    size = (loaded.model_cfg.backbone.image_size,) * 2
     frames = loaded.model_cfg.frames
     for track_id, crops in street["tracklets"].items():
         chosen = crops[video.frame_indices(len(crops), frames)]
@@ -141,7 +141,7 @@ def test_decided_attributes_agree_with_the_truth_as_on_the_test_split(street, re
     from input_pipeline import pipeline
     from vtfpar_jax.models import preprocess
     builder = input_pipeline.get_builder("synthetic_pedestrians/tiny", str(demo_model["data_dir"]))
-    size = (loaded.model_cfg.clip.image_size,) * 2
+    size = (loaded.model_cfg.backbone.image_size,) * 2
     probs, labels = [], []
     for batch in pipeline.eval_batches(builder, "test", batch_size=4,
                                        frames=loaded.model_cfg.frames):

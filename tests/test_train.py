@@ -184,10 +184,10 @@ def flat(tree):
     return traverse_util.flatten_dict(jax.tree.map(np.asarray, tree), sep="/")
 
 
-def without_unread(clip_params):
-    vision = {k: v for k, v in clip_params["vision"].items()
+def without_unread(backbone_params):
+    vision = {k: v for k, v in backbone_params["vision"].items()
               if k not in ("post_layernorm", "projection")}
-    return {"vision": vision, "logit_scale": clip_params["logit_scale"]}
+    return {"vision": vision, "logit_scale": backbone_params["logit_scale"]}
 
 
 @pytest.mark.slow
@@ -195,7 +195,7 @@ def test_frozen_params_unchanged_and_without_optimizer_state(data_dir, tmp_path)
     config = smoke_config(data_dir)
     trainer = train.Trainer(config, str(tmp_path / "work"))
     assert set(trainer.state.trainable) == {"model"}
-    assert set(trainer.frozen.params) == {"clip"}
+    assert set(trainer.frozen.params) == {"backbone"}
     n_trainable = len(jax.tree.leaves(trainer.state.trainable))
     shaped = [x for x in jax.tree.leaves(trainer.state.opt_state) if x.ndim > 0]
     assert len(shaped) == 2 * n_trainable          # Adam's mu and nu, trainable leaves only
@@ -203,7 +203,7 @@ def test_frozen_params_unchanged_and_without_optimizer_state(data_dir, tmp_path)
     assert counts["optimizer_state"] - 2 * counts["trainable"] < 10
     # On the devices: CLIP without its text tower (the text features are computed once)
     # nor the vision post-LN and projection (the smoke map reads blocks 0..4, all of them).
-    held = without_unread(trainer.clip_params)
+    held = without_unread(trainer.backbone_params)
     assert counts["frozen"] == sum(x.size for x in jax.tree.leaves(held))
 
     before = flat(trainer.state.trainable)
@@ -217,7 +217,7 @@ def test_frozen_params_unchanged_and_without_optimizer_state(data_dir, tmp_path)
     # CLIP: bit-identical to a fresh copy of the initial weights (less what is not read).
     _, fresh = build.load_backbone(config, config.seed)
     fresh = without_unread(fresh)
-    frozen_now = flat(trainer.frozen.params["clip"])
+    frozen_now = flat(trainer.frozen.params["backbone"])
     assert set(frozen_now) == set(flat(fresh))
     for k, v in flat(fresh).items():
         np.testing.assert_array_equal(frozen_now[k], v, err_msg=k)
@@ -226,24 +226,24 @@ def test_frozen_params_unchanged_and_without_optimizer_state(data_dir, tmp_path)
 def test_step_frozen_params_hold_less_and_change_no_bit():
     """The step's frozen CLIP: no text tower, no block past the deepest read, kernels in
     the CLIP compute dtype; logits and gradients bit-identical to the full float32 tree."""
-    clip_cfg = clip.tiny()
-    cfg = vtfpar.VTFPARConfig(clip=clip_cfg, num_attributes=4, frames=2,
+    backbone_cfg = clip.tiny()
+    cfg = vtfpar.VTFPARConfig(backbone=backbone_cfg, num_attributes=4, frames=2,
                               spatial_map=((0, 0), (2, 1)), temporal_map=((1, 0),),
-                              dtype="bfloat16", clip_dtype="bfloat16", drop_path_rate=0.0)
-    clip_params = clip.init_params(clip_cfg, jax.random.PRNGKey(0))
+                              dtype="bfloat16", backbone_dtype="bfloat16", drop_path_rate=0.0)
+    backbone_params = clip.init_params(backbone_cfg, jax.random.PRNGKey(0))
     variables = vtfpar.init(cfg, jax.random.PRNGKey(1))
     tx = optax.adam(1e-3)
-    state, full = initial_state(variables, clip_params, ("clip/.*",), tx)
+    state, full = initial_state(variables, backbone_params, ("backbone/.*",), tx)
     held = step_frozen_params(cfg, full)
-    assert set(held["clip"]) == {"vision", "logit_scale"}
-    assert sorted(k for k in held["clip"]["vision"] if k.startswith("layers_")) == [
+    assert set(held["backbone"]) == {"vision", "logit_scale"}
+    assert sorted(k for k in held["backbone"]["vision"] if k.startswith("layers_")) == [
         "layers_0", "layers_1"]                    # index 2 = after block 2: blocks 0, 1
-    assert "projection" not in held["clip"]["vision"]
-    for path, leaf in flat(held["clip"]["vision"]).items():
+    assert "projection" not in held["backbone"]["vision"]
+    for path, leaf in flat(held["backbone"]["vision"]).items():
         want = jnp.bfloat16 if path.endswith("kernel") else jnp.float32
         assert leaf.dtype == want, path
     video = jax.random.normal(jax.random.PRNGKey(2), (2, 2, 64, 64, 3))
-    text = jax.random.normal(jax.random.PRNGKey(3), (4, clip_cfg.projection_dim))
+    text = jax.random.normal(jax.random.PRNGKey(3), (4, backbone_cfg.projection_dim))
     labels = jnp.asarray([[1, 0, 1, 0], [0, 1, 1, 0]], jnp.float32)
 
     def loss_and_grads(frozen):
@@ -251,7 +251,7 @@ def test_step_frozen_params_hold_less_and_change_no_bit():
             params = optim.merge(trainable, frozen)
             logits, _ = vtfpar.apply(cfg, {"params": params["model"],
                                            "batch_stats": state.batch_stats},
-                                     params["clip"], video, text, train=True)
+                                     params["backbone"], video, text, train=True)
             return losses.weighted_bce(logits, labels, jnp.full((4,), 0.4)), logits
         return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(state.trainable)
 
@@ -267,8 +267,8 @@ def restored(workdir):
     """(step, every leaf of the newest checkpoint, the optimiser state included: as training
     restores it, since a model loaded for inference holds none)."""
     loaded = model_dir.load(str(workdir))
-    _, clip_params = build.load_backbone_folder(str(workdir / "clip"))
-    template, _ = model_dir.fresh_state(loaded.config, loaded.model_cfg, clip_params)
+    _, backbone_params = build.load_backbone_folder(str(workdir / "backbone"))
+    template, _ = model_dir.fresh_state(loaded.config, loaded.model_cfg, backbone_params)
     store = CheckpointStore(str(workdir), async_save=False)
     state, meta = store.restore(abstract(template))
     store.close()
@@ -304,7 +304,7 @@ def _inject_nan_at(monkeypatch, bad_step):
     def batches(self, step):
         for i, batch in enumerate(original(self, step), start=step + 1):
             if i == bad_step:   # float frames are model input, used as given
-                size = self.clip_cfg.image_size
+                size = self.backbone_cfg.image_size
                 batch = dict(batch, video=jnp.full((*batch["video"].shape[:2], size, size, 3),
                                                    jnp.nan))
             yield batch
@@ -359,7 +359,7 @@ def test_cli_trains_end_to_end(trained_dir):
     workdir, r = trained_dir
     assert "group (published, 0.45): acc" in r.stdout
     for name in ("metrics.jsonl", "training_curves.png", "config.json", "eval/metrics.json",
-                 "clip/model.safetensors"):
+                 "backbone/model.safetensors"):
         assert (workdir / name).is_file(), name
     assert CheckpointStore(str(workdir)).steps()[-1] == 6
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
@@ -437,7 +437,7 @@ def test_evaluate_main_without_checkpoint_is_a_clear_error(trained_dir, tmp_path
     model = tmp_path / "no_checkpoint"
     model.mkdir()
     shutil.copy(workdir / "config.json", model / "config.json")
-    shutil.copytree(workdir / "clip", model / "clip")
+    shutil.copytree(workdir / "backbone", model / "backbone")
     with pytest.raises(SystemExit) as e:
         evaluate.main(["--model", str(model)])
     assert e.value.code not in (0, None)
@@ -515,7 +515,7 @@ def test_full_clip_stays_on_the_host(data_dir, tmp_path):
     """Only the step's trimmed CLIP is on the device; the full one is numpy on the host."""
     before = {id(x) for x in jax.live_arrays()}
     trainer = train.Trainer(smoke_config(data_dir), str(tmp_path))
-    assert all(type(x) is np.ndarray for x in jax.tree.leaves(trainer.clip_params))
+    assert all(type(x) is np.ndarray for x in jax.tree.leaves(trainer.backbone_params))
     gc.collect()
     new = [x for x in jax.live_arrays() if id(x) not in before]
     held_ids = {id(x) for x in jax.tree.leaves((trainer.state, trainer.frozen, trainer.rng))}
@@ -523,11 +523,11 @@ def test_full_clip_stays_on_the_host(data_dir, tmp_path):
     # frozen inputs, is a copy of a CLIP leaf: the full CLIP is not resident. (By value:
     # the side nets' init arrays may outlive their replicated copies, and a tiny CLIP
     # shares their widths.)
-    clip_leaves = [x for x in jax.tree.leaves(trainer.clip_params) if x.nbytes > 1024]
+    clip_leaves = [x for x in jax.tree.leaves(trainer.backbone_params) if x.nbytes > 1024]
     resident = [x.shape for x in new if id(x) not in held_ids and any(
         leaf.shape == x.shape and np.array_equal(leaf, np.asarray(x)) for leaf in clip_leaves)]
     assert not resident, resident
-    text_tower = sum(x.nbytes for x in jax.tree.leaves(trainer.clip_params["text"]))
+    text_tower = sum(x.nbytes for x in jax.tree.leaves(trainer.backbone_params["text"]))
     assert text_tower > 1024
     on_device = sum(x.nbytes for x in new)
     stats = jax.devices()[0].memory_stats()     # None on the CPU; measured where available
@@ -558,12 +558,12 @@ def test_real_clip_size_fields_must_match_the_loaded_clip(tmp_path):
     cfg = clip.tiny(image_size=32, patch_size=8)
     hf_clip.save(cfg, clip.init_params(cfg, jax.random.PRNGKey(0)), tmp_path)
     config = config_file.load_config_file(SMOKE)
-    config.clip.source, config.clip.path = "hf", str(tmp_path)
-    config.clip.image_size, config.clip.patch_size = 32, 8
+    config.backbone.source, config.backbone.path = "hf", str(tmp_path)
+    config.backbone.image_size, config.backbone.patch_size = 32, 8
     assert build.load_backbone(config, 0)[0] == cfg
-    config.clip.image_size = 224
-    with pytest.raises(ConfigError, match="config.clip.image_size=224.*image_size 32"):
+    config.backbone.image_size = 224
+    with pytest.raises(ConfigError, match="config.backbone.image_size=224.*image_size 32"):
         build.load_backbone(config, 0)
-    config.clip.image_size, config.clip.patch_size = 32, 16
-    with pytest.raises(ConfigError, match="config.clip.patch_size=16.*patch_size 8"):
+    config.backbone.image_size, config.backbone.patch_size = 32, 16
+    with pytest.raises(ConfigError, match="config.backbone.patch_size=16.*patch_size 8"):
         build.load_backbone(config, 0)

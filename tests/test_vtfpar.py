@@ -52,43 +52,43 @@ def clip12_params():
     return cfg, _compile(lambda k: clip.init_params(cfg, k), jax.random.key(0))
 
 
-def base(clip_cfg: clip.ClipConfig, **kw) -> vtfpar.VTFPARConfig:
+def base(backbone_cfg: clip.ClipConfig, **kw) -> vtfpar.VTFPARConfig:
     """Width 32 is not in the published table, hence explicit heads."""
-    opts = dict(clip=clip_cfg, num_attributes=A, frames=F, dim=32, heads=4,
+    opts = dict(backbone=backbone_cfg, num_attributes=A, frames=F, dim=32, heads=4,
                 spatial_map=((0, 0), (2, 1), (4, 2)), temporal_map=((1, 0), (3, 1), (4, 2)))
-    if clip_cfg.image_size == 32:  # clip12: 4x4 CLIP grid; side patch 8 keeps a 4x4 side grid
+    if backbone_cfg.image_size == 32:  # clip12: 4x4 CLIP grid; side patch 8 keeps a 4x4 side grid
         opts["side_patch_size"] = 8
     return vtfpar.VTFPARConfig(**{**opts, **kw})
 
 
 def inputs(cfg: vtfpar.VTFPARConfig, seed: int = 1):
     k = jax.random.split(jax.random.key(seed), 3)
-    s = cfg.clip.image_size
+    s = cfg.backbone.image_size
     video = jax.random.normal(k[0], (B, cfg.frames, s, s, 3))
-    text = jax.random.normal(k[1], (cfg.num_attributes, cfg.clip.projection_dim))
+    text = jax.random.normal(k[1], (cfg.num_attributes, cfg.backbone.projection_dim))
     weights = jax.random.normal(k[2], (B, cfg.num_attributes))
     return video, text, weights
 
 
-def train_grads(cfg, clip_params, clip_frozen=True):
+def train_grads(cfg, backbone_params, backbone_frozen=True):
     """Logits of one training step, and d(loss)/d(trainable params), d(loss)/d(CLIP params)."""
     video, text, weights = inputs(cfg)
 
-    def run(clip_params):
+    def run(backbone_params):
         variables = vtfpar.init(cfg, jax.random.key(2))
 
-        def loss(params, clip_params):
-            logits, _ = vtfpar.apply(cfg, {**variables, "params": params}, clip_params, video,
+        def loss(params, backbone_params):
+            logits, _ = vtfpar.apply(cfg, {**variables, "params": params}, backbone_params, video,
                                      text, train=True, rng=jax.random.key(3),
-                                     clip_frozen=clip_frozen)
+                                     backbone_frozen=backbone_frozen)
             # Random weights: the plain sum of batch-normalised logits is constant.
             return jnp.sum(logits * weights), logits
 
         (_, logits), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(
-            variables["params"], clip_params)
+            variables["params"], backbone_params)
         return logits, variables["params"], grads
 
-    logits, params, (g_params, g_clip) = _compile(run, clip_params)
+    logits, params, (g_params, g_clip) = _compile(run, backbone_params)
     return np.asarray(logits), params, g_params, g_clip
 
 
@@ -97,9 +97,9 @@ def _leaves(tree):
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def check_training_step(cfg, clip_params):
+def check_training_step(cfg, backbone_params):
     """(B, A) finite logits; every trainable leaf gets a gradient, CLIP none."""
-    logits, params, g_params, g_clip = train_grads(cfg, clip_params)
+    logits, params, g_params, g_clip = train_grads(cfg, backbone_params)
     assert logits.shape == (B, cfg.num_attributes)
     assert np.isfinite(logits).all()
     assert jax.tree.structure(g_params) == jax.tree.structure(params)
@@ -120,10 +120,10 @@ def check_training_step(cfg, clip_params):
 
 
 def test_lstm_and_gru_aggregations(tiny_clip):
-    clip_cfg, clip_params = tiny_clip
+    backbone_cfg, backbone_params = tiny_clip
     for spatial, temporal in (("lstm", "gru"), ("gru", "lstm")):
-        cfg = base(clip_cfg, spatial_aggregation=spatial, temporal_aggregation=temporal)
-        params = check_training_step(cfg, clip_params)
+        cfg = base(backbone_cfg, spatial_aggregation=spatial, temporal_aggregation=temporal)
+        params = check_training_step(cfg, backbone_params)
         gates = {"lstm": {"ii", "if", "ig", "io", "hi", "hf", "hg", "ho"},
                  "gru": {"ir", "iz", "in", "hr", "hz", "hn"}}
         for side, kind in (("spatial", spatial), ("temporal", temporal)):
@@ -162,10 +162,10 @@ def test_recurrent_aggregation_matches_torch():
 
 
 def test_max_and_attention_aggregations_train(tiny_clip):
-    clip_cfg, clip_params = tiny_clip
+    backbone_cfg, backbone_params = tiny_clip
     for spatial, temporal in (("max", "attention"), ("attention", "max")):
-        cfg = base(clip_cfg, spatial_aggregation=spatial, temporal_aggregation=temporal)
-        params = check_training_step(cfg, clip_params)
+        cfg = base(backbone_cfg, spatial_aggregation=spatial, temporal_aggregation=temporal)
+        params = check_training_step(cfg, backbone_params)
         pooled = params[f"{'spatial' if spatial == 'attention' else 'temporal'}_aggregation"]
         assert pooled["query"].shape == (1, 1, cfg.dim)
         assert pooled["attention"]["key"]["kernel"].shape == (cfg.dim, cfg.num_heads,
@@ -224,28 +224,28 @@ def test_attention_aggregation_matches_numpy():
 
 @pytest.mark.parametrize("dim, heads", [(144, 6), (256, 8)])
 def test_published_widths(tiny_clip, dim, heads):
-    clip_cfg, clip_params = tiny_clip
-    cfg = base(clip_cfg, dim=dim, heads=None)
+    backbone_cfg, backbone_params = tiny_clip
+    cfg = base(backbone_cfg, dim=dim, heads=None)
     assert cfg.num_heads == heads
-    params = check_training_step(cfg, clip_params)
+    params = check_training_step(cfg, backbone_params)
     assert params["fusion_block"]["attn"]["qkv"]["kernel"].shape == (dim, 3 * dim)
     assert params["spatial_side_net"]["embedding"]["pos_embed"].shape == (1, 16, dim)
 
 
 def test_width_outside_the_table(tiny_clip):
-    clip_cfg, clip_params = tiny_clip
-    check_training_step(base(clip_cfg, dim=32, heads=4), clip_params)  # explicit heads: fine
+    backbone_cfg, backbone_params = tiny_clip
+    check_training_step(base(backbone_cfg, dim=32, heads=4), backbone_params)  # explicit heads
     with pytest.raises(ValueError, match=r"dim=32.*set heads"):
-        base(clip_cfg, dim=32, heads=None)
+        base(backbone_cfg, dim=32, heads=None)
     with pytest.raises(ValueError, match=r"dim=30 is not divisible by heads=4"):
-        base(clip_cfg, dim=30, heads=4)
+        base(backbone_cfg, dim=30, heads=4)
 
 
 @pytest.mark.parametrize("use_spatial", [True, False])
 def test_one_side_net_only(tiny_clip, use_spatial):
-    clip_cfg, clip_params = tiny_clip
-    cfg = base(clip_cfg, use_spatial=use_spatial, use_temporal=not use_spatial)
-    params = check_training_step(cfg, clip_params)
+    backbone_cfg, backbone_params = tiny_clip
+    cfg = base(backbone_cfg, use_spatial=use_spatial, use_temporal=not use_spatial)
+    params = check_training_step(cfg, backbone_params)
     assert ("spatial_side_net" in params) == use_spatial
     assert ("temporal_side_net" in params) != use_spatial
 
@@ -254,27 +254,27 @@ def test_one_side_net_only(tiny_clip, use_spatial):
 def test_named_interaction_maps(clip12_params, name):
     """Each published map (both side nets) on a 12-layer CLIP: the parameters it creates and
     the logits' shape, traced without compiling ('2' is 'default', checked below)."""
-    clip_cfg, clip_params = clip12_params
+    backbone_cfg, backbone_params = clip12_params
     m = INTERACTION_MAPS[name]
-    cfg = base(clip_cfg, spatial_map=m, temporal_map=m)
+    cfg = base(backbone_cfg, spatial_map=m, temporal_map=m)
     params = jax.eval_shape(lambda: vtfpar.init(cfg, jax.random.key(2)))["params"]
     spatial = params["spatial_side_net"]
     assert sorted(k for k in spatial if k.startswith("fusion_")) == sorted(
         f"fusion_{t}" for _, t in m)
     assert params["temporal_side_net"]["fusion_proj"]["kernel"].shape == (len(m), 16, cfg.dim)
-    assert cfg.clip_sources == tuple(sorted({s for s, _ in m}))
+    assert cfg.backbone_sources == tuple(sorted({s for s, _ in m}))
     video, text, _ = inputs(cfg)
     variables = jax.eval_shape(lambda: vtfpar.init(cfg, jax.random.key(2)))
     logits = jax.eval_shape(lambda v, c: vtfpar.apply(cfg, v, c, video, text)[0],
-                            variables, clip_params)
+                            variables, backbone_params)
     assert logits.shape == (B, A)
 
 
 def test_widest_named_map_trains(clip12_params):
     """Map '7' (eight entries, side layers 0..7): a real training step, gradients everywhere."""
-    clip_cfg, clip_params = clip12_params
+    backbone_cfg, backbone_params = clip12_params
     m = INTERACTION_MAPS["7"]
-    check_training_step(base(clip_cfg, spatial_map=m, temporal_map=m), clip_params)
+    check_training_step(base(backbone_cfg, spatial_map=m, temporal_map=m), backbone_params)
 
 
 def test_named_map_table():
@@ -285,23 +285,23 @@ def test_named_map_table():
 
 
 def test_custom_interaction_map(clip12_params):
-    clip_cfg, clip_params = clip12_params
+    backbone_cfg, backbone_params = clip12_params
     spatial = parse_interaction_map("12->6, 5->0,0->3")
     temporal = parse_interaction_map(["12->0", (7, 1)])
     assert spatial == ((12, 6), (5, 0), (0, 3)) and temporal == ((12, 0), (7, 1))
-    cfg = base(clip_cfg, spatial_map=spatial, temporal_map=temporal)
-    params = check_training_step(cfg, clip_params)
+    cfg = base(backbone_cfg, spatial_map=spatial, temporal_map=temporal)
+    params = check_training_step(cfg, backbone_params)
     assert sorted(k for k in params["spatial_side_net"] if k.startswith("fusion_")) == [
         "fusion_0", "fusion_3", "fusion_6"]
-    assert cfg.clip_sources == (0, 5, 7, 12)
+    assert cfg.backbone_sources == (0, 5, 7, 12)
 
 
 def test_clip_gradient_only_when_not_frozen(tiny_clip):
-    clip_cfg, clip_params = tiny_clip
-    cfg = base(clip_cfg, spatial_map=((0, 0), (2, 1)), temporal_map=((1, 0),))
-    _, _, g_params, g_clip = train_grads(cfg, clip_params, clip_frozen=False)
+    backbone_cfg, backbone_params = tiny_clip
+    cfg = base(backbone_cfg, spatial_map=((0, 0), (2, 1)), temporal_map=((1, 0),))
+    _, _, g_params, g_clip = train_grads(cfg, backbone_params, backbone_frozen=False)
     vision = g_clip["vision"]
-    for i in range(clip_cfg.vision.layers):
+    for i in range(backbone_cfg.vision.layers):
         # Maps read up to index 2: blocks 0 and 1 run, the rest never do.
         assert bool(np.abs(vision[f"layers_{i}"]["fc1"]["kernel"]).max() > 0) == (i < 2), i
     assert np.abs(vision["patch_embed"]["kernel"]).max() > 0
@@ -309,16 +309,16 @@ def test_clip_gradient_only_when_not_frozen(tiny_clip):
     assert np.abs(g_params["word_embed"]["kernel"]).max() > 0
 
 
-def _vit_shapes(clip_cfg, spatial, temporal, frames=6, **kw):
-    cfg = vtfpar.VTFPARConfig(clip=clip_cfg, num_attributes=43, frames=frames,
+def _vit_shapes(backbone_cfg, spatial, temporal, frames=6, **kw):
+    cfg = vtfpar.VTFPARConfig(backbone=backbone_cfg, num_attributes=43, frames=frames,
                               spatial_map=parse_interaction_map(spatial),
                               temporal_map=parse_interaction_map(temporal), **kw)
     variables = jax.eval_shape(lambda: vtfpar.init(cfg, jax.random.key(0)))
-    clip_params = jax.eval_shape(lambda: clip.init_params(clip_cfg, jax.random.key(0)))
+    backbone_params = jax.eval_shape(lambda: clip.init_params(backbone_cfg, jax.random.key(0)))
     video = jax.ShapeDtypeStruct((2, frames, 224, 224, 3), jnp.float32)
-    text = jax.ShapeDtypeStruct((43, clip_cfg.projection_dim), jnp.float32)
+    text = jax.ShapeDtypeStruct((43, backbone_cfg.projection_dim), jnp.float32)
     logits, _ = jax.eval_shape(lambda v, c, x, t: vtfpar.apply(cfg, v, c, x, t), variables,
-                               clip_params, video, text)
+                               backbone_params, video, text)
     return cfg, variables, logits
 
 
@@ -347,16 +347,16 @@ def test_vit_b16_shapes_other_width():
 
 def test_real_forward_with_clip_grid_unlike_side_grid(tiny_clip):
     """Tiny CLIP: patch 8 on 64 px is an 8x8 grid; side patch 16 is a 4x4 grid."""
-    clip_cfg, clip_params = tiny_clip
-    cfg = base(clip_cfg)
-    assert (clip_cfg.grid_size, cfg.side_grid) == (8, 4)
+    backbone_cfg, backbone_params = tiny_clip
+    cfg = base(backbone_cfg)
+    assert (backbone_cfg.grid_size, cfg.side_grid) == (8, 4)
     video, text, _ = inputs(cfg)
     variables = vtfpar.init(cfg, jax.random.key(2))
 
     def run(v, c, x, t):
         return vtfpar.apply(cfg, v, c, x, t, capture_intermediates=True)
 
-    logits, state = _compile(run, variables, clip_params, video, text)
+    logits, state = _compile(run, variables, backbone_params, video, text)
     assert logits.shape == (B, A) and np.isfinite(np.asarray(logits)).all()
     inter = state["intermediates"]
     assert inter["spatial_side"][0].shape == (B * F, 1 + 16, cfg.dim)
@@ -376,14 +376,14 @@ def test_resize_grid_matches_torch_bilinear(src, dst):
 
 
 def test_config_errors(tiny_clip):
-    clip_cfg, _ = tiny_clip
+    backbone_cfg, _ = tiny_clip
     with pytest.raises(ValueError, match=r"frames=9 with the temporal side net"):
-        base(clip_cfg, frames=9)
-    cfg = base(clip_cfg, frames=9, use_temporal=False)  # the spatial net takes any frame count
+        base(backbone_cfg, frames=9)
+    cfg = base(backbone_cfg, frames=9, use_temporal=False)  # the spatial net takes any frame count
     assert cfg.frames == 9
     for side in ("spatial", "temporal"):
         with pytest.raises(ValueError, match=f"unknown {side}_aggregation 'median'"):
-            base(clip_cfg, **{f"{side}_aggregation": "median"})
+            base(backbone_cfg, **{f"{side}_aggregation": "median"})
     with pytest.raises(ValueError, match=r"entry '8' is not 's->t'; known names"):
         parse_interaction_map("8")
     for bad in ("0->a", "0-1", "0->1->2", "", "default, 1->1"):
@@ -393,21 +393,21 @@ def test_config_errors(tiny_clip):
         parse_interaction_map("0->1, 2->1")
     with pytest.raises(ValueError, match=r"spatial_map entry 5->1 reads CLIP feature 5; "
                                          r"this CLIP has indices 0\.\.4"):
-        base(clip_cfg, spatial_map=((5, 1),))
+        base(backbone_cfg, spatial_map=((5, 1),))
     with pytest.raises(ValueError, match=r"temporal_map entry 6->2 reads CLIP feature 6"):
-        base(clip_cfg, temporal_map=INTERACTION_MAPS["default"])
-    base(clip_cfg, temporal_map=INTERACTION_MAPS["default"], use_temporal=False)  # unused: fine
+        base(backbone_cfg, temporal_map=INTERACTION_MAPS["default"])
+    base(backbone_cfg, temporal_map=INTERACTION_MAPS["default"], use_temporal=False)  # unused: fine
     with pytest.raises(ValueError, match=r"spatial_map entry 0->8 targets side layer 8"):
-        base(clip_cfg, spatial_map=((0, 8),))
+        base(backbone_cfg, spatial_map=((0, 8),))
     with pytest.raises(ValueError, match="use_spatial and use_temporal are both off"):
-        base(clip_cfg, use_spatial=False, use_temporal=False)
+        base(backbone_cfg, use_spatial=False, use_temporal=False)
 
 
 def test_config_rejects_bad_maps_given_as_tuples(tiny_clip):
-    clip_cfg, _ = tiny_clip
+    backbone_cfg, _ = tiny_clip
     for kw in (dict(spatial_map=((0, 1), (2, 1))), dict(temporal_map=())):
         try:
-            base(clip_cfg, **kw)
+            base(backbone_cfg, **kw)
         except ValueError as e:
             assert "map" in str(e)
         else:
@@ -417,8 +417,8 @@ def test_config_rejects_bad_maps_given_as_tuples(tiny_clip):
 @pytest.fixture(scope="module")
 def small(tiny_clip):
     """A quick spatial-only model with drop-path 0.5, random BN state, and its inputs."""
-    clip_cfg, clip_params = tiny_clip
-    cfg = base(clip_cfg, use_temporal=False, spatial_map=((0, 0),), drop_path_rate=0.5)
+    backbone_cfg, backbone_params = tiny_clip
+    cfg = base(backbone_cfg, use_temporal=False, spatial_map=((0, 0),), drop_path_rate=0.5)
     variables = vtfpar.init(cfg, jax.random.key(2))
     k = jax.random.split(jax.random.key(7), 4)
     variables["params"]["bn"] = {"scale": 1 + 0.1 * jax.random.normal(k[0], (A,)),
@@ -431,7 +431,7 @@ def small(tiny_clip):
     def forward(cfg, train, rng):
         def run(v, c, x, t, r):
             return vtfpar.apply(cfg, v, c, x, t, train=train, rng=r, capture_intermediates=True)
-        logits, state = _compile(run, variables, clip_params, video, text, rng)
+        logits, state = _compile(run, variables, backbone_params, video, text, rng)
         return (np.asarray(logits), np.asarray(state["intermediates"]["logits_pre_bn"][0]),
                 jax.tree.map(np.asarray, state.get("batch_stats")))
 
@@ -502,12 +502,13 @@ def _count(jaxpr, primitive: str) -> int:
 
 
 def test_clip_runs_only_to_the_deepest_index_read(clip12_params):
-    clip_cfg, clip_params = clip12_params
+    backbone_cfg, backbone_params = clip12_params
     video = jnp.zeros((1, F, 32, 32, 3))
 
     def dots(**kw) -> int:
-        cfg = base(clip_cfg, **kw)
-        jaxpr = jax.make_jaxpr(lambda c, x: vtfpar.clip_tokens(cfg, c, x))(clip_params, video)
+        cfg = base(backbone_cfg, **kw)
+        jaxpr = jax.make_jaxpr(lambda c, x: vtfpar.backbone_tokens(cfg, c, x))(backbone_params,
+                                                                              video)
         return _count(jaxpr.jaxpr, "dot_general")
 
     per_block = dots(spatial_map=((1, 0),), use_temporal=False)
@@ -526,12 +527,12 @@ def test_remat_changes_no_parameter_logit_or_gradient(tiny_clip, policy):
     parameter tree (names the converters rely on), training logits and gradients are those
     without it. Drop-path is on, so the fusion block's static `deterministic` and its rng are
     exercised."""
-    clip_cfg, clip_params = tiny_clip
-    cfg = base(clip_cfg, drop_path_rate=0.5, remat="none")
+    backbone_cfg, backbone_params = tiny_clip
+    cfg = base(backbone_cfg, drop_path_rate=0.5, remat="none")
     remat = vtfpar.VTFPARConfig(**{**cfg.__dict__, "remat": policy})
     hash(remat)  # still a valid static jit argument
-    logits, params, grads, _ = train_grads(cfg, clip_params)
-    logits_r, params_r, grads_r, _ = train_grads(remat, clip_params)
+    logits, params, grads, _ = train_grads(cfg, backbone_params)
+    logits_r, params_r, grads_r, _ = train_grads(remat, backbone_params)
     assert jax.tree_util.tree_structure(params_r) == jax.tree_util.tree_structure(params)
     assert jax.tree_util.tree_structure(grads_r) == jax.tree_util.tree_structure(grads)
     for path, p in _leaves(params).items():
@@ -556,7 +557,7 @@ def test_remat_changes_no_parameter_logit_or_gradient(tiny_clip, policy):
 
     def checkpoints(c) -> int:
         jaxpr = jax.make_jaxpr(lambda v, p, x, t: vtfpar.apply(
-            c, v, p, x, t, train=True, rng=jax.random.key(3))[0])(variables, clip_params,
+            c, v, p, x, t, train=True, rng=jax.random.key(3))[0])(variables, backbone_params,
                                                                   video, text)
         return _count(jaxpr.jaxpr, remat_name)
 

@@ -3,7 +3,7 @@ its Flax towers' code.
 
 A backbone is one module that builds its entry and `register`s it (backbones/clip.py,
 backbones/siglip.py; a test registers a toy one). Building a run, saving and loading a model
-dir, the ablation presets and the benchmark ask this registry: by `config.backbone` (`get`),
+dir, the ablation presets and the benchmark ask this registry: by `config.backbone.name` (`get`),
 by a backbone config object (`of`) or by a saved folder's config.json (`of_folder`).
 """
 
@@ -22,17 +22,18 @@ from vtfpar_jax.models import towers
 @dataclasses.dataclass(frozen=True)
 class Backbone:
     towers: towers.Backbone         # what the model reads of it (models/towers.py)
-    # config.clip.preset -> (image_size=, patch_size=) -> its config, for random weights of
+    # config.backbone.preset -> (image_size=, patch_size=) -> its config, for random weights of
     # that shape. Only a preset with free sizes ('tiny') reads them; each has defaults.
     presets: Mapping[str, Callable[..., Any]]
-    # A ViT shape that `vtfpar bench --clip` and `vtfpar param-count --clip` name -> the
+    # A ViT shape that `vtfpar bench --shape` and `vtfpar param-count --shape` name -> the
     # preset of that shape ('vit_b16' is CLIP's 'vit_b16' and SigLIP's 'base16').
     shapes: Mapping[str, str]
-    # config.clip.source other than 'random' -> (config.clip.path) -> (its config, params).
+    # config.backbone.source other than 'random' -> (config.backbone.path) -> (its config,
+    # params).
     loaders: Mapping[str, Callable[[str], tuple[Any, dict]]]
-    # (config.clip.path of source 'hf') -> its config, without reading the weights.
+    # (config.backbone.path of source 'hf') -> its config, without reading the weights.
     read_config: Callable[[str], Any]
-    # (cfg, params, folder): the copy a model dir keeps (clip/), which `loaders['hf']` reads.
+    # (cfg, params, folder): the copy a model dir keeps (backbone/), which `loaders['hf']` reads.
     save: Callable[[Any, Any, str], None]
     model_types: tuple[str, ...]    # `model_type` in the config.json of such a folder
     # phrases -> (A, context) ids for random weights, which have no vocabulary: one id per byte.
@@ -42,7 +43,7 @@ class Backbone:
     tokens: Callable[[Any, tuple[str, ...], str | None], Any]
 
     @property
-    def name(self) -> str:          # config.backbone
+    def name(self) -> str:          # config.backbone.name
         return self.towers.name
 
     @property
@@ -61,26 +62,26 @@ def register(backbone: Backbone) -> Backbone:
 
 
 def get(name: str) -> Backbone:
-    """The backbone that `config.backbone = name` runs."""
+    """The backbone that `config.backbone.name = name` runs."""
     if name not in REGISTRY:
-        raise ConfigError(f"config.backbone={name!r}; expected one of {sorted(REGISTRY)}")
+        raise ConfigError(f"config.backbone.name={name!r}; expected one of {sorted(REGISTRY)}")
     return REGISTRY[name]
 
 
 def shape_config(backbone: str, shape: str) -> Any:
     """The config of `backbone`'s random weights of ViT shape `shape` (the benchmark's
-    `--backbone` and `--clip`)."""
+    `--backbone` and `--shape`)."""
     if backbone not in REGISTRY:
         raise ValueError(f"--backbone {backbone!r}; expected one of {sorted(REGISTRY)}")
     entry = REGISTRY[backbone]
     if shape not in entry.shapes:
-        raise ValueError(f"--clip {shape!r} with --backbone {backbone}; expected one of "
+        raise ValueError(f"--shape {shape!r} with --backbone {backbone}; expected one of "
                          f"{tuple(entry.shapes)}")
     return entry.presets[entry.shapes[shape]]()
 
 
 def shapes() -> tuple[str, ...]:
-    """Every ViT shape some registered backbone has (the choices of `--clip`)."""
+    """Every ViT shape some registered backbone has (the choices of `--shape`)."""
     return tuple(dict.fromkeys(s for b in REGISTRY.values() for s in b.shapes))
 
 

@@ -12,10 +12,10 @@ from vtfpar_jax.models import towers
 
 def _tokens(config, phrases, folder: str | None):
     try:
-        folder = folder or hf_clip.resolve_folder(config.clip.path, hf_siglip.HUB_PATTERNS)
+        folder = folder or hf_clip.resolve_folder(config.backbone.path, hf_siglip.HUB_PATTERNS)
         return siglip_tokenizer.tokenize(siglip_tokenizer.from_pretrained(folder), phrases)
     except (OSError, ValueError) as e:  # no tokenizer files, a phrase too long
-        raise ConfigError(f"config.text with the SigLIP at {config.clip.path}: {e}") from None
+        raise ConfigError(f"config.text with the SigLIP at {config.backbone.path}: {e}") from None
 
 
 BACKBONE = registry.register(registry.Backbone(

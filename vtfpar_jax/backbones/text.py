@@ -28,19 +28,19 @@ def weights_digest(text_params) -> str:
     return h.hexdigest()[:16]
 
 
-def attribute_text_features(cfg, clip_params, phrases: Sequence[str],
+def attribute_text_features(cfg, backbone_params, phrases: Sequence[str],
                             tokens: np.ndarray, cache_dir: str | None = None) -> np.ndarray:
     """(A, E) float32 text features of `phrases` (ids `tokens`, (A, context)) from the
     backbone of config `cfg` (CLIP or SigLIP), cached."""
     path = None
     if cache_dir:
         key = hashlib.sha256(json.dumps(
-            [list(phrases), tokens.tolist(), weights_digest(clip_params["text"])]).encode())
+            [list(phrases), tokens.tolist(), weights_digest(backbone_params["text"])]).encode())
         path = os.path.join(cache_dir, f"text_features_{key.hexdigest()[:16]}.npy")
         if os.path.exists(path):
             return np.load(path)
     features = np.asarray(jax.jit(towers.of(cfg).text_features, static_argnums=0)(
-        cfg, clip_params, tokens), np.float32)
+        cfg, backbone_params, tokens), np.float32)
     if path:
         # Every host computes the features and may write them, while others read:
         # written whole under a unique name, then renamed (vtfpar_jax.outputs.files).

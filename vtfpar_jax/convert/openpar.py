@@ -4,7 +4,7 @@
     state.update(openai_clip_state("ViT-B-16.pt")) # {'clip/<key>': array}
     config, variables = convert(state, frames=6, spatial_interact_map="default", ...)
 
-`variables` = {'params', 'batch_stats', 'clip'}. Options take the published
+`variables` = {'params', 'batch_stats', 'backbone'}. Options take the published
 command-line names and defaults. Tensors the published model creates but never
 runs (docs/published-model.md §7: the ImageNet ViT, `w_temporal`, `visual_embed`,
 `spa_embed`, `tem_embed`, the temporal `projection_layers`, both side nets'
@@ -97,7 +97,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {"model/" + k.removeprefix("module."): v for k, v in state.items()}
 
 
-def config_from_options(clip_cfg, num_attributes: int, head: str = "attribute",
+def config_from_options(backbone_cfg, num_attributes: int, head: str = "attribute",
                         group_columns: tuple = (), **options) -> vtfpar.VTFPARConfig:
     """Our config from the published command-line options (unknown names are errors) and the
     head (`head_layout`)."""
@@ -117,7 +117,7 @@ def config_from_options(clip_cfg, num_attributes: int, head: str = "attribute",
             raise ConfigError(f"{name}={o[name]!r}; expected one of {sorted(_AGGREGATIONS)}")
         aggs.append(_AGGREGATIONS[o[name]])
     return vtfpar.VTFPARConfig(
-        clip=clip_cfg, num_attributes=num_attributes, frames=int(o["frames"]),
+        backbone=backbone_cfg, num_attributes=num_attributes, frames=int(o["frames"]),
         spatial_map=parse_interaction_map(o["spatial_interact_map"]),
         temporal_map=parse_interaction_map(o["temporal_interact_map"]),
         spatial_aggregation=aggs[0], temporal_aggregation=aggs[1], dim=dims.pop(),
@@ -264,29 +264,29 @@ def convert(state_dict: Mapping[str, Any], clip: tuple | None = None,
     layout = head_layout(t, group_columns)
     clip_keys = [k for k in t.keys() if k.startswith("clip/")]
     if clip_keys:
-        clip_cfg = openai_clip.config_from_state_dict(t, prefix="clip/")
-        openai_clip.take_clip(t, clip_cfg, prefix="clip/")
-        clip_params = None
+        backbone_cfg = openai_clip.config_from_state_dict(t, prefix="clip/")
+        openai_clip.take_clip(t, backbone_cfg, prefix="clip/")
+        backbone_params = None
     elif clip is not None:
-        clip_cfg, clip_params = clip
+        backbone_cfg, backbone_params = clip
     else:
         raise WeightImportError(f"{source}: no 'clip/' tensors and no clip=(cfg, params): the "
                                 "published checkpoint lacks the CLIP text tower; pass the OpenAI "
                                 "or HuggingFace CLIP it was trained with")
-    _check_visual_copy(t, clip_cfg, clip_params)
-    cfg = config_from_options(clip_cfg, **layout, **options)
+    _check_visual_copy(t, backbone_cfg, backbone_params)
+    cfg = config_from_options(backbone_cfg, **layout, **options)
     _take_model(t, cfg)
     t.drop(lambda k: _UNUSED.match(k) is not None)
     t.check_consumed()
     expected = jax.eval_shape(lambda: vtfpar.init(cfg, jax.random.key(0)))
     variables = {name: t.build_tree(tree, prefix=(name,)) for name, tree in expected.items()}
-    if clip_params is None:
-        clip_params = t.build_tree(openai_clip.expected_shapes(clip_cfg), prefix=("clip",))
-    variables["clip"] = clip_params
+    if backbone_params is None:
+        backbone_params = t.build_tree(openai_clip.expected_shapes(backbone_cfg), prefix=("clip",))
+    variables["backbone"] = backbone_params
     return cfg, jax.tree.map(jnp.asarray, variables)
 
 
-def _check_visual_copy(t: SourceTensors, clip_cfg, clip_params):
+def _check_visual_copy(t: SourceTensors, backbone_cfg, backbone_params):
     """The published checkpoint repeats the frozen visual tower: it must be the given CLIP's.
 
     Against `clip/` tensors every copied tensor is compared; against CLIP params
@@ -294,11 +294,11 @@ def _check_visual_copy(t: SourceTensors, clip_cfg, clip_params):
     """
     copy = "model/clip_visual_extractor."
     keys = [k for k in t.keys() if k.startswith(copy)]
-    if clip_params is None:
+    if backbone_params is None:
         reference = {k: t.tensors["clip/visual." + k[len(copy):].replace(
             "resblocks.", "transformer.resblocks.")] for k in keys}
     else:
-        v = clip_params["vision"]
+        v = backbone_params["vision"]
         conv = np.asarray(v["patch_embed"]["kernel"]).transpose(3, 2, 0, 1)
         reference = {copy + "conv1.weight": conv,
                      copy + "class_embedding": v["class_embedding"],

@@ -24,7 +24,7 @@ from vtfpar_jax.backbones import clip_tokenizer, hf_clip, openai_clip
 from vtfpar_jax.backbones.weights import WeightImportError
 from vtfpar_jax.convert import openpar
 from vtfpar_jax.errors import ConfigError, UserError
-from vtfpar_jax.state import backbone_origin
+from vtfpar_jax.state import backbone_origin, old_names
 from vtfpar_jax.state.checkpoint import CheckpointStore
 
 
@@ -36,7 +36,7 @@ DATASETS = {"mars": ("configs.mars", "mars"), "duke": ("configs.duke", "duke")}
 
 
 def check_new(out: str) -> None:
-    """Refuse an --out that holds anything: a model dir's config.json and clip/ would replace
+    """Refuse an --out that holds anything: a model dir's config.json and backbone/ would replace
     files of the same names (a user's folder, or another model)."""
     entries = sorted(os.listdir(out)) if os.path.isdir(out) else []
     if entries:
@@ -47,12 +47,12 @@ def check_new(out: str) -> None:
 
 def write_model_dir(out: str, cfg, variables: dict, config, attribute_set, tokens: np.ndarray,
                     phrases, origin: dict) -> None:
-    """config.json + clip/ + checkpoints/0 exactly as a training run lays them out."""
+    """config.json + backbone/ + checkpoints/0 exactly as a training run lays them out."""
     from vtfpar_jax.state.model_dir import fresh_state
     check_new(out)
     os.makedirs(out, exist_ok=True)
-    state, _ = fresh_state(config, cfg, variables["clip"], variables)
-    hf_clip.save(cfg.clip, variables["clip"], os.path.join(out, "clip"))
+    state, _ = fresh_state(config, cfg, variables["backbone"], variables)
+    hf_clip.save(cfg.backbone, variables["backbone"], os.path.join(out, old_names.FOLDER))
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump({"config": config.to_dict(), "backbone_origin": origin,
                    "attribute_set": attribute_set.name,
@@ -97,8 +97,9 @@ def convert_files(checkpoint: str, clip_path: str, dataset: str, out: str,
     m.temporal_aggregation = cfg.temporal_aggregation
     m.use_spatial, m.use_temporal = cfg.use_spatial, cfg.use_temporal
     origin = backbone_origin.of_path(clip_path)
-    config.clip.source, config.clip.path = "hf", os.path.join(os.path.abspath(out), "clip")
-    config.clip.image_size, config.clip.patch_size = cfg.clip.image_size, cfg.clip.patch_size
+    c = config.backbone
+    c.source, c.path = "hf", os.path.join(os.path.abspath(out), old_names.FOLDER)
+    c.image_size, c.patch_size = cfg.backbone.image_size, cfg.backbone.patch_size
     phrases = attribute_set.published_phrases
     tokens = clip_tokenizer.tokenize(tok, phrases)
     write_model_dir(out, cfg, variables, config, attribute_set, tokens, phrases, origin)

@@ -73,20 +73,21 @@ def published_options(config: ml_collections.ConfigDict, cfg: vtfpar.VTFPARConfi
                       trainable: Any) -> dict:
     """The published command-line options that build this model, or one refusal naming the
     config option the published code cannot follow."""
-    backbone = towers.of(cfg.clip)
+    backbone = towers.of(cfg.backbone)
     vit_b16 = clip.vit_b16()
     if backbone.name != "clip":
-        raise ExportRefusedError(f"backbone={backbone.name!r} ({config.clip.path}): the "
+        raise ExportRefusedError(f"backbone.name={backbone.name!r} ({config.backbone.path}): the "
                                  "published code runs OpenAI CLIP ViT-B/16 only")
-    c = cfg.clip
+    c = cfg.backbone
     if (c.vision, c.text, c.image_size, c.patch_size, c.projection_dim) != (
             vit_b16.vision, vit_b16.text, vit_b16.image_size, vit_b16.patch_size,
             vit_b16.projection_dim):
         raise ExportRefusedError(
-            f"clip.path={config.clip.path!r} (clip.source={config.clip.source!r}): a CLIP of "
+            f"backbone.path={config.backbone.path!r} (backbone.source="
+            f"{config.backbone.source!r}): a CLIP of "
             f"width {c.vision.width}, {c.vision.layers} layers, {c.image_size} px / "
             f"{c.patch_size}; the published code runs OpenAI CLIP ViT-B/16 only")
-    if "text" in trainable.get("clip", {}):
+    if "text" in trainable.get("backbone", {}):
         raise ExportRefusedError(
             f"frozen_patterns={list(config.frozen_patterns)}: the CLIP text tower was trained; "
             "the published file has no text tower (the published code reads OpenAI's)")
@@ -134,7 +135,7 @@ def published_options(config: ml_collections.ConfigDict, cfg: vtfpar.VTFPARConfi
 
 def _unused(cfg: vtfpar.VTFPARConfig, variables: dict) -> dict[str, np.ndarray]:
     """Zeros for the tensors the published model creates and never runs (module docstring)."""
-    d, width = cfg.dim, cfg.clip.vision.width
+    d, width = cfg.dim, cfg.backbone.vision.width
     shapes = {"model/w_temporal": (1,), "model/visual_embed.weight": (d, width),
               "model/visual_embed.bias": (d,)}
     for name in ("spa_embed", "tem_embed"):
@@ -161,7 +162,7 @@ def _unused(cfg: vtfpar.VTFPARConfig, variables: dict) -> dict[str, np.ndarray]:
 
 
 def state_dict(cfg: vtfpar.VTFPARConfig, variables: dict) -> dict[str, np.ndarray]:
-    """`{'model/<published key>': array}` of `variables` ({'params', 'batch_stats', 'clip'})."""
+    """`{'model/<published key>': array}` of `variables` ({'params', 'batch_stats', 'backbone'})."""
     out = {key: to_torch(leaf(variables, path))
            for key, path, (_, to_torch) in openpar.name_table(cfg)}
     for pattern, count, path, (_, to_torch), join in openpar.grouped_table(cfg):
@@ -169,7 +170,7 @@ def state_dict(cfg: vtfpar.VTFPARConfig, variables: dict) -> dict[str, np.ndarra
         parts = list(parts) if join == "stack" else np.split(parts, count)
         out.update({pattern.format(i): to_torch(p) for i, p in enumerate(parts)})
     copy = "model/clip_visual_extractor."
-    for key, array in openai_clip.tensors_from_params(cfg.clip, variables["clip"]).items():
+    for key, array in openai_clip.tensors_from_params(cfg.backbone, variables["backbone"]).items():
         if key.startswith("visual.") and not key.startswith(_NOT_COPIED):
             name = key.removeprefix("visual.").replace("transformer.resblocks.", "resblocks.")
             out[copy + name] = array

@@ -103,11 +103,11 @@ def eval_logits(cfg, trainable, batch_stats, frozen, video, normalization: str =
     `video`: the pipeline's (B, T, h, w, 3) uint8 frames, resized and normalised
     here (vtfpar_jax.models.preprocess, no augmentation), or float model input as it is.
     """
-    video = preprocess.model_input(video, (cfg.clip.image_size,) * 2,
+    video = preprocess.model_input(video, (cfg.backbone.image_size,) * 2,
                                    preprocess.Preprocess(normalization, augment=False))
     params = optim.merge(trainable, frozen.params)
     logits, _ = vtfpar.apply(cfg, {"params": params["model"], "batch_stats": batch_stats},
-                             params["clip"], video, frozen.text_features)
+                             params["backbone"], video, frozen.text_features)
     return logits
 
 

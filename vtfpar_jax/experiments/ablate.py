@@ -25,7 +25,7 @@ validated, without loading a backbone or data) before the first point trains;
 a bad value anywhere in a sweep is refused with nothing created.
 
 Values are typed like the config field they set (true/false, numbers, strings;
-tuples as Python literals, e.g. --sweep "frozen_patterns=('clip/.*',),()").
+tuples as Python literals, e.g. --sweep "frozen_patterns=('backbone/.*',),()").
 `frozen_patterns` also takes these names, which make "side tuning against partial
 or full fine-tuning" one command; they are resolved on each point's final config,
 with the backbone's own split between vision tower and the rest (CLIP: text tower
@@ -68,7 +68,7 @@ def frozen_preset(name: str, config: ml_collections.ConfigDict) -> tuple[str, ..
     except UserError as e:
         raise AblationError(f"frozen_patterns={name}: {e}") from None
     if name == "side_tuning":
-        return ("clip/.*",)
+        return ("backbone/.*",)
     if name == "full_vision":
         return backbone.frozen_but_vision()
     if name == "last_block":
@@ -84,7 +84,7 @@ def frozen_preset(name: str, config: ml_collections.ConfigDict) -> tuple[str, ..
                                 f"{backbone.display_name} feature 0 (the embeddings), no "
                                 "block; fine-tune with full_vision or read a deeper feature")
         # Feature s is the output of block s, which is the vision tower's layers_{s-1}.
-        return (*backbone.frozen_but_vision(), f"clip/vision/(?!layers_{deepest - 1}/).*")
+        return (*backbone.frozen_but_vision(), f"backbone/vision/(?!layers_{deepest - 1}/).*")
     raise AblationError(f"frozen_patterns={name!r}: expected a tuple of regexes or one of "
                         f"{', '.join(FROZEN_PRESETS)}{nearest(name, FROZEN_PRESETS)}")
 

@@ -32,7 +32,7 @@ from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.experiments import corruptions
 from vtfpar_jax.outputs.files import read_to_resume, save_figure, write_json, write_text
-from vtfpar_jax.state import fingerprint
+from vtfpar_jax.state import fingerprint, old_names
 
 DEFAULT_CORRUPTIONS = ("occlusion", "motion_blur", "dropped_frames")
 DEFAULT_SEVERITIES = (1, 3, 5)
@@ -69,6 +69,8 @@ def _resume(path: str, identity: dict) -> dict:
                                        if n in kept}}
     before = {**previous, "definitions": {n: d for n, d in kept.items()
                                           if n in identity["definitions"]}}
+    if "model_config" in before:   # recorded, maybe, under the backbone's old names
+        before["model_config"] = old_names.config(before["model_config"])
     fingerprint.check_same_run(path, before, now, RobustnessError, "--out")
     identity["definitions"] = {**kept, **identity["definitions"]}
     return previous.get("cells", {})

@@ -44,8 +44,8 @@ from vtfpar_jax.state import model_dir
 
 @functools.partial(jax.jit, static_argnums=0)
 def _logits(cfg: vtfpar.VTFPARConfig, variables, video, text_features):
-    model_vars = {k: v for k, v in variables.items() if k != "clip"}
-    logits, _ = vtfpar.apply(cfg, model_vars, variables["clip"], video, text_features)
+    model_vars = {k: v for k, v in variables.items() if k != "backbone"}
+    logits, _ = vtfpar.apply(cfg, model_vars, variables["backbone"], video, text_features)
     return logits
 
 
@@ -53,10 +53,10 @@ def compute_logits(config: vtfpar.VTFPARConfig, variables: Mapping[str, Any],
                    video: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     """Evaluation-mode logits (B, config.num_logits) for video (B, T, H, W, 3) float32 already
     normalised and attribute token ids (A, context); `variables` holds 'params',
-    'batch_stats' and the backbone's tree under 'clip'."""
-    text = towers.of(config.clip).text_features(config.clip, variables["clip"],
+    'batch_stats' and the backbone's tree under 'backbone'."""
+    text = towers.of(config.backbone).text_features(config.backbone, variables["backbone"],
                                                    jnp.asarray(tokens),
-                                                   vtfpar.DTYPES[config.clip_dtype])
+                                                   vtfpar.DTYPES[config.backbone_dtype])
     return np.asarray(_logits(config, variables, jnp.asarray(video, jnp.float32), text))
 
 
@@ -95,7 +95,7 @@ def predict_clips(loaded: model_dir.LoadedModel, videos: np.ndarray) -> np.ndarr
     videos = np.asarray(videos, np.float32)
     if videos.ndim != 5 or videos.shape[-1] != 3:
         raise ValueError(f"videos {videos.shape}: expected (N, T, H, W, 3)")
-    size = loaded.model_cfg.clip.image_size
+    size = loaded.model_cfg.backbone.image_size
     if videos.shape[2:4] != (size, size):
         raise ValueError(f"videos {videos.shape}: the model takes {size}x{size} frames")
     cfg = config_for_frames(loaded.model_cfg, videos.shape[1])
@@ -165,7 +165,7 @@ def _predict_into(out: out_folder.OutFolder, paths: list[Path],
     loaded = model_dir.load_announced(args.model, step=args.step)
     out.check_step(loaded.step)
     frames = args.frames or loaded.model_cfg.frames
-    size = loaded.model_cfg.clip.image_size
+    size = loaded.model_cfg.backbone.image_size
     normalization = loaded.config.input.get("normalization", "published")
     config_for_frames(loaded.model_cfg, frames)   # a wrong --frames concerns every input
     head = loaded.model_cfg.head

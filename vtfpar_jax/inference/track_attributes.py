@@ -95,7 +95,7 @@ def predict_tracks(path: str, tracks: dict[int, mot.Track], loaded: model_dir.Lo
     cfg = loaded.model_cfg
     normalization = loaded.config.input.get("normalization", "published")
     plans = tracklets.plan(tracks, cfg.frames, window)
-    collector = tracklets.CropCollector(tracks, plans, cfg.clip.image_size, aspect, context)
+    collector = tracklets.CropCollector(tracks, plans, cfg.backbone.image_size, aspect, context)
     batcher = _Batcher(loaded, batch, normalization)
     thumbnails: dict[int, np.ndarray] = {}
     track_bar = tqdm(total=len(tracks), desc="tracks", unit="track", position=1,
@@ -202,7 +202,7 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
     info = info or video_io.probe(video)
     times = times or stage_times.StageTimes(info.frames)
     tracks, warnings = mot.fit_to_video(tracks, info.width, info.height, info.frames)
-    warnings += too_small(info, tracks, loaded.model_cfg.clip.image_size)
+    warnings += too_small(info, tracks, loaded.model_cfg.backbone.image_size)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     probabilities, thumbnails = predict_tracks(video, tracks, loaded, info.frames, window,
@@ -215,7 +215,7 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
         **(about or {}), "video": video,
         "video_frames": info.frames, "width": info.width, "height": info.height,
         "fps": float(info.fps), "step": loaded.step, "frames_per_clip": cfg.frames,
-        "image_size": [cfg.clip.image_size] * 2,
+        "image_size": [cfg.backbone.image_size] * 2,
         "normalization": loaded.config.input.get("normalization", "published"),
         "crop": {"aspect": aspect, "context": context},
         "window": window, "attribute_set": loaded.attribute_set.name, "head": head,

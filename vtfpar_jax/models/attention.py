@@ -49,7 +49,7 @@ def cudnn_refusal(q: jax.Array) -> str | None:
     """Why cuDNN flash attention cannot take these queries, or None if it can."""
     if q.dtype not in CUDNN_DTYPES:
         return (f"it needs bfloat16 or float16 compute, and this attention computes in "
-                f"{q.dtype} (set model.dtype / model.clip_dtype)")
+                f"{q.dtype} (set model.dtype / model.backbone_dtype)")
     head_dim = q.shape[-1]
     if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
         return (f"it needs a head dim that is a multiple of 8 and at most "

@@ -97,8 +97,8 @@ class SpatialFusion(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, clip_tokens: jax.Array) -> jax.Array:
-        y = LayerNorm(epsilon=SIDE_LN_EPS, dtype=self.dtype, name="norm")(clip_tokens)
+    def __call__(self, x: jax.Array, backbone_tokens: jax.Array) -> jax.Array:
+        y = LayerNorm(epsilon=SIDE_LN_EPS, dtype=self.dtype, name="norm")(backbone_tokens)
         y = nn.Dense(self.dim, dtype=self.dtype, name="proj")(y)
         # Projecting before resizing, as published (bilinear weights sum to one,
         # so the two orders agree anyway).
@@ -129,7 +129,7 @@ class SpatialSideNet(nn.Module):
     attention: str = "auto"
 
     @nn.compact
-    def __call__(self, images: jax.Array, clip_tokens: Mapping[int, jax.Array]) -> jax.Array:
+    def __call__(self, images: jax.Array, backbone_tokens: Mapping[int, jax.Array]) -> jax.Array:
         """images (N, H, W, 3) -> side tokens (N, 1+grid^2, D)."""
         p = self.patch_size
         x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
@@ -146,7 +146,7 @@ class SpatialSideNet(nn.Module):
             if t not in sources:
                 return x
             return RematSpatialFusion(self.dim, self.grid, self.dtype, name=f"fusion_{t}")(
-                x, clip_tokens[sources[t]])
+                x, backbone_tokens[sources[t]])
 
         x = fuse(0, x)
         for i in range(1, SIDE_DEPTH):
@@ -236,8 +236,8 @@ class TemporalSideNet(nn.Module):
     attention: str = "auto"
 
     @nn.compact
-    def __call__(self, clip_tokens: Mapping[int, jax.Array]) -> jax.Array:
-        tokens = [clip_tokens[s] for s, _ in self.interaction_map]
+    def __call__(self, backbone_tokens: Mapping[int, jax.Array]) -> jax.Array:
+        tokens = [backbone_tokens[s] for s, _ in self.interaction_map]
         streams, c = len(tokens), tokens[0].shape[-1]
         b = tokens[0].shape[0] // self.frames
         p = self.grid * self.grid

@@ -12,8 +12,8 @@ What the model reads of a backbone, and all it reads:
 
 Each backbone's config type names it (`of(cfg)`), so a model config holding a
 `ClipConfig` or a `SiglipConfig` needs no separate switch. Params live under
-the tree key 'clip' whichever the backbone, so frozen-parameter patterns
-('clip/.*') and checkpoints keep their layout.
+the tree key 'backbone' whichever the backbone, so frozen-parameter patterns
+('backbone/.*') and checkpoints keep their layout.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Backbone:
     # what stays frozen when the vision tower is fine-tuned.
     non_vision: tuple[str, ...]
 
-    def frozen_but_vision(self, root: str = "clip") -> tuple[str, ...]:
+    def frozen_but_vision(self, root: str = "backbone") -> tuple[str, ...]:
         """frozen_patterns that freeze every param of this backbone outside its vision tower."""
         return tuple(f"{root}/{name}(/.*)?" for name in self.non_vision)
 

@@ -2,8 +2,8 @@
 
 The backbone is CLIP (as published) or SigLIP (models/towers.py says what
 the model reads of it). Parameters come in two trees that never mix:
-    clip_params   the backbone's towers (frozen by default; models/clip.py, models/siglip.py)
-    variables     {'params': side nets, fusion and heads, 'batch_stats': BN}
+    backbone_params  the backbone's towers (frozen by default; models/clip.py, models/siglip.py)
+    variables        {'params': side nets, fusion and heads, 'batch_stats': BN}
 
 `apply` is the pure forward pass used by training, evaluation and prediction.
 Shapes: video (B, F, H, W, 3) normalised; text features (A, E) computed once
@@ -47,7 +47,7 @@ HEADS = ("attribute", "group")
 class VTFPARConfig:
     """Everything that shapes the model; hashable (a static jit argument)."""
 
-    clip: clip.ClipConfig | siglip.SiglipConfig   # the backbone (models/towers.py)
+    backbone: clip.ClipConfig | siglip.SiglipConfig   # the backbone (models/towers.py)
     num_attributes: int
     frames: int = 6
     spatial_map: InteractionMap = INTERACTION_MAPS["default"]
@@ -61,7 +61,7 @@ class VTFPARConfig:
     use_temporal: bool = True
     drop_path_rate: float = 0.1         # on the fusion block, in training
     dtype: str = "float32"              # compute dtype of side nets, fusion and heads
-    clip_dtype: str = "float32"         # compute dtype of the frozen CLIP
+    backbone_dtype: str = "float32"     # compute dtype of the frozen backbone
     remat: str = "dots"                 # what side/fusion blocks keep for backward (side_nets)
     attention: str = "auto"             # attention implementation (models/attention.py)
     head: str = "attribute"             # HEADS
@@ -77,10 +77,10 @@ class VTFPARConfig:
 
     @property
     def side_grid(self) -> int:
-        return self.clip.image_size // self.side_patch_size
+        return self.backbone.image_size // self.side_patch_size
 
     @property
-    def clip_sources(self) -> tuple[int, ...]:
+    def backbone_sources(self) -> tuple[int, ...]:
         """The CLIP feature indices the side nets read (CLIP runs only up to the deepest)."""
         maps = (self.spatial_map if self.use_spatial else ()) + (
             self.temporal_map if self.use_temporal else ())
@@ -116,7 +116,7 @@ class VTFPARConfig:
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"config: attention={self.attention!r}; expected one of "
                              f"{ATTENTION_IMPLEMENTATIONS}")
-        for name in ("dtype", "clip_dtype"):
+        for name in ("dtype", "backbone_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"config: {name}={getattr(self, name)!r}; expected one of "
                                  f"{sorted(DTYPES)}")
@@ -126,8 +126,8 @@ class VTFPARConfig:
                              "use_temporal=False)")
         if self.frames < 1:
             raise ValueError(f"config: frames={self.frames}; need at least 1")
-        layers = self.clip.vision.layers
-        backbone = towers.of(self.clip).display_name
+        layers = self.backbone.vision.layers
+        backbone = towers.of(self.backbone).display_name
         for name, entries, use in (("spatial_map", self.spatial_map, self.use_spatial),
                                    ("temporal_map", self.temporal_map, self.use_temporal)):
             if not use:
@@ -143,8 +143,8 @@ class VTFPARConfig:
                 if name == "spatial_map" and not 0 <= t < SIDE_DEPTH:
                     raise ValueError(f"config: spatial_map entry {s}->{t} targets side layer {t}; "
                                      f"the spatial side net has layers 0..{SIDE_DEPTH - 1}")
-        if self.clip.image_size % self.side_patch_size:
-            raise ValueError(f"config: image size {self.clip.image_size} is not a multiple of "
+        if self.backbone.image_size % self.side_patch_size:
+            raise ValueError(f"config: image size {self.backbone.image_size} is not a multiple of "
                              f"side_patch_size={self.side_patch_size}")
 
 
@@ -181,7 +181,7 @@ class VTFPAR(nn.Module):
     cfg: VTFPARConfig
 
     @nn.compact
-    def __call__(self, video: jax.Array, clip_tokens: Mapping[int, jax.Array],
+    def __call__(self, video: jax.Array, backbone_tokens: Mapping[int, jax.Array],
                  text_features: jax.Array, train: bool = False) -> jax.Array:
         cfg, dtype = self.cfg, DTYPES[self.cfg.dtype]
         b, f, h, w, _ = video.shape
@@ -190,7 +190,7 @@ class VTFPAR(nn.Module):
             spatial = SpatialSideNet(cfg.dim, cfg.num_heads, cfg.side_patch_size, cfg.side_grid,
                                      cfg.spatial_map, dtype, cfg.remat, cfg.attention,
                                      name="spatial_side_net")(
-                video.reshape(b * f, h, w, 3).astype(dtype), clip_tokens)
+                video.reshape(b * f, h, w, 3).astype(dtype), backbone_tokens)
             self.sow("intermediates", "spatial_side", spatial)
             sides.append(Aggregation(cfg.spatial_aggregation, dtype, cfg.num_heads,
                                      name="spatial_aggregation")(
@@ -198,7 +198,7 @@ class VTFPAR(nn.Module):
         if cfg.use_temporal:
             temporal = TemporalSideNet(cfg.dim, cfg.num_heads, cfg.side_grid, cfg.temporal_map,
                                        f, dtype, cfg.remat, cfg.attention,
-                                       name="temporal_side_net")(clip_tokens)
+                                       name="temporal_side_net")(backbone_tokens)
             self.sow("intermediates", "temporal_side", temporal)
             sides.append(Aggregation(cfg.temporal_aggregation, dtype, cfg.num_heads,
                                      name="temporal_aggregation")(temporal))
@@ -227,29 +227,29 @@ class VTFPAR(nn.Module):
         return TorchBatchNorm(name="bn")(logits, train)
 
 
-def clip_tokens(cfg: VTFPARConfig, clip_params: Mapping[str, Any], video: jax.Array,
-                frozen: bool = True) -> dict[int, jax.Array]:
+def backbone_tokens(cfg: VTFPARConfig, backbone_params: Mapping[str, Any], video: jax.Array,
+                    frozen: bool = True) -> dict[int, jax.Array]:
     """Backbone patch tokens {index: (B*F, P, C)} at the indices the side nets read
     (CLIP's class token dropped: towers.patch_tokens).
 
     With `frozen`, under stop_gradient: no backward pass runs through the backbone.
     """
     b, f, h, w, _ = video.shape
-    sources = cfg.clip_sources
-    outs = towers.patch_tokens(cfg.clip, clip_params, video.reshape(b * f, h, w, 3), sources,
-                                  DTYPES[cfg.clip_dtype], cfg.attention)
+    sources = cfg.backbone_sources
+    outs = towers.patch_tokens(cfg.backbone, backbone_params, video.reshape(b * f, h, w, 3),
+                               sources, DTYPES[cfg.backbone_dtype], cfg.attention)
     if frozen:
         outs = [jax.lax.stop_gradient(o) for o in outs]
     return dict(zip(sources, outs, strict=True))
 
 
-def apply(cfg: VTFPARConfig, variables: Mapping[str, Any], clip_params: Mapping[str, Any],
+def apply(cfg: VTFPARConfig, variables: Mapping[str, Any], backbone_params: Mapping[str, Any],
           video: jax.Array, text_features: jax.Array, *, train: bool = False,
-          rng: jax.Array | None = None, clip_frozen: bool = True,
+          rng: jax.Array | None = None, backbone_frozen: bool = True,
           capture_intermediates: bool = False) -> tuple[jax.Array, dict]:
     """Logits (B, cfg.num_logits) and the updated collections (batch_stats in training,
     intermediates when captured)."""
-    tokens = clip_tokens(cfg, clip_params, video, frozen=clip_frozen)
+    tokens = backbone_tokens(cfg, backbone_params, video, frozen=backbone_frozen)
     mutable = (["batch_stats"] if train else []) + (
         ["intermediates"] if capture_intermediates else [])
     rngs = {"dropout": rng} if train and rng is not None else {}
@@ -263,10 +263,10 @@ def apply(cfg: VTFPARConfig, variables: Mapping[str, Any], clip_params: Mapping[
 
 def init(cfg: VTFPARConfig, rng: jax.Array) -> dict:
     """Fresh variables {'params', 'batch_stats'} (float32)."""
-    c = cfg.clip
+    c = cfg.backbone
     n = cfg.frames
     video = jnp.zeros((1, cfg.frames, c.image_size, c.image_size, 3), jnp.float32)
     tokens = {s: jnp.zeros((n, c.grid_size ** 2, c.vision.width), jnp.float32)
-              for s in cfg.clip_sources}
+              for s in cfg.backbone_sources}
     text = jnp.zeros((cfg.num_attributes, c.projection_dim), jnp.float32)
     return dict(VTFPAR(cfg).init(rng, video, tokens, text, False))

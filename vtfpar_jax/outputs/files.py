@@ -1,7 +1,7 @@
 """Writing to a work dir that other hosts, or the next run, may read: whole files or none.
 
 A run's shared work dir is read while it is written: every host reads the text
-cache, a restarted run reads config.json and clip/, and kill -9 may stop a
+cache, a restarted run reads config.json and backbone/, and kill -9 may stop a
 write halfway. So each file (or folder) is written under a temporary name that
 is unique across hosts (`tempfile`), then renamed onto its real name. A rename
 within a folder is atomic on POSIX file systems (local disks, NFS, Lustre), so

@@ -6,11 +6,11 @@ One of:
   the snapshot that was read, with the digests of its backbone files there;
 - `{"file": PATH, "sha256": SHA-256}`: a weight file (an OpenAI `.pt`);
 - `{"folder": PATH}`: a local HuggingFace folder, which may move or change: only the
-  model dir's clip/ keeps what was read, and an upload ships that;
+  model dir's backbone/ keeps what was read, and an upload ships that;
 - `{"random": PRESET, "seed": N, "image_size": ..., "patch_size": ...}`: seeded random
   weights (vtfpar_jax.models.rng's `backbone_init` stream).
 
-Model dirs made before it have no record; their clip/ is all there is, and an upload
+Model dirs made before it have no record; their backbone/ (clip/) is all there is, and an upload
 ships it.
 """
 
@@ -28,9 +28,9 @@ HUB_PATTERNS = sorted({*hf_clip.HUB_PATTERNS, *hf_siglip.HUB_PATTERNS})
 
 
 def of_config(config: ml_collections.ConfigDict) -> dict:
-    """The origin of config.clip's backbone, as it is found now (for a Hub id, the snapshot
+    """The origin of config.backbone's backbone, as it is found now (for a Hub id, the snapshot
     that the run reads: in offline mode, the cached one)."""
-    c = config.clip
+    c = config.backbone
     if c.source == "random":
         return {"random": c.preset, "seed": config.seed, "image_size": c.image_size,
                 "patch_size": c.patch_size}

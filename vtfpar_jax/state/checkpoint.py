@@ -2,7 +2,8 @@
 
 Layout of a work dir:
     config.json          the resolved config (written once, before training)
-    clip/                the frozen CLIP in HuggingFace format (safetensors)
+    backbone/            the frozen backbone in HuggingFace format (safetensors; clip/ in a
+                         model dir made before it was called so)
     checkpoints/<step>/  {state: step, trainable params, BN stats, optimiser state;
                           meta: step, epoch, batch in epoch (the data position)}
 Restoring walks back from the newest step: a checkpoint that fails to load is
@@ -20,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from vtfpar_jax.errors import UserError
+from vtfpar_jax.state import old_names
 
 
 class NoCheckpointError(UserError, FileNotFoundError):
@@ -89,21 +91,32 @@ class CheckpointStore:
         errors = self.unreadable = []
         for s in candidates:
             try:
+                # A checkpoint of earlier code holds the backbone's params under 'clip'.
+                earlier = old_names.holds_old_params_key(self._saved_tree(s))
+                target = (old_names.params(abstract_state, old_names.PARAMS_KEY,
+                                           old_names.OLD_PARAMS_KEY)
+                          if earlier else abstract_state)
                 state = (ocp.args.PyTreeRestore(
-                    abstract_state, partial_restore=True,
-                    restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))
-                    if partial else ocp.args.StandardRestore(abstract_state))
+                    target, partial_restore=True,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+                    if partial else ocp.args.StandardRestore(target))
                 restored = self.manager.restore(s, args=ocp.args.Composite(
                     state=state, meta=ocp.args.JsonRestore()))
                 if errors and announce:
                     logging.warning("resumed from step %d; newer checkpoint(s) unreadable and "
                                     "left on disk: %s", s, "; ".join(errors))
-                return restored["state"], dict(restored["meta"])
+                state = old_names.params(restored["state"]) if earlier else restored["state"]
+                return state, dict(restored["meta"])
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
                 errors.append(f"step {s} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
                 if announce:
                     logging.warning("checkpoint at step %d is unreadable: %s", s, errors[-1])
         raise NoCheckpointError(f"{self.directory}: no readable checkpoint: {'; '.join(errors)}")
+
+    def _saved_tree(self, step: int) -> Any:
+        """The tree checkpoint `step` holds, as nested dicts of array metadata."""
+        return ocp.PyTreeCheckpointer().metadata(
+            os.path.join(self.directory, str(step), "state")).item_metadata.tree
 
     def wait(self):
         self.manager.wait_until_finished()

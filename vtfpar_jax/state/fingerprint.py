@@ -17,7 +17,8 @@ A restart is held to what the run started with in two more ways. config.json
 records the random-stream scheme (`random_streams`, vtfpar_jax.models.rng.SCHEME),
 and a run resumes only under its own. A field added to the config after a work
 dir was written is not in its config.json: the run behaved as `ADDED_FIELDS`
-says, and it resumes only with that value.
+says, and it resumes only with that value. A field renamed since is read by its name now
+(`RENAMED_FIELDS`), so the same run under both names compares equal.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from flax import traverse_util
 
 from vtfpar_jax.errors import ConfigError
 from vtfpar_jax.models import rng
+from vtfpar_jax.state import old_names
 
 # Fields a restarted training run may change. They decide when the run ends, where
 # the data is read from and how often it logs, evaluates and checkpoints; none
@@ -58,9 +60,12 @@ ADDED_FIELDS = {
     "input.pad_pixels": 10,            # aa50662: the published padding, then fixed
     "model.attention": "xla",          # 1db70a4: XLA's attention, the only one then
     "input.frame_size": NO_EQUIVALENT,  # 17eea69: frames were resized on the host then
-    "backbone": "clip",                # 2d1f5f4: CLIP, the only backbone then
+    "backbone.name": "clip",           # 2d1f5f4: CLIP, the only backbone then
     "model.head": "attribute",         # 499e09f: one logit per attribute, the only head then
 }
+# Each field renamed since (old dotted name -> name now, vtfpar_jax/state/old_names.py): a
+# stored config is read under today's names before anything else is compared or filled in.
+RENAMED_FIELDS = old_names.FIELDS
 # A field that once stored its value in another form: (stored value, its name now).
 RENAMED_VALUES = {"model.remat": ((False, "none"), (True, "blocks"))}
 # config.json gained its fingerprint (be913c5) on the commit after the named random streams
@@ -176,15 +181,16 @@ def current_config(workdir: str, stored: dict) -> dict:
     with open(path) as f:
         for line in filter(str.strip, f):
             for key, change in json.loads(line)["changes"].items():
-                _set(config, key, change["new"])
+                _set(config, old_names.field(key), change["new"])
     return config
 
 
 def with_added_fields(config: dict) -> tuple[dict, list[str]]:
-    """A stored config as a run then ran it: each field of `ADDED_FIELDS` it lacks set to
-    its old value (`NO_EQUIVALENT` when none behaves so), each renamed value by its name
-    now; and the fields that were filled in."""
-    config = json.loads(json.dumps(config))   # a deep copy
+    """A stored config as a run then ran it: each renamed field by its name now
+    (`RENAMED_FIELDS`), each field of `ADDED_FIELDS` it lacks set to its old value
+    (`NO_EQUIVALENT` when none behaves so), each renamed value by its name now; and the
+    fields that were filled in."""
+    config = old_names.config(config)   # a deep copy
     stored, filled = flatten(config), []
     for key, old in ADDED_FIELDS.items():
         if key not in stored:

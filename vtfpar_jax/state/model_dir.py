@@ -1,8 +1,10 @@
 """A model dir loaded for inference, from either of its two layouts.
 
 - A training work dir (or a converted published checkpoint): config.json (config,
-  attribute set, phrases, token ids), clip/ (the frozen backbone, CLIP or SigLIP,
+  attribute set, phrases, token ids), backbone/ (the frozen backbone, CLIP or SigLIP,
   HuggingFace format) and checkpoints/<step>/ (Orbax).
+- Either one written before the backbone was called so holds `clip` in its place (in the
+  config, the params and the folder's name); vtfpar_jax/state/old_names.py reads it as today's.
 - The Hub layout (vtfpar_jax/tools/hub.py writes it, vtfpar_jax/state/hub_snapshot.py
   reads it): config.json, model.safetensors and backbone/, in a `push-to-hub --local`
   folder or the Hub cache's snapshot of `hf://ORG/NAME[@REV]`. It holds one step and
@@ -28,7 +30,7 @@ from vtfpar_jax import attributes
 from vtfpar_jax.backbones import text
 from vtfpar_jax.errors import UserError, nearest
 from vtfpar_jax.models import towers, vtfpar
-from vtfpar_jax.state import build, fingerprint, hub_snapshot, optim, sharding
+from vtfpar_jax.state import build, fingerprint, hub_snapshot, old_names, optim, sharding
 from vtfpar_jax.state.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.state.train_state import Frozen, TrainState, initial_state
 
@@ -65,10 +67,10 @@ class LoadedModel:
         return dataset_builder(self.config, self.attribute_set.name, split)
 
     def variables(self) -> dict:
-        """{'params', 'batch_stats', 'clip'}: the form `predict.compute_logits` takes."""
+        """{'params', 'batch_stats', 'backbone'}: the form `predict.compute_logits` takes."""
         params = optim.merge(self.state.trainable, self.frozen.params)
         return {"params": params["model"], "batch_stats": self.state.batch_stats,
-                "clip": params["clip"]}
+                "backbone": params["backbone"]}
 
 
 def resolve(model: str) -> str:
@@ -134,10 +136,12 @@ def read_run_file(model: str) -> dict:
                                    "training work dir or the output of "
                                    "vtfpar_jax.convert.openpar_cli")
     with open(path) as f:
-        return json.load(f)
+        run = json.load(f)
+    run["config"] = old_names.config(run["config"])
+    return run
 
 
-def fresh_state(config, model_cfg, clip_params, variables: dict | None = None):
+def fresh_state(config, model_cfg, backbone_params, variables: dict | None = None):
     """(step-0 TrainState, frozen params) laid out as this config trains them.
 
     Without `variables`, the state holds shapes only (jax.ShapeDtypeStruct): what a
@@ -149,17 +153,17 @@ def fresh_state(config, model_cfg, clip_params, variables: dict | None = None):
     tx = optim.make_optimizer(config.optimizer, optim.make_schedule(config.optimizer,
                                                                     config.num_epochs, 1))
     if variables is not None:
-        return initial_state(variables, clip_params, config.frozen_patterns, tx)
+        return initial_state(variables, backbone_params, config.frozen_patterns, tx)
 
     def fresh():
-        return initial_state(vtfpar.init(model_cfg, jax.random.PRNGKey(0)), clip_params,
+        return initial_state(vtfpar.init(model_cfg, jax.random.PRNGKey(0)), backbone_params,
                              config.frozen_patterns, tx)
 
     template, frozen = jax.eval_shape(fresh)
     if "model" in frozen:
         return fresh()
-    # The frozen leaves are backbone ones: take them from `clip_params` itself.
-    real = traverse_util.flatten_dict({"clip": clip_params}, sep="/")
+    # The frozen leaves are backbone ones: take them from `backbone_params` itself.
+    real = traverse_util.flatten_dict({"backbone": backbone_params}, sep="/")
     return template, traverse_util.unflatten_dict(
         {k: real[k] for k in traverse_util.flatten_dict(frozen, sep="/")}, sep="/")
 
@@ -182,9 +186,9 @@ def load(model: str, step: int | None = None) -> LoadedModel:
         return _load_layout(model, run, step)
     # The config in force: a restart may have changed e.g. data_dir since config.json.
     config = ml_collections.ConfigDict(fingerprint.current_config(model, run["config"]))
-    clip_cfg, clip_params = _backbone(model, config, os.path.join(model, "clip"))
-    model_cfg = _model_config(config, clip_cfg, run)
-    template, frozen_params = fresh_state(config, model_cfg, clip_params)
+    backbone_cfg, backbone_params = _backbone(model, config, old_names.backbone_folder(model))
+    model_cfg = _model_config(config, backbone_cfg, run)
+    template, frozen_params = fresh_state(config, model_cfg, backbone_params)
     mesh = sharding.make_mesh()
     store = CheckpointStore(model, async_save=False)
     # Inference reads no optimiser state: its moments are not even read from disk.
@@ -198,8 +202,8 @@ def load(model: str, step: int | None = None) -> LoadedModel:
     finally:
         store.close()
     state = TrainState(**restored, opt_state=optax.EmptyState())
-    return _loaded(config, run, clip_cfg, clip_params, model_cfg, state, frozen_params, mesh,
-                   int(meta["step"]), meta.get("epoch"), os.path.join(model, "text_cache"),
+    return _loaded(config, run, backbone_cfg, backbone_params, model_cfg, state, frozen_params,
+                   mesh, int(meta["step"]), meta.get("epoch"), os.path.join(model, "text_cache"),
                    list(store.unreadable))
 
 
@@ -210,42 +214,44 @@ def _load_layout(folder: str, run: dict, step: int | None) -> LoadedModel:
         raise ModelDirError(f"{folder}: --step {step}, but this Hub layout holds step "
                             f"{hub['step']} only")
     config = ml_collections.ConfigDict(run["config"])
-    clip_cfg, clip_params = _backbone(folder, config, hub_snapshot.backbone_folder(folder, run))
-    model_cfg = _model_config(config, clip_cfg, run)
+    backbone_cfg, backbone_params = _backbone(folder, config,
+                                              hub_snapshot.backbone_folder(folder, run))
+    model_cfg = _model_config(config, backbone_cfg, run)
     expected = jax.eval_shape(lambda: vtfpar.init(model_cfg, jax.random.PRNGKey(0)))
     variables = hub_snapshot.variables(hub_snapshot.read_weights(folder, run), expected, folder)
     # optax.identity: inference steps no optimiser, so its state is empty.
-    state, frozen_params = initial_state(variables, clip_params, config.frozen_patterns,
+    state, frozen_params = initial_state(variables, backbone_params, config.frozen_patterns,
                                          optax.identity())
     state = state.replace(step=jnp.asarray(hub["step"], jnp.int32))
     mesh = sharding.make_mesh()
     # No text cache: a Hub snapshot is not a folder of ours to write into.
-    return _loaded(config, run, clip_cfg, clip_params, model_cfg,
+    return _loaded(config, run, backbone_cfg, backbone_params, model_cfg,
                    sharding.replicate(state, mesh), frozen_params, mesh, hub["step"],
                    hub.get("epoch"), None, [])
 
 
 def _backbone(model: str, config: ml_collections.ConfigDict, folder: str):
     """(cfg, params) of the backbone saved in `folder`, of the kind the config names."""
-    clip_cfg, clip_params = build.load_backbone_folder(folder)
-    if towers.of(clip_cfg).name != build.backbone(config).name:
+    backbone_cfg, backbone_params = build.load_backbone_folder(folder)
+    if towers.of(backbone_cfg).name != build.backbone(config).name:
         raise ModelDirError(f"{model}: config.json says backbone "
                             f"{build.backbone(config).name!r}, but {os.path.basename(folder)}/ "
-                            f"holds a {towers.of(clip_cfg).display_name} checkpoint")
-    return clip_cfg, clip_params
+                            f"holds a {towers.of(backbone_cfg).display_name} checkpoint")
+    return backbone_cfg, backbone_params
 
 
-def _model_config(config: ml_collections.ConfigDict, clip_cfg, run: dict) -> vtfpar.VTFPARConfig:
+def _model_config(config: ml_collections.ConfigDict, backbone_cfg,
+                  run: dict) -> vtfpar.VTFPARConfig:
     attribute_set = attributes.get(run["attribute_set"])
-    return build.model_config(config, clip_cfg, attribute_set.num_attributes,
+    return build.model_config(config, backbone_cfg, attribute_set.num_attributes,
                               attribute_set.head_groups)
 
 
-def _loaded(config, run: dict, clip_cfg, clip_params, model_cfg, state, frozen_params, mesh,
+def _loaded(config, run: dict, backbone_cfg, backbone_params, model_cfg, state, frozen_params, mesh,
             step: int, epoch: int | None, text_cache: str | None,
             unreadable: list[str]) -> LoadedModel:
     tokens = np.asarray(run["tokens"], np.int32)
-    features = text.attribute_text_features(clip_cfg, clip_params, run["phrases"], tokens,
+    features = text.attribute_text_features(backbone_cfg, backbone_params, run["phrases"], tokens,
                                             cache_dir=text_cache)
     ratio = run.get("positive_ratio")
     frozen = sharding.replicate(Frozen(params=frozen_params, text_features=jnp.asarray(features),

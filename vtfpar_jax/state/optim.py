@@ -77,7 +77,7 @@ def make_optimizer(opt: Any, schedule: optax.Schedule
 def partition(params: Mapping[str, Any], frozen_patterns: Sequence[str]
               ) -> tuple[dict, dict]:
     """(trainable, frozen) nested trees; a leaf is frozen when its '/'-joined path
-    (e.g. 'clip/vision/layers_3/fc1/kernel') fully matches one of the patterns."""
+    (e.g. 'backbone/vision/layers_3/fc1/kernel') fully matches one of the patterns."""
     try:
         patterns = [re.compile(p) for p in frozen_patterns]
     except re.error as e:

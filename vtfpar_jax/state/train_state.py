@@ -21,7 +21,7 @@ from vtfpar_jax.state import optim
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
-    trainable: Any          # {'model': ..., 'clip': ...} leaves not frozen
+    trainable: Any          # {'model': ..., 'backbone': ...} leaves not frozen
     batch_stats: Any
     opt_state: Any
 
@@ -29,15 +29,15 @@ class TrainState:
 @flax.struct.dataclass
 class Frozen:
     """Inputs of every step that training never changes."""
-    params: Any             # frozen leaves of {'model', 'clip'}
+    params: Any             # frozen leaves of {'model', 'backbone'}
     text_features: jax.Array
     positive_ratio: jax.Array
 
 
-def initial_state(variables: dict, clip_params: Any, frozen_patterns,
+def initial_state(variables: dict, backbone_params: Any, frozen_patterns,
                   tx: optax.GradientTransformation) -> tuple[TrainState, Any]:
-    """(step-0 state, frozen params): `frozen_patterns` split {'model', 'clip'} params."""
-    trainable, frozen = optim.partition({"model": variables["params"], "clip": clip_params},
+    """(step-0 state, frozen params): `frozen_patterns` split {'model', 'backbone'} params."""
+    trainable, frozen = optim.partition({"model": variables["params"], "backbone": backbone_params},
                                         frozen_patterns)
     state = TrainState(step=jnp.asarray(0, jnp.int32), trainable=trainable,
                        batch_stats=variables["batch_stats"], opt_state=tx.init(trainable))
@@ -54,13 +54,13 @@ def step_frozen_params(cfg: vtfpar.VTFPARConfig, frozen: dict) -> dict:
     so the numbers are bit-identical, with half the bytes on the device and no
     cast in every step.
     """
-    if "clip" not in frozen:
+    if "backbone" not in frozen:
         return frozen
-    clip_frozen = {k: v for k, v in frozen["clip"].items() if k != "text"}
-    if "vision" in clip_frozen:
-        vision = towers.of(cfg.clip).vision_params_up_to(clip_frozen["vision"],
-                                                            max(cfg.clip_sources))
-        dtype = vtfpar.DTYPES[cfg.clip_dtype]
-        clip_frozen["vision"] = jax.tree_util.tree_map_with_path(
+    backbone_frozen = {k: v for k, v in frozen["backbone"].items() if k != "text"}
+    if "vision" in backbone_frozen:
+        vision = towers.of(cfg.backbone).vision_params_up_to(backbone_frozen["vision"],
+                                                            max(cfg.backbone_sources))
+        dtype = vtfpar.DTYPES[cfg.backbone_dtype]
+        backbone_frozen["vision"] = jax.tree_util.tree_map_with_path(
             lambda path, x: x.astype(dtype) if path[-1].key == "kernel" else x, vision)
-    return {**frozen, "clip": clip_frozen}
+    return {**frozen, "backbone": backbone_frozen}

@@ -115,8 +115,8 @@ def topology_mesh(target: Target) -> jax.sharding.Mesh:
                              axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def compile_report(target_spec: str, clip_name: str = "vit_b16", *, batch: int,
-                   frames: int = 6, dtype: str = "bfloat16", clip_dtype: str | None = None,
+def compile_report(target_spec: str, shape: str = "vit_b16", *, batch: int,
+                   frames: int = 6, dtype: str = "bfloat16", backbone_dtype: str | None = None,
                    remat: str | None = None, attention: str | None = None,
                    num_attributes: int = 43, backbone: str = "clip",
                    **model_options) -> dict[str, Any]:
@@ -129,9 +129,9 @@ def compile_report(target_spec: str, clip_name: str = "vit_b16", *, batch: int,
         raise TargetError(f"--batch {batch} does not split over the {devices} devices of "
                           f"{target.name}")
     model_cfg = bench_setup.model_config(
-        bench_setup.clip_config(clip_name, backbone), frames=frames, dtype=dtype,
-        clip_dtype=clip_dtype, remat=remat, attention=attention, num_attributes=num_attributes,
-        **model_options)
+        bench_setup.shape_config(shape, backbone), frames=frames, dtype=dtype,
+        backbone_dtype=backbone_dtype, remat=remat, attention=attention,
+        num_attributes=num_attributes, **model_options)
     shapes = jax.eval_shape(lambda: bench_setup.make_inputs(model_cfg, batch=batch))
     replicated = NamedSharding(mesh, PartitionSpec())
     split = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
@@ -151,9 +151,9 @@ def compile_report(target_spec: str, clip_name: str = "vit_b16", *, batch: int,
     return {
         "target": target.name, "platform": target.platform, "devices": devices,
         "device_kind": mesh.devices.flat[0].device_kind, "jax_version": jax.__version__,
-        "clip": clip_name, "backbone": backbone, "batch": batch,
+        "shape": shape, "backbone": backbone, "batch": batch,
         "batch_per_device": batch // devices,
-        "frames": frames, "dtype": model_cfg.dtype, "clip_dtype": model_cfg.clip_dtype,
+        "frames": frames, "dtype": model_cfg.dtype, "backbone_dtype": model_cfg.backbone_dtype,
         "remat": model_cfg.remat, "attention": model_cfg.attention,
         "trainable_params": bench_setup.count_params(state.trainable),
         "gradient_bytes": sum(int(np.prod(x.shape)) * x.dtype.itemsize
@@ -169,9 +169,9 @@ def _gib(n: int) -> str:
 
 
 def summary(r: dict[str, Any]) -> str:
-    lines = [f"{r['target']} ({r['devices']}x {r['device_kind']}), {r['clip']}, global batch "
+    lines = [f"{r['target']} ({r['devices']}x {r['device_kind']}), {r['shape']}, global batch "
              f"{r['batch']} ({r['batch_per_device']} per device) x {r['frames']} frames, "
-             f"{r['dtype']} (CLIP {r['clip_dtype']}), remat {r['remat']}, attention "
+             f"{r['dtype']} (CLIP {r['backbone_dtype']}), remat {r['remat']}, attention "
              f"{r['attention']}; deviceless compile, per device:"]
     for name in ("train", "predict"):
         part = r[name]

@@ -1,7 +1,7 @@
 """Train-step and prediction throughput on whatever devices JAX sees.
 
-    vtfpar bench --clip vit_b16|tiny --batch 16 --frames 6 [--backbone siglip]
-        [--dtype bfloat16] [--clip-dtype float16] [--remat none|dots|blocks]
+    vtfpar bench --shape vit_b16|tiny --batch 16 --frames 6 [--backbone siglip]
+        [--dtype bfloat16] [--backbone-dtype float16] [--remat none|dots|blocks]
         [--attention auto|xla|cudnn] [--breakdown] [--steps 20] [--devices N]
         [--json out.json]
     vtfpar bench --aot h200|h100|h200x8|tpu-v5e:4x4 --batch 64 ...
@@ -9,7 +9,7 @@
 Feeds in-memory random arrays (no input pipeline) to the project's own train
 step (`train_step.make_train_step`, jitted exactly as `train.Trainer` jits it)
 and to the evaluation forward (`evaluate.eval_logits`, jitted as `Evaluator`
-does), on random CLIP weights: speed depends on shapes, not values. Only jax,
+does), on random backbone weights: speed depends on shapes, not values. Only jax,
 flax, optax and numpy are needed: nothing here imports TensorFlow or
 ml_collections, so it runs on a GPU machine that has neither.
 
@@ -41,11 +41,11 @@ from vtfpar_jax.models.side_nets import REMAT_POLICIES
 from vtfpar_jax.outputs import files
 from vtfpar_jax.tools.bench_setup import (
     DTYPES,
-    clip_config,
     count_params,
     jitted,
     make_inputs,
     model_config,
+    shape_config,
 )
 
 
@@ -57,7 +57,7 @@ class Setup:
     mesh: Any
     train_step: Any
     predict: Any
-    clip_forward: Any
+    backbone_forward: Any
     state: Any
     frozen: Any
     batch: dict
@@ -65,28 +65,28 @@ class Setup:
     trainable_params: int
 
 
-def build(clip_name: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: str = "float32",
-          clip_dtype: str | None = None, remat: str | None = None, attention: str | None = None,
-          num_attributes: int = 43, seed: int = 0, backbone: str = "clip", clip_cfg=None,
-          clip_params=None,
+def build(shape: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: str = "float32",
+          backbone_dtype: str | None = None, remat: str | None = None, attention: str | None = None,
+          num_attributes: int = 43, seed: int = 0, backbone: str = "clip", backbone_cfg=None,
+          backbone_params=None,
           variables=None, text_features=None, video: np.ndarray | None = None) -> Setup:
     """The train step and evaluation forward of the project, jitted over a `data` mesh
     of the local devices, with their inputs placed (compare_pytorch passes converted
     weights here). Options left as None take the project's defaults."""
     from vtfpar_jax.state import sharding
 
-    model_cfg = model_config(clip_cfg or clip_config(clip_name, backbone), frames=frames,
+    model_cfg = model_config(backbone_cfg or shape_config(shape, backbone), frames=frames,
                              dtype=dtype,
-                             clip_dtype=clip_dtype, remat=remat, attention=attention,
+                             backbone_dtype=backbone_dtype, remat=remat, attention=attention,
                              num_attributes=num_attributes)
     mesh = sharding.make_mesh()
     if batch % jax.device_count():
         raise ValueError(f"--batch {batch} does not split over {jax.device_count()} devices")
     state, frozen, local, rng = make_inputs(
-        model_cfg, batch=batch, seed=seed, clip_params=clip_params, variables=variables,
+        model_cfg, batch=batch, seed=seed, backbone_params=backbone_params, variables=variables,
         text_features=text_features, video=video)
-    train_step, predict, clip_forward = jitted(model_cfg, mesh)
-    return Setup(model_cfg, mesh, train_step, predict, clip_forward,
+    train_step, predict, backbone_forward = jitted(model_cfg, mesh)
+    return Setup(model_cfg, mesh, train_step, predict, backbone_forward,
                  sharding.replicate(state, mesh), sharding.replicate(frozen, mesh),
                  sharding.global_batch(jax.device_get(local), mesh), rng,
                  count_params(state.trainable))
@@ -162,8 +162,9 @@ def measure(setup: Setup, steps: int = 20, warmup: int = 2,
     result = {
         "device": f"{jax.device_count()}x {device.device_kind}", "platform": device.platform,
         "device_count": jax.device_count(), "jax_version": jax.__version__,
-        "clip_width": s.model_cfg.clip.vision.width, "batch": int(batch), "frames": int(frames),
-        "dtype": s.model_cfg.dtype, "clip_dtype": s.model_cfg.clip_dtype,
+        "backbone_width": s.model_cfg.backbone.vision.width, "batch": int(batch),
+        "frames": int(frames),
+        "dtype": s.model_cfg.dtype, "backbone_dtype": s.model_cfg.backbone_dtype,
         "remat": s.model_cfg.remat, "attention": s.model_cfg.attention,
         "trainable_params": s.trainable_params, "steps": steps, "warmup": warmup,
         "compile_s": compile_s, "step_s_median": step_s, "step_s_mean": statistics.mean(
@@ -181,52 +182,58 @@ def measure(setup: Setup, steps: int = 20, warmup: int = 2,
         "loss": float(metrics["loss"]), "finite": bool(metrics["finite"]),
     }
     if breakdown:
-        result["breakdown"] = clip_breakdown(s, step_s, steps, warmup)
+        result["breakdown"] = backbone_breakdown(s, step_s, steps, warmup)
     return result
 
 
-def clip_breakdown(s: Setup, step_s: float, steps: int, warmup: int) -> dict[str, float]:
-    """The frozen CLIP forward alone, in the step's shapes, against the whole step.
+def backbone_breakdown(s: Setup, step_s: float, steps: int, warmup: int) -> dict[str, float]:
+    """The frozen backbone forward alone, in the step's shapes, against the whole step.
 
-    `backbone_bound` is step frames/s over CLIP-only frames/s: the share of the
+    `backbone_bound` is step frames/s over backbone-only frames/s: the share of the
     speed the step would have if the side networks, fusion and optimiser were free.
     """
-    clip_forward = s.clip_forward.lower(s.state.trainable, s.frozen, s.batch["video"]).compile()
-    clip_times = _timed(lambda: jax.block_until_ready(
-        clip_forward(s.state.trainable, s.frozen, s.batch["video"])), steps, warmup)
-    clip_s = statistics.median(clip_times)
+    video = s.batch["video"]
+    backbone_forward = s.backbone_forward.lower(s.state.trainable, s.frozen, video).compile()
+    backbone_times = _timed(lambda: jax.block_until_ready(
+        backbone_forward(s.state.trainable, s.frozen, s.batch["video"])), steps, warmup)
+    backbone_s = statistics.median(backbone_times)
     frames = s.batch["video"].shape[0] * s.batch["video"].shape[1]
-    return {"clip_s_median": clip_s, "clip_frames_per_s": frames / clip_s,
-            "clip_share": clip_s / step_s, "side_share": 1 - clip_s / step_s,
-            "backbone_bound": clip_s / step_s}
+    return {"backbone_s_median": backbone_s, "backbone_frames_per_s": frames / backbone_s,
+            "backbone_share": backbone_s / step_s, "side_share": 1 - backbone_s / step_s,
+            "backbone_bound": backbone_s / step_s}
 
 
 def _gib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2 ** 30:.2f} GiB"
 
 
-def summary(r: dict[str, Any], clip_name: str) -> str:
+def summary(r: dict[str, Any], shape: str) -> str:
     peak = (f"peak {_gib(r['peak_bytes'])} (predict {_gib(r['predict_peak_bytes'])})"
             if r["peak_bytes"] is not None else f"peak n/a on {r['platform']} (RSS "
             f"{_gib(r['rss_peak_bytes'])})")
-    line = (f"{clip_name} batch {r['batch']} x {r['frames']} frames, {r['dtype']} (backbone "
-            f"{r['clip_dtype']}), remat {r['remat']}, attention {r['attention']} on "
+    line = (f"{shape} batch {r['batch']} x {r['frames']} frames, {r['dtype']} (backbone "
+            f"{r['backbone_dtype']}), remat {r['remat']}, attention {r['attention']} on "
             f"{r['device']}: train {r['step_s_median']:.4f} s/step = {r['clips_per_s']:.1f} "
             f"clips/s = {r['frames_per_s']:.0f} frames/s, compile {r['compile_s']:.1f} s; "
             f"predict {r['predict_clips_per_s']:.1f} clips/s; {peak}")
     if "breakdown" in r:
         b = r["breakdown"]
-        line += (f"\nbreakdown: CLIP forward alone {b['clip_s_median']:.4f} s "
-                 f"({b['clip_frames_per_s']:.0f} frames/s) = {b['clip_share']:.0%} of the step, "
+        line += (f"\nbreakdown: backbone forward alone {b['backbone_s_median']:.4f} s "
+                 f"({b['backbone_frames_per_s']:.0f} frames/s) = {b['backbone_share']:.0%} of "
+                 "the step, "
                  f"side networks + optimiser {b['side_share']:.0%}; backbone-bound ratio "
                  f"{b['backbone_bound']:.0%}")
     return line
 
 
+# The options' names before "clip" stopped naming any backbone: refused, naming the new one.
+RENAMED_OPTIONS = {"--clip": "shape", "--clip-dtype": "backbone-dtype"}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="vtfpar bench", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clip", default="vit_b16", choices=registry.shapes(),
+    p.add_argument("--shape", default="vit_b16", choices=registry.shapes(),
                    help="the backbone's ViT shape (so400m14: SigLIP only, vit_l14: CLIP only)")
     p.add_argument("--backbone", default="clip", choices=sorted(registry.REGISTRY),
                    help="the frozen backbone (random weights of its shape)")
@@ -234,8 +241,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--frames", type=int, default=6)
     p.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="compute dtype of side nets, fusion and heads")
-    p.add_argument("--clip-dtype", default=None, choices=DTYPES,
-                   help="compute dtype of the frozen CLIP (default: --dtype)")
+    p.add_argument("--backbone-dtype", default=None, choices=DTYPES,
+                   help="compute dtype of the frozen backbone (default: --dtype)")
+    for old, new in RENAMED_OPTIONS.items():
+        p.add_argument(old, dest=f"renamed_{new}", default=None, help=argparse.SUPPRESS)
     p.add_argument("--remat", default=None, choices=REMAT_POLICIES,
                    help="what the side and fusion blocks keep for backward (model.remat; "
                         "default: the project's)")
@@ -245,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=20, help="timed calls (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling")
     p.add_argument("--breakdown", action="store_true",
-                   help="also time the frozen CLIP forward alone: CLIP's and the side "
+                   help="also time the frozen backbone forward alone: its and the side "
                         "networks' shares, and the backbone-bound ratio")
     p.add_argument("--aot", default=None, metavar="TARGET",
                    help="compile only, deviceless, for TARGET (h100, h200, h200x8, "
@@ -256,8 +265,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args(argv)
+    for old, new in RENAMED_OPTIONS.items():
+        if getattr(args, f"renamed_{new}") is not None:
+            p.error(f"{old} is now --{new}")
     try:   # a shape the backbone has, before any compile
-        registry.shape_config(args.backbone, args.clip)
+        registry.shape_config(args.backbone, args.shape)
     except ValueError as e:
         p.error(str(e))
     command = "vtfpar bench " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -269,9 +281,9 @@ def _bench(p: argparse.ArgumentParser, args, command: str) -> dict[str, Any]:
         from vtfpar_jax.tools import aot
         try:
             aot.prepare(args.aot)
-            result = aot.compile_report(args.aot, args.clip, batch=args.batch,
+            result = aot.compile_report(args.aot, args.shape, batch=args.batch,
                                         frames=args.frames, dtype=args.dtype,
-                                        clip_dtype=args.clip_dtype, remat=args.remat,
+                                        backbone_dtype=args.backbone_dtype, remat=args.remat,
                                         attention=args.attention,
                                         num_attributes=args.num_attributes,
                                         backbone=args.backbone)
@@ -288,17 +300,18 @@ def _bench(p: argparse.ArgumentParser, args, command: str) -> dict[str, Any]:
             p.error("--devices simulates CPU devices; this JAX sees "
                     f"{jax.devices()[0].platform}")
     try:
-        setup = build(args.clip, batch=args.batch, frames=args.frames, dtype=args.dtype,
-                      clip_dtype=args.clip_dtype, remat=args.remat, attention=args.attention,
+        setup = build(args.shape, batch=args.batch, frames=args.frames, dtype=args.dtype,
+                      backbone_dtype=args.backbone_dtype, remat=args.remat,
+                      attention=args.attention,
                       num_attributes=args.num_attributes, seed=args.seed,
                       backbone=args.backbone)
     except ValueError as e:
         p.error(str(e))
     result = measure(setup, steps=args.steps, warmup=args.warmup, breakdown=args.breakdown)
-    result["clip"], result["backbone"] = args.clip, args.backbone
+    result["shape"], result["backbone"] = args.shape, args.backbone
     result["command"] = command
     _write_json(args.json, result)
-    print(summary(result, f"{registry.get(args.backbone).display_name} {args.clip}"))
+    print(summary(result, f"{registry.get(args.backbone).display_name} {args.shape}"))
     return result
 
 

@@ -21,17 +21,17 @@ DTYPES = ("float32", "bfloat16", "float16")
 PUBLISHED_OPTIMIZER = types.SimpleNamespace(
     name="adam", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, schedule="published",
     warmup_epochs=5, warmup_lr=1e-5, min_lr=2e-6, grad_clip_norm=0.0, accumulate_steps=1)
-FROZEN_PATTERNS = ("clip/.*",)
+FROZEN_PATTERNS = ("backbone/.*",)
 
 
-def clip_config(name: str, backbone: str = "clip"):
+def shape_config(name: str, backbone: str = "clip"):
     """The random backbone `backbone` of ViT shape `name` (its entry's `shapes`)."""
     from vtfpar_jax.backbones import registry
     return registry.shape_config(backbone, name)
 
 
-def model_config(clip_cfg, *, frames: int = 6, dtype: str = "float32",
-                 clip_dtype: str | None = None, remat: str | None = None,
+def model_config(backbone_cfg, *, frames: int = 6, dtype: str = "float32",
+                 backbone_dtype: str | None = None, remat: str | None = None,
                  attention: str | None = None, num_attributes: int = 43, **model_options):
     """The benchmarked model: the published one, with the project's defaults for what
     `remat` and `attention` leave as None (the fast settings: VTFPARConfig's), and any
@@ -41,12 +41,12 @@ def model_config(clip_cfg, *, frames: int = 6, dtype: str = "float32",
 
     # A CLIP shallower than 12 blocks (tiny: 4) cannot feed the default map; the
     # demo config's map '0' reads indices 0..4.
-    maps = {} if clip_cfg.vision.layers >= 12 else dict(
+    maps = {} if backbone_cfg.vision.layers >= 12 else dict(
         spatial_map=INTERACTION_MAPS["0"], temporal_map=INTERACTION_MAPS["0"])
     options = {k: v for k, v in dict(remat=remat, attention=attention).items() if v is not None}
     options = {**maps, **options, **model_options}
-    return vtfpar.VTFPARConfig(clip=clip_cfg, num_attributes=num_attributes, frames=frames,
-                               dtype=dtype, clip_dtype=clip_dtype or dtype, **options)
+    return vtfpar.VTFPARConfig(backbone=backbone_cfg, num_attributes=num_attributes, frames=frames,
+                               dtype=dtype, backbone_dtype=backbone_dtype or dtype, **options)
 
 
 def optimizer():
@@ -57,11 +57,11 @@ def optimizer():
     return optim.make_optimizer(PUBLISHED_OPTIMIZER, schedule), schedule
 
 
-def make_inputs(model_cfg, *, batch: int, seed: int = 0, clip_params=None, variables=None,
+def make_inputs(model_cfg, *, batch: int, seed: int = 0, backbone_params=None, variables=None,
                 text_features=None, video=None):
     """(state, frozen, batch, rng) of one train step, not yet placed on devices.
 
-    Random CLIP params, side-net variables, text features, clip and labels unless
+    Random backbone params, side-net variables, text features, clip and labels unless
     given. Pure JAX, so `jax.eval_shape` of it gives the shapes for free (aot).
     """
     from vtfpar_jax.models import rng as random_streams
@@ -69,21 +69,21 @@ def make_inputs(model_cfg, *, batch: int, seed: int = 0, clip_params=None, varia
     from vtfpar_jax.state.train_state import Frozen, initial_state, step_frozen_params
 
     keys = jax.random.split(jax.random.PRNGKey(seed), 6)
-    clip_cfg, a = model_cfg.clip, model_cfg.num_attributes
-    if clip_params is None:
-        clip_params = towers.of(clip_cfg).init_params(clip_cfg, keys[0])
+    backbone_cfg, a = model_cfg.backbone, model_cfg.num_attributes
+    if backbone_params is None:
+        backbone_params = towers.of(backbone_cfg).init_params(backbone_cfg, keys[0])
     if variables is None:
         variables = vtfpar.init(model_cfg, keys[1])
     if text_features is None:
-        text_features = jax.random.normal(keys[2], (a, clip_cfg.projection_dim))
-    size = clip_cfg.image_size
+        text_features = jax.random.normal(keys[2], (a, backbone_cfg.projection_dim))
+    size = backbone_cfg.image_size
     if video is None:  # decoded frames, as the input pipeline sends them
         video = jax.random.randint(keys[3], (batch, model_cfg.frames, size, size, 3), 0,
                                    256).astype(jnp.uint8)
     positive_ratio = jax.random.uniform(keys[4], (a,), minval=0.05, maxval=0.5)
     labels = (jax.random.uniform(keys[5], (batch, a)) < positive_ratio).astype(jnp.float32)
     tx, _ = optimizer()
-    state, frozen_params = initial_state(variables, clip_params, FROZEN_PATTERNS, tx)
+    state, frozen_params = initial_state(variables, backbone_params, FROZEN_PATTERNS, tx)
     frozen = Frozen(params=step_frozen_params(model_cfg, frozen_params),
                     text_features=jnp.asarray(text_features), positive_ratio=positive_ratio)
     # uint8 frames are preprocessed in the step; float ones are model input as given.
@@ -101,17 +101,18 @@ def jitted(model_cfg, mesh):
     from vtfpar_jax.training.train_step import jit_train_step, make_train_step
 
     tx, schedule = optimizer()
-    train_step = jit_train_step(make_train_step(model_cfg, tx, schedule, clip_frozen=True), mesh)
+    train_step = jit_train_step(make_train_step(model_cfg, tx, schedule, backbone_frozen=True),
+                                mesh)
     predict = evaluate.jit_eval_logits(model_cfg, mesh)
 
-    def clip_forward(trainable, frozen, video):
+    def backbone_forward(trainable, frozen, video):
         # The frozen CLIP of the step, in the step's shapes: its share of the step.
-        video = preprocess.model_input(video, (model_cfg.clip.image_size,) * 2,
+        video = preprocess.model_input(video, (model_cfg.backbone.image_size,) * 2,
                                        preprocess.Preprocess(augment=False))
-        return vtfpar.clip_tokens(model_cfg, optim.merge(trainable, frozen.params)["clip"],
+        return vtfpar.backbone_tokens(model_cfg, optim.merge(trainable, frozen.params)["backbone"],
                                   video)
 
-    return train_step, predict, jax.jit(clip_forward)
+    return train_step, predict, jax.jit(backbone_forward)
 
 
 def count_params(tree) -> int:

@@ -166,10 +166,11 @@ def compare(openpar_dir: str, batch: int = 2, frames: int = 6, device: str = "cp
         pub[k] for k in ("cfg", "variables", "video", "phrases", "tokens"))
     # Our side, on the converted weights and the same clip (NCHW -> NHWC at the border).
     jax_clip_dtype = jax_clip_dtype or ("float16" if clip_fp16 else "float32")
-    text = clip.text_features(cfg.clip, variables["clip"], tokens)
-    setup = bench.build(clip_cfg=cfg.clip, batch=batch, frames=frames, dtype=jax_dtype,
-                        clip_dtype=jax_clip_dtype,
-                        num_attributes=len(phrases), seed=seed, clip_params=variables["clip"],
+    text = clip.text_features(cfg.backbone, variables["backbone"], tokens)
+    setup = bench.build(backbone_cfg=cfg.backbone, batch=batch, frames=frames, dtype=jax_dtype,
+                        backbone_dtype=jax_clip_dtype,
+                        num_attributes=len(phrases), seed=seed,
+                        backbone_params=variables["backbone"],
                         variables={"params": variables["params"],
                                    "batch_stats": variables["batch_stats"]},
                         text_features=text, video=video.transpose(0, 1, 3, 4, 2))
@@ -229,7 +230,7 @@ def _published_logits(openpar_dir: str, model: str, loaded, phrases: list[str],
         # The text tower comes from this CLIP (as from ViT-B-16.pt). build_model loads the
         # weights into fp16; loaded again after .float(), both sides run exact float32.
         clip_state = {k: torch.tensor(v) for k, v in openai_clip.tensors_from_params(
-            cfg.clip, loaded.variables()["clip"]).items()}
+            cfg.backbone, loaded.variables()["backbone"]).items()}
         clip_torch = pub.clip_model.build_model(dict(clip_state)).float()
         clip_torch.load_state_dict(clip_state)
         clip_torch = clip_torch.to(device)
@@ -252,7 +253,7 @@ def compare_model(openpar_dir: str, model: str, clips: list[str], device: str = 
 
     loaded = model_dir.load(model)
     cfg, attribute_set = loaded.model_cfg, loaded.attribute_set
-    size = cfg.clip.image_size
+    size = cfg.backbone.image_size
     inputs = np.stack([video.read_input(c, cfg.frames, (size, size),
                                         loaded.config.input.normalization)[1] for c in clips])
     run = model_dir.read_run_file(model)

@@ -231,11 +231,11 @@ def our_run(start: dict, batches: dict, optimizer: str, lr: float, seed: int = 0
     cfg = dataclasses.replace(start["cfg"], drop_path_rate=0.0)
     variables = start["variables"]
     tx = make_optimizer(optimizer, lr)
-    text = clip.text_features(cfg.clip, variables["clip"], start["tokens"])
-    state, frozen_params = initial_state(variables, variables["clip"], FROZEN_PATTERNS, tx)
+    text = clip.text_features(cfg.backbone, variables["backbone"], start["tokens"])
+    state, frozen_params = initial_state(variables, variables["backbone"], FROZEN_PATTERNS, tx)
     frozen = Frozen(params=step_frozen_params(cfg, frozen_params), text_features=text,
                     positive_ratio=start["pos_ratio"])
-    step = jax.jit(make_train_step(cfg, tx, optax.constant_schedule(lr), clip_frozen=True))
+    step = jax.jit(make_train_step(cfg, tx, optax.constant_schedule(lr), backbone_frozen=True))
     rng = random_streams.run_key(seed)
     losses = []
     for video, labels in zip(batches["videos"], batches["labels"], strict=True):
@@ -244,9 +244,9 @@ def our_run(start: dict, batches: dict, optimizer: str, lr: float, seed: int = 0
         losses.append(float(metrics["loss"]))
     params = optim.merge(state.trainable, frozen_params)
     trained = {"params": params["model"], "batch_stats": state.batch_stats,
-               "clip": variables["clip"]}
+               "backbone": variables["backbone"]}
     eval_logits, _ = jax.jit(lambda v, x: vtfpar.apply(
-        cfg, {"params": v["params"], "batch_stats": v["batch_stats"]}, v["clip"], x, text))(
+        cfg, {"params": v["params"], "batch_stats": v["batch_stats"]}, v["backbone"], x, text))(
         trained, batches["eval_video"].transpose(0, 1, 3, 4, 2))
     after = {k.removeprefix("model/"): v
              for k, v in to_openpar.state_dict(cfg, jax.device_get(trained)).items()}

@@ -87,14 +87,14 @@ def exportable(loaded: model_dir.LoadedModel, batch: int | None, model: str = ""
     cfg = dataclasses.replace(loaded.model_cfg, attention="xla")
     variables = jax.device_get(loaded.variables())
     text_features = np.asarray(jax.device_get(loaded.frozen.text_features), np.float32)
-    model_vars = {k: v for k, v in variables.items() if k != "clip"}
+    model_vars = {k: v for k, v in variables.items() if k != "backbone"}
 
     def logits(video: jax.Array) -> jax.Array:
-        out, _ = vtfpar.apply(cfg, model_vars, variables["clip"], video,
+        out, _ = vtfpar.apply(cfg, model_vars, variables["backbone"], video,
                               jnp.asarray(text_features))
         return out.astype(jnp.float32)
 
-    size = cfg.clip.image_size
+    size = cfg.backbone.image_size
     threshold = decisions.default_threshold(cfg.head)
     normalization = loaded.config.input.get("normalization", "published")
     mean, std = NORMALIZATIONS[normalization]

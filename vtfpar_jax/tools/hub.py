@@ -35,6 +35,7 @@ import numpy as np
 
 from vtfpar_jax import cli_errors
 from vtfpar_jax.outputs import files
+from vtfpar_jax.state import old_names
 from vtfpar_jax.state.hub_snapshot import BACKBONE, CONFIG, WEIGHTS, HubLayoutError, sha256
 
 
@@ -115,7 +116,7 @@ def model_card(run: dict, repo: str, step: int, evaluation: Evaluation | None,
              "attribute text features), trained with vtfpar-jax.", "",
              f"- **Dataset**: `{dataset}`; attribute set `{run['attribute_set']}` "
              f"({len(run['phrases'])} attributes)",
-             f"- **Backbone**: `{config.get('backbone', 'clip')}`, from "
+             f"- **Backbone**: `{config.get('backbone', {}).get('name', 'clip')}`, from "
              f"{backbone_origin.describe(origin)}",
              f"- **Checkpoint**: step {step}", "", "## Metrics", ""]
     if evaluation:
@@ -149,7 +150,7 @@ def write_layout(model: str, folder: str, repo: str = "ORG/NAME") -> str:
         raise HubLayoutError(f"{folder}: not empty; choose a new folder")
     model = model_dir.resolve(model)
     loaded = model_dir.load(model)
-    if "clip" in loaded.state.trainable:
+    if old_names.PARAMS_KEY in loaded.state.trainable:
         raise HubLayoutError(f"{model}: frozen_patterns train part of the backbone; the Hub "
                              "layout holds a frozen backbone only")
     run = model_dir.read_run_file(model)
@@ -173,12 +174,12 @@ def _fill_layout(layout: str, model: str, repo: str, loaded, run: dict, tensors:
 
     safetensors.numpy.save_file(tensors, os.path.join(layout, WEIGHTS),
                                 metadata={"format": "flax"})
-    if "shipped" in backbone:   # a model dir's clip/, or a Hub layout's own backbone/
-        saved = [os.path.join(model, name) for name in ("clip", BACKBONE)
-                 if os.path.isdir(os.path.join(model, name))]
-        if not saved:
-            raise HubLayoutError(f"{model}: no clip/ (nor backbone/) to ship")
-        shutil.copytree(saved[0], os.path.join(layout, BACKBONE))
+    if "shipped" in backbone:   # a model dir's backbone/ (or clip/), or a Hub layout's own
+        saved = old_names.backbone_folder(model)
+        if not os.path.isdir(saved):
+            raise HubLayoutError(f"{model}: no {old_names.FOLDER}/ (nor {old_names.OLD_FOLDER}/) "
+                                 "to ship")
+        shutil.copytree(saved, os.path.join(layout, BACKBONE))
     digests = {WEIGHTS: sha256(os.path.join(layout, WEIGHTS))}
     for root, _, names in os.walk(os.path.join(layout, BACKBONE)):
         for name in names:

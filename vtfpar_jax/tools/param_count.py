@@ -1,6 +1,6 @@
 """Trainable and frozen parameter counts of a VTFPAR++ configuration, from shapes only.
 
-    vtfpar param-count [--backbone clip|siglip] [--clip vit_b16|vit_l14|so400m14|tiny]
+    vtfpar param-count [--backbone clip|siglip] [--shape vit_b16|vit_l14|so400m14|tiny]
         [--frames 6] [--dim 240]
         [--spatial_map default] [--temporal_map default] [--num_attributes 43]
 
@@ -47,7 +47,7 @@ def published_unused(cfg: vtfpar.VTFPARConfig) -> dict[str, int]:
     Our model does not create them, so they are the whole difference between
     our trainable count and the published one.
     """
-    d, c = cfg.dim, cfg.clip.vision.width
+    d, c = cfg.dim, cfg.backbone.vision.width
     linear = d * d + d
     block = _block_size(cfg)
     unused = {
@@ -77,11 +77,11 @@ def count(cfg: vtfpar.VTFPARConfig) -> dict:
     (trainable_total + the unused tensors: what the published model would report).
     """
     variables = jax.eval_shape(lambda: vtfpar.init(cfg, jax.random.key(0)))
-    init_backbone = towers.of(cfg.clip).init_params
-    clip_params = jax.eval_shape(lambda: init_backbone(cfg.clip, jax.random.key(0)))
+    init_backbone = towers.of(cfg.backbone).init_params
+    backbone_params = jax.eval_shape(lambda: init_backbone(cfg.backbone, jax.random.key(0)))
     trainable = {name: _size(tree) for name, tree in variables["params"].items()}
     buffers = {name: _size(tree) for name, tree in variables.get("batch_stats", {}).items()}
-    frozen = {name: _size(tree) for name, tree in clip_params.items()}
+    frozen = {name: _size(tree) for name, tree in backbone_params.items()}
     unused = published_unused(cfg)
     total = sum(trainable.values())
     return {"trainable": trainable, "trainable_total": total, "buffers": buffers,
@@ -92,14 +92,14 @@ def count(cfg: vtfpar.VTFPARConfig) -> dict:
 
 def is_published_default(cfg: vtfpar.VTFPARConfig) -> bool:
     """Whether `cfg` is the configuration behind the published 15,036,610."""
-    return cfg == vtfpar.VTFPARConfig(clip=clip.vit_b16(), num_attributes=43)
+    return cfg == vtfpar.VTFPARConfig(backbone=clip.vit_b16(), num_attributes=43)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vtfpar param-count", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", choices=sorted(registry.REGISTRY), default="clip")
-    p.add_argument("--clip", choices=registry.shapes(), default="vit_b16",
+    p.add_argument("--shape", choices=registry.shapes(), default="vit_b16",
                    help="the backbone's ViT shape (so400m14: SigLIP only, vit_l14: CLIP only)")
     p.add_argument("--frames", type=int, default=6)
     p.add_argument("--dim", type=int, default=240)
@@ -112,14 +112,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--without_spatial", action="store_true")
     p.add_argument("--without_temporal", action="store_true")
     p.add_argument("--num_attributes", type=int, default=43)
+    # --shape's name before "clip" stopped naming any backbone: refused, naming --shape.
+    p.add_argument("--clip", dest="renamed_shape", default=None, help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     a = parser.parse_args(argv)
+    if a.renamed_shape is not None:
+        parser.error("--clip is now --shape")
     try:
-        backbone = registry.shape_config(a.backbone, a.clip)
+        backbone = registry.shape_config(a.backbone, a.shape)
     except ValueError as e:
         parser.error(str(e))
     return cli_errors.run(lambda: _param_count(a, backbone))
@@ -127,14 +131,14 @@ def main(argv: list[str] | None = None) -> None:
 
 def _param_count(a, backbone) -> None:
     cfg = vtfpar.VTFPARConfig(
-        clip=backbone, num_attributes=a.num_attributes, frames=a.frames,
+        backbone=backbone, num_attributes=a.num_attributes, frames=a.frames,
         spatial_map=parse_interaction_map(a.spatial_map),
         temporal_map=parse_interaction_map(a.temporal_map),
         spatial_aggregation=a.spatial_aggregation, temporal_aggregation=a.temporal_aggregation,
         dim=a.dim, heads=a.heads, use_spatial=not a.without_spatial,
         use_temporal=not a.without_temporal)
     c = count(cfg)
-    print(f"VTFPAR++ with {registry.get(a.backbone).display_name} {a.clip}, {cfg.frames} "
+    print(f"VTFPAR++ with {registry.get(a.backbone).display_name} {a.shape}, {cfg.frames} "
           f"frames, width {cfg.dim} ({cfg.num_heads} heads), {cfg.num_attributes} attributes")
     print("trainable parameters:")
     for name, n in c["trainable"].items():

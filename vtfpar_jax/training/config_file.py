@@ -8,6 +8,7 @@ import os
 import ml_collections
 
 from vtfpar_jax.errors import ConfigError, nearest
+from vtfpar_jax.state import old_names
 
 
 def load_config_file(spec: str, **overrides) -> ml_collections.ConfigDict:
@@ -29,7 +30,7 @@ def load_config_file(spec: str, **overrides) -> ml_collections.ConfigDict:
     for key, value in overrides.items():
         if key not in fields:
             raise ConfigError(f"{path}: override {key!r}: the config has no field {key!r}"
-                              f"{nearest(key, fields)}")
+                              f"{_suggestion(key, fields)}")
         *parents, leaf = key.split(".")
         node = config
         for name in parents:
@@ -48,6 +49,15 @@ def config_fields(config: ml_collections.ConfigDict, prefix: str = "") -> list[s
     return names
 
 
+def _suggestion(key: str, fields) -> str:
+    """The field's name now, if it is one the backbone had while called "clip"; else the
+    nearest field."""
+    now = old_names.field(key)
+    if now != key and now in fields:
+        return f" (it is called {now!r} now)"
+    return nearest(key, fields)
+
+
 def check_config_overrides(argv: list[str]) -> None:
     """Refuse a --config.<field>=... that names no field of the --config file."""
     spec = next((arg.partition("=")[2] or next_arg for arg, next_arg in zip(
@@ -60,4 +70,4 @@ def check_config_overrides(argv: list[str]) -> None:
             key = arg.removeprefix("--config.").partition("=")[0]
             if key not in fields:
                 raise ConfigError(f"--config.{key}: {spec.partition(':')[0]} has no field "
-                                  f"{key!r}{nearest(key, fields)}")
+                                  f"{key!r}{_suggestion(key, fields)}")

@@ -15,7 +15,8 @@ with the step it applies from. Any other change (e.g. optimizer.lr) is refused
 naming the field, before the backbone or data are loaded, unless
 --allow_config_change is given; that change is recorded too. So is a work dir
 of another random-stream scheme (fingerprint.started_run), and a restart runs
-the backbone saved in the work dir's clip/, never one drawn or fetched again.
+the backbone saved in the work dir's backbone/ (clip/ in a work dir made before it was
+named so: vtfpar_jax.state.old_names), never one drawn or fetched again.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import ConfigError, UserError
 from vtfpar_jax.models import preprocess, rng, vtfpar
 from vtfpar_jax.outputs.files import atomic_file, atomic_folder
-from vtfpar_jax.state import backbone_origin, build, fingerprint, optim, sharding
+from vtfpar_jax.state import backbone_origin, build, fingerprint, old_names, optim, sharding
 from vtfpar_jax.state.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.state.train_state import Frozen, initial_state, step_frozen_params
 from vtfpar_jax.training.config_file import check_config_overrides
@@ -64,12 +65,12 @@ class Trainer:
         if not self.builder.is_prepared():
             raise input_pipeline.DatasetNotBuiltError(self.builder)
         self.attribute_set = pipeline.attribute_set(self.builder)
-        self.clip_cfg, clip_params = run_backbone(config, workdir)
-        # The full float32 CLIP stays on the host (numpy), for clip/ and the text
+        self.backbone_cfg, backbone_params = run_backbone(config, workdir)
+        # The full float32 backbone stays on the host (numpy), for backbone/ and the text
         # features; only the step's trimmed copy (`step_frozen_params`) goes to the devices.
         # A copy: on the CPU backend np.asarray is a view that keeps the device buffer alive.
-        clip_params = jax.tree.map(lambda x: np.array(x, copy=True), clip_params)
-        self.model_cfg = build.model_config(config, self.clip_cfg,
+        backbone_params = jax.tree.map(lambda x: np.array(x, copy=True), backbone_params)
+        self.model_cfg = build.model_config(config, self.backbone_cfg,
                                             self.attribute_set.num_attributes,
                                             self.attribute_set.head_groups)
         self.phrases, self.tokens = build.attribute_tokens(config, self.attribute_set)
@@ -84,7 +85,7 @@ class Trainer:
         self.total_steps = config.max_steps or config.num_epochs * self.steps_per_epoch
         try:  # the messages start with the field's name: "pad_pixels=40: ..."
             self.preprocess = preprocess.Preprocess.from_config(config.input)
-            self.preprocess.check((self.clip_cfg.image_size,) * 2)
+            self.preprocess.check((self.backbone_cfg.image_size,) * 2)
         except ValueError as e:
             raise ConfigError(f"config.input.{e}") from None
         try:
@@ -99,20 +100,20 @@ class Trainer:
             max(self.steps_per_epoch // config.optimizer.accumulate_steps, 1))
         self.tx = optim.make_optimizer(config.optimizer, self.schedule)
         variables = vtfpar.init(self.model_cfg, rng.stream(config.seed, "model_init"))
-        state, frozen = initial_state(variables, clip_params, config.frozen_patterns, self.tx)
-        self.clip_frozen = "clip" not in state.trainable
+        state, frozen = initial_state(variables, backbone_params, config.frozen_patterns, self.tx)
+        self.backbone_frozen = old_names.PARAMS_KEY not in state.trainable
         from vtfpar_jax.backbones import text
         text_features = text.attribute_text_features(
-            self.clip_cfg, clip_params, self.phrases, self.tokens,
+            self.backbone_cfg, backbone_params, self.phrases, self.tokens,
             cache_dir=os.path.join(workdir, "text_cache"))
         self.frozen = sharding.replicate(Frozen(
             params=step_frozen_params(self.model_cfg, frozen),
             text_features=jnp.asarray(text_features),
             positive_ratio=jnp.asarray(pipeline.positive_ratio(self.builder))), self.mesh)
         self.state = sharding.replicate(state, self.mesh)
-        self.clip_params = clip_params
+        self.backbone_params = backbone_params
         self.train_step = jit_train_step(
-            make_train_step(self.model_cfg, self.tx, self.schedule, self.clip_frozen,
+            make_train_step(self.model_cfg, self.tx, self.schedule, self.backbone_frozen,
                             config.optimizer.accumulate_steps, self.preprocess), self.mesh)
         # The run's key: the step draws its dropout and augmentation streams from it.
         self.rng = rng.run_key(config.seed)
@@ -140,10 +141,10 @@ class Trainer:
 
 
 def run_backbone(config: ml_collections.ConfigDict, workdir: str):
-    """(backbone cfg, params) of the run in `workdir`: on a restart, its clip/ copy, written
+    """(backbone cfg, params) of the run in `workdir`: on a restart, its backbone/ copy, written
     when the run started, so that it resumes on the very weights it started with (a
     random backbone is not drawn again, a hub id not fetched again at a newer revision)."""
-    saved = os.path.join(workdir, "clip")
+    saved = old_names.backbone_folder(workdir)
     if os.path.isdir(saved):
         return build.load_backbone_folder(saved)
     return build.load_backbone(config, config.seed)
@@ -162,10 +163,10 @@ def save_run_files(trainer: Trainer):
     path = os.path.join(trainer.workdir, "config.json")
     if not os.path.exists(path):
         _write_config_file(trainer, path)
-    clip_dir = os.path.join(trainer.workdir, "clip")
-    if not os.path.isdir(clip_dir):
-        with atomic_folder(clip_dir) as temporary:
-            build.save_backbone(trainer.clip_cfg, trainer.clip_params, temporary)
+    saved = old_names.backbone_folder(trainer.workdir)
+    if not os.path.isdir(saved):
+        with atomic_folder(saved) as temporary:
+            build.save_backbone(trainer.backbone_cfg, trainer.backbone_params, temporary)
 
 
 def _write_config_file(trainer: Trainer, path: str) -> None:

@@ -29,7 +29,7 @@ def jit_train_step(step_fn, mesh: jax.sharding.Mesh):
 
 
 def make_train_step(cfg: vtfpar.VTFPARConfig, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, clip_frozen: bool, accumulate_steps: int = 1,
+                    schedule: optax.Schedule, backbone_frozen: bool, accumulate_steps: int = 1,
                     input_preprocess: preprocess.Preprocess | None = None):
     """The pure step: (state, batch, rng, frozen) -> (state, metrics).
 
@@ -41,7 +41,7 @@ def make_train_step(cfg: vtfpar.VTFPARConfig, tx: optax.GradientTransformation,
     finite is not applied; its `finite` metric is 0 so the loop can stop and
     name it.
     """
-    image_size = (cfg.clip.image_size,) * 2
+    image_size = (cfg.backbone.image_size,) * 2
     input_preprocess = input_preprocess or preprocess.Preprocess()
     input_preprocess.check(image_size)
 
@@ -55,8 +55,8 @@ def make_train_step(cfg: vtfpar.VTFPARConfig, tx: optax.GradientTransformation,
             params = optim.merge(trainable, frozen.params)
             logits, updates = vtfpar.apply(
                 cfg, {"params": params["model"], "batch_stats": state.batch_stats},
-                params["clip"], video, frozen.text_features, train=True, rng=dropout_rng,
-                clip_frozen=clip_frozen)
+                params["backbone"], video, frozen.text_features, train=True, rng=dropout_rng,
+                backbone_frozen=backbone_frozen)
             loss = losses.head_loss(cfg, logits, batch["labels"], frozen.positive_ratio)
             return loss, updates["batch_stats"]
 
