@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from vtfpar_jax.errors import UserError
+from vtfpar_jax.errors import UserError, reason
 
 
 class NoCheckpointError(UserError, FileNotFoundError):
@@ -100,7 +100,7 @@ class CheckpointStore:
                                     "left on disk: %s", s, "; ".join(errors))
                 return restored["state"], dict(restored["meta"])
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
-                errors.append(f"step {s} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+                errors.append(f"step {s} ({reason(e)[:200]})")
                 if announce:
                     logging.warning("checkpoint at step %d is unreadable: %s", s, errors[-1])
         raise NoCheckpointError(f"{self.directory}: no readable checkpoint: {'; '.join(errors)}")

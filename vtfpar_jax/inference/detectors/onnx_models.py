@@ -63,6 +63,7 @@ import os
 
 import numpy as np
 
+from vtfpar_jax.errors import reason
 from vtfpar_jax.inference.detectors import base
 
 DEFAULT_SIDE = 640
@@ -541,7 +542,7 @@ class OnnxDetector(base.LearnedDetector):
             self._session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         except Exception as e:   # onnxruntime raises its own classes for every kind of bad file
             raise base.DetectorError(f"--detector onnx:{path}: not a readable ONNX model "
-                                     f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+                                     f"({reason(e)})") from None
         self._cv2 = cv2
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
