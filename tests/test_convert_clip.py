@@ -290,12 +290,21 @@ def test_hf_hub_id_from_cache(tiny, hf_folder, tmp_path, monkeypatch):
     assert "someone/not-cached" in str(info.value) and "HF_HUB_OFFLINE" in str(info.value)
 
 
-def test_hf_missing_folder(tmp_path, monkeypatch):
+def test_hf_missing_folder_is_named_never_taken_for_a_hub_id(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     absent = str(tmp_path / "absent")
-    with pytest.raises(WeightImportError, match="neither an existing folder nor") as info:
+    with pytest.raises(WeightImportError, match="no such folder .a path, so not a "
+                       "HuggingFace hub id.; was it moved") as info:
         hf_clip.load(absent)
     assert absent in str(info.value)
+
+
+def test_hf_hub_id_neither_cached_nor_reachable(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(WeightImportError, match="'someone/absent' is neither an existing "
+                       "folder nor a HuggingFace hub repo that is cached or reachable"):
+        hf_clip.load("someone/absent")
 
 
 def test_hf_file_instead_of_folder(hf_folder):

@@ -165,3 +165,10 @@ def test_convert_calls_random_bytes_not_a_checkpoint(tmp_path):
         openpar.read_checkpoint(path)
     assert f"{path}: not a PyTorch checkpoint" in str(info.value)
     assert "run code" not in str(info.value)
+
+
+def test_convert_calls_an_empty_file_empty(tmp_path):
+    path = tmp_path / "empty.pth"
+    path.write_bytes(b"")
+    with pytest.raises(WeightImportError, match="empty.pth: an empty file"):
+        openpar.read_checkpoint(path)

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import grimp
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / ".importlinter"
@@ -57,28 +58,24 @@ def _copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_an_upward_import_breaks_the_contract(tmp_path):
-    """The check itself: a model module that reaches up into training, inside a function."""
+@pytest.mark.parametrize("files, broken", [
+    # a model module that reaches up into training, inside a function
+    ({"vtfpar_jax/models/tower.py":
+      "def f():\n    from vtfpar_jax.training import losses\n    return losses\n"},
+     "vtfpar_jax.models.tower -> vtfpar_jax.training.losses"),
+    # two modules of one layer that import each other, one in a function
+    ({"vtfpar_jax/state/a.py": "from vtfpar_jax.state import b\n",
+      "vtfpar_jax/state/b.py": "def f():\n    from vtfpar_jax.state import a\n    return a\n"},
+     "No package or module imports one that imports it back BROKEN"),
+], ids=["upward import", "cycle"])
+def test_the_contracts_can_break(tmp_path, files, broken):
+    """The check itself, on a copy of the packages with the files added."""
     root = _copy(tmp_path)
-    (root / "vtfpar_jax/models/tower.py").write_text(
-        "def f():\n    from vtfpar_jax.training import losses\n    return losses\n")
+    for name, text in files.items():
+        (root / name).write_text(text)
     result = _lint_imports(root)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "vtfpar_jax.models.tower -> vtfpar_jax.training.losses" in result.stdout, (
-        result.stdout)
-
-
-def test_a_cycle_breaks_the_contract(tmp_path):
-    """The check itself: two modules of one layer that import each other, one in a
-    function."""
-    root = _copy(tmp_path)
-    (root / "vtfpar_jax/state/a.py").write_text("from vtfpar_jax.state import b\n")
-    (root / "vtfpar_jax/state/b.py").write_text(
-        "def f():\n    from vtfpar_jax.state import a\n    return a\n")
-    result = _lint_imports(root)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "No package or module imports one that imports it back BROKEN" in result.stdout, (
-        result.stdout)
+    assert broken in result.stdout, result.stdout
 
 
 def test_every_module_is_in_a_layer():

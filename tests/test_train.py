@@ -29,7 +29,7 @@ from vtfpar_jax import attributes
 from vtfpar_jax.errors import ConfigError
 from vtfpar_jax.evaluation import evaluate
 from vtfpar_jax.models import clip, vtfpar
-from vtfpar_jax.state import build, model_dir, optim
+from vtfpar_jax.state import build, model_dir, optim, sharding
 from vtfpar_jax.state.checkpoint import CheckpointStore, abstract
 from vtfpar_jax.state.train_state import initial_state, step_frozen_params
 from vtfpar_jax.training import config_file, losses, preemption, train
@@ -270,7 +270,7 @@ def restored(workdir):
     _, backbone_params = build.load_backbone_folder(str(workdir / "backbone"))
     template, _ = model_dir.fresh_state(loaded.config, loaded.model_cfg, backbone_params)
     store = CheckpointStore(str(workdir), async_save=False)
-    state, meta = store.restore(abstract(template))
+    state, meta = store.restore(abstract(template, sharding.replicated(loaded.mesh)))
     store.close()
     tree = {"trainable": state.trainable, "batch_stats": state.batch_stats,
             "opt_state": state.opt_state}

@@ -36,6 +36,13 @@ class ConfigError(UserError, ValueError):
     """A config field, argument or override that cannot work."""
 
 
+def reason(error: BaseException) -> str:
+    """'TypeName: first line of its message' for a one-line error, or the type's name alone
+    where the message is empty (an empty or truncated file often raises one)."""
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def nearest(name: str, valid: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest of `valid`, or '' when none is close."""
     match = difflib.get_close_matches(name, list(valid), n=1)

@@ -29,6 +29,7 @@ from vtfpar_jax.backbones.weights import (
     WeightImportError,
     leaf,
 )
+from vtfpar_jax.errors import reason
 from vtfpar_jax.models import clip
 
 # Buffers that OpenAI's archives carry besides the weights.
@@ -62,7 +63,7 @@ def read_state_dict(path: str) -> dict[str, Any]:
         raise WeightImportError(refusal_message(path, e)) from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
         raise WeightImportError(f"{path}: not a readable PyTorch checkpoint "
-                                f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+                                f"({reason(e)})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping):

@@ -38,7 +38,7 @@ from vtfpar_jax.backbones.weights import (
     WeightImportError,
     conv_kernel,
 )
-from vtfpar_jax.errors import ConfigError
+from vtfpar_jax.errors import ConfigError, reason
 from vtfpar_jax.models import group_head, vtfpar
 from vtfpar_jax.models.side_nets import SIDE_DEPTH, parse_interaction_map
 
@@ -82,13 +82,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightImportError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise WeightImportError(f"{path}: an empty file (0 bytes), not a checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise WeightImportError(openai_clip.refusal_message(path, e)) from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
         raise WeightImportError(
-            f"{path}: refused or unreadable ({type(e).__name__}: {str(e).splitlines()[0]}). "
+            f"{path}: refused or unreadable ({reason(e)}). "
             "Checkpoints are read with torch.load(weights_only=True), which loads tensors only "
             "and refuses pickles that would run code.") from None
     state = ckpt.get("model_state_dict", ckpt) if isinstance(ckpt, Mapping) else None

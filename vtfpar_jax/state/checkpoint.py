@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from vtfpar_jax.errors import UserError
+from vtfpar_jax.errors import UserError, reason
 from vtfpar_jax.state import old_names
 
 
@@ -108,7 +108,7 @@ class CheckpointStore:
                 state = old_names.params(restored["state"]) if earlier else restored["state"]
                 return state, dict(restored["meta"])
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
-                errors.append(f"step {s} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+                errors.append(f"step {s} ({reason(e)[:200]})")
                 if announce:
                     logging.warning("checkpoint at step %d is unreadable: %s", s, errors[-1])
         raise NoCheckpointError(f"{self.directory}: no readable checkpoint: {'; '.join(errors)}")

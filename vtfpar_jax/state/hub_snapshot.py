@@ -23,7 +23,7 @@ import hashlib
 import os
 import sys
 
-from vtfpar_jax.errors import UserError
+from vtfpar_jax.errors import UserError, reason
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -69,8 +69,8 @@ def _download(spec: str, cache: str, offline: bool) -> str:
     try:
         return huggingface_hub.snapshot_download(repo, revision=revision)
     except Exception as e:  # noqa: BLE001 - offline, missing repo, network: one message
-        raise HubLayoutError(f"{spec}: cannot get the repo ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0]})") from None
+        raise HubLayoutError(f"{spec}: cannot get the repo ("
+                             f"{reason(e)})") from None
 
 
 def pinned(spec: str) -> str:
@@ -124,8 +124,8 @@ def _named_backbone(named: dict) -> str:
         snapshot = huggingface_hub.snapshot_download(named["hub"], revision=named["commit"],
                                                      allow_patterns=sorted(named["files"]))
     except Exception as e:  # noqa: BLE001 - offline, missing repo, network: one message
-        raise HubLayoutError(f"the backbone {spec}: cannot get it ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0]})") from None
+        raise HubLayoutError(f"the backbone {spec}: cannot get it ("
+                             f"{reason(e)})") from None
     for name, digest in named["files"].items():
         path = os.path.join(snapshot, name)
         if not os.path.isfile(path) or sha256(path) != digest:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vtfpar_jax.errors import reason
 from vtfpar_jax.inference.detectors import base
 
 
@@ -33,7 +34,7 @@ class HuggingFaceDetector(base.LearnedDetector):
             # Offline, a mistyped id, a folder without a checkpoint: one line that says which.
             raise base.DetectorError(
                 f"--detector hf:{source}: cannot load an object-detection checkpoint "
-                f"({str(e).splitlines()[0]}); give a Hub id reachable from here (weights are "
+                f"({reason(e)}); give a Hub id reachable from here (weights are "
                 "downloaded on first use) or a local folder written by save_pretrained"
             ) from None
         people = [int(i) for i, name in self._model.config.id2label.items()

@@ -63,6 +63,7 @@ import os
 
 import numpy as np
 
+from vtfpar_jax.errors import reason
 from vtfpar_jax.inference.detectors import base
 
 DEFAULT_SIDE = 640
@@ -267,7 +268,19 @@ class Yolox(Layout):
                             rows[:, 4] * rows[:, 5 + person], threshold)
 
 
-class RtdetrUltralytics(Layout):
+class StretchedCoco:
+    """The RT-DETR layouts: the image resized to (H, W), RGB in [0, 1]; without class names,
+    only COCO's 80 classes are read so."""
+
+    @staticmethod
+    def unnamed(count, output_names):
+        return count == COCO_CLASSES
+
+    def prepare(self, frame, size, cv2):
+        return _stretched(frame, size, cv2).transpose(2, 0, 1)[None], 1.0
+
+
+class RtdetrUltralytics(StretchedCoco, Layout):
     name = "rtdetr_ultralytics"
     written = "rtdetr_ultralytics: one (1, Q, 4+C), Q not a whole number of cells"
 
@@ -278,13 +291,6 @@ class RtdetrUltralytics(Layout):
                 or _per_cell(shape[1], size) is not None):
             return None
         return shape[2] - 4
-
-    @staticmethod
-    def unnamed(count, output_names):
-        return count == COCO_CLASSES
-
-    def prepare(self, frame, size, cv2):
-        return _stretched(frame, size, cv2).transpose(2, 0, 1)[None], 1.0
 
     def decode(self, outputs, frame_size, scale, person, threshold):
         rows = np.asarray(outputs[0][0], np.float32)            # (Q, 4 + C)
@@ -365,7 +371,7 @@ def _query_classes(columns: tuple | None, extra_columns: int) -> int | None:
     return columns[1] - extra_columns
 
 
-class Rtdetr(TwoOutputs):
+class Rtdetr(StretchedCoco, TwoOutputs):
     name = "rtdetr"
     written = "rtdetr: (1, Q, C) logits and (1, Q, 4) boxes, Q not one per cell"
 
@@ -375,13 +381,6 @@ class Rtdetr(TwoOutputs):
         if found is None or _per_cell(found[0], size) == 1:
             return None
         return _query_classes(found, 0)
-
-    @staticmethod
-    def unnamed(count, output_names):
-        return count == COCO_CLASSES
-
-    def prepare(self, frame, size, cv2):
-        return _stretched(frame, size, cv2).transpose(2, 0, 1)[None], 1.0
 
     def decode(self, outputs, frame_size, scale, person, threshold):
         boxes, logits = self.split(outputs)
@@ -541,7 +540,7 @@ class OnnxDetector(base.LearnedDetector):
             self._session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         except Exception as e:   # onnxruntime raises its own classes for every kind of bad file
             raise base.DetectorError(f"--detector onnx:{path}: not a readable ONNX model "
-                                     f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+                                     f"({reason(e)})") from None
         self._cv2 = cv2
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
