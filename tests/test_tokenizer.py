@@ -121,3 +121,19 @@ def test_not_a_bpe_file(tmp_path):
     bad.write_bytes(b"not gzip")
     with pytest.raises(ValueError, match="bpe.txt.gz"):
         clip_tokenizer.from_bpe_file(bad)
+
+
+def test_hf_backbone_without_a_folder_reads_the_one_config_names(
+        bpe_tokenizer, expected_ids, tmp_path):
+    """A HuggingFace backbone given by config.backbone.path alone: its own vocab.json is used."""
+    from configs import mars
+    from vtfpar_jax import attributes
+    from vtfpar_jax.state import build
+
+    bpe_tokenizer.save_pretrained(tmp_path)
+    config = mars.get_config()
+    config.backbone.source, config.backbone.path = "hf", str(tmp_path)
+    phrases, tokens = build.attribute_tokens(config, attributes.MARS)
+    np.testing.assert_array_equal(
+        tokens, clip_tokenizer.tokenize(clip_tokenizer.from_pretrained(tmp_path), phrases))
+    assert tokens.shape == (43, 77)

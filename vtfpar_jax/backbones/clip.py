@@ -14,9 +14,9 @@ from vtfpar_jax.models import towers
 def _tokens(config, phrases, folder: str | None):
     """OpenAI's (A, 77) layout, with the tokenizer that fits the checkpoint: its own
     vocab.json/merges.txt where it has them, OpenAI's BPE file otherwise."""
-    if config.clip.source == "hf" and folder is None:
+    if config.backbone.source == "hf" and folder is None:
         # A hub id resolves to its cached snapshot, which carries vocab.json/merges.txt.
-        folder = hf_clip.resolve_folder(config.clip.path)
+        folder = hf_clip.resolve_folder(config.backbone.path)
     try:
         if folder and os.path.exists(os.path.join(folder, "vocab.json")):
             tok = clip_tokenizer.from_pretrained(folder)
