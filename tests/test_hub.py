@@ -165,6 +165,30 @@ def test_a_file_changed_after_a_load_is_named_at_the_next(demo_model, offline_hu
         model_dir.load("hf://just-a-name")
 
 
+def test_a_model_dirs_backbone_changed_after_it_was_written_is_named(demo_model, tmp_path):
+    """A model dir's config.json records the SHA-256 of its backbone/ files: a load and a
+    restart refuse a changed byte or an added file, naming it, where they would read it."""
+    from configs import demo
+    from vtfpar_jax.state import digests, model_dir
+    from vtfpar_jax.training import train
+    model = tmp_path / "model"
+    shutil.copytree(demo_model["model"], model)
+    recorded = json.loads((model / "config.json").read_text())["backbone_files"]
+    assert sorted(recorded) == sorted(
+        os.path.relpath(p, model) for p in (model / "backbone").rglob("*") if p.is_file())
+    weights = sorted((model / "backbone").glob("*.safetensors"))[0]
+    _change_last_byte(weights)
+    with pytest.raises(digests.DigestError, match=f"{weights}: missing or differs from the "
+                       f"SHA-256 that {model}/config.json records"):
+        model_dir.load(str(model))
+    with pytest.raises(digests.DigestError, match=f"{weights}: missing or differs"):
+        train.run_backbone(demo.get_config("smoke"), str(model))
+    _change_last_byte(weights)   # back as it was
+    (model / "backbone" / "notes.txt").write_text("added")
+    with pytest.raises(digests.DigestError, match="backbone/notes.txt: not listed in"):
+        model_dir.load(str(model))
+
+
 def test_a_layout_written_before_backbones_were_pinned_loads(demo_model, tmp_path):
     """Layouts of 62072ed said `backbone_repo: null` (backbone/ shipped) for `backbone`; the
     rest of their config.json, and every file, is the same (docs/sharing.md)."""

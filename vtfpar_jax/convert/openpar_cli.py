@@ -24,7 +24,7 @@ from vtfpar_jax.backbones import clip_tokenizer, hf_clip, openai_clip
 from vtfpar_jax.backbones.weights import WeightImportError
 from vtfpar_jax.convert import openpar
 from vtfpar_jax.errors import ConfigError, UserError
-from vtfpar_jax.state import backbone_origin, old_names
+from vtfpar_jax.state import backbone_origin, digests, old_names
 from vtfpar_jax.state.checkpoint import CheckpointStore
 
 
@@ -52,9 +52,11 @@ def write_model_dir(out: str, cfg, variables: dict, config, attribute_set, token
     check_new(out)
     os.makedirs(out, exist_ok=True)
     state, _ = fresh_state(config, cfg, variables["backbone"], variables)
-    hf_clip.save(cfg.backbone, variables["backbone"], os.path.join(out, old_names.FOLDER))
+    backbone = os.path.join(out, old_names.FOLDER)
+    hf_clip.save(cfg.backbone, variables["backbone"], backbone)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump({"config": config.to_dict(), "backbone_origin": origin,
+                   "backbone_files": digests.of_folder(backbone, out),
                    "attribute_set": attribute_set.name,
                    "phrases": list(phrases), "tokens": tokens.tolist(),
                    "converted_from": "published VTFPAR++ checkpoint"}, f, indent=1, default=list)

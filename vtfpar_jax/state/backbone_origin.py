@@ -21,7 +21,7 @@ import os
 import ml_collections
 
 from vtfpar_jax.backbones import hf_clip, hf_siglip
-from vtfpar_jax.state import hub_snapshot
+from vtfpar_jax.state import digests
 
 # The files of a Hub snapshot that a backbone's loaders and tokenizers read.
 HUB_PATTERNS = sorted({*hf_clip.HUB_PATTERNS, *hf_siglip.HUB_PATTERNS})
@@ -40,7 +40,7 @@ def of_config(config: ml_collections.ConfigDict) -> dict:
 def of_path(path: str) -> dict:
     """The origin of backbone weights at `path`: a file, a folder or a Hub id."""
     if os.path.isfile(path):
-        return {"file": os.path.abspath(path), "sha256": hub_snapshot.sha256(path)}
+        return {"file": os.path.abspath(path), "sha256": digests.sha256(path)}
     if os.path.isdir(path):
         return {"folder": os.path.abspath(path)}
     return of_hub(path, hf_clip.resolve_folder(path, HUB_PATTERNS))
@@ -54,7 +54,7 @@ def of_hub(repo: str, snapshot: str) -> dict:
          for root, _, names in os.walk(snapshot) for name in names),
         allow_patterns=HUB_PATTERNS)
     return {"hub": repo, "commit": os.path.basename(snapshot),
-            "files": {name: hub_snapshot.sha256(os.path.join(snapshot, name))
+            "files": {name: digests.sha256(os.path.join(snapshot, name))
                       for name in sorted(names)}}
 
 

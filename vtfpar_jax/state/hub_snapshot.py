@@ -24,6 +24,7 @@ import os
 import sys
 
 from vtfpar_jax.errors import UserError, reason
+from vtfpar_jax.state.digests import check_folder, sha256
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -33,14 +34,6 @@ SCHEME = "hf://"
 
 class HubLayoutError(UserError, ValueError):
     """A Hub repo (or a model dir to publish) whose files do not fit; the message names the file."""
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def parse(spec: str) -> tuple[str, str | None]:
@@ -140,16 +133,7 @@ def _shipped_backbone(folder: str, run: dict) -> str:
     digests = {name: digest for name, digest in run["hub"]["files"].items()
                if name.startswith(BACKBONE + "/")}
     backbone = os.path.join(folder, BACKBONE)
-    found = {os.path.relpath(os.path.join(root, name), folder)
-             for root, _, names in os.walk(backbone) for name in names}
-    for name in sorted(found | set(digests)):
-        path = os.path.join(folder, name)
-        if name not in digests:
-            raise HubLayoutError(f"{path}: not listed in {CONFIG}; the layout was changed "
-                                 "after it was written")
-        if not os.path.isfile(path) or sha256(path) != digests[name]:
-            raise HubLayoutError(f"{path}: missing or differs from the SHA-256 that "
-                                 f"{CONFIG} records")
+    check_folder(backbone, folder, digests, CONFIG, HubLayoutError)
     return backbone
 
 

@@ -30,7 +30,7 @@ from vtfpar_jax import attributes
 from vtfpar_jax.backbones import text
 from vtfpar_jax.errors import UserError, nearest
 from vtfpar_jax.models import towers, vtfpar
-from vtfpar_jax.state import build, fingerprint, hub_snapshot, old_names, optim, sharding
+from vtfpar_jax.state import build, digests, fingerprint, hub_snapshot, old_names, optim, sharding
 from vtfpar_jax.state.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.state.train_state import Frozen, TrainState, initial_state
 
@@ -186,7 +186,9 @@ def load(model: str, step: int | None = None) -> LoadedModel:
         return _load_layout(model, run, step)
     # The config in force: a restart may have changed e.g. data_dir since config.json.
     config = ml_collections.ConfigDict(fingerprint.current_config(model, run["config"]))
-    backbone_cfg, backbone_params = _backbone(model, config, old_names.backbone_folder(model))
+    saved = old_names.backbone_folder(model)
+    digests.check_backbone(saved, model)
+    backbone_cfg, backbone_params = _backbone(model, config, saved)
     model_cfg = _model_config(config, backbone_cfg, run)
     template, frozen_params = fresh_state(config, model_cfg, backbone_params)
     mesh = sharding.make_mesh()

@@ -39,7 +39,15 @@ from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import ConfigError, UserError
 from vtfpar_jax.models import preprocess, rng, vtfpar
 from vtfpar_jax.outputs.files import atomic_file, atomic_folder
-from vtfpar_jax.state import backbone_origin, build, fingerprint, old_names, optim, sharding
+from vtfpar_jax.state import (
+    backbone_origin,
+    build,
+    digests,
+    fingerprint,
+    old_names,
+    optim,
+    sharding,
+)
 from vtfpar_jax.state.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.state.train_state import Frozen, initial_state, step_frozen_params
 from vtfpar_jax.training.config_file import check_config_overrides
@@ -146,6 +154,8 @@ def run_backbone(config: ml_collections.ConfigDict, workdir: str):
     random backbone is not drawn again, a hub id not fetched again at a newer revision)."""
     saved = old_names.backbone_folder(workdir)
     if os.path.isdir(saved):
+        if os.path.isfile(os.path.join(workdir, "config.json")):
+            digests.check_backbone(saved, workdir)
         return build.load_backbone_folder(saved)
     return build.load_backbone(config, config.seed)
 
@@ -156,20 +166,21 @@ def save_run_files(trainer: Trainer):
     Both are written once, when the run starts, and never rewritten: a restart's
     changes go to config_changes.jsonl (vtfpar_jax.state.fingerprint). Both are written
     whole then renamed (vtfpar_jax.outputs.files), so a run killed while writing them
-    leaves nothing half-written for the next one to read.
+    leaves nothing half-written for the next one to read. backbone/ comes first:
+    config.json records the SHA-256 of its files, which a restart and a load check.
     """
     if jax.process_index() != 0:
         return
-    path = os.path.join(trainer.workdir, "config.json")
-    if not os.path.exists(path):
-        _write_config_file(trainer, path)
     saved = old_names.backbone_folder(trainer.workdir)
     if not os.path.isdir(saved):
         with atomic_folder(saved) as temporary:
             build.save_backbone(trainer.backbone_cfg, trainer.backbone_params, temporary)
+    path = os.path.join(trainer.workdir, "config.json")
+    if not os.path.exists(path):
+        _write_config_file(trainer, path, digests.of_folder(saved, trainer.workdir))
 
 
-def _write_config_file(trainer: Trainer, path: str) -> None:
+def _write_config_file(trainer: Trainer, path: str, backbone_files: dict[str, str]) -> None:
     identity = fingerprint.run_identity(trainer.config)
     with atomic_file(path) as temporary, open(temporary, "w") as f:
         json.dump({"config": trainer.config.to_dict(),
@@ -177,6 +188,7 @@ def _write_config_file(trainer: Trainer, path: str) -> None:
                    "random_streams": identity["random_streams"],
                    "splits": identity["splits"],
                    "backbone_origin": backbone_origin.of_config(trainer.config),
+                   "backbone_files": backbone_files,
                    "attribute_set": trainer.attribute_set.name,
                    "phrases": list(trainer.phrases), "tokens": trainer.tokens.tolist(),
                    "positive_ratio": np.asarray(trainer.frozen.positive_ratio).tolist()},
