@@ -6,6 +6,8 @@ import logging
 
 import tensorflow as tf
 
+from input_pipeline import tf_notices
+
 log = logging.getLogger(__name__)
 
 
@@ -16,7 +18,8 @@ def hide_gpus_from_tensorflow() -> None:
     itself, leaving JAX to fail with out-of-memory errors.
     """
     try:
-        tf.config.set_visible_devices([], "GPU")
+        with tf_notices.without_notices():   # TF's device query, and its cuInit line
+            tf.config.set_visible_devices([], "GPU")
     except RuntimeError as error:
         # TF was initialised before this import; if it already sees a GPU, say so loudly.
         if tf.config.get_visible_devices("GPU"):

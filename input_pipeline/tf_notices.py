@@ -10,6 +10,11 @@ on. `drop_import_notices()` makes the first import of `tensorflow`, wherever it 
 (TFDS, our builders, the pipeline), run with descriptor 2 sent to a file; once imported,
 everything it wrote is passed on to stderr except C++ INFO lines and that preamble, so a
 warning or error printed during the import still shows.
+
+`without_notices()` does the same around TensorFlow's first device query
+(input_pipeline/tf_devices.py), where the full `tensorflow` wheel on a machine with no GPU
+driver also reports, as an error line, `failed call to cuInit`: TensorFlow is kept off the
+GPUs there in any case (JAX owns them and reports its own device errors).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import tempfile
 # the date is 0000 and the time in seconds since 1970) and what goes with them.
 _NOTICE = re.compile(r"I\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] "
                      r"|WARNING: All log messages before absl::InitializeLog\(\) is called"
-                     r"|To enable the following instructions: .* rebuild TensorFlow")
+                     r"|To enable the following instructions: .* rebuild TensorFlow"
+                     r"|E\d{4} [\d:.]+ +\d+ cuda_platform\.cc:\d+\] failed call to cuInit")
 
 
 def is_notice(line: str) -> bool:
@@ -34,7 +40,7 @@ def is_notice(line: str) -> bool:
 
 
 @contextlib.contextmanager
-def _stderr_without_notices():
+def without_notices():
     """Descriptor 2 into a file while the body runs; then its lines, less the notices."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -55,7 +61,7 @@ def _stderr_without_notices():
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
     """Finds `tensorflow` as Python would, and runs its module under
-    `_stderr_without_notices`; then steps out of the way."""
+    `without_notices`; then steps out of the way."""
 
     def find_spec(self, fullname, path, target=None):
         if fullname != "tensorflow":
@@ -66,7 +72,7 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
             exec_module = spec.loader.exec_module
 
             def quiet_exec_module(module):
-                with _stderr_without_notices():
+                with without_notices():
                     exec_module(module)
             spec.loader.exec_module = quiet_exec_module
         return spec
