@@ -114,9 +114,14 @@ class CheckpointStore:
         raise NoCheckpointError(f"{self.directory}: no readable checkpoint: {'; '.join(errors)}")
 
     def _saved_tree(self, step: int) -> Any:
-        """The tree checkpoint `step` holds, as nested dicts of array metadata."""
-        return ocp.PyTreeCheckpointer().metadata(
-            os.path.join(self.directory, str(step), "state")).item_metadata.tree
+        """The tree checkpoint `step` holds, as nested dicts of array metadata.
+
+        Read by the item's handler: a `PyTreeCheckpointer` also looks for a step's metadata
+        file in the item's folder and logs an absl WARNING on every load that it is not
+        there. `epath` is Orbax's own path type (a gs:// work dir too)."""
+        from etils import epath
+        return ocp.PyTreeCheckpointHandler().metadata(
+            epath.Path(self.directory) / str(step) / "state").tree
 
     def wait(self):
         self.manager.wait_until_finished()
