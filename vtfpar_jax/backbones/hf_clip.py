@@ -33,6 +33,7 @@ from vtfpar_jax.backbones.weights import (
     Layout,
     SourceTensors,
     WeightImportError,
+    block_table,
     leaf,
     transpose,
 )
@@ -45,14 +46,9 @@ INDEX_FILE = "model.safetensors.index.json"
 # What a hub snapshot needs: weights, config, and the tokenizer files beside them.
 HUB_PATTERNS = ["*.json", "*.safetensors", "vocab.json", "merges.txt", "tokenizer*"]
 
-BLOCK_TABLE = (  # HF encoder-layer names -> ours (q/k/v are packed separately)
-    ("layer_norm1.weight", "ln_1/scale", COPY), ("layer_norm1.bias", "ln_1/bias", COPY),
-    ("layer_norm2.weight", "ln_2/scale", COPY), ("layer_norm2.bias", "ln_2/bias", COPY),
-    ("self_attn.out_proj.weight", "attn/out/kernel", LINEAR),
-    ("self_attn.out_proj.bias", "attn/out/bias", COPY),
-    ("mlp.fc1.weight", "fc1/kernel", LINEAR), ("mlp.fc1.bias", "fc1/bias", COPY),
-    ("mlp.fc2.weight", "fc2/kernel", LINEAR), ("mlp.fc2.bias", "fc2/bias", COPY),
-)
+# transformers' encoder layer: its names of our block's modules (weights.block_table); q, k
+# and v are three Linear layers there, packed apart (`QKV`, `pack_qkv`).
+BLOCK_NAMES = ("layer_norm1.", None, "self_attn.out_proj.", "layer_norm2.", "mlp.fc1.", "mlp.fc2.")
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 
 _TOP_TABLE = (  # HF names outside the encoder layers -> ours
@@ -99,9 +95,8 @@ class Model:
         yield from self.outer_table(cfg)
         for hf_tower, tower in _TOWERS:
             for i in range(getattr(cfg, tower).layers):
-                for src, dst, layouts in BLOCK_TABLE:
-                    yield (f"{hf_tower}.encoder.layers.{i}.{src}", f"{tower}/layers_{i}/{dst}",
-                           layouts)
+                yield from block_table(f"{hf_tower}.encoder.layers.{i}", f"{tower}/layers_{i}",
+                                       BLOCK_NAMES)
 
     def read_config(self, folder: str):
         """Our config from a checkpoint folder's config.json (defaults filled by
