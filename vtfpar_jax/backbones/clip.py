@@ -34,7 +34,7 @@ BACKBONE = registry.register(registry.Backbone(
              "vit_l14": lambda **_: clip_towers.vit_l14()},
     shapes={"tiny": "tiny", "vit_b16": "vit_b16", "vit_l14": "vit_l14"},
     loaders={"hf": hf_clip.load, "openai": openai_clip.load},
-    read_config=lambda path: hf_clip.read_config(hf_clip.resolve_folder(path)),
+    read_config=hf_clip.CLIP.config_at,
     save=hf_clip.save,
     model_types=("clip",),
     byte_tokens=clip_tokenizer.byte_tokens,

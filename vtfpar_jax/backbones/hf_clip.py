@@ -16,23 +16,24 @@ one-to-one, and `QKV` packs (load) or splits (save) the attention projections.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vtfpar_jax.backbones.openai_clip import expected_shapes
 from vtfpar_jax.backbones.weights import (
     CONV,
     COPY,
     LINEAR,
+    Layout,
     SourceTensors,
-    Transform,
     WeightImportError,
+    block_table,
     leaf,
     transpose,
 )
@@ -45,14 +46,9 @@ INDEX_FILE = "model.safetensors.index.json"
 # What a hub snapshot needs: weights, config, and the tokenizer files beside them.
 HUB_PATTERNS = ["*.json", "*.safetensors", "vocab.json", "merges.txt", "tokenizer*"]
 
-BLOCK_TABLE = (  # HF encoder-layer names -> ours (q/k/v are packed separately)
-    ("layer_norm1.weight", "ln_1/scale", COPY), ("layer_norm1.bias", "ln_1/bias", COPY),
-    ("layer_norm2.weight", "ln_2/scale", COPY), ("layer_norm2.bias", "ln_2/bias", COPY),
-    ("self_attn.out_proj.weight", "attn/out/kernel", LINEAR),
-    ("self_attn.out_proj.bias", "attn/out/bias", COPY),
-    ("mlp.fc1.weight", "fc1/kernel", LINEAR), ("mlp.fc1.bias", "fc1/bias", COPY),
-    ("mlp.fc2.weight", "fc2/kernel", LINEAR), ("mlp.fc2.bias", "fc2/bias", COPY),
-)
+# transformers' encoder layer: its names of our block's modules (weights.block_table); q, k
+# and v are three Linear layers there, packed apart (`QKV`, `pack_qkv`).
+BLOCK_NAMES = ("layer_norm1.", None, "self_attn.out_proj.", "layer_norm2.", "mlp.fc1.", "mlp.fc2.")
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 
 _TOP_TABLE = (  # HF names outside the encoder layers -> ours
@@ -75,17 +71,111 @@ _TOP_TABLE = (  # HF names outside the encoder layers -> ours
 _TOWERS = (("vision_model", "vision"), ("text_model", "text"))
 
 
-def _name_table(cfg: clip.ClipConfig) -> Iterator[tuple[str, str, tuple[Transform, Transform]]]:
-    """Every one-to-one (HF key, our path, layouts) of a CLIP of this shape."""
-    yield from _TOP_TABLE
-    for hf_tower, tower in _TOWERS:
-        for i in range(getattr(cfg, tower).layers):
-            for src, dst, layouts in BLOCK_TABLE:
-                yield f"{hf_tower}.encoder.layers.{i}.{src}", f"{tower}/layers_{i}/{dst}", layouts
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A model of two towers as transformers saves it (CLIP, SigLIP): what differs between
+    their folders. The folder, its safetensors, the encoder layers' names and the q/k/v
+    packing are the same for both, and are this module's."""
+
+    model_type: str             # in config.json, and the root of our paths in messages
+    display_name: str
+    hf_model: str               # transformers' model class, in messages
+    hf_config: str              # transformers' config class, which reads config.json
+    config_type: Any            # ours: `from_hf`, `to_hf`
+    init_params: Callable       # (cfg, rng) -> our params, for their shapes
+    # cfg -> every one-to-one (HF key, our path, layouts) outside the encoder layers.
+    outer_table: Callable[[Any], Iterable[tuple[str, str, Layout]]]
+    known_activations: str      # transformers' hidden_act values read, in messages
+    hub_patterns: list[str]     # what a hub snapshot needs
+    # model_type -> why such a checkpoint is refused (before "expected model_type ...").
+    refused: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def name_table(self, cfg) -> Iterator[tuple[str, str, Layout]]:
+        """Every one-to-one (HF key, our path, layouts) of a model of this shape."""
+        yield from self.outer_table(cfg)
+        for hf_tower, tower in _TOWERS:
+            for i in range(getattr(cfg, tower).layers):
+                yield from block_table(f"{hf_tower}.encoder.layers.{i}", f"{tower}/layers_{i}",
+                                       BLOCK_NAMES)
+
+    def read_config(self, folder: str):
+        """Our config from a checkpoint folder's config.json (defaults filled by
+        transformers)."""
+        import transformers
+
+        file, raw = read_config_file(folder)
+        found = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
+        if found in self.refused:
+            raise WeightImportError(f"{file}: {self.refused[found]}")
+        if found != self.model_type:
+            raise WeightImportError(f"{file}: model_type is {found!r}, expected "
+                                    f"{self.model_type!r} (a {self.hf_model} checkpoint with "
+                                    "both towers)")
+        try:
+            cfg = self.config_type.from_hf(getattr(transformers, self.hf_config).from_dict(raw))
+        except (KeyError, TypeError, ValueError) as e:
+            raise WeightImportError(f"{file}: not a usable {self.display_name} config "
+                                    f"({type(e).__name__}: {e})") from None
+        for tower in (cfg.vision, cfg.text):
+            if tower.activation not in ACTIVATIONS:
+                raise WeightImportError(f"{file}: hidden_act {tower.activation!r} is not "
+                                        f"supported (known: {self.known_activations})")
+        return cfg
+
+    def config_at(self, path: str | os.PathLike):
+        """Our config of a folder or hub id, without reading the weights."""
+        return self.read_config(resolve_folder(path, self.hub_patterns))
+
+    def params_from_tensors(self, state: Mapping[str, Any], cfg,
+                            source: str = "state dict") -> dict:
+        """Our params from HF-named tensors (numpy arrays or torch tensors) of shape `cfg`:
+        every key consumed, every leaf filled (errors name key, shapes and `source`)."""
+        root = self.model_type
+        tensors = SourceTensors(state, source)
+        for hf_key, path, (to_ours, _) in self.name_table(cfg):
+            tensors.take(hf_key, f"{root}/{path}", to_ours)
+        for hf_layer, path, width in _qkv_table(cfg):
+            pack_qkv(tensors, hf_layer, f"{root}/{path}", width)
+        tensors.drop(is_buffer)
+        tensors.check_consumed()
+        shapes = jax.eval_shape(lambda: self.init_params(cfg, jax.random.key(0)))
+        return jax.tree.map(jnp.asarray, tensors.build_tree(shapes, prefix=(root,)))
+
+    def load(self, path: str | os.PathLike) -> tuple[Any, dict]:
+        """(cfg, params) from a HF checkpoint folder, or a hub id (cache, or hub if
+        reachable)."""
+        folder = resolve_folder(path, self.hub_patterns)
+        cfg = self.read_config(folder)
+        state, source = read_tensors(folder)
+        return cfg, self.params_from_tensors(state, cfg, source)
+
+    def tensors_from_params(self, cfg, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """HF-named float32 tensors from our params (the inverse of `params_from_tensors`)."""
+        out = {hf_key: to_hf(leaf(params, path))
+               for hf_key, path, (_, to_hf) in self.name_table(cfg)}
+        for hf_layer, path, width in _qkv_table(cfg):
+            kernel, bias = leaf(params, f"{path}/kernel"), leaf(params, f"{path}/bias")
+            for i, proj in enumerate(QKV):
+                out[f"{hf_layer}.{proj}.weight"] = transpose(kernel[:, i * width:(i + 1) * width])
+                out[f"{hf_layer}.{proj}.bias"] = np.ascontiguousarray(
+                    bias[i * width:(i + 1) * width])
+        return out
+
+    def save(self, cfg, params: Mapping[str, Any], folder: str | os.PathLike) -> None:
+        """Write config.json + model.safetensors in HF's names (loadable by transformers'
+        model class and by `load`)."""
+        import safetensors.numpy
+
+        folder = os.fspath(folder)
+        os.makedirs(folder, exist_ok=True)
+        cfg.to_hf().save_pretrained(folder)
+        # transformers refuses safetensors files whose metadata does not name a framework.
+        safetensors.numpy.save_file(self.tensors_from_params(cfg, params),
+                                    os.path.join(folder, WEIGHTS_FILE), metadata={"format": "pt"})
 
 
-def _qkv_table(cfg: clip.ClipConfig) -> Iterator[tuple[str, str, int]]:
-    """(HF layer prefix, our attention path, width) of every attention layer."""
+def _qkv_table(cfg) -> Iterator[tuple[str, str, int]]:
+    """(HF layer prefix, our attention path, width) of every encoder attention layer."""
     for hf_tower, tower in _TOWERS:
         c = getattr(cfg, tower)
         for i in range(c.layers):
@@ -138,27 +228,6 @@ def read_config_file(folder: str) -> tuple[str, Any]:
             return file, json.load(f)
     except (OSError, ValueError) as e:
         raise WeightImportError(f"{file}: not readable JSON ({e})") from None
-
-
-def read_config(folder: str) -> clip.ClipConfig:
-    """Our `ClipConfig` from a checkpoint folder's config.json (defaults filled by transformers)."""
-    from transformers import CLIPConfig
-
-    file, raw = read_config_file(folder)
-    if not isinstance(raw, dict) or raw.get("model_type") != "clip":
-        found = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
-        raise WeightImportError(f"{file}: model_type is {found!r}, expected 'clip' (a "
-                                "CLIPModel checkpoint with both towers)")
-    try:
-        cfg = clip.ClipConfig.from_hf(CLIPConfig.from_dict(raw))
-    except (KeyError, TypeError, ValueError) as e:
-        raise WeightImportError(f"{file}: not a usable CLIP config ({type(e).__name__}: {e})") \
-            from None
-    for tower in (cfg.vision, cfg.text):
-        if tower.activation not in ACTIVATIONS:
-            raise WeightImportError(f"{file}: hidden_act {tower.activation!r} is not supported "
-                                    f"(known: {', '.join(ACTIVATIONS)})")
-    return cfg
 
 
 def _weight_files(folder: str) -> tuple[list[str], str]:
@@ -228,70 +297,9 @@ def pack_qkv(tensors: SourceTensors, hf_layer: str, path: str, width: int) -> No
                     transpose(packed) if suffix == "weight" else packed, keys[0])
 
 
-def params_from_tables(state: Mapping[str, Any], source: str, name_table, qkv_table,
-                       shapes, root: str) -> dict:
-    """Our params from HF-named tensors by a model's name and q/k/v tables: every key
-    consumed, every leaf of `shapes` filled (errors name key, shapes and `source`);
-    shared by the CLIP and SigLIP imports. `root` prefixes paths in messages."""
-    tensors = SourceTensors(state, source)
-    for hf_key, path, (to_ours, _) in name_table:
-        tensors.take(hf_key, f"{root}/{path}", to_ours)
-    for hf_layer, path, width in qkv_table:
-        pack_qkv(tensors, hf_layer, f"{root}/{path}", width)
-    tensors.drop(is_buffer)
-    tensors.check_consumed()
-    params = tensors.build_tree(shapes, prefix=(root,))
-    return jax.tree.map(jnp.asarray, params)
-
-
-def params_from_tensors(state: Mapping[str, Any], cfg: clip.ClipConfig,
-                        source: str = "state dict") -> dict:
-    """Our CLIP params from HF-named tensors (numpy arrays or torch tensors) of shape `cfg`."""
-    return params_from_tables(state, source, _name_table(cfg), _qkv_table(cfg),
-                              expected_shapes(cfg), "clip")
-
-
-def load(path: str | os.PathLike) -> tuple[clip.ClipConfig, dict]:
-    """(cfg, params) from a HF CLIP checkpoint folder, or a hub id (cache, or hub if reachable)."""
-    folder = resolve_folder(path)
-    cfg = read_config(folder)
-    state, source = read_tensors(folder)
-    return cfg, params_from_tensors(state, cfg, source)
-
-
-# ---------------------------------------------------------------------------- writing
-
-
-def hf_tensors(params: Mapping[str, Any], name_table, qkv_table) -> dict[str, np.ndarray]:
-    """HF-named float32 tensors from our params, by a model's name and q/k/v tables (the
-    inverse of its import); shared by the CLIP and SigLIP exports."""
-    out = {hf_key: to_hf(leaf(params, path)) for hf_key, path, (_, to_hf) in name_table}
-    for hf_layer, path, width in qkv_table:
-        kernel, bias = leaf(params, f"{path}/kernel"), leaf(params, f"{path}/bias")
-        for i, proj in enumerate(QKV):
-            out[f"{hf_layer}.{proj}.weight"] = transpose(kernel[:, i * width:(i + 1) * width])
-            out[f"{hf_layer}.{proj}.bias"] = np.ascontiguousarray(bias[i * width:(i + 1) * width])
-    return out
-
-
-def write_folder(hf_config, tensors: Mapping[str, np.ndarray],
-                 folder: str | os.PathLike) -> None:
-    """config.json + model.safetensors, as transformers' `from_pretrained` reads them."""
-    import safetensors.numpy
-
-    folder = os.fspath(folder)
-    os.makedirs(folder, exist_ok=True)
-    hf_config.save_pretrained(folder)
-    # transformers refuses safetensors files whose metadata does not name a framework.
-    safetensors.numpy.save_file(dict(tensors), os.path.join(folder, WEIGHTS_FILE),
-                                metadata={"format": "pt"})
-
-
-def tensors_from_params(cfg: clip.ClipConfig, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """HF-named float32 tensors from our params (the inverse of `params_from_tensors`)."""
-    return hf_tensors(params, _name_table(cfg), _qkv_table(cfg))
-
-
-def save(cfg: clip.ClipConfig, params: Mapping[str, Any], folder: str | os.PathLike) -> None:
-    """Write config.json + model.safetensors in HF's names (loadable by `CLIPModel`, `load`)."""
-    write_folder(cfg.to_hf(), tensors_from_params(cfg, params), folder)
+CLIP = Model(
+    "clip", "CLIP", "CLIPModel", "CLIPConfig", clip.ClipConfig, clip.init_params,
+    lambda cfg: _TOP_TABLE, ", ".join(ACTIVATIONS), HUB_PATTERNS)
+read_config = CLIP.read_config
+load = CLIP.load
+save = CLIP.save

@@ -18,29 +18,9 @@ are SiglipModel checkpoints and load here; the NaFlex ones (model_type
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping
-from typing import Any
-
-import jax
-import numpy as np
-
-from vtfpar_jax.backbones.hf_clip import (
-    BLOCK_TABLE,
-    CONV,
-    COPY,
-    LINEAR,
-    Transform,
-    hf_tensors,
-    params_from_tables,
-    read_config_file,
-    read_tensors,
-    resolve_folder,
-    write_folder,
-)
-from vtfpar_jax.backbones.weights import WeightImportError
+from vtfpar_jax.backbones.hf_clip import Model
+from vtfpar_jax.backbones.weights import CONV, COPY, LINEAR
 from vtfpar_jax.models import siglip
-from vtfpar_jax.models.layers import ACTIVATIONS
 
 # What a hub snapshot needs: weights, config and the SentencePiece tokenizer beside them.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "tokenizer*"]
@@ -73,91 +53,27 @@ _TEXT_TABLE = (
     ("head.weight", "head/kernel", LINEAR),
     ("head.bias", "head/bias", COPY),
 )
-_TOWERS = (("vision_model", "vision"), ("text_model", "text"))
 
 
-def _name_table(cfg: siglip.SiglipConfig) -> Iterator[tuple[str, str, tuple[Transform,
-                                                                            Transform]]]:
-    """Every one-to-one (HF key, our path, layouts) of a SigLIP of this shape."""
+def _outer_table(cfg: siglip.SiglipConfig):
+    """Every one-to-one (HF key, our path, layouts) outside the encoder layers."""
     yield "logit_scale", "logit_scale", COPY
     yield "logit_bias", "logit_bias", COPY
     vision = _VISION_TABLE + (_HEAD_TABLE if cfg.vision_use_head else ())
-    for tower_table, (hf_tower, tower) in zip((vision, _TEXT_TABLE), _TOWERS, strict=True):
+    for tower_table, hf_tower, tower in ((vision, "vision_model", "vision"),
+                                         (_TEXT_TABLE, "text_model", "text")):
         for src, dst, layouts in tower_table:
             yield f"{hf_tower}.{src}", f"{tower}/{dst}", layouts
-        for i in range(getattr(cfg, tower).layers):
-            for src, dst, layouts in BLOCK_TABLE:
-                yield f"{hf_tower}.encoder.layers.{i}.{src}", f"{tower}/layers_{i}/{dst}", layouts
 
 
-def _qkv_table(cfg: siglip.SiglipConfig) -> Iterator[tuple[str, str, int]]:
-    """(HF layer prefix, our attention path, width) of every encoder attention layer."""
-    for hf_tower, tower in _TOWERS:
-        c = getattr(cfg, tower)
-        for i in range(c.layers):
-            yield f"{hf_tower}.encoder.layers.{i}", f"{tower}/layers_{i}/attn/qkv", c.width
-
-
-# ---------------------------------------------------------------------------- reading
-
-
-def read_config(folder: str) -> siglip.SiglipConfig:
-    """Our `SiglipConfig` from a checkpoint folder's config.json (defaults filled by
-    transformers)."""
-    from transformers import SiglipConfig
-
-    file, raw = read_config_file(folder)
-    found = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
-    if found == "siglip2":
-        raise WeightImportError(
-            f"{file}: a SigLIP 2 NaFlex checkpoint (model_type 'siglip2': variable resolution "
-            "and aspect ratio, patches embedded by a Linear layer). Only fixed-resolution "
-            "SigLIP / SigLIP 2 checkpoints (model_type 'siglip', e.g. "
-            "google/siglip2-base-patch16-224) are supported")
-    if found != "siglip":
-        raise WeightImportError(f"{file}: model_type is {found!r}, expected 'siglip' (a "
-                                "SiglipModel checkpoint with both towers)")
-    try:
-        cfg = siglip.SiglipConfig.from_hf(SiglipConfig.from_dict(raw))
-    except (KeyError, TypeError, ValueError) as e:
-        raise WeightImportError(f"{file}: not a usable SigLIP config ({type(e).__name__}: {e})") \
-            from None
-    for tower in (cfg.vision, cfg.text):
-        if tower.activation not in ACTIVATIONS:
-            raise WeightImportError(f"{file}: hidden_act {tower.activation!r} is not supported "
-                                    f"(known: gelu_pytorch_tanh, gelu, quick_gelu)")
-    return cfg
-
-
-def expected_shapes(cfg: siglip.SiglipConfig):
-    return jax.eval_shape(lambda: siglip.init_params(cfg, jax.random.key(0)))
-
-
-def params_from_tensors(state: Mapping[str, Any], cfg: siglip.SiglipConfig,
-                        source: str = "state dict") -> dict:
-    """Our SigLIP params from HF-named tensors (numpy arrays or torch tensors) of shape `cfg`."""
-    return params_from_tables(state, source, _name_table(cfg), _qkv_table(cfg),
-                              expected_shapes(cfg), "siglip")
-
-
-def load(path: str | os.PathLike) -> tuple[siglip.SiglipConfig, dict]:
-    """(cfg, params) from a HF SigLIP checkpoint folder, or a hub id (cache, or hub if
-    reachable)."""
-    folder = resolve_folder(path, HUB_PATTERNS)
-    cfg = read_config(folder)
-    state, source = read_tensors(folder)
-    return cfg, params_from_tensors(state, cfg, source)
-
-
-# ---------------------------------------------------------------------------- writing
-
-
-def tensors_from_params(cfg: siglip.SiglipConfig,
-                        params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """HF-named float32 tensors from our params (the inverse of `params_from_tensors`)."""
-    return hf_tensors(params, _name_table(cfg), _qkv_table(cfg))
-
-
-def save(cfg: siglip.SiglipConfig, params: Mapping[str, Any], folder: str | os.PathLike) -> None:
-    """Write config.json + model.safetensors in HF's names (loadable by `SiglipModel`, `load`)."""
-    write_folder(cfg.to_hf(), tensors_from_params(cfg, params), folder)
+SIGLIP = Model(
+    "siglip", "SigLIP", "SiglipModel", "SiglipConfig", siglip.SiglipConfig, siglip.init_params,
+    _outer_table, "gelu_pytorch_tanh, gelu, quick_gelu", HUB_PATTERNS,
+    refused={"siglip2": (
+        "a SigLIP 2 NaFlex checkpoint (model_type 'siglip2': variable resolution "
+        "and aspect ratio, patches embedded by a Linear layer). Only fixed-resolution "
+        "SigLIP / SigLIP 2 checkpoints (model_type 'siglip', e.g. "
+        "google/siglip2-base-patch16-224) are supported")})
+read_config = SIGLIP.read_config
+load = SIGLIP.load
+save = SIGLIP.save

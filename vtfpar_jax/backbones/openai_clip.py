@@ -23,10 +23,10 @@ import numpy as np
 from vtfpar_jax.backbones.weights import (
     CONV,
     COPY,
-    LINEAR,
     Layout,
     SourceTensors,
     WeightImportError,
+    block_table,
     leaf,
 )
 from vtfpar_jax.errors import reason
@@ -35,16 +35,8 @@ from vtfpar_jax.models import clip
 # Buffers that OpenAI's archives carry besides the weights.
 _METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
-BLOCK_TABLE = (  # OpenAI residual-block names -> ours
-    ("ln_1.weight", "ln_1/scale", COPY), ("ln_1.bias", "ln_1/bias", COPY),
-    ("ln_2.weight", "ln_2/scale", COPY), ("ln_2.bias", "ln_2/bias", COPY),
-    ("attn.in_proj_weight", "attn/qkv/kernel", LINEAR),
-    ("attn.in_proj_bias", "attn/qkv/bias", COPY),
-    ("attn.out_proj.weight", "attn/out/kernel", LINEAR),
-    ("attn.out_proj.bias", "attn/out/bias", COPY),
-    ("mlp.c_fc.weight", "fc1/kernel", LINEAR), ("mlp.c_fc.bias", "fc1/bias", COPY),
-    ("mlp.c_proj.weight", "fc2/kernel", LINEAR), ("mlp.c_proj.bias", "fc2/bias", COPY),
-)
+# OpenAI's residual block: its names of our block's modules (weights.block_table).
+BLOCK_NAMES = ("ln_1.", "attn.in_proj_", "attn.out_proj.", "ln_2.", "mlp.c_fc.", "mlp.c_proj.")
 
 
 def read_state_dict(path: str) -> dict[str, Any]:
@@ -135,13 +127,12 @@ def name_table(cfg: clip.ClipConfig) -> Iterator[tuple[str, str, Layout]]:
     yield "visual.ln_post.bias", "vision/post_layernorm/bias", COPY
     yield "visual.proj", "vision/projection/kernel", COPY
     for i in range(cfg.vision.layers):
-        for src, dst, layouts in BLOCK_TABLE:
-            yield f"visual.transformer.resblocks.{i}.{src}", f"vision/layers_{i}/{dst}", layouts
+        yield from block_table(f"visual.transformer.resblocks.{i}", f"vision/layers_{i}",
+                               BLOCK_NAMES)
     yield "token_embedding.weight", "text/token_embedding/embedding", COPY
     yield "positional_embedding", "text/position_embedding", COPY
     for i in range(cfg.text.layers):
-        for src, dst, layouts in BLOCK_TABLE:
-            yield f"transformer.resblocks.{i}.{src}", f"text/layers_{i}/{dst}", layouts
+        yield from block_table(f"transformer.resblocks.{i}", f"text/layers_{i}", BLOCK_NAMES)
     yield "ln_final.weight", "text/final_layernorm/scale", COPY
     yield "ln_final.bias", "text/final_layernorm/bias", COPY
     yield "text_projection", "text/projection/kernel", COPY

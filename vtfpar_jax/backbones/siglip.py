@@ -25,8 +25,7 @@ BACKBONE = registry.register(registry.Backbone(
              "so400m14": lambda **_: siglip_towers.so400m14()},
     shapes={"tiny": "tiny", "vit_b16": "base16", "so400m14": "so400m14"},
     loaders={"hf": hf_siglip.load},
-    read_config=lambda path: hf_siglip.read_config(
-        hf_clip.resolve_folder(path, hf_siglip.HUB_PATTERNS)),
+    read_config=hf_siglip.SIGLIP.config_at,
     save=hf_siglip.save,
     model_types=("siglip", "siglip2"),
     byte_tokens=siglip_tokenizer.byte_tokens,

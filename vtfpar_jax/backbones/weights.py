@@ -9,7 +9,7 @@ the file.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -137,3 +137,20 @@ Layout = tuple[Transform, Transform]
 COPY: Layout = (_identity, _identity)
 LINEAR: Layout = (transpose, transpose)  # torch Linear (out, in) <-> Dense kernel (in, out)
 CONV: Layout = (conv_kernel, _hwio_to_oihw)  # torch Conv2d OIHW <-> Flax Conv HWIO
+
+# The modules of our transformer block (models/layers.TransformerBlock), in order, and the
+# layout of their weight; each has a bias too.
+_BLOCK = (("ln_1", "scale", COPY), ("attn/qkv", "kernel", LINEAR), ("attn/out", "kernel", LINEAR),
+          ("ln_2", "scale", COPY), ("fc1", "kernel", LINEAR), ("fc2", "kernel", LINEAR))
+
+
+def block_table(src: str, dst: str,
+                names: tuple[str | None, ...]) -> Iterator[tuple[str, str, Layout]]:
+    """(torch key, our path, layouts) of one transformer block, torch's `src` and our `dst`.
+    `names` are torch's names of our modules in `_BLOCK`'s order, each ending in what joins
+    it to 'weight' and 'bias' ('norm1.'; OpenAI's packed projection 'attn.in_proj_'), or
+    None for one mapped apart (transformers' q, k and v)."""
+    for name, (ours, weight, layout) in zip(names, _BLOCK, strict=True):
+        if name is not None:
+            yield f"{src}.{name}weight", f"{dst}/{ours}/{weight}", layout
+            yield f"{src}.{name}bias", f"{dst}/{ours}/bias", COPY

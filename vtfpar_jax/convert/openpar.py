@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vtfpar_jax import attributes
-from vtfpar_jax.backbones import openai_clip
+from vtfpar_jax.backbones import openai_clip, weights
 from vtfpar_jax.backbones.weights import (
     CONV,
     COPY,
@@ -50,14 +50,8 @@ PUBLISHED_DEFAULTS = dict(
 
 _AGGREGATIONS = {"mean_pooling": "mean", "MLP": "mlp", "LSTM": "lstm", "GRU": "gru"}
 
-_TIMM_BLOCK = (  # timm Block names -> ours
-    ("norm1.weight", "ln_1/scale", COPY), ("norm1.bias", "ln_1/bias", COPY),
-    ("attn.qkv.weight", "attn/qkv/kernel", LINEAR), ("attn.qkv.bias", "attn/qkv/bias", COPY),
-    ("attn.proj.weight", "attn/out/kernel", LINEAR), ("attn.proj.bias", "attn/out/bias", COPY),
-    ("norm2.weight", "ln_2/scale", COPY), ("norm2.bias", "ln_2/bias", COPY),
-    ("mlp.fc1.weight", "fc1/kernel", LINEAR), ("mlp.fc1.bias", "fc1/bias", COPY),
-    ("mlp.fc2.weight", "fc2/kernel", LINEAR), ("mlp.fc2.bias", "fc2/bias", COPY),
-)
+# timm's Block: its names of our block's modules (weights.block_table).
+_TIMM_BLOCK = ("norm1.", "attn.qkv.", "attn.proj.", "norm2.", "mlp.fc1.", "mlp.fc2.")
 # 1x1 convolutions the published fusion layers use as Linear layers.
 CONV2D_1X1: Layout = (conv_kernel, lambda k: np.ascontiguousarray(k.T[:, :, None, None]))
 CONV1D_1: Layout = (conv_kernel, lambda k: np.ascontiguousarray(k.T[:, :, None]))
@@ -128,8 +122,7 @@ def config_from_options(backbone_cfg, num_attributes: int, head: str = "attribut
 
 
 def block_table(src: str, dst: str) -> Iterator[tuple[str, str, Layout]]:
-    for s, d, layouts in _TIMM_BLOCK:
-        yield f"{src}.{s}", f"{dst}/{d}", layouts
+    return weights.block_table(src, dst, _TIMM_BLOCK)
 
 
 def _embedding_table(src: str, dst: str) -> Iterator[tuple[str, str, Layout]]:

@@ -91,13 +91,3 @@ class TransformerBlock(nn.Module):
         mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
         return jnp.where(mask, y / keep, 0).astype(y.dtype)
 
-
-def params_up_to_block(tower, depth: int, after_blocks: tuple[str, ...]):
-    """The params of a tower (a dict with `layers_i` blocks) that a run through blocks
-    0..depth-1 reads: all but the deeper blocks and the modules after the last block."""
-    def read(name: str) -> bool:
-        if name.startswith("layers_"):
-            return int(name.removeprefix("layers_")) < depth
-        return name not in after_blocks
-
-    return {name: value for name, value in tower.items() if read(name)}

@@ -2,8 +2,9 @@
 
 They follow transformers' `SiglipModel` exactly (pre-LN blocks with tanh GELU,
 LayerNorm eps from the config), so imported weights give the reference's
-numbers to float32 rounding. The blocks are CLIP's `TransformerBlock` (same
-packed qkv, same shared attention); what differs from CLIP is around them:
+numbers to float32 rounding. The towers are CLIP's (models/clip.py: the same
+blocks, packed qkv and shared attention); what differs from CLIP is around the
+blocks, and is all that this module's subclasses set:
 
 - vision: the patch embedding has a bias, there is no class token and no
   pre-LayerNorm; the image embedding is a multi-head attention pooling head
@@ -23,7 +24,6 @@ Public functions:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -31,12 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vtfpar_jax.models import clip
 from vtfpar_jax.models.attention import dot_product_attention
-from vtfpar_jax.models.clip import TowerConfig
-from vtfpar_jax.models.layers import ACTIVATIONS, TransformerBlock, params_up_to_block
-from vtfpar_jax.models.lean_ops import LayerNorm
+from vtfpar_jax.models.clip import Params, TowerConfig, layer_norm
+from vtfpar_jax.models.layers import ACTIVATIONS
 
-Params = dict[str, Any]
 # transformers' name for the tanh approximation, and ours (layers.ACTIVATIONS).
 _HF_ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu",
                    "quick_gelu": "quick_gelu"}
@@ -67,11 +66,8 @@ class SiglipConfig:
         v, t = hf_config["vision_config"], hf_config["text_config"]
 
         def tower(c):
-            act = c.get("hidden_act", "gelu_pytorch_tanh")
-            return TowerConfig(width=c["hidden_size"], layers=c["num_hidden_layers"],
-                               heads=c["num_attention_heads"], mlp_dim=c["intermediate_size"],
-                               activation=_HF_ACTIVATIONS.get(act, act),
-                               layer_norm_eps=c.get("layer_norm_eps", 1e-6))
+            return TowerConfig.from_hf(c, activation="gelu_pytorch_tanh", layer_norm_eps=1e-6,
+                                       activations=_HF_ACTIVATIONS)
 
         return cls(vision=tower(v), text=tower(t), image_size=_square(v["image_size"]),
                    patch_size=_square(v["patch_size"]), vocab_size=t["vocab_size"],
@@ -87,9 +83,7 @@ class SiglipConfig:
         hf_act = {ours: hf for hf, ours in reversed(_HF_ACTIVATIONS.items())}
 
         def tower(c: TowerConfig) -> dict:
-            return dict(hidden_size=c.width, num_hidden_layers=c.layers,
-                        num_attention_heads=c.heads, intermediate_size=c.mlp_dim,
-                        hidden_act=hf_act[c.activation], layer_norm_eps=c.layer_norm_eps)
+            return c.to_hf(hidden_act=hf_act[c.activation])
 
         return HFSiglipConfig(
             vision_config=dict(tower(self.vision), image_size=self.image_size,
@@ -135,12 +129,6 @@ def tiny(image_size: int = 64, patch_size: int = 8, vocab_size: int = 320) -> Si
                         projection_dim=64)
 
 
-def _block(c: TowerConfig, dtype, name: str, attention: str = "auto") -> TransformerBlock:
-    return TransformerBlock(width=c.width, heads=c.heads, mlp_dim=c.mlp_dim,
-                            activation=c.activation, layer_norm_eps=c.layer_norm_eps,
-                            dtype=dtype, attention=attention, name=name)
-
-
 class AttentionPoolingHead(nn.Module):
     """SigLIP's image embedding: a learned probe attends over the tokens (torch
     `nn.MultiheadAttention`, packed [q | k | v] in-projection), then x + mlp(ln(x))."""
@@ -165,117 +153,50 @@ class AttentionPoolingHead(nn.Module):
         # on one query, and its odd-length padding (attention.py) assumes self-attention.
         y = dot_product_attention(q, k, v, implementation="xla").reshape(n, 1, w)
         y = nn.Dense(w, dtype=self.dtype, name="out")(y)
-        h = LayerNorm(epsilon=self.c.layer_norm_eps, dtype=self.dtype, name="layernorm")(y)
+        h = layer_norm(self.c, self.dtype, "layernorm")(y)
         h = nn.Dense(self.c.mlp_dim, dtype=self.dtype, name="fc1")(h)
         h = nn.Dense(w, dtype=self.dtype, name="fc2")(ACTIVATIONS[self.c.activation](h))
         return (y + h)[:, 0]
 
 
-class VisionTower(nn.Module):
-    """Patch embedding (with bias) plus positions, then the residual blocks; no class token."""
+class VisionTower(clip.VisionTower):
+    """Patch embedding (with bias) plus positions, then the residual blocks; no class token.
+    The image embedding is the attention pooling head over the post-LayerNorm tokens."""
 
-    cfg: SiglipConfig
-    dtype: jnp.dtype = jnp.float32
-    attention: str = "auto"     # attention.IMPLEMENTATIONS
+    display_name = "SigLIP"
+    patch_bias = True
+    class_token = False
+    after_blocks = ("post_layernorm", "head")
 
-    @nn.compact
-    def __call__(self, images: jax.Array, collect: Sequence[int] | None = None,
-                 project: bool = False) -> list[jax.Array] | jax.Array:
-        """images (N, H, W, 3) normalised. Returns the tokens (N, P, W) after each index
-        in `collect` (0: the embeddings, k: after block k; default all), running only as
-        many blocks as the deepest index needs; or, with `project`, the pooled image
-        embeddings (N, W) of the attention pooling head."""
-        c = self.cfg.vision
-        if collect is None:
-            collect = range(c.layers + 1)
-        collect = tuple(collect)
-        if collect and not 0 <= max(collect) <= c.layers:
-            raise ValueError(f"SigLIP layer index {max(collect)} out of range 0..{c.layers}")
-        if project and not self.cfg.vision_use_head:
+    def pool(self, x: jax.Array) -> jax.Array | None:
+        x = layer_norm(self.cfg.vision, self.dtype, "post_layernorm")(x)
+        if self.cfg.vision_use_head:
+            return AttentionPoolingHead(self.cfg.vision, self.dtype, name="head")(x)
+        if not self.is_initializing():      # asked for the embeddings
             raise ValueError("this SigLIP has no vision head (vision_use_head=False)")
-        p = self.cfg.patch_size
-        x = nn.Conv(c.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                    name="patch_embed")(images)
-        n = x.shape[0]
-        x = x.reshape(n, -1, c.width)
-        pos = self.param("position_embedding", nn.initializers.normal(0.02),
-                         (self.cfg.grid_size ** 2, c.width))
-        x = x + pos.astype(x.dtype)
-        outputs = {0: x}
-        depth = c.layers if project else max(collect, default=0)
-        for i in range(depth):
-            x = _block(c, self.dtype, f"layers_{i}", attention=self.attention)(x)
-            outputs[i + 1] = x
-        post_ln = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="post_layernorm")
-        if project or self.is_initializing():
-            x = post_ln(x)
-            if self.cfg.vision_use_head:
-                embeds = AttentionPoolingHead(c, self.dtype, name="head")(x)
-                if project:
-                    return embeds
-        return [outputs[i] for i in collect]
+        return None
 
 
-class TextTower(nn.Module):
+class TextTower(clip.TextTower):
     """Token and position embeddings, blocks (no causal mask), final LayerNorm, a Linear
     head on the last position."""
 
-    cfg: SiglipConfig
-    dtype: jnp.dtype = jnp.float32
+    causal = False
+    position_std = 0.02
 
-    @nn.compact
-    def __call__(self, token_ids: jax.Array) -> jax.Array:
-        c = self.cfg.text
-        x = nn.Embed(self.cfg.vocab_size, c.width, embedding_init=nn.initializers.normal(0.02),
-                     dtype=self.dtype, name="token_embedding")(token_ids)
-        pos = self.param("position_embedding", nn.initializers.normal(0.02),
-                         (self.cfg.context_length, c.width))
-        x = x + pos[: token_ids.shape[1]].astype(x.dtype)
-        for i in range(c.layers):
-            x = _block(c, self.dtype, f"layers_{i}")(x)
-        x = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="final_layernorm")(x)
+    def pool(self, x: jax.Array, token_ids: jax.Array) -> jax.Array:
         # transformers pools the last position, padding or not (ids are padded to 64).
         return nn.Dense(self.cfg.projection_dim, dtype=self.dtype, name="head")(x[:, -1])
 
 
-def vision_params_up_to(vision: Params, depth: int) -> Params:
-    """The vision params a run collecting indices <= `depth` reads: the embeddings and
-    blocks 0..depth-1 (no deeper block, post-LN or pooling head)."""
-    return params_up_to_block(vision, depth, ("post_layernorm", "head"))
-
-
 def init_params(cfg: SiglipConfig, rng: jax.Array) -> Params:
     """Random SigLIP parameters (float32); logit scale and bias at SigLIP's init."""
-    v_rng, t_rng = jax.random.split(rng)
-    images = jnp.zeros((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
-    tokens = jnp.zeros((1, cfg.context_length), jnp.int32)
-    return {
-        "vision": VisionTower(cfg).init(v_rng, images)["params"],
-        "text": TextTower(cfg).init(t_rng, tokens)["params"],
-        "logit_scale": jnp.full((1,), np.log(10.0), jnp.float32),
-        "logit_bias": jnp.full((1,), -10.0, jnp.float32),
-    }
+    return {**clip.init_towers(VisionTower, TextTower, cfg, rng),
+            "logit_scale": jnp.full((1,), np.log(10.0), jnp.float32),
+            "logit_bias": jnp.full((1,), -10.0, jnp.float32)}
 
 
-def image_features(cfg: SiglipConfig, params: Params, images: jax.Array,
-                   dtype: jnp.dtype = jnp.float32,
-                   collect: Sequence[int] | None = None) -> jax.Array:
-    """Every layer's tokens: (L+1, N, P, W) for images (N, H, W, 3) already normalised.
-
-    Index 0 is the embedding output (transformers' `hidden_states[0]`), index k
-    after block k (or only the indices in `collect`, in that order).
-    """
-    outs = VisionTower(cfg, dtype).apply({"params": params["vision"]}, images, collect)
-    return jnp.stack(outs)
-
-
-def image_embeddings(cfg: SiglipConfig, params: Params, images: jax.Array,
-                     dtype: jnp.dtype = jnp.float32) -> jax.Array:
-    """SigLIP's pooled image embeddings (N, W): `SiglipModel.get_image_features`."""
-    return VisionTower(cfg, dtype).apply({"params": params["vision"]}, images, project=True)
-
-
-def text_features(cfg: SiglipConfig, params: Params, token_ids: jax.Array,
-                  dtype: jnp.dtype = jnp.float32) -> jax.Array:
-    """Text features (A, E) of ids (A, context): `SiglipModel.get_text_features`."""
-    return TextTower(cfg, dtype).apply({"params": params["text"]}, jnp.asarray(token_ids))
+image_features = VisionTower.features
+image_embeddings = VisionTower.embeddings
+vision_params_up_to = VisionTower.params_up_to
+text_features = TextTower.features
