@@ -102,69 +102,20 @@ def _per_cell(count, size: tuple[int, int]) -> int | None:
     return count // cells if count % cells == 0 and count >= cells else None
 
 
-# The strict matching: the number of classes that outputs of these shapes hold in one
-# layout (UNSTATED where they do not show it), or None where they cannot be read so.
-
-def _one_output(shapes: list[tuple]) -> tuple | None:
-    return shapes[0] if len(shapes) == 1 and len(shapes[0]) == 3 else None
-
-
-def _yolo_classes(shapes: list[tuple], size: tuple[int, int]) -> int | None:
-    """One (1, 4 + C, N), N > 4 + C and not 6 (yolo_nms's width)."""
-    shape = _one_output(shapes)
-    if shape is None:
+def _columns(shapes: list[tuple], outputs: int, transposed: bool) -> tuple | None:
+    """(N, K): the candidates and the columns of the class values, where the shapes are one
+    (1, N, K) output ((1, K, N) transposed), or two: boxes (1, N, 4) and class values
+    (1, N, K) in either order."""
+    if len(shapes) != outputs or any(len(s) != 3 for s in shapes):
         return None
-    _, rows, cols = shape
-    fits = (cols != 6 and isinstance(rows, int) and rows > 4
-            and (not isinstance(cols, int) or cols > rows))
-    return rows - 4 if fits else None
-
-
-def _nms_classes(shapes: list[tuple], size: tuple[int, int]) -> int | None:
-    """One (1, K, 6)."""
-    shape = _one_output(shapes)
-    return UNSTATED if shape is not None and shape[2] == 6 else None
-
-
-def _grid_classes(shapes: list[tuple], size: tuple[int, int], per_cell: int) -> int | None:
-    """One (1, per_cell x cells, 5 + C)."""
-    shape = _one_output(shapes)
-    if shape is None or _per_cell(shape[1], size) != per_cell or not isinstance(shape[2], int):
-        return None
-    return shape[2] - 5 if shape[2] > 5 else None
-
-
-def _query_classes(shapes: list[tuple], size: tuple[int, int]) -> int | None:
-    """One (1, Q, 4 + C), Q not a whole number of grid cells."""
-    shape = _one_output(shapes)
-    if (shape is None or not isinstance(shape[2], int) or shape[2] <= 4
-            or _per_cell(shape[1], size) is not None):
-        return None
-    return shape[2] - 4
-
-
-def _two_outputs(shapes: list[tuple]) -> tuple | None:
-    """(N, K) of the class output where the shapes are (1, N, 4) and (1, N, K)."""
-    if len(shapes) != 2 or any(len(s) != 3 for s in shapes):
-        return None
+    if outputs == 1:
+        return (shapes[0][2], shapes[0][1]) if transposed else shapes[0][1:]
     first, second = shapes
     if 4 not in (first[2], second[2]) or (
             first[1] != second[1] and isinstance(first[1], int) and isinstance(second[1], int)):
         return None
     classes = first if second[2] == 4 else second
     return classes[1], classes[2]
-
-
-def _split_classes(shapes: list[tuple], size: tuple[int, int], per_cell: bool | None,
-                   extra: int) -> int | None:
-    """C of boxes (1, N, 4) and class values (1, N, C + extra), N one candidate per grid
-    cell (per_cell True), not so (False) or either (None)."""
-    found = _two_outputs(shapes)
-    if found is None or not isinstance(found[1], int) or found[1] <= extra:
-        return None
-    if per_cell is not None and (_per_cell(found[0], size) == 1) != per_cell:
-        return None
-    return found[1] - extra
 
 
 # How each layout's image is made: (the frame, the input's (H, W), cv2) -> (the (1, 3, H, W)
@@ -291,13 +242,26 @@ class Layout:
 
     name: str
     written: str                # its outputs, as the errors list them
-    class_count: Callable       # (output shapes, input (H, W)) -> classes, UNSTATED or None
+    outputs: int                # one, or two: boxes and class values
+    extra: int                  # columns of the class values beyond the C classes
+    candidates: Callable        # (N candidates, K columns, input (H, W)) -> whether they fit
     prepare: Callable           # the image, as its exporter trained on it
     decode: Callable            # the person boxes, not yet thresholded
     nms: bool                   # whether its graph leaves non-maximum suppression to us
+    transposed: bool = False    # one (1, K, N) output, not (1, N, K)
+    classes_shown: bool = True  # whether its outputs show the class count
     coco_classes: int | None = None    # without class names, the one class count read so
     coco_person: int = 0        # the person class when the model does not name its classes
     named_outputs: frozenset = frozenset()   # output names that are it, at any class count
+
+    def class_count(self, shapes: list[tuple], size: tuple[int, int]) -> int | None:
+        """The classes that outputs of these shapes hold in this layout (UNSTATED where they
+        do not show it), or None where they cannot be read so: the strict matching."""
+        found = _columns(shapes, self.outputs, self.transposed)
+        if (found is None or not isinstance(found[1], int) or found[1] <= self.extra
+                or not self.candidates(*found, size)):
+            return None
+        return found[1] - self.extra if self.classes_shown else UNSTATED
 
     def matches(self, outputs, size: tuple[int, int], names: dict[int, str] | None) -> bool:
         """Whether the graph's outputs are this layout's, beyond doubt: their shapes fit it
@@ -312,27 +276,33 @@ class Layout:
 
 
 LAYOUTS = (
-    Layout("yolov5", "yolov5: one (1, 3 x cells, 5+C)",
-           functools.partial(_grid_classes, per_cell=3), _letterboxed, _yolov5, nms=True),
-    Layout("yolox", "yolox: one (1, cells, 5+C)",
-           functools.partial(_grid_classes, per_cell=1), _letterboxed_bgr, _yolox, nms=True),
-    Layout("yolo_nms", "yolo_nms: one (1, K, 6)", _nms_classes, _letterboxed, _yolo_nms,
-           nms=False),
-    Layout("yolo", "yolo: one (1, 4+C, N)", _yolo_classes, _letterboxed, _yolo, nms=True),
+    Layout("yolov5", "yolov5: one (1, 3 x cells, 5+C)", outputs=1, extra=5,
+           candidates=lambda n, k, size: _per_cell(n, size) == 3,
+           prepare=_letterboxed, decode=_yolov5, nms=True),
+    Layout("yolox", "yolox: one (1, cells, 5+C)", outputs=1, extra=5,
+           candidates=lambda n, k, size: _per_cell(n, size) == 1,
+           prepare=_letterboxed_bgr, decode=_yolox, nms=True),
+    Layout("yolo_nms", "yolo_nms: one (1, K, 6)", outputs=1, extra=0,
+           candidates=lambda n, k, size: k == 6, classes_shown=False,
+           prepare=_letterboxed, decode=_yolo_nms, nms=False),
+    Layout("yolo", "yolo: one (1, 4+C, N)", outputs=1, extra=4, transposed=True,
+           # more candidates than columns; not 6 wide (yolo_nms)
+           candidates=lambda n, k, size: n != 6 and (not isinstance(n, int) or n > k),
+           prepare=_letterboxed, decode=_yolo, nms=True),
     Layout("rtdetr_ultralytics",
            "rtdetr_ultralytics: one (1, Q, 4+C), Q not a whole number of cells",
-           _query_classes, _stretched, _rtdetr_ultralytics, nms=False,
+           outputs=1, extra=4, candidates=lambda n, k, size: _per_cell(n, size) is None,
+           prepare=_stretched, decode=_rtdetr_ultralytics, nms=False,
            coco_classes=COCO_CLASSES),
     Layout("yolo_nas", "yolo_nas: (1, cells, 4) x0y0x1y1 boxes and (1, cells, C) scores",
-           functools.partial(_split_classes, per_cell=True, extra=0), _centred, _yolo_nas,
-           nms=True, coco_classes=COCO_CLASSES),
+           outputs=2, extra=0, candidates=lambda n, k, size: _per_cell(n, size) == 1,
+           prepare=_centred, decode=_yolo_nas, nms=True, coco_classes=COCO_CLASSES),
     Layout("rtdetr", "rtdetr: (1, Q, C) logits and (1, Q, 4) boxes, Q not one per cell",
-           functools.partial(_split_classes, per_cell=False, extra=0), _stretched, _rtdetr,
-           nms=False, coco_classes=COCO_CLASSES),
-    Layout("detr", "detr: (1, Q, C+1) logits and (1, Q, 4) boxes",
-           functools.partial(_split_classes, per_cell=None, extra=1), _imagenet, _detr,
-           nms=False, coco_classes=COCO_DETR_CLASSES, coco_person=1,
-           named_outputs=TRANSFORMERS_OUTPUTS),
+           outputs=2, extra=0, candidates=lambda n, k, size: _per_cell(n, size) != 1,
+           prepare=_stretched, decode=_rtdetr, nms=False, coco_classes=COCO_CLASSES),
+    Layout("detr", "detr: (1, Q, C+1) logits and (1, Q, 4) boxes", outputs=2, extra=1,
+           candidates=lambda n, k, size: True, prepare=_imagenet, decode=_detr, nms=False,
+           coco_classes=COCO_DETR_CLASSES, coco_person=1, named_outputs=TRANSFORMERS_OUTPUTS),
 )
 BY_NAME = {k.name: k for k in LAYOUTS}
 
