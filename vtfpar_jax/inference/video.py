@@ -44,7 +44,6 @@ from PIL import Image, UnidentifiedImageError
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.models.normalization import NORMALIZATIONS, normalize
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 DEFAULT_FPS = Fraction(25)
 ENCODER_PRESET = "veryfast"   # x264: see Writer
 
@@ -80,13 +79,6 @@ def resize(frame: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _list_frame_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise InputError(f"{folder}: empty folder (expected the frames of one tracklet)")
-    return files
-
-
 def _read_image(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
@@ -94,7 +86,9 @@ def _read_image(path: Path) -> np.ndarray:
 
 def _read_folder(folder: Path, frames: int) -> list[np.ndarray]:
     """The chosen frames of a folder of images sorted by name; non-images are errors."""
-    files = _list_frame_files(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise InputError(f"{folder}: empty folder (expected the frames of one tracklet)")
     # Every file is checked (headers only, cheap) so a stray non-image is named
     # rather than silently shifting which frames are chosen.
     bad = []
@@ -111,15 +105,6 @@ def _read_folder(folder: Path, frames: int) -> list[np.ndarray]:
         raise InputError(f"{folder}: {len(bad)} file(s) are not images (e.g. {bad[0]!r}); "
                          "a frame folder should hold only the frames")
     return [_read_image(files[i]) for i in frame_indices(len(files), frames)]
-
-
-def _decode_video(path: Path) -> list[np.ndarray]:
-    """Every frame of a video as (h, w, 3) uint8 RGB. Decoded in full: a stream's frame
-    count is often missing or wrong in headers, and pedestrian tracklets are short."""
-    decoded = [frame for _, frame in iter_frames(path)]
-    if not decoded:
-        raise InputError(f"{path}: the video has no frames")
-    return decoded
 
 
 def read_input(path: str | os.PathLike, frames: int, image_size: tuple[int, int],
@@ -151,7 +136,11 @@ def read_frames(path: str | os.PathLike, frames: int) -> list[np.ndarray]:
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
         return _read_folder(path, frames)
-    decoded = _decode_video(path)
+    # Decoded in full: a stream's frame count is often missing or wrong in headers, and
+    # pedestrian tracklets are short.
+    decoded = [frame for _, frame in iter_frames(path)]
+    if not decoded:
+        raise InputError(f"{path}: the video has no frames")
     return [decoded[i] for i in frame_indices(len(decoded), frames)]
 
 
