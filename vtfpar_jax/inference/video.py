@@ -32,6 +32,7 @@ measures it against the pipeline on the same frames).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator
@@ -199,37 +200,32 @@ class VideoInfo:
     fps: Fraction
 
 
-def _open(path: str):
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator:
+    """The video's container, closed after use; PyAV's errors as an InputError naming it."""
     import av
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such video file")
     try:
-        container = av.open(path)
-    except av.FFmpegError as e:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise InputError(f"{path}: no video stream")
+            yield container
+    except (av.FFmpegError, StopIteration) as e:
         raise InputError(f"{path}: not a readable video ({type(e).__name__}: {e})") from None
-    if not container.streams.video:
-        container.close()
-        raise InputError(f"{path}: no video stream")
-    return container
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Frame count (by demuxing every packet: headers often lack it or get it wrong, and
     demuxing decodes nothing), size and frame rate. The first frame is decoded too, so a
     file whose packets do not decode fails here, before any output is written."""
-    import av
     path = os.fspath(path)
-    container = _open(path)
-    try:
+    with _opened(path) as container:
         stream = container.streams.video[0]
         count = sum(1 for packet in container.demux(stream) if packet.size)
         container.seek(0)
         first = next(iter(container.decode(stream)), None)
         fps = stream.average_rate or stream.guessed_rate or DEFAULT_FPS
-    except (av.FFmpegError, StopIteration) as e:
-        raise InputError(f"{path}: not a readable video ({type(e).__name__}: {e})") from None
-    finally:
-        container.close()
     if count == 0 or first is None:
         raise InputError(f"{path}: the video has no frames")
     return VideoInfo(count, first.width, first.height, Fraction(fps))
@@ -237,16 +233,10 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 def iter_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray]]:
     """(1-based frame number, (h, w, 3) uint8 RGB) for every decoded frame, in order."""
-    import av
     path = os.fspath(path)
-    container = _open(path)
-    try:
+    with _opened(path) as container:
         for number, frame in enumerate(container.decode(container.streams.video[0]), start=1):
             yield number, frame.to_ndarray(format="rgb24")
-    except av.FFmpegError as e:
-        raise InputError(f"{path}: not a readable video ({type(e).__name__}: {e})") from None
-    finally:
-        container.close()
 
 
 class Writer:

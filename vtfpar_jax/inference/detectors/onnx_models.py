@@ -145,9 +145,10 @@ def _planar(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32).transpose(2, 0, 1)[None]
 
 
-def _letterboxed(frame, size, cv2):
-    """Letterboxed, RGB in [0, 1] (Ultralytics, YOLOv5)."""
-    canvas, scale = letterbox(frame, size, cv2)
+def _letterboxed(frame, size, cv2, margin: int = 0, centred: bool = False):
+    """Letterboxed, RGB in [0, 1] (Ultralytics, YOLOv5; YOLO-NAS: super-gradients' COCO
+    recipe fits (H - 4, W - 4), centred)."""
+    canvas, scale = letterbox(frame, size, cv2, margin, centred)
     return _planar(canvas) / 255.0, scale
 
 
@@ -155,12 +156,6 @@ def _letterboxed_bgr(frame, size, cv2):
     """Letterboxed, BGR in [0, 255] (YOLOX's export)."""
     canvas, scale = letterbox(frame, size, cv2)
     return _planar(canvas[..., ::-1]), scale
-
-
-def _centred(frame, size, cv2):
-    """super-gradients' COCO recipe: fit (H - 4, W - 4), centred, RGB in [0, 1]."""
-    canvas, scale = letterbox(frame, size, cv2, YOLO_NAS_MARGIN, centred=True)
-    return _planar(canvas) / 255.0, scale
 
 
 def _stretched(frame, size, cv2):
@@ -296,7 +291,8 @@ LAYOUTS = (
            coco_classes=COCO_CLASSES),
     Layout("yolo_nas", "yolo_nas: (1, cells, 4) x0y0x1y1 boxes and (1, cells, C) scores",
            outputs=2, extra=0, candidates=lambda n, k, size: _per_cell(n, size) == 1,
-           prepare=_centred, decode=_yolo_nas, nms=True, coco_classes=COCO_CLASSES),
+           prepare=functools.partial(_letterboxed, margin=YOLO_NAS_MARGIN, centred=True),
+           decode=_yolo_nas, nms=True, coco_classes=COCO_CLASSES),
     Layout("rtdetr", "rtdetr: (1, Q, C) logits and (1, Q, 4) boxes, Q not one per cell",
            outputs=2, extra=0, candidates=lambda n, k, size: _per_cell(n, size) != 1,
            prepare=_stretched, decode=_rtdetr, nms=False, coco_classes=COCO_CLASSES),
