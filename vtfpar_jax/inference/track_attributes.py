@@ -114,20 +114,14 @@ def predict_tracks(path: str, tracks: dict[int, mot.Track], loaded: model_dir.Lo
 
 
 def _records(tracks, probabilities, loaded, threshold) -> dict[int, dict[str, Any]]:
-    by_track: dict[int, dict] = {t: {"windows": []} for t in tracks}
-    for plan, probs in probabilities.items():
-        if plan.window is None:
-            by_track[plan.track_id]["whole"] = probs
-        else:
-            by_track[plan.track_id]["windows"].append(
-                {"index": plan.window, "first_frame": plan.first, "last_frame": plan.last,
-                 "probabilities": probs})
-    records = {}
-    for track_id, parts in by_track.items():
-        windows = sorted(parts["windows"], key=lambda w: w["index"])
-        records[track_id] = track_outputs.track_record(
-            tracks[track_id], parts["whole"], windows, loaded.attribute_set, threshold)
-    return records
+    """tracks.json's record per track: its whole-track clip, then its windows in order."""
+    whole = {p.track_id: probs for p, probs in probabilities.items() if p.window is None}
+    windows = sorted((p for p in probabilities if p.window is not None), key=lambda p: p.window)
+    return {i: track_outputs.track_record(
+                track, whole[i],
+                [(p.first, p.last, probabilities[p]) for p in windows if p.track_id == i],
+                loaded.attribute_set, threshold)
+            for i, track in tracks.items()}
 
 
 def write_annotated(path: str, out_path: str, info: video_io.VideoInfo,
@@ -180,12 +174,12 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
     `evidence`: per track, what the detector found of it (detect_track.evidence), added to
     its record; None for tracks given by the user. `threshold` None: the head's own
     (decisions.default_threshold)."""
-    head = loaded.model_cfg.head
-    threshold = decisions.default_threshold(head) if threshold is None else threshold
+    cfg = loaded.model_cfg
+    threshold = decisions.default_threshold(cfg.head) if threshold is None else threshold
     info = info or video_io.probe(video)
     times = times or stage_times.StageTimes(info.frames)
     tracks, warnings = mot.fit_to_video(tracks, info.width, info.height, info.frames)
-    warnings += too_small(info, tracks, loaded.model_cfg.backbone.image_size)
+    warnings += too_small(info, tracks, cfg.backbone.image_size)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     probabilities, thumbnails = predict_tracks(video, tracks, loaded, info.frames, window,
@@ -193,7 +187,6 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
     records = _records(tracks, probabilities, loaded, threshold)
     for track_id, record in records.items():
         record.update((evidence or {}).get(track_id, {}))
-    cfg = loaded.model_cfg
     result = {
         **(about or {}), "video": video,
         "video_frames": info.frames, "width": info.width, "height": info.height,
@@ -201,8 +194,8 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
         "image_size": [cfg.backbone.image_size] * 2,
         "normalization": loaded.config.input.get("normalization", "published"),
         "crop": {"aspect": aspect, "context": context},
-        "window": window, "attribute_set": loaded.attribute_set.name, "head": head,
-        "threshold": threshold, "decision_rules": decisions.decision_rules(head, threshold),
+        "window": window, "attribute_set": loaded.attribute_set.name, "head": cfg.head,
+        "threshold": threshold, "decision_rules": decisions.decision_rules(cfg.head, threshold),
         "warnings": warnings,
         "tracks": {str(i): r for i, r in records.items()},
     }

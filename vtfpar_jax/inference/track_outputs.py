@@ -22,10 +22,11 @@ from vtfpar_jax.inference.mot import Track
 LABEL_ITEMS = 3     # decided attributes drawn on the video, the most probable first
 
 
-def track_record(track: Track, probs: np.ndarray, windows: list[dict[str, Any]],
+def track_record(track: Track, probs: np.ndarray,
+                 windows: list[tuple[int, int, np.ndarray]],
                  attribute_set: attributes.AttributeSet, threshold: float) -> dict[str, Any]:
-    """tracks.json's entry for one track (`windows`: [{'first_frame', 'last_frame',
-    'probabilities' (A,)}], empty without --window)."""
+    """tracks.json's entry for one track (`windows`: [(first frame, last frame,
+    probabilities (A,))], empty without --window)."""
     decided = decisions.decide(probs, attribute_set, threshold)
 
     def named(p: np.ndarray) -> dict[str, float]:
@@ -41,8 +42,8 @@ def track_record(track: Track, probs: np.ndarray, windows: list[dict[str, Any]],
         "probabilities": named(probs),
         "decisions": decided,
         "summary": decisions.summary({"decisions": decided}),
-        "windows": [{"first_frame": w["first_frame"], "last_frame": w["last_frame"],
-                     "probabilities": named(w["probabilities"])} for w in windows],
+        "windows": [{"first_frame": first, "last_frame": last, "probabilities": named(p)}
+                    for first, last, p in windows],
     }
 
 

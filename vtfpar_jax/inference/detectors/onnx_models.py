@@ -434,7 +434,8 @@ class OnnxDetector(base.LearnedDetector):
     def __init__(self, argument: str, score_threshold: float = base.SCORE_THRESHOLD):
         path, named = split_layout(argument)
         ort = base.import_extra("onnxruntime")
-        cv2 = base.import_extra("cv2")
+        self._cv2 = base.import_extra("cv2")
+        self._sv = base.import_extra("supervision")
         if not os.path.isfile(path):
             raise base.DetectorError(f"--detector onnx:{path}: no such file")
         try:
@@ -442,8 +443,6 @@ class OnnxDetector(base.LearnedDetector):
         except Exception as e:   # onnxruntime raises its own classes for every kind of bad file
             raise base.DetectorError(f"--detector onnx:{path}: not a readable ONNX model "
                                      f"({reason(e)})") from None
-        self._cv2 = cv2
-        self._sv = base.import_extra("supervision")
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise base.DetectorError(f"--detector onnx:{path}: expected one image input "
