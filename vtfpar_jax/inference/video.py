@@ -239,7 +239,7 @@ def iter_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray]]:
             yield number, frame.to_ndarray(format="rgb24")
 
 
-class Writer:
+class Writer(contextlib.AbstractContextManager):
     """An H.264 mp4, one frame at a time. yuv420p (what every player takes) where the
     sides are even, which it needs; yuv444p otherwise, so the size is kept.
 
@@ -269,9 +269,6 @@ class Writer:
         for packet in self._stream.encode():
             self._container.mux(packet)
         self._container.close()
-
-    def __enter__(self) -> Writer:
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()

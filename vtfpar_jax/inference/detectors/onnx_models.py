@@ -91,7 +91,9 @@ def grid_cells(size: tuple[int, int]) -> np.ndarray:
     for stride in YOLO_STRIDES:
         ys, xs = np.mgrid[0:size[0] // stride, 0:size[1] // stride]
         cells.append(np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, stride)], axis=1))
-    return np.concatenate(cells).astype(np.float32)
+    cells = np.concatenate(cells).astype(np.float32)
+    cells.flags.writeable = False    # cached: every call shares it
+    return cells
 
 
 def _per_cell(count, size: tuple[int, int]) -> int | None:
@@ -474,20 +476,16 @@ class OnnxDetector(base.LearnedDetector):
                             + f", class {self.person_class}, score >= {score_threshold:g})")
 
     def __call__(self, frame: np.ndarray) -> base.Boxes:
+        """Person boxes in the frame's pixels: those scoring at least the threshold, then
+        NMS (IoU NMS_IOU) where the graph has none, as its exporter would have, clipped."""
         image, scale = self._layout.prepare(frame, self.size, self._cv2)
         outputs = self._session.run(None, {self._input: image})
-        return self.decode(outputs, frame.shape[:2], scale)
-
-    def decode(self, outputs: list[np.ndarray], frame_size: tuple[int, int],
-               scale: float) -> base.Boxes:
-        """The graph's outputs as person boxes in the frame's pixels (`scale`: the frame's
-        enlargement into the input): those scoring at least the threshold, then NMS (IoU
-        NMS_IOU) where the graph has none, as its exporter would have, clipped to the frame."""
-        image = [np.asarray(outputs[i][0], np.float32) for i in self._order]
-        xyxy, scores = self._layout.decode(image, self.size, frame_size, scale,
+        image_outputs = [np.asarray(outputs[i][0], np.float32) for i in self._order]
+        xyxy, scores = self._layout.decode(image_outputs, self.size, frame.shape[:2], scale,
                                            self.person_class)
         keep = scores >= self.score_threshold
         found = base.Boxes(xyxy[keep], scores[keep])
         if self._layout.nms:
             found = found.select(base.nms(found.xyxy, found.scores, NMS_IOU))
-        return base.Boxes(self._sv.clip_boxes(found.xyxy, frame_size[::-1]), found.scores)
+        fh, fw = frame.shape[:2]
+        return base.Boxes(self._sv.clip_boxes(found.xyxy, (fw, fh)), found.scores)
