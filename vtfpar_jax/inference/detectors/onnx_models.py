@@ -321,10 +321,17 @@ def _shapes_said(outputs, size: tuple[int, int]) -> str:
             f"{size[0]}x{size[1]} input")
 
 
-def _layout(outputs, size: tuple[int, int], names: dict[int, str] | None,
-            spec: str) -> Layout:
-    """The one layout that matches the graph's outputs, built for it; or a DetectorError.
-    `spec`: how the user names this model, onnx:PATH, for the message on how to pick."""
+def _layout(outputs, size: tuple[int, int], names: dict[int, str] | None, spec: str,
+            named: str | None) -> Layout:
+    """The layout the user `named`, where the graph's outputs can be read so; else the one
+    layout that matches them; or a DetectorError. `spec`: how the user names this model,
+    onnx:PATH, for the message on how to pick."""
+    shapes = [tuple(o.shape) for o in outputs]
+    if named is not None:
+        if BY_NAME[named].class_count(shapes, size) is None:
+            raise base.DetectorError(f"{_shapes_said(outputs, size)} cannot be read as "
+                                     f"{BY_NAME[named].written}")
+        return BY_NAME[named]
     found = [k for k in LAYOUTS if k.matches(outputs, size, names)]
     if len(found) > 1:
         raise base.DetectorError(
@@ -332,8 +339,7 @@ def _layout(outputs, size: tuple[int, int], names: dict[int, str] | None,
             + "; ".join(k.written for k in found) + "); name the one it is: "
             + " or ".join(f"{spec}@{k.name}" for k in found))
     if not found:
-        shaped = [k for k in LAYOUTS
-                  if k.class_count([tuple(o.shape) for o in outputs], size) is not None]
+        shaped = [k for k in LAYOUTS if k.class_count(shapes, size) is not None]
         if shaped:
             counts = (f"its {len(names)} class names" if names is not None
                       else "COCO (the model names no classes)")
@@ -346,15 +352,6 @@ def _layout(outputs, size: tuple[int, int], names: dict[int, str] | None,
                                  "layout this reads (" + "; ".join(k.written for k in LAYOUTS)
                                  + ")" + advice)
     return found[0]
-
-
-def _named_layout(name: str, outputs, size: tuple[int, int]) -> Layout:
-    """The layout the user named, where the graph's outputs can be read so."""
-    kind = BY_NAME[name]
-    if kind.class_count([tuple(o.shape) for o in outputs], size) is None:
-        raise base.DetectorError(f"{_shapes_said(outputs, size)} cannot be read as "
-                                 f"{kind.written}")
-    return kind
 
 
 def _names_said(names: dict[int, str] | None) -> str:
@@ -450,17 +447,13 @@ class OnnxDetector(base.LearnedDetector):
             raise base.DetectorError(f"--detector onnx:{path}: expected one image input "
                                      f"(1, 3, H, W); the graph has {[i.shape for i in inputs]}")
         self._input = inputs[0].name
-        h, w = inputs[0].shape[2:]
-        self.size = (h if isinstance(h, int) else DEFAULT_SIDE,
-                     w if isinstance(w, int) else DEFAULT_SIDE)
+        self.size = tuple(side if isinstance(side, int) else DEFAULT_SIDE
+                          for side in inputs[0].shape[2:])
         outputs = self._session.get_outputs()
         self._order = _boxes_first(outputs)
         try:
             names, where = class_names(self._session, path)
-            if named is None:
-                self._layout = _layout(outputs, self.size, names, f"onnx:{path}")
-            else:
-                self._layout = _named_layout(named, outputs, self.size)
+            self._layout = _layout(outputs, self.size, names, f"onnx:{path}", named)
             self.person_class = _person_class(names, where, self._layout)
             count = self._layout.class_count([tuple(o.shape) for o in outputs], self.size)
             if count not in (UNSTATED, None) and self.person_class >= count:
