@@ -123,10 +123,12 @@ def _columns(shapes: list[tuple], outputs: int, transposed: bool) -> tuple | Non
 # How each layout's image is made: (the frame, the input's (H, W), cv2) -> (the (1, 3, H, W)
 # float32 input, the frame's enlargement into it).
 
-def letterbox(frame: np.ndarray, size: tuple[int, int], cv2, margin: int = 0,
-              centred: bool = False) -> tuple[np.ndarray, float]:
-    """(the frame scaled to fit (H - margin, W - margin) on an (H, W) grey canvas, at its top
-    left or centred; the scale)."""
+def _letterboxed(frame, size, cv2, margin: int = 0, centred: bool = False,
+                 bgr_255: bool = False) -> tuple[np.ndarray, float]:
+    """The frame scaled to fit (H - margin, W - margin) on an (H, W) grey canvas, at its top
+    left or centred; RGB in [0, 1], or BGR in [0, 255]. Ultralytics and YOLOv5 take it top
+    left; YOLOX's export BGR; YOLO-NAS (super-gradients' COCO recipe) within a margin of 4,
+    centred."""
     (h, w), (fh, fw) = size, frame.shape[:2]
     scale = min((h - margin) / fh, (w - margin) / fw)
     resized = cv2.resize(frame, (round(fw * scale), round(fh * scale)),
@@ -134,7 +136,9 @@ def letterbox(frame: np.ndarray, size: tuple[int, int], cv2, margin: int = 0,
     top, left = _centre(size, resized.shape[:2]) if centred else (0, 0)
     canvas = np.full((h, w, 3), LETTERBOX_GREY, np.uint8)
     canvas[top:top + resized.shape[0], left:left + resized.shape[1]] = resized
-    return canvas, scale
+    if bgr_255:
+        return _planar(canvas[..., ::-1]), scale
+    return _planar(canvas) / 255.0, scale
 
 
 def _centre(size: tuple[int, int], resized: tuple[int, int]) -> tuple[int, int]:
@@ -145,19 +149,6 @@ def _centre(size: tuple[int, int], resized: tuple[int, int]) -> tuple[int, int]:
 def _planar(image: np.ndarray) -> np.ndarray:
     """An (H, W, 3) image as the graph's (1, 3, H, W) float32."""
     return image.astype(np.float32).transpose(2, 0, 1)[None]
-
-
-def _letterboxed(frame, size, cv2, margin: int = 0, centred: bool = False):
-    """Letterboxed, RGB in [0, 1] (Ultralytics, YOLOv5; YOLO-NAS: super-gradients' COCO
-    recipe fits (H - 4, W - 4), centred)."""
-    canvas, scale = letterbox(frame, size, cv2, margin, centred)
-    return _planar(canvas) / 255.0, scale
-
-
-def _letterboxed_bgr(frame, size, cv2):
-    """Letterboxed, BGR in [0, 255] (YOLOX's export)."""
-    canvas, scale = letterbox(frame, size, cv2)
-    return _planar(canvas[..., ::-1]), scale
 
 
 def _stretched(frame, size, cv2):
@@ -278,7 +269,7 @@ LAYOUTS = (
            prepare=_letterboxed, decode=_yolov5, nms=True),
     Layout("yolox", "yolox: one (1, cells, 5+C)", outputs=1, extra=5,
            candidates=lambda n, k, size: _per_cell(n, size) == 1,
-           prepare=_letterboxed_bgr, decode=_yolox, nms=True),
+           prepare=functools.partial(_letterboxed, bgr_255=True), decode=_yolox, nms=True),
     Layout("yolo_nms", "yolo_nms: one (1, K, 6)", outputs=1, extra=0,
            candidates=lambda n, k, size: k == 6, classes_shown=False,
            prepare=_letterboxed, decode=_yolo_nms, nms=False),
