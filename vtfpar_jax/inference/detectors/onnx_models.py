@@ -5,41 +5,20 @@
 
 The graph takes one image, (1, 3, H, W) float32 (H, W from the graph; 640 where
 they are not fixed). Its outputs are read in one of the layouts users export; each
-is one `Layout` below, which prepares the image as its exporter trained on it and
-decodes the outputs. A layout is taken only when it alone matches the graph
+is one row of LAYOUTS below, which prepares the image as its exporter trained on it
+and decodes the outputs. A layout is taken only when it alone matches the graph
 strictly: the number of outputs, their ranks and widths, and the class count
 against the class names the model carries (`class_names`). A graph that several
 layouts match is refused, naming them; `onnx:PATH@LAYOUT` picks one, refused
 where the graph's outputs cannot be read so.
 
-- yolo: one output (1, 4 + C, N), N > 4 + C (Ultralytics YOLOv8/11 without NMS):
-  per candidate cx, cy, w, h in input pixels, then C class scores.
-- yolo_nms: one output (1, K, 6) (exported with NMS in the graph): x0, y0, x1, y1,
-  score, class in input pixels.
-- yolov5: one output (1, N, 5 + C) with N three candidates per cell of the stride
-  8, 16 and 32 grids (YOLOv5, YOLOv7): cx, cy, w, h in input pixels, objectness,
-  C class scores; a box's score is objectness times class score.
-- yolox: one output (1, N, 5 + C) with N one candidate per cell of those grids
-  (YOLOX as its export script writes it, the head not decoded): x, y offsets in
-  cells, log w, log h in strides, objectness, C class scores. Its image is BGR in
-  [0, 255].
-- rtdetr_ultralytics: one output (1, Q, 4 + C), Q not a whole number of grid
-  cells (Ultralytics RT-DETR): cx, cy, w, h as fractions of the image, then C class
-  scores as given (the sigmoid is in the graph). The image is resized to (H, W)
-  (Ultralytics' stretched letterbox for RT-DETR), RGB in [0, 1].
-- yolo_nas: two outputs, boxes (1, N, 4) and scores (1, N, C), N one candidate per
-  grid cell (super-gradients' YOLO-NAS exported with preprocessing=None and
-  postprocessing=None): x0, y0, x1, y1 in input pixels, class scores as given. The
-  image as super-gradients' COCO recipe: longest side scaled to fit (H - 4, W - 4),
-  centred on grey 114, RGB in [0, 1].
-- rtdetr: two outputs, logits (1, Q, C) and boxes (1, Q, 4), Q not one per grid cell
-  (RT-DETR from transformers, exported with torch.onnx): the image resized to
-  (H, W), RGB in [0, 1] (RTDetrImageProcessor does not normalise); scores the
-  sigmoid of each class's logit, boxes cx, cy, w, h as fractions of the image.
-- detr: two outputs, logits (1, Q, C + 1) and boxes (1, Q, 4) (DETR as exported
-  from transformers): the image is resized to (H, W) and normalised with the
-  ImageNet mean and deviation; scores are the softmax over classes (the last is
-  "no object"), boxes cx, cy, w, h as fractions of the image.
+The layouts and their exporters (docs/tracking.md, "ONNX layouts", tables each
+one's outputs, image and decoding): yolo (Ultralytics YOLOv8/11 without NMS),
+yolo_nms (exported with NMS in the graph), yolov5 (YOLOv5, YOLOv7), yolox (YOLOX's
+own export, the head not decoded), rtdetr_ultralytics (Ultralytics RT-DETR: the
+sigmoid is in the graph), yolo_nas (super-gradients, exported with preprocessing=None
+and postprocessing=None), rtdetr (transformers' RT-DETR through torch.onnx) and detr
+(transformers' DETR, through optimum).
 
 Without class names, a two-output graph's class count is all that tells DETR's
 softmax (with its "no object" column) from a score per class, so it is read
@@ -181,7 +160,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _yolo(outputs, size, frame_size, scale, person):
-    rows = outputs[0].T                                     # (N, 4 + C)
+    rows = outputs[0].T                                     # (N, 4 + C): cx, cy, w, h
     return _corners(rows[:, :4]) / scale, rows[:, 4 + person]
 
 
@@ -191,12 +170,12 @@ def _yolo_nms(outputs, size, frame_size, scale, person):
 
 
 def _yolov5(outputs, size, frame_size, scale, person):
-    rows = outputs[0]                                       # (N, 5 + C)
+    rows = outputs[0]                                       # cx, cy, w, h, objectness
     return _corners(rows[:, :4]) / scale, rows[:, 4] * rows[:, 5 + person]
 
 
 def _yolox(outputs, size, frame_size, scale, person):
-    rows, cells = outputs[0], grid_cells(size)              # (N, 5 + C), (N, 3)
+    rows, cells = outputs[0], grid_cells(size)   # x, y in cells, log w, log h in strides
     xy = (rows[:, :2] + cells[:, :2]) * cells[:, 2:]
     wh = np.exp(rows[:, 2:4]) * cells[:, 2:]
     return _corners(np.concatenate([xy, wh], 1)) / scale, rows[:, 4] * rows[:, 5 + person]
@@ -219,7 +198,7 @@ def _rtdetr(outputs, size, frame_size, scale, person):
 
 
 def _detr(outputs, size, frame_size, scale, person):
-    boxes, logits = outputs
+    boxes, logits = outputs                      # the last column of logits: no object
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     return _in_frame(boxes, frame_size), probs[:, person] / probs.sum(axis=1)
 
