@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Iterator
 
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.outputs import files
@@ -71,22 +72,27 @@ def _parse_line(path: str, number: int, line: str) -> tuple[int, Box]:
     return int(id_f), Box(int(frame_f), x, y, w, h, conf)
 
 
-def read_tracks(path: str | os.PathLike) -> dict[int, Track]:
-    """{id: Track} from a MOTChallenge text file; blank lines and '#' comments are skipped."""
-    path = os.fspath(path)
+def _box_lines(path: str, kind: str) -> Iterator[tuple[int, int, Box]]:
+    """(line number, id, box) of each line of a MOT file of `kind` (tracks, detections);
+    blank lines and '#' comments are skipped."""
     if not os.path.isfile(path):
-        raise MotError(f"{path}: no such tracks file")
-    boxes: dict[int, dict[int, Box]] = {}
+        raise MotError(f"{path}: no such {kind} file")
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            track_id, box = _parse_line(path, number, line)
-            per_frame = boxes.setdefault(track_id, {})
-            if box.frame in per_frame:
-                raise MotError(f"{path}: line {number}: track {track_id} has a second box on "
-                               f"frame {box.frame}")
-            per_frame[box.frame] = box
+            if line.strip() and not line.lstrip().startswith("#"):
+                yield number, *_parse_line(path, number, line)
+
+
+def read_tracks(path: str | os.PathLike) -> dict[int, Track]:
+    """{id: Track} from a MOTChallenge text file."""
+    path = os.fspath(path)
+    boxes: dict[int, dict[int, Box]] = {}
+    for number, track_id, box in _box_lines(path, "tracks"):
+        per_frame = boxes.setdefault(track_id, {})
+        if box.frame in per_frame:
+            raise MotError(f"{path}: line {number}: track {track_id} has a second box on "
+                           f"frame {box.frame}")
+        per_frame[box.frame] = box
     if not boxes:
         raise MotError(f"{path}: no tracks (the file holds no box lines); expected "
                        "frame,id,x,y,w,h,conf lines")
@@ -98,18 +104,13 @@ def read_detections(path: str | os.PathLike) -> dict[int, list[Box]]:
     """{frame: [Box]} from a detections file in the same format (ids ignored, usually -1;
     any number of boxes per frame)."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MotError(f"{path}: no such detections file")
     detections: dict[int, list[Box]] = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip() and not line.lstrip().startswith("#"):
-                track_id, box = _parse_line(path, number, line)
-                if track_id != -1:   # ByteTrack would drop the ids and make its own tracks
-                    raise MotError(f"{path}: line {number}: id {track_id}; detections have "
-                                   "id -1. These look like tracks: give them with --tracks "
-                                   "to use them as they are")
-                detections.setdefault(box.frame, []).append(box)
+    for number, track_id, box in _box_lines(path, "detections"):
+        if track_id != -1:   # ByteTrack would drop the ids and make its own tracks
+            raise MotError(f"{path}: line {number}: id {track_id}; detections have id -1. "
+                           "These look like tracks: give them with --tracks to use them as "
+                           "they are")
+        detections.setdefault(box.frame, []).append(box)
     if not detections:
         raise MotError(f"{path}: no detections (the file holds no box lines); expected "
                        "frame,-1,x,y,w,h,conf lines")

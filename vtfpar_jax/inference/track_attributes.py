@@ -58,51 +58,32 @@ from vtfpar_jax.outputs import files, out_folder
 from vtfpar_jax.state import model_dir
 
 
-class _Batcher:
-    """Clips in, probabilities out, `batch` clips per model call. The last call is padded to
-    `batch` by repeating a clip, so every call has one shape and compiles once."""
-
-    def __init__(self, loaded: model_dir.LoadedModel, batch: int, normalization: str):
-        self._loaded, self._batch, self._normalization = loaded, batch, normalization
-        self._pending: list[tracklets.Clip] = []
-        self.probabilities: dict[tracklets.ClipPlan, np.ndarray] = {}
-
-    def add(self, clip: tracklets.Clip) -> list[tracklets.Clip]:
-        self._pending.append(clip)
-        return self.flush() if len(self._pending) >= self._batch else []
-
-    def flush(self) -> list[tracklets.Clip]:
-        """Predict the pending clips; returns them."""
-        done, self._pending = self._pending, []
-        if not done:
-            return done
-        crops = [c.crops for c in done]
-        crops += [crops[-1]] * (self._batch - len(crops))
-        probs = predict.predict_clips(
-            self._loaded, normalization.normalize(np.stack(crops), self._normalization))
-        for clip, row in zip(done, probs, strict=False):
-            self.probabilities[clip.plan] = row
-        return done
-
-
 def predict_tracks(path: str, tracks: dict[int, mot.Track], loaded: model_dir.LoadedModel,
                    num_frames: int, window: int | None, batch: int, aspect: float,
                    context: float, progress: bool = True,
                    times: stage_times.StageTimes | None = None
                    ) -> tuple[dict[tracklets.ClipPlan, np.ndarray], dict[int, np.ndarray]]:
-    """(probabilities per clip plan, contact-sheet thumbnails per track id), in one pass."""
+    """(probabilities per clip plan, contact-sheet thumbnails per track id), in one pass.
+    Clips go to the model `batch` at a time; the last call is padded to `batch` by
+    repeating a clip, so every call has one shape and compiles once."""
     times = times or stage_times.StageTimes(num_frames)
     cfg = loaded.model_cfg
-    normalization = loaded.config.input.get("normalization", "published")
+    statistics = loaded.config.input.get("normalization", "published")
     plans = tracklets.plan(tracks, cfg.frames, window)
     collector = tracklets.CropCollector(tracks, plans, cfg.backbone.image_size, aspect, context)
-    batcher = _Batcher(loaded, batch, normalization)
+    probabilities: dict[tracklets.ClipPlan, np.ndarray] = {}
     thumbnails: dict[int, np.ndarray] = {}
+    pending: list[tracklets.Clip] = []
     track_bar = tqdm(total=len(tracks), desc="tracks", unit="track", position=1,
                      disable=not progress, leave=False)
 
-    def finished(clips: list[tracklets.Clip]) -> None:
-        for clip in clips:
+    def predict_batch(clips: list[tracklets.Clip]) -> None:
+        crops = [c.crops for c in clips]
+        crops += [crops[-1]] * (batch - len(crops))
+        probs = predict.predict_clips(
+            loaded, normalization.normalize(np.stack(crops), statistics))
+        for clip, row in zip(clips, probs, strict=False):
+            probabilities[clip.plan] = row
             if clip.plan.window is None:
                 thumbnails[clip.plan.track_id] = clip.thumbnails
                 track_bar.update(1)
@@ -112,39 +93,35 @@ def predict_tracks(path: str, tracks: dict[int, mot.Track], loaded: model_dir.Lo
               disable=not progress, leave=False) as frame_bar:
         for number, frame in times.timed("decode", video_io.iter_frames(path)):
             with times.stage("crop"):
-                clips = list(collector.add(number, frame))
-            for clip in clips:
-                with times.stage("predict"):
-                    finished(batcher.add(clip))
+                pending += collector.add(number, frame)
+            with times.stage("predict"):
+                while len(pending) >= batch:
+                    predict_batch(pending[:batch])
+                    del pending[:batch]
             frame_bar.update(1)
             if number >= last_wanted:   # no clip needs a later frame
                 break
     with times.stage("predict"):
-        finished(batcher.flush())
+        if pending:
+            predict_batch(pending)
     track_bar.close()
     missing = collector.unfinished()
     if missing:   # boxes past the probed end were dropped: the decoder gave fewer frames
         raise video_io.InputError(f"{path}: decoding ended before frame "
                                   f"{missing[0].sampled[-1]}, which track "
                                   f"{missing[0].track_id} needs")
-    return batcher.probabilities, thumbnails
+    return probabilities, thumbnails
 
 
 def _records(tracks, probabilities, loaded, threshold) -> dict[int, dict[str, Any]]:
-    by_track: dict[int, dict] = {t: {"windows": []} for t in tracks}
-    for plan, probs in probabilities.items():
-        if plan.window is None:
-            by_track[plan.track_id]["whole"] = probs
-        else:
-            by_track[plan.track_id]["windows"].append(
-                {"index": plan.window, "first_frame": plan.first, "last_frame": plan.last,
-                 "probabilities": probs})
-    records = {}
-    for track_id, parts in by_track.items():
-        windows = sorted(parts["windows"], key=lambda w: w["index"])
-        records[track_id] = track_outputs.track_record(
-            tracks[track_id], parts["whole"], windows, loaded.attribute_set, threshold)
-    return records
+    """tracks.json's record per track: its whole-track clip, then its windows in order."""
+    whole = {p.track_id: probs for p, probs in probabilities.items() if p.window is None}
+    windows = sorted((p for p in probabilities if p.window is not None), key=lambda p: p.window)
+    return {i: track_outputs.track_record(
+                track, whole[i],
+                [(p.first, p.last, probabilities[p]) for p in windows if p.track_id == i],
+                loaded.attribute_set, threshold)
+            for i, track in tracks.items()}
 
 
 def write_annotated(path: str, out_path: str, info: video_io.VideoInfo,
@@ -197,12 +174,12 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
     `evidence`: per track, what the detector found of it (detect_track.evidence), added to
     its record; None for tracks given by the user. `threshold` None: the head's own
     (decisions.default_threshold)."""
-    head = loaded.model_cfg.head
-    threshold = decisions.default_threshold(head) if threshold is None else threshold
+    cfg = loaded.model_cfg
+    threshold = decisions.default_threshold(cfg.head) if threshold is None else threshold
     info = info or video_io.probe(video)
     times = times or stage_times.StageTimes(info.frames)
     tracks, warnings = mot.fit_to_video(tracks, info.width, info.height, info.frames)
-    warnings += too_small(info, tracks, loaded.model_cfg.backbone.image_size)
+    warnings += too_small(info, tracks, cfg.backbone.image_size)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     probabilities, thumbnails = predict_tracks(video, tracks, loaded, info.frames, window,
@@ -210,7 +187,6 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
     records = _records(tracks, probabilities, loaded, threshold)
     for track_id, record in records.items():
         record.update((evidence or {}).get(track_id, {}))
-    cfg = loaded.model_cfg
     result = {
         **(about or {}), "video": video,
         "video_frames": info.frames, "width": info.width, "height": info.height,
@@ -218,8 +194,8 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
         "image_size": [cfg.backbone.image_size] * 2,
         "normalization": loaded.config.input.get("normalization", "published"),
         "crop": {"aspect": aspect, "context": context},
-        "window": window, "attribute_set": loaded.attribute_set.name, "head": head,
-        "threshold": threshold, "decision_rules": decisions.decision_rules(head, threshold),
+        "window": window, "attribute_set": loaded.attribute_set.name, "head": cfg.head,
+        "threshold": threshold, "decision_rules": decisions.decision_rules(cfg.head, threshold),
         "warnings": warnings,
         "tracks": {str(i): r for i, r in records.items()},
     }

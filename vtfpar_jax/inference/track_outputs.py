@@ -22,10 +22,11 @@ from vtfpar_jax.inference.mot import Track
 LABEL_ITEMS = 3     # decided attributes drawn on the video, the most probable first
 
 
-def track_record(track: Track, probs: np.ndarray, windows: list[dict[str, Any]],
+def track_record(track: Track, probs: np.ndarray,
+                 windows: list[tuple[int, int, np.ndarray]],
                  attribute_set: attributes.AttributeSet, threshold: float) -> dict[str, Any]:
-    """tracks.json's entry for one track (`windows`: [{'first_frame', 'last_frame',
-    'probabilities' (A,)}], empty without --window)."""
+    """tracks.json's entry for one track (`windows`: [(first frame, last frame,
+    probabilities (A,))], empty without --window)."""
     decided = decisions.decide(probs, attribute_set, threshold)
 
     def named(p: np.ndarray) -> dict[str, float]:
@@ -41,8 +42,8 @@ def track_record(track: Track, probs: np.ndarray, windows: list[dict[str, Any]],
         "probabilities": named(probs),
         "decisions": decided,
         "summary": decisions.summary({"decisions": decided}),
-        "windows": [{"first_frame": w["first_frame"], "last_frame": w["last_frame"],
-                     "probabilities": named(w["probabilities"])} for w in windows],
+        "windows": [{"first_frame": first, "last_frame": last, "probabilities": named(p)}
+                    for first, last, p in windows],
     }
 
 
@@ -62,16 +63,12 @@ def track_colour(track_id: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
-
-
 def annotate(frame: np.ndarray, boxes: list[tuple[int, tuple[float, float, float, float]]],
              labels: dict[int, list[str]]) -> np.ndarray:
     """The frame with each (id, (x, y, w, h)) box, its id and its track's top attributes."""
     image = Image.fromarray(frame)
     draw = ImageDraw.Draw(image)
-    font = _font(max(10, frame.shape[0] // 40))
+    font = ImageFont.load_default(max(10, frame.shape[0] // 40))
     texts, sizes = [], []
     for track_id, (x, y, w, h) in boxes:
         draw.rectangle([x, y, x + w - 1, y + h - 1], outline=track_colour(track_id), width=2)
@@ -126,7 +123,7 @@ def contact_sheet(rows: list[dict[str, Any]], frames: int) -> Image.Image:
     header_h = 28
     sheet = Image.new("RGB", (width, header_h + max(1, len(rows)) * row_h), "white")
     draw = ImageDraw.Draw(sheet)
-    font, small = _font(14), _font(11)
+    font, small = ImageFont.load_default(14), ImageFont.load_default(11)
     draw.text((pad, 6), f"{len(rows)} track(s); {frames} sampled frames each" if rows else
               "no tracks found", fill=(0, 0, 0), font=font)
     for i, row in enumerate(rows):

@@ -32,6 +32,7 @@ measures it against the pipeline on the same frames).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator
@@ -44,7 +45,6 @@ from PIL import Image, UnidentifiedImageError
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.models.normalization import NORMALIZATIONS, normalize
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 DEFAULT_FPS = Fraction(25)
 ENCODER_PRESET = "veryfast"   # x264: see Writer
 
@@ -80,13 +80,6 @@ def resize(frame: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _list_frame_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise InputError(f"{folder}: empty folder (expected the frames of one tracklet)")
-    return files
-
-
 def _read_image(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
@@ -94,7 +87,9 @@ def _read_image(path: Path) -> np.ndarray:
 
 def _read_folder(folder: Path, frames: int) -> list[np.ndarray]:
     """The chosen frames of a folder of images sorted by name; non-images are errors."""
-    files = _list_frame_files(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise InputError(f"{folder}: empty folder (expected the frames of one tracklet)")
     # Every file is checked (headers only, cheap) so a stray non-image is named
     # rather than silently shifting which frames are chosen.
     bad = []
@@ -111,15 +106,6 @@ def _read_folder(folder: Path, frames: int) -> list[np.ndarray]:
         raise InputError(f"{folder}: {len(bad)} file(s) are not images (e.g. {bad[0]!r}); "
                          "a frame folder should hold only the frames")
     return [_read_image(files[i]) for i in frame_indices(len(files), frames)]
-
-
-def _decode_video(path: Path) -> list[np.ndarray]:
-    """Every frame of a video as (h, w, 3) uint8 RGB. Decoded in full: a stream's frame
-    count is often missing or wrong in headers, and pedestrian tracklets are short."""
-    decoded = [frame for _, frame in iter_frames(path)]
-    if not decoded:
-        raise InputError(f"{path}: the video has no frames")
-    return decoded
 
 
 def read_input(path: str | os.PathLike, frames: int, image_size: tuple[int, int],
@@ -151,7 +137,11 @@ def read_frames(path: str | os.PathLike, frames: int) -> list[np.ndarray]:
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
         return _read_folder(path, frames)
-    decoded = _decode_video(path)
+    # Decoded in full: a stream's frame count is often missing or wrong in headers, and
+    # pedestrian tracklets are short.
+    decoded = [frame for _, frame in iter_frames(path)]
+    if not decoded:
+        raise InputError(f"{path}: the video has no frames")
     return [decoded[i] for i in frame_indices(len(decoded), frames)]
 
 
@@ -210,37 +200,32 @@ class VideoInfo:
     fps: Fraction
 
 
-def _open(path: str):
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator:
+    """The video's container, closed after use; PyAV's errors as an InputError naming it."""
     import av
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such video file")
     try:
-        container = av.open(path)
-    except av.FFmpegError as e:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise InputError(f"{path}: no video stream")
+            yield container
+    except (av.FFmpegError, StopIteration) as e:
         raise InputError(f"{path}: not a readable video ({type(e).__name__}: {e})") from None
-    if not container.streams.video:
-        container.close()
-        raise InputError(f"{path}: no video stream")
-    return container
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Frame count (by demuxing every packet: headers often lack it or get it wrong, and
     demuxing decodes nothing), size and frame rate. The first frame is decoded too, so a
     file whose packets do not decode fails here, before any output is written."""
-    import av
     path = os.fspath(path)
-    container = _open(path)
-    try:
+    with _opened(path) as container:
         stream = container.streams.video[0]
         count = sum(1 for packet in container.demux(stream) if packet.size)
         container.seek(0)
         first = next(iter(container.decode(stream)), None)
         fps = stream.average_rate or stream.guessed_rate or DEFAULT_FPS
-    except (av.FFmpegError, StopIteration) as e:
-        raise InputError(f"{path}: not a readable video ({type(e).__name__}: {e})") from None
-    finally:
-        container.close()
     if count == 0 or first is None:
         raise InputError(f"{path}: the video has no frames")
     return VideoInfo(count, first.width, first.height, Fraction(fps))
@@ -248,19 +233,13 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 def iter_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray]]:
     """(1-based frame number, (h, w, 3) uint8 RGB) for every decoded frame, in order."""
-    import av
     path = os.fspath(path)
-    container = _open(path)
-    try:
+    with _opened(path) as container:
         for number, frame in enumerate(container.decode(container.streams.video[0]), start=1):
             yield number, frame.to_ndarray(format="rgb24")
-    except av.FFmpegError as e:
-        raise InputError(f"{path}: not a readable video ({type(e).__name__}: {e})") from None
-    finally:
-        container.close()
 
 
-class Writer:
+class Writer(contextlib.AbstractContextManager):
     """An H.264 mp4, one frame at a time. yuv420p (what every player takes) where the
     sides are even, which it needs; yuv444p otherwise, so the size is kept.
 
@@ -290,9 +269,6 @@ class Writer:
         for packet in self._stream.encode():
             self._container.mux(packet)
         self._container.close()
-
-    def __enter__(self) -> Writer:
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()

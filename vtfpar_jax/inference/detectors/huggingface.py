@@ -51,11 +51,7 @@ class HuggingFaceDetector(base.LearnedDetector):
         inputs = self._processor(images=frame, return_tensors="pt")
         with self._torch.no_grad():
             outputs = self._model(**inputs)
-        return self.decode(outputs, frame.shape[:2])
-
-    def decode(self, outputs, frame_size: tuple[int, int]) -> base.Boxes:
-        """The model's outputs as person boxes in the frame's pixels."""
         found = self._processor.post_process_object_detection(
-            outputs, threshold=self.score_threshold, target_sizes=[tuple(frame_size)])[0]
+            outputs, threshold=self.score_threshold, target_sizes=[frame.shape[:2]])[0]
         person = found["labels"].numpy() == self.person_class
         return base.Boxes(found["boxes"].numpy()[person], found["scores"].numpy()[person])

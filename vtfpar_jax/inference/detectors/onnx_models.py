@@ -5,41 +5,20 @@
 
 The graph takes one image, (1, 3, H, W) float32 (H, W from the graph; 640 where
 they are not fixed). Its outputs are read in one of the layouts users export; each
-is one `Layout` below, which prepares the image as its exporter trained on it and
-decodes the outputs. A layout is taken only when it alone matches the graph
+is one row of LAYOUTS below, which prepares the image as its exporter trained on it
+and decodes the outputs. A layout is taken only when it alone matches the graph
 strictly: the number of outputs, their ranks and widths, and the class count
 against the class names the model carries (`class_names`). A graph that several
 layouts match is refused, naming them; `onnx:PATH@LAYOUT` picks one, refused
 where the graph's outputs cannot be read so.
 
-- yolo: one output (1, 4 + C, N), N > 4 + C (Ultralytics YOLOv8/11 without NMS):
-  per candidate cx, cy, w, h in input pixels, then C class scores.
-- yolo_nms: one output (1, K, 6) (exported with NMS in the graph): x0, y0, x1, y1,
-  score, class in input pixels.
-- yolov5: one output (1, N, 5 + C) with N three candidates per cell of the stride
-  8, 16 and 32 grids (YOLOv5, YOLOv7): cx, cy, w, h in input pixels, objectness,
-  C class scores; a box's score is objectness times class score.
-- yolox: one output (1, N, 5 + C) with N one candidate per cell of those grids
-  (YOLOX as its export script writes it, the head not decoded): x, y offsets in
-  cells, log w, log h in strides, objectness, C class scores. Its image is BGR in
-  [0, 255].
-- rtdetr_ultralytics: one output (1, Q, 4 + C), Q not a whole number of grid
-  cells (Ultralytics RT-DETR): cx, cy, w, h as fractions of the image, then C class
-  scores as given (the sigmoid is in the graph). The image is resized to (H, W)
-  (Ultralytics' stretched letterbox for RT-DETR), RGB in [0, 1].
-- yolo_nas: two outputs, boxes (1, N, 4) and scores (1, N, C), N one candidate per
-  grid cell (super-gradients' YOLO-NAS exported with preprocessing=None and
-  postprocessing=None): x0, y0, x1, y1 in input pixels, class scores as given. The
-  image as super-gradients' COCO recipe: longest side scaled to fit (H - 4, W - 4),
-  centred on grey 114, RGB in [0, 1].
-- rtdetr: two outputs, logits (1, Q, C) and boxes (1, Q, 4), Q not one per grid cell
-  (RT-DETR from transformers, exported with torch.onnx): the image resized to
-  (H, W), RGB in [0, 1] (RTDetrImageProcessor does not normalise); scores the
-  sigmoid of each class's logit, boxes cx, cy, w, h as fractions of the image.
-- detr: two outputs, logits (1, Q, C + 1) and boxes (1, Q, 4) (DETR as exported
-  from transformers): the image is resized to (H, W) and normalised with the
-  ImageNet mean and deviation; scores are the softmax over classes (the last is
-  "no object"), boxes cx, cy, w, h as fractions of the image.
+The layouts and their exporters (docs/tracking.md, "ONNX layouts", tables each
+one's outputs, image and decoding): yolo (Ultralytics YOLOv8/11 without NMS),
+yolo_nms (exported with NMS in the graph), yolov5 (YOLOv5, YOLOv7), yolox (YOLOX's
+own export, the head not decoded), rtdetr_ultralytics (Ultralytics RT-DETR: the
+sigmoid is in the graph), yolo_nas (super-gradients, exported with preprocessing=None
+and postprocessing=None), rtdetr (transformers' RT-DETR through torch.onnx) and detr
+(transformers' DETR, through optimum).
 
 Without class names, a two-output graph's class count is all that tells DETR's
 softmax (with its "no object" column) from a score per class, so it is read
@@ -58,8 +37,11 @@ names call 'person', else COCO's: 0 for 80 classes, 1 for detr (COCO's 91 ids).
 from __future__ import annotations
 
 import ast
+import dataclasses
+import functools
 import json
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -69,25 +51,18 @@ from vtfpar_jax.inference.detectors import base
 DEFAULT_SIDE = 640
 NMS_IOU = 0.45
 LETTERBOX_GREY = 114
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+# Per channel of the (1, 3, H, W) input.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
 YOLO_STRIDES = (8, 16, 32)
 YOLO_NAS_MARGIN = 4           # super-gradients scales COCO images to fit 636 of 640
 COCO_CLASSES = 80             # the class count of COCO-trained detectors, person = 0
-COCO_DETR_COLUMNS = 92        # DETR's COCO logits: 91 category ids (person = 1) + no object
-TRANSFORMERS_OUTPUTS = {"logits", "pred_boxes"}
+COCO_DETR_CLASSES = 91        # DETR's COCO logits: 91 category ids (person = 1), then no object
+TRANSFORMERS_OUTPUTS = frozenset({"logits", "pred_boxes"})
 UNSTATED = -1                 # a layout whose outputs do not show its class count
 
 
-def _cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
-    cxcy, wh = boxes[:, :2], boxes[:, 2:4]
-    return np.concatenate([cxcy - wh / 2, cxcy + wh / 2], axis=1)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))    # = 1 / (1 + e^-x), without overflow
-
-
+@functools.cache
 def grid_cells(size: tuple[int, int]) -> np.ndarray:
     """(N, 3) x, y, stride of every cell of the stride 8, 16 and 32 grids over an (H, W)
     input, finest grid first, rows before columns: the order YOLO heads list them in."""
@@ -95,122 +70,9 @@ def grid_cells(size: tuple[int, int]) -> np.ndarray:
     for stride in YOLO_STRIDES:
         ys, xs = np.mgrid[0:size[0] // stride, 0:size[1] // stride]
         cells.append(np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, stride)], axis=1))
-    return np.concatenate(cells).astype(np.float32)
-
-
-def _kept_people(xyxy: np.ndarray, scores: np.ndarray, threshold: float) -> base.Boxes:
-    """Boxes scoring at least `threshold`, then NMS (for graphs without it)."""
-    keep = scores >= threshold
-    found = base.Boxes(xyxy[keep], scores[keep])
-    return found.select(base.nms(found.xyxy, found.scores, NMS_IOU))
-
-
-class Layout:
-    """How one family of exported detectors takes its image and gives its boxes."""
-
-    name = ""
-    written = ""          # its outputs, as the errors list them
-    coco_person = 0       # the person class when the model does not name its classes
-
-    @staticmethod
-    def class_count(shapes: list[tuple], size: tuple[int, int]) -> int | None:
-        """The number of classes outputs of these shapes hold in this layout (UNSTATED
-        where they do not show it), or None where they cannot be read so."""
-        raise NotImplementedError
-
-    @classmethod
-    def matches(cls, outputs, size: tuple[int, int], names: dict[int, str] | None) -> bool:
-        """Whether the graph's outputs are this layout's, beyond doubt: their shapes fit it
-        and their class count is the names' (or, without names, one it reads unnamed)."""
-        count = cls.class_count([tuple(o.shape) for o in outputs], size)
-        if count is None:
-            return False
-        if names is None:
-            return cls.unnamed(count, {o.name for o in outputs})
-        return count in (UNSTATED, len(names))
-
-    @staticmethod
-    def unnamed(count: int, output_names: set[str]) -> bool:
-        """Whether a graph without class names is read in this layout (the single-output
-        YOLO layouts: any class count, their shapes tell them apart)."""
-        return True
-
-    @classmethod
-    def for_graph(cls, outputs, size: tuple[int, int]) -> Layout:
-        """The layout, built for the graph's outputs and its (H, W) input."""
-        return cls()
-
-    def prepare(self, frame: np.ndarray, size: tuple[int, int], cv2) -> tuple[np.ndarray, float]:
-        """(the (1, 3, H, W) float32 input, the frame's enlargement into it)."""
-        canvas, scale = letterbox(frame, size, cv2)
-        return (canvas.astype(np.float32) / 255.0).transpose(2, 0, 1)[None], scale
-
-    def decode(self, outputs: list[np.ndarray], frame_size: tuple[int, int], scale: float,
-               person: int, threshold: float) -> base.Boxes:
-        """Person boxes in the frame's pixels (not yet clipped to it)."""
-        raise NotImplementedError
-
-
-def letterbox(frame: np.ndarray, size: tuple[int, int], cv2) -> tuple[np.ndarray, float]:
-    """(the frame scaled to fit (H, W) and padded right and below with grey, the scale)."""
-    (h, w), (fh, fw) = size, frame.shape[:2]
-    scale = min(h / fh, w / fw)
-    resized = cv2.resize(frame, (round(fw * scale), round(fh * scale)),
-                         interpolation=cv2.INTER_LINEAR)
-    canvas = np.full((h, w, 3), LETTERBOX_GREY, np.uint8)
-    canvas[:resized.shape[0], :resized.shape[1]] = resized
-    return canvas, scale
-
-
-def _stretched(frame: np.ndarray, size: tuple[int, int], cv2) -> np.ndarray:
-    """The frame resized to (H, W), RGB in [0, 1], (H, W, 3) float32."""
-    return cv2.resize(frame, size[::-1], interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
-
-
-def _fraction_boxes(cxcywh: np.ndarray, scores: np.ndarray, frame_size: tuple[int, int],
-                    threshold: float) -> base.Boxes:
-    """Boxes given as cx, cy, w, h fractions of the image, scoring at least `threshold`, in
-    the frame's pixels (the query-set layouts: no NMS, as their exporters do none)."""
-    fh, fw = frame_size
-    keep = scores >= threshold
-    return base.Boxes(_cxcywh_to_xyxy(cxcywh[keep]) * [fw, fh, fw, fh], scores[keep])
-
-
-def _one_output(shapes: list[tuple]) -> tuple | None:
-    return shapes[0] if len(shapes) == 1 and len(shapes[0]) == 3 else None
-
-
-class Yolo(Layout):
-    name, written = "yolo", "yolo: one (1, 4+C, N)"
-
-    @staticmethod
-    def class_count(shapes, size):
-        shape = _one_output(shapes)
-        if shape is None:
-            return None
-        _, rows, cols = shape
-        fits = (cols != 6 and isinstance(rows, int) and rows > 4
-                and (not isinstance(cols, int) or cols > rows))
-        return rows - 4 if fits else None
-
-    def decode(self, outputs, frame_size, scale, person, threshold):
-        rows = np.asarray(outputs[0][0], np.float32).T          # (N, 4 + C)
-        return _kept_people(_cxcywh_to_xyxy(rows[:, :4]) / scale, rows[:, 4 + person],
-                            threshold)
-
-
-class YoloNms(Layout):
-    name, written = "yolo_nms", "yolo_nms: one (1, K, 6)"
-
-    @staticmethod
-    def class_count(shapes, size):
-        shape = _one_output(shapes)
-        return UNSTATED if shape is not None and shape[2] == 6 else None
-
-    def decode(self, outputs, frame_size, scale, person, threshold):
-        rows = np.asarray(outputs[0][0], np.float32)
-        keep = (rows[:, 5].round() == person) & (rows[:, 4] >= threshold)
-        return base.Boxes(rows[keep, :4] / scale, rows[keep, 4])
+    cells = np.concatenate(cells).astype(np.float32)
+    cells.flags.writeable = False    # cached: every call shares it
+    return cells
 
 
 def _per_cell(count, size: tuple[int, int]) -> int | None:
@@ -221,196 +83,207 @@ def _per_cell(count, size: tuple[int, int]) -> int | None:
     return count // cells if count % cells == 0 and count >= cells else None
 
 
-def _grid_class_count(shapes: list[tuple], size: tuple[int, int], per_cell: int) -> int | None:
-    """C of one (1, per_cell x cells, 5 + C) output, else None."""
-    shape = _one_output(shapes)
-    if shape is None or _per_cell(shape[1], size) != per_cell or not isinstance(shape[2], int):
+def _columns(shapes: list[tuple], outputs: int, transposed: bool) -> tuple | None:
+    """(N, K): the candidates and the columns of the class values, where the shapes are one
+    (1, N, K) output ((1, K, N) transposed), or two: boxes (1, N, 4) and class values
+    (1, N, K) in either order."""
+    if len(shapes) != outputs or any(len(s) != 3 for s in shapes):
         return None
-    return shape[2] - 5 if shape[2] > 5 else None
-
-
-class Yolov5(Layout):
-    name, written = "yolov5", "yolov5: one (1, 3 x cells, 5+C)"
-
-    @staticmethod
-    def class_count(shapes, size):
-        return _grid_class_count(shapes, size, 3)
-
-    def decode(self, outputs, frame_size, scale, person, threshold):
-        rows = np.asarray(outputs[0][0], np.float32)            # (N, 5 + C)
-        return _kept_people(_cxcywh_to_xyxy(rows[:, :4]) / scale,
-                            rows[:, 4] * rows[:, 5 + person], threshold)
-
-
-class Yolox(Layout):
-    name, written = "yolox", "yolox: one (1, cells, 5+C)"
-
-    def __init__(self, size: tuple[int, int]):
-        self.cells = grid_cells(size)
-
-    @classmethod
-    def for_graph(cls, outputs, size):
-        return cls(size)
-
-    @staticmethod
-    def class_count(shapes, size):
-        return _grid_class_count(shapes, size, 1)
-
-    def prepare(self, frame, size, cv2):
-        canvas, scale = letterbox(frame, size, cv2)
-        return canvas[..., ::-1].astype(np.float32).transpose(2, 0, 1)[None], scale
-
-    def decode(self, outputs, frame_size, scale, person, threshold):
-        rows = np.asarray(outputs[0][0], np.float32)            # (N, 5 + C)
-        xy = (rows[:, :2] + self.cells[:, :2]) * self.cells[:, 2:]
-        wh = np.exp(rows[:, 2:4]) * self.cells[:, 2:]
-        return _kept_people(_cxcywh_to_xyxy(np.concatenate([xy, wh], 1)) / scale,
-                            rows[:, 4] * rows[:, 5 + person], threshold)
-
-
-class StretchedCoco:
-    """The RT-DETR layouts: the image resized to (H, W), RGB in [0, 1]; without class names,
-    only COCO's 80 classes are read so."""
-
-    @staticmethod
-    def unnamed(count, output_names):
-        return count == COCO_CLASSES
-
-    def prepare(self, frame, size, cv2):
-        return _stretched(frame, size, cv2).transpose(2, 0, 1)[None], 1.0
-
-
-class RtdetrUltralytics(StretchedCoco, Layout):
-    name = "rtdetr_ultralytics"
-    written = "rtdetr_ultralytics: one (1, Q, 4+C), Q not a whole number of cells"
-
-    @staticmethod
-    def class_count(shapes, size):
-        shape = _one_output(shapes)
-        if (shape is None or not isinstance(shape[2], int) or shape[2] <= 4
-                or _per_cell(shape[1], size) is not None):
-            return None
-        return shape[2] - 4
-
-    def decode(self, outputs, frame_size, scale, person, threshold):
-        rows = np.asarray(outputs[0][0], np.float32)            # (Q, 4 + C)
-        return _fraction_boxes(rows[:, :4], rows[:, 4 + person], frame_size, threshold)
-
-
-class TwoOutputs(Layout):
-    """Boxes (1, N, 4) and class scores (1, N, K) in two outputs: which is which, by name
-    (the one named for boxes), else by width."""
-
-    def __init__(self, boxes_output: int, size: tuple[int, int]):
-        self.boxes_output = boxes_output
-        self.size = size
-
-    @classmethod
-    def for_graph(cls, outputs, size):
-        by_name = [i for i, o in enumerate(outputs) if "box" in o.name.lower()]
-        return cls(by_name[0] if len(by_name) == 1 else int(outputs[1].shape[2] == 4), size)
-
-    @staticmethod
-    def columns(shapes: list[tuple]) -> tuple | None:
-        """(N, K) of the class output where the shapes are (1, N, 4) and (1, N, K)."""
-        if len(shapes) != 2 or any(len(s) != 3 for s in shapes):
-            return None
-        first, second = shapes
-        if 4 not in (first[2], second[2]) or (
-                first[1] != second[1] and isinstance(first[1], int) and isinstance(second[1], int)):
-            return None
-        classes = first if second[2] == 4 else second
-        return classes[1], classes[2]
-
-    def split(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """((N, 4) boxes, (N, K) class values) of the batch's one image."""
-        return (np.asarray(outputs[self.boxes_output][0], np.float32),
-                np.asarray(outputs[1 - self.boxes_output][0], np.float32))
-
-
-class YoloNas(TwoOutputs):
-    name = "yolo_nas"
-    written = "yolo_nas: (1, cells, 4) x0y0x1y1 boxes and (1, cells, C) scores"
-
-    @staticmethod
-    def class_count(shapes, size):
-        found = TwoOutputs.columns(shapes)
-        if found is None or _per_cell(found[0], size) != 1 or not isinstance(found[1], int):
-            return None
-        return found[1]
-
-    @staticmethod
-    def unnamed(count, output_names):
-        return count == COCO_CLASSES
-
-    def prepare(self, frame, size, cv2):
-        (h, w), (fh, fw) = size, frame.shape[:2]
-        scale = min((h - YOLO_NAS_MARGIN) / fh, (w - YOLO_NAS_MARGIN) / fw)
-        resized = cv2.resize(frame, (round(fw * scale), round(fh * scale)),
-                             interpolation=cv2.INTER_LINEAR)
-        top, left = self._offsets(resized.shape[:2])
-        canvas = np.full((h, w, 3), LETTERBOX_GREY, np.uint8)
-        canvas[top:top + resized.shape[0], left:left + resized.shape[1]] = resized
-        return (canvas.astype(np.float32) / 255.0).transpose(2, 0, 1)[None], scale
-
-    def _offsets(self, resized: tuple[int, int]) -> tuple[int, int]:
-        """(top, left) of an (h, w) image centred in the input, as super-gradients pads."""
-        return (self.size[0] - resized[0]) // 2, (self.size[1] - resized[1]) // 2
-
-    def decode(self, outputs, frame_size, scale, person, threshold):
-        boxes, scores = self.split(outputs)
-        top, left = self._offsets((round(frame_size[0] * scale), round(frame_size[1] * scale)))
-        return _kept_people((boxes - [left, top, left, top]) / scale, scores[:, person],
-                            threshold)
-
-
-def _query_classes(columns: tuple | None, extra_columns: int) -> int | None:
-    """The classes of a (Q, K) class output holding `extra_columns` more than its classes."""
-    if columns is None or not isinstance(columns[1], int) or columns[1] <= extra_columns:
+    if outputs == 1:
+        return (shapes[0][2], shapes[0][1]) if transposed else shapes[0][1:]
+    first, second = shapes
+    if 4 not in (first[2], second[2]) or (
+            first[1] != second[1] and isinstance(first[1], int) and isinstance(second[1], int)):
         return None
-    return columns[1] - extra_columns
+    classes = first if second[2] == 4 else second
+    return classes[1], classes[2]
 
 
-class Rtdetr(StretchedCoco, TwoOutputs):
-    name = "rtdetr"
-    written = "rtdetr: (1, Q, C) logits and (1, Q, 4) boxes, Q not one per cell"
+# How each layout's image is made: (the frame, the input's (H, W), cv2) -> (the (1, 3, H, W)
+# float32 input, the frame's enlargement into it).
 
-    @staticmethod
-    def class_count(shapes, size):
-        found = TwoOutputs.columns(shapes)
-        if found is None or _per_cell(found[0], size) == 1:
+def _letterboxed(frame, size, cv2, margin: int = 0, centred: bool = False,
+                 bgr_255: bool = False) -> tuple[np.ndarray, float]:
+    """The frame scaled to fit (H - margin, W - margin) on an (H, W) grey canvas, at its top
+    left or centred; RGB in [0, 1], or BGR in [0, 255]. Ultralytics and YOLOv5 take it top
+    left; YOLOX's export BGR; YOLO-NAS (super-gradients' COCO recipe) within a margin of 4,
+    centred."""
+    (h, w), (fh, fw) = size, frame.shape[:2]
+    scale = min((h - margin) / fh, (w - margin) / fw)
+    resized = cv2.resize(frame, (round(fw * scale), round(fh * scale)),
+                         interpolation=cv2.INTER_LINEAR)
+    top, left = _centre(size, resized.shape[:2]) if centred else (0, 0)
+    canvas = np.full((h, w, 3), LETTERBOX_GREY, np.uint8)
+    canvas[top:top + resized.shape[0], left:left + resized.shape[1]] = resized
+    if bgr_255:
+        return _planar(canvas[..., ::-1]), scale
+    return _planar(canvas) / 255.0, scale
+
+
+def _centre(size: tuple[int, int], resized: tuple[int, int]) -> tuple[int, int]:
+    """(top, left) of an (h, w) image centred in the input, as super-gradients pads."""
+    return (size[0] - resized[0]) // 2, (size[1] - resized[1]) // 2
+
+
+def _planar(image: np.ndarray) -> np.ndarray:
+    """An (H, W, 3) image as the graph's (1, 3, H, W) float32."""
+    return image.astype(np.float32).transpose(2, 0, 1)[None]
+
+
+def _stretched(frame, size, cv2):
+    """Resized to (H, W), RGB in [0, 1] (the RT-DETR layouts)."""
+    return _planar(cv2.resize(frame, size[::-1], interpolation=cv2.INTER_LINEAR)) / 255.0, 1.0
+
+
+def _imagenet(frame, size, cv2):
+    """Resized to (H, W), normalised with ImageNet's mean and deviation (DETR)."""
+    image, _ = _stretched(frame, size, cv2)
+    return (image - IMAGENET_MEAN) / IMAGENET_STD, 1.0
+
+
+# How each layout's outputs are read: (the batch's one image's outputs, float32, boxes
+# first; the input's (H, W); the frame's (H, W); the scale; the person class) -> (person
+# boxes x0, y0, x1, y1 in the frame's pixels, their scores), all candidates.
+
+def _corners(cxcywh: np.ndarray) -> np.ndarray:
+    return base.import_extra("supervision").xcycwh_to_xyxy(cxcywh)
+
+
+def _in_frame(cxcywh: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
+    """Boxes given as cx, cy, w, h fractions of the (stretched) image, in the frame's pixels."""
+    fh, fw = frame_size
+    return _corners(cxcywh) * [fw, fh, fw, fh]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))    # = 1 / (1 + e^-x), without overflow
+
+
+def _yolo(outputs, size, frame_size, scale, person):
+    rows = outputs[0].T                                     # (N, 4 + C): cx, cy, w, h
+    return _corners(rows[:, :4]) / scale, rows[:, 4 + person]
+
+
+def _yolo_nms(outputs, size, frame_size, scale, person):
+    rows = outputs[0][outputs[0][:, 5].round() == person]   # x0, y0, x1, y1, score, class
+    return rows[:, :4] / scale, rows[:, 4]
+
+
+def _yolov5(outputs, size, frame_size, scale, person):
+    rows = outputs[0]                                       # cx, cy, w, h, objectness
+    return _corners(rows[:, :4]) / scale, rows[:, 4] * rows[:, 5 + person]
+
+
+def _yolox(outputs, size, frame_size, scale, person):
+    rows, cells = outputs[0], grid_cells(size)   # x, y in cells, log w, log h in strides
+    xy = (rows[:, :2] + cells[:, :2]) * cells[:, 2:]
+    wh = np.exp(rows[:, 2:4]) * cells[:, 2:]
+    return _corners(np.concatenate([xy, wh], 1)) / scale, rows[:, 4] * rows[:, 5 + person]
+
+
+def _rtdetr_ultralytics(outputs, size, frame_size, scale, person):
+    rows = outputs[0]                                       # (Q, 4 + C)
+    return _in_frame(rows[:, :4], frame_size), rows[:, 4 + person]
+
+
+def _yolo_nas(outputs, size, frame_size, scale, person):
+    boxes, scores = outputs
+    top, left = _centre(size, (round(frame_size[0] * scale), round(frame_size[1] * scale)))
+    return (boxes - [left, top, left, top]) / scale, scores[:, person]
+
+
+def _rtdetr(outputs, size, frame_size, scale, person):
+    boxes, logits = outputs
+    return _in_frame(boxes, frame_size), _sigmoid(logits[:, person])
+
+
+def _detr(outputs, size, frame_size, scale, person):
+    boxes, logits = outputs                      # the last column of logits: no object
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return _in_frame(boxes, frame_size), probs[:, person] / probs.sum(axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How one family of exported detectors takes its image and gives its boxes."""
+
+    name: str
+    written: str                # its outputs, as the errors list them
+    outputs: int                # one, or two: boxes and class values
+    extra: int                  # columns of the class values beyond the C classes
+    candidates: Callable        # (N candidates, K columns, input (H, W)) -> whether they fit
+    prepare: Callable           # the image, as its exporter trained on it
+    decode: Callable            # the person boxes, not yet thresholded
+    nms: bool                   # whether its graph leaves non-maximum suppression to us
+    transposed: bool = False    # one (1, K, N) output, not (1, N, K)
+    classes_shown: bool = True  # whether its outputs show the class count
+    coco_classes: int | None = None    # without class names, the one class count read so
+    coco_person: int = 0        # the person class when the model does not name its classes
+    named_outputs: frozenset = frozenset()   # output names that are it, at any class count
+
+    def class_count(self, shapes: list[tuple], size: tuple[int, int]) -> int | None:
+        """The classes that outputs of these shapes hold in this layout (UNSTATED where they
+        do not show it), or None where they cannot be read so: the strict matching."""
+        found = _columns(shapes, self.outputs, self.transposed)
+        if (found is None or not isinstance(found[1], int) or found[1] <= self.extra
+                or not self.candidates(*found, size)):
             return None
-        return _query_classes(found, 0)
+        return found[1] - self.extra if self.classes_shown else UNSTATED
 
-    def decode(self, outputs, frame_size, scale, person, threshold):
-        boxes, logits = self.split(outputs)
-        return _fraction_boxes(boxes, _sigmoid(logits[:, person]), frame_size, threshold)
-
-
-class Detr(TwoOutputs):
-    name, written, coco_person = "detr", "detr: (1, Q, C+1) logits and (1, Q, 4) boxes", 1
-
-    @staticmethod
-    def class_count(shapes, size):
-        return _query_classes(TwoOutputs.columns(shapes), 1)
-
-    @staticmethod
-    def unnamed(count, output_names):
-        return count + 1 == COCO_DETR_COLUMNS or output_names == TRANSFORMERS_OUTPUTS
-
-    def prepare(self, frame, size, cv2):
-        image = (_stretched(frame, size, cv2) - IMAGENET_MEAN) / IMAGENET_STD
-        return image.transpose(2, 0, 1)[None], 1.0
-
-    def decode(self, outputs, frame_size, scale, person, threshold):
-        boxes, logits = self.split(outputs)
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        return _fraction_boxes(boxes, probs[:, person], frame_size, threshold)
+    def matches(self, outputs, size: tuple[int, int], names: dict[int, str] | None) -> bool:
+        """Whether the graph's outputs are this layout's, beyond doubt: their shapes fit it
+        and their class count is the names' (or, without names, one it reads unnamed)."""
+        count = self.class_count([tuple(o.shape) for o in outputs], size)
+        if count is None:
+            return False
+        if names is not None:
+            return count in (UNSTATED, len(names))
+        return (self.coco_classes in (None, count)
+                or {o.name for o in outputs} == self.named_outputs)
 
 
-LAYOUTS = (Yolov5, Yolox, YoloNms, Yolo, RtdetrUltralytics, YoloNas, Rtdetr, Detr)
+LAYOUTS = (
+    Layout("yolov5", "yolov5: one (1, 3 x cells, 5+C)", outputs=1, extra=5,
+           candidates=lambda n, k, size: _per_cell(n, size) == 3,
+           prepare=_letterboxed, decode=_yolov5, nms=True),
+    Layout("yolox", "yolox: one (1, cells, 5+C)", outputs=1, extra=5,
+           candidates=lambda n, k, size: _per_cell(n, size) == 1,
+           prepare=functools.partial(_letterboxed, bgr_255=True), decode=_yolox, nms=True),
+    Layout("yolo_nms", "yolo_nms: one (1, K, 6)", outputs=1, extra=0,
+           candidates=lambda n, k, size: k == 6, classes_shown=False,
+           prepare=_letterboxed, decode=_yolo_nms, nms=False),
+    Layout("yolo", "yolo: one (1, 4+C, N)", outputs=1, extra=4, transposed=True,
+           # more candidates than columns; not 6 wide (yolo_nms)
+           candidates=lambda n, k, size: n != 6 and (not isinstance(n, int) or n > k),
+           prepare=_letterboxed, decode=_yolo, nms=True),
+    Layout("rtdetr_ultralytics",
+           "rtdetr_ultralytics: one (1, Q, 4+C), Q not a whole number of cells",
+           outputs=1, extra=4, candidates=lambda n, k, size: _per_cell(n, size) is None,
+           prepare=_stretched, decode=_rtdetr_ultralytics, nms=False,
+           coco_classes=COCO_CLASSES),
+    Layout("yolo_nas", "yolo_nas: (1, cells, 4) x0y0x1y1 boxes and (1, cells, C) scores",
+           outputs=2, extra=0, candidates=lambda n, k, size: _per_cell(n, size) == 1,
+           prepare=functools.partial(_letterboxed, margin=YOLO_NAS_MARGIN, centred=True),
+           decode=_yolo_nas, nms=True, coco_classes=COCO_CLASSES),
+    Layout("rtdetr", "rtdetr: (1, Q, C) logits and (1, Q, 4) boxes, Q not one per cell",
+           outputs=2, extra=0, candidates=lambda n, k, size: _per_cell(n, size) != 1,
+           prepare=_stretched, decode=_rtdetr, nms=False, coco_classes=COCO_CLASSES),
+    Layout("detr", "detr: (1, Q, C+1) logits and (1, Q, 4) boxes", outputs=2, extra=1,
+           candidates=lambda n, k, size: True, prepare=_imagenet, decode=_detr, nms=False,
+           coco_classes=COCO_DETR_CLASSES, coco_person=1, named_outputs=TRANSFORMERS_OUTPUTS),
+)
 BY_NAME = {k.name: k for k in LAYOUTS}
+
+
+def _boxes_first(outputs) -> list[int]:
+    """The graph's outputs in the order the layouts read them: of two, the boxes (the one
+    named for boxes, else the one 4 wide), then the class values."""
+    if len(outputs) == 1:
+        return [0]
+    by_name = [i for i, o in enumerate(outputs) if "box" in o.name.lower()]
+    boxes = by_name[0] if len(by_name) == 1 else int(outputs[1].shape[2] == 4)
+    return [boxes, 1 - boxes]
+
 
 
 def _shapes_said(outputs, size: tuple[int, int]) -> str:
@@ -418,10 +291,17 @@ def _shapes_said(outputs, size: tuple[int, int]) -> str:
             f"{size[0]}x{size[1]} input")
 
 
-def _layout(outputs, size: tuple[int, int], names: dict[int, str] | None,
-            spec: str) -> Layout:
-    """The one layout that matches the graph's outputs, built for it; or a DetectorError.
-    `spec`: how the user names this model, onnx:PATH, for the message on how to pick."""
+def _layout(outputs, size: tuple[int, int], names: dict[int, str] | None, spec: str,
+            named: str | None) -> Layout:
+    """The layout the user `named`, where the graph's outputs can be read so; else the one
+    layout that matches them; or a DetectorError. `spec`: how the user names this model,
+    onnx:PATH, for the message on how to pick."""
+    shapes = [tuple(o.shape) for o in outputs]
+    if named is not None:
+        if BY_NAME[named].class_count(shapes, size) is None:
+            raise base.DetectorError(f"{_shapes_said(outputs, size)} cannot be read as "
+                                     f"{BY_NAME[named].written}")
+        return BY_NAME[named]
     found = [k for k in LAYOUTS if k.matches(outputs, size, names)]
     if len(found) > 1:
         raise base.DetectorError(
@@ -429,8 +309,7 @@ def _layout(outputs, size: tuple[int, int], names: dict[int, str] | None,
             + "; ".join(k.written for k in found) + "); name the one it is: "
             + " or ".join(f"{spec}@{k.name}" for k in found))
     if not found:
-        shaped = [k for k in LAYOUTS
-                  if k.class_count([tuple(o.shape) for o in outputs], size) is not None]
+        shaped = [k for k in LAYOUTS if k.class_count(shapes, size) is not None]
         if shaped:
             counts = (f"its {len(names)} class names" if names is not None
                       else "COCO (the model names no classes)")
@@ -442,16 +321,7 @@ def _layout(outputs, size: tuple[int, int], names: dict[int, str] | None,
         raise base.DetectorError(f"{_shapes_said(outputs, size)}{_names_said(names)}: not a "
                                  "layout this reads (" + "; ".join(k.written for k in LAYOUTS)
                                  + ")" + advice)
-    return found[0].for_graph(outputs, size)
-
-
-def _named_layout(name: str, outputs, size: tuple[int, int]) -> Layout:
-    """The layout the user named, where the graph's outputs can be read so."""
-    kind = BY_NAME[name]
-    if kind.class_count([tuple(o.shape) for o in outputs], size) is None:
-        raise base.DetectorError(f"{_shapes_said(outputs, size)} cannot be read as "
-                                 f"{kind.written}")
-    return kind.for_graph(outputs, size)
+    return found[0]
 
 
 def _names_said(names: dict[int, str] | None) -> str:
@@ -533,7 +403,8 @@ class OnnxDetector(base.LearnedDetector):
     def __init__(self, argument: str, score_threshold: float = base.SCORE_THRESHOLD):
         path, named = split_layout(argument)
         ort = base.import_extra("onnxruntime")
-        cv2 = base.import_extra("cv2")
+        self._cv2 = base.import_extra("cv2")
+        self._sv = base.import_extra("supervision")
         if not os.path.isfile(path):
             raise base.DetectorError(f"--detector onnx:{path}: no such file")
         try:
@@ -541,22 +412,18 @@ class OnnxDetector(base.LearnedDetector):
         except Exception as e:   # onnxruntime raises its own classes for every kind of bad file
             raise base.DetectorError(f"--detector onnx:{path}: not a readable ONNX model "
                                      f"({reason(e)})") from None
-        self._cv2 = cv2
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise base.DetectorError(f"--detector onnx:{path}: expected one image input "
                                      f"(1, 3, H, W); the graph has {[i.shape for i in inputs]}")
         self._input = inputs[0].name
-        h, w = inputs[0].shape[2:]
-        self.size = (h if isinstance(h, int) else DEFAULT_SIDE,
-                     w if isinstance(w, int) else DEFAULT_SIDE)
+        self.size = tuple(side if isinstance(side, int) else DEFAULT_SIDE
+                          for side in inputs[0].shape[2:])
         outputs = self._session.get_outputs()
+        self._order = _boxes_first(outputs)
         try:
             names, where = class_names(self._session, path)
-            if named is None:
-                self._layout = _layout(outputs, self.size, names, f"onnx:{path}")
-            else:
-                self._layout = _named_layout(named, outputs, self.size)
+            self._layout = _layout(outputs, self.size, names, f"onnx:{path}", named)
             self.person_class = _person_class(names, where, self._layout)
             count = self._layout.class_count([tuple(o.shape) for o in outputs], self.size)
             if count not in (UNSTATED, None) and self.person_class >= count:
@@ -572,17 +439,16 @@ class OnnxDetector(base.LearnedDetector):
                             + f", class {self.person_class}, score >= {score_threshold:g})")
 
     def __call__(self, frame: np.ndarray) -> base.Boxes:
+        """Person boxes in the frame's pixels: those scoring at least the threshold, then
+        NMS (IoU NMS_IOU) where the graph has none, as its exporter would have, clipped."""
         image, scale = self._layout.prepare(frame, self.size, self._cv2)
         outputs = self._session.run(None, {self._input: image})
-        return self.decode(outputs, frame.shape[:2], scale)
-
-    def decode(self, outputs: list[np.ndarray], frame_size: tuple[int, int],
-               scale: float) -> base.Boxes:
-        """The graph's outputs as person boxes in the frame's pixels (`scale`: the frame's
-        enlargement into the input)."""
-        fh, fw = frame_size
-        found = self._layout.decode(outputs, frame_size, scale, self.person_class,
-                                    self.score_threshold)
-        found.xyxy[:, 0::2] = found.xyxy[:, 0::2].clip(0, fw)
-        found.xyxy[:, 1::2] = found.xyxy[:, 1::2].clip(0, fh)
-        return found
+        image_outputs = [np.asarray(outputs[i][0], np.float32) for i in self._order]
+        xyxy, scores = self._layout.decode(image_outputs, self.size, frame.shape[:2], scale,
+                                           self.person_class)
+        keep = scores >= self.score_threshold
+        found = base.Boxes(xyxy[keep], scores[keep])
+        if self._layout.nms:
+            found = found.select(base.nms(found.xyxy, found.scores, NMS_IOU))
+        fh, fw = frame.shape[:2]
+        return base.Boxes(self._sv.clip_boxes(found.xyxy, (fw, fh)), found.scores)
