@@ -13,9 +13,9 @@ import sys
 import pytest
 from smoke_runs import REPO, subprocess_env
 
+from vtfpar_jax import cli_errors
 from vtfpar_jax.evaluation import evaluate
 from vtfpar_jax.inference import predict
-from vtfpar_jax import cli_errors
 from vtfpar_jax.outputs import out_folder, stop_signals
 from vtfpar_jax.state import model_dir
 

@@ -35,8 +35,7 @@ from typing import NoReturn, TypeVar
 
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.outputs import stop_signals
-# Commands say what a stop leaves, and raise `Terminated` after a preemption, through here.
-from vtfpar_jax.outputs.stop_signals import RERUN, Terminated, on_stop  # noqa: F401
+from vtfpar_jax.outputs.stop_signals import RERUN, Terminated, on_stop  # noqa: F401 - for commands
 
 T = TypeVar("T")
 
