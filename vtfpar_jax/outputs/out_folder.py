@@ -95,7 +95,7 @@ def read_manifest(path: str) -> dict[str, Any] | None:
     return manifest if ours else None
 
 
-class OutFolder:
+class OutFolder(contextlib.AbstractContextManager):
     """--out of one run of `command`; `identity`: the model dir, inputs and options that
     make its results what they are (JSON values; the step comes once the model is loaded).
     `reads`: the model dir, data dir and inputs, which --out may never be nor hold.
@@ -116,9 +116,6 @@ class OutFolder:
         except BaseException:
             self.release()
             raise
-
-    def __enter__(self) -> OutFolder:
-        return self
 
     def __exit__(self, *exc_info) -> None:
         self.release()
