@@ -20,7 +20,7 @@ from smoke_runs import REPO, subprocess_env
 
 from vtfpar_jax import cli, cli_errors
 from vtfpar_jax.errors import UserError
-from vtfpar_jax.outputs import files
+from vtfpar_jax.outputs import files, stop_signals
 
 
 @pytest.fixture
@@ -127,7 +127,7 @@ def test_an_error_after_a_delivered_stop_is_not_relabelled(capsys, sigint_raises
     """Only an error on the way out of an undelivered stop is that stop."""
     code, _ = _stopped(lambda: os.kill(os.getpid(), signal.SIGINT), capsys)
     assert code == 130
-    assert cli_errors.stop_came() is None
+    assert stop_signals.stop_came() is None
 
     def fails():
         raise AttributeError("a bug")

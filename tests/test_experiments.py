@@ -9,10 +9,12 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from smoke_runs import SMOKE, assert_default_modes
+from smoke_runs import REPO, SMOKE, assert_default_modes, subprocess_env
 
 from vtfpar_jax.evaluation import evaluate
 from vtfpar_jax.experiments import ablate, corruptions, robustness
@@ -167,6 +169,29 @@ def test_ablate_cli_names_the_bad_point(tmp_path, capsys, fake_training):
     assert err.startswith("error: point spatial_aggregation=bogus: config: unknown "
                           "spatial_aggregation 'bogus'") and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_a_second_ablation_into_the_same_workdir_is_refused(tmp_path, monkeypatch,
+                                                           fake_training):
+    """Two ablations in one --workdir would each rewrite ablation.json without the other's
+    points: the second, another process, is refused in one line naming the folder."""
+    out = tmp_path / "out"
+    argv = ["--config", SMOKE, "--sweep", SWEEP, "--workdir", str(out)]
+    second = []
+
+    def second_ablation_meanwhile(config, point_dir):
+        if not second:
+            second.append(subprocess.run([sys.executable, "-m", "vtfpar_jax", "ablate", *argv],
+                                         cwd=REPO, env=subprocess_env(), capture_output=True,
+                                         text=True))
+        return _fake_results(config)
+    monkeypatch.setattr(train, "train_and_evaluate", second_ablation_meanwhile)
+    ablate.main(argv)
+    assert second[0].returncode == 1, second[0].stderr
+    assert second[0].stderr.strip() == (
+        f"error: --workdir {out} is in use by pid {os.getpid()}, another run writing there: "
+        "one run per --workdir at a time")
+    assert sorted(os.listdir(tmp_path)) == ["out"]   # the lock went with the first ablation
 
 
 def test_a_preempted_ablation_exits_143_naming_what_it_kept(tmp_path, capsys, monkeypatch,

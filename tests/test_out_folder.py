@@ -13,9 +13,10 @@ import sys
 import pytest
 from smoke_runs import REPO, subprocess_env
 
+from vtfpar_jax import cli_errors
 from vtfpar_jax.evaluation import evaluate
 from vtfpar_jax.inference import predict
-from vtfpar_jax.outputs import held_signals, out_folder
+from vtfpar_jax.outputs import out_folder, stop_signals
 from vtfpar_jax.state import model_dir
 
 
@@ -271,10 +272,7 @@ def test_when_the_old_results_cannot_be_put_back_the_error_says_where_they_are(
     assert _tree(kept) == before
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
-def test_a_stop_during_the_swap_waits_until_the_new_results_are_in(tmp_path, monkeypatch,
-                                                                   signum):
-    out, _ = _old_run(tmp_path)
+def _stop_between_the_renames(monkeypatch, out: str, signum: int) -> None:
     original = os.rename
 
     def rename(source, destination):   # the stop comes between the two renames
@@ -283,6 +281,13 @@ def test_a_stop_during_the_swap_waits_until_the_new_results_are_in(tmp_path, mon
             signal.raise_signal(signum)
         return result
     monkeypatch.setattr(os, "rename", rename)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_a_stop_during_the_swap_waits_until_the_new_results_are_in(tmp_path, monkeypatch,
+                                                                   signum):
+    out, _ = _old_run(tmp_path)
+    _stop_between_the_renames(monkeypatch, out, signum)
 
     class Stopped(Exception):
         pass
@@ -301,9 +306,31 @@ def test_a_stop_during_the_swap_waits_until_the_new_results_are_in(tmp_path, mon
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
+@pytest.mark.parametrize("signum,word", [(signal.SIGINT, "interrupted"),
+                                         (signal.SIGTERM, "terminated")], ids=["ctrl_c", "sigterm"])
+def test_a_stop_held_during_the_swap_says_the_results_are_in(tmp_path, monkeypatch, capsys,
+                                                              signum, word):
+    """The stop line is the one of a stop after the swap, not 'nothing was written'."""
+    out, _ = _old_run(tmp_path)
+    _stop_between_the_renames(monkeypatch, out, signum)
+
+    def predict_into_out():
+        cli_errors.on_stop(f"nothing was written to {out}; rerun the same command")
+        _fill(out_folder.OutFolder(out, "predict", {}, True), 6, b"new")
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)   # as from a terminal
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli_errors.run(predict_into_out)
+    finally:
+        signal.signal(signal.SIGINT, outer)
+    assert exit_.value.code == 128 + signum
+    assert capsys.readouterr().err.strip() == f"{word}: the results are complete in {out}"
+    assert _tree(out)["a.json"] == b"new"
+
+
 def test_held_signals_put_the_handlers_back(monkeypatch):
-    before = {number: signal.getsignal(number) for number in held_signals.STOP_SIGNALS}
-    with held_signals.held():
+    before = {number: signal.getsignal(number) for number in stop_signals.STOP_SIGNALS}
+    with stop_signals.held():
         assert all(signal.getsignal(number) is not handler
                    for number, handler in before.items())
-    assert {number: signal.getsignal(number) for number in held_signals.STOP_SIGNALS} == before
+    assert {number: signal.getsignal(number) for number in stop_signals.STOP_SIGNALS} == before

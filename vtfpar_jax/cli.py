@@ -17,6 +17,7 @@ import threading
 
 from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import nearest
+from vtfpar_jax.outputs import stop_signals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
 def entry() -> None:
     """`vtfpar` and `python -m vtfpar_jax`: `main`, and after a stop the process ends at once.
 
-    Stop signals are handled from the start (`cli_errors.watching_stops`), so a Ctrl-C during the
+    Stop signals are handled from the start (`outputs.stop_signals`), so a Ctrl-C during the
     imports before a command's `run` is also one `interrupted:` line, not a traceback.
 
     A stop (Ctrl-C, SIGTERM) can come while tf.data's threads still read a dataset, and
@@ -99,7 +100,7 @@ def entry() -> None:
     still get the SystemExit.
     """
     cli_errors.end_process_after_stop()
-    with cli_errors.watching_stops(restore=False):
+    with stop_signals.watching_stops(restore=False):
         try:
             main()
             return
@@ -107,7 +108,7 @@ def entry() -> None:
             if e.code not in cli_errors.STOP_STATUSES:
                 raise
             status = e.code
-        except cli_errors.STOP_EXCEPTIONS as stop:   # before `run`, or after its body
+        except stop_signals.STOP_EXCEPTIONS as stop:   # before `run`, or after its body
             try:
                 cli_errors.stopped_outside_run(stop)
             except SystemExit as e:

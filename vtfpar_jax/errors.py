@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class UserError(Exception):
@@ -49,36 +48,29 @@ def nearest(name: str, valid: Iterable[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def _checked(value: str, parse: Callable, valid: Callable, expected: str):
+    """`parse(value)` where it parses and is `valid`; else the option's one-line refusal."""
+    try:
+        parsed = parse(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or not valid(parsed):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected {expected}")
+    return parsed
+
+
 def positive_int(value: str) -> int:
     """An integer of at least 1 (a count, a stride, a side in pixels)."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected a positive integer")
-    return number
+    return _checked(value, int, lambda number: number >= 1, "a positive integer")
 
 
 def probability(value: str) -> float:
-    """A number in [0, 1] (a decision threshold, a score to reach)."""
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not 0.0 <= number <= 1.0:   # NaN fails both comparisons
-        raise argparse.ArgumentTypeError(f"{value!r}: expected a number from 0 to 1")
-    return number
+    """A number in [0, 1] (a decision threshold, a score to reach); NaN fails both sides."""
+    return _checked(value, float, lambda number: 0.0 <= number <= 1.0, "a number from 0 to 1")
 
 
 def frame_size(value: str) -> tuple[int, int]:
     """'HxW' (height first, as the shapes are written) -> (height, width), both positive."""
-    height, sep, width = value.lower().partition("x")
-    try:
-        size = (int(height), int(width)) if sep else None
-    except ValueError:
-        size = None
-    if size is None or min(size) < 1:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected HEIGHTxWIDTH in pixels, "
-                                         "e.g. 1080x1920")
-    return size
+    return _checked(value, lambda text: tuple(int(side) for side in text.lower().split("x")),
+                    lambda size: len(size) == 2 and min(size) >= 1,
+                    "HEIGHTxWIDTH in pixels, e.g. 1080x1920")

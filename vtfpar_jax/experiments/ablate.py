@@ -416,7 +416,8 @@ def _ablate(args) -> dict:
     out_folder.check_writable_folder(args.workdir, "--workdir")
     sets = _typed_sets(args.config, _parse_sets(args.sets))
     cli_errors.on_stop(lambda: points_kept(args.workdir))
-    report = run(args.config, args.sweep, args.workdir, sets)
+    with out_folder.lock(args.workdir, "--workdir"):   # two runs would rewrite ablation.json
+        report = run(args.config, args.sweep, args.workdir, sets)
     if "stopped" in report:   # preempted (SIGTERM): exit 143, as training does
         stopped = report["stopped"]
         cli_errors.on_stop(f"preempted at step {stopped['step']} of point {stopped['point']}, "

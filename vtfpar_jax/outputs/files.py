@@ -18,6 +18,7 @@ account or a colleague can read every output, as they can the others.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -107,7 +108,6 @@ def atomic_folder(path: str) -> Iterator[str]:
 
 def write_json(path: str, value, indent: int = 2) -> None:
     """`value` as indented JSON at `path`, whole or not at all."""
-    import json
     write_text(path, json.dumps(value, indent=indent) + "\n")
 
 
@@ -131,7 +131,6 @@ def read_to_resume(path: str, error: type[Exception], elsewhere: str) -> dict:
     (`fingerprint.check_same_run`). What another run wrote is never overwritten: the
     message says to use `elsewhere` (e.g. another --out) or to move the file away.
     """
-    import json
     if not os.path.exists(path):
         return {}
     try:

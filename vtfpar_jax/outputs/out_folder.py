@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from vtfpar_jax.errors import UserError
-from vtfpar_jax.outputs import files, held_signals, pid_lock
+from vtfpar_jax.outputs import files, pid_lock, stop_signals
 
 MANIFEST = "run.json"
 
@@ -95,7 +95,7 @@ def read_manifest(path: str) -> dict[str, Any] | None:
     return manifest if ours else None
 
 
-class OutFolder:
+class OutFolder(contextlib.AbstractContextManager):
     """--out of one run of `command`; `identity`: the model dir, inputs and options that
     make its results what they are (JSON values; the step comes once the model is loaded).
     `reads`: the model dir, data dir and inputs, which --out may never be nor hold.
@@ -116,9 +116,6 @@ class OutFolder:
         except BaseException:
             self.release()
             raise
-
-    def __enter__(self) -> OutFolder:
-        return self
 
     def __exit__(self, *exc_info) -> None:
         self.release()
@@ -173,7 +170,7 @@ class OutFolder:
                                  {"command": self.command, "identity": self.identity,
                                   "step": step, **recorded})
                 files.give_default_mode(temporary)
-                _swap_in(temporary, target)
+                _swap_in(temporary, target, self.path)
             finally:
                 shutil.rmtree(temporary, ignore_errors=True)
         finally:
@@ -197,15 +194,18 @@ def _check_replaceable(path: str, reads: Sequence[str]) -> None:
                                  + "; give the results a folder of their own, new or empty")
 
 
-def _swap_in(temporary: str, target: str) -> None:
+def _swap_in(temporary: str, target: str, shown: str) -> None:
     """`temporary` renamed to `target`; what `target` held is moved aside, and put back if
     the new folder cannot be moved in, then removed once the new one is in place. Ctrl-C and
-    SIGTERM wait until the renames are done: a stop between them would leave no --out."""
+    SIGTERM wait until the renames are done: a stop between them would leave no --out. A stop
+    from then on says that the results are in place (`shown`: --out as given)."""
+    in_place = f"the results are complete in {shown}"
     replaced = None   # the folder aside holding the old results, once the new ones are in
     try:
-        with held_signals.held():
+        with stop_signals.held():
             if not (os.path.isdir(target) and os.listdir(target)):
                 os.rename(temporary, target)   # onto nothing or an empty folder: one step
+                stop_signals.on_stop(in_place)
                 return
             aside = tempfile.mkdtemp(dir=os.path.dirname(target),
                                      prefix=f".{os.path.basename(target)}.old-")
@@ -228,6 +228,7 @@ def _swap_in(temporary: str, target: str) -> None:
                 os.rmdir(aside)
                 raise
             replaced = aside
+            stop_signals.on_stop(in_place)
     finally:   # also when a stop held during the swap is delivered
         if replaced is not None:
             shutil.rmtree(replaced, ignore_errors=True)

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 
 
-class PidLock:
+class PidLock(contextlib.AbstractContextManager):
     """The lock at `path`, taken now; else `busy(holder)` is raised (holder: 'pid N')."""
 
     def __init__(self, path: str, busy: Callable[[str], Exception]):
@@ -39,9 +39,6 @@ class PidLock:
         file.write(f"pid {os.getpid()}")
         file.flush()
         self.file = file
-
-    def __enter__(self) -> PidLock:
-        return self
 
     def __exit__(self, *exc_info) -> None:
         self.release()
