@@ -101,8 +101,7 @@ def run(model: str, split: str = "test", names=DEFAULT_CORRUPTIONS,
     path = os.path.join(out, "robustness.json")
     identity = _identity(model, loaded, split, seed, names)
     cells = _resume(path, identity)
-    evaluator = evaluate.Evaluator(loaded.model_cfg, loaded.builder(), loaded.attribute_set,
-                                   loaded.frozen, loaded.mesh, loaded.config.input)
+    evaluator = evaluate.Evaluator.from_loaded(loaded)
     report = {**identity, "fingerprint": fingerprint.fingerprint(identity), "cells": cells}
     wanted = [(CLEAN, 0)] + [(n, s) for n in names for s in severities]
     todo = [(n, s) for n, s in wanted if cell_key(n, s) not in cells]
