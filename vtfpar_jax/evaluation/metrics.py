@@ -377,9 +377,8 @@ def save_report(results: dict[str, Any], attribute_set: AttributeSet,
 
     Returns {'json': path, 'png': path}.
     """
-    # Figure + Agg canvas rather than pyplot: no global backend switch and no
-    # figure registry, so a notebook's or a trainer's own plotting is untouched.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    # A Figure rather than pyplot: no global backend switch and no figure registry, so
+    # a notebook's or a trainer's own plotting is untouched (savefig renders with Agg).
     from matplotlib.figure import Figure
 
     out_dir = Path(out_dir)
@@ -391,7 +390,6 @@ def save_report(results: dict[str, Any], attribute_set: AttributeSet,
     names = list(attribute_set.columns)
     positions = np.arange(len(names))
     figure = Figure(figsize=(11, 1.5 + 0.28 * len(names)), layout="constrained")
-    FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2, sharey=True)
     panels = (("acc", "accuracy"), ("ma", "mA = (TPR + TNR) / 2"))
     for ax, (key, title) in zip(axes, panels, strict=True):

@@ -159,12 +159,10 @@ def format_table(report: dict, names, severities) -> str:
 
 def save_figures(report: dict, names, severities, out: str) -> dict[str, str]:
     """robustness.png (metrics against severity) and groups.png (F1 drop per group)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # not pyplot: savefig renders with Agg
 
     cells = report["cells"]
     figure = Figure(figsize=(13, 4), layout="constrained")
-    FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(METRICS))
     for ax, (metric, title) in zip(axes, METRICS, strict=True):
         for name in names:
@@ -189,7 +187,6 @@ def save_figures(report: dict, names, severities, out: str) -> dict[str, str]:
     order = np.argsort(-drops.mean(axis=1))       # the groups that fail most, on top
     figure = Figure(figsize=(2.2 + 1.3 * len(names), 1.2 + 0.35 * len(groups)),
                     layout="constrained")
-    FigureCanvasAgg(figure)
     ax = figure.subplots()
     limit = max(1.0, float(np.abs(drops).max()))
     image = ax.imshow(drops[order], cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")

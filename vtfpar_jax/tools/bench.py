@@ -297,7 +297,8 @@ def _bench(p: argparse.ArgumentParser, args, command: str) -> dict[str, Any]:
         except aot.TargetError as e:
             p.error(str(e))
         result["command"] = command
-        _write_json(args.json, result)
+        if args.json:
+            files.write_json(args.json, result, indent=1)
         print(aot.summary(result))
         return result
     if args.devices:
@@ -317,11 +318,7 @@ def _bench(p: argparse.ArgumentParser, args, command: str) -> dict[str, Any]:
     result = measure(setup, steps=args.steps, warmup=args.warmup, breakdown=args.breakdown)
     result["shape"], result["backbone"] = args.shape, args.backbone
     result["command"] = command
-    _write_json(args.json, result)
+    if args.json:
+        files.write_json(args.json, result, indent=1)
     print(summary(result, f"{registry.get(args.backbone).display_name} {args.shape}"))
     return result
-
-
-def _write_json(path: str | None, result: dict) -> None:
-    if path:
-        files.write_json(path, result, indent=1)
