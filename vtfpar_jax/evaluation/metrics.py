@@ -175,15 +175,13 @@ def par_metrics(probs: Any, labels: Any, threshold: float = DEFAULT_THRESHOLD) -
 
     intersection = np.sum(predicted & labels, axis=1)
     union = np.sum(predicted | labels, axis=1)
-    both_empty = union == 0
-    instance_acc = np.where(both_empty, 1.0, _ratio(intersection, union))
-    instance_prec = np.where(both_empty, 1.0, _ratio(intersection, predicted.sum(axis=1)))
-    instance_rec = np.where(both_empty, 1.0, _ratio(intersection, labels.sum(axis=1)))
-    prec, rec = float(instance_prec.mean()), float(instance_rec.mean())
+    # Per sample |P∩Y| over |P∪Y|, |P|, |Y|, averaged; 1 where P and Y are both empty.
+    acc, prec, rec = (float(np.where(union == 0, 1.0, _ratio(intersection, d)).mean())
+                      for d in (union, predicted.sum(axis=1), labels.sum(axis=1)))
     return {
         "threshold": float(threshold),
         "ma": float(ma_per_attribute.mean()),
-        "acc": float(instance_acc.mean()),
+        "acc": acc,
         "prec": prec,
         "rec": rec,
         "f1": float(_ratio(2 * prec * rec, prec + rec)),
