@@ -236,15 +236,10 @@ def _robustness(args) -> dict:
     corruptions.parse_severities(args.severities)
     out_folder.check_writable_folder(out)
     with out_folder.lock(out):   # two runs would each rewrite the other's cells away
-        return _robustness_into(args, out)
-
-
-def _robustness_into(args, out: str) -> dict:
-    from vtfpar_jax.state import model_dir
-    model_dir.check_dataset(args.model, args.split, args.data_dir)
-    cli_errors.on_stop(lambda: cells_kept(os.path.join(out, "robustness.json")))
-    report = run(args.model, args.split, args.corruptions, args.severities, args.seed,
-                 args.out, args.step, args.data_dir)
+        model_dir.check_dataset(args.model, args.split, args.data_dir)
+        cli_errors.on_stop(lambda: cells_kept(os.path.join(out, "robustness.json")))
+        report = run(args.model, args.split, args.corruptions, args.severities, args.seed,
+                     args.out, args.step, args.data_dir)
     print(report["table"], end="")
     print(f"written to {out}")
     return report
