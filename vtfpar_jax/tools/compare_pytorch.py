@@ -84,10 +84,9 @@ def _run_published(openpar_dir: str, batch: int, frames: int, device: str, steps
         with torch.no_grad():  # running statistics that are not the identity
             model.bn.running_mean.uniform_(-0.5, 0.5)
             model.bn.running_var.uniform_(0.5, 2.0)
-        source = {"model/" + k: v.detach().float().cpu().numpy()
-                  for k, v in model.state_dict().items()}
-        source.update({"clip/" + k: v.detach().float().cpu().numpy()
-                       for k, v in clip_torch.state_dict().items()})
+        source = {f"{prefix}/{k}": v.detach().float().cpu().numpy()
+                  for prefix, module in (("model", model), ("clip", clip_torch))
+                  for k, v in module.state_dict().items()}
         cfg, variables = openpar.convert(source, frames=frames, source="published model")
         tokens = model.text.cpu().numpy()
         video = rng.standard_normal((batch, frames, 3, 224, 224)).astype(np.float32)
@@ -229,7 +228,7 @@ def _published_logits(openpar_dir: str, model: str, loaded, phrases: list[str],
 def compare_model(openpar_dir: str, model: str, clips: list[str], device: str = "cpu"
                   ) -> dict[str, Any]:
     """Model dir `model` here and, exported, in the published code, on the same clips."""
-    from vtfpar_jax.evaluation import decisions
+    from vtfpar_jax.evaluation import decisions, metrics
     from vtfpar_jax.inference import predict, video
     from vtfpar_jax.state import model_dir
 
@@ -245,17 +244,16 @@ def compare_model(openpar_dir: str, model: str, clips: list[str], device: str = 
                                              np.asarray(run["tokens"], np.int32)))
     per_clip = []
     for clip, mine, theirs in zip(clips, ours, published, strict=True):
-        sides = {name: decisions.prediction_record(1 / (1 + np.exp(-logits.astype(np.float64))),
-                                                   attribute_set)
-                 for name, logits in (("jax", mine), ("published", theirs))}
+        jax_side, published_side = (decisions.prediction_record(metrics.sigmoid(logits),
+                                                                attribute_set)
+                                    for logits in (mine, theirs))
         per_clip.append({"clip": str(clip),
                          "max_abs_logit_diff": float(np.abs(mine - theirs).max()),
-                         "jax": decisions.summary(sides["jax"]),
-                         "published": decisions.summary(sides["published"]),
+                         "jax": decisions.summary(jax_side),
+                         "published": decisions.summary(published_side),
                          "same_decisions": decisions.decided_columns(
-                             sides["jax"]["decisions"], attribute_set) ==
-                         decisions.decided_columns(sides["published"]["decisions"],
-                                                   attribute_set)})
+                             jax_side["decisions"], attribute_set) == decisions.decided_columns(
+                             published_side["decisions"], attribute_set)})
     return {"model": model_dir.identity(model), "step": written["step"],
             "openpar_options": written["openpar_options"], "device": device,
             "max_abs_logit_diff": float(np.abs(ours - published).max()),
