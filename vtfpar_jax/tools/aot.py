@@ -40,7 +40,7 @@ import numpy as np
 
 from vtfpar_jax.state import sharding
 from vtfpar_jax.tools import bench_setup, compiled_stats
-from vtfpar_jax.tools.bench import gib
+from vtfpar_jax.tools.compiled_stats import gib
 
 GPU_TARGET_CONFIGS = {"h100": "h100_sxm.txtpb", "h200": "h200.txtpb"}
 

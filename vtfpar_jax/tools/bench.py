@@ -47,6 +47,7 @@ from vtfpar_jax.tools.bench_setup import (
     model_config,
     shape_config,
 )
+from vtfpar_jax.tools.compiled_stats import gib
 
 
 @dataclasses.dataclass
@@ -208,10 +209,6 @@ def backbone_breakdown(s: Setup, step_s: float, steps: int, warmup: int) -> dict
     return {"backbone_s_median": backbone_s, "backbone_frames_per_s": frames / backbone_s,
             "backbone_share": backbone_s / step_s, "side_share": 1 - backbone_s / step_s,
             "backbone_bound": backbone_s / step_s}
-
-
-def gib(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / 2 ** 30:.2f} GiB"
 
 
 def summary(r: dict[str, Any], shape: str) -> str:

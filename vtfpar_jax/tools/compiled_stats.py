@@ -77,6 +77,11 @@ def memory(compiled) -> dict[str, int] | None:
         "alias_size_in_bytes", "generated_code_size_in_bytes") if hasattr(m, k)}
 
 
+def gib(n: int | None) -> str:
+    """Bytes in GiB, for the summaries; 'n/a' for None (no figure)."""
+    return "n/a" if n is None else f"{n / 2 ** 30:.2f} GiB"
+
+
 def report(compiled) -> dict[str, Any]:
     """Memory, kernels and collectives of one compiled program."""
     text = compiled.as_text()
