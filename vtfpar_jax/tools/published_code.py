@@ -134,7 +134,7 @@ def published_net(pub, clip_state: dict, phrases: list[str], state_dict: dict | 
     loads the weights into fp16; loaded again after .float(), the CLIP is exact float32."""
     import torch
 
-    clip_state = {k: torch.as_tensor(v) for k, v in clip_state.items()}
+    clip_state = {k: torch.tensor(v) for k, v in clip_state.items()}   # a copy: v may be read-only
     clip_torch = pub.clip_model.build_model(dict(clip_state)).float()
     clip_torch.load_state_dict(clip_state)
     clip_torch = clip_torch.to(device)
