@@ -22,13 +22,8 @@ from vtfpar_jax.outputs import files
 
 def command_line(options: dict) -> str:
     """The published train.py flags for `options` (store_true flags only when set)."""
-    flags = []
-    for name, value in options.items():
-        if isinstance(value, bool):
-            flags += [f"--{name}"] if value else []
-        else:
-            flags.append(f"--{name} {value}")
-    return " ".join(flags)
+    return " ".join(f"--{name}" if isinstance(value, bool) else f"--{name} {value}"
+                    for name, value in options.items() if value is not False)
 
 
 def main(argv=None):

@@ -38,6 +38,12 @@ class Evaluator:
                                        input_config.get("normalization", "published"))
 
     @classmethod
+    def from_loaded(cls, loaded, split: str | None = None) -> Evaluator:
+        """For a model dir as `model_dir.load` gives it (`split`: see `loaded.builder`)."""
+        return cls(loaded.model_cfg, loaded.builder(split), loaded.attribute_set,
+                   loaded.frozen, loaded.mesh, loaded.config.input)
+
+    @classmethod
     def from_trainer(cls, trainer) -> Evaluator:
         return cls(trainer.model_cfg, trainer.builder, trainer.attribute_set, trainer.frozen,
                    trainer.mesh, trainer.config.input)
@@ -138,10 +144,8 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
     loaded = model_dir.load(workdir, step=step)
     if data_dir:
         loaded.config.data_dir = data_dir
-    evaluator = Evaluator(loaded.model_cfg, loaded.builder(), loaded.attribute_set,
-                          loaded.frozen, loaded.mesh, loaded.config.input)
-    return evaluator.run(loaded.state, split,
-                         report_dir or model_dir.folder_inside(workdir, f"eval_{split}"))
+    return Evaluator.from_loaded(loaded).run(
+        loaded.state, split, report_dir or model_dir.folder_inside(workdir, f"eval_{split}"))
 
 
 def main(argv=None):
@@ -166,6 +170,7 @@ def main(argv=None):
 def _evaluate(args) -> dict:
     from vtfpar_jax.outputs import out_folder
     from vtfpar_jax.state import model_dir
+    from vtfpar_jax.state.build import attributes
     out_path = args.out or model_dir.folder_inside(args.model, f"eval_{args.split}")
     trained_on = model_dir.read_run_file(args.model)["config"].get("data_dir")
     with out_folder.OutFolder(
@@ -173,23 +178,17 @@ def _evaluate(args) -> dict:
                                    "split": args.split, "step": args.step,
                                    "data_dir": args.data_dir and os.path.abspath(args.data_dir)},
             args.overwrite, reads=[args.model, args.data_dir or trained_on]) as out:
-        return _evaluate_into(out, out_path, args)
-
-
-def _evaluate_into(out, out_path: str, args) -> dict:
-    from vtfpar_jax.state import model_dir
-    from vtfpar_jax.state.build import attributes
-    model_dir.check_dataset(args.model, args.split, args.data_dir)
-    loaded = model_dir.load_announced(args.model, step=args.step)
-    out.check_step(loaded.step)
-    if args.data_dir:
-        loaded.config.data_dir = args.data_dir
-    evaluator = Evaluator(loaded.model_cfg, loaded.builder(args.split), loaded.attribute_set,
-                          loaded.frozen, loaded.mesh, loaded.config.input)
-    cli_errors.on_stop(f"nothing was written to {out_path}; rerun the same command")
-    with out.filling(loaded.step, unreadable_newer_checkpoints=loaded.unreadable_newer) as folder:
-        results = evaluator.run(loaded.state, args.split, folder,
-                                progress=not args.no_progress)
+        model_dir.check_dataset(args.model, args.split, args.data_dir)
+        loaded = model_dir.load_announced(args.model, step=args.step)
+        out.check_step(loaded.step)
+        if args.data_dir:
+            loaded.config.data_dir = args.data_dir
+        evaluator = Evaluator.from_loaded(loaded, args.split)
+        cli_errors.on_stop(f"nothing was written to {out_path}; rerun the same command")
+        with out.filling(loaded.step,
+                         unreadable_newer_checkpoints=loaded.unreadable_newer) as folder:
+            results = evaluator.run(loaded.state, args.split, folder,
+                                    progress=not args.no_progress)
     print(metrics.format_table(results, attributes.get(results["attribute_set"])))
     print(summary_line(results))
     print(f"step {loaded.step}; written to {out_path}")

@@ -19,6 +19,7 @@ plain Python float / int / list, so a result dict goes straight to JSON.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +55,10 @@ def probabilities(logits: Any, model_cfg) -> np.ndarray:
 
 def _ratio(numerator: np.ndarray | float, denominator: np.ndarray | float) -> np.ndarray:
     """numerator / denominator elementwise, with 0/0 (any x/0) defined as 0."""
-    numerator = np.asarray(numerator, dtype=np.float64)
-    denominator = np.asarray(denominator, dtype=np.float64)
-    safe = np.where(denominator == 0, 1.0, denominator)
-    return np.where(denominator == 0, 0.0, numerator / safe)
-
-
-def _f1(precision: np.ndarray | float, recall: np.ndarray | float) -> np.ndarray:
-    """2PR/(P+R), 0 when P+R is 0."""
-    precision = np.asarray(precision, dtype=np.float64)
-    recall = np.asarray(recall, dtype=np.float64)
-    return _ratio(2.0 * precision * recall, precision + recall)
+    numerator, denominator = np.broadcast_arrays(np.asarray(numerator, np.float64),
+                                                 np.asarray(denominator, np.float64))
+    return np.divide(numerator, denominator, out=np.zeros(numerator.shape),
+                     where=denominator != 0)
 
 
 def _check_inputs(probs: Any, labels: Any,
@@ -134,14 +128,13 @@ def group_metrics(probs: Any, labels: Any, attribute_set: AttributeSet,
         rec = float(_ratio(tp, tp + fn))
         groups[group.name] = {
             "acc": float(_ratio(tp + tn, tp + tn + fp + fn)),
-            "prec": prec, "rec": rec, "f1": float(_f1(prec, rec)),
+            "prec": prec, "rec": rec, "f1": float(_ratio(2 * prec * rec, prec + rec)),
             "tp": tp, "tn": tn, "fp": fp, "fn": fn,
         }
-    result: dict[str, Any] = {"threshold": float(threshold)}
-    for key in ("acc", "prec", "rec", "f1"):
-        result[key] = float(np.mean([g[key] for g in groups.values()]))
-    result["groups"] = groups
-    return result
+    return {"threshold": float(threshold),
+            **{key: float(np.mean([g[key] for g in groups.values()]))
+               for key in ("acc", "prec", "rec", "f1")},
+            "groups": groups}
 
 
 def par_metrics(probs: Any, labels: Any, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
@@ -182,18 +175,16 @@ def par_metrics(probs: Any, labels: Any, threshold: float = DEFAULT_THRESHOLD) -
 
     intersection = np.sum(predicted & labels, axis=1)
     union = np.sum(predicted | labels, axis=1)
-    both_empty = union == 0
-    instance_acc = np.where(both_empty, 1.0, _ratio(intersection, union))
-    instance_prec = np.where(both_empty, 1.0, _ratio(intersection, predicted.sum(axis=1)))
-    instance_rec = np.where(both_empty, 1.0, _ratio(intersection, labels.sum(axis=1)))
-    prec, rec = float(instance_prec.mean()), float(instance_rec.mean())
+    # Per sample |P∩Y| over |P∪Y|, |P|, |Y|, averaged; 1 where P and Y are both empty.
+    acc, prec, rec = (float(np.where(union == 0, 1.0, _ratio(intersection, d)).mean())
+                      for d in (union, predicted.sum(axis=1), labels.sum(axis=1)))
     return {
         "threshold": float(threshold),
         "ma": float(ma_per_attribute.mean()),
-        "acc": float(instance_acc.mean()),
+        "acc": acc,
         "prec": prec,
         "rec": rec,
-        "f1": float(_f1(prec, rec)),
+        "f1": float(_ratio(2 * prec * rec, prec + rec)),
         "attributes": {
             "acc": accuracy_per_attribute.tolist(),
             "ma": ma_per_attribute.tolist(),
@@ -225,24 +216,26 @@ def _macro_f1(true_class: np.ndarray, predicted_class: np.ndarray,
 
 
 def _group_classes(probs: np.ndarray, labels: np.ndarray, attribute_set: AttributeSet,
-                   group, threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """(true class (B,), predicted class (B,), class count) of one group.
+                   threshold: float) -> Iterator[tuple[str, np.ndarray, np.ndarray, int]]:
+    """(name, true class (B,), predicted class (B,), class count) of each group.
 
     A binary group has the classes (negative, positive) and predicts positive when
     prob > threshold; a multi-class group predicts the argmax of its columns (the first
     on a tie), and its labels must be one-hot.
     """
-    cols = list(group.columns)
-    if group.is_binary:
-        return (labels[:, cols[0]].astype(np.int64),
-                (probs[:, cols[0]] > threshold).astype(np.int64), 2)
-    hot = labels[:, cols].sum(axis=1)
-    bad = np.flatnonzero(hot != 1)
-    if bad.size:
-        raise ValueError(f"attribute set {attribute_set.name!r}, group {group.name!r}: "
-                         f"labels of {bad.size} rows (first: {bad[:5].tolist()}) are "
-                         "not one-hot; a per-group class needs exactly one true class")
-    return np.argmax(labels[:, cols], axis=1), np.argmax(probs[:, cols], axis=1), len(cols)
+    for group in attribute_set.groups:
+        cols = list(group.columns)
+        if group.is_binary:
+            yield (group.name, labels[:, cols[0]].astype(np.int64),
+                   (probs[:, cols[0]] > threshold).astype(np.int64), 2)
+            continue
+        bad = np.flatnonzero(labels[:, cols].sum(axis=1) != 1)
+        if bad.size:
+            raise ValueError(f"attribute set {attribute_set.name!r}, group {group.name!r}: "
+                             f"labels of {bad.size} rows (first: {bad[:5].tolist()}) are "
+                             "not one-hot; a per-group class needs exactly one true class")
+        yield (group.name, np.argmax(labels[:, cols], axis=1),
+               np.argmax(probs[:, cols], axis=1), len(cols))
 
 
 def chen_metrics(probs: Any, labels: Any, attribute_set: AttributeSet,
@@ -265,18 +258,14 @@ def chen_metrics(probs: Any, labels: Any, attribute_set: AttributeSet,
     """
     probs, labels = _check_inputs(probs, labels, attribute_set)
     groups: dict[str, dict[str, Any]] = {}
-    for group in attribute_set.groups:
-        true_class, predicted_class, num_classes = _group_classes(probs, labels, attribute_set,
-                                                                  group, threshold)
+    for name, true_class, predicted_class, num_classes in _group_classes(
+            probs, labels, attribute_set, threshold):
         f1, class_f1 = _macro_f1(true_class, predicted_class, num_classes)
-        groups[group.name] = {"acc": float(np.mean(true_class == predicted_class)),
-                              "f1": f1, "class_f1": class_f1}
-    return {
-        "threshold": float(threshold),
-        "acc": float(np.mean([g["acc"] for g in groups.values()])),
-        "f1": float(np.mean([g["f1"] for g in groups.values()])),
-        "groups": groups,
-    }
+        groups[name] = {"acc": float(np.mean(true_class == predicted_class)),
+                        "f1": f1, "class_f1": class_f1}
+    return {"threshold": float(threshold),
+            **{key: float(np.mean([g[key] for g in groups.values()])) for key in ("acc", "f1")},
+            "groups": groups}
 
 
 def marco_metrics(probs: Any, labels: Any, attribute_set: AttributeSet) -> dict[str, Any]:
@@ -295,14 +284,13 @@ def marco_metrics(probs: Any, labels: Any, attribute_set: AttributeSet) -> dict[
     """
     probs, labels = _check_inputs(probs, labels, attribute_set)
     groups: dict[str, dict[str, float]] = {}
-    for group in attribute_set.groups:
-        true_class, predicted_class, num_classes = _group_classes(
-            probs, labels, attribute_set, group, DEFAULT_THRESHOLD)
+    for name, true_class, predicted_class, num_classes in _group_classes(
+            probs, labels, attribute_set, DEFAULT_THRESHOLD):
         right = int(np.sum(true_class == predicted_class))
         wrong = true_class.size - right
         # Summed over classes, each wrong sample is one false positive and one false
         # negative: micro F1 = 2 TP / (2 TP + FP + FN).
-        groups[group.name] = {"acc": right / true_class.size,
+        groups[name] = {"acc": right / true_class.size,
                               "f1_macro": _macro_f1(true_class, predicted_class, num_classes)[0],
                               "f1_micro": float(_ratio(2 * right, 2 * right + 2 * wrong))}
     return {key: float(np.mean([g[key] for g in groups.values()]))
@@ -387,9 +375,8 @@ def save_report(results: dict[str, Any], attribute_set: AttributeSet,
 
     Returns {'json': path, 'png': path}.
     """
-    # Figure + Agg canvas rather than pyplot: no global backend switch and no
-    # figure registry, so a notebook's or a trainer's own plotting is untouched.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    # A Figure rather than pyplot: no global backend switch and no figure registry, so
+    # a notebook's or a trainer's own plotting is untouched (savefig renders with Agg).
     from matplotlib.figure import Figure
 
     out_dir = Path(out_dir)
@@ -401,7 +388,6 @@ def save_report(results: dict[str, Any], attribute_set: AttributeSet,
     names = list(attribute_set.columns)
     positions = np.arange(len(names))
     figure = Figure(figsize=(11, 1.5 + 0.28 * len(names)), layout="constrained")
-    FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2, sharey=True)
     panels = (("acc", "accuracy"), ("ma", "mA = (TPR + TNR) / 2"))
     for ax, (key, title) in zip(axes, panels, strict=True):

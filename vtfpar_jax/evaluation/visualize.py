@@ -3,8 +3,8 @@
     fig = prediction_figure(frames_uint8, probs, attribute_set)
     save_prediction("clip.png", frames_uint8, probs, attribute_set)
 
-Built on `matplotlib.figure.Figure` with the Agg canvas, never pyplot: no
-global figure state, no GUI backend, safe in a CLI, a test or a notebook.
+Built on `matplotlib.figure.Figure`, never pyplot: no global figure state, no GUI
+backend (savefig renders a PNG with Agg), safe in a CLI, a test or a notebook.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -61,7 +60,6 @@ def prediction_figure(frames_uint8: np.ndarray, probs: np.ndarray,
     num = attribute_set.num_attributes
     width, height = figure_size(num)
     fig = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(fig)
     # Fixed positions in inches, so the size depends only on A (see figure_size).
     frames_top = 1 - TITLE_IN / height
     frames_bottom = frames_top - FRAMES_IN / height

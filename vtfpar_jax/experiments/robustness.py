@@ -101,8 +101,7 @@ def run(model: str, split: str = "test", names=DEFAULT_CORRUPTIONS,
     path = os.path.join(out, "robustness.json")
     identity = _identity(model, loaded, split, seed, names)
     cells = _resume(path, identity)
-    evaluator = evaluate.Evaluator(loaded.model_cfg, loaded.builder(), loaded.attribute_set,
-                                   loaded.frozen, loaded.mesh, loaded.config.input)
+    evaluator = evaluate.Evaluator.from_loaded(loaded)
     report = {**identity, "fingerprint": fingerprint.fingerprint(identity), "cells": cells}
     wanted = [(CLEAN, 0)] + [(n, s) for n in names for s in severities]
     todo = [(n, s) for n, s in wanted if cell_key(n, s) not in cells]
@@ -160,12 +159,10 @@ def format_table(report: dict, names, severities) -> str:
 
 def save_figures(report: dict, names, severities, out: str) -> dict[str, str]:
     """robustness.png (metrics against severity) and groups.png (F1 drop per group)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # not pyplot: savefig renders with Agg
 
     cells = report["cells"]
     figure = Figure(figsize=(13, 4), layout="constrained")
-    FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(METRICS))
     for ax, (metric, title) in zip(axes, METRICS, strict=True):
         for name in names:
@@ -190,7 +187,6 @@ def save_figures(report: dict, names, severities, out: str) -> dict[str, str]:
     order = np.argsort(-drops.mean(axis=1))       # the groups that fail most, on top
     figure = Figure(figsize=(2.2 + 1.3 * len(names), 1.2 + 0.35 * len(groups)),
                     layout="constrained")
-    FigureCanvasAgg(figure)
     ax = figure.subplots()
     limit = max(1.0, float(np.abs(drops).max()))
     image = ax.imshow(drops[order], cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
@@ -240,15 +236,10 @@ def _robustness(args) -> dict:
     corruptions.parse_severities(args.severities)
     out_folder.check_writable_folder(out)
     with out_folder.lock(out):   # two runs would each rewrite the other's cells away
-        return _robustness_into(args, out)
-
-
-def _robustness_into(args, out: str) -> dict:
-    from vtfpar_jax.state import model_dir
-    model_dir.check_dataset(args.model, args.split, args.data_dir)
-    cli_errors.on_stop(lambda: cells_kept(os.path.join(out, "robustness.json")))
-    report = run(args.model, args.split, args.corruptions, args.severities, args.seed,
-                 args.out, args.step, args.data_dir)
+        model_dir.check_dataset(args.model, args.split, args.data_dir)
+        cli_errors.on_stop(lambda: cells_kept(os.path.join(out, "robustness.json")))
+        report = run(args.model, args.split, args.corruptions, args.severities, args.seed,
+                     args.out, args.step, args.data_dir)
     print(report["table"], end="")
     print(f"written to {out}")
     return report

@@ -108,8 +108,7 @@ def output_names(paths: list[Path]) -> list[str]:
     """File stems for the outputs: the input's name, made unique when two inputs share one."""
     names, seen = [], {}
     for path in paths:
-        stem = path.name if path.is_dir() else path.stem
-        stem = stem or "input"
+        stem = (path.name if path.is_dir() else path.stem) or "input"
         seen[stem] = seen.get(stem, 0) + 1
         names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
     return names

@@ -37,10 +37,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from vtfpar_jax.state import sharding
 from vtfpar_jax.tools import bench_setup, compiled_stats
+from vtfpar_jax.tools.compiled_stats import gib
 
 GPU_TARGET_CONFIGS = {"h100": "h100_sxm.txtpb", "h200": "h200.txtpb"}
 
@@ -91,8 +91,7 @@ def topology_mesh(target: Target) -> jax.sharding.Mesh:
         if len(devices) < int(target.topology):
             raise TargetError(f"--aot {target.name}: this process has {len(devices)} CPU "
                               "devices; call aot.prepare first, before any JAX computation")
-        return jax.sharding.Mesh(np.asarray(devices[:int(target.topology)]),
-                                 (sharding.DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+        return _data_mesh(devices[:int(target.topology)])
     try:
         if target.platform == "cuda":
             topo = topologies.get_topology_desc(
@@ -110,8 +109,11 @@ def topology_mesh(target: Target) -> jax.sharding.Mesh:
     # Device order does not matter for a one-axis data-parallel mesh; taking the
     # topology's list as is also covers megacore chips (v4, v5p), which
     # mesh_utils.create_device_mesh refuses without a chip-aware shape.
-    devices = np.asarray(topo.devices)
-    return jax.sharding.Mesh(devices, (sharding.DATA_AXIS,),
+    return _data_mesh(topo.devices)
+
+
+def _data_mesh(devices) -> jax.sharding.Mesh:
+    return jax.sharding.Mesh(np.asarray(devices), (sharding.DATA_AXIS,),
                              axis_types=(jax.sharding.AxisType.Auto,))
 
 
@@ -133,17 +135,14 @@ def compile_report(target_spec: str, shape: str = "vit_b16", *, batch: int,
         backbone_dtype=backbone_dtype, remat=remat, attention=attention,
         num_attributes=num_attributes, **model_options)
     shapes = jax.eval_shape(lambda: bench_setup.make_inputs(model_cfg, batch=batch))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    split = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
 
     def placed(tree, where):
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where),
                             tree)
 
     state, frozen, batch_arrays, rng = shapes
-    state, frozen, rng = placed(state, replicated), placed(frozen, replicated), placed(
-        rng, replicated)
-    batch_arrays = placed(batch_arrays, split)
+    state, frozen, rng = placed((state, frozen, rng), sharding.replicated(mesh))
+    batch_arrays = placed(batch_arrays, sharding.batch_sharding(mesh))
     train_step, predict, _ = bench_setup.jitted(model_cfg, mesh)
     train = train_step.lower(state, batch_arrays, rng, frozen).compile()
     prediction = predict.lower(state.trainable, state.batch_stats, frozen,
@@ -164,10 +163,6 @@ def compile_report(target_spec: str, shape: str = "vit_b16", *, batch: int,
     }
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2 ** 30:.2f} GiB"
-
-
 def summary(r: dict[str, Any]) -> str:
     lines = [f"{r['target']} ({r['devices']}x {r['device_kind']}), {r['shape']}, global batch "
              f"{r['batch']} ({r['batch_per_device']} per device) x {r['frames']} frames, "
@@ -179,7 +174,7 @@ def summary(r: dict[str, Any]) -> str:
         collectives = ", ".join(f"{op} x{c['count']} ({c['bytes'] / 2 ** 20:.1f} MiB)"
                                 for op, c in sorted(part["collectives"].items())) or "none"
         kernels = ", ".join(f"{k} x{n}" for k, n in part["kernels"].items()) or "none"
-        lines.append(f"  {name}: temp {_gib(m.get('temp_size_in_bytes', 0))}, arguments "
-                     f"{_gib(m.get('argument_size_in_bytes', 0))}; collectives: {collectives}")
+        lines.append(f"  {name}: temp {gib(m.get('temp_size_in_bytes', 0))}, arguments "
+                     f"{gib(m.get('argument_size_in_bytes', 0))}; collectives: {collectives}")
         lines.append(f"    kernels: {kernels}")
     return "\n".join(lines)

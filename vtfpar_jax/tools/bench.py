@@ -47,6 +47,7 @@ from vtfpar_jax.tools.bench_setup import (
     model_config,
     shape_config,
 )
+from vtfpar_jax.tools.compiled_stats import gib
 
 
 @dataclasses.dataclass
@@ -92,15 +93,26 @@ def build(shape: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: str =
                  count_params(state.trainable))
 
 
-def _timed(fn, steps: int, warmup: int) -> list[float]:
+def timed(fn, steps: int, warmup: int, sync=lambda: None) -> list[float]:
+    """Seconds of each of `steps` calls of `fn` after `warmup` untimed ones; `sync` waits
+    for the device (JAX's `fn`s block themselves; torch.cuda.synchronize for PyTorch)."""
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return times
+
+
+def _compiled(jitted, *args):
+    """(`jitted` compiled for `args`, seconds taken)."""
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - start
 
 
 def peak_device_bytes() -> int | None:
@@ -130,29 +142,25 @@ def measure(setup: Setup, steps: int = 20, warmup: int = 2,
 
     s = setup
     batch, frames = s.batch["video"].shape[:2]
-    start = time.perf_counter()
-    predict = s.predict.lower(s.state.trainable, s.state.batch_stats, s.frozen,
-                              s.batch["video"]).compile()
-    predict_compile_s = time.perf_counter() - start
+    predict, predict_compile_s = _compiled(s.predict, s.state.trainable, s.state.batch_stats,
+                                           s.frozen, s.batch["video"])
 
     def predict_once():
         jax.block_until_ready(predict(s.state.trainable, s.state.batch_stats, s.frozen,
                                       s.batch["video"]))
 
-    predict_times = _timed(predict_once, steps, warmup)
+    predict_times = timed(predict_once, steps, warmup)
     # Prediction runs first so that its peak is not hidden by training's.
     predict_peak = peak_device_bytes()
 
-    start = time.perf_counter()
-    train = s.train_step.lower(s.state, s.batch, s.rng, s.frozen).compile()
-    compile_s = time.perf_counter() - start
+    train, compile_s = _compiled(s.train_step, s.state, s.batch, s.rng, s.frozen)
     holder = {"state": s.state, "metrics": None}
 
     def train_once():
         holder["state"], holder["metrics"] = train(holder["state"], s.batch, s.rng, s.frozen)
         jax.block_until_ready((holder["state"], holder["metrics"]))
 
-    train_times = _timed(train_once, steps, warmup)
+    train_times = timed(train_once, steps, warmup)
     s.state = holder["state"]  # the old one was donated
     metrics = jax.device_get(holder["metrics"])
     step_s = statistics.median(train_times)
@@ -193,8 +201,8 @@ def backbone_breakdown(s: Setup, step_s: float, steps: int, warmup: int) -> dict
     speed the step would have if the side networks, fusion and optimiser were free.
     """
     video = s.batch["video"]
-    backbone_forward = s.backbone_forward.lower(s.state.trainable, s.frozen, video).compile()
-    backbone_times = _timed(lambda: jax.block_until_ready(
+    backbone_forward, _ = _compiled(s.backbone_forward, s.state.trainable, s.frozen, video)
+    backbone_times = timed(lambda: jax.block_until_ready(
         backbone_forward(s.state.trainable, s.frozen, s.batch["video"])), steps, warmup)
     backbone_s = statistics.median(backbone_times)
     frames = s.batch["video"].shape[0] * s.batch["video"].shape[1]
@@ -203,14 +211,10 @@ def backbone_breakdown(s: Setup, step_s: float, steps: int, warmup: int) -> dict
             "backbone_bound": backbone_s / step_s}
 
 
-def _gib(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / 2 ** 30:.2f} GiB"
-
-
 def summary(r: dict[str, Any], shape: str) -> str:
-    peak = (f"peak {_gib(r['peak_bytes'])} (predict {_gib(r['predict_peak_bytes'])})"
+    peak = (f"peak {gib(r['peak_bytes'])} (predict {gib(r['predict_peak_bytes'])})"
             if r["peak_bytes"] is not None else f"peak n/a on {r['platform']} (RSS "
-            f"{_gib(r['rss_peak_bytes'])})")
+            f"{gib(r['rss_peak_bytes'])})")
     line = (f"{shape} batch {r['batch']} x {r['frames']} frames, {r['dtype']} (backbone "
             f"{r['backbone_dtype']}), remat {r['remat']}, attention {r['attention']} on "
             f"{r['device']}: train {r['step_s_median']:.4f} s/step = {r['clips_per_s']:.1f} "
@@ -290,7 +294,8 @@ def _bench(p: argparse.ArgumentParser, args, command: str) -> dict[str, Any]:
         except aot.TargetError as e:
             p.error(str(e))
         result["command"] = command
-        _write_json(args.json, result)
+        if args.json:
+            files.write_json(args.json, result, indent=1)
         print(aot.summary(result))
         return result
     if args.devices:
@@ -310,11 +315,7 @@ def _bench(p: argparse.ArgumentParser, args, command: str) -> dict[str, Any]:
     result = measure(setup, steps=args.steps, warmup=args.warmup, breakdown=args.breakdown)
     result["shape"], result["backbone"] = args.shape, args.backbone
     result["command"] = command
-    _write_json(args.json, result)
+    if args.json:
+        files.write_json(args.json, result, indent=1)
     print(summary(result, f"{registry.get(args.backbone).display_name} {args.shape}"))
     return result
-
-
-def _write_json(path: str | None, result: dict) -> None:
-    if path:
-        files.write_json(path, result, indent=1)

@@ -37,31 +37,22 @@ import argparse
 import gc
 import os
 import statistics
-import time
 from typing import Any
 
 import numpy as np
 
 from vtfpar_jax import cli_errors
 from vtfpar_jax.outputs import files
-from vtfpar_jax.tools.published_code import published_code, weighted_bce_torch
+from vtfpar_jax.tools.published_code import (
+    freeze_backbone,
+    published_code,
+    published_net,
+    weighted_bce_torch,
+)
 
 VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
                vision_patch_size=16, context_length=77, vocab_size=49408,
                transformer_width=512, transformer_heads=8, transformer_layers=12)
-
-
-def _torch_times(fn, steps: int, warmup: int, sync) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def _run_published(openpar_dir: str, batch: int, frames: int, device: str, steps: int,
@@ -73,6 +64,7 @@ def _run_published(openpar_dir: str, batch: int, frames: int, device: str, steps
 
     from vtfpar_jax import attributes
     from vtfpar_jax.convert import openpar
+    from vtfpar_jax.tools import bench
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -88,16 +80,13 @@ def _run_published(openpar_dir: str, batch: int, frames: int, device: str, steps
             clip_torch = clip_torch.float()
         model = pub.base_block.TransformerClassifier(clip_torch, len(phrases),
                                                      attr_words=phrases).to(device)
-        for name, param in model.named_parameters():
-            if "clip_visual_extractor" in name:  # as the published train.py freezes it
-                param.requires_grad = False
+        freeze_backbone(model)
         with torch.no_grad():  # running statistics that are not the identity
             model.bn.running_mean.uniform_(-0.5, 0.5)
             model.bn.running_var.uniform_(0.5, 2.0)
-        source = {"model/" + k: v.detach().float().cpu().numpy()
-                  for k, v in model.state_dict().items()}
-        source.update({"clip/" + k: v.detach().float().cpu().numpy()
-                       for k, v in clip_torch.state_dict().items()})
+        source = {f"{prefix}/{k}": v.detach().float().cpu().numpy()
+                  for prefix, module in (("model", model), ("clip", clip_torch))
+                  for k, v in module.state_dict().items()}
         cfg, variables = openpar.convert(source, frames=frames, source="published model")
         tokens = model.text.cpu().numpy()
         video = rng.standard_normal((batch, frames, 3, 224, 224)).astype(np.float32)
@@ -109,11 +98,15 @@ def _run_published(openpar_dir: str, batch: int, frames: int, device: str, steps
             with torch.no_grad():
                 return model(video_t, clip_torch)
 
+        def timed(fn) -> tuple[float, int | None]:
+            """Median seconds of `fn`, and the CUDA peak over its calls (None on CPU)."""
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            seconds = statistics.median(bench.timed(fn, steps, warmup, sync))
+            return seconds, torch.cuda.max_memory_allocated() if cuda else None
+
         logits_torch = torch_predict().float().cpu().numpy()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        torch_predict_s = statistics.median(_torch_times(torch_predict, steps, warmup, sync))
-        torch_predict_peak = torch.cuda.max_memory_allocated() if cuda else None
+        torch_predict_s, torch_predict_peak = timed(torch_predict)
 
         torch_train_s = torch_train_peak = None
         if train:
@@ -130,10 +123,7 @@ def _run_published(openpar_dir: str, batch: int, frames: int, device: str, steps
                 loss.backward()
                 optimizer.step()
 
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            torch_train_s = statistics.median(_torch_times(torch_step, steps, warmup, sync))
-            torch_train_peak = torch.cuda.max_memory_allocated() if cuda else None
+            torch_train_s, torch_train_peak = timed(torch_step)
     return {"cfg": cfg, "variables": variables, "tokens": tokens, "video": video,
             "phrases": phrases, "logits": logits_torch, "predict_s": torch_predict_s,
             "predict_peak": torch_predict_peak, "train_s": torch_train_s,
@@ -174,17 +164,15 @@ def compare(openpar_dir: str, batch: int = 2, frames: int = 6, device: str = "cp
                         variables={"params": variables["params"],
                                    "batch_stats": variables["batch_stats"]},
                         text_features=text, video=video.transpose(0, 1, 3, 4, 2))
-    logits_jax = np.asarray(setup.predict(setup.state.trainable, setup.state.batch_stats,
-                                          setup.frozen, setup.batch["video"]))
-    ours = bench.measure(setup, steps=steps, warmup=warmup) if train else None
-    if ours is None:
-        start = time.perf_counter()
-        for _ in range(steps):
-            jax.block_until_ready(setup.predict(setup.state.trainable, setup.state.batch_stats,
-                                                setup.frozen, setup.batch["video"]))
-        jax_predict_s = (time.perf_counter() - start) / steps
-    else:
-        jax_predict_s = ours["predict_s_median"]
+
+    def predict():
+        return jax.block_until_ready(setup.predict(
+            setup.state.trainable, setup.state.batch_stats, setup.frozen, setup.batch["video"]))
+
+    logits_jax = np.asarray(predict())
+    ours = bench.measure(setup, steps=steps, warmup=warmup) if train else {}
+    jax_predict_s = (ours["predict_s_median"] if ours
+                     else statistics.mean(bench.timed(predict, steps, warmup=0)))
     return {
         "batch": batch, "frames": frames, "device": device, "clip_fp16": clip_fp16,
         "jax_device": str(jax.devices()[0].device_kind), "torch_version": pub["torch_version"],
@@ -198,11 +186,11 @@ def compare(openpar_dir: str, batch: int = 2, frames: int = 6, device: str = "cp
                       "predict_peak_bytes": pub["predict_peak"],
                       "train_peak_bytes": pub["train_peak"]},
         "jax": {"predict_s": jax_predict_s, "predict_clips_per_s": batch / jax_predict_s,
-                "train_s_per_step": ours["step_s_median"] if ours else None,
-                "train_clips_per_s": ours["clips_per_s"] if ours else None,
-                "compile_s": ours["compile_s"] if ours else None,
-                "predict_peak_bytes": ours["predict_peak_bytes"] if ours else None,
-                "train_peak_bytes": ours["peak_bytes"] if ours else None},
+                "train_s_per_step": ours.get("step_s_median"),
+                "train_clips_per_s": ours.get("clips_per_s"),
+                "compile_s": ours.get("compile_s"),
+                "predict_peak_bytes": ours.get("predict_peak_bytes"),
+                "train_peak_bytes": ours.get("peak_bytes")},
         "steps": steps, "memory_note": None if device == "cuda" else
         "CPU: no peak-memory counter on either side (None)",
     }
@@ -227,16 +215,9 @@ def _published_logits(openpar_dir: str, model: str, loaded, phrases: list[str],
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     flags = tuple(command_line(written["openpar_options"]).split())
     with published_code(openpar_dir, cfg.frames, device, flags) as pub:
-        # The text tower comes from this CLIP (as from ViT-B-16.pt). build_model loads the
-        # weights into fp16; loaded again after .float(), both sides run exact float32.
-        clip_state = {k: torch.tensor(v) for k, v in openai_clip.tensors_from_params(
-            cfg.backbone, loaded.variables()["backbone"]).items()}
-        clip_torch = pub.clip_model.build_model(dict(clip_state)).float()
-        clip_torch.load_state_dict(clip_state)
-        clip_torch = clip_torch.to(device)
-        net = pub.base_block.TransformerClassifier(clip_torch, len(phrases),
-                                                   attr_words=phrases).to(device)
-        net.load_state_dict(checkpoint["model_state_dict"], strict=True)
+        net, clip_torch = published_net(
+            pub, openai_clip.tensors_from_params(cfg.backbone, loaded.variables()["backbone"]),
+            phrases, checkpoint["model_state_dict"], device=device)
         net.eval()
         with torch.no_grad():
             frames = torch.from_numpy(video.transpose(0, 1, 4, 2, 3).copy()).to(device)
@@ -247,7 +228,7 @@ def _published_logits(openpar_dir: str, model: str, loaded, phrases: list[str],
 def compare_model(openpar_dir: str, model: str, clips: list[str], device: str = "cpu"
                   ) -> dict[str, Any]:
     """Model dir `model` here and, exported, in the published code, on the same clips."""
-    from vtfpar_jax.evaluation import decisions
+    from vtfpar_jax.evaluation import decisions, metrics
     from vtfpar_jax.inference import predict, video
     from vtfpar_jax.state import model_dir
 
@@ -263,17 +244,16 @@ def compare_model(openpar_dir: str, model: str, clips: list[str], device: str = 
                                              np.asarray(run["tokens"], np.int32)))
     per_clip = []
     for clip, mine, theirs in zip(clips, ours, published, strict=True):
-        sides = {name: decisions.prediction_record(1 / (1 + np.exp(-logits.astype(np.float64))),
-                                                   attribute_set)
-                 for name, logits in (("jax", mine), ("published", theirs))}
+        jax_side, published_side = (decisions.prediction_record(metrics.sigmoid(logits),
+                                                                attribute_set)
+                                    for logits in (mine, theirs))
         per_clip.append({"clip": str(clip),
                          "max_abs_logit_diff": float(np.abs(mine - theirs).max()),
-                         "jax": decisions.summary(sides["jax"]),
-                         "published": decisions.summary(sides["published"]),
+                         "jax": decisions.summary(jax_side),
+                         "published": decisions.summary(published_side),
                          "same_decisions": decisions.decided_columns(
-                             sides["jax"]["decisions"], attribute_set) ==
-                         decisions.decided_columns(sides["published"]["decisions"],
-                                                   attribute_set)})
+                             jax_side["decisions"], attribute_set) == decisions.decided_columns(
+                             published_side["decisions"], attribute_set)})
     return {"model": model_dir.identity(model), "step": written["step"],
             "openpar_options": written["openpar_options"], "device": device,
             "max_abs_logit_diff": float(np.abs(ours - published).max()),

@@ -79,12 +79,10 @@ def draw_batches(seed: int, steps: int, batch: int, frames: int,
     for group in attribute_set.groups:
         classes = 2 if group.is_binary else len(group.columns)
         chosen = stream.randint(classes, size=(steps, batch))
-        for step in range(steps):
-            for row in range(batch):
-                if group.is_binary:
-                    labels[step, row, group.columns[0]] = chosen[step, row]
-                else:
-                    labels[step, row, group.columns[chosen[step, row]]] = 1.0
+        if group.is_binary:
+            labels[:, :, group.columns[0]] = chosen
+        else:
+            labels[:, :, list(group.columns)] = np.eye(classes)[chosen]
     eval_video = stream.standard_normal((batch, frames, *IMAGE_SHAPE)).astype(np.float32)
     return {"videos": videos, "labels": labels, "eval_video": eval_video}
 
@@ -129,7 +127,7 @@ def published_run(openpar_dir: str, start: dict, batches: dict, optimizer: str, 
     import torch
 
     from vtfpar_jax.convert.to_openpar_cli import command_line
-    from vtfpar_jax.tools.published_code import published_code
+    from vtfpar_jax.tools.published_code import freeze_backbone, published_code, published_net
 
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -139,17 +137,10 @@ def published_run(openpar_dir: str, start: dict, batches: dict, optimizer: str, 
     group = start["head"] == "group"
     try:
         with published_code(openpar_dir, options["frames"], "cpu", flags) as pub:
-            clip_state = {k: torch.from_numpy(v) for k, v in start["clip_state"].items()}
-            clip_torch = pub.clip_model.build_model(dict(clip_state)).float()
-            clip_torch.load_state_dict(clip_state)
-            block = pub.base_block_marco() if group else pub.base_block
-            net = block.TransformerClassifier(clip_torch, len(phrases), attr_words=phrases)
-            net.load_state_dict({k: torch.from_numpy(v) for k, v in start["published"].items()},
-                                strict=True)
+            net, clip_torch = published_net(pub, start["clip_state"], phrases,
+                                            start["published"], group=group)
             _without_drop_path(net)
-            for name, param in net.named_parameters():
-                if "clip_visual_extractor" in name:  # as the published train.py freezes it
-                    param.requires_grad = False
+            freeze_backbone(net)
             trainable = [p for p in net.parameters() if p.requires_grad]
             opt = (torch.optim.SGD(trainable, lr=lr) if optimizer == "sgd"
                    else torch.optim.Adam(trainable, lr=lr))
@@ -206,11 +197,10 @@ def make_optimizer(optimizer: str, lr: float):
     import optax
 
     from vtfpar_jax.state import optim
+    from vtfpar_jax.tools.bench_setup import PUBLISHED_OPTIMIZER
     if optimizer == "sgd":
         return optax.sgd(lr)
-    adam = types.SimpleNamespace(name="adam", lr=lr, b1=0.9, b2=0.999, eps=1e-8,
-                                 weight_decay=0.0, grad_clip_norm=0.0, accumulate_steps=1)
-    return optim.make_optimizer(adam, optax.constant_schedule(lr))
+    return optim.make_optimizer(PUBLISHED_OPTIMIZER, optax.constant_schedule(lr))
 
 
 def our_run(start: dict, batches: dict, optimizer: str, lr: float, seed: int = 0

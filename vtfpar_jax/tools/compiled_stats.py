@@ -8,10 +8,9 @@ for one compiled deviceless for a GPU or TPU topology (vtfpar_jax.tools.aot).
 from __future__ import annotations
 
 import collections
+import math
 import re
 from typing import Any
-
-import numpy as np
 
 # Bytes per element of the HLO element types that appear in these programs.
 _ELEMENT_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2,
@@ -29,13 +28,10 @@ COLLECTIVES = ("all-reduce",) + NON_REDUCE_COLLECTIVES
 
 def shape_bytes(shape: str) -> int:
     """Bytes of an HLO result shape, e.g. 'f32[8,16]{1,0}' or '(bf16[4], f32[])'."""
-    total = 0
-    for dtype, dims in re.findall(r"([a-z0-9]+)\[([0-9,]*)\]", shape):
-        if dtype not in _ELEMENT_BYTES:
-            continue  # token[] and other non-data results
-        size = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
-        total += size * _ELEMENT_BYTES[dtype]
-    return total
+    # token[] and other non-data results have no element size: not counted.
+    return sum(math.prod(int(d) for d in dims.split(",") if d) * _ELEMENT_BYTES[dtype]
+               for dtype, dims in re.findall(r"([a-z0-9]+)\[([0-9,]*)\]", shape)
+               if dtype in _ELEMENT_BYTES)
 
 
 def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
@@ -79,6 +75,11 @@ def memory(compiled) -> dict[str, int] | None:
     return {k: int(getattr(m, k)) for k in (
         "argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
         "alias_size_in_bytes", "generated_code_size_in_bytes") if hasattr(m, k)}
+
+
+def gib(n: int | None) -> str:
+    """Bytes in GiB, for the summaries; 'n/a' for None (no figure)."""
+    return "n/a" if n is None else f"{n / 2 ** 30:.2f} GiB"
 
 
 def report(compiled) -> dict[str, Any]:

@@ -38,6 +38,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from typing import Any
 
 import jax
@@ -95,6 +96,7 @@ def exportable(loaded: model_dir.LoadedModel, batch: int | None, model: str = ""
         return out.astype(jnp.float32)
 
     size = cfg.backbone.image_size
+    shape = ("B" if batch is None else batch, cfg.frames, size, size, 3)
     threshold = decisions.default_threshold(cfg.head)
     normalization = loaded.config.input.get("normalization", "published")
     mean, std = NORMALIZATIONS[normalization]
@@ -104,16 +106,14 @@ def exportable(loaded: model_dir.LoadedModel, batch: int | None, model: str = ""
         "model": model,
         "step": loaded.step,
         "unreadable_newer_checkpoints": loaded.unreadable_newer,
-        "input": {"name": INPUT_NAME, "shape": ["B" if batch is None else batch, cfg.frames,
-                                                size, size, 3],
+        "input": {"name": INPUT_NAME, "shape": list(shape),
                   "dtype": "float32", "layout": "BTHWC (batch, frames, height, width, RGB)",
                   "frames": cfg.frames, "image_size": [size, size],
                   "normalization": {"name": normalization, "mean": list(mean),
                                     "std": list(std),
                                     "formula": "(pixel / 255 - mean) / std, RGB"}},
         "preprocessing": video.preprocessing(cfg.frames, (size, size), normalization),
-        "output": {"name": OUTPUT_NAME, "shape": ["B" if batch is None else batch,
-                                                  cfg.num_logits],
+        "output": {"name": OUTPUT_NAME, "shape": [shape[0], cfg.num_logits],
                    "meaning": OUTPUT_MEANINGS[cfg.head]},
         "head": cfg.head,
         "attribute_set": attribute_set.name,
@@ -122,7 +122,6 @@ def exportable(loaded: model_dir.LoadedModel, batch: int | None, model: str = ""
         "threshold": threshold,
         "decision_rules": decisions.decision_rules(cfg.head, threshold),
     }
-    shape = ("B" if batch is None else batch, cfg.frames, size, size, 3)
     return Exportable(logits, shape, metadata)
 
 
@@ -171,7 +170,7 @@ def to_onnx(target: Exportable, metadata: dict[str, Any]) -> bytes:
             match = _UNCONVERTED.search(str(e))
             if match is None:
                 raise
-            raise ExportError(f"--format onnx: jax2onnx {_version('jax2onnx')} cannot convert "
+            raise ExportError(f"--format onnx: jax2onnx {version('jax2onnx')} cannot convert "
                               f"the JAX op {match.group(1)!r} used by this model; export with "
                               "--format stablehlo instead") from None
     onnx.helper.set_model_props(proto, {"vtfpar": json.dumps(metadata)})
@@ -193,11 +192,6 @@ def _quiet(*loggers: str):
     finally:
         for logger, level in saved:
             logger.setLevel(level)
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-    return version(package)
 
 
 def metadata_path(out: str | os.PathLike) -> str:
@@ -226,7 +220,7 @@ def export(loaded: model_dir.LoadedModel, fmt: str, out: str, batch: int | None,
     metadata = {**target.metadata, "format": fmt,
                 "platforms": list(platforms) if fmt == "stablehlo" else None,
                 "versions": {"jax": jax.__version__,
-                             **({"jax2onnx": _version("jax2onnx"), "onnx_opset": ONNX_OPSET}
+                             **({"jax2onnx": version("jax2onnx"), "onnx_opset": ONNX_OPSET}
                                 if fmt == "onnx" else {})}}
     start = time.perf_counter()
     if fmt == "stablehlo":
@@ -235,10 +229,9 @@ def export(loaded: model_dir.LoadedModel, fmt: str, out: str, batch: int | None,
         data = to_onnx(target, metadata)
     seconds = time.perf_counter() - start
     # Each written whole or not at all: an interrupted export leaves no half file.
-    for path, payload in ((out, data),
-                          (metadata_path(out), json.dumps(metadata, indent=1).encode())):
-        with files.atomic_file(path) as temporary, open(temporary, "wb") as f:
-            f.write(payload)
+    with files.atomic_file(out) as temporary, open(temporary, "wb") as f:
+        f.write(data)
+    files.write_json(metadata_path(out), metadata, indent=1)
     return {**metadata, "bytes": len(data), "export_seconds": round(seconds, 2)}
 
 

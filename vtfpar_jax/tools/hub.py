@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -73,19 +74,17 @@ def _evaluation(model: str, step: int) -> tuple[Evaluation | None, list[str]]:
         path = os.path.join(model, folder, "metrics.json")
         if not os.path.isfile(path):
             continue
-        with open(path) as f:
-            results = json.load(f)
-        manifest = os.path.join(model, folder, "run.json")
+        results = json.loads(Path(path).read_text())
+        manifest = Path(model, folder, "run.json")
         scored = results.get("step")
-        if scored is None and os.path.isfile(manifest):
-            with open(manifest) as f:
-                scored = json.load(f).get("step")
+        if scored is None and manifest.is_file():
+            scored = json.loads(manifest.read_text()).get("step")
         if scored != step:
             left_out.append(f"`{folder}/` scores " + ("an unrecorded step" if scored is None
                                                       else f"step {scored}"))
             continue
-        table_path = os.path.join(model, folder, "table.txt")
-        table = open(table_path).read() if os.path.isfile(table_path) else ""
+        table_path = Path(model, folder, "table.txt")
+        table = table_path.read_text() if table_path.is_file() else ""
         return Evaluation(folder, results, table), left_out
     return None, left_out
 
@@ -180,11 +179,9 @@ def _fill_layout(layout: str, model: str, repo: str, loaded, run: dict, tensors:
             raise HubLayoutError(f"{model}: no {old_names.FOLDER}/ (nor {old_names.OLD_FOLDER}/) "
                                  "to ship")
         shutil.copytree(saved, os.path.join(layout, BACKBONE))
-    digests = {WEIGHTS: sha256(os.path.join(layout, WEIGHTS))}
-    for root, _, names in os.walk(os.path.join(layout, BACKBONE)):
-        for name in names:
-            path = os.path.join(root, name)
-            digests[os.path.relpath(path, layout)] = sha256(path)
+    shipped = sorted(p for p in Path(layout, BACKBONE).rglob("*") if p.is_file())
+    digests = {os.path.relpath(path, layout): sha256(path)
+               for path in [os.path.join(layout, WEIGHTS), *map(str, shipped)]}
     run["hub"] = {"step": loaded.step, "epoch": loaded.epoch, "backbone": backbone,
                   "files": digests}
     files.write_json(os.path.join(layout, CONFIG), run, indent=1)

@@ -13,8 +13,6 @@ parameters; it also creates tensors it never runs (docs/published-model.md §7),
 from __future__ import annotations
 
 import argparse
-import math
-from typing import Any
 
 import jax
 
@@ -22,6 +20,7 @@ from vtfpar_jax import cli_errors
 from vtfpar_jax.backbones import registry
 from vtfpar_jax.models import clip, towers, vtfpar
 from vtfpar_jax.models.side_nets import AGGREGATIONS, SIDE_DEPTH, parse_interaction_map, side_block
+from vtfpar_jax.tools.bench_setup import count_params
 
 # The published default model's trainable count (ImageNet ViT excluded: it is
 # loaded and discarded, never part of the model's state dict).
@@ -30,15 +29,11 @@ PUBLISHED_TRAINABLE = 15_036_610
 # (docs/published-model.md §7); they never run.
 PUBLISHED_PROJECTION_LAYERS = 5
 
-def _size(tree: Any) -> int:
-    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
-
-
 def _block_size(cfg: vtfpar.VTFPARConfig) -> int:
     """Parameters of one side-ViT block of width D (shapes from our own module)."""
     block = side_block(cfg.dim, cfg.num_heads, jax.numpy.float32, "block")
     x = jax.ShapeDtypeStruct((1, 2, cfg.dim), jax.numpy.float32)
-    return _size(jax.eval_shape(block.init, jax.random.key(0), x))
+    return count_params(jax.eval_shape(block.init, jax.random.key(0), x))
 
 
 def published_unused(cfg: vtfpar.VTFPARConfig) -> dict[str, int]:
@@ -79,9 +74,9 @@ def count(cfg: vtfpar.VTFPARConfig) -> dict:
     variables = jax.eval_shape(lambda: vtfpar.init(cfg, jax.random.key(0)))
     init_backbone = towers.of(cfg.backbone).init_params
     backbone_params = jax.eval_shape(lambda: init_backbone(cfg.backbone, jax.random.key(0)))
-    trainable = {name: _size(tree) for name, tree in variables["params"].items()}
-    buffers = {name: _size(tree) for name, tree in variables.get("batch_stats", {}).items()}
-    frozen = {name: _size(tree) for name, tree in backbone_params.items()}
+    trainable = {name: count_params(tree) for name, tree in variables["params"].items()}
+    buffers = {name: count_params(tree) for name, tree in variables.get("batch_stats", {}).items()}
+    frozen = {name: count_params(tree) for name, tree in backbone_params.items()}
     unused = published_unused(cfg)
     total = sum(trainable.values())
     return {"trainable": trainable, "trainable_total": total, "buffers": buffers,
@@ -140,22 +135,20 @@ def _param_count(a, backbone) -> None:
     c = count(cfg)
     print(f"VTFPAR++ with {registry.get(a.backbone).display_name} {a.shape}, {cfg.frames} "
           f"frames, width {cfg.dim} ({cfg.num_heads} heads), {cfg.num_attributes} attributes")
-    print("trainable parameters:")
-    for name, n in c["trainable"].items():
-        print(f"  {name:<28}{n:>14,}")
-    print(f"  {'total':<28}{c['trainable_total']:>14,}")
-    print("buffers (not parameters, not trained by gradient):")
-    for name, n in c["buffers"].items():
-        print(f"  {name:<28}{n:>14,}  (BatchNorm running mean and variance)")
-    print("frozen parameters (CLIP):")
-    for name, n in c["frozen"].items():
-        print(f"  {name:<28}{n:>14,}")
-    print(f"  {'total':<28}{c['frozen_total']:>14,}")
-    print("created but never run by the published model (not in ours):")
-    for name, n in c["published_unused"].items():
-        print(f"  {name:<40}{n:>14,}")
     unused = sum(c["published_unused"].values())
-    print(f"  {'total':<40}{unused:>14,}")
+    # (title, counts, name width, total or None for no total line, note after each count)
+    sections = (("trainable parameters:", c["trainable"], 28, c["trainable_total"], ""),
+                ("buffers (not parameters, not trained by gradient):", c["buffers"], 28, None,
+                 "  (BatchNorm running mean and variance)"),
+                ("frozen parameters (CLIP):", c["frozen"], 28, c["frozen_total"], ""),
+                ("created but never run by the published model (not in ours):",
+                 c["published_unused"], 40, unused, ""))
+    for title, counts, width, total, note in sections:
+        print(title)
+        for name, n in counts.items():
+            print(f"  {name:<{width}}{n:>14,}{note}")
+        if total is not None:
+            print(f"  {'total':<{width}}{total:>14,}")
     equivalent = c["published_equivalent"]
     print(f"trainable {c['trainable_total']:,} + unused {unused:,} = {equivalent:,}")
     if is_published_default(cfg):

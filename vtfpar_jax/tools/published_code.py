@@ -126,6 +126,32 @@ def published_code(openpar_dir: str, frames: int, device: str, flags: tuple[str,
         torch.Tensor.cuda = saved_cuda
 
 
+def published_net(pub, clip_state: dict, phrases: list[str], state_dict: dict | None = None,
+                  group: bool = False, device: str = "cpu"):
+    """(the published TransformerClassifier, or base_block_marco's with `group`, its CLIP): the
+    CLIP built from `clip_state` (OpenAI's names: the text tower comes from it, as from
+    ViT-B-16.pt) in float32, and `state_dict` loaded strictly when given. build_model
+    loads the weights into fp16; loaded again after .float(), the CLIP is exact float32."""
+    import torch
+
+    clip_state = {k: torch.tensor(v) for k, v in clip_state.items()}   # a copy: v may be read-only
+    clip_torch = pub.clip_model.build_model(dict(clip_state)).float()
+    clip_torch.load_state_dict(clip_state)
+    clip_torch = clip_torch.to(device)
+    block = pub.base_block_marco() if group else pub.base_block
+    net = block.TransformerClassifier(clip_torch, len(phrases), attr_words=phrases).to(device)
+    if state_dict is not None:
+        net.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()}, strict=True)
+    return net, clip_torch
+
+
+def freeze_backbone(net) -> None:
+    """No gradient into the CLIP inside `net`, as the published train.py freezes it."""
+    for name, param in net.named_parameters():
+        if "clip_visual_extractor" in name:
+            param.requires_grad = False
+
+
 def weighted_bce_torch(logits, labels, positive_ratio):
     """docs/published-model.md §8, as the published loss computes it."""
     import torch
