@@ -36,8 +36,8 @@ import numpy as np
 
 from vtfpar_jax import cli_errors
 from vtfpar_jax.outputs import files
-from vtfpar_jax.state import old_names
-from vtfpar_jax.state.hub_snapshot import BACKBONE, CONFIG, WEIGHTS, HubLayoutError, sha256
+from vtfpar_jax.state import digests, old_names
+from vtfpar_jax.state.hub_snapshot import BACKBONE, CONFIG, WEIGHTS, HubLayoutError
 
 
 def _backbone_entry(origin: dict | None, source_hub: dict | None) -> dict:
@@ -179,11 +179,13 @@ def _fill_layout(layout: str, model: str, repo: str, loaded, run: dict, tensors:
             raise HubLayoutError(f"{model}: no {old_names.FOLDER}/ (nor {old_names.OLD_FOLDER}/) "
                                  "to ship")
         shutil.copytree(saved, os.path.join(layout, BACKBONE))
-    shipped = sorted(p for p in Path(layout, BACKBONE).rglob("*") if p.is_file())
-    digests = {os.path.relpath(path, layout): sha256(path)
-               for path in [os.path.join(layout, WEIGHTS), *map(str, shipped)]}
+    files_read = {WEIGHTS: digests.sha256(os.path.join(layout, WEIGHTS)),
+                  **digests.of_folder(os.path.join(layout, BACKBONE), layout)}
+    # The layout records its own files (hub.files); the model dir's backbone/ digests
+    # name files that a layout naming a Hub backbone does not hold.
+    run.pop("backbone_files", None)
     run["hub"] = {"step": loaded.step, "epoch": loaded.epoch, "backbone": backbone,
-                  "files": digests}
+                  "files": dict(sorted(files_read.items()))}
     files.write_json(os.path.join(layout, CONFIG), run, indent=1)
     files.write_text(os.path.join(layout, "README.md"),
                      str(model_card(run, repo, loaded.step, *_evaluation(model, loaded.step))))
