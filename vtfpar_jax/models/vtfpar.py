@@ -186,9 +186,11 @@ class VTFPAR(nn.Module):
         cfg, dtype = self.cfg, DTYPES[self.cfg.dtype]
         b, f, h, w, _ = video.shape
         sides = []
+        side_net = dict(dim=cfg.dim, heads=cfg.num_heads, grid=cfg.side_grid, dtype=dtype,
+                        remat=cfg.remat, attention=cfg.attention)
         if cfg.use_spatial:
-            spatial = SpatialSideNet(cfg.dim, cfg.num_heads, cfg.side_patch_size, cfg.side_grid,
-                                     cfg.spatial_map, dtype, cfg.remat, cfg.attention,
+            spatial = SpatialSideNet(interaction_map=cfg.spatial_map,
+                                     patch_size=cfg.side_patch_size, **side_net,
                                      name="spatial_side_net")(
                 video.reshape(b * f, h, w, 3).astype(dtype), backbone_tokens)
             self.sow("intermediates", "spatial_side", spatial)
@@ -196,8 +198,7 @@ class VTFPAR(nn.Module):
                                      name="spatial_aggregation")(
                 spatial.reshape(b, f, *spatial.shape[1:])))
         if cfg.use_temporal:
-            temporal = TemporalSideNet(cfg.dim, cfg.num_heads, cfg.side_grid, cfg.temporal_map,
-                                       f, dtype, cfg.remat, cfg.attention,
+            temporal = TemporalSideNet(frames=f, interaction_map=cfg.temporal_map, **side_net,
                                        name="temporal_side_net")(backbone_tokens)
             self.sow("intermediates", "temporal_side", temporal)
             sides.append(Aggregation(cfg.temporal_aggregation, dtype, cfg.num_heads,
