@@ -94,8 +94,11 @@ class VTFPARConfig:
         return self.num_attributes
 
     def validate(self):
-        if self.head not in HEADS:
-            raise ValueError(f"config: head={self.head!r}; expected one of {HEADS}")
+        for name, known in (("head", HEADS), ("remat", REMAT_POLICIES),
+                            ("attention", ATTENTION_IMPLEMENTATIONS), ("dtype", sorted(DTYPES)),
+                            ("backbone_dtype", sorted(DTYPES))):
+            if getattr(self, name) not in known:
+                raise ValueError(f"config: {name}={getattr(self, name)!r}; expected one of {known}")
         if self.head == "group":
             group_head.check_layout(self.group_columns, self.num_attributes)
         elif self.group_columns:
@@ -111,15 +114,6 @@ class VTFPARConfig:
             if getattr(self, name) not in AGGREGATIONS:
                 raise ValueError(f"config: unknown {name} {getattr(self, name)!r}; expected one "
                                  f"of {AGGREGATIONS}")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"config: remat={self.remat!r}; expected one of {REMAT_POLICIES}")
-        if self.attention not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"config: attention={self.attention!r}; expected one of "
-                             f"{ATTENTION_IMPLEMENTATIONS}")
-        for name in ("dtype", "backbone_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"config: {name}={getattr(self, name)!r}; expected one of "
-                                 f"{sorted(DTYPES)}")
         if self.use_temporal and not 1 <= self.frames <= SIDE_DEPTH:
             raise ValueError(f"config: frames={self.frames} with the temporal side net; it runs "
                              f"side block f on frame f, so 1..{SIDE_DEPTH} frames only (or set "
