@@ -163,10 +163,9 @@ class SpatialSideNet(_SideNet, kw_only=True):
         for i in range(1, SIDE_DEPTH):
             x = self.block(f"blocks_{i - 1}")(x, True)
             x = fuse(i, x)
-            if i == SIDE_DEPTH - 1:
-                return x
-            x = x + pos
-        raise AssertionError("unreachable")
+            if i < SIDE_DEPTH - 1:
+                x = x + pos
+        return x
 
 
 class LayerNormParams(nn.Module):
