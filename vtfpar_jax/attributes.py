@@ -107,17 +107,19 @@ _POSE = [("frontal", "body faces the camera"),
 _MOTION = [("walking", "walks"), ("running", "runs"), ("riding", "rides a bike"),
            ("staying", "stands still"), ("varies", "motion changes")]
 
+_MARS_BINARY = [("top length (short)", "upper body wears short sleeves"),
+                ("bottom length (short)", "lower body wears shorts"),
+                ("shoulder bag", "shoulder carries a shoulder bag"),
+                ("backpack", "back carries a backpack"),
+                ("hat", "head wears a hat"),
+                ("hand bag", "hand carries a hand bag"),
+                ("hair (long)", "hair is long"),
+                ("gender (female)", "gender is female"),
+                ("bottom type (skirt or dress)", "lower body wears a skirt or dress")]
+
 MARS = _build(
     "mars",
-    binary=[("top length (short)", "upper body wears short sleeves"),
-            ("bottom length (short)", "lower body wears shorts"),
-            ("shoulder bag", "shoulder carries a shoulder bag"),
-            ("backpack", "back carries a backpack"),
-            ("hat", "head wears a hat"),
-            ("hand bag", "hand carries a hand bag"),
-            ("hair (long)", "hair is long"),
-            ("gender (female)", "gender is female"),
-            ("bottom type (skirt or dress)", "lower body wears a skirt or dress")],
+    binary=_MARS_BINARY,
     multiclass=[
         ("pose", _POSE),
         ("motion", _MOTION),
@@ -184,17 +186,11 @@ _SYN_TOP = ["black", "white", "red", "blue", "green", "yellow"]
 _SYN_BOTTOM = ["black", "white", "blue", "brown", "gray"]
 SYNTHETIC = _build(
     "synthetic",
-    binary=[("top length (short)", "upper body wears short sleeves"),
-            ("bottom length (short)", "lower body wears shorts"),
-            ("shoulder bag", "shoulder carries a shoulder bag"),
-            ("backpack", "back carries a backpack"),
-            ("hat", "head wears a hat"),
-            ("hair (long)", "hair is long"),
-            ("gender (female)", "gender is female")],
+    # MARS's binary attributes but the hand bag and the skirt, in MARS's order.
+    binary=[b for b in _MARS_BINARY if b[0] not in ("hand bag", "bottom type (skirt or dress)")],
     multiclass=[
-        ("pose", [("frontal", "body faces the camera"), ("lateral", "body is seen from the side"),
-                  ("back", "back faces the camera")]),
-        ("motion", [("walking", "walks"), ("running", "runs"), ("staying", "stands still")]),
+        ("pose", [p for p in _POSE if p[0] in ("frontal", "lateral", "back")]),
+        ("motion", [m for m in _MOTION if m[0] in ("walking", "running", "staying")]),
         ("top colour", _colours("upper body clothing", _SYN_TOP)),
         ("bottom colour", _colours("lower body clothing", _SYN_BOTTOM)),
     ],

@@ -74,10 +74,8 @@ def column_probabilities(logits: np.ndarray, group_columns: GroupColumns) -> np.
         raise ValueError(f"group-head logits {logits.shape}: expected (B, {sum(counts)})")
     num_attributes = sum(len(columns) for columns in group_columns)
     probs = np.empty((logits.shape[0], num_attributes))
-    start = 0
-    for columns, n in zip(group_columns, counts, strict=True):
-        block = logits[:, start:start + n]
-        start += n
+    blocks = np.split(logits, np.cumsum(counts)[:-1], axis=1)
+    for columns, block in zip(group_columns, blocks, strict=True):
         e = np.exp(block - block.max(axis=1, keepdims=True))
         softmax = e / e.sum(axis=1, keepdims=True)
         probs[:, list(columns)] = softmax[:, 1:] if len(columns) == 1 else softmax

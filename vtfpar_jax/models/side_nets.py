@@ -112,21 +112,32 @@ class SpatialFusion(nn.Module):
 RematSpatialFusion = nn.remat(SpatialFusion)
 
 
-class SpatialSideNet(nn.Module):
+class _SideNet(nn.Module, kw_only=True):
+    """What the two side nets share: their width, heads, grid, interaction map, and how
+    their blocks compute (dtype, remat, attention). Keyword fields only."""
+
+    dim: int
+    heads: int
+    grid: int
+    interaction_map: InteractionMap
+    dtype: jnp.dtype = jnp.float32
+    remat: str = "none"
+    attention: str = "auto"
+
+    def block(self, name: str):
+        """A side block of this net (`side_block`), named `name`."""
+        return side_block(self.dim, self.heads, self.dtype, name, remat=self.remat,
+                          attention=self.attention)
+
+
+class SpatialSideNet(_SideNet, kw_only=True):
     """Per frame: patch-embed the pixels, then 7 side blocks with CLIP fused in.
 
     Quirk kept (docs/published-model.md §5): the positional embedding is re-added after
     every block, and the 8th block is never run.
     """
 
-    dim: int
-    heads: int
     patch_size: int
-    grid: int
-    interaction_map: InteractionMap
-    dtype: jnp.dtype = jnp.float32
-    remat: str = "none"
-    attention: str = "auto"
 
     @nn.compact
     def __call__(self, images: jax.Array, backbone_tokens: Mapping[int, jax.Array]) -> jax.Array:
@@ -150,13 +161,11 @@ class SpatialSideNet(nn.Module):
 
         x = fuse(0, x)
         for i in range(1, SIDE_DEPTH):
-            x = side_block(self.dim, self.heads, self.dtype, f"blocks_{i - 1}",
-                           remat=self.remat, attention=self.attention)(x, True)
+            x = self.block(f"blocks_{i - 1}")(x, True)
             x = fuse(i, x)
-            if i == SIDE_DEPTH - 1:
-                return x
-            x = x + pos
-        raise AssertionError("unreachable")
+            if i < SIDE_DEPTH - 1:
+                x = x + pos
+        return x
 
 
 class LayerNormParams(nn.Module):
@@ -210,7 +219,7 @@ def _project_frame(tokens: tuple[jax.Array, ...], norm, dense, *, frames: int, f
     return x @ kernel + bias
 
 
-class TemporalSideNet(nn.Module):
+class TemporalSideNet(_SideNet, kw_only=True):
     """Cross-frame side net: one stream per map entry, block f reads frame f.
 
     Stream j starts from `first_linear` of its CLIP feature on frame 0, then
@@ -226,14 +235,7 @@ class TemporalSideNet(nn.Module):
     768-wide slices, stacks and normalised copies of them.
     """
 
-    dim: int
-    heads: int
-    grid: int
-    interaction_map: InteractionMap
     frames: int
-    dtype: jnp.dtype = jnp.float32
-    remat: str = "none"
-    attention: str = "auto"
 
     @nn.compact
     def __call__(self, backbone_tokens: Mapping[int, jax.Array]) -> jax.Array:
@@ -256,14 +258,9 @@ class TemporalSideNet(nn.Module):
         x = jnp.concatenate([jnp.broadcast_to(cls, (b, streams, 1, self.dim)).astype(first.dtype),
                              first], axis=2) + pos.astype(first.dtype)
         x = x.reshape(b * streams, 1 + p, self.dim)
-
-        def block(f):
-            return side_block(self.dim, self.heads, self.dtype, f"blocks_{f}", remat=self.remat,
-                              attention=self.attention)
-
-        x = block(0)(x, True)
+        x = self.block("blocks_0")(x, True)
         for f in range(1, self.frames):
-            x = block(f)(x, True)
+            x = self.block(f"blocks_{f}")(x, True)
             y = projected(f, fusion_norm, fusion_proj).reshape(
                 b * streams, p, self.dim)
             x = jnp.concatenate([x[:, :1], x[:, 1:] + y.astype(x.dtype)], axis=1)
@@ -337,18 +334,15 @@ def parse_interaction_map(spec: str | Sequence) -> InteractionMap:
     return tuple(pairs)
 
 
-def _named(entries: str) -> InteractionMap:
-    return tuple(tuple(int(v) for v in e.split("->")) for e in entries.split())
-
-
+# Each given as a list of entries, since a name would be looked up in this table itself.
 INTERACTION_MAPS: dict[str, InteractionMap] = {
-    "default": _named("0->0 3->1 6->2 9->3 11->4"),
-    "0": _named("0->0 1->1 2->2 3->3 4->4"),
-    "1": _named("7->0 8->1 9->2 10->3 11->4"),
-    "2": _named("0->0 3->1 6->2 9->3 11->4"),
-    "3": _named("3->1 6->2 9->3 11->4"),
-    "4": _named("6->2 9->3 11->4"),
-    "5": _named("9->3 11->4"),
-    "6": _named("11->4"),
-    "7": _named("0->0 1->1 2->2 4->3 6->4 8->5 10->6 11->7"),
+    "default": parse_interaction_map("0->0 3->1 6->2 9->3 11->4".split()),
+    "0": parse_interaction_map("0->0 1->1 2->2 3->3 4->4".split()),
+    "1": parse_interaction_map("7->0 8->1 9->2 10->3 11->4".split()),
+    "2": parse_interaction_map("0->0 3->1 6->2 9->3 11->4".split()),
+    "3": parse_interaction_map("3->1 6->2 9->3 11->4".split()),
+    "4": parse_interaction_map("6->2 9->3 11->4".split()),
+    "5": parse_interaction_map("9->3 11->4".split()),
+    "6": parse_interaction_map("11->4".split()),
+    "7": parse_interaction_map("0->0 1->1 2->2 4->3 6->4 8->5 10->6 11->7".split()),
 }

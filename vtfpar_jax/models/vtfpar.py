@@ -94,8 +94,11 @@ class VTFPARConfig:
         return self.num_attributes
 
     def validate(self):
-        if self.head not in HEADS:
-            raise ValueError(f"config: head={self.head!r}; expected one of {HEADS}")
+        for name, known in (("head", HEADS), ("remat", REMAT_POLICIES),
+                            ("attention", ATTENTION_IMPLEMENTATIONS), ("dtype", sorted(DTYPES)),
+                            ("backbone_dtype", sorted(DTYPES))):
+            if getattr(self, name) not in known:
+                raise ValueError(f"config: {name}={getattr(self, name)!r}; expected one of {known}")
         if self.head == "group":
             group_head.check_layout(self.group_columns, self.num_attributes)
         elif self.group_columns:
@@ -111,15 +114,6 @@ class VTFPARConfig:
             if getattr(self, name) not in AGGREGATIONS:
                 raise ValueError(f"config: unknown {name} {getattr(self, name)!r}; expected one "
                                  f"of {AGGREGATIONS}")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"config: remat={self.remat!r}; expected one of {REMAT_POLICIES}")
-        if self.attention not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"config: attention={self.attention!r}; expected one of "
-                             f"{ATTENTION_IMPLEMENTATIONS}")
-        for name in ("dtype", "backbone_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"config: {name}={getattr(self, name)!r}; expected one of "
-                                 f"{sorted(DTYPES)}")
         if self.use_temporal and not 1 <= self.frames <= SIDE_DEPTH:
             raise ValueError(f"config: frames={self.frames} with the temporal side net; it runs "
                              f"side block f on frame f, so 1..{SIDE_DEPTH} frames only (or set "
@@ -186,9 +180,11 @@ class VTFPAR(nn.Module):
         cfg, dtype = self.cfg, DTYPES[self.cfg.dtype]
         b, f, h, w, _ = video.shape
         sides = []
+        side_net = dict(dim=cfg.dim, heads=cfg.num_heads, grid=cfg.side_grid, dtype=dtype,
+                        remat=cfg.remat, attention=cfg.attention)
         if cfg.use_spatial:
-            spatial = SpatialSideNet(cfg.dim, cfg.num_heads, cfg.side_patch_size, cfg.side_grid,
-                                     cfg.spatial_map, dtype, cfg.remat, cfg.attention,
+            spatial = SpatialSideNet(interaction_map=cfg.spatial_map,
+                                     patch_size=cfg.side_patch_size, **side_net,
                                      name="spatial_side_net")(
                 video.reshape(b * f, h, w, 3).astype(dtype), backbone_tokens)
             self.sow("intermediates", "spatial_side", spatial)
@@ -196,8 +192,7 @@ class VTFPAR(nn.Module):
                                      name="spatial_aggregation")(
                 spatial.reshape(b, f, *spatial.shape[1:])))
         if cfg.use_temporal:
-            temporal = TemporalSideNet(cfg.dim, cfg.num_heads, cfg.side_grid, cfg.temporal_map,
-                                       f, dtype, cfg.remat, cfg.attention,
+            temporal = TemporalSideNet(frames=f, interaction_map=cfg.temporal_map, **side_net,
                                        name="temporal_side_net")(backbone_tokens)
             self.sow("intermediates", "temporal_side", temporal)
             sides.append(Aggregation(cfg.temporal_aggregation, dtype, cfg.num_heads,

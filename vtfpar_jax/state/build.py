@@ -123,27 +123,23 @@ def model_config(config: ml_collections.ConfigDict, backbone_cfg: BackboneConfig
                  group_columns: tuple[tuple[int, ...], ...] = ()) -> vtfpar.VTFPARConfig:
     """The model of `config`; `group_columns` (AttributeSet.head_groups) shape the group
     head and are dropped for the attribute head."""
-    try:
-        return _model_config(config, backbone_cfg, num_attributes, group_columns)
-    except ValueError as e:  # the model config's checks: a field that cannot work
-        raise ConfigError(str(e)) from None
-
-
-def _model_config(config: ml_collections.ConfigDict, backbone_cfg: BackboneConfig,
-                  num_attributes: int, group_columns) -> vtfpar.VTFPARConfig:
     m = config.model
     # Runs saved before model.head existed had the attribute head.
     head = m.get("head", "attribute")
-    return vtfpar.VTFPARConfig(
-        backbone=backbone_cfg, num_attributes=num_attributes, frames=m.frames,
-        spatial_map=parse_interaction_map(m.spatial_map),
-        temporal_map=parse_interaction_map(m.temporal_map),
-        spatial_aggregation=m.spatial_aggregation, temporal_aggregation=m.temporal_aggregation,
-        dim=m.dim, heads=m.heads or None, side_patch_size=m.side_patch_size,
-        use_spatial=m.use_spatial, use_temporal=m.use_temporal,
-        drop_path_rate=m.drop_path_rate, dtype=m.dtype, backbone_dtype=m.backbone_dtype,
-        remat=_remat_policy(m.get("remat", "none")), attention=m.get("attention", "auto"),
-        head=head, group_columns=tuple(map(tuple, group_columns)) if head == "group" else ())
+    try:
+        return vtfpar.VTFPARConfig(
+            backbone=backbone_cfg, num_attributes=num_attributes, frames=m.frames,
+            spatial_map=parse_interaction_map(m.spatial_map),
+            temporal_map=parse_interaction_map(m.temporal_map),
+            spatial_aggregation=m.spatial_aggregation,
+            temporal_aggregation=m.temporal_aggregation,
+            dim=m.dim, heads=m.heads or None, side_patch_size=m.side_patch_size,
+            use_spatial=m.use_spatial, use_temporal=m.use_temporal,
+            drop_path_rate=m.drop_path_rate, dtype=m.dtype, backbone_dtype=m.backbone_dtype,
+            remat=_remat_policy(m.get("remat", "none")), attention=m.get("attention", "auto"),
+            head=head, group_columns=tuple(map(tuple, group_columns)) if head == "group" else ())
+    except ValueError as e:  # the model config's checks: a field that cannot work
+        raise ConfigError(str(e)) from None
 
 
 def _remat_policy(value) -> str:

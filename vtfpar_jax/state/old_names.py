@@ -11,10 +11,11 @@ model made then loads, and a run started then resumes, as one made today.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import re
 from typing import Any
+
+import jax
 
 PARAMS_KEY = "backbone"       # beside 'model' in the params, trainable and frozen trees
 OLD_PARAMS_KEY = "clip"
@@ -67,19 +68,17 @@ def params(tree: Any, old: str = OLD_PARAMS_KEY, new: str = PARAMS_KEY) -> Any:
     state, or its abstract form) with the key `old` renamed `new` wherever it stands beside
     'model' or alone; `params(tree, PARAMS_KEY, OLD_PARAMS_KEY)` names it as a checkpoint
     of earlier code holds it."""
-    if isinstance(tree, dict):
-        renamed = {k: params(v, old, new) for k, v in tree.items()}
+    def rename(node):
+        if not isinstance(node, dict):
+            return node
+        renamed = {k: params(v, old, new) for k, v in node.items()}
         if old in renamed and set(renamed) <= {"model", old}:
             renamed[new] = renamed.pop(old)
         return renamed
-    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
-        return dataclasses.replace(tree, **{f.name: params(getattr(tree, f.name), old, new)
-                                            for f in dataclasses.fields(tree) if f.init})
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):   # a NamedTuple (optax states)
-        return type(tree)(*(params(v, old, new) for v in tree))
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(params(v, old, new) for v in tree)
-    return tree
+
+    # Every dict is taken whole, so that its keys can change; jax walks the rest (train
+    # state, optax states, lists).
+    return jax.tree.map(rename, tree, is_leaf=lambda node: isinstance(node, dict))
 
 
 def holds_old_params_key(tree: Any) -> bool:

@@ -27,15 +27,11 @@ def load_config_file(spec: str, **overrides) -> ml_collections.ConfigDict:
     module_spec.loader.exec_module(module)
     config = module.get_config(arg or None)
     fields = config_fields(config)
-    for key, value in overrides.items():
+    for key in overrides:
         if key not in fields:
             raise ConfigError(f"{path}: override {key!r}: the config has no field {key!r}"
                               f"{_suggestion(key, fields)}")
-        *parents, leaf = key.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    config.update_from_flattened_dict(overrides)
     return config
 
 
