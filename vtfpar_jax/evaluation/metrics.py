@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import special
 
 from vtfpar_jax.attributes import AttributeSet
 from vtfpar_jax.models import group_head
@@ -34,14 +35,9 @@ DEFAULT_THRESHOLD = 0.5
 
 
 def sigmoid(logits: Any) -> np.ndarray:
-    """Logits (B, A) -> probabilities (B, A), float64.
-
-    Written with exp(-|x|) only, so large logits of either sign neither
-    overflow nor warn.
-    """
-    x = np.asarray(logits, dtype=np.float64)
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    """Logits (B, A) -> probabilities (B, A), float64 (scipy's expit: large logits of
+    either sign neither overflow nor warn)."""
+    return special.expit(np.asarray(logits, dtype=np.float64))
 
 
 def probabilities(logits: Any, model_cfg) -> np.ndarray:
