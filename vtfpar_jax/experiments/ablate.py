@@ -341,12 +341,10 @@ def format_table(report: dict) -> str:
 
 def save_chart(report: dict, path: str) -> None:
     import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # not pyplot: savefig renders with Agg
 
     labels = report["order"]
     figure = Figure(figsize=(max(6.0, 1.2 + 1.6 * len(labels)), 4.5), layout="constrained")
-    FigureCanvasAgg(figure)
     ax = figure.subplots()
     width = 0.8 / len(METRICS)
     positions = np.arange(len(labels))
@@ -363,17 +361,6 @@ def save_chart(report: dict, path: str) -> None:
     config_file, sep, argument = report["config"].partition(":")
     ax.set_title(f"ablation of {os.path.basename(config_file)}{sep}{argument}")
     save_figure(figure, path, dpi=100)
-
-
-def _parse_sets(items: list[str]) -> dict:
-    """--set key=value (typed when the config is loaded)."""
-    sets = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise AblationError(f"--set {item!r}: expected 'field=value'")
-        sets[key.strip()] = value
-    return sets
 
 
 def _typed_sets(config_spec: str, raw: dict) -> dict:
@@ -414,7 +401,10 @@ def main(argv=None):
 def _ablate(args) -> dict:
     from vtfpar_jax.outputs import out_folder
     out_folder.check_writable_folder(args.workdir, "--workdir")
-    sets = _typed_sets(args.config, _parse_sets(args.sets))
+    if bad := [item for item in args.sets if "=" not in item]:
+        raise AblationError(f"--set {bad[0]!r}: expected 'field=value'")
+    sets = _typed_sets(args.config, {key.strip(): value for key, _, value in (
+        item.partition("=") for item in args.sets)})
     cli_errors.on_stop(lambda: points_kept(args.workdir))
     with out_folder.lock(args.workdir, "--workdir"):   # two runs would rewrite ablation.json
         report = run(args.config, args.sweep, args.workdir, sets)

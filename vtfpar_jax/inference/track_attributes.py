@@ -43,7 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vtfpar_jax import cli_errors, errors
-from vtfpar_jax.evaluation import decisions, metrics
+from vtfpar_jax.evaluation import decisions
 from vtfpar_jax.inference import (
     detectors,
     mot,
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="vtfpar track",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("video", help="a video file (mp4, avi, ...; decoded with PyAV)")
-    parser.add_argument("--model", required=True, help="a training work dir or converted model")
+    predict.add_model_options(parser, out_default="tracks_out")
     parser.add_argument("--tracks", default=None,
                         help="MOTChallenge tracks (frame,id,x,y,w,h,conf,...); default: "
                         "detect and track people (needs the 'video' extra)")
@@ -242,12 +242,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--window", type=errors.positive_int, default=None,
                         help="also predict each sliding window of N track frames "
                         "(stride N // 2)")
-    parser.add_argument("--out", default="tracks_out",
-                        help="output folder, new or empty, or holding this command's results "
-                        "for the same model and inputs (default %(default)s)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace whatever --out holds, whole")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
     parser.add_argument("--batch", type=errors.positive_int, default=8,
                         help="clips per model call (default %(default)s)")
     parser.add_argument("--context", type=float, default=tracklets.CONTEXT,
@@ -255,10 +249,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "(default %(default)s)")
     parser.add_argument("--aspect", type=float, default=tracklets.TRAINING_ASPECT,
                         help="height / width of the crops (default %(default)s, as MARS's)")
-    parser.add_argument("--threshold", type=errors.probability, default=None,
-                        help="binary decision threshold (default: the published "
-                        f"{metrics.PUBLISHED_THRESHOLD} for the attribute head, "
-                        f"{decisions.GROUP_HEAD_THRESHOLD}, the argmax, for the group head)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     cli_errors.add_verbose(parser)
     args = parser.parse_args(argv)
