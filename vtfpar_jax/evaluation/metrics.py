@@ -273,22 +273,16 @@ def marco_metrics(probs: Any, labels: Any, attribute_set: AttributeSet) -> dict[
     2-way softmax, exactly its argmax; `group_head.column_probabilities`). Per group:
     accuracy, and F1 averaged over classes as scikit-learn's f1_score(average='macro')
     (over the classes in the labels or the predictions) and (average='micro'); then the
-    unweighted means over groups.
+    unweighted means over groups. These are Chen et al.'s accuracy and macro F1 at 0.5
+    (`chen_metrics`); micro F1 is the accuracy: summed over classes, each wrong sample is
+    one false positive and one false negative, so 2 TP / (2 TP + FP + FN) = right / all.
 
     Returns {'acc', 'f1_macro', 'f1_micro',
     'groups': {group name: {'acc', 'f1_macro', 'f1_micro'}}}.
     """
-    probs, labels = _check_inputs(probs, labels, attribute_set)
-    groups: dict[str, dict[str, float]] = {}
-    for name, true_class, predicted_class, num_classes in _group_classes(
-            probs, labels, attribute_set, DEFAULT_THRESHOLD):
-        right = int(np.sum(true_class == predicted_class))
-        wrong = true_class.size - right
-        # Summed over classes, each wrong sample is one false positive and one false
-        # negative: micro F1 = 2 TP / (2 TP + FP + FN).
-        groups[name] = {"acc": right / true_class.size,
-                              "f1_macro": _macro_f1(true_class, predicted_class, num_classes)[0],
-                              "f1_micro": float(_ratio(2 * right, 2 * right + 2 * wrong))}
+    chen = chen_metrics(probs, labels, attribute_set, DEFAULT_THRESHOLD)
+    groups = {name: {"acc": g["acc"], "f1_macro": g["f1"], "f1_micro": g["acc"]}
+              for name, g in chen["groups"].items()}
     return {key: float(np.mean([g[key] for g in groups.values()]))
             for key in ("acc", "f1_macro", "f1_micro")} | {"groups": groups}
 

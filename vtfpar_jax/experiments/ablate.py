@@ -7,22 +7,13 @@ the trainer and evaluator of `vtfpar_jax.training.train`, each point in its own 
 DIR/<point>. Writes DIR/ablation.json (every point's overrides and headline
 metrics), DIR/ablation.md (a table) and DIR/ablation.png (a bar chart).
 
-Each point is identified by what it runs: its fully resolved config (the file,
-then --set, then its sweep values, then a frozen_patterns preset), the attribute
-set and the data splits, hashed into a fingerprint (vtfpar_jax.state.fingerprint) and
-stored with it in ablation.json. Rerunning into the same work dir resumes:
-a finished point is kept only if its fingerprint is the same (an edited config
-file or another --set is refused, naming the fields that differ, old and new
-values), a point stopped halfway resumes from its newest checkpoint only if its
-folder started with the point's very config and recorded no change since (a
-run-control change too, e.g. num_epochs, is refused: the point would mix two
-runs), and new sweep values add points. A point's label spells its values (a
-tuple with a short hash of it), so reordering sweep values never swaps results;
-two values with the same label are refused.
-
-Every point's config is built and checked (presets resolved, the model's fields
-validated, without loading a backbone or data) before the first point trains;
-a bad value anywhere in a sweep is refused with nothing created.
+Each point is identified by its fully resolved config (the file, then --set, then
+its sweep values, then a frozen_patterns preset), the attribute set and the data
+splits, hashed into a fingerprint (vtfpar_jax.state.fingerprint). Rerunning into
+the same work dir resumes: a finished point is kept only if its fingerprint is the
+same, a point stopped halfway resumes only if its folder ran this very config, and
+new sweep values add points. Every point's config is built and checked before the
+first point trains. docs/experiments.md, "Ablations", gives the rules and messages.
 
 Values are typed like the config field they set (true/false, numbers, strings;
 tuples as Python literals, e.g. --sweep "frozen_patterns=('backbone/.*',),()").
@@ -115,10 +106,7 @@ def parse_value(config: ml_collections.ConfigDict, key: str, text: str):
     fields = config_file.config_fields(config)
     if key not in fields:
         raise AblationError(f"{key!r}: the config has no such field{nearest(key, fields)}")
-    node = config
-    for name in key.split("."):
-        node = node[name]
-    kind = type(node)
+    kind = type(config[key])   # a ConfigDict reads a dotted key field by field
     if key == "frozen_patterns" and text in FROZEN_PRESETS:
         return text
     try:
