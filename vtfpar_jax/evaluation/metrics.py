@@ -382,12 +382,10 @@ def save_report(results: dict[str, Any], attribute_set: AttributeSet,
     panels = (("acc", "accuracy"), ("ma", "mA = (TPR + TNR) / 2"))
     for ax, (key, title) in zip(axes, panels, strict=True):
         values = 100.0 * np.asarray(per_attribute[key])
-        ax.barh(positions, values, color="tab:blue" if key == "acc" else "tab:orange")
-        for y, v in zip(positions, values, strict=True):
-            ax.text(min(v, 100.0) + 1.0, y, f"{v:.1f}", va="center", fontsize=7)
-        ax.set_xlim(0, 112)
-        ax.set_xlabel("%")
-        ax.set_title(f"per-attribute {title} (prob > {results['par']['threshold']:g})")
+        bars = ax.barh(positions, values, color="tab:blue" if key == "acc" else "tab:orange")
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        ax.set(xlim=(0, 112), xlabel="%",
+               title=f"per-attribute {title} (prob > {results['par']['threshold']:g})")
     axes[0].set_yticks(positions, names, fontsize=8)
     axes[0].set_ylim(len(names) - 0.5, -0.5)  # column 0 at the top, as in the table
     figure.suptitle(f"{attribute_set.name}: {results['num_samples']} samples; published "

@@ -164,10 +164,8 @@ def save_figures(report: dict, names, severities, out: str) -> dict[str, str]:
             xs = [0, *severities]
             ys = [100 * _value(cells, name, s, metric) for s in xs]
             ax.plot(xs, ys, marker="o", label=name)
-        ax.set_xticks(range(0, max(severities) + 1))
-        ax.set_xlabel("severity (0 = clean)")
-        ax.set_ylabel("%")
-        ax.set_title(title)
+        ax.set(xticks=range(0, max(severities) + 1), xlabel="severity (0 = clean)",
+               ylabel="%", title=title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     figure.suptitle(f"{report['attribute_set']}, split {report['split']!r}, step "

@@ -46,7 +46,6 @@ START_IOU = 0.2             # ByteTrack's matching bound: 1 - minimum_matching_t
 class MadeTracks:
     tracks: dict[int, mot.Track]
     warnings: list[str]
-    detected_frames: int
     boxes_found: int
     evidence: dict[int, dict[str, Any]]   # per track: what the detector found of it
 
@@ -209,4 +208,4 @@ def tracks_for(path: str, info: video_io.VideoInfo, detector: Detector | None = 
         notes.append(f"no person was found on the {detected} frame(s) searched"
                      + (" (--min_person_px may be above the people's height)"
                         if given is None else ""))
-    return MadeTracks(tracks, notes, detected, found_count, found_on)
+    return MadeTracks(tracks, notes, found_count, found_on)

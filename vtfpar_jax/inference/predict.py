@@ -3,19 +3,12 @@
     vtfpar predict --model DIR [--out OUTDIR] [--frames T] INPUT...
 
 INPUT is a folder of frames (one tracklet, image files sorted by name) or a
-video file (mp4, avi, ... decoded with PyAV). Each is read as evaluation reads
-a tracklet (vtfpar_jax.inference.video: T uniformly spaced frames, resized and
-normalised as the input pipeline does), all are run as one batch, and per
-input OUTDIR gets <name>.json (the model's head, every attribute's probability, one
-decision per group: argmax for multi-class groups, p > 0.45 for binary ones, as published,
-or the argmax of a binary's two classes with the group head; see
-vtfpar_jax.evaluation.decisions) and <name>.png (the frames and the probabilities as
-bars).
-
-An input that cannot be read does not stop the others: every readable input
-gets its outputs, each failure is one line on stderr naming the input and why,
-a last line says "N done, M failed", and the exit status is 1 if any failed.
-With --fail-fast the first unreadable input stops the run before any output.
+video file, read as evaluation reads a tracklet (vtfpar_jax.inference.video);
+all are run as one batch, and per input OUTDIR gets <name>.json (every
+attribute's probability and one decision per group: vtfpar_jax.evaluation.decisions)
+and <name>.png (the frames and the probabilities as bars). An input that cannot
+be read does not stop the others unless --fail-fast. docs/inference.md,
+"Prediction", says the rest.
 """
 
 from __future__ import annotations

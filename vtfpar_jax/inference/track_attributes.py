@@ -4,32 +4,19 @@
         [--detector hog|onnx:MODEL.onnx|hf:HUB_ID_OR_FOLDER] [--min_person_px 48]
         [--detect_every N] [--out DIR]
 
-Tracks come from --tracks, a MOTChallenge text file (`frame,id,x,y,w,h,conf,...`,
-frames from 1; vtfpar_jax.inference.mot), or, without it, from the built-in path
-(vtfpar_jax.inference.detect_track: a person detector of vtfpar_jax.inference.detectors, OpenCV's
-HOG by default, or --detections, then supervision's ByteTrack; the `video`
-extra). Each track is cropped from the
-frames with a little context at the training crops' aspect and predicted as a
-tracklet, T frames sampled over the whole track and, with --window N, over
-each sliding window of N of its frames (vtfpar_jax.inference.tracklets); clips of all
-tracks are batched through `predict.predict_clips`.
+Tracks come from --tracks, a MOTChallenge text file (vtfpar_jax.inference.mot),
+or, without it, from a person detector and ByteTrack
+(vtfpar_jax.inference.detect_track; the `video` extra). Each track is cropped
+from the frames and predicted as a tracklet, over the whole track and, with
+--window N, over each sliding window of N of its frames
+(vtfpar_jax.inference.tracklets); clips of all tracks are batched through
+`predict.predict_clips`. The video is decoded as a stream, twice (crops, then
+the annotated copy), and never held.
 
-The video is decoded as a stream, twice (crops, then the annotated copy), and
-never held: only the crops of clips still open are kept.
-
-OUT (default tracks_out/) gets:
-- tracks.json: per track id its frame span, boxes, whole-track and per-window
-  probabilities and the decided attributes (published rules, vtfpar_jax.evaluation.decisions);
-- annotated.mp4: the video with boxes, ids and each track's top decided attributes;
-- contact_sheet.png: one row per track, its sampled crops and its attributes;
-- tracks.txt: the tracks used, in MOT format (with the built-in path: the ones it made).
-At the end a table gives the seconds and frames/s of each stage (decode, detect,
-track, crop, predict, draw; vtfpar_jax.inference.stage_times), also in tracks.json.
-
-Bad input is one `error:` line and exit status 1, before anything is written:
-an unreadable video, a malformed or empty tracks file (the line is named).
-Boxes reaching outside the frame are clamped, each with a warning naming the
-track and frame (also listed in tracks.json's 'warnings').
+OUT (default tracks_out/) gets tracks.json, annotated.mp4, contact_sheet.png and
+tracks.txt, and a table gives the seconds and frames/s of each stage
+(vtfpar_jax.inference.stage_times). docs/inference.md, "Attributes per person in
+a street video", says what each holds and how bad input is refused.
 """
 
 from __future__ import annotations
