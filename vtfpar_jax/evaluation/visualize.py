@@ -68,8 +68,7 @@ def prediction_figure(frames_uint8: np.ndarray, probs: np.ndarray,
     for t, frame in enumerate(frames_uint8):
         ax = fig.add_subplot(frame_grid[0, t])
         ax.imshow(frame, interpolation="nearest", aspect="equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
         ax.set_xlabel(f"frame {t + 1}", fontsize=8)
     fig.suptitle(f"{title + ': ' if title else ''}{len(frames_uint8)} frames as the model sees "
                  "them, and attribute probabilities", fontsize=11,
@@ -81,9 +80,8 @@ def prediction_figure(frames_uint8: np.ndarray, probs: np.ndarray,
     bars = ax.barh(rows, probs, color=colours, height=0.75)
     ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
     ax.set_yticks(rows, labels=attribute_set.columns, fontsize=8)
-    for label, column in zip(ax.get_yticklabels(), range(num), strict=True):
-        if column in decided:
-            label.set_fontweight("bold")
+    for column in decided:
+        ax.get_yticklabels()[column].set_fontweight("bold")
     # A line above each multi-class group, so the group reads as one choice.
     for group in attribute_set.groups:
         if not group.is_binary and group.columns[0] > 0:
