@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import special
 
 from vtfpar_jax.attributes import AttributeSet
 from vtfpar_jax.models import group_head
@@ -34,14 +35,9 @@ DEFAULT_THRESHOLD = 0.5
 
 
 def sigmoid(logits: Any) -> np.ndarray:
-    """Logits (B, A) -> probabilities (B, A), float64.
-
-    Written with exp(-|x|) only, so large logits of either sign neither
-    overflow nor warn.
-    """
-    x = np.asarray(logits, dtype=np.float64)
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    """Logits (B, A) -> probabilities (B, A), float64 (scipy's expit: large logits of
+    either sign neither overflow nor warn)."""
+    return special.expit(np.asarray(logits, dtype=np.float64))
 
 
 def probabilities(logits: Any, model_cfg) -> np.ndarray:
@@ -277,22 +273,16 @@ def marco_metrics(probs: Any, labels: Any, attribute_set: AttributeSet) -> dict[
     2-way softmax, exactly its argmax; `group_head.column_probabilities`). Per group:
     accuracy, and F1 averaged over classes as scikit-learn's f1_score(average='macro')
     (over the classes in the labels or the predictions) and (average='micro'); then the
-    unweighted means over groups.
+    unweighted means over groups. These are Chen et al.'s accuracy and macro F1 at 0.5
+    (`chen_metrics`); micro F1 is the accuracy: summed over classes, each wrong sample is
+    one false positive and one false negative, so 2 TP / (2 TP + FP + FN) = right / all.
 
     Returns {'acc', 'f1_macro', 'f1_micro',
     'groups': {group name: {'acc', 'f1_macro', 'f1_micro'}}}.
     """
-    probs, labels = _check_inputs(probs, labels, attribute_set)
-    groups: dict[str, dict[str, float]] = {}
-    for name, true_class, predicted_class, num_classes in _group_classes(
-            probs, labels, attribute_set, DEFAULT_THRESHOLD):
-        right = int(np.sum(true_class == predicted_class))
-        wrong = true_class.size - right
-        # Summed over classes, each wrong sample is one false positive and one false
-        # negative: micro F1 = 2 TP / (2 TP + FP + FN).
-        groups[name] = {"acc": right / true_class.size,
-                              "f1_macro": _macro_f1(true_class, predicted_class, num_classes)[0],
-                              "f1_micro": float(_ratio(2 * right, 2 * right + 2 * wrong))}
+    chen = chen_metrics(probs, labels, attribute_set, DEFAULT_THRESHOLD)
+    groups = {name: {"acc": g["acc"], "f1_macro": g["f1"], "f1_micro": g["acc"]}
+              for name, g in chen["groups"].items()}
     return {key: float(np.mean([g[key] for g in groups.values()]))
             for key in ("acc", "f1_macro", "f1_micro")} | {"groups": groups}
 
@@ -392,12 +382,10 @@ def save_report(results: dict[str, Any], attribute_set: AttributeSet,
     panels = (("acc", "accuracy"), ("ma", "mA = (TPR + TNR) / 2"))
     for ax, (key, title) in zip(axes, panels, strict=True):
         values = 100.0 * np.asarray(per_attribute[key])
-        ax.barh(positions, values, color="tab:blue" if key == "acc" else "tab:orange")
-        for y, v in zip(positions, values, strict=True):
-            ax.text(min(v, 100.0) + 1.0, y, f"{v:.1f}", va="center", fontsize=7)
-        ax.set_xlim(0, 112)
-        ax.set_xlabel("%")
-        ax.set_title(f"per-attribute {title} (prob > {results['par']['threshold']:g})")
+        bars = ax.barh(positions, values, color="tab:blue" if key == "acc" else "tab:orange")
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        ax.set(xlim=(0, 112), xlabel="%",
+               title=f"per-attribute {title} (prob > {results['par']['threshold']:g})")
     axes[0].set_yticks(positions, names, fontsize=8)
     axes[0].set_ylim(len(names) - 0.5, -0.5)  # column 0 at the top, as in the table
     figure.suptitle(f"{attribute_set.name}: {results['num_samples']} samples; published "

@@ -68,8 +68,7 @@ def prediction_figure(frames_uint8: np.ndarray, probs: np.ndarray,
     for t, frame in enumerate(frames_uint8):
         ax = fig.add_subplot(frame_grid[0, t])
         ax.imshow(frame, interpolation="nearest", aspect="equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
         ax.set_xlabel(f"frame {t + 1}", fontsize=8)
     fig.suptitle(f"{title + ': ' if title else ''}{len(frames_uint8)} frames as the model sees "
                  "them, and attribute probabilities", fontsize=11,
@@ -78,13 +77,11 @@ def prediction_figure(frames_uint8: np.ndarray, probs: np.ndarray,
                        BAR_IN * num / height))
     rows = np.arange(num)
     colours = [DECIDED if c in decided else OTHER for c in range(num)]
-    ax.barh(rows, probs, color=colours, height=0.75)
+    bars = ax.barh(rows, probs, color=colours, height=0.75)
+    ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
     ax.set_yticks(rows, labels=attribute_set.columns, fontsize=8)
-    for label, column in zip(ax.get_yticklabels(), range(num), strict=True):
-        if column in decided:
-            label.set_fontweight("bold")
-    for row, p in zip(rows, probs, strict=True):
-        ax.text(min(p, 1.0) + 0.01, row, f"{p:.2f}", va="center", fontsize=7)
+    for column in decided:
+        ax.get_yticklabels()[column].set_fontweight("bold")
     # A line above each multi-class group, so the group reads as one choice.
     for group in attribute_set.groups:
         if not group.is_binary and group.columns[0] > 0:
@@ -93,9 +90,7 @@ def prediction_figure(frames_uint8: np.ndarray, probs: np.ndarray,
     if binary_rows:
         ax.plot([threshold, threshold], [min(binary_rows) - 0.5, max(binary_rows) + 0.5],
                 linestyle="--", color="black", linewidth=0.8)
-    ax.set_xlim(0, 1.08)
-    ax.set_ylim(num - 0.5, -0.5)   # first column at the top
-    ax.set_xlabel("probability")
+    ax.set(xlim=(0, 1.08), ylim=(num - 0.5, -0.5), xlabel="probability")   # column 0 on top
     ax.legend(handles=[Patch(color=DECIDED, label="decided"),
                        Patch(color=OTHER, label="not chosen"),
                        Line2D([], [], linestyle="--", color="black",

@@ -7,22 +7,13 @@ the trainer and evaluator of `vtfpar_jax.training.train`, each point in its own 
 DIR/<point>. Writes DIR/ablation.json (every point's overrides and headline
 metrics), DIR/ablation.md (a table) and DIR/ablation.png (a bar chart).
 
-Each point is identified by what it runs: its fully resolved config (the file,
-then --set, then its sweep values, then a frozen_patterns preset), the attribute
-set and the data splits, hashed into a fingerprint (vtfpar_jax.state.fingerprint) and
-stored with it in ablation.json. Rerunning into the same work dir resumes:
-a finished point is kept only if its fingerprint is the same (an edited config
-file or another --set is refused, naming the fields that differ, old and new
-values), a point stopped halfway resumes from its newest checkpoint only if its
-folder started with the point's very config and recorded no change since (a
-run-control change too, e.g. num_epochs, is refused: the point would mix two
-runs), and new sweep values add points. A point's label spells its values (a
-tuple with a short hash of it), so reordering sweep values never swaps results;
-two values with the same label are refused.
-
-Every point's config is built and checked (presets resolved, the model's fields
-validated, without loading a backbone or data) before the first point trains;
-a bad value anywhere in a sweep is refused with nothing created.
+Each point is identified by its fully resolved config (the file, then --set, then
+its sweep values, then a frozen_patterns preset), the attribute set and the data
+splits, hashed into a fingerprint (vtfpar_jax.state.fingerprint). Rerunning into
+the same work dir resumes: a finished point is kept only if its fingerprint is the
+same, a point stopped halfway resumes only if its folder ran this very config, and
+new sweep values add points. Every point's config is built and checked before the
+first point trains. docs/experiments.md, "Ablations", gives the rules and messages.
 
 Values are typed like the config field they set (true/false, numbers, strings;
 tuples as Python literals, e.g. --sweep "frozen_patterns=('backbone/.*',),()").
@@ -115,10 +106,7 @@ def parse_value(config: ml_collections.ConfigDict, key: str, text: str):
     fields = config_file.config_fields(config)
     if key not in fields:
         raise AblationError(f"{key!r}: the config has no such field{nearest(key, fields)}")
-    node = config
-    for name in key.split("."):
-        node = node[name]
-    kind = type(node)
+    kind = type(config[key])   # a ConfigDict reads a dotted key field by field
     if key == "frozen_patterns" and text in FROZEN_PRESETS:
         return text
     try:
@@ -341,12 +329,10 @@ def format_table(report: dict) -> str:
 
 def save_chart(report: dict, path: str) -> None:
     import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # not pyplot: savefig renders with Agg
 
     labels = report["order"]
     figure = Figure(figsize=(max(6.0, 1.2 + 1.6 * len(labels)), 4.5), layout="constrained")
-    FigureCanvasAgg(figure)
     ax = figure.subplots()
     width = 0.8 / len(METRICS)
     positions = np.arange(len(labels))
@@ -363,17 +349,6 @@ def save_chart(report: dict, path: str) -> None:
     config_file, sep, argument = report["config"].partition(":")
     ax.set_title(f"ablation of {os.path.basename(config_file)}{sep}{argument}")
     save_figure(figure, path, dpi=100)
-
-
-def _parse_sets(items: list[str]) -> dict:
-    """--set key=value (typed when the config is loaded)."""
-    sets = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise AblationError(f"--set {item!r}: expected 'field=value'")
-        sets[key.strip()] = value
-    return sets
 
 
 def _typed_sets(config_spec: str, raw: dict) -> dict:
@@ -414,7 +389,10 @@ def main(argv=None):
 def _ablate(args) -> dict:
     from vtfpar_jax.outputs import out_folder
     out_folder.check_writable_folder(args.workdir, "--workdir")
-    sets = _typed_sets(args.config, _parse_sets(args.sets))
+    if bad := [item for item in args.sets if "=" not in item]:
+        raise AblationError(f"--set {bad[0]!r}: expected 'field=value'")
+    sets = _typed_sets(args.config, {key.strip(): value for key, _, value in (
+        item.partition("=") for item in args.sets)})
     cli_errors.on_stop(lambda: points_kept(args.workdir))
     with out_folder.lock(args.workdir, "--workdir"):   # two runs would rewrite ablation.json
         report = run(args.config, args.sweep, args.workdir, sets)

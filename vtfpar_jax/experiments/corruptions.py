@@ -4,40 +4,11 @@
 
 A corruption acts on the uint8 frames of one tracklet, (T, H, W, 3), at the
 size evaluation decodes them (`input_pipeline.pipeline.eval_batches`), before
-the device resizes and normalises them: the pixels the model would be given.
-Severity 0 is the clip itself. Everything random (where the occluder is, its
-colour, the blur direction, the noise, which frames drop) is drawn from
-(seed, corruption, tracklet index) and not from the severity, so a rerun gives
-the same clips bit for bit. Where the severity sets a draw's range, the value
-drawn changes with it: as the severity grows, one tracklet keeps its blur
-direction, its noise pattern (scaled by sigma) and its occluder's colour, but
-the occluder's size and place are drawn for each severity (the rectangle moves),
-and the frames dropped at one severity need not include those of a lower one.
-
-Severities, with H the frame height in pixels (lengths scale with the frame,
-so a 256x128 MARS crop and a 48 px demo frame are corrupted alike):
-
-  occlusion         a solid rectangle of one random colour covering this share of
-                    the frame (the person's crop): 0.1 0.2 0.3 0.4 0.5; random
-                    width (at least share x frame width), height to match, random
-                    place; the same place in every frame
-  moving_occlusion  the same rectangle, moving in a straight line from one random
-                    place to another across the T frames
-  motion_blur       a linear kernel of length round(f x H) pixels (at least 2) in a
-                    random direction, f = 0.03 0.06 0.09 0.12 0.15 (8 15 23 31 38 px
-                    at H = 256); one direction per tracklet
-  defocus_blur      a disk kernel of radius f x H pixels, f = 0.012 0.02 0.03 0.04 0.05
-                    (3.1 5.1 7.7 10.2 12.8 px at H = 256), its rim antialiased
-  low_light         every pixel value times 0.6 0.45 0.3 0.2 0.1 (darker and flatter)
-  low_contrast      each frame blended towards its own mean grey, keeping
-                    0.6 0.45 0.3 0.2 0.1 of the contrast
-  gaussian_noise    independent normal noise per pixel and channel, sigma
-                    8 16 24 36 48 levels of 255, clipped to 0..255
-  jpeg              re-encoded by PIL at JPEG quality 40 25 15 10 5
-  dropped_frames    floor(s x T + 1/2) of the T frames (s = 0.2 0.35 0.5 0.65 0.8;
-                    at most T - 1; 1 2 3 4 5 of 6), chosen at random among frames
-                    2..T, each replaced by the last frame kept before it
-  dropped_frames_black  the same frames replaced by black
+the device resizes and normalises them. Severity 0 is the clip itself.
+Everything random is drawn from (seed, corruption, tracklet index), never from
+the severity, so a rerun gives the same clips bit for bit. Lengths scale with
+the frame height. What each severity of each corruption is, and what stays
+fixed as the severity grows: docs/experiments.md, "The corruptions".
 
 A new corruption is one more `Corruption` in `CORRUPTIONS`: a name, its five
 levels, and a function (clip, level, rng) -> clip.
@@ -108,6 +79,10 @@ def _occlude(clip: np.ndarray, share: float, rng: np.random.Generator,
 # --- blur -----------------------------------------------------------------------
 
 
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
 def motion_blur_kernel(length: int, angle: float) -> np.ndarray:
     """A (length, length) kernel summing to one: a line `length` pixels long through
     the centre at `angle` radians, drawn by bilinear splatting of points along it."""
@@ -145,8 +120,8 @@ def _convolve(clip: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     top, left = (ky - 1) // 2, (kx - 1) // 2
     padded = np.pad(clip.astype(np.float64), ((0, 0), (top, ky - 1 - top),
                                               (left, kx - 1 - left), (0, 0)), mode="edge")
-    blurred = signal.convolve(padded, kernel[None, :, :, None], mode="valid", method="auto")
-    return np.clip(np.rint(blurred), 0, 255).astype(np.uint8)
+    return _to_uint8(signal.convolve(padded, kernel[None, :, :, None], mode="valid",
+                                     method="auto"))
 
 
 def motion_blur_length(height: int, fraction: float) -> int:
@@ -163,10 +138,6 @@ def _defocus_blur(clip, fraction, rng):
 
 
 # --- light, noise, compression ---------------------------------------------------
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def _low_light(clip, factor, rng):

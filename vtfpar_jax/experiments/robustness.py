@@ -2,23 +2,18 @@
 [--corruptions occlusion,motion_blur,...] [--severities 1,3,5] [--seed 0] [--out DIR]`.
 
 Evaluates the clean split, then every corruption x severity
-(vtfpar_jax.experiments.corruptions: what each severity means), with the evaluation code
-and its three protocols. Writes to OUT (default MODEL/robustness_SPLIT):
-- robustness.json: per cell the headline metrics and every attribute group's F1;
-- table.txt: group F1 (published), mA and Chen F1 per corruption and severity,
-  and which attribute groups fail first under each corruption;
-- robustness.png: each metric against severity, one line per corruption;
-- groups.png: each group's F1 drop from clean at the highest severity run.
+(vtfpar_jax.experiments.corruptions), with the evaluation code and its
+protocols. Writes to OUT (default MODEL/robustness_SPLIT) robustness.json (per
+cell the headline metrics and every attribute group's F1), table.txt,
+robustness.png and groups.png.
 
 robustness.json is rewritten after every cell, so an interrupted run resumes
-with the next cell. It records what its cells ran: the model dir, its step and
-config, the split, data dir and seed, and each corruption's definition (unit,
-levels, and a hash of the code that applies it: `fingerprint.corruption_definition`).
-A rerun into the same OUT that differs in any of these (another checkpoint, an
-edited corruption) is refused, naming the fields that differ; results are never
-overwritten. New corruptions or severities add cells. A corruption or severity
-given twice is refused. Works on training work dirs and on converted published
-checkpoints alike (both are model dirs).
+with the next cell; new corruptions or severities add cells. It records what its
+cells ran (the model dir, step and config, the split, data dir and seed, and each
+corruption's definition: `fingerprint.corruption_definition`), and a rerun into
+the same OUT that differs in any of these is refused, naming the fields. Works on
+training work dirs and converted published checkpoints alike. docs/experiments.md,
+"Robustness", describes each output and the rules.
 """
 
 from __future__ import annotations
@@ -169,10 +164,8 @@ def save_figures(report: dict, names, severities, out: str) -> dict[str, str]:
             xs = [0, *severities]
             ys = [100 * _value(cells, name, s, metric) for s in xs]
             ax.plot(xs, ys, marker="o", label=name)
-        ax.set_xticks(range(0, max(severities) + 1))
-        ax.set_xlabel("severity (0 = clean)")
-        ax.set_ylabel("%")
-        ax.set_title(title)
+        ax.set(xticks=range(0, max(severities) + 1), xlabel="severity (0 = clean)",
+               ylabel="%", title=title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     figure.suptitle(f"{report['attribute_set']}, split {report['split']!r}, step "

@@ -5,35 +5,21 @@
     made = tracks_for("street.mp4", info, detections="dets.txt")   # a MOT detections file
     made.tracks, made.warnings
 
-Detection: any detector of vtfpar_jax.inference.detectors (OpenCV's HOG by default, or
-an ONNX or Hugging Face model of the user's), or a MOT detections file
-(`frame,-1,x,y,w,h,conf`) whose conf column is used as written. A box taller
-than MAX_PERSON_SHARE of the frame is not a person a street camera sees whole
-(HOG fires on walls and road at that size): it is dropped, and the count said.
+Detection: any detector of vtfpar_jax.inference.detectors, or a MOT detections
+file (`frame,-1,x,y,w,h,conf`) whose conf column is used as written; boxes
+taller than MAX_PERSON_SHARE of the frame are dropped (HOG fires on walls and
+road at that size), and the count said. Tracking: supervision's ByteTrack, its
+thresholds acting on scores in [0, 1].
 
-Tracking: supervision's ByteTrack, its thresholds acting on scores in [0, 1].
 With detect_every N the detector runs on frames 1, 1 + N, ...; ByteTrack sees
-only those (its frame rate divided by N, so it keeps a lost track as long in
-seconds), and each track's box on the frames between two of its detections is
-interpolated linearly: the tracker carries it across the gap, also across up to
-CARRIED_DETECTIONS - 1 detection frames in a row where the detector missed it
-(ByteTrack kept its id, so both ends are the same person). A track seen on the
-last frame searched is carried on, at its last velocity, to the end of the video
-(at most N - 1 frames) or the frame's edge.
-
-ByteTrack matches a detection to a track by IoU (times the detection's score),
-and a walker moves about 0.4 of their width in 5 frames: with --detect_every 5,
-a new track's second detection often overlapped its first too little to be
-matched, and the person was never tracked (docs/tracking.md, "Speed"). So
-ByteTrack sees every box grown by BUFFER_PER_FRAME of its size on each side per
-frame between detections (the buffered IoU of C-BIoU, Yang et al. 2023); the
-tracks keep the detector's own boxes. With --detect_every 1 nothing is grown.
-
-A track the detector found on fewer than LOW_CONFIDENCE_BELOW of the frames it
-searched (from its first on, so one that starts on the last two is judged on those)
-is marked low-confidence (in tracks.json, and said): a person in view is
-found frame after frame, while a box on background (HOG on road or a wall)
-mostly flickers on and off. Its attributes are still predicted.
+only those (its frame rate divided by N) and sees every box grown by
+BUFFER_PER_FRAME of its size on each side per frame between detections (the
+buffered IoU of C-BIoU, Yang et al. 2023), so that a walker's next detection
+still matches; the tracks keep the detector's own boxes, interpolated between
+detections (`interpolate_gaps`) and carried to the end (`extend_to`). A track
+found on fewer than LOW_CONFIDENCE_BELOW of the frames it was searched on is
+marked low-confidence; its attributes are still predicted. docs/tracking.md,
+"Detectors", says why each rule is there.
 """
 
 from __future__ import annotations
@@ -60,7 +46,6 @@ START_IOU = 0.2             # ByteTrack's matching bound: 1 - minimum_matching_t
 class MadeTracks:
     tracks: dict[int, mot.Track]
     warnings: list[str]
-    detected_frames: int
     boxes_found: int
     evidence: dict[int, dict[str, Any]]   # per track: what the detector found of it
 
@@ -223,4 +208,4 @@ def tracks_for(path: str, info: video_io.VideoInfo, detector: Detector | None = 
         notes.append(f"no person was found on the {detected} frame(s) searched"
                      + (" (--min_person_px may be above the people's height)"
                         if given is None else ""))
-    return MadeTracks(tracks, notes, detected, found_count, found_on)
+    return MadeTracks(tracks, notes, found_count, found_on)

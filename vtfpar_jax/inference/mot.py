@@ -47,7 +47,7 @@ class Track:
         return [b.frame for b in self.boxes]
 
 
-def _parse_line(path: str, number: int, line: str) -> tuple[int, Box]:
+def _parse_line(path: str | os.PathLike, number: int, line: str) -> tuple[int, Box]:
     fields = [f.strip() for f in line.split(",")]
     where = f"{path}: line {number}"
     if len(fields) < 6:
@@ -72,7 +72,7 @@ def _parse_line(path: str, number: int, line: str) -> tuple[int, Box]:
     return int(id_f), Box(int(frame_f), x, y, w, h, conf)
 
 
-def _box_lines(path: str, kind: str) -> Iterator[tuple[int, int, Box]]:
+def _box_lines(path: str | os.PathLike, kind: str) -> Iterator[tuple[int, int, Box]]:
     """(line number, id, box) of each line of a MOT file of `kind` (tracks, detections);
     blank lines and '#' comments are skipped."""
     if not os.path.isfile(path):
@@ -85,7 +85,6 @@ def _box_lines(path: str, kind: str) -> Iterator[tuple[int, int, Box]]:
 
 def read_tracks(path: str | os.PathLike) -> dict[int, Track]:
     """{id: Track} from a MOTChallenge text file."""
-    path = os.fspath(path)
     boxes: dict[int, dict[int, Box]] = {}
     for number, track_id, box in _box_lines(path, "tracks"):
         per_frame = boxes.setdefault(track_id, {})
@@ -103,7 +102,6 @@ def read_tracks(path: str | os.PathLike) -> dict[int, Track]:
 def read_detections(path: str | os.PathLike) -> dict[int, list[Box]]:
     """{frame: [Box]} from a detections file in the same format (ids ignored, usually -1;
     any number of boxes per frame)."""
-    path = os.fspath(path)
     detections: dict[int, list[Box]] = {}
     for number, track_id, box in _box_lines(path, "detections"):
         if track_id != -1:   # ByteTrack would drop the ids and make its own tracks

@@ -3,19 +3,12 @@
     vtfpar predict --model DIR [--out OUTDIR] [--frames T] INPUT...
 
 INPUT is a folder of frames (one tracklet, image files sorted by name) or a
-video file (mp4, avi, ... decoded with PyAV). Each is read as evaluation reads
-a tracklet (vtfpar_jax.inference.video: T uniformly spaced frames, resized and
-normalised as the input pipeline does), all are run as one batch, and per
-input OUTDIR gets <name>.json (the model's head, every attribute's probability, one
-decision per group: argmax for multi-class groups, p > 0.45 for binary ones, as published,
-or the argmax of a binary's two classes with the group head; see
-vtfpar_jax.evaluation.decisions) and <name>.png (the frames and the probabilities as
-bars).
-
-An input that cannot be read does not stop the others: every readable input
-gets its outputs, each failure is one line on stderr naming the input and why,
-a last line says "N done, M failed", and the exit status is 1 if any failed.
-With --fail-fast the first unreadable input stops the run before any output.
+video file, read as evaluation reads a tracklet (vtfpar_jax.inference.video);
+all are run as one batch, and per input OUTDIR gets <name>.json (every
+attribute's probability and one decision per group: vtfpar_jax.evaluation.decisions)
+and <name>.png (the frames and the probabilities as bars). An input that cannot
+be read does not stop the others unless --fail-fast. docs/inference.md,
+"Prediction", says the rest.
 """
 
 from __future__ import annotations
@@ -117,6 +110,22 @@ def output_names(paths: list[Path]) -> list[str]:
 MIN_PERSON_SIDE = 16   # pixels: a smaller person is a few blobs of colour once upscaled
 
 
+def add_model_options(parser: argparse.ArgumentParser, out_default: str) -> None:
+    """--model, --out, --overwrite, --step and --threshold: the options `vtfpar predict` and
+    `vtfpar track` share."""
+    parser.add_argument("--model", required=True, help="a training work dir or converted model")
+    parser.add_argument("--out", default=out_default,
+                        help="output folder, new or empty, or holding this command's results "
+                        "for the same model and inputs (default %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace whatever --out holds, whole")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+    parser.add_argument("--threshold", type=errors.probability, default=None,
+                        help="binary decision threshold (default: the published "
+                        f"{metrics.PUBLISHED_THRESHOLD} for the attribute head, "
+                        f"{decisions.GROUP_HEAD_THRESHOLD}, the argmax, for the group head)")
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """CLI: predict every INPUT, write <name>.json and <name>.png under --out."""
     parser = argparse.ArgumentParser(
@@ -124,19 +133,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         description="Pedestrian attributes of clips: folders of frames or video files.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="a folder of frames (one tracklet, sorted by name) or a video file")
-    parser.add_argument("--model", required=True, help="a training work dir or converted model")
-    parser.add_argument("--out", default="predictions",
-                        help="output folder, new or empty, or holding this command's results "
-                        "for the same model and inputs (default %(default)s)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace whatever --out holds, whole")
+    add_model_options(parser, out_default="predictions")
     parser.add_argument("--frames", type=errors.positive_int, default=None,
                         help="frames sampled per clip (default: the model's)")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
-    parser.add_argument("--threshold", type=errors.probability, default=None,
-                        help="binary decision threshold (default: the published "
-                        f"{metrics.PUBLISHED_THRESHOLD} for the attribute head, "
-                        f"{decisions.GROUP_HEAD_THRESHOLD}, the argmax, for the group head)")
     parser.add_argument("--fail-fast", action="store_true",
                         help="stop at the first input that cannot be read, before writing "
                         "anything (default: predict the readable ones, list the others)")

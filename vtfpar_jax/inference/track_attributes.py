@@ -4,32 +4,19 @@
         [--detector hog|onnx:MODEL.onnx|hf:HUB_ID_OR_FOLDER] [--min_person_px 48]
         [--detect_every N] [--out DIR]
 
-Tracks come from --tracks, a MOTChallenge text file (`frame,id,x,y,w,h,conf,...`,
-frames from 1; vtfpar_jax.inference.mot), or, without it, from the built-in path
-(vtfpar_jax.inference.detect_track: a person detector of vtfpar_jax.inference.detectors, OpenCV's
-HOG by default, or --detections, then supervision's ByteTrack; the `video`
-extra). Each track is cropped from the
-frames with a little context at the training crops' aspect and predicted as a
-tracklet, T frames sampled over the whole track and, with --window N, over
-each sliding window of N of its frames (vtfpar_jax.inference.tracklets); clips of all
-tracks are batched through `predict.predict_clips`.
+Tracks come from --tracks, a MOTChallenge text file (vtfpar_jax.inference.mot),
+or, without it, from a person detector and ByteTrack
+(vtfpar_jax.inference.detect_track; the `video` extra). Each track is cropped
+from the frames and predicted as a tracklet, over the whole track and, with
+--window N, over each sliding window of N of its frames
+(vtfpar_jax.inference.tracklets); clips of all tracks are batched through
+`predict.predict_clips`. The video is decoded as a stream, twice (crops, then
+the annotated copy), and never held.
 
-The video is decoded as a stream, twice (crops, then the annotated copy), and
-never held: only the crops of clips still open are kept.
-
-OUT (default tracks_out/) gets:
-- tracks.json: per track id its frame span, boxes, whole-track and per-window
-  probabilities and the decided attributes (published rules, vtfpar_jax.evaluation.decisions);
-- annotated.mp4: the video with boxes, ids and each track's top decided attributes;
-- contact_sheet.png: one row per track, its sampled crops and its attributes;
-- tracks.txt: the tracks used, in MOT format (with the built-in path: the ones it made).
-At the end a table gives the seconds and frames/s of each stage (decode, detect,
-track, crop, predict, draw; vtfpar_jax.inference.stage_times), also in tracks.json.
-
-Bad input is one `error:` line and exit status 1, before anything is written:
-an unreadable video, a malformed or empty tracks file (the line is named).
-Boxes reaching outside the frame are clamped, each with a warning naming the
-track and frame (also listed in tracks.json's 'warnings').
+OUT (default tracks_out/) gets tracks.json, annotated.mp4, contact_sheet.png and
+tracks.txt, and a table gives the seconds and frames/s of each stage
+(vtfpar_jax.inference.stage_times). docs/inference.md, "Attributes per person in
+a street video", says what each holds and how bad input is refused.
 """
 
 from __future__ import annotations
@@ -43,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vtfpar_jax import cli_errors, errors
-from vtfpar_jax.evaluation import decisions, metrics
+from vtfpar_jax.evaluation import decisions
 from vtfpar_jax.inference import (
     detectors,
     mot,
@@ -218,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="vtfpar track",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("video", help="a video file (mp4, avi, ...; decoded with PyAV)")
-    parser.add_argument("--model", required=True, help="a training work dir or converted model")
+    predict.add_model_options(parser, out_default="tracks_out")
     parser.add_argument("--tracks", default=None,
                         help="MOTChallenge tracks (frame,id,x,y,w,h,conf,...); default: "
                         "detect and track people (needs the 'video' extra)")
@@ -242,12 +229,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--window", type=errors.positive_int, default=None,
                         help="also predict each sliding window of N track frames "
                         "(stride N // 2)")
-    parser.add_argument("--out", default="tracks_out",
-                        help="output folder, new or empty, or holding this command's results "
-                        "for the same model and inputs (default %(default)s)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace whatever --out holds, whole")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
     parser.add_argument("--batch", type=errors.positive_int, default=8,
                         help="clips per model call (default %(default)s)")
     parser.add_argument("--context", type=float, default=tracklets.CONTEXT,
@@ -255,10 +236,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "(default %(default)s)")
     parser.add_argument("--aspect", type=float, default=tracklets.TRAINING_ASPECT,
                         help="height / width of the crops (default %(default)s, as MARS's)")
-    parser.add_argument("--threshold", type=errors.probability, default=None,
-                        help="binary decision threshold (default: the published "
-                        f"{metrics.PUBLISHED_THRESHOLD} for the attribute head, "
-                        f"{decisions.GROUP_HEAD_THRESHOLD}, the argmax, for the group head)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     cli_errors.add_verbose(parser)
     args = parser.parse_args(argv)

@@ -24,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 import numpy as np
+from PIL import Image
 
 from vtfpar_jax.inference import video
 from vtfpar_jax.inference.mot import Box, Track
@@ -85,17 +86,6 @@ def crop_region(box: Box, aspect: float = TRAINING_ASPECT,
     return x0, y0, x0 + max(1, int(round(w))), y0 + max(1, int(round(h)))
 
 
-def cut(frame: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
-    """frame[y0:y1, x0:x1] with black where the region reaches outside the frame."""
-    x0, y0, x1, y1 = region
-    height, width = frame.shape[:2]
-    out = np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-    if sx1 > sx0 and sy1 > sy0:
-        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = frame[sy0:sy1, sx0:sx1]
-    return out
-
-
 @dataclasses.dataclass
 class Clip:
     """A finished clip: its plan, the model-size crops (T, S, S, 3) uint8 and, for a whole
@@ -129,12 +119,14 @@ class CropCollector:
     def add(self, number: int, frame: np.ndarray) -> Iterator[Clip]:
         """Take frame `number` (1-based); yield the clips it completes."""
         crops: dict[int, tuple[np.ndarray, np.ndarray]] = {}   # one crop per track per frame
-        for index, slot in self._wanted.pop(number, ()):
+        wanted = self._wanted.pop(number, ())
+        image = Image.fromarray(frame) if wanted else None
+        for index, slot in wanted:
             p = self._plans[index]
             if p.track_id not in crops:
-                region = crop_region(self._boxes[p.track_id][number], self._aspect,
-                                     self._context)
-                piece = cut(frame, region)
+                # PIL's crop is black where the region reaches outside the frame.
+                piece = np.asarray(image.crop(crop_region(self._boxes[p.track_id][number],
+                                                          self._aspect, self._context)))
                 crops[p.track_id] = (video.resize(piece, (self._size, self._size)),
                                      video.resize(piece, THUMBNAIL))
             model_crop, thumbnail = crops[p.track_id]

@@ -8,30 +8,12 @@ they are not fixed). Its outputs are read in one of the layouts users export; ea
 is one row of LAYOUTS below, which prepares the image as its exporter trained on it
 and decodes the outputs. A layout is taken only when it alone matches the graph
 strictly: the number of outputs, their ranks and widths, and the class count
-against the class names the model carries (`class_names`). A graph that several
-layouts match is refused, naming them; `onnx:PATH@LAYOUT` picks one, refused
-where the graph's outputs cannot be read so.
+against the class names the model carries (`class_names`; without them, COCO's).
+A graph that several layouts match is refused, naming them; `onnx:PATH@LAYOUT`
+picks one, refused where the graph's outputs cannot be read so.
 
-The layouts and their exporters (docs/tracking.md, "ONNX layouts", tables each
-one's outputs, image and decoding): yolo (Ultralytics YOLOv8/11 without NMS),
-yolo_nms (exported with NMS in the graph), yolov5 (YOLOv5, YOLOv7), yolox (YOLOX's
-own export, the head not decoded), rtdetr_ultralytics (Ultralytics RT-DETR: the
-sigmoid is in the graph), yolo_nas (super-gradients, exported with preprocessing=None
-and postprocessing=None), rtdetr (transformers' RT-DETR through torch.onnx) and detr
-(transformers' DETR, through optimum).
-
-Without class names, a two-output graph's class count is all that tells DETR's
-softmax (with its "no object" column) from a score per class, so it is read
-against COCO's: 91 ids + "no object" for detr, 80 classes for rtdetr and
-yolo_nas. Outputs named `logits` and `pred_boxes`, what optimum names its exports
-of transformers' DETR family, are detr at any width (optimum has no export for
-RT-DETR: huggingface/optimum#2248).
-
-The YOLO layouts letterbox the image (scaled to fit, padded right and below with
-grey 114; RGB in [0, 1] unless said), and those without NMS in the graph keep
-person boxes above the score threshold, then apply non-maximum suppression (IoU
-NMS_IOU) as the exporter would have. The person class is the one the model's class
-names call 'person', else COCO's: 0 for 80 classes, 1 for detr (COCO's 91 ids).
+docs/tracking.md, "ONNX layouts", tables each layout's exporter, outputs, image
+and decoding, and says how a layout is chosen without class names.
 """
 
 from __future__ import annotations
@@ -44,6 +26,7 @@ import os
 from collections.abc import Callable
 
 import numpy as np
+from scipy import special
 
 from vtfpar_jax.errors import reason
 from vtfpar_jax.inference.detectors import base
@@ -155,10 +138,6 @@ def _in_frame(cxcywh: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
     return _corners(cxcywh) * [fw, fh, fw, fh]
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))    # = 1 / (1 + e^-x), without overflow
-
-
 def _yolo(outputs, size, frame_size, scale, person):
     rows = outputs[0].T                                     # (N, 4 + C): cx, cy, w, h
     return _corners(rows[:, :4]) / scale, rows[:, 4 + person]
@@ -194,13 +173,12 @@ def _yolo_nas(outputs, size, frame_size, scale, person):
 
 def _rtdetr(outputs, size, frame_size, scale, person):
     boxes, logits = outputs
-    return _in_frame(boxes, frame_size), _sigmoid(logits[:, person])
+    return _in_frame(boxes, frame_size), special.expit(logits[:, person])
 
 
 def _detr(outputs, size, frame_size, scale, person):
     boxes, logits = outputs                      # the last column of logits: no object
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return _in_frame(boxes, frame_size), probs[:, person] / probs.sum(axis=1)
+    return _in_frame(boxes, frame_size), special.softmax(logits, axis=1)[:, person]
 
 
 @dataclasses.dataclass(frozen=True)
