@@ -58,13 +58,9 @@ SAMPLE_CASES = {"attribute": "default", "group": "group_default"}
 # Updates are recorded on this many entries of each tensor (all of a smaller one).
 SAMPLED_ENTRIES = 64
 IMAGE_SHAPE = (3, 224, 224)
-# The heads' biases, and the bias of the LayerNorm before them, add the same value to every
-# row of the batch ahead of BatchNorm, which in training subtracts the batch mean: their
-# exact gradient is zero and what they get is float32 rounding, different on every run (the
-# published code's own at 1 and 2 threads differ by ~1e23 relative on the heads' biases,
-# ~0.95 on the LayerNorm's). SGD leaves them in place; Adam normalises that rounding to
-# steps of about lr with random signs, which then shows in the evaluation logits
-# (BatchNorm on running statistics reads them).
+# The heads' biases and the bias of the LayerNorm before them: BatchNorm subtracts the
+# batch mean of what they add, so their exact gradient is zero and training moves them by
+# float32 rounding only, differently on every run (docs/published-model.md §14).
 ROUNDING_ONLY = re.compile(r"weight_layer\.\d+\.bias|norm\.bias")
 
 
@@ -126,17 +122,14 @@ def published_run(openpar_dir: str, start: dict, batches: dict, optimizer: str, 
     'eval_logits', 'after' (its state dict after training, float32 numpy)}."""
     import torch
 
-    from vtfpar_jax.convert.to_openpar_cli import command_line
     from vtfpar_jax.tools.published_code import freeze_backbone, published_code, published_net
 
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    options = start["options"]
-    flags = tuple(command_line({k: v for k, v in options.items() if k != "frames"}).split())
     phrases = start["meta"]["attributes"]
     group = start["head"] == "group"
     try:
-        with published_code(openpar_dir, options["frames"], "cpu", flags) as pub:
+        with published_code(openpar_dir, start["options"], "cpu") as pub:
             net, clip_torch = published_net(pub, start["clip_state"], phrases,
                                             start["published"], group=group)
             _without_drop_path(net)
@@ -211,7 +204,8 @@ def our_run(start: dict, batches: dict, optimizer: str, lr: float, seed: int = 0
     import optax
 
     from vtfpar_jax.convert import to_openpar
-    from vtfpar_jax.models import clip, vtfpar
+    from vtfpar_jax.inference import predict
+    from vtfpar_jax.models import clip
     from vtfpar_jax.models import rng as random_streams
     from vtfpar_jax.state import optim
     from vtfpar_jax.state.train_state import Frozen, initial_state, step_frozen_params
@@ -235,13 +229,13 @@ def our_run(start: dict, batches: dict, optimizer: str, lr: float, seed: int = 0
     params = optim.merge(state.trainable, frozen_params)
     trained = {"params": params["model"], "batch_stats": state.batch_stats,
                "backbone": variables["backbone"]}
-    eval_logits, _ = jax.jit(lambda v, x: vtfpar.apply(
-        cfg, {"params": v["params"], "batch_stats": v["batch_stats"]}, v["backbone"], x, text))(
-        trained, batches["eval_video"].transpose(0, 1, 3, 4, 2))
+    eval_logits = predict.compute_logits(cfg, trained,
+                                         batches["eval_video"].transpose(0, 1, 3, 4, 2),
+                                         start["tokens"])
     after = {k.removeprefix("model/"): v
              for k, v in to_openpar.state_dict(cfg, jax.device_get(trained)).items()}
     return {"losses": np.asarray(losses, np.float64),
-            "eval_logits": np.asarray(eval_logits), "after": after}
+            "eval_logits": eval_logits, "after": after}
 
 
 def trained_keys(before: dict, *runs: dict) -> list[str]:
