@@ -33,10 +33,10 @@ import numpy as np
 from vtfpar_jax import cli_errors
 from vtfpar_jax.outputs import files
 from vtfpar_jax.tools.published_code import (
+    attribute_step,
     freeze_backbone,
     published_code,
     published_net,
-    weighted_bce_torch,
 )
 
 VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
@@ -99,20 +99,13 @@ def _run_published(openpar_dir: str, batch: int, frames: int, device: str, steps
 
         torch_train_s = torch_train_peak = None
         if train:
-            model.train()
             optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                          lr=1e-3)
             labels = torch.from_numpy((rng.uniform(size=(batch, len(phrases))) < 0.3)
                                       .astype(np.float32)).to(device)
-            ratio = torch.full((len(phrases),), 0.3, device=device)
-
-            def torch_step():
-                loss = weighted_bce_torch(model(video_t, clip_torch), labels, ratio)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-
-            torch_train_s, torch_train_peak = timed(torch_step)
+            torch_step = attribute_step(model, clip_torch, optimizer,
+                                        torch.full((len(phrases),), 0.3, device=device))
+            torch_train_s, torch_train_peak = timed(lambda: torch_step(video_t, labels))
     return {"cfg": cfg, "variables": variables, "tokens": tokens, "video": video,
             "phrases": phrases, "logits": logits_torch, "predict_s": torch_predict_s,
             "predict_peak": torch_predict_peak, "train_s": torch_train_s,

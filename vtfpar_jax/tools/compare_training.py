@@ -122,7 +122,12 @@ def published_run(openpar_dir: str, start: dict, batches: dict, optimizer: str, 
     'eval_logits', 'after' (its state dict after training, float32 numpy)}."""
     import torch
 
-    from vtfpar_jax.tools.published_code import freeze_backbone, published_code, published_net
+    from vtfpar_jax.tools.published_code import (
+        attribute_step,
+        freeze_backbone,
+        published_code,
+        published_net,
+    )
 
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -138,7 +143,8 @@ def published_run(openpar_dir: str, start: dict, batches: dict, optimizer: str, 
             opt = (torch.optim.SGD(trainable, lr=lr) if optimizer == "sgd"
                    else torch.optim.Adam(trainable, lr=lr))
             train_one = (_marco_step(pub, net, clip_torch, opt) if group
-                         else _attribute_step(net, clip_torch, opt, start["pos_ratio"]))
+                         else attribute_step(net, clip_torch, opt,
+                                             torch.from_numpy(start["pos_ratio"])))
             losses = [train_one(torch.from_numpy(video), torch.from_numpy(labels))
                       for video, labels in zip(batches["videos"], batches["labels"],
                                                strict=True)]
@@ -151,25 +157,6 @@ def published_run(openpar_dir: str, start: dict, batches: dict, optimizer: str, 
         torch.set_num_threads(saved_threads)
     return {"losses": np.asarray(losses, np.float64), "eval_logits": eval_logits,
             "after": after}
-
-
-def _attribute_step(net, clip_torch, opt, positive_ratio):
-    """One step as the published train.py's batch_engine takes it: weighted BCE."""
-    import torch
-
-    from vtfpar_jax.tools.published_code import weighted_bce_torch
-
-    ratio = torch.from_numpy(positive_ratio)
-
-    def step(video, labels) -> float:
-        net.train()
-        clip_torch.train()
-        loss = weighted_bce_torch(net(video, clip_torch), labels, ratio)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
-    return step
 
 
 def _marco_step(pub, net, clip_torch, opt):

@@ -154,6 +154,21 @@ def freeze_backbone(net) -> None:
             param.requires_grad = False
 
 
+def attribute_step(net, clip_torch, opt, positive_ratio):
+    """One train step as the published train.py's batch_engine takes it (weighted BCE,
+    `positive_ratio` a tensor on the model's device): a function of (video, labels) that
+    returns the loss."""
+    def step(video, labels) -> float:
+        net.train()
+        clip_torch.train()
+        loss = weighted_bce_torch(net(video, clip_torch), labels, positive_ratio)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+
 def weighted_bce_torch(logits, labels, positive_ratio):
     """docs/published-model.md §8, as the published loss computes it."""
     import torch
