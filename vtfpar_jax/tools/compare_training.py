@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from vtfpar_jax import attributes
-from vtfpar_jax.tools.published_code import check_checkout
+from vtfpar_jax.tools import published_code as openpar_code
 
 OPTIMIZERS = ("sgd", "adam")
 HEADS = ("attribute", "group")
@@ -122,29 +122,22 @@ def published_run(openpar_dir: str, start: dict, batches: dict, optimizer: str, 
     'eval_logits', 'after' (its state dict after training, float32 numpy)}."""
     import torch
 
-    from vtfpar_jax.tools.published_code import (
-        attribute_step,
-        freeze_backbone,
-        published_code,
-        published_net,
-    )
-
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     phrases = start["meta"]["attributes"]
     group = start["head"] == "group"
     try:
-        with published_code(openpar_dir, start["options"], "cpu") as pub:
-            net, clip_torch = published_net(pub, start["clip_state"], phrases,
-                                            start["published"], group=group)
+        with openpar_code.published_code(openpar_dir, start["options"], "cpu") as pub:
+            net, clip_torch = openpar_code.published_net(pub, start["clip_state"], phrases,
+                                                         start["published"], group=group)
             _without_drop_path(net)
-            freeze_backbone(net)
+            openpar_code.freeze_backbone(net)
             trainable = [p for p in net.parameters() if p.requires_grad]
             opt = (torch.optim.SGD(trainable, lr=lr) if optimizer == "sgd"
                    else torch.optim.Adam(trainable, lr=lr))
             train_one = (_marco_step(pub, net, clip_torch, opt) if group
-                         else attribute_step(net, clip_torch, opt,
-                                             torch.from_numpy(start["pos_ratio"])))
+                         else openpar_code.attribute_step(
+                             net, clip_torch, opt, torch.from_numpy(start["pos_ratio"])))
             losses = [train_one(torch.from_numpy(video), torch.from_numpy(labels))
                       for video, labels in zip(batches["videos"], batches["labels"],
                                                strict=True)]
@@ -295,7 +288,7 @@ def compare(openpar_dir: str, steps: int, optimizer: str = "sgd", head: str = "a
         raise ValueError(f"--head {head!r}; expected one of {HEADS}")
     if steps < 1:
         raise ValueError(f"--train_steps {steps}: expected at least 1")
-    check_checkout(openpar_dir)
+    openpar_code.check_checkout(openpar_dir)
     start = start or starting_point(frames, head)
     if start["head"] != head:
         raise ValueError(f"the starting point given is the {start['head']} head's, not {head}")
