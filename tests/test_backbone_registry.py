@@ -25,7 +25,7 @@ from vtfpar_jax.inference import predict
 from vtfpar_jax.models import clip, towers
 from vtfpar_jax.state import build, model_dir
 from vtfpar_jax.state.checkpoint import CheckpointStore
-from vtfpar_jax.tools import bench_setup, param_count
+from vtfpar_jax.tools import param_count
 from vtfpar_jax.training import train
 
 
@@ -122,10 +122,10 @@ def test_a_registered_backbone_trains_reloads_evaluates_and_predicts(toy, data_d
 
 
 def test_the_benchmark_and_param_count_take_a_registered_backbone(toy, capsys):
-    assert type(bench_setup.shape_config("tiny", "toy")) is ToyConfig
+    assert type(registry.shape_config("toy", "tiny")) is ToyConfig
     with pytest.raises(ValueError, match=r"--shape 'vit_b16' with --backbone toy; expected one "
                                          r"of \('tiny',\)"):
-        bench_setup.shape_config("vit_b16", "toy")
+        registry.shape_config("toy", "vit_b16")
     param_count.main(["--backbone", "toy", "--shape", "tiny", "--spatial_map", "0",
                       "--temporal_map", "0"])
     assert capsys.readouterr().out.startswith("VTFPAR++ with Toy tiny")

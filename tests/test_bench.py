@@ -113,9 +113,10 @@ import sys
 for name in ("PIL", "tensorflow", "transformers", "torch", "av", "cv2", "sentencepiece"):
     sys.modules[name] = None   # importing any of them now fails
 import jax
+from vtfpar_jax.backbones import registry
 from vtfpar_jax.tools import aot, bench_setup
 for backbone in ("clip", "siglip"):
-    cfg = bench_setup.model_config(bench_setup.shape_config("tiny", backbone), frames=2,
+    cfg = bench_setup.model_config(registry.shape_config(backbone, "tiny"), frames=2,
                                    dim=32, heads=4, num_attributes=3)
     jax.eval_shape(lambda: bench_setup.make_inputs(cfg, batch=2))
 """

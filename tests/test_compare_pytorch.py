@@ -98,7 +98,6 @@ def test_group_head_export_loads_strictly_in_the_published_code(openpar_case, tm
     import torch
 
     from vtfpar_jax.convert import openpar_cli, to_openpar_cli
-    from vtfpar_jax.convert.to_openpar_cli import command_line
     from vtfpar_jax.tools.published_code import published_code
 
     case = openpar_case("group_variant")
@@ -119,9 +118,8 @@ def test_group_head_export_loads_strictly_in_the_published_code(openpar_case, tm
     # which the drawn checkpoint leaves out.
     checkpoint.update({k: v for k, v in exported.items()
                        if k.startswith("clip_visual_extractor.") or k == "bn.num_batches_tracked"})
-    flags = tuple(command_line({k: v for k, v in options.items() if k != "frames"}).split())
     logits = {}
-    with published_code(os.environ["VTFPAR_OPENPAR"], options["frames"], "cpu", flags) as pub:
+    with published_code(os.environ["VTFPAR_OPENPAR"], options, "cpu") as pub:
         phrases = case["meta"]["attributes"]
         for name, weights in (("checkpoint", checkpoint), ("exported", exported)):
             clip_torch = pub.clip_model.build_model(dict(clip_state)).float()

@@ -248,14 +248,17 @@ class Writer(contextlib.AbstractContextManager):
     (docs/tracking.md, "Speed", measures both)."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int,
-                 fps: Fraction = DEFAULT_FPS, container_format: str | None = None):
-        """container_format: 'mp4' and so on; by default from the path's suffix."""
+                 fps: Fraction = DEFAULT_FPS, container_format: str | None = None,
+                 pix_fmt: str | None = None, options: dict[str, str] | None = None):
+        """container_format: 'mp4' and so on; by default from the path's suffix. pix_fmt
+        and options (x264's, e.g. crf) replace the defaults above."""
         import av
         self._container = av.open(os.fspath(path), mode="w", format=container_format)
         self._stream = self._container.add_stream("libx264", rate=fps)
         self._stream.width, self._stream.height = width, height
-        self._stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-        self._stream.options = {"preset": ENCODER_PRESET}
+        self._stream.pix_fmt = pix_fmt or (
+            "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p")
+        self._stream.options = {"preset": ENCODER_PRESET, **(options or {})}
         self.count = 0
 
     def write(self, frame: np.ndarray) -> None:

@@ -38,6 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from vtfpar_jax.backbones import registry
 from vtfpar_jax.state import sharding
 from vtfpar_jax.tools import bench_setup, compiled_stats
 from vtfpar_jax.tools.compiled_stats import gib
@@ -131,7 +132,7 @@ def compile_report(target_spec: str, shape: str = "vit_b16", *, batch: int,
         raise TargetError(f"--batch {batch} does not split over the {devices} devices of "
                           f"{target.name}")
     model_cfg = bench_setup.model_config(
-        bench_setup.shape_config(shape, backbone), frames=frames, dtype=dtype,
+        registry.shape_config(backbone, shape), frames=frames, dtype=dtype,
         backbone_dtype=backbone_dtype, remat=remat, attention=attention,
         num_attributes=num_attributes, **model_options)
     shapes = jax.eval_shape(lambda: bench_setup.make_inputs(model_cfg, batch=batch))

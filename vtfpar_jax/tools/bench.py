@@ -45,7 +45,6 @@ from vtfpar_jax.tools.bench_setup import (
     jitted,
     make_inputs,
     model_config,
-    shape_config,
 )
 from vtfpar_jax.tools.compiled_stats import gib
 
@@ -69,17 +68,16 @@ class Setup:
 def build(shape: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: str = "float32",
           backbone_dtype: str | None = None, remat: str | None = None, attention: str | None = None,
           num_attributes: int = 43, seed: int = 0, backbone: str = "clip", backbone_cfg=None,
-          backbone_params=None,
-          variables=None, text_features=None, video: np.ndarray | None = None) -> Setup:
+          backbone_params=None, variables=None, text_features=None,
+          video: np.ndarray | None = None) -> Setup:
     """The train step and evaluation forward of the project, jitted over a `data` mesh
     of the local devices, with their inputs placed (compare_pytorch passes converted
     weights here). Options left as None take the project's defaults."""
     from vtfpar_jax.state import sharding
 
-    model_cfg = model_config(backbone_cfg or shape_config(shape, backbone), frames=frames,
-                             dtype=dtype,
-                             backbone_dtype=backbone_dtype, remat=remat, attention=attention,
-                             num_attributes=num_attributes)
+    model_cfg = model_config(backbone_cfg or registry.shape_config(backbone, shape),
+                             frames=frames, dtype=dtype, backbone_dtype=backbone_dtype,
+                             remat=remat, attention=attention, num_attributes=num_attributes)
     mesh = sharding.make_mesh()
     if batch % jax.device_count():
         raise ValueError(f"--batch {batch} does not split over {jax.device_count()} devices")
@@ -281,16 +279,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _bench(p: argparse.ArgumentParser, args, command: str) -> dict[str, Any]:
+    model = dict(batch=args.batch, frames=args.frames, dtype=args.dtype,
+                 backbone_dtype=args.backbone_dtype, remat=args.remat, attention=args.attention,
+                 num_attributes=args.num_attributes, backbone=args.backbone)
     if args.aot:
         from vtfpar_jax.tools import aot
         try:
             aot.prepare(args.aot)
-            result = aot.compile_report(args.aot, args.shape, batch=args.batch,
-                                        frames=args.frames, dtype=args.dtype,
-                                        backbone_dtype=args.backbone_dtype, remat=args.remat,
-                                        attention=args.attention,
-                                        num_attributes=args.num_attributes,
-                                        backbone=args.backbone)
+            result = aot.compile_report(args.aot, args.shape, **model)
         except aot.TargetError as e:
             p.error(str(e))
         result["command"] = command
@@ -305,11 +301,7 @@ def _bench(p: argparse.ArgumentParser, args, command: str) -> dict[str, Any]:
             p.error("--devices simulates CPU devices; this JAX sees "
                     f"{jax.devices()[0].platform}")
     try:
-        setup = build(args.shape, batch=args.batch, frames=args.frames, dtype=args.dtype,
-                      backbone_dtype=args.backbone_dtype, remat=args.remat,
-                      attention=args.attention,
-                      num_attributes=args.num_attributes, seed=args.seed,
-                      backbone=args.backbone)
+        setup = build(args.shape, seed=args.seed, **model)
     except ValueError as e:
         p.error(str(e))
     result = measure(setup, steps=args.steps, warmup=args.warmup, breakdown=args.breakdown)

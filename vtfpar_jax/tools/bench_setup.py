@@ -24,12 +24,6 @@ PUBLISHED_OPTIMIZER = types.SimpleNamespace(
 FROZEN_PATTERNS = ("backbone/.*",)
 
 
-def shape_config(name: str, backbone: str = "clip"):
-    """The random backbone `backbone` of ViT shape `name` (its entry's `shapes`)."""
-    from vtfpar_jax.backbones import registry
-    return registry.shape_config(backbone, name)
-
-
 def model_config(backbone_cfg, *, frames: int = 6, dtype: str = "float32",
                  backbone_dtype: str | None = None, remat: str | None = None,
                  attention: str | None = None, num_attributes: int = 43, **model_options):

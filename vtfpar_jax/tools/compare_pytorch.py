@@ -8,27 +8,16 @@
         [--optimizer sgd|adam] [--head attribute|group] [--frames 2] [--json out.json] \
         [--record DIR]
 
-With `--train_steps`, both sides train from the same weights on the same batches and
-their trajectories are compared beside the published code's own noise floor
-(vtfpar_jax.tools.compare_training says how).
+With `--train_steps`, both sides train from the same weights on the same batches
+(vtfpar_jax.tools.compare_training; docs/published-model.md §14). With `--model`, a
+model dir trained here runs exported in the published code beside this package, on
+the same clips (docs/sharing.md, "Checking a model in the published code"). Without
+either, the published model on a random ViT-B/16 CLIP and its weights converted here
+run on one clip: max |delta logits|, prediction and train speed, CUDA peaks
+(docs/performance.md, "`vtfpar compare-pytorch`").
 
-With `--model`, a model dir trained here is exported to the published format
-(`vtfpar_jax.convert.to_openpar`), loaded into the published model with a
-strict `load_state_dict`, and both sides run on the same clips, read as
-`predict` reads them. Reported: max |delta logits| and each side's decisions
-per clip. CLIP runs in float32 on both sides.
-
-Needs a local checkout of the published code (never vendored here) and torch
-+ timm. The published model is built as its train.py builds it, from a random
-ViT-B/16 CLIP made by the checkout's own `CLIP.clip.model.build_model` (no
-download); its weights are converted with `vtfpar_jax.convert.openpar.convert`
-and both models see the same clip. Reported: max |delta logits| in eval mode,
-prediction clips/s of both, train s/step of both (Adam on the trainable
-tensors, the published weighted BCE) and peak device memory where the device
-keeps a counter (CUDA; None on CPU).
-
-The checkout is imported by `vtfpar_jax.tools.published_code`, which says what it
-stands in for.
+Needs a local checkout of the published code (never vendored here) and torch + timm;
+vtfpar_jax.tools.published_code imports it and says what it stands in for.
 """
 
 from __future__ import annotations
@@ -44,10 +33,10 @@ import numpy as np
 from vtfpar_jax import cli_errors
 from vtfpar_jax.outputs import files
 from vtfpar_jax.tools.published_code import (
+    attribute_step,
     freeze_backbone,
     published_code,
     published_net,
-    weighted_bce_torch,
 )
 
 VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
@@ -71,7 +60,7 @@ def _run_published(openpar_dir: str, batch: int, frames: int, device: str, steps
     phrases = list(attributes.get("mars").phrases("published"))
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    with published_code(openpar_dir, frames, device) as pub:
+    with published_code(openpar_dir, {"frames": frames}, device) as pub:
         # A random CLIP in OpenAI's names, through the checkout's own build_model
         # (which converts it to fp16, as clip.load does on a GPU).
         state = {k: v.clone() for k, v in pub.clip_model.CLIP(**VIT_B16).state_dict().items()}
@@ -110,20 +99,13 @@ def _run_published(openpar_dir: str, batch: int, frames: int, device: str, steps
 
         torch_train_s = torch_train_peak = None
         if train:
-            model.train()
             optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                          lr=1e-3)
             labels = torch.from_numpy((rng.uniform(size=(batch, len(phrases))) < 0.3)
                                       .astype(np.float32)).to(device)
-            ratio = torch.full((len(phrases),), 0.3, device=device)
-
-            def torch_step():
-                loss = weighted_bce_torch(model(video_t, clip_torch), labels, ratio)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-
-            torch_train_s, torch_train_peak = timed(torch_step)
+            torch_step = attribute_step(model, clip_torch, optimizer,
+                                        torch.full((len(phrases),), 0.3, device=device))
+            torch_train_s, torch_train_peak = timed(lambda: torch_step(video_t, labels))
     return {"cfg": cfg, "variables": variables, "tokens": tokens, "video": video,
             "phrases": phrases, "logits": logits_torch, "predict_s": torch_predict_s,
             "predict_peak": torch_predict_peak, "train_s": torch_train_s,
@@ -206,15 +188,13 @@ def _published_logits(openpar_dir: str, model: str, loaded, phrases: list[str],
 
     from vtfpar_jax.backbones import openai_clip
     from vtfpar_jax.convert import to_openpar
-    from vtfpar_jax.convert.to_openpar_cli import command_line
 
     cfg = loaded.model_cfg
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "exported.pth")
         written = to_openpar.write_checkpoint(loaded, model, path)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    flags = tuple(command_line(written["openpar_options"]).split())
-    with published_code(openpar_dir, cfg.frames, device, flags) as pub:
+    with published_code(openpar_dir, written["openpar_options"], device) as pub:
         net, clip_torch = published_net(
             pub, openai_clip.tensors_from_params(cfg.backbone, loaded.variables()["backbone"]),
             phrases, checkpoint["model_state_dict"], device=device)

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from vtfpar_jax import attributes
-from vtfpar_jax.tools.published_code import check_checkout
+from vtfpar_jax.tools import published_code as openpar_code
 
 OPTIMIZERS = ("sgd", "adam")
 HEADS = ("attribute", "group")
@@ -58,13 +58,9 @@ SAMPLE_CASES = {"attribute": "default", "group": "group_default"}
 # Updates are recorded on this many entries of each tensor (all of a smaller one).
 SAMPLED_ENTRIES = 64
 IMAGE_SHAPE = (3, 224, 224)
-# The heads' biases, and the bias of the LayerNorm before them, add the same value to every
-# row of the batch ahead of BatchNorm, which in training subtracts the batch mean: their
-# exact gradient is zero and what they get is float32 rounding, different on every run (the
-# published code's own at 1 and 2 threads differ by ~1e23 relative on the heads' biases,
-# ~0.95 on the LayerNorm's). SGD leaves them in place; Adam normalises that rounding to
-# steps of about lr with random signs, which then shows in the evaluation logits
-# (BatchNorm on running statistics reads them).
+# The heads' biases and the bias of the LayerNorm before them: BatchNorm subtracts the
+# batch mean of what they add, so their exact gradient is zero and training moves them by
+# float32 rounding only, differently on every run (docs/published-model.md §14).
 ROUNDING_ONLY = re.compile(r"weight_layer\.\d+\.bias|norm\.bias")
 
 
@@ -126,26 +122,22 @@ def published_run(openpar_dir: str, start: dict, batches: dict, optimizer: str, 
     'eval_logits', 'after' (its state dict after training, float32 numpy)}."""
     import torch
 
-    from vtfpar_jax.convert.to_openpar_cli import command_line
-    from vtfpar_jax.tools.published_code import freeze_backbone, published_code, published_net
-
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    options = start["options"]
-    flags = tuple(command_line({k: v for k, v in options.items() if k != "frames"}).split())
     phrases = start["meta"]["attributes"]
     group = start["head"] == "group"
     try:
-        with published_code(openpar_dir, options["frames"], "cpu", flags) as pub:
-            net, clip_torch = published_net(pub, start["clip_state"], phrases,
-                                            start["published"], group=group)
+        with openpar_code.published_code(openpar_dir, start["options"], "cpu") as pub:
+            net, clip_torch = openpar_code.published_net(pub, start["clip_state"], phrases,
+                                                         start["published"], group=group)
             _without_drop_path(net)
-            freeze_backbone(net)
+            openpar_code.freeze_backbone(net)
             trainable = [p for p in net.parameters() if p.requires_grad]
             opt = (torch.optim.SGD(trainable, lr=lr) if optimizer == "sgd"
                    else torch.optim.Adam(trainable, lr=lr))
             train_one = (_marco_step(pub, net, clip_torch, opt) if group
-                         else _attribute_step(net, clip_torch, opt, start["pos_ratio"]))
+                         else openpar_code.attribute_step(
+                             net, clip_torch, opt, torch.from_numpy(start["pos_ratio"])))
             losses = [train_one(torch.from_numpy(video), torch.from_numpy(labels))
                       for video, labels in zip(batches["videos"], batches["labels"],
                                                strict=True)]
@@ -158,25 +150,6 @@ def published_run(openpar_dir: str, start: dict, batches: dict, optimizer: str, 
         torch.set_num_threads(saved_threads)
     return {"losses": np.asarray(losses, np.float64), "eval_logits": eval_logits,
             "after": after}
-
-
-def _attribute_step(net, clip_torch, opt, positive_ratio):
-    """One step as the published train.py's batch_engine takes it: weighted BCE."""
-    import torch
-
-    from vtfpar_jax.tools.published_code import weighted_bce_torch
-
-    ratio = torch.from_numpy(positive_ratio)
-
-    def step(video, labels) -> float:
-        net.train()
-        clip_torch.train()
-        loss = weighted_bce_torch(net(video, clip_torch), labels, ratio)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
-    return step
 
 
 def _marco_step(pub, net, clip_torch, opt):
@@ -211,7 +184,8 @@ def our_run(start: dict, batches: dict, optimizer: str, lr: float, seed: int = 0
     import optax
 
     from vtfpar_jax.convert import to_openpar
-    from vtfpar_jax.models import clip, vtfpar
+    from vtfpar_jax.inference import predict
+    from vtfpar_jax.models import clip
     from vtfpar_jax.models import rng as random_streams
     from vtfpar_jax.state import optim
     from vtfpar_jax.state.train_state import Frozen, initial_state, step_frozen_params
@@ -235,13 +209,13 @@ def our_run(start: dict, batches: dict, optimizer: str, lr: float, seed: int = 0
     params = optim.merge(state.trainable, frozen_params)
     trained = {"params": params["model"], "batch_stats": state.batch_stats,
                "backbone": variables["backbone"]}
-    eval_logits, _ = jax.jit(lambda v, x: vtfpar.apply(
-        cfg, {"params": v["params"], "batch_stats": v["batch_stats"]}, v["backbone"], x, text))(
-        trained, batches["eval_video"].transpose(0, 1, 3, 4, 2))
+    eval_logits = predict.compute_logits(cfg, trained,
+                                         batches["eval_video"].transpose(0, 1, 3, 4, 2),
+                                         start["tokens"])
     after = {k.removeprefix("model/"): v
              for k, v in to_openpar.state_dict(cfg, jax.device_get(trained)).items()}
     return {"losses": np.asarray(losses, np.float64),
-            "eval_logits": np.asarray(eval_logits), "after": after}
+            "eval_logits": eval_logits, "after": after}
 
 
 def trained_keys(before: dict, *runs: dict) -> list[str]:
@@ -314,7 +288,7 @@ def compare(openpar_dir: str, steps: int, optimizer: str = "sgd", head: str = "a
         raise ValueError(f"--head {head!r}; expected one of {HEADS}")
     if steps < 1:
         raise ValueError(f"--train_steps {steps}: expected at least 1")
-    check_checkout(openpar_dir)
+    openpar_code.check_checkout(openpar_dir)
     start = start or starting_point(frames, head)
     if start["head"] != head:
         raise ValueError(f"the starting point given is the {start['head']} head's, not {head}")

@@ -3,24 +3,12 @@
     vtfpar export --model DIR --format stablehlo --out model.stablehlo
     vtfpar export --model DIR --format onnx --out model.onnx [--batch 8]
 
-Both artefacts compute the evaluation-mode logits of the model from its
-input video (B, T, H, W, 3) float32, already resized to H = W = the CLIP image
-size and normalised ((x / 255 - mean) / std): (B, A) for the attribute head, whose
-sigmoid gives the probabilities `predict` reports, or (B, L) for the group head, whose
-softmax within each group gives them (the metadata's `head` and `groups` say which).
-The weights (CLIP, side nets, heads, BatchNorm statistics) and the attribute text
-features, computed once from the model's phrases, are constants inside the artefact: it
-needs nothing else to run.
-
-What a caller needs to feed it and to read its output (normalisation, frame
-count, image size, attribute names, groups, the head, the decision rules) is
-written next to it as `<out>.json` (`metadata`), for both formats; the ONNX
-file also carries the same JSON in its `metadata_props` under 'vtfpar'. The
-StableHLO file is `Exported.serialize()`'s bytes as they are, so
+Both artefacts compute the evaluation-mode logits from the input video, resized and
+normalised, with the weights and the attribute text features as constants; `<out>.json`
+(`metadata`, also in an ONNX file's `metadata_props` under 'vtfpar') says what a caller
+feeds it and how to read its output (docs/inference.md, "Export"). The StableHLO file is
+`Exported.serialize()`'s bytes as they are, so
 `jax.export.deserialize(open(path, 'rb').read())` reads it with no wrapper.
-
---batch dynamic (the default) leaves the batch dimension symbolic: one
-artefact for any batch size. --batch N fixes it.
 
 Attention is exported as XLA's (model.attention='xla'): 'auto' may choose cuDNN
 kernels, which neither a CPU-lowered artefact nor ONNX can hold.

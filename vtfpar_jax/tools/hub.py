@@ -4,17 +4,9 @@
     vtfpar push-to-hub runs/mars --local hub_layout  # write the layout only
     vtfpar predict --model hf://ORG/NAME[@REV] clip.mp4
 
-The layout:
-- `model.safetensors`: the side networks, fusion and heads (`params/...`) and the
-  BatchNorm statistics (`batch_stats/...`) of one checkpoint;
-- `config.json`: the model dir's config.json (config, attribute set, phrases,
-  token ids, `backbone_origin`) plus `hub`: the step and epoch, the backbone
-  (`hub.backbone`), and the SHA-256 of every file of the layout the model reads;
-- `backbone/`: the frozen backbone (HF format), unless it came from the Hub,
-  where `hub.backbone` names the repo at its commit, with the SHA-256 of its files,
-  and loading fetches and checks them;
-- `README.md`: the model card (huggingface_hub.ModelCard), with the metrics of the
-  published step only.
+The layout (`model.safetensors`, `config.json` with the SHA-256 of every file the model
+reads, `backbone/` unless it came from the Hub, the model card `README.md`) is described
+in docs/sharing.md, "The Hugging Face Hub".
 
 `hf://ORG/NAME[@REV]`, wherever a command takes `--model`, is the Hub cache's
 snapshot folder (`huggingface_hub.snapshot_download`), read as it lies by

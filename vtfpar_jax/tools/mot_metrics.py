@@ -3,9 +3,10 @@
     scores = mot_metrics.score(truth, made, num_frames)    # {'mota': ..., 'idf1': ..., ...}
 
 A made box matches a true one at IoU >= 0.5 (the MOTChallenge rule). The
-distances (1 - IoU, NaN where a pair may not match) are computed here:
-motmetrics 1.4's own iou_matrix calls np.asfarray, which NumPy 2 removed; its
-matching and metrics are used as they are.
+distances (1 - IoU, NaN where a pair may not match) are motmetrics' own
+`distances.boxiou`, called here because motmetrics 1.4's `iou_matrix` around it
+calls np.asfarray, which NumPy 2 removed; its matching and metrics are used as
+they are.
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ def _by_frame(tracks: dict[int, mot.Track]) -> dict[int, list[tuple[int, list[fl
 def iou_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(len(a), len(b)) 1 - IoU of xywh boxes; NaN (no match) where IoU < MATCH_IOU."""
     a, b = (np.asarray(boxes, np.float64) for boxes in (a, b))
-    iou = base.import_extra("supervision").box_iou_batch(
-        np.concatenate([a[:, :2], a[:, :2] + a[:, 2:]], axis=1),
-        np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1))
+    iou = base.import_extra("motmetrics").distances.boxiou(a[:, None], b[None, :])
     return np.where(iou >= MATCH_IOU, 1 - iou, np.nan)
 
 

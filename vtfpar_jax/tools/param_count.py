@@ -85,11 +85,6 @@ def count(cfg: vtfpar.VTFPARConfig) -> dict:
             "published_equivalent": total + sum(unused.values())}
 
 
-def is_published_default(cfg: vtfpar.VTFPARConfig) -> bool:
-    """Whether `cfg` is the configuration behind the published 15,036,610."""
-    return cfg == vtfpar.VTFPARConfig(backbone=clip.vit_b16(), num_attributes=43)
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vtfpar param-count", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,7 +146,7 @@ def _param_count(a, backbone) -> None:
             print(f"  {'total':<{width}}{total:>14,}")
     equivalent = c["published_equivalent"]
     print(f"trainable {c['trainable_total']:,} + unused {unused:,} = {equivalent:,}")
-    if is_published_default(cfg):
+    if cfg == vtfpar.VTFPARConfig(backbone=clip.vit_b16(), num_attributes=43):  # published default
         diff = equivalent - PUBLISHED_TRAINABLE
         verdict = "matches" if diff == 0 else f"differs by {diff:+,} from"
         print(f"published trainable parameters: {PUBLISHED_TRAINABLE:,}; ours + unused "

@@ -95,18 +95,20 @@ def check_checkout(openpar_dir: str) -> None:
 
 
 @contextlib.contextmanager
-def published_code(openpar_dir: str, frames: int, device: str, flags: tuple[str, ...] = ()):
+def published_code(openpar_dir: str, options: dict, device: str):
     """Import the checkout's `models.base_block` and `CLIP.clip` (see the module docstring),
-    and, on call, `models.base_block_marco` and `batch_engine_marco`,
-    its options parsed from `--frames frames` and `flags` (published option names)."""
+    and, on call, `models.base_block_marco` and `batch_engine_marco`, its options parsed
+    from `options` (published option names; `frames` at least)."""
     import torch
+
+    from vtfpar_jax.convert.to_openpar_cli import command_line
 
     check_checkout(openpar_dir)
     _import_torchvision()
     for name, module in _stand_ins().items():
         sys.modules.setdefault(name, module)
     saved_argv, saved_path, saved_cuda = sys.argv, list(sys.path), torch.Tensor.cuda
-    sys.argv = ["train.py", "MARS", "--frames", str(frames), *flags]
+    sys.argv = ["train.py", "MARS", *command_line(options).split()]
     sys.path.insert(0, openpar_dir)
     if device == "cpu":
         torch.Tensor.cuda = lambda self, *args, **kwargs: self
@@ -150,6 +152,21 @@ def freeze_backbone(net) -> None:
     for name, param in net.named_parameters():
         if "clip_visual_extractor" in name:
             param.requires_grad = False
+
+
+def attribute_step(net, clip_torch, opt, positive_ratio):
+    """One train step as the published train.py's batch_engine takes it (weighted BCE,
+    `positive_ratio` a tensor on the model's device): a function of (video, labels) that
+    returns the loss."""
+    def step(video, labels) -> float:
+        net.train()
+        clip_torch.train()
+        loss = weighted_bce_torch(net(video, clip_torch), labels, positive_ratio)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
 
 
 def weighted_bce_torch(logits, labels, positive_ratio):
