@@ -6,7 +6,6 @@ probabilities with no warning."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 
 from vtfpar_jax.errors import UserError
@@ -47,11 +46,9 @@ def check_folder(folder: str, relative_to: str, recorded: dict[str, str], record
             raise error(f"{path}: missing or differs from the SHA-256 that {record} records")
 
 
-def check_backbone(folder: str, model: str) -> None:
-    """Model dir `model`'s backbone `folder` against the digests its config.json records
-    (`backbone_files`); a model dir made before they were recorded has none to check."""
-    record = os.path.join(model, "config.json")
-    with open(record) as f:
-        recorded = json.load(f).get("backbone_files")
+def check_backbone(folder: str, model: str, recorded: dict[str, str] | None) -> None:
+    """Model dir `model`'s backbone `folder` against `recorded`, the digests its config.json
+    records (`backbone_files`, as the caller read it); a model dir made before they were
+    recorded has none (None) to check."""
     if recorded is not None:
-        check_folder(folder, model, recorded, record)
+        check_folder(folder, model, recorded, os.path.join(model, "config.json"))

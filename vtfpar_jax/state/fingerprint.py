@@ -213,11 +213,13 @@ def _set(config: dict, key: str, value: Any) -> None:
 
 class StartedRun(NamedTuple):
     """What a work dir's run started with: `config` (config.json's, the fields added since
-    filled in by `with_added_fields`), the names of those fields (`added`), and the
-    entries of config_changes.jsonl (`changes`)."""
+    filled in by `with_added_fields`), the names of those fields (`added`), the
+    entries of config_changes.jsonl (`changes`) and the SHA-256 of its backbone/ files
+    (`backbone_files`; None in a work dir written before they were recorded)."""
     config: dict
     added: list[str]
     changes: list[dict]
+    backbone_files: dict[str, str] | None = None
 
 
 def started_run(workdir: str) -> StartedRun | None:
@@ -239,7 +241,7 @@ def started_run(workdir: str) -> StartedRun | None:
         raise ConfigChangeError(f"{path}: cannot read the config this run started with ({e}); "
                                 "use another work dir") from None
     _check_random_streams(path, run)
-    return StartedRun(config, added, changes)
+    return StartedRun(config, added, changes, run.get("backbone_files"))
 
 
 def _check_random_streams(path: str, run: dict) -> None:

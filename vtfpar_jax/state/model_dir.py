@@ -187,7 +187,7 @@ def load(model: str, step: int | None = None) -> LoadedModel:
     # The config in force: a restart may have changed e.g. data_dir since config.json.
     config = ml_collections.ConfigDict(fingerprint.current_config(model, run["config"]))
     saved = old_names.backbone_folder(model)
-    digests.check_backbone(saved, model)
+    digests.check_backbone(saved, model, run.get("backbone_files"))
     backbone_cfg, backbone_params = _backbone(model, config, saved)
     model_cfg = _model_config(config, backbone_cfg, run)
     template, frozen_params = fresh_state(config, model_cfg, backbone_params)

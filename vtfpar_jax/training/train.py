@@ -154,8 +154,9 @@ def run_backbone(config: ml_collections.ConfigDict, workdir: str):
     random backbone is not drawn again, a hub id not fetched again at a newer revision)."""
     saved = old_names.backbone_folder(workdir)
     if os.path.isdir(saved):
-        if os.path.isfile(os.path.join(workdir, "config.json")):
-            digests.check_backbone(saved, workdir)
+        started = fingerprint.started_run(workdir)
+        if started is not None:
+            digests.check_backbone(saved, workdir, started.backbone_files)
         return build.load_backbone_folder(saved)
     return build.load_backbone(config, config.seed)
 
