@@ -24,7 +24,7 @@ import os
 import sys
 
 from vtfpar_jax.errors import UserError, reason
-from vtfpar_jax.state.digests import check_folder, sha256
+from vtfpar_jax.state.digests import check_folder
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -119,11 +119,9 @@ def _named_backbone(named: dict) -> str:
     except Exception as e:  # noqa: BLE001 - offline, missing repo, network: one message
         raise HubLayoutError(f"the backbone {spec}: cannot get it ("
                              f"{reason(e)})") from None
-    for name, digest in named["files"].items():
-        path = os.path.join(snapshot, name)
-        if not os.path.isfile(path) or sha256(path) != digest:
-            raise HubLayoutError(f"the backbone {spec}: {path} is missing or differs from "
-                                 f"the SHA-256 recorded when the model was trained")
+    check_folder(snapshot, snapshot, named["files"], CONFIG, HubLayoutError, extra_allowed=True,
+                 differs=f"the backbone {spec}: {{path}} is missing or differs from the "
+                         "SHA-256 recorded when the model was trained")
     return snapshot
 
 
