@@ -197,15 +197,14 @@ def _check_replaceable(path: str, reads: Sequence[str]) -> None:
 def _swap_in(temporary: str, target: str, shown: str) -> None:
     """`temporary` renamed to `target`; what `target` held is moved aside, and put back if
     the new folder cannot be moved in, then removed once the new one is in place. Ctrl-C and
-    SIGTERM wait until the renames are done: a stop between them would leave no --out. A stop
-    from then on says that the results are in place (`shown`: --out as given)."""
-    in_place = f"the results are complete in {shown}"
+    SIGTERM wait until the renames are done: a stop between them would leave no --out. Then
+    the swap reports the results in place (`shown`: --out as given) for a stop's line."""
     replaced = None   # the folder aside holding the old results, once the new ones are in
     try:
         with stop_signals.held():
             if not (os.path.isdir(target) and os.listdir(target)):
                 os.rename(temporary, target)   # onto nothing or an empty folder: one step
-                stop_signals.on_stop(in_place)
+                stop_signals.results_in_place(shown)
                 return
             aside = tempfile.mkdtemp(dir=os.path.dirname(target),
                                      prefix=f".{os.path.basename(target)}.old-")
@@ -228,7 +227,7 @@ def _swap_in(temporary: str, target: str, shown: str) -> None:
                 os.rmdir(aside)
                 raise
             replaced = aside
-            stop_signals.on_stop(in_place)
+            stop_signals.results_in_place(shown)
     finally:   # also when a stop held during the swap is delivered
         if replaced is not None:
             shutil.rmtree(replaced, ignore_errors=True)

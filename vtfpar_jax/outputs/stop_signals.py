@@ -57,6 +57,12 @@ def on_stop(message: str | Callable[[], str]) -> None:
     _stop_message = message
 
 
+def results_in_place(folder: str) -> None:
+    """A command's results are now complete in `folder` (the --out swap says so): a stop
+    from here on says that."""
+    on_stop(f"the results are complete in {folder}")
+
+
 def stop_line() -> str:
     """What a stop leaves, as `on_stop` last said it."""
     return _stop_message() if callable(_stop_message) else _stop_message
