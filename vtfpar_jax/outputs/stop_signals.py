@@ -122,16 +122,11 @@ def delivered() -> None:
         _came, _delivered = None, True
 
 
-def stop_unwinding() -> bool:
-    """Whether a stop exception is being handled now (a `finally`, an `except`, a `with` exit
-    on its way out)."""
-    return isinstance(sys.exception(), STOP_EXCEPTIONS)
-
-
 def _handle(signum, frame) -> None:
     global _came
     signum = signal.Signals(signum)
-    if _delivered or stop_unwinding():
+    # A stop exception being handled now: a `finally`, an `except`, a `with` exit unwinding.
+    if _delivered or isinstance(sys.exception(), STOP_EXCEPTIONS):
         return
     _came = signum
     _resend_until_delivered()
