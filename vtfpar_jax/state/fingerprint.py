@@ -174,15 +174,20 @@ def corruption_definition(corruption) -> dict:
 def current_config(workdir: str, stored: dict) -> dict:
     """The config in force in `workdir`: config.json's `stored` config with the
     changes of config_changes.jsonl applied, in order."""
+    config = json.loads(json.dumps(stored))   # a deep copy
+    for entry in _changes(workdir):
+        for key, change in entry["changes"].items():
+            _set(config, old_names.field(key), change["new"])
+    return config
+
+
+def _changes(workdir: str) -> list[dict]:
+    """The entries of `workdir`'s config_changes.jsonl, in order ([] without one)."""
     path = os.path.join(workdir, CHANGES_FILE)
     if not os.path.exists(path):
-        return stored
-    config = json.loads(json.dumps(stored))   # a deep copy
+        return []
     with open(path) as f:
-        for line in filter(str.strip, f):
-            for key, change in json.loads(line)["changes"].items():
-                _set(config, old_names.field(key), change["new"])
-    return config
+        return [json.loads(line) for line in filter(str.strip, f)]
 
 
 def with_added_fields(config: dict) -> tuple[dict, list[str]]:
@@ -232,11 +237,7 @@ def started_run(workdir: str) -> StartedRun | None:
         with open(path) as f:
             run = json.load(f)
         config, added = with_added_fields(run["config"])
-        changes_path = os.path.join(workdir, CHANGES_FILE)
-        changes = []
-        if os.path.exists(changes_path):
-            with open(changes_path) as f:
-                changes = [json.loads(line) for line in filter(str.strip, f)]
+        changes = _changes(workdir)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigChangeError(f"{path}: cannot read the config this run started with ({e}); "
                                 "use another work dir") from None
