@@ -99,16 +99,17 @@ def folder_inside(model: str, name: str) -> str:
     return os.path.join(model, name)
 
 
-def dataset_builder(config: ml_collections.ConfigDict, attribute_set: str,
+def dataset_builder(config: ml_collections.ConfigDict, attribute_set: str | None = None,
                     split: str | None = None):
-    """The TFDS builder of the model's dataset, prepared, with the model's attributes (and
-    `split`, if given); else one `UserError` naming what is missing."""
+    """The TFDS builder of the config's dataset, prepared, with the model's attributes (if
+    given: training reads them from it) and `split` (if given); else one `UserError` naming
+    what is missing."""
     import input_pipeline
     from input_pipeline import pipeline
     b = input_pipeline.get_builder(config.dataset, config.data_dir or None)
     if not b.is_prepared():
         raise input_pipeline.DatasetNotBuiltError(b)
-    if pipeline.attribute_set(b).name != attribute_set:
+    if attribute_set is not None and pipeline.attribute_set(b).name != attribute_set:
         raise ModelDirError(f"model attributes {attribute_set!r} do not match "
                             f"dataset {config.dataset!r}")
     if split is not None and split not in b.info.splits:

@@ -44,6 +44,7 @@ from vtfpar_jax.state import (
     build,
     digests,
     fingerprint,
+    model_dir,
     old_names,
     optim,
     sharding,
@@ -64,14 +65,11 @@ class Trainer:
     """Builds everything a run needs from a config and a work dir, then trains."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        import input_pipeline
         from input_pipeline import pipeline
 
         self.config, self.workdir = config, workdir
         self.pipeline = pipeline
-        self.builder = input_pipeline.get_builder(config.dataset, config.data_dir or None)
-        if not self.builder.is_prepared():
-            raise input_pipeline.DatasetNotBuiltError(self.builder)
+        self.builder = model_dir.dataset_builder(config)
         self.attribute_set = pipeline.attribute_set(self.builder)
         self.backbone_cfg, backbone_params = run_backbone(config, workdir)
         # The full float32 backbone stays on the host (numpy), for backbone/ and the text
