@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
 from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import ConfigError, UserError
@@ -314,10 +315,8 @@ def untrained_results(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def checkpoints_kept(workdir: str) -> str:
     """What a stop leaves in `workdir`, asked once its cleanup has run (an asynchronous
     checkpoint write has ended): the complete checkpoints, or none."""
-    folder = os.path.join(workdir, "checkpoints")
-    # Orbax names a complete checkpoint by its step alone; one in flight has a suffix.
-    steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) \
-        if os.path.isdir(folder) else []
+    # Orbax's own list of its complete checkpoints: one in flight has a suffix.
+    steps = sorted(ocp.utils.checkpoint_steps(os.path.join(workdir, "checkpoints")))
     if not steps:
         return f"no checkpoint had been written in {workdir}; rerun the same command to start"
     return (f"the checkpoints of steps {', '.join(map(str, steps))} are kept in {workdir}; "
