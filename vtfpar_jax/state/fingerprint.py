@@ -80,13 +80,7 @@ class ConfigChangeError(ConfigError):
 
 def jsonable(value: Any) -> Any:
     """`value` as JSON stores it: ConfigDicts and dicts as dicts, tuples as lists."""
-    if isinstance(value, ml_collections.ConfigDict):
-        value = value.to_dict()
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [jsonable(v) for v in value]
-    return value
+    return json.loads(json.dumps(value, default=ml_collections.ConfigDict.to_dict))
 
 
 def fingerprint(identity: dict) -> str:
