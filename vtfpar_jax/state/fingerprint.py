@@ -18,7 +18,7 @@ records the random-stream scheme (`random_streams`, vtfpar_jax.models.rng.SCHEME
 and a run resumes only under its own. A field added to the config after a work
 dir was written is not in its config.json: the run behaved as `ADDED_FIELDS`
 says, and it resumes only with that value. A field renamed since is read by its name now
-(`RENAMED_FIELDS`), so the same run under both names compares equal.
+(`old_names.FIELDS`), so the same run under both names compares equal.
 """
 
 from __future__ import annotations
@@ -63,9 +63,6 @@ ADDED_FIELDS = {
     "backbone.name": "clip",           # 2d1f5f4: CLIP, the only backbone then
     "model.head": "attribute",         # 499e09f: one logit per attribute, the only head then
 }
-# Each field renamed since (old dotted name -> name now, vtfpar_jax/state/old_names.py): a
-# stored config is read under today's names before anything else is compared or filled in.
-RENAMED_FIELDS = old_names.FIELDS
 # A field that once stored its value in another form: (stored value, its name now).
 RENAMED_VALUES = {"model.remat": ((False, "none"), (True, "blocks"))}
 # config.json gained its fingerprint (be913c5) on the commit after the named random streams
@@ -186,7 +183,7 @@ def _changes(workdir: str) -> list[dict]:
 
 def with_added_fields(config: dict) -> tuple[dict, list[str]]:
     """A stored config as a run then ran it: each renamed field by its name now
-    (`RENAMED_FIELDS`), each field of `ADDED_FIELDS` it lacks set to its old value
+    (`old_names.FIELDS`), each field of `ADDED_FIELDS` it lacks set to its old value
     (`NO_EQUIVALENT` when none behaves so), each renamed value by its name now; and the
     fields that were filled in."""
     config = old_names.config(config)   # a deep copy
