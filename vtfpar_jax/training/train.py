@@ -6,17 +6,12 @@ frozen params (all of CLIP by default) are a separate, never-donated argument
 that no gradient or optimiser state ever touches. The same code runs on one
 CPU, several GPUs or a TPU pod slice (one process per host).
 
-A work dir holds one run. Its config.json is written when the run starts and
-never rewritten; rerunning into the same work dir resumes that run. A restart
-may change only how long the run goes and how it is watched
-(`fingerprint.RUN_CONTROL_FIELDS`: num_epochs, max_steps, data_dir, the
-log/eval/checkpoint cadence); each change is appended to config_changes.jsonl
-with the step it applies from. Any other change (e.g. optimizer.lr) is refused
-naming the field, before the backbone or data are loaded, unless
---allow_config_change is given; that change is recorded too. So is a work dir
-of another random-stream scheme (fingerprint.started_run), and a restart runs
-the backbone saved in the work dir's backbone/ (clip/ in a work dir made before it was
-named so: vtfpar_jax.state.old_names), never one drawn or fetched again.
+A work dir holds one run: its config.json is written when the run starts and never
+rewritten, and rerunning into the same work dir resumes that run. What a restart may change
+(how long the run goes, how it is watched), how each change is recorded, and what is refused
+before the backbone or data are loaded (unless --allow_config_change) is
+vtfpar_jax/state/fingerprint.py's. A restart runs the backbone saved in the work dir's
+backbone/ (`run_backbone`), never one drawn or fetched again.
 """
 
 from __future__ import annotations
