@@ -55,14 +55,6 @@ class LoadedModel:
     epoch: int | None   # the training epoch recorded with the step (None if not recorded)
     unreadable_newer: list[str] = dataclasses.field(default_factory=list)  # "step N (why)"
 
-    def fallback_warning(self, model: str) -> str | None:
-        """One line when a newer checkpoint could not be read and an older step is used."""
-        if not self.unreadable_newer:
-            return None
-        return (f"using step {self.step} of {model}: the newer checkpoint(s) cannot be read "
-                f"({'; '.join(self.unreadable_newer)}); the results are step {self.step}'s "
-                "and say so")
-
     def builder(self, split: str | None = None):
         return dataset_builder(self.config, self.attribute_set.name, split)
 
@@ -170,11 +162,13 @@ def fresh_state(config, model_cfg, backbone_params, variables: dict | None = Non
 
 
 def load_announced(model: str, step: int | None = None) -> LoadedModel:
-    """`load`, and one `warning:` line on stderr when a newer checkpoint was unreadable."""
+    """`load`, and one `warning:` line on stderr when a newer checkpoint was unreadable and
+    an older step is used."""
     loaded = load(model, step)
-    warning = loaded.fallback_warning(model)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+    if loaded.unreadable_newer:
+        print(f"warning: using step {loaded.step} of {model}: the newer checkpoint(s) cannot be "
+              f"read ({'; '.join(loaded.unreadable_newer)}); the results are step "
+              f"{loaded.step}'s and say so", file=sys.stderr)
     return loaded
 
 
