@@ -6,14 +6,11 @@ it is found in that cache alone). Nothing is copied or converted: `model_dir.loa
 reads the layout (config.json, model.safetensors, backbone/) from that folder, or
 from a `push-to-hub --local` folder, the same way, and builds no optimiser state.
 
-What the model reads is checked where it is read, on every load. config.json
-records the SHA-256 of every other file the model reads: model.safetensors is
-hashed from the very bytes that are then parsed, and the backbone's files just
-before its loader opens them. The snapshot's files are not trusted as they are:
-the Hub cache is an ordinary writable folder whose files huggingface_hub does
-not check again once downloaded, and a `--local` folder has no cache at all;
-one check covers both. A check made once, when a copy was written (as earlier
-versions did), let a byte changed later move the probabilities with no warning.
+What the model reads is checked where it is read, on every load, against the SHA-256 that
+config.json records (vtfpar_jax/state/digests.py): model.safetensors from the very bytes
+then parsed, the backbone's files just before its loader opens them. The Hub cache is an
+ordinary writable folder that huggingface_hub does not check again once downloaded, and a
+`--local` folder has no cache at all; one check covers both.
 """
 
 from __future__ import annotations
