@@ -69,11 +69,6 @@ def pinned(spec: str) -> str:
     return f"{SCHEME}{repo}@{os.path.basename(snapshot(spec))}"
 
 
-def is_layout(run: dict) -> bool:
-    """Whether a model's config.json is a Hub layout's (else a model dir's, with checkpoints)."""
-    return "hub" in run
-
-
 def read_weights(folder: str, run: dict) -> dict:
     """{'params/...', 'batch_stats/...': array} of the layout in `folder`, from the bytes
     whose SHA-256 config.json records."""

@@ -177,7 +177,7 @@ def load(model: str, step: int | None = None) -> LoadedModel:
     (default: its newest readable one), for inference: no optimiser state is read or built."""
     model = resolve(model)
     run = read_run_file(model)
-    if hub_snapshot.is_layout(run):
+    if "hub" in run:   # a Hub layout's config.json (a model dir's has checkpoints instead)
         return _load_layout(model, run, step)
     # The config in force: a restart may have changed e.g. data_dir since config.json.
     config = ml_collections.ConfigDict(fingerprint.current_config(model, run["config"]))
