@@ -1,24 +1,17 @@
 """What a run runs, as one hash, and the fields that differ when two runs do not match.
 
-A training run, an ablation point and a robustness run are each identified by
-an *identity*: a JSON-able dict of everything that decides their numbers (the
-fully resolved config, the attribute set, the data splits and, for robustness,
-the corruption definitions). `fingerprint(identity)` is a short hash of it. The
-identity is stored beside the hash, so that a resume that finds another
-fingerprint can name each field that differs, with both values (`describe`).
+A training run, an ablation point and a robustness run are each identified by an
+*identity*: a JSON-able dict of everything that decides their numbers (the fully resolved
+config, the attribute set, the data splits and, for robustness, the corruption
+definitions). `fingerprint(identity)` is a short hash of it, stored beside the identity, so
+that a resume that finds another fingerprint can name each field that differs, with both
+values (`describe`).
 
-A training work dir keeps the config it started with (config.json, written
-once). A restart may change only `RUN_CONTROL_FIELDS`: how long the run goes
-and how it is watched and checkpointed, not what a step computes. Each change
-is appended to config_changes.jsonl with the step it applies from, and the
-config in force is config.json with those changes replayed (`current_config`).
-
-A restart is held to what the run started with in two more ways. config.json
-records the random-stream scheme (`random_streams`, vtfpar_jax.models.rng.SCHEME),
-and a run resumes only under its own. A field added to the config after a work
-dir was written is not in its config.json: the run behaved as `ADDED_FIELDS`
-says, and it resumes only with that value. A field renamed since is read by its name now
-(`old_names.FIELDS`), so the same run under both names compares equal.
+A training work dir keeps the config it started with (config.json, written once). A restart
+may change only `RUN_CONTROL_FIELDS`, each change appended to config_changes.jsonl with the
+step it applies from (`current_config` replays them); it resumes only under the run's
+random-stream scheme and the old value of each field added since (`ADDED_FIELDS`), and reads
+a field renamed since by its name now (docs/experiments.md, "Restarting a training work dir").
 """
 
 from __future__ import annotations
