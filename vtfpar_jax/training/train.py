@@ -194,10 +194,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> dict:
     """Train (resuming from the work dir's newest good checkpoint) and evaluate.
 
-    A restart whose config differs from the work dir's in more than
-    `fingerprint.RUN_CONTROL_FIELDS` is refused before anything is built, naming
-    the fields, unless `allow_config_change`; a change let through is recorded
-    in config_changes.jsonl with its step.
+    A restart's config is checked before anything is built (`fingerprint.restart_changes`;
+    `allow_config_change` lets any change through, recorded with its step).
 
     Whatever happens once the lock is taken (a failed start included), the lock,
     the checkpoint writer, the logs and the SIGTERM handler are released on the
