@@ -76,7 +76,8 @@ def set_verbosity(verbose: bool) -> None:
         absl_logger.removeFilter(_tfds_internals)
     else:
         absl_logger.addFilter(_tfds_internals)   # once: a filter is added only if absent
-    from absl import logging as absl_logging   # absl keeps its own verbosity beside logging's
+    # absl keeps its own verbosity beside the logging module's
+    from absl import logging as absl_logging
     absl_logging.set_verbosity("info" if verbose else "warning")
 
 
