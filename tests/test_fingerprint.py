@@ -92,7 +92,7 @@ def test_restart_with_another_lr_is_refused_before_anything_is_built(tmp_path, m
 
 # The config's fields when config.json was first written (a7ca9d4), by their names then; every
 # field since is in fingerprint.ADDED_FIELDS, with the value that behaves as runs did before
-# it, and every field renamed since in fingerprint.RENAMED_FIELDS.
+# it, and every field renamed since in old_names.FIELDS.
 FIRST_FIELDS = (
     "dataset data_dir seed clip.source clip.path clip.preset clip.image_size clip.patch_size "
     "model.frames model.spatial_map model.temporal_map model.spatial_aggregation "

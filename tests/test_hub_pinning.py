@@ -10,7 +10,7 @@ from huggingface_hub import ModelCard
 
 from vtfpar_jax.backbones import hf_clip
 from vtfpar_jax.backbones.weights import WeightImportError
-from vtfpar_jax.state import backbone_origin, hub_snapshot
+from vtfpar_jax.state import backbone_origin, digests, hub_snapshot
 from vtfpar_jax.tools import hub
 
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
@@ -50,7 +50,7 @@ def test_a_hub_backbone_is_pinned_to_its_commit_and_checked(offline_cache):
         "pytorch_model.bin": b"not read"})
     origin = backbone_origin.of_path("org/tiny-clip")
     assert origin == {"hub": "org/tiny-clip", "commit": COMMIT, "files": {
-        name: hub_snapshot.sha256(str(snapshot / name))
+        name: digests.sha256(str(snapshot / name))
         for name in ("config.json", "merges.txt", "model.safetensors")}}
     # A model dir with that origin publishes it by name, not a copy.
     assert hub._backbone_entry(origin, None) == origin

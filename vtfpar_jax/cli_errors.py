@@ -7,12 +7,10 @@
 - a full disk or quota (`OSError` ENOSPC, EDQUOT): `error: <path>: <why> (<free space
   there>); <what was kept, how to go on>`, exit 1.
 Anything else is a bug and keeps its traceback, unless it came after Ctrl-C or SIGTERM
-and before that stop reached `run`: then it is how a library's C code let the signal out,
-and the stop's line is printed as for the signal itself. dm-tree (under TFDS's
-`as_dataset`) turned a Ctrl-C during its mapping check into "AttributeError: 'str' object
-has no attribute 'keys'" (a CI run saw that traceback and exit 1). The stop signals' handler
-(`outputs/stop_signals.py`) makes sure the stop does reach `run`, so no later error is
-relabelled.
+and before that stop reached `run`: then it is how a library's C code let the signal out
+(dm-tree's, docs/reliability.md "Clean stops"), and the stop's line is printed as for the
+signal itself. `outputs/stop_signals.py` makes sure the stop does reach `run`, so no later
+error is relabelled.
 
 A command's main parses its arguments, then hands its body to `run`. While it
 works, the body says what an interruption would leave with `on_stop(...)`, so
@@ -78,11 +76,9 @@ def set_verbosity(verbose: bool) -> None:
         absl_logger.removeFilter(_tfds_internals)
     else:
         absl_logger.addFilter(_tfds_internals)   # once: a filter is added only if absent
-    try:   # absl keeps its own verbosity beside the logging module's
-        from absl import logging as absl_logging
-        absl_logging.set_verbosity("info" if verbose else "warning")
-    except ImportError:
-        pass
+    # absl keeps its own verbosity beside the logging module's
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity("info" if verbose else "warning")
 
 
 def fail(message: str) -> NoReturn:

@@ -1,18 +1,12 @@
 """Writing to a work dir that other hosts, or the next run, may read: whole files or none.
 
-A run's shared work dir is read while it is written: every host reads the text
-cache, a restarted run reads config.json and backbone/, and kill -9 may stop a
-write halfway. So each file (or folder) is written under a temporary name that
-is unique across hosts (`tempfile`), then renamed onto its real name. A rename
-within a folder is atomic on POSIX file systems (local disks, NFS, Lustre), so
-a reader finds the old file, no file, or the whole new one. On a bucket mount
-(GCS FUSE) a rename is a copy then a delete, but each object is written whole,
-so the reader still never sees half a file.
-
-`tempfile` makes its files 0600 and folders 0700 and a rename keeps the mode,
-so both writers give the result the modes an ordinary `open` / `mkdir` would
-(0666 / 0777 less the umask: 0644 / 0755 under umask 022), so that a serving
-account or a colleague can read every output, as they can the others.
+Every host reads the text cache, a restarted run reads config.json and backbone/, and
+kill -9 may stop a write halfway. So each file (or folder) is written under a temporary name
+unique across hosts (`tempfile`), then renamed onto its real name: atomic on POSIX file
+systems (local disks, NFS, Lustre); on a bucket mount (GCS FUSE) a copy then a delete, but of
+an object written whole. Either way a reader never sees half a file. The result gets the
+modes an ordinary `open` / `mkdir` would give (`tempfile` alone gives 0600 / 0700), so that
+a serving account or a colleague can read it.
 """
 
 from __future__ import annotations

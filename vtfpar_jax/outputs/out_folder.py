@@ -1,21 +1,16 @@
 """A command's --out: checked before any work, filled whole, never mixed with another run.
 
---out must be a new or empty folder, or one holding this command's own results
-for the same model, inputs and options (its `run.json` says so; a rerun
-replaces them). Another vtfpar command's results are refused, naming what is
-there, unless --overwrite is given; a folder without our run.json is refused
-even then, and so are the current folder, the home folder, the model dir, the
-data dir, every input, and any folder holding one of them: --overwrite removes
-only what a command of ours wrote. One run writes to a --out at a time (a lock
-beside it). The results are written into a temporary folder beside --out and
-swapped in when complete, with `run.json` (the manifest: command, model dir,
-checkpoint step, inputs, options) written last: a folder with a run.json holds
-one whole run, and a failed or interrupted run leaves the earlier folder as it
-was, also when it fails or is stopped during the swap.
+--out must be new, empty, or hold this command's own results for the same model, inputs and
+options (its `run.json`, the manifest, says so; a rerun replaces them). Another command's
+results are replaced only with --overwrite; a folder without our run.json, and one that is or
+holds the current folder, the home folder or what the run reads, never. One run writes to a
+--out at a time (a lock beside it). The results are filled in a temporary folder beside it
+and swapped in whole, run.json last, so a failed or stopped run leaves the earlier folder as
+it was (docs/reliability.md, "Outputs of the commands").
 
-`check_writable_folder` / `check_writable_file` are the path checks alone, for
-commands that write in place (robustness resumes cell by cell; export writes
-one file and its metadata); `lock` is the one-run-at-a-time lock alone.
+`check_writable_folder` / `check_writable_file` are the path checks alone, for commands that
+write in place (robustness resumes cell by cell; export writes one file and its metadata);
+`lock` is the one-run-at-a-time lock alone.
 """
 
 from __future__ import annotations
@@ -197,15 +192,14 @@ def _check_replaceable(path: str, reads: Sequence[str]) -> None:
 def _swap_in(temporary: str, target: str, shown: str) -> None:
     """`temporary` renamed to `target`; what `target` held is moved aside, and put back if
     the new folder cannot be moved in, then removed once the new one is in place. Ctrl-C and
-    SIGTERM wait until the renames are done: a stop between them would leave no --out. A stop
-    from then on says that the results are in place (`shown`: --out as given)."""
-    in_place = f"the results are complete in {shown}"
+    SIGTERM wait until the renames are done: a stop between them would leave no --out. Then
+    the swap reports the results in place (`shown`: --out as given) for a stop's line."""
     replaced = None   # the folder aside holding the old results, once the new ones are in
     try:
         with stop_signals.held():
             if not (os.path.isdir(target) and os.listdir(target)):
                 os.rename(temporary, target)   # onto nothing or an empty folder: one step
-                stop_signals.on_stop(in_place)
+                stop_signals.results_in_place(shown)
                 return
             aside = tempfile.mkdtemp(dir=os.path.dirname(target),
                                      prefix=f".{os.path.basename(target)}.old-")
@@ -228,7 +222,7 @@ def _swap_in(temporary: str, target: str, shown: str) -> None:
                 os.rmdir(aside)
                 raise
             replaced = aside
-            stop_signals.on_stop(in_place)
+            stop_signals.results_in_place(shown)
     finally:   # also when a stop held during the swap is delivered
         if replaced is not None:
             shutil.rmtree(replaced, ignore_errors=True)

@@ -55,8 +55,6 @@ class PidLock(contextlib.AbstractContextManager):
 
 def _same_file(file, path: str) -> bool:
     try:
-        named = os.stat(path)
+        return os.path.samestat(os.stat(path), os.fstat(file.fileno()))
     except FileNotFoundError:
         return False
-    held = os.fstat(file.fileno())
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)

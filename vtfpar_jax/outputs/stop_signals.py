@@ -1,30 +1,20 @@
 """Ctrl-C (SIGINT) and SIGTERM: raised only where they can stop the command, held elsewhere.
 
-Python runs a signal's handler in the main thread at the next bytecode it executes, and a
-stop handler raises there (KeyboardInterrupt, `Terminated`). Where that bytecode belongs to a
-garbage-collection callback, a `__del__` or a weakref callback, CPython reports the exception
-as unraisable ("Exception ignored in: ...") and goes on: the stop is lost. JAX registers a gc
-callback (`jax/_src/lib/__init__.py`: `_xla_gc_callback`), and the first Python code to run
-after a long XLA call is often that callback, so a third of interrupted evaluate, predict and
-robustness runs used to finish as if no Ctrl-C had come.
+Python runs a signal's handler in the main thread at the next bytecode. Where that belongs
+to a gc callback (JAX's `_xla_gc_callback`), a `__del__` or a weakref callback, CPython drops
+the exception the handler raises and the stop is lost (how often, measured:
+docs/reliability.md, "Clean stops"). So one handler, `_handle`:
+- records the stop without raising where an exception is lost or does harm (those callbacks,
+  an import) and inside a `held()` block (steps that must finish together: the --out swap).
+  The stop is acted on at the end of the `held()` block and, inside `watching_stops` (which
+  `cli_errors.run` opens), by a short-lived daemon thread that sends the signal again, soon
+  and then about every second, until the stop reaches the command's end; that thread also
+  catches a stop dropped anyway or swallowed by a library;
+- ignores a stop signal while a stop unwinds the command (a second Ctrl-C lets its cleanup
+  finish), and every one once the stop has reached the command's end (`delivered`).
 
-So one handler, `_handle`, serves both of the places that must not be stopped halfway:
-- where an exception is lost or does harm (a gc callback, a `__del__`, an import: an
-  extension module's initialisation turns it into an ImportError or an abort), and inside a
-  `held()` block (steps that must finish together: the --out folder swap), it records the
-  stop and does not raise. The stop is acted on at a safe point: at the end of the `held()`
-  block, and (inside `watching_stops`, which `cli_errors.run` opens) by a short-lived daemon
-  thread that sends the signal again to the main thread, soon and then about every second,
-  until the stop reaches the command's end. That thread also catches a stop raised where it
-  was dropped anyway (the unraisable hook sees it and keeps quiet about it) and one that a
-  library caught and swallowed;
-- it ignores a stop signal while a stop is already unwinding the command (its `finally`
-  blocks and `with` exits: a checkpoint write being waited for, an atomic rename), so a
-  second Ctrl-C lets that cleanup finish;
-- it ignores every stop signal once the stop has reached the command's end (`delivered`).
-
-What a stop leaves, and how to go on, is kept here too (`on_stop`): the swap says when the
-new results are in place, and `cli_errors` prints it after `interrupted:` or `terminated:`.
+What a stop leaves, and how to go on, is kept here too (`on_stop`); `cli_errors` prints it
+after `interrupted:` or `terminated:`.
 """
 
 from __future__ import annotations
@@ -55,6 +45,12 @@ def on_stop(message: str | Callable[[], str]) -> None:
     """
     global _stop_message
     _stop_message = message
+
+
+def results_in_place(folder: str) -> None:
+    """A command's results are now complete in `folder` (the --out swap says so): a stop
+    from here on says that."""
+    on_stop(f"the results are complete in {folder}")
 
 
 def stop_line() -> str:
@@ -116,16 +112,11 @@ def delivered() -> None:
         _came, _delivered = None, True
 
 
-def stop_unwinding() -> bool:
-    """Whether a stop exception is being handled now (a `finally`, an `except`, a `with` exit
-    on its way out)."""
-    return isinstance(sys.exception(), STOP_EXCEPTIONS)
-
-
 def _handle(signum, frame) -> None:
     global _came
     signum = signal.Signals(signum)
-    if _delivered or stop_unwinding():
+    # A stop exception being handled now: a `finally`, an `except`, a `with` exit unwinding.
+    if _delivered or isinstance(sys.exception(), STOP_EXCEPTIONS):
         return
     _came = signum
     _resend_until_delivered()

@@ -60,15 +60,14 @@ class CheckpointStore:
                     state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                     force=force)
             except OSError as e:  # e.g. ENOSPC; an earlier asynchronous write may surface here
-                if attempt < self.retries:
-                    logging.warning("checkpoint at step %d failed (%s); retry %d of %d in %.0f s",
-                                    step, e, attempt + 1, self.retries, self.retry_wait_s)
-                    time.sleep(self.retry_wait_s)
-                    continue
-                raise CheckpointWriteError(
-                    e.errno, f"checkpoint at step {step} (or the write still in flight before "
-                    f"it) failed in {self.directory}: {e.strerror or e}; the complete "
-                    f"checkpoints {self.steps()} are kept") from e
+                if attempt == self.retries:
+                    raise CheckpointWriteError(
+                        e.errno, f"checkpoint at step {step} (or the write still in flight "
+                        f"before it) failed in {self.directory}: {e.strerror or e}; the "
+                        f"complete checkpoints {self.steps()} are kept") from e
+                logging.warning("checkpoint at step %d failed (%s); retry %d of %d in %.0f s",
+                                step, e, attempt + 1, self.retries, self.retry_wait_s)
+                time.sleep(self.retry_wait_s)
         raise AssertionError("unreachable")
 
     def steps(self) -> list[int]:

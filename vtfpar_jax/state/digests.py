@@ -6,7 +6,6 @@ probabilities with no warning."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 
 from vtfpar_jax.errors import UserError
@@ -33,25 +32,28 @@ def of_folder(folder: str, relative_to: str) -> dict[str, str]:
 
 
 def check_folder(folder: str, relative_to: str, recorded: dict[str, str], record: str,
-                 error: type[Exception] = DigestError) -> None:
+                 error: type[Exception] = DigestError, extra_allowed: bool = False,
+                 differs: str = "{path}: missing or differs from the SHA-256 that {record} "
+                                "records") -> None:
     """Every file under `folder` is one that `recorded` ({path relative to `relative_to`:
-    SHA-256}, from the file `record`) lists, with that digest, and none it lists is missing."""
-    found = {os.path.relpath(os.path.join(root, name), relative_to)
-             for root, _, names in os.walk(folder) for name in names}
+    SHA-256}, from the file `record`) lists, with that digest, and none it lists is missing.
+    With `extra_allowed` (a Hub snapshot may hold files the record does not list), only the
+    listed files are checked; `differs` is the message of a missing or changed one."""
+    found = set() if extra_allowed else {
+        os.path.relpath(os.path.join(root, name), relative_to)
+        for root, _, names in os.walk(folder) for name in names}
     for name in sorted(found | set(recorded)):
         path = os.path.join(relative_to, name)
         if name not in recorded:
             raise error(f"{path}: not listed in {record}; the folder was changed after it "
                         "was written")
         if not os.path.isfile(path) or sha256(path) != recorded[name]:
-            raise error(f"{path}: missing or differs from the SHA-256 that {record} records")
+            raise error(differs.format(path=path, record=record))
 
 
-def check_backbone(folder: str, model: str) -> None:
-    """Model dir `model`'s backbone `folder` against the digests its config.json records
-    (`backbone_files`); a model dir made before they were recorded has none to check."""
-    record = os.path.join(model, "config.json")
-    with open(record) as f:
-        recorded = json.load(f).get("backbone_files")
+def check_backbone(folder: str, model: str, recorded: dict[str, str] | None) -> None:
+    """Model dir `model`'s backbone `folder` against `recorded`, the digests its config.json
+    records (`backbone_files`, as the caller read it); a model dir made before they were
+    recorded has none (None) to check."""
     if recorded is not None:
-        check_folder(folder, model, recorded, record)
+        check_folder(folder, model, recorded, os.path.join(model, "config.json"))

@@ -1,24 +1,17 @@
 """What a run runs, as one hash, and the fields that differ when two runs do not match.
 
-A training run, an ablation point and a robustness run are each identified by
-an *identity*: a JSON-able dict of everything that decides their numbers (the
-fully resolved config, the attribute set, the data splits and, for robustness,
-the corruption definitions). `fingerprint(identity)` is a short hash of it. The
-identity is stored beside the hash, so that a resume that finds another
-fingerprint can name each field that differs, with both values (`describe`).
+A training run, an ablation point and a robustness run are each identified by an
+*identity*: a JSON-able dict of everything that decides their numbers (the fully resolved
+config, the attribute set, the data splits and, for robustness, the corruption
+definitions). `fingerprint(identity)` is a short hash of it, stored beside the identity, so
+that a resume that finds another fingerprint can name each field that differs, with both
+values (`describe`).
 
-A training work dir keeps the config it started with (config.json, written
-once). A restart may change only `RUN_CONTROL_FIELDS`: how long the run goes
-and how it is watched and checkpointed, not what a step computes. Each change
-is appended to config_changes.jsonl with the step it applies from, and the
-config in force is config.json with those changes replayed (`current_config`).
-
-A restart is held to what the run started with in two more ways. config.json
-records the random-stream scheme (`random_streams`, vtfpar_jax.models.rng.SCHEME),
-and a run resumes only under its own. A field added to the config after a work
-dir was written is not in its config.json: the run behaved as `ADDED_FIELDS`
-says, and it resumes only with that value. A field renamed since is read by its name now
-(`RENAMED_FIELDS`), so the same run under both names compares equal.
+A training work dir keeps the config it started with (config.json, written once). A restart
+may change only `RUN_CONTROL_FIELDS`, each change appended to config_changes.jsonl with the
+step it applies from (`current_config` replays them); it resumes only under the run's
+random-stream scheme and the old value of each field added since (`ADDED_FIELDS`), and reads
+a field renamed since by its name now (docs/experiments.md, "Restarting a training work dir").
 """
 
 from __future__ import annotations
@@ -63,9 +56,6 @@ ADDED_FIELDS = {
     "backbone.name": "clip",           # 2d1f5f4: CLIP, the only backbone then
     "model.head": "attribute",         # 499e09f: one logit per attribute, the only head then
 }
-# Each field renamed since (old dotted name -> name now, vtfpar_jax/state/old_names.py): a
-# stored config is read under today's names before anything else is compared or filled in.
-RENAMED_FIELDS = old_names.FIELDS
 # A field that once stored its value in another form: (stored value, its name now).
 RENAMED_VALUES = {"model.remat": ((False, "none"), (True, "blocks"))}
 # config.json gained its fingerprint (be913c5) on the commit after the named random streams
@@ -80,13 +70,7 @@ class ConfigChangeError(ConfigError):
 
 def jsonable(value: Any) -> Any:
     """`value` as JSON stores it: ConfigDicts and dicts as dicts, tuples as lists."""
-    if isinstance(value, ml_collections.ConfigDict):
-        value = value.to_dict()
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [jsonable(v) for v in value]
-    return value
+    return json.loads(json.dumps(value, default=ml_collections.ConfigDict.to_dict))
 
 
 def fingerprint(identity: dict) -> str:
@@ -174,20 +158,25 @@ def corruption_definition(corruption) -> dict:
 def current_config(workdir: str, stored: dict) -> dict:
     """The config in force in `workdir`: config.json's `stored` config with the
     changes of config_changes.jsonl applied, in order."""
+    config = json.loads(json.dumps(stored))   # a deep copy
+    for entry in _changes(workdir):
+        for key, change in entry["changes"].items():
+            _set(config, old_names.field(key), change["new"])
+    return config
+
+
+def _changes(workdir: str) -> list[dict]:
+    """The entries of `workdir`'s config_changes.jsonl, in order ([] without one)."""
     path = os.path.join(workdir, CHANGES_FILE)
     if not os.path.exists(path):
-        return stored
-    config = json.loads(json.dumps(stored))   # a deep copy
+        return []
     with open(path) as f:
-        for line in filter(str.strip, f):
-            for key, change in json.loads(line)["changes"].items():
-                _set(config, old_names.field(key), change["new"])
-    return config
+        return [json.loads(line) for line in filter(str.strip, f)]
 
 
 def with_added_fields(config: dict) -> tuple[dict, list[str]]:
     """A stored config as a run then ran it: each renamed field by its name now
-    (`RENAMED_FIELDS`), each field of `ADDED_FIELDS` it lacks set to its old value
+    (`old_names.FIELDS`), each field of `ADDED_FIELDS` it lacks set to its old value
     (`NO_EQUIVALENT` when none behaves so), each renamed value by its name now; and the
     fields that were filled in."""
     config = old_names.config(config)   # a deep copy
@@ -213,11 +202,13 @@ def _set(config: dict, key: str, value: Any) -> None:
 
 class StartedRun(NamedTuple):
     """What a work dir's run started with: `config` (config.json's, the fields added since
-    filled in by `with_added_fields`), the names of those fields (`added`), and the
-    entries of config_changes.jsonl (`changes`)."""
+    filled in by `with_added_fields`), the names of those fields (`added`), the
+    entries of config_changes.jsonl (`changes`) and the SHA-256 of its backbone/ files
+    (`backbone_files`; None in a work dir written before they were recorded)."""
     config: dict
     added: list[str]
     changes: list[dict]
+    backbone_files: dict[str, str] | None = None
 
 
 def started_run(workdir: str) -> StartedRun | None:
@@ -230,16 +221,12 @@ def started_run(workdir: str) -> StartedRun | None:
         with open(path) as f:
             run = json.load(f)
         config, added = with_added_fields(run["config"])
-        changes_path = os.path.join(workdir, CHANGES_FILE)
-        changes = []
-        if os.path.exists(changes_path):
-            with open(changes_path) as f:
-                changes = [json.loads(line) for line in filter(str.strip, f)]
+        changes = _changes(workdir)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigChangeError(f"{path}: cannot read the config this run started with ({e}); "
                                 "use another work dir") from None
     _check_random_streams(path, run)
-    return StartedRun(config, added, changes)
+    return StartedRun(config, added, changes, run.get("backbone_files"))
 
 
 def _check_random_streams(path: str, run: dict) -> None:

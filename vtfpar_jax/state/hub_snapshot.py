@@ -6,14 +6,11 @@ it is found in that cache alone). Nothing is copied or converted: `model_dir.loa
 reads the layout (config.json, model.safetensors, backbone/) from that folder, or
 from a `push-to-hub --local` folder, the same way, and builds no optimiser state.
 
-What the model reads is checked where it is read, on every load. config.json
-records the SHA-256 of every other file the model reads: model.safetensors is
-hashed from the very bytes that are then parsed, and the backbone's files just
-before its loader opens them. The snapshot's files are not trusted as they are:
-the Hub cache is an ordinary writable folder whose files huggingface_hub does
-not check again once downloaded, and a `--local` folder has no cache at all;
-one check covers both. A check made once, when a copy was written (as earlier
-versions did), let a byte changed later move the probabilities with no warning.
+What the model reads is checked where it is read, on every load, against the SHA-256 that
+config.json records (vtfpar_jax/state/digests.py): model.safetensors from the very bytes
+then parsed, the backbone's files just before its loader opens them. The Hub cache is an
+ordinary writable folder that huggingface_hub does not check again once downloaded, and a
+`--local` folder has no cache at all; one check covers both.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ import os
 import sys
 
 from vtfpar_jax.errors import UserError, reason
-from vtfpar_jax.state.digests import check_folder, sha256
+from vtfpar_jax.state.digests import check_folder
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -72,11 +69,6 @@ def pinned(spec: str) -> str:
     return f"{SCHEME}{repo}@{os.path.basename(snapshot(spec))}"
 
 
-def is_layout(run: dict) -> bool:
-    """Whether a model's config.json is a Hub layout's (else a model dir's, with checkpoints)."""
-    return "hub" in run
-
-
 def read_weights(folder: str, run: dict) -> dict:
     """{'params/...', 'batch_stats/...': array} of the layout in `folder`, from the bytes
     whose SHA-256 config.json records."""
@@ -119,11 +111,9 @@ def _named_backbone(named: dict) -> str:
     except Exception as e:  # noqa: BLE001 - offline, missing repo, network: one message
         raise HubLayoutError(f"the backbone {spec}: cannot get it ("
                              f"{reason(e)})") from None
-    for name, digest in named["files"].items():
-        path = os.path.join(snapshot, name)
-        if not os.path.isfile(path) or sha256(path) != digest:
-            raise HubLayoutError(f"the backbone {spec}: {path} is missing or differs from "
-                                 f"the SHA-256 recorded when the model was trained")
+    check_folder(snapshot, snapshot, named["files"], CONFIG, HubLayoutError, extra_allowed=True,
+                 differs=f"the backbone {spec}: {{path}} is missing or differs from the "
+                         "SHA-256 recorded when the model was trained")
     return snapshot
 
 

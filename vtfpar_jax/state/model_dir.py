@@ -55,14 +55,6 @@ class LoadedModel:
     epoch: int | None   # the training epoch recorded with the step (None if not recorded)
     unreadable_newer: list[str] = dataclasses.field(default_factory=list)  # "step N (why)"
 
-    def fallback_warning(self, model: str) -> str | None:
-        """One line when a newer checkpoint could not be read and an older step is used."""
-        if not self.unreadable_newer:
-            return None
-        return (f"using step {self.step} of {model}: the newer checkpoint(s) cannot be read "
-                f"({'; '.join(self.unreadable_newer)}); the results are step {self.step}'s "
-                "and say so")
-
     def builder(self, split: str | None = None):
         return dataset_builder(self.config, self.attribute_set.name, split)
 
@@ -99,16 +91,17 @@ def folder_inside(model: str, name: str) -> str:
     return os.path.join(model, name)
 
 
-def dataset_builder(config: ml_collections.ConfigDict, attribute_set: str,
+def dataset_builder(config: ml_collections.ConfigDict, attribute_set: str | None = None,
                     split: str | None = None):
-    """The TFDS builder of the model's dataset, prepared, with the model's attributes (and
-    `split`, if given); else one `UserError` naming what is missing."""
+    """The TFDS builder of the config's dataset, prepared, with the model's attributes (if
+    given: training reads them from it) and `split` (if given); else one `UserError` naming
+    what is missing."""
     import input_pipeline
     from input_pipeline import pipeline
     b = input_pipeline.get_builder(config.dataset, config.data_dir or None)
     if not b.is_prepared():
         raise input_pipeline.DatasetNotBuiltError(b)
-    if pipeline.attribute_set(b).name != attribute_set:
+    if attribute_set is not None and pipeline.attribute_set(b).name != attribute_set:
         raise ModelDirError(f"model attributes {attribute_set!r} do not match "
                             f"dataset {config.dataset!r}")
     if split is not None and split not in b.info.splits:
@@ -169,11 +162,13 @@ def fresh_state(config, model_cfg, backbone_params, variables: dict | None = Non
 
 
 def load_announced(model: str, step: int | None = None) -> LoadedModel:
-    """`load`, and one `warning:` line on stderr when a newer checkpoint was unreadable."""
+    """`load`, and one `warning:` line on stderr when a newer checkpoint was unreadable and
+    an older step is used."""
     loaded = load(model, step)
-    warning = loaded.fallback_warning(model)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+    if loaded.unreadable_newer:
+        print(f"warning: using step {loaded.step} of {model}: the newer checkpoint(s) cannot be "
+              f"read ({'; '.join(loaded.unreadable_newer)}); the results are step "
+              f"{loaded.step}'s and say so", file=sys.stderr)
     return loaded
 
 
@@ -182,12 +177,12 @@ def load(model: str, step: int | None = None) -> LoadedModel:
     (default: its newest readable one), for inference: no optimiser state is read or built."""
     model = resolve(model)
     run = read_run_file(model)
-    if hub_snapshot.is_layout(run):
+    if "hub" in run:   # a Hub layout's config.json (a model dir's has checkpoints instead)
         return _load_layout(model, run, step)
     # The config in force: a restart may have changed e.g. data_dir since config.json.
     config = ml_collections.ConfigDict(fingerprint.current_config(model, run["config"]))
     saved = old_names.backbone_folder(model)
-    digests.check_backbone(saved, model)
+    digests.check_backbone(saved, model, run.get("backbone_files"))
     backbone_cfg, backbone_params = _backbone(model, config, saved)
     model_cfg = _model_config(config, backbone_cfg, run)
     template, frozen_params = fresh_state(config, model_cfg, backbone_params)

@@ -25,10 +25,7 @@ def weighted_bce(logits: jax.Array, labels: jax.Array, positive_ratio: jax.Array
     positive = (labels > 0.5).astype(jnp.float32)
     weights = jnp.exp(positive * (1.0 - positive_ratio) + (1.0 - positive) * positive_ratio)
     per_example = (weights * optax.sigmoid_binary_cross_entropy(logits, labels)).sum(axis=-1)
-    if mask is None:
-        return per_example.sum() / logits.shape[0]
-    mask = mask.astype(jnp.float32)
-    return (per_example * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    return _batch_mean(per_example, mask)
 
 
 def group_cross_entropy(logits: jax.Array, labels: jax.Array,
@@ -45,8 +42,13 @@ def group_cross_entropy(logits: jax.Array, labels: jax.Array,
     per_example = sum(
         optax.softmax_cross_entropy_with_integer_labels(block, classes[:, g]) / block.shape[1]
         for g, block in enumerate(blocks))
+    return _batch_mean(per_example, mask)
+
+
+def _batch_mean(per_example: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """The mean of (B,) `per_example` over the rows that `mask` keeps (all without one)."""
     if mask is None:
-        return per_example.mean()
+        return per_example.sum() / per_example.shape[0]
     mask = mask.astype(jnp.float32)
     return (per_example * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 

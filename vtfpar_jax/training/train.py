@@ -6,17 +6,12 @@ frozen params (all of CLIP by default) are a separate, never-donated argument
 that no gradient or optimiser state ever touches. The same code runs on one
 CPU, several GPUs or a TPU pod slice (one process per host).
 
-A work dir holds one run. Its config.json is written when the run starts and
-never rewritten; rerunning into the same work dir resumes that run. A restart
-may change only how long the run goes and how it is watched
-(`fingerprint.RUN_CONTROL_FIELDS`: num_epochs, max_steps, data_dir, the
-log/eval/checkpoint cadence); each change is appended to config_changes.jsonl
-with the step it applies from. Any other change (e.g. optimizer.lr) is refused
-naming the field, before the backbone or data are loaded, unless
---allow_config_change is given; that change is recorded too. So is a work dir
-of another random-stream scheme (fingerprint.started_run), and a restart runs
-the backbone saved in the work dir's backbone/ (clip/ in a work dir made before it was
-named so: vtfpar_jax.state.old_names), never one drawn or fetched again.
+A work dir holds one run: its config.json is written when the run starts and never
+rewritten, and rerunning into the same work dir resumes that run. What a restart may change
+(how long the run goes, how it is watched), how each change is recorded, and what is refused
+before the backbone or data are loaded (unless --allow_config_change) is
+vtfpar_jax/state/fingerprint.py's. A restart runs the backbone saved in the work dir's
+backbone/ (`run_backbone`), never one drawn or fetched again.
 """
 
 from __future__ import annotations
@@ -34,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
 from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import ConfigError, UserError
@@ -44,6 +40,7 @@ from vtfpar_jax.state import (
     build,
     digests,
     fingerprint,
+    model_dir,
     old_names,
     optim,
     sharding,
@@ -64,14 +61,11 @@ class Trainer:
     """Builds everything a run needs from a config and a work dir, then trains."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        import input_pipeline
         from input_pipeline import pipeline
 
         self.config, self.workdir = config, workdir
         self.pipeline = pipeline
-        self.builder = input_pipeline.get_builder(config.dataset, config.data_dir or None)
-        if not self.builder.is_prepared():
-            raise input_pipeline.DatasetNotBuiltError(self.builder)
+        self.builder = model_dir.dataset_builder(config)
         self.attribute_set = pipeline.attribute_set(self.builder)
         self.backbone_cfg, backbone_params = run_backbone(config, workdir)
         # The full float32 backbone stays on the host (numpy), for backbone/ and the text
@@ -154,8 +148,9 @@ def run_backbone(config: ml_collections.ConfigDict, workdir: str):
     random backbone is not drawn again, a hub id not fetched again at a newer revision)."""
     saved = old_names.backbone_folder(workdir)
     if os.path.isdir(saved):
-        if os.path.isfile(os.path.join(workdir, "config.json")):
-            digests.check_backbone(saved, workdir)
+        started = fingerprint.started_run(workdir)
+        if started is not None:
+            digests.check_backbone(saved, workdir, started.backbone_files)
         return build.load_backbone_folder(saved)
     return build.load_backbone(config, config.seed)
 
@@ -199,10 +194,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> dict:
     """Train (resuming from the work dir's newest good checkpoint) and evaluate.
 
-    A restart whose config differs from the work dir's in more than
-    `fingerprint.RUN_CONTROL_FIELDS` is refused before anything is built, naming
-    the fields, unless `allow_config_change`; a change let through is recorded
-    in config_changes.jsonl with its step.
+    A restart's config is checked before anything is built (`fingerprint.restart_changes`;
+    `allow_config_change` lets any change through, recorded with its step).
 
     Whatever happens once the lock is taken (a failed start included), the lock,
     the checkpoint writer, the logs and the SIGTERM handler are released on the
@@ -315,10 +308,8 @@ def untrained_results(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def checkpoints_kept(workdir: str) -> str:
     """What a stop leaves in `workdir`, asked once its cleanup has run (an asynchronous
     checkpoint write has ended): the complete checkpoints, or none."""
-    folder = os.path.join(workdir, "checkpoints")
-    # Orbax names a complete checkpoint by its step alone; one in flight has a suffix.
-    steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) \
-        if os.path.isdir(folder) else []
+    # Orbax's own list of its complete checkpoints: one in flight has a suffix.
+    steps = sorted(ocp.utils.checkpoint_steps(os.path.join(workdir, "checkpoints")))
     if not steps:
         return f"no checkpoint had been written in {workdir}; rerun the same command to start"
     return (f"the checkpoints of steps {', '.join(map(str, steps))} are kept in {workdir}; "

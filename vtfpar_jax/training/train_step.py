@@ -17,15 +17,14 @@ import optax
 
 from vtfpar_jax.models import preprocess, vtfpar
 from vtfpar_jax.models import rng as random_streams
-from vtfpar_jax.state import optim
+from vtfpar_jax.state import optim, sharding
 from vtfpar_jax.state.train_state import Frozen, TrainState
 from vtfpar_jax.training import losses
 
 
 def jit_train_step(step_fn, mesh: jax.sharding.Mesh):
     """The jitted step as training runs it: state donated, outputs replicated."""
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(replicated, replicated))
+    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(sharding.replicated(mesh),) * 2)
 
 
 def make_train_step(cfg: vtfpar.VTFPARConfig, tx: optax.GradientTransformation,
