@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 
 from vtfpar_jax.errors import UserError
 
@@ -33,12 +34,11 @@ def of_folder(folder: str, relative_to: str) -> dict[str, str]:
 
 def check_folder(folder: str, relative_to: str, recorded: dict[str, str], record: str,
                  error: type[Exception] = DigestError, extra_allowed: bool = False,
-                 differs: str = "{path}: missing or differs from the SHA-256 that {record} "
-                                "records") -> None:
+                 differs: Callable[[str], str] | None = None) -> None:
     """Every file under `folder` is one that `recorded` ({path relative to `relative_to`:
     SHA-256}, from the file `record`) lists, with that digest, and none it lists is missing.
     With `extra_allowed` (a Hub snapshot may hold files the record does not list), only the
-    listed files are checked; `differs` is the message of a missing or changed one."""
+    listed files are checked; `differs(path)` is the message of a missing or changed one."""
     found = set() if extra_allowed else {
         os.path.relpath(os.path.join(root, name), relative_to)
         for root, _, names in os.walk(folder) for name in names}
@@ -48,7 +48,8 @@ def check_folder(folder: str, relative_to: str, recorded: dict[str, str], record
             raise error(f"{path}: not listed in {record}; the folder was changed after it "
                         "was written")
         if not os.path.isfile(path) or sha256(path) != recorded[name]:
-            raise error(differs.format(path=path, record=record))
+            raise error(differs(path) if differs else
+                        f"{path}: missing or differs from the SHA-256 that {record} records")
 
 
 def check_backbone(folder: str, model: str, recorded: dict[str, str] | None) -> None:

@@ -112,8 +112,8 @@ def _named_backbone(named: dict) -> str:
         raise HubLayoutError(f"the backbone {spec}: cannot get it ("
                              f"{reason(e)})") from None
     check_folder(snapshot, snapshot, named["files"], CONFIG, HubLayoutError, extra_allowed=True,
-                 differs=f"the backbone {spec}: {{path}} is missing or differs from the "
-                         "SHA-256 recorded when the model was trained")
+                 differs=lambda path: f"the backbone {spec}: {path} is missing or differs "
+                                      "from the SHA-256 recorded when the model was trained")
     return snapshot
 
 
