@@ -139,7 +139,7 @@ def test_the_stop_line_is_asked_at_the_stop(capsys):
     written = []
 
     def body():
-        cli_errors.on_stop(lambda: f"{len(written)} cells are kept")
+        stop_signals.on_stop(lambda: f"{len(written)} cells are kept")
         written.append("cell")
         raise KeyboardInterrupt
     code, err = _stopped(body, capsys)
@@ -319,7 +319,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_free_space(tmp_path, mo
                         raising=False)
 
     def body():
-        cli_errors.on_stop(f"the earlier results are kept in {path.parent}")
+        stop_signals.on_stop(f"the earlier results are kept in {path.parent}")
         files.write_json(str(path), {"earlier": False})
 
     code, err = _stopped(body, capsys)

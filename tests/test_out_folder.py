@@ -315,7 +315,7 @@ def test_a_stop_held_during_the_swap_says_the_results_are_in(tmp_path, monkeypat
     _stop_between_the_renames(monkeypatch, out, signum)
 
     def predict_into_out():
-        cli_errors.on_stop(f"nothing was written to {out}; rerun the same command")
+        stop_signals.on_stop(f"nothing was written to {out}; rerun the same command")
         _fill(out_folder.OutFolder(out, "predict", {}, True), 6, b"new")
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)   # as from a terminal
     try:

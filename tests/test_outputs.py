@@ -14,7 +14,7 @@ from smoke_runs import REPO, assert_default_modes, subprocess_env
 
 from vtfpar_jax import cli, cli_errors
 from vtfpar_jax.errors import UserError
-from vtfpar_jax.outputs import files, out_folder
+from vtfpar_jax.outputs import files, out_folder, stop_signals
 from vtfpar_jax.state import model_dir
 
 
@@ -232,7 +232,7 @@ def test_cli_errors_one_line_per_stop(capsys):
     assert capsys.readouterr().err == "error: bad thing\n"
 
     def interrupted():
-        cli_errors.on_stop("3 cells kept; rerun to resume")
+        stop_signals.on_stop("3 cells kept; rerun to resume")
         raise KeyboardInterrupt
     with pytest.raises(SystemExit) as exit_:
         cli_errors.run(interrupted)
@@ -259,7 +259,7 @@ def test_a_signal_a_library_turned_into_its_own_error_is_still_the_stop(
     def swallowed_by_a_library():
         try:
             os.kill(os.getpid(), signum)
-        except (KeyboardInterrupt, cli_errors.Terminated):
+        except (KeyboardInterrupt, stop_signals.Terminated):
             raise AttributeError("'str' object has no attribute 'keys'") from None
     # As in a terminal: a suite run in the background starts with SIGINT ignored.
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)

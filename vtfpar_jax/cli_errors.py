@@ -12,9 +12,9 @@ and before that stop reached `run`: then it is how a library's C code let the si
 signal itself. `outputs/stop_signals.py` makes sure the stop does reach `run`, so no later
 error is relabelled.
 
-A command's main parses its arguments, then hands its body to `run`. While it
-works, the body says what an interruption would leave with `on_stop(...)`, so
-the line is true at every moment (e.g. "the 3 cells done are kept"). Training
+A command's main parses its arguments, then hands its body to `run`. While it works,
+the body says what an interruption would leave with `stop_signals.on_stop(...)`, so the
+line is true at every moment (e.g. "the 3 cells done are kept"). Training
 sets its own SIGTERM handler while it trains (checkpoint, then stop, then `Terminated`);
 `run` only answers SIGTERM outside that.
 """
@@ -33,7 +33,6 @@ from typing import NoReturn, TypeVar
 
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.outputs import stop_signals
-from vtfpar_jax.outputs.stop_signals import RERUN, Terminated, on_stop  # noqa: F401 - for commands
 
 T = TypeVar("T")
 
@@ -91,7 +90,7 @@ def run(body: Callable[[], T], verbose: bool = False) -> T:
     global _finished
     stop_signals.reset(keep_pending=_process_ends_after_stop)
     _finished = False
-    on_stop(RERUN)
+    stop_signals.on_stop(stop_signals.RERUN)
     set_verbosity(verbose)
     with stop_signals.watching_stops(restore=not _process_ends_after_stop):
         try:
@@ -123,7 +122,8 @@ def end_process_after_stop() -> None:
 def stopped_outside_run(stop: BaseException) -> NoReturn:
     """A stop that came before `run` started or after its body returned: its line and status."""
     stop_signals.delivered()
-    on_stop("the command had finished; its results are complete" if _finished else RERUN)
+    stop_signals.on_stop("the command had finished; its results are complete" if _finished
+                         else stop_signals.RERUN)
     _exit_stopped(stop_signals.signal_of(stop))
 
 

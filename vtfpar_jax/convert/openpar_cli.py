@@ -24,6 +24,7 @@ from vtfpar_jax.backbones import clip_tokenizer, hf_clip, openai_clip
 from vtfpar_jax.backbones.weights import WeightImportError
 from vtfpar_jax.convert import openpar
 from vtfpar_jax.errors import ConfigError, UserError
+from vtfpar_jax.outputs import stop_signals
 from vtfpar_jax.state import backbone_origin, digests, old_names
 from vtfpar_jax.state.checkpoint import CheckpointStore
 
@@ -125,8 +126,8 @@ def main(argv=None):
 
     def convert():
         # The model dir is complete once its checkpoint is; until then a rerun rewrites it.
-        cli_errors.on_stop(lambda: f"{fixed['out']} has no checkpoint yet; rerun the same "
-                           "command" if os.path.exists(fixed["out"]) else cli_errors.RERUN)
+        stop_signals.on_stop(lambda: f"{fixed['out']} has no checkpoint yet; rerun the same "
+                           "command" if os.path.exists(fixed["out"]) else stop_signals.RERUN)
         out = convert_files(fixed["checkpoint"], fixed["clip"], fixed["dataset"], fixed["out"],
                             fixed["bpe"], **args)
         print(f"wrote model dir {out}: evaluate with vtfpar evaluate --model {out}")

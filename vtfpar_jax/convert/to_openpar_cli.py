@@ -17,7 +17,7 @@ import os
 from vtfpar_jax import cli_errors
 from vtfpar_jax.convert import to_openpar
 from vtfpar_jax.convert.openpar_cli import OutputExistsError
-from vtfpar_jax.outputs import files
+from vtfpar_jax.outputs import files, stop_signals
 
 
 def command_line(options: dict) -> str:
@@ -40,9 +40,9 @@ def _to_openpar(args) -> None:
     if os.path.exists(args.out):
         raise OutputExistsError(f"{args.out} exists; choose a new --out")
     sidecar = args.out + ".json"
-    cli_errors.on_stop(lambda: f"{args.out} is written, {sidecar} is not; move {args.out} away "
+    stop_signals.on_stop(lambda: f"{args.out} is written, {sidecar} is not; move {args.out} away "
                        "and rerun the same command" if os.path.exists(args.out)
-                       else cli_errors.RERUN)
+                       else stop_signals.RERUN)
     written = to_openpar.export(args.model, args.out, args.step)
     flags = command_line(written["openpar_options"])
     files.write_json(sidecar, {**written, "command_line": flags}, indent=1)

@@ -19,7 +19,7 @@ import numpy as np
 from vtfpar_jax import cli_errors
 from vtfpar_jax.evaluation import metrics
 from vtfpar_jax.models import preprocess, vtfpar
-from vtfpar_jax.outputs import files
+from vtfpar_jax.outputs import files, stop_signals
 from vtfpar_jax.state import optim, sharding
 
 # (video (B, T, h, w, 3) uint8, tracklet index (B,)) -> video: see Evaluator.probabilities.
@@ -184,7 +184,7 @@ def _evaluate(args) -> dict:
         if args.data_dir:
             loaded.config.data_dir = args.data_dir
         evaluator = Evaluator.from_loaded(loaded, args.split)
-        cli_errors.on_stop(f"nothing was written to {out_path}; rerun the same command")
+        stop_signals.on_stop(f"nothing was written to {out_path}; rerun the same command")
         with out.filling(loaded.step,
                          unreadable_newer_checkpoints=loaded.unreadable_newer) as folder:
             results = evaluator.run(loaded.state, args.split, folder,

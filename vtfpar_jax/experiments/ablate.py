@@ -37,6 +37,7 @@ import ml_collections
 
 from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import UserError, nearest
+from vtfpar_jax.outputs import stop_signals
 from vtfpar_jax.outputs.files import read_to_resume, save_figure, write_json, write_text
 from vtfpar_jax.state import build, fingerprint
 from vtfpar_jax.training import config_file, train
@@ -393,14 +394,14 @@ def _ablate(args) -> dict:
         raise AblationError(f"--set {bad[0]!r}: expected 'field=value'")
     sets = _typed_sets(args.config, {key.strip(): value for key, _, value in (
         item.partition("=") for item in args.sets)})
-    cli_errors.on_stop(lambda: points_kept(args.workdir))
+    stop_signals.on_stop(lambda: points_kept(args.workdir))
     with out_folder.lock(args.workdir, "--workdir"):   # two runs would rewrite ablation.json
         report = run(args.config, args.sweep, args.workdir, sets)
     if "stopped" in report:   # preempted (SIGTERM): exit 143, as training does
         stopped = report["stopped"]
-        cli_errors.on_stop(f"preempted at step {stopped['step']} of point {stopped['point']}, "
+        stop_signals.on_stop(f"preempted at step {stopped['step']} of point {stopped['point']}, "
                            f"its checkpoint saved; {points_kept(args.workdir, stopped['point'])}")
-        raise cli_errors.Terminated()
+        raise stop_signals.Terminated()
     print(report["table"], end="")
     print(f"written to {os.path.join(args.workdir, 'ablation.md')} and ablation.png")
     return report

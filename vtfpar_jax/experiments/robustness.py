@@ -26,6 +26,7 @@ import numpy as np
 from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import UserError
 from vtfpar_jax.experiments import corruptions
+from vtfpar_jax.outputs import stop_signals
 from vtfpar_jax.outputs.files import read_to_resume, save_figure, write_json, write_text
 from vtfpar_jax.state import fingerprint, old_names
 
@@ -230,7 +231,7 @@ def _robustness(args) -> dict:
     out_folder.check_writable_folder(out)
     with out_folder.lock(out):   # two runs would each rewrite the other's cells away
         model_dir.check_dataset(args.model, args.split, args.data_dir)
-        cli_errors.on_stop(lambda: cells_kept(os.path.join(out, "robustness.json")))
+        stop_signals.on_stop(lambda: cells_kept(os.path.join(out, "robustness.json")))
         report = run(args.model, args.split, args.corruptions, args.severities, args.seed,
                      args.out, args.step, args.data_dir)
     print(report["table"], end="")

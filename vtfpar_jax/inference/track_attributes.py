@@ -41,7 +41,7 @@ from vtfpar_jax.inference import (
 )
 from vtfpar_jax.inference import video as video_io
 from vtfpar_jax.models import normalization
-from vtfpar_jax.outputs import files, out_folder
+from vtfpar_jax.outputs import files, out_folder, stop_signals
 from vtfpar_jax.state import model_dir
 
 
@@ -294,7 +294,7 @@ def _track_into(out: out_folder.OutFolder, args: argparse.Namespace, info, track
         about = {"detector": detector.description if detector else None,
                  "detect_every": args.detect_every if detector else 1,
                  "detection_warnings": made.warnings}
-    cli_errors.on_stop(f"nothing was written to {args.out}; rerun the same command")
+    stop_signals.on_stop(f"nothing was written to {args.out}; rerun the same command")
     with out.filling(loaded.step, unreadable_newer_checkpoints=loaded.unreadable_newer) as folder:
         result = run(args.video, loaded, tracks, folder, window=args.window,
                      batch=args.batch, aspect=args.aspect, context=args.context,

@@ -11,6 +11,7 @@ import os
 import time
 
 from vtfpar_jax import cli_errors
+from vtfpar_jax.outputs import stop_signals
 
 
 def main(argv=None):
@@ -40,7 +41,7 @@ def _demo(args) -> None:
     if args.prepare_only:
         return
     t1 = time.time()
-    cli_errors.on_stop(lambda: train.checkpoints_kept(args.workdir))
+    stop_signals.on_stop(lambda: train.checkpoints_kept(args.workdir))
     results = train.train_and_evaluate(config, args.workdir)
     if "preempted_at" in results:
         train.preempted(results["preempted_at"], args.workdir)

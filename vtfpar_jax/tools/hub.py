@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from vtfpar_jax import cli_errors
-from vtfpar_jax.outputs import files
+from vtfpar_jax.outputs import files, stop_signals
 from vtfpar_jax.state import digests, old_names
 from vtfpar_jax.state.hub_snapshot import BACKBONE, CONFIG, WEIGHTS, HubLayoutError
 
@@ -212,10 +212,10 @@ def main(argv=None):
 
 def _push_to_hub(args) -> None:
     if args.local is not None:
-        cli_errors.on_stop(f"nothing was written to {args.local}; rerun the same command")
+        stop_signals.on_stop(f"nothing was written to {args.local}; rerun the same command")
         write_layout(args.model, args.local, args.repo or "ORG/NAME")
         print(f"wrote the Hub layout of {args.model} to {args.local}")
     else:   # the upload is one commit: all of it or nothing
-        cli_errors.on_stop(f"nothing was committed to {args.repo}; rerun the same command")
+        stop_signals.on_stop(f"nothing was committed to {args.repo}; rerun the same command")
         info = push(args.model, args.repo, args.private)
         print(f"uploaded {args.model} to {args.repo}: {info}")

@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 from vtfpar_jax import cli_errors
 from vtfpar_jax.errors import ConfigError, UserError
 from vtfpar_jax.models import preprocess, rng, vtfpar
+from vtfpar_jax.outputs import stop_signals
 from vtfpar_jax.outputs.files import atomic_file, atomic_folder
 from vtfpar_jax.state import (
     backbone_origin,
@@ -320,9 +321,9 @@ def preempted(step: int, workdir: str) -> NoReturn:
     """End a preempted run as `terminated:`, exit 143: a scheduler's restart-on-failure
     policy (SLURM --requeue, Kubernetes, a TPU VM's restart loop) then reruns it, and
     `vtfpar train && vtfpar evaluate` does not go on with an unfinished model."""
-    cli_errors.on_stop(f"preempted at step {step}, its checkpoint saved in {workdir}; rerun "
+    stop_signals.on_stop(f"preempted at step {step}, its checkpoint saved in {workdir}; rerun "
                        "the same command to resume")
-    raise cli_errors.Terminated()
+    raise stop_signals.Terminated()
 
 
 def _usage(flag_values) -> str:
@@ -367,7 +368,7 @@ def main(argv=None):
         sharding.initialize_distributed()
         # SIGTERM while training checkpoints then stops (Preemption); Ctrl-C keeps the
         # checkpoints already written.
-        cli_errors.on_stop(lambda: checkpoints_kept(flags_.workdir))
+        stop_signals.on_stop(lambda: checkpoints_kept(flags_.workdir))
         results = train_and_evaluate(flags_.config, flags_.workdir,
                                      flags_.allow_config_change)
         if "preempted_at" in results:
