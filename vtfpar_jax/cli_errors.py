@@ -47,9 +47,13 @@ _process_ends_after_stop = False
 _CHATTY = ("absl", "jax2onnx", "onnx_ir", "jax", "orbax", "tensorflow")
 
 
-def add_verbose(parser: argparse.ArgumentParser) -> None:
+def parse_and_run(parser: argparse.ArgumentParser, argv: list[str] | None,
+                  body: Callable[[argparse.Namespace], T]) -> T:
+    """`argv` parsed by `parser` with --verbose added, then `run` of `body(args)`."""
     parser.add_argument("--verbose", action="store_true",
                         help="library logging (JAX, Orbax, TFDS, jax2onnx) at INFO")
+    args = parser.parse_args(argv)
+    return run(lambda: body(args), args.verbose)
 
 
 def _tfds_internals(record: logging.LogRecord) -> bool:

@@ -162,9 +162,7 @@ def main(argv=None):
     parser.add_argument("--data_dir", default=None,
                         help="TFDS data dir (default: the one the model was trained with)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    cli_errors.add_verbose(parser)
-    args = parser.parse_args(argv)
-    return cli_errors.run(lambda: _evaluate(args), args.verbose)
+    return cli_errors.parse_and_run(parser, argv, _evaluate)
 
 
 def _evaluate(args) -> dict:

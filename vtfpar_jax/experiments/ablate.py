@@ -382,9 +382,7 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], dest="sets",
                         help="field=value for every point (repeatable)")
     parser.add_argument("--workdir", required=True)
-    cli_errors.add_verbose(parser)
-    args = parser.parse_args(argv)
-    return cli_errors.run(lambda: _ablate(args), args.verbose)
+    return cli_errors.parse_and_run(parser, argv, _ablate)
 
 
 def _ablate(args) -> dict:

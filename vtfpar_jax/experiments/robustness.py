@@ -217,9 +217,7 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="default MODEL/robustness_SPLIT")
     parser.add_argument("--data_dir", default=None,
                         help="TFDS data dir (default: the one the model was trained with)")
-    cli_errors.add_verbose(parser)
-    args = parser.parse_args(argv)
-    return cli_errors.run(lambda: _robustness(args), args.verbose)
+    return cli_errors.parse_and_run(parser, argv, _robustness)
 
 
 def _robustness(args) -> dict:

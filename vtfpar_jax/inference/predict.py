@@ -139,9 +139,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--fail-fast", action="store_true",
                         help="stop at the first input that cannot be read, before writing "
                         "anything (default: predict the readable ones, list the others)")
-    cli_errors.add_verbose(parser)
-    args = parser.parse_args(argv)
-    return cli_errors.run(lambda: _predict_inputs(args), args.verbose)
+    return cli_errors.parse_and_run(parser, argv, _predict_inputs)
 
 
 def _predict_inputs(args: argparse.Namespace) -> list[dict[str, Any]]:

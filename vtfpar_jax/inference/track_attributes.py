@@ -237,9 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--aspect", type=float, default=tracklets.TRAINING_ASPECT,
                         help="height / width of the crops (default %(default)s, as MARS's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    cli_errors.add_verbose(parser)
-    args = parser.parse_args(argv)
-    return cli_errors.run(lambda: _track_attributes(args), args.verbose)
+    return cli_errors.parse_and_run(parser, argv, _track_attributes)
 
 
 def _track_attributes(args: argparse.Namespace) -> dict[str, Any]:

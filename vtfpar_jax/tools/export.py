@@ -264,9 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--platforms", default="cpu",
                         help="stablehlo only: comma-separated lowering platforms among cpu, "
                         "cuda, rocm, tpu (default %(default)s); no device needed")
-    cli_errors.add_verbose(parser)
-    args = parser.parse_args(argv)
-    return cli_errors.run(lambda: _export(args), args.verbose)
+    return cli_errors.parse_and_run(parser, argv, _export)
 
 
 def _export(args) -> dict[str, Any]:
