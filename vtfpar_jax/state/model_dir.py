@@ -126,8 +126,8 @@ def read_run_file(model: str) -> dict:
     path = os.path.join(model, "config.json")
     if not os.path.isfile(path):
         raise ModelDirMissingError(f"{model}: not a model dir (no config.json); expected a "
-                                   "training work dir or the output of "
-                                   "vtfpar_jax.convert.openpar_cli")
+                                   "training work dir, the output of `vtfpar convert` or a "
+                                   "Hub layout (`vtfpar push-to-hub --local`)")
     with open(path) as f:
         run = json.load(f)
     run["config"] = old_names.config(run["config"])
