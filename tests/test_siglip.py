@@ -69,7 +69,7 @@ def max_deltas(model, cfg, params, pixels, tokens) -> dict[str, float]:
               for i, h in enumerate(hidden)}
     ours_text = np.asarray(siglip.text_features(cfg, params, jnp.asarray(tokens, jnp.int32)))
     deltas["text_features"] = float(np.abs(ours_text - text).max())
-    ours_image = np.asarray(siglip.image_embeddings(cfg, params, images_nhwc))
+    ours_image = np.asarray(siglip.VisionTower.embeddings(cfg, params, images_nhwc))
     deltas["image_embeddings"] = float(np.abs(ours_image - image.numpy()).max())
     # A check that compares near-zero numbers proves nothing: the references must be sizeable.
     assert np.abs(hidden[-1].numpy()).max() > 0.5 and np.abs(text).max() > 0.1

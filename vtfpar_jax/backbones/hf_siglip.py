@@ -74,6 +74,5 @@ SIGLIP = Model(
         "and aspect ratio, patches embedded by a Linear layer). Only fixed-resolution "
         "SigLIP / SigLIP 2 checkpoints (model_type 'siglip', e.g. "
         "google/siglip2-base-patch16-224) are supported")})
-read_config = SIGLIP.read_config
 load = SIGLIP.load
 save = SIGLIP.save

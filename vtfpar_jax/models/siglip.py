@@ -197,6 +197,4 @@ def init_params(cfg: SiglipConfig, rng: jax.Array) -> Params:
 
 
 image_features = VisionTower.features
-image_embeddings = VisionTower.embeddings
-vision_params_up_to = VisionTower.params_up_to
 text_features = TextTower.features

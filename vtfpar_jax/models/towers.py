@@ -34,10 +34,9 @@ class Backbone:
     display_name: str           # in messages
     config_type: type
     class_tokens: int           # tokens before the patches in the vision tower's output
-    vision_tower: Callable      # (cfg, dtype, attention=) -> module(images, collect) -> [tokens]
+    vision_tower: type          # clip.VisionTower or a subclass (its `params_up_to` too)
     text_features: Callable     # (cfg, params, token_ids, dtype) -> (A, E)
     init_params: Callable       # (cfg, rng) -> params
-    vision_params_up_to: Callable  # (vision params, depth) -> the part a run to `depth` reads
     # The top-level params besides 'vision' (its text tower, logit scale and bias):
     # what stays frozen when the vision tower is fine-tuned.
     non_vision: tuple[str, ...]
@@ -49,9 +48,9 @@ class Backbone:
 
 BACKBONES: dict[str, Backbone] = {
     "clip": Backbone("clip", "CLIP", clip.ClipConfig, 1, clip.VisionTower, clip.text_features,
-                     clip.init_params, clip.vision_params_up_to, ("text", "logit_scale")),
+                     clip.init_params, ("text", "logit_scale")),
     "siglip": Backbone("siglip", "SigLIP", siglip.SiglipConfig, 0, siglip.VisionTower,
-                       siglip.text_features, siglip.init_params, siglip.vision_params_up_to,
+                       siglip.text_features, siglip.init_params,
                        ("text", "logit_scale", "logit_bias")),
 }
 

@@ -58,8 +58,8 @@ def step_frozen_params(cfg: vtfpar.VTFPARConfig, frozen: dict) -> dict:
         return frozen
     backbone_frozen = {k: v for k, v in frozen["backbone"].items() if k != "text"}
     if "vision" in backbone_frozen:
-        vision = towers.of(cfg.backbone).vision_params_up_to(backbone_frozen["vision"],
-                                                            max(cfg.backbone_sources))
+        vision = towers.of(cfg.backbone).vision_tower.params_up_to(backbone_frozen["vision"],
+                                                                   max(cfg.backbone_sources))
         dtype = vtfpar.DTYPES[cfg.backbone_dtype]
         backbone_frozen["vision"] = jax.tree_util.tree_map_with_path(
             lambda path, x: x.astype(dtype) if path[-1].key == "kernel" else x, vision)
