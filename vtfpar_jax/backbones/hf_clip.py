@@ -153,12 +153,12 @@ class Model:
         """HF-named float32 tensors from our params (the inverse of `params_from_tensors`)."""
         out = {hf_key: to_hf(leaf(params, path))
                for hf_key, path, (_, to_hf) in self.name_table(cfg)}
-        for hf_layer, path, width in _qkv_table(cfg):
-            kernel, bias = leaf(params, f"{path}/kernel"), leaf(params, f"{path}/bias")
-            for i, proj in enumerate(QKV):
-                out[f"{hf_layer}.{proj}.weight"] = transpose(kernel[:, i * width:(i + 1) * width])
-                out[f"{hf_layer}.{proj}.bias"] = np.ascontiguousarray(
-                    bias[i * width:(i + 1) * width])
+        for hf_layer, path, _ in _qkv_table(cfg):
+            kernels = np.split(leaf(params, f"{path}/kernel"), len(QKV), axis=1)
+            biases = np.split(leaf(params, f"{path}/bias"), len(QKV))
+            for proj, kernel, bias in zip(QKV, kernels, biases, strict=True):
+                out[f"{hf_layer}.{proj}.weight"] = transpose(kernel)
+                out[f"{hf_layer}.{proj}.bias"] = np.ascontiguousarray(bias)
         return out
 
     def save(self, cfg, params: Mapping[str, Any], folder: str | os.PathLike) -> None:
@@ -300,6 +300,5 @@ def pack_qkv(tensors: SourceTensors, hf_layer: str, path: str, width: int) -> No
 CLIP = Model(
     "clip", "CLIP", "CLIPModel", "CLIPConfig", clip.ClipConfig, clip.init_params,
     lambda cfg: _TOP_TABLE, ", ".join(ACTIVATIONS), HUB_PATTERNS)
-read_config = CLIP.read_config
 load = CLIP.load
 save = CLIP.save
