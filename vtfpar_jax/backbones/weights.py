@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-import jax
 import numpy as np
+from flax import traverse_util
 
 from vtfpar_jax.errors import UserError
 
@@ -85,8 +85,8 @@ class SourceTensors:
         """
         prefix = tuple(prefix)
         out: dict = {}
-        for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]:
-            names = tuple(getattr(p, "key", getattr(p, "name", str(p))) for p in path)
+        # Sorted, as jax flattens a dict: of several misfits, the same one is named.
+        for names, leaf in sorted(traverse_util.flatten_dict(expected).items()):
             full = prefix + names
             if full not in self.flat:
                 raise WeightImportError(f"{self.source}: nothing provides parameter "
@@ -95,11 +95,8 @@ class SourceTensors:
             if tuple(array.shape) != tuple(leaf.shape):
                 raise WeightImportError(f"{self.source}: key {key!r} has shape {array.shape}, "
                                         f"expected {tuple(leaf.shape)} for {'/'.join(full)!r}")
-            node = out
-            for n in names[:-1]:
-                node = node.setdefault(n, {})
-            node[names[-1]] = array
-        return out
+            out[names] = array
+        return traverse_util.unflatten_dict(out)
 
 
 def leaf(tree: Any, path: str) -> np.ndarray:
