@@ -30,17 +30,12 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) 
     return _layer_norm_fwd(x, scale, bias, epsilon)[0]
 
 
-def _normalise(x: jax.Array, epsilon: float):
+def _layer_norm_fwd(x, scale, bias, epsilon):
     xf = x.astype(jnp.float32)
     mean = xf.mean(axis=-1, keepdims=True)
     centred = xf - mean
     rstd = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + epsilon)
-    return centred * rstd, mean, rstd
-
-
-def _layer_norm_fwd(x, scale, bias, epsilon):
-    x_hat, mean, rstd = _normalise(x, epsilon)
-    y = (x_hat * scale + bias).astype(x.dtype)
+    y = (centred * rstd * scale + bias).astype(x.dtype)
     return y, (x, mean, rstd, scale)
 
 
