@@ -3,8 +3,6 @@ file) and its tokens (OpenAI's BPE, or one id per byte for random weights)."""
 
 from __future__ import annotations
 
-import os
-
 from vtfpar_jax.backbones import clip_tokenizer, hf_clip, openai_clip, registry
 from vtfpar_jax.errors import ConfigError
 from vtfpar_jax.models import clip as clip_towers
@@ -12,16 +10,13 @@ from vtfpar_jax.models import towers
 
 
 def _tokens(config, phrases, folder: str | None):
-    """OpenAI's (A, 77) layout, with the tokenizer that fits the checkpoint: its own
-    vocab.json/merges.txt where it has them, OpenAI's BPE file otherwise."""
+    """OpenAI's (A, 77) layout, with the tokenizer that fits the checkpoint
+    (`clip_tokenizer.for_checkpoint`)."""
     if config.backbone.source == "hf" and folder is None:
         # A hub id resolves to its cached snapshot, which carries vocab.json/merges.txt.
         folder = hf_clip.resolve_folder(config.backbone.path)
     try:
-        if folder and os.path.exists(os.path.join(folder, "vocab.json")):
-            tok = clip_tokenizer.from_pretrained(folder)
-        else:
-            tok = clip_tokenizer.default_tokenizer(config.text.bpe_path or None)
+        tok = clip_tokenizer.for_checkpoint(folder, config.text.bpe_path or None)
         return clip_tokenizer.tokenize(tok, phrases)
     except (FileNotFoundError, ValueError) as e:  # no BPE file, a bad one, a phrase too long
         raise ConfigError(f"config.text: {e}") from None

@@ -76,6 +76,14 @@ def from_pretrained(folder: str | os.PathLike) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(os.fspath(folder), local_files_only=True)
 
 
+def for_checkpoint(folder: str | None, bpe_path: str | None = None) -> CLIPTokenizer:
+    """The tokenizer that fits a checkpoint: its folder's own vocab.json/merges.txt where it
+    has them, OpenAI's BPE file otherwise (`default_tokenizer(bpe_path)`)."""
+    if folder and os.path.exists(os.path.join(folder, "vocab.json")):
+        return from_pretrained(folder)
+    return default_tokenizer(bpe_path)
+
+
 def default_tokenizer(bpe_path: str | os.PathLike | None = None) -> CLIPTokenizer:
     """From `bpe_path`, else $VTFPAR_CLIP_BPE, else OpenAI's file shipped with the package."""
     candidates = [(bpe_path, "the bpe_path argument"), (os.environ.get(BPE_ENV_VAR),

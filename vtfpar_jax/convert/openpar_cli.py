@@ -82,9 +82,7 @@ def convert_files(checkpoint: str, clip_path: str, dataset: str, out: str,
         clip = hf_clip.load(clip_path)
         folder = hf_clip.resolve_folder(clip_path)
     try:
-        has_vocab = folder is not None and os.path.exists(os.path.join(folder, "vocab.json"))
-        tok = (clip_tokenizer.from_pretrained(folder) if has_vocab
-               else clip_tokenizer.default_tokenizer(bpe_path))
+        tok = clip_tokenizer.for_checkpoint(folder, bpe_path)
     except (FileNotFoundError, ValueError) as e:  # no BPE file, or a bad one
         raise ConfigError(f"--bpe: {e}") from None
     cfg, variables = openpar.convert(state, clip=clip, source=checkpoint,
