@@ -35,6 +35,7 @@ from vtfpar_jax.backbones.weights import (
     WeightImportError,
     block_table,
     leaf,
+    norm,
     transpose,
 )
 from vtfpar_jax.models import clip
@@ -55,15 +56,12 @@ _TOP_TABLE = (  # HF names outside the encoder layers -> ours
     ("vision_model.embeddings.class_embedding", "vision/class_embedding", COPY),
     ("vision_model.embeddings.patch_embedding.weight", "vision/patch_embed/kernel", CONV),
     ("vision_model.embeddings.position_embedding.weight", "vision/position_embedding", COPY),
-    ("vision_model.pre_layrnorm.weight", "vision/pre_layernorm/scale", COPY),  # sic: 'layrnorm'
-    ("vision_model.pre_layrnorm.bias", "vision/pre_layernorm/bias", COPY),
-    ("vision_model.post_layernorm.weight", "vision/post_layernorm/scale", COPY),
-    ("vision_model.post_layernorm.bias", "vision/post_layernorm/bias", COPY),
+    *norm("vision_model.pre_layrnorm", "vision/pre_layernorm"),  # sic: 'layrnorm'
+    *norm("vision_model.post_layernorm", "vision/post_layernorm"),
     ("visual_projection.weight", "vision/projection/kernel", LINEAR),
     ("text_model.embeddings.token_embedding.weight", "text/token_embedding/embedding", COPY),
     ("text_model.embeddings.position_embedding.weight", "text/position_embedding", COPY),
-    ("text_model.final_layer_norm.weight", "text/final_layernorm/scale", COPY),
-    ("text_model.final_layer_norm.bias", "text/final_layernorm/bias", COPY),
+    *norm("text_model.final_layer_norm", "text/final_layernorm"),
     ("text_projection.weight", "text/projection/kernel", LINEAR),
     ("logit_scale", "logit_scale", COPY),
 )

@@ -19,39 +19,31 @@ are SiglipModel checkpoints and load here; the NaFlex ones (model_type
 from __future__ import annotations
 
 from vtfpar_jax.backbones.hf_clip import Model
-from vtfpar_jax.backbones.weights import CONV, COPY, LINEAR
+from vtfpar_jax.backbones.weights import CONV, COPY, LINEAR, linear, norm
 from vtfpar_jax.models import siglip
 
 # What a hub snapshot needs: weights, config and the SentencePiece tokenizer beside them.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "tokenizer*"]
 
 _VISION_TABLE = (  # HF names of the vision tower outside its encoder layers -> ours
-    ("embeddings.patch_embedding.weight", "patch_embed/kernel", CONV),
-    ("embeddings.patch_embedding.bias", "patch_embed/bias", COPY),
+    *linear("embeddings.patch_embedding", "patch_embed", CONV),
     ("embeddings.position_embedding.weight", "position_embedding", COPY),
-    ("post_layernorm.weight", "post_layernorm/scale", COPY),
-    ("post_layernorm.bias", "post_layernorm/bias", COPY),
+    *norm("post_layernorm", "post_layernorm"),
 )
 _HEAD_TABLE = (  # the attention-pooling head (vision_use_head)
     ("head.probe", "head/probe", COPY),
     ("head.attention.in_proj_weight", "head/qkv_kernel", LINEAR),
     ("head.attention.in_proj_bias", "head/qkv_bias", COPY),
-    ("head.attention.out_proj.weight", "head/out/kernel", LINEAR),
-    ("head.attention.out_proj.bias", "head/out/bias", COPY),
-    ("head.layernorm.weight", "head/layernorm/scale", COPY),
-    ("head.layernorm.bias", "head/layernorm/bias", COPY),
-    ("head.mlp.fc1.weight", "head/fc1/kernel", LINEAR),
-    ("head.mlp.fc1.bias", "head/fc1/bias", COPY),
-    ("head.mlp.fc2.weight", "head/fc2/kernel", LINEAR),
-    ("head.mlp.fc2.bias", "head/fc2/bias", COPY),
+    *linear("head.attention.out_proj", "head/out"),
+    *norm("head.layernorm", "head/layernorm"),
+    *linear("head.mlp.fc1", "head/fc1"),
+    *linear("head.mlp.fc2", "head/fc2"),
 )
 _TEXT_TABLE = (
     ("embeddings.token_embedding.weight", "token_embedding/embedding", COPY),
     ("embeddings.position_embedding.weight", "position_embedding", COPY),
-    ("final_layer_norm.weight", "final_layernorm/scale", COPY),
-    ("final_layer_norm.bias", "final_layernorm/bias", COPY),
-    ("head.weight", "head/kernel", LINEAR),
-    ("head.bias", "head/bias", COPY),
+    *norm("final_layer_norm", "final_layernorm"),
+    *linear("head", "head"),
 )
 
 

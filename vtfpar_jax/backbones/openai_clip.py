@@ -28,6 +28,7 @@ from vtfpar_jax.backbones.weights import (
     WeightImportError,
     block_table,
     leaf,
+    norm,
 )
 from vtfpar_jax.errors import reason
 from vtfpar_jax.models import clip
@@ -121,10 +122,8 @@ def name_table(cfg: clip.ClipConfig) -> Iterator[tuple[str, str, Layout]]:
     yield "visual.conv1.weight", "vision/patch_embed/kernel", CONV
     yield "visual.class_embedding", "vision/class_embedding", COPY
     yield "visual.positional_embedding", "vision/position_embedding", COPY
-    yield "visual.ln_pre.weight", "vision/pre_layernorm/scale", COPY
-    yield "visual.ln_pre.bias", "vision/pre_layernorm/bias", COPY
-    yield "visual.ln_post.weight", "vision/post_layernorm/scale", COPY
-    yield "visual.ln_post.bias", "vision/post_layernorm/bias", COPY
+    yield from norm("visual.ln_pre", "vision/pre_layernorm")
+    yield from norm("visual.ln_post", "vision/post_layernorm")
     yield "visual.proj", "vision/projection/kernel", COPY
     for i in range(cfg.vision.layers):
         yield from block_table(f"visual.transformer.resblocks.{i}", f"vision/layers_{i}",
@@ -133,8 +132,7 @@ def name_table(cfg: clip.ClipConfig) -> Iterator[tuple[str, str, Layout]]:
     yield "positional_embedding", "text/position_embedding", COPY
     for i in range(cfg.text.layers):
         yield from block_table(f"transformer.resblocks.{i}", f"text/layers_{i}", BLOCK_NAMES)
-    yield "ln_final.weight", "text/final_layernorm/scale", COPY
-    yield "ln_final.bias", "text/final_layernorm/bias", COPY
+    yield from norm("ln_final", "text/final_layernorm")
     yield "text_projection", "text/projection/kernel", COPY
     yield "logit_scale", "logit_scale", COPY
 

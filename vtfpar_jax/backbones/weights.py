@@ -135,6 +135,20 @@ COPY: Layout = (_identity, _identity)
 LINEAR: Layout = (transpose, transpose)  # torch Linear (out, in) <-> Dense kernel (in, out)
 CONV: Layout = (conv_kernel, _hwio_to_oihw)  # torch Conv2d OIHW <-> Flax Conv HWIO
 
+Entry = tuple[str, str, Layout]   # (torch key, our '/'-joined path, layouts): a name table's row
+
+
+def linear(src: str, dst: str, layout: Layout = LINEAR) -> tuple[Entry, Entry]:
+    """The rows of a torch Linear or Conv `src` (weight, bias): our `dst` kernel and bias."""
+    return (f"{src}.weight", f"{dst}/kernel", layout), (f"{src}.bias", f"{dst}/bias", COPY)
+
+
+def norm(src: str, dst: str) -> tuple[Entry, Entry]:
+    """The rows of a torch LayerNorm or BatchNorm `src` (weight, bias): our `dst` scale and
+    bias."""
+    return (f"{src}.weight", f"{dst}/scale", COPY), (f"{src}.bias", f"{dst}/bias", COPY)
+
+
 # The modules of our transformer block (models/layers.TransformerBlock), in order, and the
 # layout of their weight; each has a bias too.
 _BLOCK = (("ln_1", "scale", COPY), ("attn/qkv", "kernel", LINEAR), ("attn/out", "kernel", LINEAR),

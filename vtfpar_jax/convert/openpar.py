@@ -32,11 +32,12 @@ from vtfpar_jax.backbones import openai_clip, weights
 from vtfpar_jax.backbones.weights import (
     CONV,
     COPY,
-    LINEAR,
     Layout,
     SourceTensors,
     WeightImportError,
     conv_kernel,
+    linear,
+    norm,
 )
 from vtfpar_jax.errors import ConfigError, reason
 from vtfpar_jax.models import group_head, vtfpar
@@ -141,39 +142,30 @@ def name_table(cfg: vtfpar.VTFPARConfig) -> Iterator[tuple[str, str, Layout]]:
     if cfg.use_spatial:
         src, dst = "model/spatial_sidenet", p + "spatial_side_net"
         yield from _embedding_table(src, dst)
-        yield f"{src}.vit_model.patch_embed.proj.weight", f"{dst}/patch_embed/kernel", CONV
-        yield f"{src}.vit_model.patch_embed.proj.bias", f"{dst}/patch_embed/bias", COPY
+        yield from linear(f"{src}.vit_model.patch_embed.proj", f"{dst}/patch_embed", CONV)
         for i in range(SIDE_DEPTH - 1):  # the last block is never run
             yield from block_table(f"{src}.vit_model.blocks.{i}", f"{dst}/blocks_{i}")
         for _, target in cfg.spatial_map:
             layer = f"{src}.fusion_layers.layer_{target}.input_proj"
-            yield f"{layer}.0.weight", f"{dst}/fusion_{target}/norm/scale", COPY
-            yield f"{layer}.0.bias", f"{dst}/fusion_{target}/norm/bias", COPY
-            yield f"{layer}.1.weight", f"{dst}/fusion_{target}/proj/kernel", CONV2D_1X1
-            yield f"{layer}.1.bias", f"{dst}/fusion_{target}/proj/bias", COPY
+            yield from norm(f"{layer}.0", f"{dst}/fusion_{target}/norm")
+            yield from linear(f"{layer}.1", f"{dst}/fusion_{target}/proj", CONV2D_1X1)
     if cfg.use_temporal:
         src, dst = "model/crossframe_sidenet", p + "temporal_side_net"
         yield from _embedding_table(src, dst)
         for f in range(cfg.frames):  # block f runs on frame f; later blocks never run
             yield from block_table(f"{src}.vit_model.blocks.{f}", f"{dst}/blocks_{f}")
-        yield f"{src}.frist_linear.weight", f"{dst}/first_linear/kernel", LINEAR  # sic
-        yield f"{src}.frist_linear.bias", f"{dst}/first_linear/bias", COPY
+        yield from linear(f"{src}.frist_linear", f"{dst}/first_linear")  # sic: 'frist'
     for side, use in (("spatial", cfg.use_spatial), ("temporal", cfg.use_temporal)):
         if use and getattr(cfg, f"{side}_aggregation") == "mlp":
-            yield (f"model/{side}_feat_aggregation.weight", f"{p}{side}_aggregation/kernel",
-                   FRAME_WEIGHTS)
-            yield f"model/{side}_feat_aggregation.bias", f"{p}{side}_aggregation/bias", COPY
-    yield "model/word_embed.weight", p + "word_embed/kernel", LINEAR
-    yield "model/word_embed.bias", p + "word_embed/bias", COPY
+            yield from linear(f"model/{side}_feat_aggregation", f"{p}{side}_aggregation",
+                              FRAME_WEIGHTS)
+    yield from linear("model/word_embed", p + "word_embed")
     yield from block_table(f"model/blocks.{SIDE_DEPTH - 1}", p + "fusion_block")
-    yield "model/norm.weight", p + "norm/scale", COPY
-    yield "model/norm.bias", p + "norm/bias", COPY
+    yield from norm("model/norm", p + "norm")
     if cfg.head == "group":  # one Linear(D -> classes) per group (base_block_marco.py)
         for g in range(len(cfg.group_columns)):
-            yield f"model/weight_layer.{g}.weight", f"{p}group_head_{g}/kernel", LINEAR
-            yield f"model/weight_layer.{g}.bias", f"{p}group_head_{g}/bias", COPY
-    yield "model/bn.weight", p + "bn/scale", COPY
-    yield "model/bn.bias", p + "bn/bias", COPY
+            yield from linear(f"model/weight_layer.{g}", f"{p}group_head_{g}")
+    yield from norm("model/bn", p + "bn")
     yield "model/bn.running_mean", "batch_stats/bn/mean", COPY
     yield "model/bn.running_var", "batch_stats/bn/var", COPY
 
