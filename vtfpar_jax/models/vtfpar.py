@@ -250,8 +250,7 @@ def apply(cfg: VTFPARConfig, variables: Mapping[str, Any], backbone_params: Mapp
     rngs = {"dropout": rng} if train and rng is not None else {}
     if train and rng is None and cfg.drop_path_rate > 0:
         raise ValueError("apply(train=True) needs an rng for drop-path")
-    if not mutable:
-        return VTFPAR(cfg).apply(variables, video, tokens, text_features, train, rngs=rngs), {}
+    # An empty `mutable` list still returns (logits, {}).
     return VTFPAR(cfg).apply(variables, video, tokens, text_features, train, rngs=rngs,
                              mutable=mutable)
 
@@ -259,9 +258,8 @@ def apply(cfg: VTFPARConfig, variables: Mapping[str, Any], backbone_params: Mapp
 def init(cfg: VTFPARConfig, rng: jax.Array) -> dict:
     """Fresh variables {'params', 'batch_stats'} (float32)."""
     c = cfg.backbone
-    n = cfg.frames
     video = jnp.zeros((1, cfg.frames, c.image_size, c.image_size, 3), jnp.float32)
-    tokens = {s: jnp.zeros((n, c.grid_size ** 2, c.vision.width), jnp.float32)
+    tokens = {s: jnp.zeros((cfg.frames, c.grid_size ** 2, c.vision.width), jnp.float32)
               for s in cfg.backbone_sources}
     text = jnp.zeros((cfg.num_attributes, c.projection_dim), jnp.float32)
     return dict(VTFPAR(cfg).init(rng, video, tokens, text, False))
