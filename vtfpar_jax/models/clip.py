@@ -42,10 +42,12 @@ class TowerConfig:
     layer_norm_eps: float = 1e-5
 
     @classmethod
-    def from_hf(cls, c: Mapping[str, Any], activation: str, layer_norm_eps: float,
+    def from_hf(cls, c: Mapping[str, Any], activation: str = "quick_gelu",
+                layer_norm_eps: float = 1e-5,
                 activations: Mapping[str, str] = {}) -> TowerConfig:  # noqa: B006 - read only
         """From a transformers tower config (dict form); `activation` and `layer_norm_eps`
-        are the model's defaults, `activations` maps transformers' names to ours."""
+        are the model's defaults (CLIP's unless given), `activations` maps transformers'
+        names to ours."""
         act = c.get("hidden_act", activation)
         return cls(width=c["hidden_size"], layers=c["num_hidden_layers"],
                    heads=c["num_attention_heads"], mlp_dim=c["intermediate_size"],
@@ -80,18 +82,13 @@ class ClipConfig:
 
     @classmethod
     def from_hf(cls, hf_config: Any) -> ClipConfig:
-        """From a transformers `CLIPConfig` (or its dict form)."""
-        if not isinstance(hf_config, dict):
-            hf_config = hf_config.to_dict()
-        v, t = hf_config["vision_config"], hf_config["text_config"]
-
-        def tower(c):
-            return TowerConfig.from_hf(c, activation="quick_gelu", layer_norm_eps=1e-5)
-
-        return cls(vision=tower(v), text=tower(t), image_size=v["image_size"],
-                   patch_size=v["patch_size"], vocab_size=t["vocab_size"],
-                   context_length=t["max_position_embeddings"],
-                   projection_dim=hf_config.get("projection_dim", t.get("projection_dim", 512)),
+        """From a transformers `CLIPConfig`."""
+        hf = hf_config.to_dict()
+        v, t = hf["vision_config"], hf["text_config"]
+        return cls(vision=TowerConfig.from_hf(v), text=TowerConfig.from_hf(t),
+                   image_size=v["image_size"], patch_size=v["patch_size"],
+                   vocab_size=t["vocab_size"], context_length=t["max_position_embeddings"],
+                   projection_dim=hf.get("projection_dim", t.get("projection_dim", 512)),
                    eos_token_id=t.get("eos_token_id", 2))
 
     def to_hf(self):
@@ -203,13 +200,8 @@ class VisionTower(nn.Module):
     def features(cls, cfg: Any, params: Params, images: jax.Array,
                  dtype: jnp.dtype = jnp.float32,
                  collect: Sequence[int] | None = None) -> jax.Array:
-        """Every layer's tokens: (L+1, N, T, W) for images (N, H, W, 3) already normalised,
-        T the class token (CLIP) and the patches.
-
-        Index 0 is the embedding output (transformers' `hidden_states[0]`, after CLIP's
-        pre-LayerNorm), index k after block k (or only the indices in `collect`, in that
-        order).
-        """
+        """The tokens of `__call__`, stacked: (L+1, N, T, W) by default, T the class token
+        (CLIP) and the patches; index 0 is transformers' `hidden_states[0]`."""
         return jnp.stack(cls(cfg, dtype).apply({"params": params["vision"]}, images, collect))
 
     @classmethod

@@ -5,7 +5,7 @@ that read frozen CLIP tokens through "interaction maps": an entry `s -> t`
 feeds CLIP feature index `s` into side layer `t`. Video is (B, F, H, W, 3);
 CLIP tokens arrive per index as patch tokens (B*F, P, C), frames folded into
 the batch: the backbone's class token, where it has one, is not read
-(models/backbones.py), the side nets having their own.
+(models/towers.py), the side nets having their own.
 """
 
 from __future__ import annotations

@@ -60,10 +60,9 @@ class SiglipConfig:
 
     @classmethod
     def from_hf(cls, hf_config: Any) -> SiglipConfig:
-        """From a transformers `SiglipConfig` (or its dict form)."""
-        if not isinstance(hf_config, dict):
-            hf_config = hf_config.to_dict()
-        v, t = hf_config["vision_config"], hf_config["text_config"]
+        """From a transformers `SiglipConfig`."""
+        hf = hf_config.to_dict()
+        v, t = hf["vision_config"], hf["text_config"]
 
         def tower(c):
             return TowerConfig.from_hf(c, activation="gelu_pytorch_tanh", layer_norm_eps=1e-6,
