@@ -6,17 +6,9 @@ on it: a check of the conversion that needs no download and no checkpoint.
     sample["video"]          # (batch, frames, 3, 224, 224) float32, already normalised
     sample["expected"]       # the published model's tokens and logits on that video
 
-Each case (published_sample_cases/<case>/) is a `params.json`, the recipe of every tensor,
-and `outputs.npz`, what the published model computed in float32 on a CPU in eval mode:
-
-- `default`: 6 frames, every published option at its default (interaction maps 'default',
-  mean pooling, width 240);
-- `variant`: 4 frames, spatial map '1', temporal map '0', MLP aggregation on both streams;
-- `group_default`, `group_variant`: those options with the second recipe's head
-  (train_marco.py's `models/base_block_marco.py`: one Linear per MARS attribute group, 52
-  logits); their params.json are `default`'s and `variant`'s with the heads and BatchNorm
-  replaced (a head's weight std D**-0.5, its bias 0.02), `head: "group"` and the seed plus
-  100; their loss is train_marco.py's per-group cross-entropy.
+Each case of `CASES` (published_sample_cases/<case>/) is a `params.json`, the recipe of
+every tensor, and `outputs.npz`, what the published model computed in float32 on a CPU in
+eval mode; tests/fixtures/openpar_parity/README.md says what each case and each field is.
 
 The weights have real ViT-B/16 CLIP shapes and are drawn, not stored. One
 `numpy.random.RandomState(seed)` stream gives, in this order: every tensor in the order
@@ -25,11 +17,6 @@ normal); then the labels (uniform > 0.7) and the positive ratios (uniform in [0.
 RandomState's legacy stream is frozen across numpy versions, so the weights come back
 exactly; the labels and ratios are also recorded, and comparing them shows that the stream
 is still in step.
-
-params.json holds `seed`, `batch`, `frames`, `attributes` (the 43 published MARS phrases),
-`openpar_options` (the published command-line options the model was built with), `tensors`
-(in draw order: `name`, `shape`, `mean`, `std`, named `clip/<OpenAI CLIP key>` and
-`model/<TransformerClassifier key>`) and `grad_norms` (per published top-level module).
 """
 
 from __future__ import annotations

@@ -8,22 +8,10 @@
 The inverse of `convert.openpar`: the same name tables (`openpar.name_table`,
 `openpar.grouped_table`, and `openai_clip.name_table` for the frozen visual
 tower the published model keeps under `clip_visual_extractor.*`) are walked
-with each entry's ours -> torch layout. The file holds exactly the keys, shapes
-and layouts the published `TransformerClassifier` registers, so its strict
-`load_state_dict` accepts it. All tensors are float32 except the BatchNorm
-counter `bn.num_batches_tracked` (int64, 0); `load_state_dict` casts into the
-model's own dtypes (float16 for the CLIP copy when it runs on a GPU).
-
-Tensors the published model creates but never runs (docs/published-model.md
-§5-§7: `w_temporal`, `visual_embed`, `spa_embed`, `tem_embed`, the temporal
-`projection_layers` and patch embedding, the spatial net's last block and the
-temporal net's blocks past the frame count) have no counterpart here: they are
-written as zeros, so nothing the published model computes depends on them.
-
-The CLIP text tower is not in the published file: the published code takes it
-from OpenAI's `ViT-B-16.pt`. A model dir is exported only when the published
-code computes what it computes; otherwise one error names the config option
-(`refusals`).
+with each entry's ours -> torch layout. What the file holds (the keys, shapes, layouts
+and dtypes its strict `load_state_dict` accepts; zeros for the tensors the published
+model never runs, `_unused`; no CLIP text tower) and which models are refused, one
+error naming the config option (`published_options`): docs/sharing.md.
 """
 
 from __future__ import annotations
@@ -134,7 +122,7 @@ def published_options(config: ml_collections.ConfigDict, cfg: vtfpar.VTFPARConfi
 
 
 def _unused(cfg: vtfpar.VTFPARConfig, variables: dict) -> dict[str, np.ndarray]:
-    """Zeros for the tensors the published model creates and never runs (module docstring)."""
+    """Zeros for the tensors the published model creates and never runs (docs/sharing.md)."""
     d, width = cfg.dim, cfg.backbone.vision.width
     shapes = {"model/w_temporal": (1,), "model/visual_embed.weight": (d, width),
               "model/visual_embed.bias": (d,)}

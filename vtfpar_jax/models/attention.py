@@ -1,25 +1,15 @@
 """Scaled dot-product attention, with the implementation as a model option.
 
-`model.attention`:
-    auto   cuDNN flash attention where the step is lowered for an NVIDIA GPU and
-           the compute dtype allows it (bfloat16/float16, head dim a multiple of
-           8); XLA's attention everywhere else (CPU, TPU, float32). The choice is
-           made when the step is lowered (`jax.lax.platform_dependent`), not from
-           the host's default backend, so a deviceless compile for an H200 on a
-           CPU-only machine gets exactly the program an H200 gets. On a host with
-           a GPU, each attention shape is first probed: cuDNN attention's forward
-           and backward are compiled and run once, alone, at that shape and dtype
-           (batch 1). Where that fails (too old a cuDNN or driver, a shape this
-           cuDNN does not take), the model uses XLA's attention at that shape,
-           and one warning says so: the fast path never fails a run that XLA's
-           attention would run.
-    xla    XLA's attention everywhere. It keeps the (B, heads, T, T)
-           probabilities for the backward pass.
-    cudnn  cuDNN flash attention, or a clear error where it cannot run (compute
-           dtype, head dim, a JAX without CUDA; a program lowered for a CPU by a
-           CUDA-enabled JAX fails in lowering, naming the cuDNN primitive; one
-           that cuDNN cannot compile or run fails there, loudly). It keeps only
-           q, k, v, the output and per-row softmax statistics.
+`model.attention` (docs/performance.md, "What changed in the side networks", has the
+whole story: what each keeps, the odd-length padding, the probe):
+    auto   cuDNN flash attention where the step is lowered for an NVIDIA GPU and the
+           compute dtype allows it (bfloat16/float16, head dim a multiple of 8), XLA's
+           attention everywhere else; chosen when the step is lowered
+           (`jax.lax.platform_dependent`), so a deviceless compile for an H200 gets what an
+           H200 gets. On a host with a GPU each shape is first probed (`_cudnn_runs_here`):
+           where cuDNN cannot run it, XLA's attention does, with one warning.
+    xla    XLA's attention everywhere.
+    cudnn  cuDNN flash attention, or a clear error where it cannot run.
 
 Inputs are (B, T, heads, head_dim), as `jax.nn.dot_product_attention` takes them.
 """
