@@ -1,16 +1,10 @@
 """LayerNorm and exact GELU whose backward passes keep only what they must.
 
-Autodiff of flax's `nn.LayerNorm(dtype=bfloat16)` keeps float32 copies of its
-input for the backward pass, and autodiff of exact GELU keeps three tensors of
-the MLP's width. In the side networks these saved activations, not the matmuls,
-set the training step's memory and most of its memory traffic. The versions
-here compute in float32 as before but save only:
-    LayerNorm  its input in the compute dtype, plus per-row float32 mean and
-               reciprocal standard deviation;
-    GELU       its input.
-The backward passes recompute the rest (elementwise, cheap). In float32 they
-compute what flax's modules compute, to float32 rounding (the variance here is
-the two-pass one, flax's the one-pass E[x^2] - E[x]^2).
+docs/performance.md ("Lean LayerNorm and GELU") says why: autodiff of flax's versions keeps
+float32 copies of LayerNorm's input and three MLP-wide tensors for GELU. These keep LayerNorm's
+input in the compute dtype plus per-row float32 mean and reciprocal std, and GELU's input;
+the backward passes recompute the rest. In float32 they compute what flax's modules compute,
+to float32 rounding (the variance here is the two-pass one, flax's E[x^2] - E[x]^2).
 """
 
 from __future__ import annotations
