@@ -56,11 +56,9 @@ class SourceTensors:
         self.consumed.add(key)
         return to_numpy(self.tensors[key])
 
-    def take(self, key: str, path: str,
-             transform: Callable[[np.ndarray], np.ndarray] | None = None):
+    def take(self, key: str, path: str, transform: Transform):
         """Map source `key` to target `path` ('a/b/kernel'), transformed (e.g. transposed)."""
-        array = self.get(key)
-        self.put(path, transform(array) if transform else array, key)
+        self.put(path, transform(self.get(key)), key)
 
     def put(self, path: str, array: np.ndarray, key: str):
         self.flat[tuple(path.split("/"))] = (key, array)

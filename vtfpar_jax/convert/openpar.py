@@ -249,8 +249,7 @@ def convert(state_dict: Mapping[str, Any], clip: tuple | None = None,
         raise WeightImportError(f"{source}: missing key 'model/bn.weight' (not a published "
                                 "VTFPAR++ checkpoint?)")
     layout = head_layout(t, group_columns)
-    clip_keys = [k for k in t.keys() if k.startswith("clip/")]
-    if clip_keys:
+    if any(k.startswith("clip/") for k in t.keys()):
         backbone_cfg = openai_clip.config_from_state_dict(t, prefix="clip/")
         openai_clip.take_clip(t, backbone_cfg, prefix="clip/")
         backbone_params = None

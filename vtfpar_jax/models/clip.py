@@ -165,9 +165,7 @@ class VisionTower(nn.Module):
         default all), running only as many blocks as the deepest index needs; or, with
         `project`, the image embeddings (N, E)."""
         c = self.cfg.vision
-        if collect is None:
-            collect = range(c.layers + 1)
-        collect = tuple(collect)
+        collect = tuple(range(c.layers + 1) if collect is None else collect)
         if collect and not 0 <= max(collect) <= c.layers:
             raise ValueError(f"{self.display_name} layer index {max(collect)} out of range "
                              f"0..{c.layers}")
