@@ -116,12 +116,18 @@ def test_bad_options_are_clear_errors(openpar_case):
         openpar.convert(state, lr=1)
 
 
-def test_converted_model_dir_gives_the_published_logits(openpar_case, tmp_path):
-    """A published-format checkpoint + OpenAI CLIP file -> model dir -> the same logits."""
+def test_converted_model_dir_gives_the_published_logits(openpar_case, tmp_path, monkeypatch,
+                                                        capsys):
+    """A published-format checkpoint + OpenAI CLIP file -> model dir -> the same logits. A
+    first run that fails as its checkpoint is written (a full disk) leaves --out, an empty
+    folder, as it was, so the same command then runs."""
+    import errno
+
     import torch
 
     from vtfpar_jax.convert import openpar_cli
     from vtfpar_jax.state import model_dir
+    from vtfpar_jax.state.checkpoint import CheckpointStore
 
     case = openpar_case("default")
     state = case["state_dict"]
@@ -131,8 +137,22 @@ def test_converted_model_dir_gives_the_published_logits(openpar_case, tmp_path):
     torch.save({k.removeprefix("clip/"): torch.from_numpy(v) for k, v in state.items()
                 if k.startswith("clip/")}, tmp_path / "ViT-B-16.pt")
     out = tmp_path / "model"
-    openpar_cli.main(["--checkpoint", str(tmp_path / "ckpt.pth"), "--clip",
-                      str(tmp_path / "ViT-B-16.pt"), "--dataset", "mars", "--out", str(out)])
+    out.mkdir()
+    command = ["--checkpoint", str(tmp_path / "ckpt.pth"), "--clip", str(tmp_path / "ViT-B-16.pt"),
+               "--dataset", "mars", "--out", str(out)]
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CheckpointStore, "save", full_disk)
+        with pytest.raises(SystemExit) as failed:
+            openpar_cli.main(command)
+    assert failed.value.code == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ViT-B-16.pt", "ckpt.pth", "model"]
+    assert list(out.iterdir()) == []
+    openpar_cli.main(command)
     loaded = model_dir.load(str(out))
     e = case["expected"]
     tokens = np.asarray(json.loads((out / "config.json").read_text())["tokens"], np.int32)
@@ -141,8 +161,7 @@ def test_converted_model_dir_gives_the_published_logits(openpar_case, tmp_path):
                                     case["video"].transpose(0, 1, 3, 4, 2), tokens)
     np.testing.assert_allclose(logits, e["logits"], atol=1e-4, rtol=0)
     with pytest.raises(SystemExit):  # an existing model dir is never overwritten
-        openpar_cli.main(["--checkpoint", str(tmp_path / "ckpt.pth"), "--clip",
-                          str(tmp_path / "ViT-B-16.pt"), "--dataset", "mars", "--out", str(out)])
+        openpar_cli.main(command)
 
 
 def test_convert_refuses_a_folder_that_holds_anything_before_reading(tmp_path, capsys):

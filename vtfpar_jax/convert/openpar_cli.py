@@ -24,7 +24,7 @@ from vtfpar_jax.backbones import clip_tokenizer, hf_clip, openai_clip
 from vtfpar_jax.backbones.weights import WeightImportError
 from vtfpar_jax.convert import openpar
 from vtfpar_jax.errors import ConfigError, UserError
-from vtfpar_jax.outputs import stop_signals
+from vtfpar_jax.outputs import files
 from vtfpar_jax.state import backbone_origin, digests, old_names
 from vtfpar_jax.state.checkpoint import CheckpointStore
 
@@ -48,23 +48,26 @@ def check_new(out: str) -> None:
 
 def write_model_dir(out: str, cfg, variables: dict, config, attribute_set, tokens: np.ndarray,
                     phrases, origin: dict) -> None:
-    """config.json + backbone/ + checkpoints/0 exactly as a training run lays them out."""
+    """config.json + backbone/ + checkpoints/0 exactly as a training run lays them out, filled
+    in a folder beside `out` and renamed to it once whole: a stop or an error midway leaves
+    `out` as it was, so the same command can run again."""
     from vtfpar_jax.state.model_dir import fresh_state
     check_new(out)
-    os.makedirs(out, exist_ok=True)
     state, _ = fresh_state(config, cfg, variables["backbone"], variables)
-    backbone = os.path.join(out, old_names.FOLDER)
-    hf_clip.save(cfg.backbone, variables["backbone"], backbone)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump({"config": config.to_dict(), "backbone_origin": origin,
-                   "backbone_files": digests.of_folder(backbone, out),
-                   "attribute_set": attribute_set.name,
-                   "phrases": list(phrases), "tokens": tokens.tolist(),
-                   "converted_from": "published VTFPAR++ checkpoint"}, f, indent=1, default=list)
-    store = CheckpointStore(out, async_save=False)
-    store.save(0, state, {"step": 0, "epoch": 0, "batch": 0}, force=True)
-    store.wait()
-    store.close()
+    with files.atomic_folder(out) as folder:
+        backbone = os.path.join(folder, old_names.FOLDER)
+        hf_clip.save(cfg.backbone, variables["backbone"], backbone)
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump({"config": config.to_dict(), "backbone_origin": origin,
+                       "backbone_files": digests.of_folder(backbone, folder),
+                       "attribute_set": attribute_set.name,
+                       "phrases": list(phrases), "tokens": tokens.tolist(),
+                       "converted_from": "published VTFPAR++ checkpoint"}, f, indent=1,
+                      default=list)
+        store = CheckpointStore(folder, async_save=False)
+        store.save(0, state, {"step": 0, "epoch": 0, "batch": 0}, force=True)
+        store.wait()
+        store.close()
 
 
 def convert_files(checkpoint: str, clip_path: str, dataset: str, out: str,
@@ -123,9 +126,6 @@ def main(argv=None):
     fixed = {k: args.pop(k) for k in ("checkpoint", "clip", "dataset", "out", "bpe")}
 
     def convert():
-        # The model dir is complete once its checkpoint is; until then a rerun rewrites it.
-        stop_signals.on_stop(lambda: f"{fixed['out']} has no checkpoint yet; rerun the same "
-                           "command" if os.path.exists(fixed["out"]) else stop_signals.RERUN)
         out = convert_files(fixed["checkpoint"], fixed["clip"], fixed["dataset"], fixed["out"],
                             fixed["bpe"], **args)
         print(f"wrote model dir {out}: evaluate with vtfpar evaluate --model {out}")
