@@ -166,15 +166,14 @@ def state_dict(cfg: vtfpar.VTFPARConfig, variables: dict) -> dict[str, np.ndarra
     return {k: np.array(v, order="C") for k, v in out.items()}  # writable, C order, 0-d kept
 
 
-def export(model: str, out: str, step: int | None = None) -> dict:
-    """Write `out` (`torch.save` of {'epoch', 'model_state_dict'}) from model dir `model` at
-    `step` (default: the newest that loads); returns what was written: the step, the epoch
-    and the published command-line options that build the model it holds."""
+def write_checkpoint(loaded, model: str, out: str) -> dict:
+    """Write `out` (`torch.save` of {'epoch', 'model_state_dict'}) from `loaded`, the
+    loaded model dir `model`; returns what was written: the step, the epoch and the
+    published command-line options that build the model it holds."""
     import torch
 
     from vtfpar_jax.state import model_dir
 
-    loaded = model_dir.load(model, step)
     options = published_options(loaded.config, loaded.model_cfg, loaded.state.trainable)
     tensors = state_dict(loaded.model_cfg, loaded.variables())
     published = {k.removeprefix("model/"): torch.from_numpy(v) for k, v in tensors.items()}
@@ -186,3 +185,9 @@ def export(model: str, out: str, step: int | None = None) -> dict:
     return {"model": model_dir.identity(model), "step": loaded.step, "epoch": epoch,
             "openpar_options": options,
             "published_model": PUBLISHED_MODELS[loaded.model_cfg.head]}
+
+
+def export(model: str, out: str, step: int | None = None) -> dict:
+    """`write_checkpoint` of model dir `model` at `step` (default: the newest that loads)."""
+    from vtfpar_jax.state import model_dir
+    return write_checkpoint(model_dir.load(model, step), model, out)
