@@ -129,6 +129,19 @@ def test_model_dir_and_inputs_are_refused_even_when_empty(tmp_path):
     assert os.listdir(tmp_path) == ["frames"]   # not even a lock file
 
 
+def test_an_error_while_filling_names_the_file_under_out_and_leaves_nothing(tmp_path):
+    """A full disk while the results are written: the error names OUT/a.png, not the file in
+    the temporary folder that is removed, and nothing is left beside OUT."""
+    import errno
+    out = tmp_path / "out"
+    with pytest.raises(OSError) as raised:
+        with out_folder.OutFolder(str(out), "predict", {}, False).filling(1) as temporary:
+            raise OSError(errno.ENOSPC, "No space left on device",
+                          os.path.join(temporary, "a.png"))
+    assert raised.value.filename == os.path.join(str(out), "a.png")
+    assert os.listdir(tmp_path) == []
+
+
 def test_overwrite_replaces_another_commands_results_but_not_a_foreign_run_json(tmp_path):
     out = tmp_path / "out"
     _fill(out_folder.OutFolder(str(out), "evaluate", {"split": "test"}, False), 5, b"old")

@@ -42,7 +42,7 @@ def give_default_mode(path: str) -> None:
 
 
 @contextlib.contextmanager
-def _named(path: str, temporary: str) -> Iterator[None]:
+def named_as(path: str, temporary: str) -> Iterator[None]:
     """An OSError inside names `path`: a write's own error (a full disk: ENOSPC) names no
     file, and one naming the temporary would send the reader to a name that is gone."""
     try:
@@ -68,7 +68,7 @@ def atomic_file(path: str) -> Iterator[str]:
                                      suffix=os.path.splitext(path)[1])
     os.close(fd)
     try:
-        with _named(path, temporary):
+        with named_as(path, temporary):
             yield temporary
             give_default_mode(temporary)
             os.replace(temporary, path)
@@ -88,7 +88,7 @@ def atomic_folder(path: str) -> Iterator[str]:
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
     try:
-        with _named(path, temporary):
+        with named_as(path, temporary):
             yield temporary
             give_default_mode(temporary)
         try:

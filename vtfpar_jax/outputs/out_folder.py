@@ -160,7 +160,9 @@ class OutFolder(contextlib.AbstractContextManager):
             temporary = tempfile.mkdtemp(dir=os.path.dirname(target),
                                          prefix=f".{os.path.basename(target)}.tmp-")
             try:
-                yield temporary
+                # An error names the file under --out, not in a folder that is then gone.
+                with files.named_as(self.path, temporary):
+                    yield temporary
                 files.write_json(os.path.join(temporary, MANIFEST),
                                  {"command": self.command, "identity": self.identity,
                                   "step": step, **recorded})
