@@ -47,13 +47,11 @@ from vtfpar_jax.state import model_dir
 
 def predict_tracks(path: str, tracks: dict[int, mot.Track], loaded: model_dir.LoadedModel,
                    num_frames: int, window: int | None, batch: int, aspect: float,
-                   context: float, progress: bool = True,
-                   times: stage_times.StageTimes | None = None
+                   context: float, progress: bool, times: stage_times.StageTimes
                    ) -> tuple[dict[tracklets.ClipPlan, np.ndarray], dict[int, np.ndarray]]:
     """(probabilities per clip plan, contact-sheet thumbnails per track id), in one pass.
     Clips go to the model `batch` at a time; the last call is padded to `batch` by
     repeating a clip, so every call has one shape and compiles once."""
-    times = times or stage_times.StageTimes(num_frames)
     cfg = loaded.model_cfg
     statistics = loaded.config.input.get("normalization", "published")
     plans = tracklets.plan(tracks, cfg.frames, window)
@@ -113,15 +111,14 @@ def _records(tracks, probabilities, loaded, threshold) -> dict[int, dict[str, An
 
 def write_annotated(path: str, out_path: str, info: video_io.VideoInfo,
                     tracks: dict[int, mot.Track], records: dict[int, dict[str, Any]],
-                    progress: bool = True, times: stage_times.StageTimes | None = None) -> int:
+                    progress: bool, times: stage_times.StageTimes) -> None:
     """The video again, with boxes and labels; written whole or not at all (a temporary
-    file renamed when complete). Returns the number of frames written."""
+    file renamed when complete)."""
     boxes_at: dict[int, list] = {}
     for track in tracks.values():
         for b in track.boxes:
             boxes_at.setdefault(b.frame, []).append((track.id, (b.x, b.y, b.w, b.h)))
     labels = {i: track_outputs.top_decided(r) for i, r in records.items()}
-    times = times or stage_times.StageTimes(info.frames)
     with files.atomic_file(out_path) as temporary, video_io.Writer(
             temporary, info.width, info.height, info.fps, container_format="mp4") as writer:
         for number, frame in tqdm(times.timed("decode", video_io.iter_frames(path)),
@@ -129,7 +126,6 @@ def write_annotated(path: str, out_path: str, info: video_io.VideoInfo,
                                   unit="frame", disable=not progress, leave=False):
             with times.stage("draw"):
                 writer.write(track_outputs.annotate(frame, boxes_at.get(number, []), labels))
-    return writer.count
 
 
 def too_small(info: video_io.VideoInfo, tracks: dict[int, mot.Track],
@@ -287,8 +283,7 @@ def _track_into(out: out_folder.OutFolder, args: argparse.Namespace, info, track
                                        progress=not args.no_progress)
         for note in made.warnings:
             print(f"warning: {note}", file=sys.stderr)
-        tracks = made.tracks
-        evidence = made.evidence
+        tracks, evidence = made.tracks, made.evidence
         about = {"detector": detector.description if detector else None,
                  "detect_every": args.detect_every if detector else 1,
                  "detection_warnings": made.warnings}

@@ -259,14 +259,12 @@ class Writer(contextlib.AbstractContextManager):
         self._stream.pix_fmt = pix_fmt or (
             "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p")
         self._stream.options = {"preset": ENCODER_PRESET, **(options or {})}
-        self.count = 0
 
     def write(self, frame: np.ndarray) -> None:
         import av
         video_frame = av.VideoFrame.from_ndarray(np.asarray(frame, np.uint8), format="rgb24")
         for packet in self._stream.encode(video_frame):
             self._container.mux(packet)
-        self.count += 1
 
     def close(self) -> None:
         for packet in self._stream.encode():
