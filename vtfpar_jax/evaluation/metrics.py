@@ -19,7 +19,6 @@ plain Python float / int / list, so a result dict goes straight to JSON.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,29 +210,6 @@ def _macro_f1(true_class: np.ndarray, predicted_class: np.ndarray,
             [float(f) if p else None for f, p in zip(per_class, present, strict=True)])
 
 
-def _group_classes(probs: np.ndarray, labels: np.ndarray, attribute_set: AttributeSet,
-                   threshold: float) -> Iterator[tuple[str, np.ndarray, np.ndarray, int]]:
-    """(name, true class (B,), predicted class (B,), class count) of each group.
-
-    A binary group has the classes (negative, positive) and predicts positive when
-    prob > threshold; a multi-class group predicts the argmax of its columns (the first
-    on a tie), and its labels must be one-hot.
-    """
-    for group in attribute_set.groups:
-        cols = list(group.columns)
-        if group.is_binary:
-            yield (group.name, labels[:, cols[0]].astype(np.int64),
-                   (probs[:, cols[0]] > threshold).astype(np.int64), 2)
-            continue
-        bad = np.flatnonzero(labels[:, cols].sum(axis=1) != 1)
-        if bad.size:
-            raise ValueError(f"attribute set {attribute_set.name!r}, group {group.name!r}: "
-                             f"labels of {bad.size} rows (first: {bad[:5].tolist()}) are "
-                             "not one-hot; a per-group class needs exactly one true class")
-        yield (group.name, np.argmax(labels[:, cols], axis=1),
-               np.argmax(probs[:, cols], axis=1), len(cols))
-
-
 def chen_metrics(probs: Any, labels: Any, attribute_set: AttributeSet,
                  threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
     """Chen et al.'s protocol for MARS / DukeMTMC-VID attributes, per attribute group.
@@ -254,11 +230,22 @@ def chen_metrics(probs: Any, labels: Any, attribute_set: AttributeSet,
     """
     probs, labels = _check_inputs(probs, labels, attribute_set)
     groups: dict[str, dict[str, Any]] = {}
-    for name, true_class, predicted_class, num_classes in _group_classes(
-            probs, labels, attribute_set, threshold):
-        f1, class_f1 = _macro_f1(true_class, predicted_class, num_classes)
-        groups[name] = {"acc": float(np.mean(true_class == predicted_class)),
-                        "f1": f1, "class_f1": class_f1}
+    for group in attribute_set.groups:
+        cols = list(group.columns)
+        if group.is_binary:
+            true_class = labels[:, cols[0]].astype(np.int64)
+            predicted_class = (probs[:, cols[0]] > threshold).astype(np.int64)
+        else:
+            bad = np.flatnonzero(labels[:, cols].sum(axis=1) != 1)
+            if bad.size:
+                raise ValueError(f"attribute set {attribute_set.name!r}, group {group.name!r}: "
+                                 f"labels of {bad.size} rows (first: {bad[:5].tolist()}) are "
+                                 "not one-hot; a per-group class needs exactly one true class")
+            true_class = np.argmax(labels[:, cols], axis=1)
+            predicted_class = np.argmax(probs[:, cols], axis=1)
+        f1, class_f1 = _macro_f1(true_class, predicted_class, 2 if group.is_binary else len(cols))
+        groups[group.name] = {"acc": float(np.mean(true_class == predicted_class)),
+                              "f1": f1, "class_f1": class_f1}
     return {"threshold": float(threshold),
             **{key: float(np.mean([g[key] for g in groups.values()])) for key in ("acc", "f1")},
             "groups": groups}
