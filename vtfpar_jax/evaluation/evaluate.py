@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from vtfpar_jax import cli_errors
 from vtfpar_jax.evaluation import metrics
@@ -69,9 +70,12 @@ class Evaluator:
                 local["video"] = corrupt(local["video"], index)
             batch = sharding.global_batch(local, self.mesh)
             logits = self.predict(state.trainable, state.batch_stats, self.frozen, batch["video"])
-            out["probs"].append(metrics.probabilities(_on_host(logits), self.model_cfg))
-            out["labels"].append(_on_host(batch["labels"]))
-            out["mask"].append(_on_host(batch["mask"]))
+            # The batch-sharded global arrays, whole, on this host (from every host's shards).
+            logits, labels, mask = multihost_utils.process_allgather(
+                (logits, batch["labels"], batch["mask"]), tiled=True)
+            out["probs"].append(metrics.probabilities(logits, self.model_cfg))
+            out["labels"].append(labels)
+            out["mask"].append(mask)
         return tuple(np.concatenate(out[k]) for k in ("probs", "labels", "mask"))
 
     def run(self, state, split: str, report_dir: str | None = None,
@@ -85,14 +89,6 @@ class Evaluator:
             files.write_text(os.path.join(report_dir, "table.txt"),
                              metrics.format_table(results, self.attribute_set))
         return results
-
-
-def _on_host(value: jax.Array) -> np.ndarray:
-    """A batch-sharded global array, whole, on this host (from every host's shards)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
-    return np.asarray(value)
 
 
 def jit_eval_logits(cfg, mesh, normalization: str = "published"):
