@@ -72,13 +72,6 @@ def _resume(path: str, identity: dict) -> dict:
     return previous.get("cells", {})
 
 
-def _cell_result(results: dict) -> dict:
-    from vtfpar_jax.evaluation import evaluate
-    return {"headline": evaluate.headline(results),
-            "groups": {name: g["f1"] for name, g in results["group"]["groups"].items()},
-            "num_samples": results["num_samples"]}
-
-
 def run(model: str, split: str = "test", names=DEFAULT_CORRUPTIONS,
         severities=DEFAULT_SEVERITIES, seed: int = 0, out: str | None = None,
         step: int | None = None, data_dir: str | None = None, progress: bool = True) -> dict:
@@ -109,8 +102,10 @@ def run(model: str, split: str = "test", names=DEFAULT_CORRUPTIONS,
         corrupt = None if severity == 0 else functools.partial(
             corruptions.corrupt_batch, name=name, severity=severity, seed=seed)
         results = evaluator.run(loaded.state, split, corrupt=corrupt)
-        cells[cell_key(name, severity)] = {"corruption": name, "severity": severity,
-                                           **_cell_result(results)}
+        cells[cell_key(name, severity)] = {
+            "corruption": name, "severity": severity, "headline": evaluate.headline(results),
+            "groups": {group: g["f1"] for group, g in results["group"]["groups"].items()},
+            "num_samples": results["num_samples"]}
         write_json(path, report)
     report["table"] = format_table(report, names, severities)
     write_text(os.path.join(out, "table.txt"), report["table"])
@@ -153,7 +148,7 @@ def format_table(report: dict, names, severities) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_figures(report: dict, names, severities, out: str) -> dict[str, str]:
+def save_figures(report: dict, names, severities, out: str) -> None:
     """robustness.png (metrics against severity) and groups.png (F1 drop per group)."""
     from matplotlib.figure import Figure  # not pyplot: savefig renders with Agg
 
@@ -171,9 +166,7 @@ def save_figures(report: dict, names, severities, out: str) -> dict[str, str]:
     axes[0].legend(fontsize=8)
     figure.suptitle(f"{report['attribute_set']}, split {report['split']!r}, step "
                     f"{report['step']}")
-    paths = {"robustness": os.path.join(out, "robustness.png"),
-             "groups": os.path.join(out, "groups.png")}
-    save_figure(figure, paths["robustness"], dpi=100)
+    save_figure(figure, os.path.join(out, "robustness.png"), dpi=100)
 
     top = max(severities)
     groups = list(cells[CLEAN]["groups"])
@@ -190,8 +183,7 @@ def save_figures(report: dict, names, severities, out: str) -> dict[str, str]:
     ax.set_yticks(range(len(groups)), [groups[i] for i in order])
     figure.colorbar(image, ax=ax, label="group F1 drop from clean (points)")
     ax.set_title(f"severity {top}")
-    save_figure(figure, paths["groups"], dpi=100)
-    return paths
+    save_figure(figure, os.path.join(out, "groups.png"), dpi=100)
 
 
 def cells_kept(path: str) -> str:
