@@ -58,7 +58,7 @@ class Evaluator:
         e.g. a `vtfpar_jax.experiments.corruptions.corrupt_batch` with its corruption bound.
         """
         from tqdm import tqdm
-        out = {"probs": [], "labels": [], "mask": []}
+        rows = []   # (probs, labels, mask) of each batch
         batches = self.pipeline.eval_batches(
             self.builder, split, batch_size=self.input.eval_batch_size,
             frames=self.model_cfg.frames, frame_size=self.pipeline.frame_size(self.input),
@@ -73,10 +73,8 @@ class Evaluator:
             # The batch-sharded global arrays, whole, on this host (from every host's shards).
             logits, labels, mask = multihost_utils.process_allgather(
                 (logits, batch["labels"], batch["mask"]), tiled=True)
-            out["probs"].append(metrics.probabilities(logits, self.model_cfg))
-            out["labels"].append(labels)
-            out["mask"].append(mask)
-        return tuple(np.concatenate(out[k]) for k in ("probs", "labels", "mask"))
+            rows.append((metrics.probabilities(logits, self.model_cfg), labels, mask))
+        return tuple(np.concatenate(column) for column in zip(*rows, strict=True))
 
     def run(self, state, split: str, report_dir: str | None = None,
             corrupt: Corrupt | None = None, progress: bool = False) -> dict:
