@@ -162,7 +162,6 @@ def main(argv=None):
 def _evaluate(args) -> dict:
     from vtfpar_jax.outputs import out_folder
     from vtfpar_jax.state import model_dir
-    from vtfpar_jax.state.build import attributes
     out_path = args.out or model_dir.folder_inside(args.model, f"eval_{args.split}")
     trained_on = model_dir.read_run_file(args.model)["config"].get("data_dir")
     with out_folder.OutFolder(
@@ -181,7 +180,7 @@ def _evaluate(args) -> dict:
                          unreadable_newer_checkpoints=loaded.unreadable_newer) as folder:
             results = evaluator.run(loaded.state, args.split, folder,
                                     progress=not args.no_progress)
-    print(metrics.format_table(results, attributes.get(results["attribute_set"])))
+    print(metrics.format_table(results, loaded.attribute_set))
     print(summary_line(results))
     print(f"step {loaded.step}; written to {out_path}")
     return results
