@@ -65,19 +65,17 @@ class Setup:
     trainable_params: int
 
 
-def build(shape: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: str = "float32",
-          backbone_dtype: str | None = None, remat: str | None = None, attention: str | None = None,
-          num_attributes: int = 43, seed: int = 0, backbone: str = "clip", backbone_cfg=None,
-          backbone_params=None, variables=None, text_features=None,
-          video: np.ndarray | None = None) -> Setup:
+def build(shape: str = "tiny", *, batch: int = 16, seed: int = 0, backbone: str = "clip",
+          backbone_cfg=None, backbone_params=None, variables=None, text_features=None,
+          video: np.ndarray | None = None, **model) -> Setup:
     """The train step and evaluation forward of the project, jitted over a `data` mesh
     of the local devices, with their inputs placed (compare_pytorch passes converted
-    weights here). Options left as None take the project's defaults."""
+    weights here). `model`: `bench_setup.model_config`'s options (frames, dtype,
+    backbone_dtype, remat, attention, num_attributes); those left out or None take the
+    project's defaults."""
     from vtfpar_jax.state import sharding
 
-    model_cfg = model_config(backbone_cfg or registry.shape_config(backbone, shape),
-                             frames=frames, dtype=dtype, backbone_dtype=backbone_dtype,
-                             remat=remat, attention=attention, num_attributes=num_attributes)
+    model_cfg = model_config(backbone_cfg or registry.shape_config(backbone, shape), **model)
     mesh = sharding.make_mesh()
     if batch % jax.device_count():
         raise ValueError(f"--batch {batch} does not split over {jax.device_count()} devices")
