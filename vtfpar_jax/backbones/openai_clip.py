@@ -98,7 +98,7 @@ def config_from_state_dict(tensors: SourceTensors, prefix: str = "") -> clip.Cli
 
     def count(pattern):
         rx = re.compile(re.escape(prefix) + pattern)
-        return len({m.group(1) for k in tensors.keys() if (m := rx.match(k))})
+        return len({m.group(1) for k in tensors.tensors if (m := rx.match(k))})
 
     def shape(key):
         return tuple(tensors.tensors[prefix + key].shape)
