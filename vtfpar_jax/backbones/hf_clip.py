@@ -134,7 +134,8 @@ class Model:
             tensors.take(hf_key, f"{root}/{path}", to_ours)
         for hf_layer, path, width in _qkv_table(cfg):
             pack_qkv(tensors, hf_layer, f"{root}/{path}", width)
-        tensors.drop(is_buffer)
+        # Older transformers saved the `position_ids` buffers (0..n-1); they carry no weights.
+        tensors.drop(lambda key: key.endswith(".embeddings.position_ids"))
         tensors.check_consumed()
         shapes = jax.eval_shape(lambda: self.init_params(cfg, jax.random.key(0)))
         return jax.tree.map(jnp.asarray, tensors.build_tree(shapes, prefix=(root,)))
@@ -178,11 +179,6 @@ def _qkv_table(cfg) -> Iterator[tuple[str, str, int]]:
         c = getattr(cfg, tower)
         for i in range(c.layers):
             yield f"{hf_tower}.encoder.layers.{i}", f"{tower}/layers_{i}/attn/qkv", c.width
-
-
-def is_buffer(key: str) -> bool:
-    # Older transformers saved the `position_ids` buffers (0..n-1); they carry no weights.
-    return key.endswith(".embeddings.position_ids")
 
 
 # ---------------------------------------------------------------------------- reading

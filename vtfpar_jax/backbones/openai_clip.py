@@ -98,7 +98,7 @@ def config_from_state_dict(tensors: SourceTensors, prefix: str = "") -> clip.Cli
 
     def count(pattern):
         rx = re.compile(re.escape(prefix) + pattern)
-        return len({m.group(1) for k in tensors.keys() if (m := rx.match(k))})
+        return len({m.group(1) for k in tensors.tensors if (m := rx.match(k))})
 
     def shape(key):
         return tuple(tensors.tensors[prefix + key].shape)
@@ -153,20 +153,16 @@ def expected_shapes(cfg: clip.ClipConfig):
     return jax.eval_shape(lambda: clip.init_params(cfg, jax.random.key(0)))
 
 
-def params_from_state_dict(state: Mapping[str, Any],
-                           source: str = "state dict") -> tuple[clip.ClipConfig, dict]:
-    """(cfg, params) from OpenAI CLIP tensors (numpy arrays or torch tensors)."""
-    tensors = SourceTensors(state, source)
+def load(path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> tuple[clip.ClipConfig, dict]:
+    """(cfg, params) from `ViT-B-16.pt` (or any OpenAI CLIP ViT file) or a state dict (numpy
+    arrays or torch tensors)."""
+    if isinstance(path_or_state_dict, Mapping):
+        tensors = SourceTensors(path_or_state_dict, "state dict")
+    else:
+        path = os.fspath(path_or_state_dict)
+        tensors = SourceTensors(read_state_dict(path), path)
     cfg = config_from_state_dict(tensors)
     take_clip(tensors, cfg)
     tensors.check_consumed()
     params = tensors.build_tree(expected_shapes(cfg), prefix=("clip",))
     return cfg, jax.tree.map(jnp.asarray, params)
-
-
-def load(path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> tuple[clip.ClipConfig, dict]:
-    """(cfg, params) from `ViT-B-16.pt` (or any OpenAI CLIP ViT file) or a state dict."""
-    if isinstance(path_or_state_dict, Mapping):
-        return params_from_state_dict(path_or_state_dict)
-    path = os.fspath(path_or_state_dict)
-    return params_from_state_dict(read_state_dict(path), source=path)

@@ -47,9 +47,6 @@ class SourceTensors:
     def __contains__(self, key: str) -> bool:
         return key in self.tensors
 
-    def keys(self) -> list[str]:
-        return list(self.tensors)
-
     def get(self, key: str) -> np.ndarray:
         if key not in self.tensors:
             raise WeightImportError(f"{self.source}: missing key {key!r}")

@@ -249,7 +249,7 @@ def convert(state_dict: Mapping[str, Any], clip: tuple | None = None,
         raise WeightImportError(f"{source}: missing key 'model/bn.weight' (not a published "
                                 "VTFPAR++ checkpoint?)")
     layout = head_layout(t, group_columns)
-    if any(k.startswith("clip/") for k in t.keys()):
+    if any(k.startswith("clip/") for k in t.tensors):
         backbone_cfg = openai_clip.config_from_state_dict(t, prefix="clip/")
         openai_clip.take_clip(t, backbone_cfg, prefix="clip/")
         backbone_params = None
@@ -279,7 +279,7 @@ def _check_visual_copy(t: SourceTensors, backbone_cfg, backbone_params):
     from elsewhere, the embeddings (enough to tell two CLIPs apart).
     """
     copy = "model/clip_visual_extractor."
-    keys = [k for k in t.keys() if k.startswith(copy)]
+    keys = [k for k in t.tensors if k.startswith(copy)]
     if backbone_params is None:
         reference = {k: t.tensors["clip/visual." + k[len(copy):].replace(
             "resblocks.", "transformer.resblocks.")] for k in keys}

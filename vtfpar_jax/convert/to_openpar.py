@@ -1,7 +1,7 @@
 """Export of a model dir to the checkpoint format of the published VTFPAR++ `train.py`.
 
     tensors = to_openpar.state_dict(cfg, variables)   # {'model/<published key>': array}
-    written = to_openpar.export("runs/mars", "mars.pth")  # {'epoch', 'model_state_dict'}
+    written = to_openpar.write_checkpoint(model_dir.load("runs/mars"), "runs/mars", "mars.pth")
     written["openpar_options"]                         # the published options to build it
     written["published_model"]   # models/base_block.py, or base_block_marco.py (head 'group')
 
@@ -186,8 +186,3 @@ def write_checkpoint(loaded, model: str, out: str) -> dict:
             "openpar_options": options,
             "published_model": PUBLISHED_MODELS[loaded.model_cfg.head]}
 
-
-def export(model: str, out: str, step: int | None = None) -> dict:
-    """`write_checkpoint` of model dir `model` at `step` (default: the newest that loads)."""
-    from vtfpar_jax.state import model_dir
-    return write_checkpoint(model_dir.load(model, step), model, out)

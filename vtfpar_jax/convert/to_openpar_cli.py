@@ -18,6 +18,7 @@ from vtfpar_jax import cli_errors
 from vtfpar_jax.convert import to_openpar
 from vtfpar_jax.convert.openpar_cli import OutputExistsError
 from vtfpar_jax.outputs import files, stop_signals
+from vtfpar_jax.state import model_dir
 
 
 def command_line(options: dict) -> str:
@@ -43,7 +44,8 @@ def _to_openpar(args) -> None:
     stop_signals.on_stop(lambda: f"{args.out} is written, {sidecar} is not; move {args.out} away "
                        "and rerun the same command" if os.path.exists(args.out)
                        else stop_signals.RERUN)
-    written = to_openpar.export(args.model, args.out, args.step)
+    written = to_openpar.write_checkpoint(model_dir.load(args.model, args.step), args.model,
+                                          args.out)
     flags = command_line(written["openpar_options"])
     files.write_json(sidecar, {**written, "command_line": flags}, indent=1)
     print(f"wrote {args.out} (step {written['step']}); build the published model "

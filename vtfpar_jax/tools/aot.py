@@ -119,22 +119,18 @@ def _data_mesh(devices) -> jax.sharding.Mesh:
 
 
 def compile_report(target_spec: str, shape: str = "vit_b16", *, batch: int,
-                   frames: int = 6, dtype: str = "bfloat16", backbone_dtype: str | None = None,
-                   remat: str | None = None, attention: str | None = None,
-                   num_attributes: int = 43, backbone: str = "clip",
-                   **model_options) -> dict[str, Any]:
+                   dtype: str = "bfloat16", backbone: str = "clip", **model) -> dict[str, Any]:
     """Compile the train step and prediction for a target; their per-device memory,
-    kernels and collectives. `model_options`: other VTFPARConfig fields."""
+    kernels and collectives. `model`: `bench_setup.model_config`'s options (frames,
+    backbone_dtype, remat, attention, num_attributes, other VTFPARConfig fields)."""
     target = parse_target(target_spec)
     mesh = topology_mesh(target)
     devices = mesh.devices.size
     if batch % devices:
         raise TargetError(f"--batch {batch} does not split over the {devices} devices of "
                           f"{target.name}")
-    model_cfg = bench_setup.model_config(
-        registry.shape_config(backbone, shape), frames=frames, dtype=dtype,
-        backbone_dtype=backbone_dtype, remat=remat, attention=attention,
-        num_attributes=num_attributes, **model_options)
+    model_cfg = bench_setup.model_config(registry.shape_config(backbone, shape), dtype=dtype,
+                                         **model)
     shapes = jax.eval_shape(lambda: bench_setup.make_inputs(model_cfg, batch=batch))
 
     def placed(tree, where):
@@ -152,14 +148,14 @@ def compile_report(target_spec: str, shape: str = "vit_b16", *, batch: int,
         "target": target.name, "platform": target.platform, "devices": devices,
         "device_kind": mesh.devices.flat[0].device_kind, "jax_version": jax.__version__,
         "shape": shape, "backbone": backbone, "batch": batch,
-        "batch_per_device": batch // devices,
-        "frames": frames, "dtype": model_cfg.dtype, "backbone_dtype": model_cfg.backbone_dtype,
+        "batch_per_device": batch // devices, "frames": model_cfg.frames,
+        "dtype": model_cfg.dtype, "backbone_dtype": model_cfg.backbone_dtype,
         "remat": model_cfg.remat, "attention": model_cfg.attention,
         "trainable_params": bench_setup.count_params(state.trainable),
         "gradient_bytes": sum(int(np.prod(x.shape)) * x.dtype.itemsize
                               for x in jax.tree.leaves(state.trainable)),
         # Training BatchNorm's batch mean and variance of the (B, A) float32 logits.
-        "batch_norm_bytes": 2 * num_attributes * 4,
+        "batch_norm_bytes": 2 * model_cfg.num_attributes * 4,
         "train": compiled_stats.report(train), "predict": compiled_stats.report(prediction),
     }
 

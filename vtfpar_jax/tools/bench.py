@@ -65,19 +65,17 @@ class Setup:
     trainable_params: int
 
 
-def build(shape: str = "tiny", *, batch: int = 16, frames: int = 6, dtype: str = "float32",
-          backbone_dtype: str | None = None, remat: str | None = None, attention: str | None = None,
-          num_attributes: int = 43, seed: int = 0, backbone: str = "clip", backbone_cfg=None,
-          backbone_params=None, variables=None, text_features=None,
-          video: np.ndarray | None = None) -> Setup:
+def build(shape: str = "tiny", *, batch: int = 16, seed: int = 0, backbone: str = "clip",
+          backbone_cfg=None, backbone_params=None, variables=None, text_features=None,
+          video: np.ndarray | None = None, **model) -> Setup:
     """The train step and evaluation forward of the project, jitted over a `data` mesh
     of the local devices, with their inputs placed (compare_pytorch passes converted
-    weights here). Options left as None take the project's defaults."""
+    weights here). `model`: `bench_setup.model_config`'s options (frames, dtype,
+    backbone_dtype, remat, attention, num_attributes); those left out or None take the
+    project's defaults."""
     from vtfpar_jax.state import sharding
 
-    model_cfg = model_config(backbone_cfg or registry.shape_config(backbone, shape),
-                             frames=frames, dtype=dtype, backbone_dtype=backbone_dtype,
-                             remat=remat, attention=attention, num_attributes=num_attributes)
+    model_cfg = model_config(backbone_cfg or registry.shape_config(backbone, shape), **model)
     mesh = sharding.make_mesh()
     if batch % jax.device_count():
         raise ValueError(f"--batch {batch} does not split over {jax.device_count()} devices")
@@ -200,11 +198,10 @@ def backbone_breakdown(s: Setup, step_s: float, steps: int, warmup: int) -> dict
     """
     video = s.batch["video"]
     backbone_forward, _ = _compiled(s.backbone_forward, s.state.trainable, s.frozen, video)
-    backbone_times = timed(lambda: jax.block_until_ready(
-        backbone_forward(s.state.trainable, s.frozen, s.batch["video"])), steps, warmup)
-    backbone_s = statistics.median(backbone_times)
-    frames = s.batch["video"].shape[0] * s.batch["video"].shape[1]
-    return {"backbone_s_median": backbone_s, "backbone_frames_per_s": frames / backbone_s,
+    backbone_s = statistics.median(timed(lambda: jax.block_until_ready(
+        backbone_forward(s.state.trainable, s.frozen, video)), steps, warmup))
+    return {"backbone_s_median": backbone_s,
+            "backbone_frames_per_s": video.shape[0] * video.shape[1] / backbone_s,
             "backbone_share": backbone_s / step_s, "side_share": 1 - backbone_s / step_s,
             "backbone_bound": backbone_s / step_s}
 

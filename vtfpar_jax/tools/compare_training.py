@@ -89,22 +89,21 @@ def starting_point(frames: int, head: str = "attribute") -> dict[str, Any]:
     from vtfpar_jax.convert import openpar, published_sample, to_openpar
 
     case = SAMPLE_CASES[head]
-    meta = published_sample.params(case)
-    drawn = published_sample.draw(meta)
+    sample = published_sample.load(case)
+    meta = sample["meta"]
     options = {**meta["openpar_options"], "frames": frames}
-    cfg, variables = openpar.convert(drawn["state_dict"], **options)
+    cfg, variables = openpar.convert(sample["state_dict"], **options)
     published = {k.removeprefix("model/"): v
                  for k, v in to_openpar.state_dict(cfg, variables).items()}
-    clip_state = {k.removeprefix("clip/"): v for k, v in drawn["state_dict"].items()
+    clip_state = {k.removeprefix("clip/"): v for k, v in sample["state_dict"].items()
                   if k.startswith("clip/")}
     if cfg.head != head:
         raise ValueError(f"published sample {case!r} converts to the {cfg.head} head, "
                          f"not {head}")
-    with np.load(published_sample.CASES_DIR / case / "outputs.npz") as recorded:
-        tokens = recorded["tokens"]
     return {"cfg": cfg, "variables": variables, "published": published,
-            "clip_state": clip_state, "pos_ratio": drawn["pos_ratio"], "tokens": tokens,
-            "meta": meta, "options": options, "head": head}
+            "clip_state": clip_state, "pos_ratio": sample["pos_ratio"],
+            "tokens": sample["expected"]["tokens"], "meta": meta, "options": options,
+            "head": head}
 
 
 def _without_drop_path(module) -> None:
