@@ -156,8 +156,9 @@ def test_a_run_stored_under_the_backbones_old_names_resumes_under_the_new(tmp_pa
                                                  ["backbone/text/.*"])]
     # A change recorded under an old name is replayed under the new one.
     fingerprint.record_changes(str(tmp_path), [("clip.preset", "tiny", "vit_b16")], 5)
-    assert fingerprint.current_config(str(tmp_path), fingerprint.started_run(
-        str(tmp_path)).config)["backbone"]["preset"] == "vit_b16"
+    started = fingerprint.started_run(str(tmp_path))
+    assert fingerprint.current_config(started.config, started.changes)["backbone"][
+        "preset"] == "vit_b16"
 
 
 def test_a_field_stored_in_an_older_form_reads_as_its_name_now(tmp_path):
@@ -204,7 +205,7 @@ def test_the_config_in_force_replays_the_recorded_changes(tmp_path):
     assert [(e["step"], e["allowed_by"]) for e in lines] == [(6, None),
                                                             (9, "allow_config_change")]
     stored = json.loads((tmp_path / "config.json").read_text())["config"]
-    now = fingerprint.current_config(str(tmp_path), stored)
+    now = fingerprint.current_config(stored, fingerprint.read_changes(str(tmp_path)))
     assert (now["num_epochs"], now["optimizer"]["lr"]) == (4, 5e-4)
     assert stored["num_epochs"] == 2          # config.json itself is never rewritten
     # Restarting with what is now in force changes nothing.

@@ -107,17 +107,12 @@ def describe(diffs: list[tuple[str, Any, Any]], limit: int = 6) -> str:
     return "; ".join(parts)
 
 
-def attribute_set_name(dataset: str) -> str | None:
-    """The attribute set of a TFDS builder name, from its class (nothing is read)."""
-    import input_pipeline
-    return getattr(input_pipeline.builder_class(dataset.partition("/")[0]), "ATTRIBUTE_SET",
-                   None)
-
-
 def run_identity(config: ml_collections.ConfigDict, splits: dict | None = None) -> dict:
-    """What a training run (or an ablation point) runs: config, attribute set, splits and
-    the random-stream scheme."""
-    return {"config": jsonable(config), "attribute_set": attribute_set_name(config.dataset),
+    """What a training run (or an ablation point) runs: config, attribute set (from the TFDS
+    builder's class: nothing is read), splits and the random-stream scheme."""
+    import input_pipeline
+    builder = input_pipeline.builder_class(config.dataset.partition("/")[0])
+    return {"config": jsonable(config), "attribute_set": getattr(builder, "ATTRIBUTE_SET", None),
             "splits": dict(splits or TRAINING_SPLITS), "random_streams": rng.SCHEME}
 
 
@@ -155,17 +150,17 @@ def corruption_definition(corruption) -> dict:
 # ----------------------------------------------------- a training work dir's config
 
 
-def current_config(workdir: str, stored: dict) -> dict:
-    """The config in force in `workdir`: config.json's `stored` config with the
-    changes of config_changes.jsonl applied, in order."""
+def current_config(stored: dict, changes: list[dict]) -> dict:
+    """The config in force: config.json's `stored` config with `changes`, the entries of
+    config_changes.jsonl (`read_changes`), applied in order."""
     config = json.loads(json.dumps(stored))   # a deep copy
-    for entry in _changes(workdir):
+    for entry in changes:
         for key, change in entry["changes"].items():
             _set(config, old_names.field(key), change["new"])
     return config
 
 
-def _changes(workdir: str) -> list[dict]:
+def read_changes(workdir: str) -> list[dict]:
     """The entries of `workdir`'s config_changes.jsonl, in order ([] without one)."""
     path = os.path.join(workdir, CHANGES_FILE)
     if not os.path.exists(path):
@@ -221,7 +216,7 @@ def started_run(workdir: str) -> StartedRun | None:
         with open(path) as f:
             run = json.load(f)
         config, added = with_added_fields(run["config"])
-        changes = _changes(workdir)
+        changes = read_changes(workdir)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigChangeError(f"{path}: cannot read the config this run started with ({e}); "
                                 "use another work dir") from None
@@ -252,7 +247,7 @@ def restart_changes(workdir: str, config: ml_collections.ConfigDict,
     started = started_run(workdir)
     if started is None:
         return []
-    diffs = differences(current_config(workdir, started.config), jsonable(config))
+    diffs = differences(current_config(started.config, started.changes), jsonable(config))
     refused = [d for d in diffs if d[0] not in RUN_CONTROL_FIELDS]
     if refused and not allow_change:
         names = ", ".join(k for k, _, _ in refused)
