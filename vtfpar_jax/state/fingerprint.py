@@ -56,8 +56,6 @@ ADDED_FIELDS = {
     "backbone.name": "clip",           # 2d1f5f4: CLIP, the only backbone then
     "model.head": "attribute",         # 499e09f: one logit per attribute, the only head then
 }
-# A field that once stored its value in another form: (stored value, its name now).
-RENAMED_VALUES = {"model.remat": ((False, "none"), (True, "blocks"))}
 # config.json gained its fingerprint (be913c5) on the commit after the named random streams
 # (a226c52), and `random_streams` later still: a config.json with a fingerprint and no
 # scheme was written under the first named scheme; one with neither, before them.
@@ -170,20 +168,15 @@ def read_changes(workdir: str) -> list[dict]:
 
 
 def with_added_fields(config: dict) -> tuple[dict, list[str]]:
-    """A stored config as a run then ran it: each renamed field by its name now
-    (`old_names.FIELDS`), each field of `ADDED_FIELDS` it lacks set to its old value
-    (`NO_EQUIVALENT` when none behaves so), each renamed value by its name now; and the
-    fields that were filled in."""
+    """A stored config as a run then ran it: each renamed field and value by its name now
+    (`old_names.config`), each field of `ADDED_FIELDS` it lacks set to its old value
+    (`NO_EQUIVALENT` when none behaves so); and the fields that were filled in."""
     config = old_names.config(config)   # a deep copy
     stored, filled = flatten(config), []
     for key, old in ADDED_FIELDS.items():
         if key not in stored:
             _set(config, key, old)
             filled.append(key)
-    for key, pairs in RENAMED_VALUES.items():
-        for before, now in pairs:
-            if key in stored and type(stored[key]) is type(before) and stored[key] == before:
-                _set(config, key, now)
     return config, filled
 
 
