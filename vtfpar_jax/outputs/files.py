@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 def umask() -> int:
@@ -78,10 +78,12 @@ def atomic_file(path: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str) -> Iterator[str]:
-    """A temporary folder beside `path` to fill; renamed to `path` if the block succeeds.
+def atomic_folder(path: str, move_in: Callable[[str, str], None] | None = None
+                  ) -> Iterator[str]:
+    """A temporary folder beside `path` to fill; if the block succeeds, renamed to `path`, or
+    given to `move_in(temporary, absolute path)` (--out's swap: vtfpar_jax.outputs.out_folder).
 
-    If `path` appeared meanwhile (another writer finished first), it is kept and
+    If `path` appeared meanwhile (another writer finished first), the rename keeps it and
     the temporary folder is removed: both hold the same content.
     """
     parent = os.path.dirname(os.path.abspath(path))
@@ -91,6 +93,9 @@ def atomic_folder(path: str) -> Iterator[str]:
         with named_as(path, temporary):
             yield temporary
             give_default_mode(temporary)
+        if move_in is not None:
+            move_in(temporary, os.path.abspath(path))
+            return
         try:
             os.rename(temporary, path)
         except OSError:
