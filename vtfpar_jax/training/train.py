@@ -172,11 +172,8 @@ def save_run_files(trainer: Trainer):
         with atomic_folder(saved) as temporary:
             build.save_backbone(trainer.backbone_cfg, trainer.backbone_params, temporary)
     path = os.path.join(trainer.workdir, "config.json")
-    if not os.path.exists(path):
-        _write_config_file(trainer, path, digests.of_folder(saved, trainer.workdir))
-
-
-def _write_config_file(trainer: Trainer, path: str, backbone_files: dict[str, str]) -> None:
+    if os.path.exists(path):
+        return
     identity = fingerprint.run_identity(trainer.config)
     with atomic_file(path) as temporary, open(temporary, "w") as f:
         json.dump({"config": trainer.config.to_dict(),
@@ -184,7 +181,7 @@ def _write_config_file(trainer: Trainer, path: str, backbone_files: dict[str, st
                    "random_streams": identity["random_streams"],
                    "splits": identity["splits"],
                    "backbone_origin": backbone_origin.of_config(trainer.config),
-                   "backbone_files": backbone_files,
+                   "backbone_files": digests.of_folder(saved, trainer.workdir),
                    "attribute_set": trainer.attribute_set.name,
                    "phrases": list(trainer.phrases), "tokens": trainer.tokens.tolist(),
                    "positive_ratio": np.asarray(trainer.frozen.positive_ratio).tolist()},
