@@ -228,16 +228,15 @@ def _check_random_streams(path: str, run: dict) -> None:
                             "another work dir, or resume it with the version that started it")
 
 
-def restart_changes(workdir: str, config: ml_collections.ConfigDict,
+def restart_changes(workdir: str, started: StartedRun | None, config: ml_collections.ConfigDict,
                     allow_change: bool = False) -> list[tuple[str, Any, Any]]:
-    """The fields `config` changes against the run in `workdir` ([] for a new run).
+    """The fields `config` changes against `started`, `started_run(workdir)` ([] if None).
 
     A change outside RUN_CONTROL_FIELDS is refused, naming each such field,
     unless `allow_change`. A field added to the config since the work dir was
     written counts as its old value (`ADDED_FIELDS`), so another value of it is
-    a change; a run of another random-stream scheme is refused (`started_run`).
+    a change; a run of another random-stream scheme was refused by `started_run`.
     """
-    started = started_run(workdir)
     if started is None:
         return []
     diffs = differences(current_config(started.config, started.changes), jsonable(config))
