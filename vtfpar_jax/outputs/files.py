@@ -32,10 +32,8 @@ def give_default_mode(path: str) -> None:
     if not os.path.isdir(path):
         os.chmod(path, 0o666 & ~mask)
         return
-    os.chmod(path, 0o777 & ~mask)
-    for root, folders, names in os.walk(path):
-        for name in folders:
-            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+    for root, _, names in os.walk(path):   # `path` first, then each folder under it
+        os.chmod(root, 0o777 & ~mask)
         for name in names:
             if not os.path.islink(os.path.join(root, name)):
                 os.chmod(os.path.join(root, name), 0o666 & ~mask)

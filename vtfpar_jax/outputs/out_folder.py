@@ -34,15 +34,10 @@ class OutFolderError(UserError, ValueError):
     """An output path that cannot be used, or that holds something else."""
 
 
-def _nearest_existing(path: str) -> str:
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    return path
-
-
 def _check_can_create(path: str, option: str) -> None:
-    existing = _nearest_existing(path)
+    existing = os.path.abspath(path)   # the nearest folder or file that exists
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise OutFolderError(f"{option} {path}: {existing} is a file, so nothing can be made "
                              "under it")
