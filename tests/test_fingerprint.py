@@ -14,7 +14,7 @@ from smoke_runs import SMOKE, smoke_config
 from configs import common
 from vtfpar_jax.experiments import ablate, corruptions
 from vtfpar_jax.models import rng, towers, vtfpar
-from vtfpar_jax.state import build, fingerprint, old_names, optim
+from vtfpar_jax.state import build, fingerprint, model_dir, old_names, optim
 from vtfpar_jax.training import config_file, train
 
 
@@ -63,6 +63,11 @@ def _stored_run(tmp_path, **overrides):
     return config
 
 
+def _restart_changes(tmp_path, config, **allow):
+    return fingerprint.restart_changes(str(tmp_path), fingerprint.started_run(str(tmp_path)),
+                                       config, **allow)
+
+
 def _edit_run(tmp_path, edit) -> None:
     run = json.loads((tmp_path / "config.json").read_text())
     edit(run)
@@ -73,9 +78,9 @@ def test_restart_with_another_lr_is_refused_before_anything_is_built(tmp_path, m
     _stored_run(tmp_path)
 
     def not_built(*args):
-        raise AssertionError("the trainer was built")
+        raise AssertionError("the trainer started building")
 
-    monkeypatch.setattr(train, "Trainer", not_built)
+    monkeypatch.setattr(model_dir, "dataset_builder", not_built)   # its first step
     with pytest.raises(fingerprint.ConfigChangeError,
                        match=r"another config \(optimizer.lr 0.001 there, 0.002 now\).*"
                              r"--allow_config_change"):
@@ -83,10 +88,10 @@ def test_restart_with_another_lr_is_refused_before_anything_is_built(tmp_path, m
                                  str(tmp_path))
     assert not (tmp_path / fingerprint.CHANGES_FILE).exists()
     changed = smoke_config("/elsewhere", num_epochs=5, log_every_steps=7)
-    assert fingerprint.restart_changes(str(tmp_path), changed) == [
+    assert _restart_changes(tmp_path, changed) == [
         ("data_dir", "/data", "/elsewhere"), ("log_every_steps", 1, 7), ("num_epochs", 2, 5)]
     allowed = smoke_config("/data", **{"optimizer.lr": 2e-3})
-    assert fingerprint.restart_changes(str(tmp_path), allowed, allow_change=True) == [
+    assert _restart_changes(tmp_path, allowed, allow_change=True) == [
         ("optimizer.lr", 0.001, 0.002)]
 
 
@@ -122,16 +127,16 @@ def test_a_field_added_since_a_work_dir_was_written_resumes_only_at_its_old_valu
                        match=r"another config \(model.attention 'xla' there, 'auto' now\) "
                              r"\(model.attention came after that run started, which ran as "
                              r"model.attention='xla'\); a restart may change only"):
-        fingerprint.restart_changes(str(tmp_path), config)
+        _restart_changes(tmp_path, config)
     config.model.attention = "xla"     # CLIP, the old backbone, is the config's already
-    assert fingerprint.restart_changes(str(tmp_path), config) == []
+    assert _restart_changes(tmp_path, config) == []
     # A field no value of which behaves as before never resumes.
     _edit_run(tmp_path, lambda run: run["config"]["input"].pop("frame_size"))
     with pytest.raises(fingerprint.ConfigChangeError,
                        match=r"input.frame_size '<absent>' there, \[0, 0\] now\) "
                              r"\(input.frame_size came after that run started, and no value of "
                              r"it behaves as the run did\)"):
-        fingerprint.restart_changes(str(tmp_path), config)
+        _restart_changes(tmp_path, config)
 
 
 def _under_old_names(run: dict) -> None:
@@ -148,35 +153,36 @@ def test_a_run_stored_under_the_backbones_old_names_resumes_under_the_new(tmp_pa
     config = _stored_run(tmp_path, **{"model.backbone_dtype": "bfloat16"})
     _edit_run(tmp_path, _under_old_names)
     assert "clip" in json.loads((tmp_path / "config.json").read_text())["config"]
-    assert fingerprint.restart_changes(str(tmp_path), config) == []
+    assert _restart_changes(tmp_path, config) == []
     config.backbone.preset = "vit_b16"
     config.frozen_patterns = ("backbone/text/.*",)
-    assert fingerprint.restart_changes(str(tmp_path), config, allow_change=True) == [
+    assert _restart_changes(tmp_path, config, allow_change=True) == [
         ("backbone.preset", "tiny", "vit_b16"), ("frozen_patterns", ["backbone/.*"],
                                                  ["backbone/text/.*"])]
     # A change recorded under an old name is replayed under the new one.
     fingerprint.record_changes(str(tmp_path), [("clip.preset", "tiny", "vit_b16")], 5)
-    assert fingerprint.current_config(str(tmp_path), fingerprint.started_run(
-        str(tmp_path)).config)["backbone"]["preset"] == "vit_b16"
+    started = fingerprint.started_run(str(tmp_path))
+    assert fingerprint.current_config(started.config, started.changes)["backbone"][
+        "preset"] == "vit_b16"
 
 
 def test_a_field_stored_in_an_older_form_reads_as_its_name_now(tmp_path):
     config = _stored_run(tmp_path, **{"model.remat": "none"})
     _edit_run(tmp_path, lambda run: run["config"]["model"].update(remat=False))
-    assert fingerprint.restart_changes(str(tmp_path), config) == []
+    assert _restart_changes(tmp_path, config) == []
     config.model.remat = "blocks"
     with pytest.raises(fingerprint.ConfigChangeError, match="model.remat 'none' there"):
-        fingerprint.restart_changes(str(tmp_path), config)
+        _restart_changes(tmp_path, config)
 
 
 def test_a_work_dir_resumes_only_under_its_own_random_streams(tmp_path):
     config = _stored_run(tmp_path)
     # Written after the named streams, before they were recorded: it has a fingerprint.
     _edit_run(tmp_path, lambda run: run.pop("random_streams"))
-    assert fingerprint.restart_changes(str(tmp_path), config) == []
+    assert _restart_changes(tmp_path, config) == []
     _edit_run(tmp_path, lambda run: run.pop("fingerprint"))     # older still
     with pytest.raises(fingerprint.ConfigChangeError) as before:
-        fingerprint.restart_changes(str(tmp_path), config)
+        _restart_changes(tmp_path, config)
     assert str(before.value) == (
         f"{tmp_path / 'config.json'} was written before the named random streams; this "
         f"version draws '{rng.SCHEME}', so the run would resume with another data order and "
@@ -184,7 +190,7 @@ def test_a_work_dir_resumes_only_under_its_own_random_streams(tmp_path):
     _edit_run(tmp_path, lambda run: run.update(random_streams="named-streams/9"))
     with pytest.raises(fingerprint.ConfigChangeError, match="records random streams "
                                                             "'named-streams/9'; this version"):
-        fingerprint.restart_changes(str(tmp_path), config)
+        _restart_changes(tmp_path, config)
 
 
 def test_a_stored_identity_says_what_it_left_unsaid():
@@ -204,15 +210,15 @@ def test_the_config_in_force_replays_the_recorded_changes(tmp_path):
     assert [(e["step"], e["allowed_by"]) for e in lines] == [(6, None),
                                                             (9, "allow_config_change")]
     stored = json.loads((tmp_path / "config.json").read_text())["config"]
-    now = fingerprint.current_config(str(tmp_path), stored)
+    now = fingerprint.current_config(stored, fingerprint.read_changes(str(tmp_path)))
     assert (now["num_epochs"], now["optimizer"]["lr"]) == (4, 5e-4)
     assert stored["num_epochs"] == 2          # config.json itself is never rewritten
     # Restarting with what is now in force changes nothing.
     same = smoke_config("/data", num_epochs=4, **{"optimizer.lr": 5e-4})
-    assert fingerprint.restart_changes(str(tmp_path), same) == []
+    assert _restart_changes(tmp_path, same) == []
     with pytest.raises(fingerprint.ConfigChangeError, match="optimizer.lr 0.0005 there, "
                                                             "0.001 now"):
-        fingerprint.restart_changes(str(tmp_path), config)
+        _restart_changes(tmp_path, config)
 
 
 def test_a_corruption_definition_names_its_levels_and_code(monkeypatch):

@@ -169,7 +169,7 @@ def test_a_model_dirs_backbone_changed_after_it_was_written_is_named(demo_model,
     """A model dir's config.json records the SHA-256 of its backbone/ files: a load and a
     restart refuse a changed byte or an added file, naming it, where they would read it."""
     from configs import demo
-    from vtfpar_jax.state import digests, model_dir
+    from vtfpar_jax.state import digests, fingerprint, model_dir
     from vtfpar_jax.training import train
     model = tmp_path / "model"
     shutil.copytree(demo_model["model"], model)
@@ -182,7 +182,8 @@ def test_a_model_dirs_backbone_changed_after_it_was_written_is_named(demo_model,
                        f"SHA-256 that {model}/config.json records"):
         model_dir.load(str(model))
     with pytest.raises(digests.DigestError, match=f"{weights}: missing or differs"):
-        train.run_backbone(demo.get_config("smoke"), str(model))
+        train.run_backbone(demo.get_config("smoke"), str(model),
+                           fingerprint.started_run(str(model)))
     _change_last_byte(weights)   # back as it was
     (model / "backbone" / "notes.txt").write_text("added")
     with pytest.raises(digests.DigestError, match="backbone/notes.txt: not listed in"):

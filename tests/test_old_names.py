@@ -31,6 +31,9 @@ def test_a_config_of_earlier_code_reads_under_todays_names():
     # Before config.backbone existed (2d1f5f4) there was no name: fingerprint.ADDED_FIELDS
     # fills it in.
     assert old_names.config({"clip": {"preset": "tiny"}}) == {"backbone": {"preset": "tiny"}}
+    # model.remat was a bool before the remat policies (1db70a4).
+    assert old_names.config({"model": {"remat": True}}) == {"model": {"remat": "blocks"}}
+    assert old_names.config({**NEW, "model": {"remat": False}})["model"] == {"remat": "none"}
     assert [old_names.field(f) for f in ("clip.path", "backbone", "model.clip_dtype",
                                          "clipboard", "model.dim")] == [
         "backbone.path", "backbone.name", "model.backbone_dtype", "clipboard", "model.dim"]

@@ -14,7 +14,7 @@ from smoke_runs import SMOKE, smoke_config
 
 from vtfpar_jax.experiments import ablate
 from vtfpar_jax.models import rng, towers
-from vtfpar_jax.state import build, fingerprint
+from vtfpar_jax.state import build, fingerprint, model_dir
 from vtfpar_jax.training import config_file, train
 
 SWEEP = "model.temporal_aggregation=mean"
@@ -117,9 +117,9 @@ def test_a_work_dir_of_other_random_streams_is_refused_before_anything_is_built(
     (tmp_path / "config.json").write_text(json.dumps(run))
 
     def not_built(*args):
-        raise AssertionError("the trainer was built")
+        raise AssertionError("the trainer started building")
 
-    monkeypatch.setattr(train, "Trainer", not_built)
+    monkeypatch.setattr(model_dir, "dataset_builder", not_built)   # its first step
     with pytest.raises(fingerprint.ConfigChangeError, match="records random streams "
                                                             "'named-streams/0'"):
         train.train_and_evaluate(config, str(tmp_path))
@@ -135,9 +135,9 @@ def test_a_restart_runs_the_backbone_its_clip_folder_holds(tmp_path, monkeypatch
     generator = np.random.default_rng(0)
     saved = jax.tree.map(lambda s: generator.standard_normal(s.shape).astype(s.dtype), shapes)
     monkeypatch.setattr(build, "load_backbone", lambda config, seed: ("drawn", seed))
-    assert train.run_backbone(config, str(tmp_path)) == ("drawn", config.seed)   # a new run
+    assert train.run_backbone(config, str(tmp_path), None) == ("drawn", config.seed)  # new
     build.save_backbone(cfg, saved, str(tmp_path / "backbone"))
-    restarted_cfg, restarted = train.run_backbone(config, str(tmp_path))
+    restarted_cfg, restarted = train.run_backbone(config, str(tmp_path), None)
     assert restarted_cfg == cfg
     assert all(jax.tree.leaves(jax.tree.map(
         lambda a, b: np.array_equal(np.asarray(a), b), restarted, saved)))

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 def umask() -> int:
@@ -32,10 +32,8 @@ def give_default_mode(path: str) -> None:
     if not os.path.isdir(path):
         os.chmod(path, 0o666 & ~mask)
         return
-    os.chmod(path, 0o777 & ~mask)
-    for root, folders, names in os.walk(path):
-        for name in folders:
-            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+    for root, _, names in os.walk(path):   # `path` first, then each folder under it
+        os.chmod(root, 0o777 & ~mask)
         for name in names:
             if not os.path.islink(os.path.join(root, name)):
                 os.chmod(os.path.join(root, name), 0o666 & ~mask)
@@ -78,10 +76,12 @@ def atomic_file(path: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str) -> Iterator[str]:
-    """A temporary folder beside `path` to fill; renamed to `path` if the block succeeds.
+def atomic_folder(path: str, move_in: Callable[[str, str], None] | None = None
+                  ) -> Iterator[str]:
+    """A temporary folder beside `path` to fill; if the block succeeds, renamed to `path`, or
+    given to `move_in(temporary, absolute path)` (--out's swap: vtfpar_jax.outputs.out_folder).
 
-    If `path` appeared meanwhile (another writer finished first), it is kept and
+    If `path` appeared meanwhile (another writer finished first), the rename keeps it and
     the temporary folder is removed: both hold the same content.
     """
     parent = os.path.dirname(os.path.abspath(path))
@@ -91,6 +91,9 @@ def atomic_folder(path: str) -> Iterator[str]:
         with named_as(path, temporary):
             yield temporary
             give_default_mode(temporary)
+        if move_in is not None:
+            move_in(temporary, os.path.abspath(path))
+            return
         try:
             os.rename(temporary, path)
         except OSError:

@@ -16,6 +16,7 @@ write in place (robustness resumes cell by cell; export writes one file and its 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -33,15 +34,10 @@ class OutFolderError(UserError, ValueError):
     """An output path that cannot be used, or that holds something else."""
 
 
-def _nearest_existing(path: str) -> str:
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    return path
-
-
 def _check_can_create(path: str, option: str) -> None:
-    existing = _nearest_existing(path)
+    existing = os.path.abspath(path)   # the nearest folder or file that exists
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise OutFolderError(f"{option} {path}: {existing} is a file, so nothing can be made "
                              "under it")
@@ -156,20 +152,11 @@ class OutFolder(contextlib.AbstractContextManager):
         released at the end, whichever way it ends."""
         try:
             self.check_step(step)
-            target = os.path.abspath(self.path)
-            temporary = tempfile.mkdtemp(dir=os.path.dirname(target),
-                                         prefix=f".{os.path.basename(target)}.tmp-")
-            try:
-                # An error names the file under --out, not in a folder that is then gone.
-                with files.named_as(self.path, temporary):
-                    yield temporary
-                files.write_json(os.path.join(temporary, MANIFEST),
+            with files.atomic_folder(self.path, functools.partial(_swap_in, self.path)) as folder:
+                yield folder
+                files.write_json(os.path.join(folder, MANIFEST),
                                  {"command": self.command, "identity": self.identity,
                                   "step": step, **recorded})
-                files.give_default_mode(temporary)
-                _swap_in(temporary, target, self.path)
-            finally:
-                shutil.rmtree(temporary, ignore_errors=True)
         finally:
             self.release()
 
@@ -191,7 +178,7 @@ def _check_replaceable(path: str, reads: Sequence[str]) -> None:
                                  + "; give the results a folder of their own, new or empty")
 
 
-def _swap_in(temporary: str, target: str, shown: str) -> None:
+def _swap_in(shown: str, temporary: str, target: str) -> None:
     """`temporary` renamed to `target`; what `target` held is moved aside, and put back if
     the new folder cannot be moved in, then removed once the new one is in place. Ctrl-C and
     SIGTERM wait until the renames are done: a stop between them would leave no --out. Then

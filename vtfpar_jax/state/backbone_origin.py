@@ -49,10 +49,8 @@ def of_path(path: str) -> dict:
 def of_hub(repo: str, snapshot: str) -> dict:
     """The origin of Hub repo `repo` read from its `snapshot` folder (named by its commit)."""
     from huggingface_hub.utils import filter_repo_objects
-    names = filter_repo_objects(
-        (os.path.relpath(os.path.join(root, name), snapshot)
-         for root, _, names in os.walk(snapshot) for name in names),
-        allow_patterns=HUB_PATTERNS)
+    names = filter_repo_objects(digests.files_under(snapshot, snapshot),
+                                allow_patterns=HUB_PATTERNS)
     return {"hub": repo, "commit": os.path.basename(snapshot),
             "files": {name: digests.sha256(os.path.join(snapshot, name))
                       for name in sorted(names)}}

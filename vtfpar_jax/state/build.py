@@ -136,18 +136,10 @@ def model_config(config: ml_collections.ConfigDict, backbone_cfg: BackboneConfig
             dim=m.dim, heads=m.heads or None, side_patch_size=m.side_patch_size,
             use_spatial=m.use_spatial, use_temporal=m.use_temporal,
             drop_path_rate=m.drop_path_rate, dtype=m.dtype, backbone_dtype=m.backbone_dtype,
-            remat=_remat_policy(m.get("remat", "none")), attention=m.get("attention", "auto"),
+            remat=m.get("remat", "none"), attention=m.get("attention", "auto"),
             head=head, group_columns=tuple(map(tuple, group_columns)) if head == "group" else ())
     except ValueError as e:  # the model config's checks: a field that cannot work
         raise ConfigError(str(e)) from None
-
-
-def _remat_policy(value) -> str:
-    """model.remat as a policy name. Runs made before the policies saved a bool
-    (or no field at all: no remat), which mean 'blocks' and 'none'."""
-    if isinstance(value, bool):
-        return "blocks" if value else "none"
-    return value
 
 
 def attribute_tokens(config: ml_collections.ConfigDict, attribute_set: attributes.AttributeSet,

@@ -25,11 +25,16 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def files_under(folder: str, relative_to: str) -> list[str]:
+    """The path relative to `relative_to` of every file under `folder`."""
+    return [os.path.relpath(os.path.join(root, name), relative_to)
+            for root, _, names in os.walk(folder) for name in names]
+
+
 def of_folder(folder: str, relative_to: str) -> dict[str, str]:
     """{path relative to `relative_to`: SHA-256} of every file under `folder`."""
-    return {os.path.relpath(os.path.join(root, name), relative_to):
-            sha256(os.path.join(root, name))
-            for root, _, names in os.walk(folder) for name in names}
+    return {name: sha256(os.path.join(relative_to, name))
+            for name in files_under(folder, relative_to)}
 
 
 def check_folder(folder: str, relative_to: str, recorded: dict[str, str], record: str,
@@ -39,9 +44,7 @@ def check_folder(folder: str, relative_to: str, recorded: dict[str, str], record
     SHA-256}, from the file `record`) lists, with that digest, and none it lists is missing.
     With `extra_allowed` (a Hub snapshot may hold files the record does not list), only the
     listed files are checked; `differs(path)` is the message of a missing or changed one."""
-    found = set() if extra_allowed else {
-        os.path.relpath(os.path.join(root, name), relative_to)
-        for root, _, names in os.walk(folder) for name in names}
+    found = set() if extra_allowed else set(files_under(folder, relative_to))
     for name in sorted(found | set(recorded)):
         path = os.path.join(relative_to, name)
         if name not in recorded:

@@ -56,8 +56,6 @@ ADDED_FIELDS = {
     "backbone.name": "clip",           # 2d1f5f4: CLIP, the only backbone then
     "model.head": "attribute",         # 499e09f: one logit per attribute, the only head then
 }
-# A field that once stored its value in another form: (stored value, its name now).
-RENAMED_VALUES = {"model.remat": ((False, "none"), (True, "blocks"))}
 # config.json gained its fingerprint (be913c5) on the commit after the named random streams
 # (a226c52), and `random_streams` later still: a config.json with a fingerprint and no
 # scheme was written under the first named scheme; one with neither, before them.
@@ -107,17 +105,12 @@ def describe(diffs: list[tuple[str, Any, Any]], limit: int = 6) -> str:
     return "; ".join(parts)
 
 
-def attribute_set_name(dataset: str) -> str | None:
-    """The attribute set of a TFDS builder name, from its class (nothing is read)."""
-    import input_pipeline
-    return getattr(input_pipeline.builder_class(dataset.partition("/")[0]), "ATTRIBUTE_SET",
-                   None)
-
-
 def run_identity(config: ml_collections.ConfigDict, splits: dict | None = None) -> dict:
-    """What a training run (or an ablation point) runs: config, attribute set, splits and
-    the random-stream scheme."""
-    return {"config": jsonable(config), "attribute_set": attribute_set_name(config.dataset),
+    """What a training run (or an ablation point) runs: config, attribute set (from the TFDS
+    builder's class: nothing is read), splits and the random-stream scheme."""
+    import input_pipeline
+    builder = input_pipeline.builder_class(config.dataset.partition("/")[0])
+    return {"config": jsonable(config), "attribute_set": getattr(builder, "ATTRIBUTE_SET", None),
             "splits": dict(splits or TRAINING_SPLITS), "random_streams": rng.SCHEME}
 
 
@@ -155,17 +148,17 @@ def corruption_definition(corruption) -> dict:
 # ----------------------------------------------------- a training work dir's config
 
 
-def current_config(workdir: str, stored: dict) -> dict:
-    """The config in force in `workdir`: config.json's `stored` config with the
-    changes of config_changes.jsonl applied, in order."""
+def current_config(stored: dict, changes: list[dict]) -> dict:
+    """The config in force: config.json's `stored` config with `changes`, the entries of
+    config_changes.jsonl (`read_changes`), applied in order."""
     config = json.loads(json.dumps(stored))   # a deep copy
-    for entry in _changes(workdir):
+    for entry in changes:
         for key, change in entry["changes"].items():
             _set(config, old_names.field(key), change["new"])
     return config
 
 
-def _changes(workdir: str) -> list[dict]:
+def read_changes(workdir: str) -> list[dict]:
     """The entries of `workdir`'s config_changes.jsonl, in order ([] without one)."""
     path = os.path.join(workdir, CHANGES_FILE)
     if not os.path.exists(path):
@@ -175,20 +168,15 @@ def _changes(workdir: str) -> list[dict]:
 
 
 def with_added_fields(config: dict) -> tuple[dict, list[str]]:
-    """A stored config as a run then ran it: each renamed field by its name now
-    (`old_names.FIELDS`), each field of `ADDED_FIELDS` it lacks set to its old value
-    (`NO_EQUIVALENT` when none behaves so), each renamed value by its name now; and the
-    fields that were filled in."""
+    """A stored config as a run then ran it: each renamed field and value by its name now
+    (`old_names.config`), each field of `ADDED_FIELDS` it lacks set to its old value
+    (`NO_EQUIVALENT` when none behaves so); and the fields that were filled in."""
     config = old_names.config(config)   # a deep copy
     stored, filled = flatten(config), []
     for key, old in ADDED_FIELDS.items():
         if key not in stored:
             _set(config, key, old)
             filled.append(key)
-    for key, pairs in RENAMED_VALUES.items():
-        for before, now in pairs:
-            if key in stored and type(stored[key]) is type(before) and stored[key] == before:
-                _set(config, key, now)
     return config, filled
 
 
@@ -221,7 +209,7 @@ def started_run(workdir: str) -> StartedRun | None:
         with open(path) as f:
             run = json.load(f)
         config, added = with_added_fields(run["config"])
-        changes = _changes(workdir)
+        changes = read_changes(workdir)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigChangeError(f"{path}: cannot read the config this run started with ({e}); "
                                 "use another work dir") from None
@@ -240,19 +228,18 @@ def _check_random_streams(path: str, run: dict) -> None:
                             "another work dir, or resume it with the version that started it")
 
 
-def restart_changes(workdir: str, config: ml_collections.ConfigDict,
+def restart_changes(workdir: str, started: StartedRun | None, config: ml_collections.ConfigDict,
                     allow_change: bool = False) -> list[tuple[str, Any, Any]]:
-    """The fields `config` changes against the run in `workdir` ([] for a new run).
+    """The fields `config` changes against `started`, `started_run(workdir)` ([] if None).
 
     A change outside RUN_CONTROL_FIELDS is refused, naming each such field,
     unless `allow_change`. A field added to the config since the work dir was
     written counts as its old value (`ADDED_FIELDS`), so another value of it is
-    a change; a run of another random-stream scheme is refused (`started_run`).
+    a change; a run of another random-stream scheme was refused by `started_run`.
     """
-    started = started_run(workdir)
     if started is None:
         return []
-    diffs = differences(current_config(workdir, started.config), jsonable(config))
+    diffs = differences(current_config(started.config, started.changes), jsonable(config))
     refused = [d for d in diffs if d[0] not in RUN_CONTROL_FIELDS]
     if refused and not allow_change:
         names = ", ".join(k for k, _, _ in refused)

@@ -180,7 +180,8 @@ def load(model: str, step: int | None = None) -> LoadedModel:
     if "hub" in run:   # a Hub layout's config.json (a model dir's has checkpoints instead)
         return _load_layout(model, run, step)
     # The config in force: a restart may have changed e.g. data_dir since config.json.
-    config = ml_collections.ConfigDict(fingerprint.current_config(model, run["config"]))
+    config = ml_collections.ConfigDict(fingerprint.current_config(
+        run["config"], fingerprint.read_changes(model)))
     saved = old_names.backbone_folder(model)
     digests.check_backbone(saved, model, run.get("backbone_files"))
     backbone_cfg, backbone_params = _backbone(model, config, saved)

@@ -5,7 +5,9 @@ Until then "clip" named the frozen backbone, CLIP or SigLIP alike: the config gr
 one), `model.clip_dtype`, the params key `clip` beside `model` (so `frozen_patterns` such as
 'clip/.*'), and a model dir's `clip/` folder. Model dirs, checkpoints, Hub layouts and
 experiment records written then still hold those names; every reader maps them here, so a
-model made then loads, and a run started then resumes, as one made today.
+model made then loads, and a run started then resumes, as one made today. One value changed
+its form: `model.remat`, a bool before the remat policies (1db70a4), reads as the policy it
+meant.
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ def field(name: str) -> str:
 
 
 def config(stored: dict) -> dict:
-    """A stored config (dict, as config.json holds it) under today's names; one that has them
-    already is returned as it is (a copy)."""
+    """A stored config (dict, as config.json holds it) under today's names and forms; one that
+    has them already is returned as it is (a copy)."""
     c = copy.deepcopy(stored)
+    model = c.get("model", {})
+    if isinstance(model.get("remat"), bool):
+        model["remat"] = "blocks" if model["remat"] else "none"
     if isinstance(c.get("backbone"), dict) and "clip" not in c:
         return c
     group = dict(c.pop("clip", {}))
@@ -49,8 +54,7 @@ def config(stored: dict) -> dict:
         group["name"] = c.pop("backbone")
     if group:
         c["backbone"] = group
-    model = c.get("model")
-    if isinstance(model, dict) and "clip_dtype" in model:
+    if "clip_dtype" in model:
         model["backbone_dtype"] = model.pop("clip_dtype")
     if "frozen_patterns" in c:
         c["frozen_patterns"] = [frozen_pattern(p) for p in c["frozen_patterns"]]

@@ -54,10 +54,10 @@ class MetricsLogger:
             self.tb.close()
             self.jsonl.close()
 
-    def plot_curves(self) -> str | None:
+    def plot_curves(self) -> None:
         """training_curves.png from metrics.jsonl: loss, learning rate, eval F1."""
         if not self.enabled or not os.path.exists(self.path):
-            return None
+            return
         from matplotlib.figure import Figure
 
         rows = [json.loads(line) for line in open(self.path)]
@@ -70,7 +70,5 @@ class MetricsLogger:
                 ax.plot(*zip(*points, strict=True), marker="." if len(points) < 50 else None)
             ax.set_title(title)
             ax.set_xlabel("step")
-        out = os.path.join(self.workdir, "training_curves.png")
         fig.tight_layout()
-        files.save_figure(fig, out, dpi=100)
-        return out
+        files.save_figure(fig, os.path.join(self.workdir, "training_curves.png"), dpi=100)

@@ -61,14 +61,17 @@ log = logging.getLogger(__name__)
 class Trainer:
     """Builds everything a run needs from a config and a work dir, then trains."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, allow_change=False):
         from input_pipeline import pipeline
 
         self.config, self.workdir = config, workdir
+        # A restart's changes, refused (unless `allow_change`) before anything is loaded.
+        started = fingerprint.started_run(workdir)
+        self.changes = fingerprint.restart_changes(workdir, started, config, allow_change)
         self.pipeline = pipeline
         self.builder = model_dir.dataset_builder(config)
         self.attribute_set = pipeline.attribute_set(self.builder)
-        self.backbone_cfg, backbone_params = run_backbone(config, workdir)
+        self.backbone_cfg, backbone_params = run_backbone(config, workdir, started)
         # The full float32 backbone stays on the host (numpy), for backbone/ and the text
         # features; only the step's trimmed copy (`step_frozen_params`) goes to the devices.
         # A copy: on the CPU backend np.asarray is a view that keeps the device buffer alive.
@@ -143,13 +146,13 @@ class Trainer:
             epoch, start = epoch + 1, 0
 
 
-def run_backbone(config: ml_collections.ConfigDict, workdir: str):
-    """(backbone cfg, params) of the run in `workdir`: on a restart, its backbone/ copy, written
-    when the run started, so that it resumes on the very weights it started with (a
-    random backbone is not drawn again, a hub id not fetched again at a newer revision)."""
+def run_backbone(config: ml_collections.ConfigDict, workdir: str,
+                 started: fingerprint.StartedRun | None):
+    """(backbone cfg, params) of the run in `workdir`: on a restart, its backbone/ copy as
+    `started` (its config.json) records it, so that it resumes on the very weights it started
+    with (a random backbone is not drawn again, a hub id not fetched again at a newer revision)."""
     saved = old_names.backbone_folder(workdir)
     if os.path.isdir(saved):
-        started = fingerprint.started_run(workdir)
         if started is not None:
             digests.check_backbone(saved, workdir, started.backbone_files)
         return build.load_backbone_folder(saved)
@@ -172,11 +175,8 @@ def save_run_files(trainer: Trainer):
         with atomic_folder(saved) as temporary:
             build.save_backbone(trainer.backbone_cfg, trainer.backbone_params, temporary)
     path = os.path.join(trainer.workdir, "config.json")
-    if not os.path.exists(path):
-        _write_config_file(trainer, path, digests.of_folder(saved, trainer.workdir))
-
-
-def _write_config_file(trainer: Trainer, path: str, backbone_files: dict[str, str]) -> None:
+    if os.path.exists(path):
+        return
     identity = fingerprint.run_identity(trainer.config)
     with atomic_file(path) as temporary, open(temporary, "w") as f:
         json.dump({"config": trainer.config.to_dict(),
@@ -184,7 +184,7 @@ def _write_config_file(trainer: Trainer, path: str, backbone_files: dict[str, st
                    "random_streams": identity["random_streams"],
                    "splits": identity["splits"],
                    "backbone_origin": backbone_origin.of_config(trainer.config),
-                   "backbone_files": backbone_files,
+                   "backbone_files": digests.of_folder(saved, trainer.workdir),
                    "attribute_set": trainer.attribute_set.name,
                    "phrases": list(trainer.phrases), "tokens": trainer.tokens.tolist(),
                    "positive_ratio": np.asarray(trainer.frozen.positive_ratio).tolist()},
@@ -195,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> dict:
     """Train (resuming from the work dir's newest good checkpoint) and evaluate.
 
-    A restart's config is checked before anything is built (`fingerprint.restart_changes`;
+    A restart's config is checked before anything is built (`Trainer`;
     `allow_config_change` lets any change through, recorded with its step).
 
     Whatever happens once the lock is taken (a failed start included), the lock,
@@ -217,8 +217,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         cleanup: contextlib.ExitStack, allow_config_change: bool) -> dict:
     from vtfpar_jax.evaluation import evaluate
 
-    changes = fingerprint.restart_changes(workdir, config, allow_config_change)
-    trainer = Trainer(config, workdir)
+    trainer = Trainer(config, workdir, allow_config_change)
     save_run_files(trainer)
     store = CheckpointStore(workdir, keep=config.keep_checkpoints,
                             keep_every=config.keep_every_steps or None,
@@ -234,9 +233,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             raise
         log.info("no checkpoint in %s: training from scratch", workdir)
     step = int(state.step)
-    if changes and jax.process_index() == 0:
-        fingerprint.record_changes(workdir, changes, step)
-        log.warning("config changed from step %d on: %s", step, fingerprint.describe(changes))
+    if trainer.changes and jax.process_index() == 0:
+        fingerprint.record_changes(workdir, trainer.changes, step)
+        log.warning("config changed from step %d on: %s", step,
+                    fingerprint.describe(trainer.changes))
     logger = MetricsLogger(workdir, total_steps=trainer.total_steps, initial_step=step)
     cleanup.callback(logger.close)
     log.info("params: %s", trainer.count_params())
