@@ -30,8 +30,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="vtfpar to-openpar", description=__doc__.splitlines()[0])
     cli_errors.add_model_options(parser)
     parser.add_argument("--out", required=True, help="the .pth file to write (must be new)")
-    args = parser.parse_args(argv)
-    cli_errors.run(lambda: _to_openpar(args))
+    return cli_errors.parse_and_run(parser, argv, _to_openpar)
 
 
 def _to_openpar(args) -> None:

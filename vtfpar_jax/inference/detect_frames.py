@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     detectors.add_options(parser)
     parser.add_argument("--scale", type=float, default=0.5)
     cli_errors.add_out_options(parser, "frames for the same video and options", "frames_out")
-    args = parser.parse_args(argv)
-    cli_errors.run(lambda: _detect(args))
+    return cli_errors.parse_and_run(parser, argv, _detect)
 
 
 def _detect(args: argparse.Namespace) -> None:
