@@ -68,6 +68,15 @@ def test_track_thresholds_outside_0_1_are_refused(flag, tmp_path, capsys):
     assert flag in line
 
 
+@pytest.mark.parametrize("flag, value", [("--score_threshold", "1.5"), ("--min_person_px", "0")])
+def test_detect_checks_its_detector_options_as_track_does(flag, value, tmp_path, capsys):
+    from vtfpar_jax.inference import detect_frames
+    line = _refused(detect_frames.main, [str(tmp_path / "street.mp4"), "--frames", "1", flag,
+                                         value, "--out", str(tmp_path / "out")], capsys)
+    assert flag in line and value in line
+    assert not (tmp_path / "out").exists()
+
+
 def _train(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vtfpar_jax", "train", *args], cwd=REPO,
                           env=subprocess_env(), capture_output=True, text=True, timeout=600)

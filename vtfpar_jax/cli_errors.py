@@ -12,7 +12,8 @@ and before that stop reached `run`: then it is how a library's C code let the si
 signal itself. `outputs/stop_signals.py` makes sure the stop does reach `run`, so no later
 error is relabelled.
 
-A command's main parses its arguments, then hands its body to `run`. While it works,
+A command's main parses its arguments (the options several share: `add_model_options`,
+`add_dataset_options`, `add_out_options`), then hands its body to `run`. While it works,
 the body says what an interruption would leave with `stop_signals.on_stop(...)`, so the
 line is true at every moment (e.g. "the 3 cells done are kept"). Training
 sets its own SIGTERM handler while it trains (checkpoint, then stop, then `Terminated`);
@@ -54,6 +55,30 @@ def parse_and_run(parser: argparse.ArgumentParser, argv: list[str] | None,
                         help="library logging (JAX, Orbax, TFDS, jax2onnx) at INFO")
     args = parser.parse_args(argv)
     return run(lambda: body(args), args.verbose)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, the model dir a command reads, and --step, its checkpoint."""
+    parser.add_argument("--model", required=True, help="a training work dir or converted model")
+    parser.add_argument("--step", type=int, default=None,
+                        help="checkpoint step (default: the newest that loads)")
+
+
+def add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    """--split and --data_dir: the TFDS split a command evaluates the model on."""
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--data_dir", default=None,
+                        help="TFDS data dir (default: the one the model was trained with)")
+
+
+def add_out_options(parser: argparse.ArgumentParser, holds: str, default: str | None,
+                    shown: str = "%(default)s") -> None:
+    """--out, a folder for `outputs.out_folder.OutFolder`, and --overwrite."""
+    parser.add_argument("--out", default=default,
+                        help=f"output folder, new or empty, or holding this command's {holds} "
+                        f"(default {shown})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace what --out holds, whole, if a command of ours wrote it")
 
 
 def _tfds_internals(record: logging.LogRecord) -> bool:

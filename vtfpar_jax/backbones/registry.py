@@ -9,6 +9,7 @@ by a backbone config object (`of`) or by a saved folder's config.json (`of_folde
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -83,6 +84,26 @@ def shape_config(backbone: str, shape: str) -> Any:
 def shapes() -> tuple[str, ...]:
     """Every ViT shape some registered backbone has (the choices of `--shape`)."""
     return tuple(dict.fromkeys(s for b in REGISTRY.values() for s in b.shapes))
+
+
+def add_shape_options(parser: argparse.ArgumentParser) -> None:
+    """--backbone and --shape, for `parsed_shape` (--clip, --shape's name before "clip"
+    stopped naming any backbone, is refused naming --shape)."""
+    parser.add_argument("--backbone", default="clip", choices=sorted(REGISTRY),
+                        help="the frozen backbone (random weights of its shape)")
+    parser.add_argument("--shape", default="vit_b16", choices=shapes(),
+                        help="the backbone's ViT shape (so400m14: SigLIP only, vit_l14: CLIP only)")
+    parser.add_argument("--clip", dest="renamed_shape", default=None, help=argparse.SUPPRESS)
+
+
+def parsed_shape(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """`shape_config` of the parsed --backbone and --shape, or argparse's error line."""
+    if args.renamed_shape is not None:
+        parser.error("--clip is now --shape")
+    try:
+        return shape_config(args.backbone, args.shape)
+    except ValueError as e:
+        parser.error(str(e))
 
 
 def of(cfg: Any) -> Backbone:

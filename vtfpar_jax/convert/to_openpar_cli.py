@@ -29,12 +29,9 @@ def command_line(options: dict) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="vtfpar to-openpar", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="the model dir to export")
+    cli_errors.add_model_options(parser)
     parser.add_argument("--out", required=True, help="the .pth file to write (must be new)")
-    parser.add_argument("--step", type=int, default=None,
-                        help="the checkpoint step (default: the newest that loads)")
-    args = parser.parse_args(argv)
-    cli_errors.run(lambda: _to_openpar(args))
+    return cli_errors.parse_and_run(parser, argv, _to_openpar)
 
 
 def _to_openpar(args) -> None:

@@ -145,16 +145,10 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
 def main(argv=None):
     import argparse
     parser = argparse.ArgumentParser(prog="vtfpar evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a training work dir or converted model")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--step", type=int, default=None)
-    parser.add_argument("--out", default=None,
-                        help="report folder, new or empty, or holding this command's results "
-                        "for the same model and split (default MODEL/eval_SPLIT)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace whatever --out holds, whole")
-    parser.add_argument("--data_dir", default=None,
-                        help="TFDS data dir (default: the one the model was trained with)")
+    cli_errors.add_model_options(parser)
+    cli_errors.add_dataset_options(parser)
+    cli_errors.add_out_options(parser, "results for the same model and split", None,
+                               "MODEL/eval_SPLIT")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return cli_errors.parse_and_run(parser, argv, _evaluate)
 

@@ -200,15 +200,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="vtfpar robustness", description=__doc__.splitlines()[0].split(":")[0],
         epilog=f"corruptions: {', '.join(corruptions.CORRUPTIONS)} (or 'all'); severities 1-5")
-    parser.add_argument("--model", required=True, help="a training work dir or converted model")
-    parser.add_argument("--split", default="test")
+    cli_errors.add_model_options(parser)
+    cli_errors.add_dataset_options(parser)
     parser.add_argument("--corruptions", default=",".join(DEFAULT_CORRUPTIONS))
     parser.add_argument("--severities", default=",".join(map(str, DEFAULT_SEVERITIES)))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--step", type=int, default=None)
     parser.add_argument("--out", default=None, help="default MODEL/robustness_SPLIT")
-    parser.add_argument("--data_dir", default=None,
-                        help="TFDS data dir (default: the one the model was trained with)")
     return cli_errors.parse_and_run(parser, argv, _robustness)
 
 

@@ -40,17 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("video")
     parser.add_argument("--frames", type=int, nargs="+", required=True,
                         help="frame numbers, from 1")
-    parser.add_argument("--detector", default="hog")
-    parser.add_argument("--min_person_px", type=int, default=detectors.MIN_PERSON_PX)
-    parser.add_argument("--score_threshold", type=float, default=detectors.SCORE_THRESHOLD)
+    detectors.add_options(parser)
     parser.add_argument("--scale", type=float, default=0.5)
-    parser.add_argument("--out", default="frames_out",
-                        help="output folder, new or empty, or holding this command's frames "
-                        "for the same video and options (default %(default)s)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace what --out holds, whole, if a command of ours wrote it")
-    args = parser.parse_args(argv)
-    cli_errors.run(lambda: _detect(args))
+    cli_errors.add_out_options(parser, "frames for the same video and options", "frames_out")
+    return cli_errors.parse_and_run(parser, argv, _detect)
 
 
 def _detect(args: argparse.Namespace) -> None:

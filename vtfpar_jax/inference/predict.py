@@ -110,16 +110,11 @@ def output_names(paths: list[Path]) -> list[str]:
 MIN_PERSON_SIDE = 16   # pixels: a smaller person is a few blobs of colour once upscaled
 
 
-def add_model_options(parser: argparse.ArgumentParser, out_default: str) -> None:
-    """--model, --out, --overwrite, --step and --threshold: the options `vtfpar predict` and
+def add_options(parser: argparse.ArgumentParser, out_default: str) -> None:
+    """--model, --step, --out, --overwrite and --threshold: the options `vtfpar predict` and
     `vtfpar track` share."""
-    parser.add_argument("--model", required=True, help="a training work dir or converted model")
-    parser.add_argument("--out", default=out_default,
-                        help="output folder, new or empty, or holding this command's results "
-                        "for the same model and inputs (default %(default)s)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace whatever --out holds, whole")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+    cli_errors.add_model_options(parser)
+    cli_errors.add_out_options(parser, "results for the same model and inputs", out_default)
     parser.add_argument("--threshold", type=errors.probability, default=None,
                         help="binary decision threshold (default: the published "
                         f"{metrics.PUBLISHED_THRESHOLD} for the attribute head, "
@@ -133,7 +128,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         description="Pedestrian attributes of clips: folders of frames or video files.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="a folder of frames (one tracklet, sorted by name) or a video file")
-    add_model_options(parser, out_default="predictions")
+    add_options(parser, out_default="predictions")
     parser.add_argument("--frames", type=errors.positive_int, default=None,
                         help="frames sampled per clip (default: the model's)")
     parser.add_argument("--fail-fast", action="store_true",

@@ -201,24 +201,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="vtfpar track",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("video", help="a video file (mp4, avi, ...; decoded with PyAV)")
-    predict.add_model_options(parser, out_default="tracks_out")
+    predict.add_options(parser, out_default="tracks_out")
     parser.add_argument("--tracks", default=None,
                         help="MOTChallenge tracks (frame,id,x,y,w,h,conf,...); default: "
                         "detect and track people (needs the 'video' extra)")
     parser.add_argument("--detections", default=None,
                         help="without --tracks: person detections in MOT format (id -1) to "
                         "track instead of running a detector")
-    parser.add_argument("--detector", default="hog",
-                        help="without --tracks/--detections: hog (OpenCV's, built in), "
-                        "onnx:MODEL.onnx (YOLO or DETR layout) or hf:HUB_ID_OR_FOLDER "
-                        "(transformers object detection); default %(default)s")
-    parser.add_argument("--min_person_px", type=errors.positive_int,
-                        default=detectors.MIN_PERSON_PX,
-                        help="hog: height of the smallest person to find; frames are enlarged "
-                        "to bring it to the detector's window (default %(default)s)")
-    parser.add_argument("--score_threshold", type=errors.probability,
-                        default=detectors.SCORE_THRESHOLD,
-                        help="onnx/hf: person score to keep a box (default %(default)s)")
+    detectors.add_options(parser)
     parser.add_argument("--detect_every", type=errors.positive_int,
                         default=1, help="run the detector on every N-th frame; tracks are "
                         "carried between (default %(default)s)")

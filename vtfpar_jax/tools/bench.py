@@ -225,25 +225,18 @@ def summary(r: dict[str, Any], shape: str) -> str:
     return line
 
 
-# The options' names before "clip" stopped naming any backbone: refused, naming the new one.
-RENAMED_OPTIONS = {"--clip": "shape", "--clip-dtype": "backbone-dtype"}
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="vtfpar bench", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="vit_b16", choices=registry.shapes(),
-                   help="the backbone's ViT shape (so400m14: SigLIP only, vit_l14: CLIP only)")
-    p.add_argument("--backbone", default="clip", choices=sorted(registry.REGISTRY),
-                   help="the frozen backbone (random weights of its shape)")
+    registry.add_shape_options(p)
     p.add_argument("--batch", type=int, default=16, help="global batch (clips)")
     p.add_argument("--frames", type=int, default=6)
     p.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="compute dtype of side nets, fusion and heads")
     p.add_argument("--backbone-dtype", default=None, choices=DTYPES,
                    help="compute dtype of the frozen backbone (default: --dtype)")
-    for old, new in RENAMED_OPTIONS.items():
-        p.add_argument(old, dest=f"renamed_{new}", default=None, help=argparse.SUPPRESS)
+    # --backbone-dtype's name before "clip" stopped naming any backbone: refused, naming it.
+    p.add_argument("--clip-dtype", dest="renamed_dtype", default=None, help=argparse.SUPPRESS)
     p.add_argument("--remat", default=None, choices=REMAT_POLICIES,
                    help="what the side and fusion blocks keep for backward (model.remat; "
                         "default: the project's)")
@@ -264,13 +257,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args(argv)
-    for old, new in RENAMED_OPTIONS.items():
-        if getattr(args, f"renamed_{new}") is not None:
-            p.error(f"{old} is now --{new}")
-    try:   # a shape the backbone has, before any compile
-        registry.shape_config(args.backbone, args.shape)
-    except ValueError as e:
-        p.error(str(e))
+    if args.renamed_dtype is not None:
+        p.error("--clip-dtype is now --backbone-dtype")
+    registry.parsed_shape(p, args)   # a shape the backbone has, before any compile
     command = "vtfpar bench " + " ".join(sys.argv[1:] if argv is None else argv)
     return cli_errors.run(lambda: _bench(p, args, command))
 

@@ -20,8 +20,7 @@ def main(argv=None):
     parser.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"))
     parser.add_argument("--config_arg", default="", help="argument of configs/demo.py")
     parser.add_argument("--prepare_only", action="store_true", help="only build the dataset")
-    args = parser.parse_args(argv)
-    return cli_errors.run(lambda: _demo(args))
+    return cli_errors.parse_and_run(parser, argv, _demo)
 
 
 def _demo(args) -> None:

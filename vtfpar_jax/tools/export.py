@@ -252,7 +252,7 @@ def parse_batch(value: str) -> int | None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="vtfpar export",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a training work dir or converted model")
+    cli_errors.add_model_options(parser)
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--out", required=True, help="the artefact's path (a new file); its "
                         "metadata goes to <out>.json")
@@ -260,7 +260,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="replace an artefact (and its metadata) already at --out")
     parser.add_argument("--batch", default="dynamic",
                         help="batch size N, or 'dynamic' for a symbolic one (default)")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
     parser.add_argument("--platforms", default="cpu",
                         help="stablehlo only: comma-separated lowering platforms among cpu, "
                         "cuda, rocm, tpu (default %(default)s); no device needed")

@@ -85,12 +85,10 @@ def count(cfg: vtfpar.VTFPARConfig) -> dict:
             "published_equivalent": total + sum(unused.values())}
 
 
-def _parser() -> argparse.ArgumentParser:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="vtfpar param-count", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", choices=sorted(registry.REGISTRY), default="clip")
-    p.add_argument("--shape", choices=registry.shapes(), default="vit_b16",
-                   help="the backbone's ViT shape (so400m14: SigLIP only, vit_l14: CLIP only)")
+    registry.add_shape_options(p)
     p.add_argument("--frames", type=int, default=6)
     p.add_argument("--dim", type=int, default=240)
     p.add_argument("--heads", type=int, default=None,
@@ -102,20 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--without_spatial", action="store_true")
     p.add_argument("--without_temporal", action="store_true")
     p.add_argument("--num_attributes", type=int, default=43)
-    # --shape's name before "clip" stopped naming any backbone: refused, naming --shape.
-    p.add_argument("--clip", dest="renamed_shape", default=None, help=argparse.SUPPRESS)
-    return p
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = _parser()
-    a = parser.parse_args(argv)
-    if a.renamed_shape is not None:
-        parser.error("--clip is now --shape")
-    try:
-        backbone = registry.shape_config(a.backbone, a.shape)
-    except ValueError as e:
-        parser.error(str(e))
+    a = p.parse_args(argv)
+    backbone = registry.parsed_shape(p, a)
     return cli_errors.run(lambda: _param_count(a, backbone))
 
 

@@ -49,11 +49,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--frames", type=errors.positive_int, default=30)
     parser.add_argument("--detect_every", type=errors.positive_int, nargs="+",
                         default=[1, 5])
-    parser.add_argument("--detector", default="hog")
-    parser.add_argument("--min_person_px", type=errors.positive_int, default=None)
-    parser.add_argument("--score_threshold", type=errors.probability,
-                        default=detectors.SCORE_THRESHOLD,
-                        help="a learned detector's person score, at least (as vtfpar track)")
+    detectors.add_options(parser, min_person_px=None, min_person_px_shown="the people's height")
     parser.add_argument("--people_per_lane", type=errors.positive_int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None, help="also run track_attributes with it")

@@ -14,9 +14,11 @@ detector asked for.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 
+from vtfpar_jax import errors
 from vtfpar_jax.inference.detectors.base import (
     MIN_PERSON_PX,
     SCORE_THRESHOLD,
@@ -25,7 +27,7 @@ from vtfpar_jax.inference.detectors.base import (
     DetectorError,
 )
 
-__all__ = ["REGISTRY", "Boxes", "Detector", "DetectorError", "Options", "build"]
+__all__ = ["REGISTRY", "Boxes", "Detector", "DetectorError", "Options", "add_options", "build"]
 
 # kind -> (module, class)
 REGISTRY = {
@@ -39,6 +41,20 @@ REGISTRY = {
 class Options:
     min_person_px: float = MIN_PERSON_PX     # the built-in detector's smallest person
     score_threshold: float = SCORE_THRESHOLD  # a learned detector's person score, at least
+
+
+def add_options(parser: argparse.ArgumentParser, min_person_px: int | None = MIN_PERSON_PX,
+                min_person_px_shown: str = "%(default)s") -> None:
+    """--detector, --min_person_px and --score_threshold: what `build` takes."""
+    parser.add_argument("--detector", default="hog",
+                        help="hog (OpenCV's, built in), onnx:MODEL.onnx (YOLO or DETR layout) "
+                        "or hf:HUB_ID_OR_FOLDER (transformers object detection); "
+                        "default %(default)s")
+    parser.add_argument("--min_person_px", type=errors.positive_int, default=min_person_px,
+                        help="hog: height of the smallest person to find; frames are enlarged "
+                        f"to bring it to the detector's window (default {min_person_px_shown})")
+    parser.add_argument("--score_threshold", type=errors.probability, default=SCORE_THRESHOLD,
+                        help="onnx/hf: person score to keep a box (default %(default)s)")
 
 
 def build(spec: str, **options) -> Detector:
