@@ -273,8 +273,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 last_time, last_step = time.time(), step
             if step % config.checkpoint_every_steps == 0:
                 checkpoint(state)
-            if step % trainer.steps_per_epoch == 0 and config.eval_every_epochs and (
-                    step // trainer.steps_per_epoch) % config.eval_every_epochs == 0:
+            if config.eval_every_epochs and step % (
+                    trainer.steps_per_epoch * config.eval_every_epochs) == 0:
                 results = evaluator.run(state, "test")
                 logger.write(step, {f"eval/{k}": v for k, v in evaluate.headline(results).items()})
             if preemption.agreed(sync_step):
