@@ -98,6 +98,11 @@ def _column_counts(predicted: np.ndarray, labels: np.ndarray) -> dict[str, np.nd
     }
 
 
+def _group_means(groups: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]:
+    """Each of `keys` averaged over the groups, unweighted: a protocol's headline figures."""
+    return {key: float(np.mean([g[key] for g in groups.values()])) for key in keys}
+
+
 def group_metrics(probs: Any, labels: Any, attribute_set: AttributeSet,
                   threshold: float = PUBLISHED_THRESHOLD) -> dict[str, Any]:
     """The published protocol (docs/published-model.md §9), the headline figures.
@@ -126,9 +131,7 @@ def group_metrics(probs: Any, labels: Any, attribute_set: AttributeSet,
             "prec": prec, "rec": rec, "f1": float(_ratio(2 * prec * rec, prec + rec)),
             "tp": tp, "tn": tn, "fp": fp, "fn": fn,
         }
-    return {"threshold": float(threshold),
-            **{key: float(np.mean([g[key] for g in groups.values()]))
-               for key in ("acc", "prec", "rec", "f1")},
+    return {"threshold": float(threshold), **_group_means(groups, ("acc", "prec", "rec", "f1")),
             "groups": groups}
 
 
@@ -246,9 +249,7 @@ def chen_metrics(probs: Any, labels: Any, attribute_set: AttributeSet,
         f1, class_f1 = _macro_f1(true_class, predicted_class, 2 if group.is_binary else len(cols))
         groups[group.name] = {"acc": float(np.mean(true_class == predicted_class)),
                               "f1": f1, "class_f1": class_f1}
-    return {"threshold": float(threshold),
-            **{key: float(np.mean([g[key] for g in groups.values()])) for key in ("acc", "f1")},
-            "groups": groups}
+    return {"threshold": float(threshold), **_group_means(groups, ("acc", "f1")), "groups": groups}
 
 
 def marco_metrics(probs: Any, labels: Any, attribute_set: AttributeSet) -> dict[str, Any]:
@@ -270,8 +271,7 @@ def marco_metrics(probs: Any, labels: Any, attribute_set: AttributeSet) -> dict[
     chen = chen_metrics(probs, labels, attribute_set, DEFAULT_THRESHOLD)
     groups = {name: {"acc": g["acc"], "f1_macro": g["f1"], "f1_micro": g["acc"]}
               for name, g in chen["groups"].items()}
-    return {key: float(np.mean([g[key] for g in groups.values()]))
-            for key in ("acc", "f1_macro", "f1_micro")} | {"groups": groups}
+    return _group_means(groups, ("acc", "f1_macro", "f1_micro")) | {"groups": groups}
 
 
 def evaluate_all(probs: Any, labels: Any, attribute_set: AttributeSet,

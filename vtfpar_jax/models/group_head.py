@@ -47,13 +47,9 @@ def targets(labels: jax.Array, group_columns: GroupColumns) -> jax.Array:
     As the published split_gt_to_indices: a binary column p becomes [1 - p, p] and
     every group takes the argmax (the first class on a tie).
     """
-    classes = []
-    for columns in group_columns:
-        if len(columns) == 1:
-            classes.append((labels[:, columns[0]] > 0.5).astype(jnp.int32))
-        else:
-            classes.append(jnp.argmax(labels[:, list(columns)], axis=1).astype(jnp.int32))
-    return jnp.stack(classes, axis=1)
+    return jnp.stack([(labels[:, columns[0]] > 0.5).astype(jnp.int32) if len(columns) == 1
+                      else jnp.argmax(labels[:, list(columns)], axis=1).astype(jnp.int32)
+                      for columns in group_columns], axis=1)
 
 
 def split(logits: jax.Array, group_columns: GroupColumns) -> list[jax.Array]:

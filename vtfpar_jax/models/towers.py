@@ -62,10 +62,8 @@ def register(backbone: Backbone) -> None:
 
 def of(cfg: Any) -> Backbone:
     """The backbone whose config `cfg` is (its exact type first, then a subclass)."""
-    for backbone in BACKBONES.values():
-        if type(cfg) is backbone.config_type:
-            return backbone
-    for backbone in BACKBONES.values():
+    # Exact matches sort first; sorted() is stable, so the registry's order breaks ties.
+    for backbone in sorted(BACKBONES.values(), key=lambda b: type(cfg) is not b.config_type):
         if isinstance(cfg, backbone.config_type):
             return backbone
     raise TypeError(f"{type(cfg).__name__} is no backbone config; expected one of "

@@ -202,6 +202,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     the checkpoint writer, the logs and the SIGTERM handler are released on the
     way out, so the next call in the same process finds the work dir free.
     """
+    from vtfpar_jax.evaluation import evaluate
+
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
@@ -210,89 +212,82 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         lock = lock_workdir(workdir)
         if lock is not None:
             cleanup.callback(lock.release)
-        return _train_and_evaluate(config, workdir, cleanup, allow_config_change)
+        trainer = Trainer(config, workdir, allow_config_change)
+        save_run_files(trainer)
+        store = CheckpointStore(workdir, keep=config.keep_checkpoints,
+                                keep_every=config.keep_every_steps or None,
+                                retries=config.checkpoint_retries)
+        cleanup.callback(store.close)
+        state = trainer.state
+        try:
+            state, meta = store.restore(abstract(state, sharding.replicated(trainer.mesh)))
+            log.info("resumed at step %d (epoch %d, batch %d)", meta["step"], meta["epoch"],
+                     meta["batch"])
+        except NoCheckpointError:
+            if store.steps():  # checkpoints exist but none loads: never silently start over
+                raise
+            log.info("no checkpoint in %s: training from scratch", workdir)
+        step = int(state.step)
+        if trainer.changes and jax.process_index() == 0:
+            fingerprint.record_changes(workdir, trainer.changes, step)
+            log.warning("config changed from step %d on: %s", step,
+                        fingerprint.describe(trainer.changes))
+        logger = MetricsLogger(workdir, total_steps=trainer.total_steps, initial_step=step)
+        cleanup.callback(logger.close)
+        log.info("params: %s", trainer.count_params())
+        preemption = Preemption()
+        cleanup.callback(preemption.close)
+        evaluator = evaluate.Evaluator.from_trainer(trainer)
 
+        def checkpoint(state, force=False):
+            epoch, batch = divmod(int(state.step), trainer.steps_per_epoch)
+            store.save(int(state.step), state, {"step": int(state.step), "epoch": epoch,
+                                                "batch": batch}, force=force)
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        cleanup: contextlib.ExitStack, allow_config_change: bool) -> dict:
-    from vtfpar_jax.evaluation import evaluate
-
-    trainer = Trainer(config, workdir, allow_config_change)
-    save_run_files(trainer)
-    store = CheckpointStore(workdir, keep=config.keep_checkpoints,
-                            keep_every=config.keep_every_steps or None,
-                            retries=config.checkpoint_retries)
-    cleanup.callback(store.close)
-    state = trainer.state
-    try:
-        state, meta = store.restore(abstract(state, sharding.replicated(trainer.mesh)))
-        log.info("resumed at step %d (epoch %d, batch %d)", meta["step"], meta["epoch"],
-                 meta["batch"])
-    except NoCheckpointError:
-        if store.steps():  # checkpoints exist but none loads: never silently start over
-            raise
-        log.info("no checkpoint in %s: training from scratch", workdir)
-    step = int(state.step)
-    if trainer.changes and jax.process_index() == 0:
-        fingerprint.record_changes(workdir, trainer.changes, step)
-        log.warning("config changed from step %d on: %s", step,
-                    fingerprint.describe(trainer.changes))
-    logger = MetricsLogger(workdir, total_steps=trainer.total_steps, initial_step=step)
-    cleanup.callback(logger.close)
-    log.info("params: %s", trainer.count_params())
-    preemption = Preemption()
-    cleanup.callback(preemption.close)
-    evaluator = evaluate.Evaluator.from_trainer(trainer)
-
-    def checkpoint(state, force=False):
-        epoch, batch = divmod(int(state.step), trainer.steps_per_epoch)
-        store.save(int(state.step), state, {"step": int(state.step), "epoch": epoch,
-                                            "batch": batch}, force=force)
-
-    batches = trainer.batches(step)
-    last_time, last_step = time.time(), step
-    # The first non-finite step, kept on the device (no host sync per step); checked
-    # before anything is logged or saved, so no checkpoint follows a skipped step.
-    first_bad = jnp.asarray(0, jnp.int32)
-    while step < trainer.total_steps:
-        batch = next(batches)
-        state, metrics = trainer.train_step(state, batch, trainer.rng, trainer.frozen)
-        step += 1
-        first_bad = jnp.where((first_bad == 0) & ~metrics["finite"], step, first_bad)
-        log_now = step % config.log_every_steps == 0 or step == trainer.total_steps
-        # The loop waits for the devices only at these steps, the same on every host.
-        sync_step = log_now or step % config.checkpoint_every_steps == 0
-        if sync_step and int(first_bad):
-            raise NonFiniteError(
-                f"step {int(first_bad)}: the loss or gradient norm is not finite; the step "
-                f"was not applied and the last good checkpoint is kept")
-        if log_now:
-            metrics = jax.device_get(metrics)
-            elapsed = time.time() - last_time
-            rate = (step - last_step) / max(elapsed, 1e-9)
-            logger.write(step, {"loss": float(metrics["loss"]),
-                                "learning_rate": float(metrics["lr"]),
-                                "grad_norm": float(metrics["grad_norm"]),
-                                "steps_per_s": rate,
-                                "clips_per_s": rate * config.input.batch_size})
-            last_time, last_step = time.time(), step
-        if step % config.checkpoint_every_steps == 0:
-            checkpoint(state)
-        if step % trainer.steps_per_epoch == 0 and config.eval_every_epochs and (
-                step // trainer.steps_per_epoch) % config.eval_every_epochs == 0:
-            results = evaluator.run(state, "test")
-            logger.write(step, {f"eval/{k}": v for k, v in evaluate.headline(results).items()})
-        if preemption.agreed(sync_step):
-            if int(first_bad):
-                raise NonFiniteError(f"step {int(first_bad)}: not finite; not saved")
-            checkpoint(state, force=True)
-            store.wait()
-            return {"preempted_at": step}
-    checkpoint(state, force=True)
-    store.wait()
-    results = evaluator.run(state, "test", report_dir=os.path.join(workdir, "eval"))
-    logger.plot_curves()
-    return results
+        batches = trainer.batches(step)
+        last_time, last_step = time.time(), step
+        # The first non-finite step, kept on the device (no host sync per step); checked
+        # before anything is logged or saved, so no checkpoint follows a skipped step.
+        first_bad = jnp.asarray(0, jnp.int32)
+        while step < trainer.total_steps:
+            batch = next(batches)
+            state, metrics = trainer.train_step(state, batch, trainer.rng, trainer.frozen)
+            step += 1
+            first_bad = jnp.where((first_bad == 0) & ~metrics["finite"], step, first_bad)
+            log_now = step % config.log_every_steps == 0 or step == trainer.total_steps
+            # The loop waits for the devices only at these steps, the same on every host.
+            sync_step = log_now or step % config.checkpoint_every_steps == 0
+            if sync_step and int(first_bad):
+                raise NonFiniteError(
+                    f"step {int(first_bad)}: the loss or gradient norm is not finite; the step "
+                    f"was not applied and the last good checkpoint is kept")
+            if log_now:
+                metrics = jax.device_get(metrics)
+                elapsed = time.time() - last_time
+                rate = (step - last_step) / max(elapsed, 1e-9)
+                logger.write(step, {"loss": float(metrics["loss"]),
+                                    "learning_rate": float(metrics["lr"]),
+                                    "grad_norm": float(metrics["grad_norm"]),
+                                    "steps_per_s": rate,
+                                    "clips_per_s": rate * config.input.batch_size})
+                last_time, last_step = time.time(), step
+            if step % config.checkpoint_every_steps == 0:
+                checkpoint(state)
+            if config.eval_every_epochs and step % (
+                    trainer.steps_per_epoch * config.eval_every_epochs) == 0:
+                results = evaluator.run(state, "test")
+                logger.write(step, {f"eval/{k}": v for k, v in evaluate.headline(results).items()})
+            if preemption.agreed(sync_step):
+                if int(first_bad):
+                    raise NonFiniteError(f"step {int(first_bad)}: not finite; not saved")
+                checkpoint(state, force=True)
+                store.wait()
+                return {"preempted_at": step}
+        checkpoint(state, force=True)
+        store.wait()
+        results = evaluator.run(state, "test", report_dir=os.path.join(workdir, "eval"))
+        logger.plot_curves()
+        return results
 
 
 class NonFiniteError(UserError, FloatingPointError):
