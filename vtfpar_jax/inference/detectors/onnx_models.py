@@ -428,5 +428,4 @@ class OnnxDetector(base.LearnedDetector):
         found = base.Boxes(xyxy[keep], scores[keep])
         if self._layout.nms:
             found = found.select(base.nms(found.xyxy, found.scores, NMS_IOU))
-        fh, fw = frame.shape[:2]
-        return base.Boxes(self._sv.clip_boxes(found.xyxy, (fw, fh)), found.scores)
+        return base.Boxes(self._sv.clip_boxes(found.xyxy, frame.shape[1::-1]), found.scores)
