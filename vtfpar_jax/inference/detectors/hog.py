@@ -82,7 +82,7 @@ class HogDetector(base.Detector):
     @classmethod
     def from_argument(cls, argument: str, options) -> HogDetector:
         if argument:
-            raise base.DetectorError(f"--detector hog:{argument}: hog takes no argument")
+            raise base.DetectorError("hog takes no argument")
         return cls(options.min_person_px)
 
     def _enlarged(self, bgr: np.ndarray, window: _Window) -> np.ndarray:

@@ -367,15 +367,14 @@ def split_layout(argument: str) -> tuple[str, str | None]:
         return argument, None
     path, _, name = argument.rpartition("@")
     if name not in BY_NAME:
-        raise base.DetectorError(f"--detector onnx:{argument}: unknown layout {name!r}; the "
-                                 "layouts are " + ", ".join(BY_NAME))
+        raise base.DetectorError(f"unknown layout {name!r}; the layouts are "
+                                 + ", ".join(BY_NAME))
     return path, name
 
 
 class OnnxDetector(base.LearnedDetector):
     """An exported detector under onnxruntime, in one of the layouts above, its person class."""
 
-    kind = "onnx"
     source_hint = "the model's path, onnx:MODEL.onnx (or onnx:MODEL.onnx@LAYOUT)"
 
     def __init__(self, argument: str, score_threshold: float = base.SCORE_THRESHOLD):
@@ -384,32 +383,27 @@ class OnnxDetector(base.LearnedDetector):
         self._cv2 = base.import_extra("cv2")
         self._sv = base.import_extra("supervision")
         if not os.path.isfile(path):
-            raise base.DetectorError(f"--detector onnx:{path}: no such file")
+            raise base.DetectorError("no such file")
         try:
             self._session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         except Exception as e:   # onnxruntime raises its own classes for every kind of bad file
-            raise base.DetectorError(f"--detector onnx:{path}: not a readable ONNX model "
-                                     f"({reason(e)})") from None
+            raise base.DetectorError(f"not a readable ONNX model ({reason(e)})") from None
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise base.DetectorError(f"--detector onnx:{path}: expected one image input "
-                                     f"(1, 3, H, W); the graph has {[i.shape for i in inputs]}")
+            raise base.DetectorError("expected one image input (1, 3, H, W); the graph has "
+                                     f"{[i.shape for i in inputs]}")
         self._input = inputs[0].name
         self.size = tuple(side if isinstance(side, int) else DEFAULT_SIDE
                           for side in inputs[0].shape[2:])
         outputs = self._session.get_outputs()
         self._order = _boxes_first(outputs)
-        try:
-            names, where = class_names(self._session, path)
-            self._layout = _layout(outputs, self.size, names, f"onnx:{path}", named)
-            self.person_class = _person_class(names, where, self._layout)
-            count = self._layout.class_count([tuple(o.shape) for o in outputs], self.size)
-            if count not in (UNSTATED, None) and self.person_class >= count:
-                raise base.DetectorError(
-                    f"the person class is {self.person_class}, but the {self._layout.name} "
-                    f"layout's outputs hold {count} classes")
-        except base.DetectorError as e:
-            raise base.DetectorError(f"--detector onnx:{argument}: {e}") from None
+        names, where = class_names(self._session, path)
+        self._layout = _layout(outputs, self.size, names, f"onnx:{path}", named)
+        self.person_class = _person_class(names, where, self._layout)
+        count = self._layout.class_count([tuple(o.shape) for o in outputs], self.size)
+        if count not in (UNSTATED, None) and self.person_class >= count:
+            raise base.DetectorError(f"the person class is {self.person_class}, but the "
+                                     f"{self._layout.name} layout's outputs hold {count} classes")
         self.layout = self._layout.name
         self.score_threshold = score_threshold
         self.description = (f"onnx:{path} ({self.layout} layout"
