@@ -263,29 +263,23 @@ def _boxes_first(outputs) -> list[int]:
     return [boxes, 1 - boxes]
 
 
-
-def _shapes_said(outputs, size: tuple[int, int]) -> str:
-    return (f"outputs of shapes {[tuple(o.shape) for o in outputs]} for a "
-            f"{size[0]}x{size[1]} input")
-
-
 def _layout(outputs, size: tuple[int, int], names: dict[int, str] | None, spec: str,
             named: str | None) -> Layout:
     """The layout the user `named`, where the graph's outputs can be read so; else the one
     layout that matches them; or a DetectorError. `spec`: how the user names this model,
     onnx:PATH, for the message on how to pick."""
     shapes = [tuple(o.shape) for o in outputs]
+    said = f"outputs of shapes {shapes} for a {size[0]}x{size[1]} input"
     if named is not None:
         if BY_NAME[named].class_count(shapes, size) is None:
-            raise base.DetectorError(f"{_shapes_said(outputs, size)} cannot be read as "
-                                     f"{BY_NAME[named].written}")
+            raise base.DetectorError(f"{said} cannot be read as {BY_NAME[named].written}")
         return BY_NAME[named]
+    said += "" if names is None else f" and {len(names)} class names"
     found = [k for k in LAYOUTS if k.matches(outputs, size, names)]
     if len(found) > 1:
         raise base.DetectorError(
-            f"{_shapes_said(outputs, size)}{_names_said(names)} fit more than one layout ("
-            + "; ".join(k.written for k in found) + "); name the one it is: "
-            + " or ".join(f"{spec}@{k.name}" for k in found))
+            f"{said} fit more than one layout (" + "; ".join(k.written for k in found)
+            + "); name the one it is: " + " or ".join(f"{spec}@{k.name}" for k in found))
     if not found:
         shaped = [k for k in LAYOUTS if k.class_count(shapes, size) is not None]
         if shaped:
@@ -296,14 +290,9 @@ def _layout(outputs, size: tuple[int, int], names: dict[int, str] | None, spec: 
                       + " or ".join(f"{spec}@{k.name}" for k in shaped))
         else:
             advice = f"; if it is one of them, name it: {spec}@LAYOUT"
-        raise base.DetectorError(f"{_shapes_said(outputs, size)}{_names_said(names)}: not a "
-                                 "layout this reads (" + "; ".join(k.written for k in LAYOUTS)
-                                 + ")" + advice)
+        raise base.DetectorError(f"{said}: not a layout this reads ("
+                                 + "; ".join(k.written for k in LAYOUTS) + ")" + advice)
     return found[0]
-
-
-def _names_said(names: dict[int, str] | None) -> str:
-    return "" if names is None else f" and {len(names)} class names"
 
 
 def class_names(session, path: str) -> tuple[dict[int, str] | None, str]:
