@@ -83,12 +83,9 @@ def interpolate_gaps(track: mot.Track, longest: int) -> mot.Track:
     for a, b in zip(track.boxes, track.boxes[1:], strict=False):
         gap = b.frame - a.frame
         if 1 < gap <= longest:
-            for k in range(1, gap):
-                t = k / gap
-                filled.append(mot.Box(a.frame + k, *(float(u + t * (v - u)) for u, v in
-                                                     zip((a.x, a.y, a.w, a.h),
-                                                         (b.x, b.y, b.w, b.h), strict=True)),
-                                      min(a.conf, b.conf)))
+            u, v = (np.array([box.x, box.y, box.w, box.h]) for box in (a, b))
+            filled += [mot.Box(a.frame + k, *map(float, u + k / gap * (v - u)),
+                               min(a.conf, b.conf)) for k in range(1, gap)]
         filled.append(b)
     return mot.Track(track.id, filled)
 
