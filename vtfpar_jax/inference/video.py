@@ -71,12 +71,10 @@ def resize(frame: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
 
     PIL's bilinear widens its kernel when it shrinks (antialiasing), which is
     what the pipeline's `antialias=True` does; when enlarging both interpolate
-    between the same pixel centres.
+    between the same pixel centres. A frame already at that size is copied as it is (PIL).
     """
     height, width = image_size
-    image = Image.fromarray(frame)
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    image = Image.fromarray(frame).resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
 
 
