@@ -2,7 +2,7 @@
 
     detector = detectors.build("hog", min_person_px=48)
     made = tracks_for("street.mp4", info, detector=detector, detect_every=1)
-    made = tracks_for("street.mp4", info, detections="dets.txt")   # a MOT detections file
+    made = tracks_for("street.mp4", info, detections=mot.read_detections("dets.txt"))
     made.tracks, made.warnings
 
 Detection: any detector of vtfpar_jax.inference.detectors, or a MOT detections
@@ -83,12 +83,9 @@ def interpolate_gaps(track: mot.Track, longest: int) -> mot.Track:
     for a, b in zip(track.boxes, track.boxes[1:], strict=False):
         gap = b.frame - a.frame
         if 1 < gap <= longest:
-            for k in range(1, gap):
-                t = k / gap
-                filled.append(mot.Box(a.frame + k, *(float(u + t * (v - u)) for u, v in
-                                                     zip((a.x, a.y, a.w, a.h),
-                                                         (b.x, b.y, b.w, b.h), strict=True)),
-                                      min(a.conf, b.conf)))
+            u, v = (np.array([box.x, box.y, box.w, box.h]) for box in (a, b))
+            filled += [mot.Box(a.frame + k, *map(float, u + k / gap * (v - u)),
+                               min(a.conf, b.conf)) for k in range(1, gap)]
         filled.append(b)
     return mot.Track(track.id, filled)
 
@@ -136,17 +133,16 @@ def extend_to(track: mot.Track, searched: int, last: int,
 
 
 def tracks_for(path: str, info: video_io.VideoInfo, detector: Detector | None = None,
-               detections: str | dict[int, list[mot.Box]] | None = None, detect_every: int = 1,
+               detections: dict[int, list[mot.Box]] | None = None, detect_every: int = 1,
                times: stage_times.StageTimes | None = None,
                progress: bool = True) -> MadeTracks:
     """ByteTrack over the boxes of `detector` (run on every `detect_every`-th decoded frame)
-    or of the `detections` MOT file, or what `mot.read_detections` read from it (every
-    frame it lists). Possibly no track."""
+    or of the detections `mot.read_detections` read from a MOT file (every frame it lists).
+    Possibly no track."""
     sv = base.import_extra("supervision")
-    given = mot.read_detections(detections) if isinstance(detections, str) else detections
-    if given is None and detector is None:
+    if detections is None and detector is None:
         raise ValueError("tracks_for needs a detector or a detections file")
-    every = 1 if given is not None else detect_every
+    every = 1 if detections is not None else detect_every
     times = times or stage_times.StageTimes(info.frames)
     with python_warnings.catch_warnings():
         # supervision 0.30 marks ByteTrack deprecated (it moves to the `trackers` package,
@@ -154,7 +150,7 @@ def tracks_for(path: str, info: video_io.VideoInfo, detector: Detector | None = 
         python_warnings.simplefilter("ignore", FutureWarning)
         tracker = sv.ByteTrack(frame_rate=max(1, round(float(info.fps) / every)))
     boxes: dict[int, list[mot.Box]] = {}
-    frames = (((n, None) for n in range(1, info.frames + 1)) if given is not None
+    frames = (((n, None) for n in range(1, info.frames + 1)) if detections is not None
               else times.timed("decode", video_io.iter_frames(path)))
     detected = found_count = implausible = 0
     unclaimed = Boxes.empty()    # the last detection frame's boxes that no track took
@@ -163,7 +159,7 @@ def tracks_for(path: str, info: video_io.VideoInfo, detector: Detector | None = 
         if (number - 1) % every:
             continue
         with times.stage("detect"):
-            found = (_file_boxes(given.get(number, [])) if given is not None
+            found = (_file_boxes(detections.get(number, [])) if detections is not None
                      else detector(frame))
             found, dropped = plausible(found, info.height)
         detected += 1
@@ -173,11 +169,11 @@ def tracks_for(path: str, info: video_io.VideoInfo, detector: Detector | None = 
             buffered = buffer_boxes(found.xyxy, BUFFER_PER_FRAME * (every - 1))
             tracked = tracker.update_with_detections(sv.Detections(
                 xyxy=buffered, confidence=found.scores,
-                class_id=np.zeros(len(found), np.int64)))
+                class_id=np.zeros(len(found), np.int64), data={"row": np.arange(len(found))}))
             claimed = np.zeros(len(found), bool)
-            for tracked_box, track_id, score in zip(tracked.xyxy, tracked.tracker_id,
-                                                    tracked.confidence, strict=True):
-                row = int(np.flatnonzero((buffered == tracked_box).all(axis=1))[0])
+            # ByteTrack hands back a selection of the detections given, their data kept.
+            for row, track_id, score in zip(tracked.data.get("row", []), tracked.tracker_id,
+                                            tracked.confidence, strict=True):
                 claimed[row] = True
                 x0, y0, x1, y1 = (float(v) for v in found.xyxy[row])
                 box = mot.Box(number, x0, y0, x1 - x0, y1 - y0, float(score))
@@ -207,5 +203,5 @@ def tracks_for(path: str, info: video_io.VideoInfo, detector: Detector | None = 
     if not tracks:
         notes.append(f"no person was found on the {detected} frame(s) searched"
                      + (" (--min_person_px may be above the people's height)"
-                        if given is None else ""))
+                        if detections is None else ""))
     return MadeTracks(tracks, notes, found_count, found_on)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -71,12 +71,10 @@ def resize(frame: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
 
     PIL's bilinear widens its kernel when it shrinks (antialiasing), which is
     what the pipeline's `antialias=True` does; when enlarging both interpolate
-    between the same pixel centres.
+    between the same pixel centres. A frame already at that size is copied as it is (PIL).
     """
     height, width = image_size
-    image = Image.fromarray(frame)
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    image = Image.fromarray(frame).resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -184,10 +182,14 @@ def preprocessing(frames: int, image_size: tuple[int, int], normalization: str) 
     }
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 10) -> None:
-    """(T, h, w, 3) uint8 -> an H.264 mp4 (`Writer`)."""
-    frames = np.asarray(frames, np.uint8)
-    with Writer(path, frames.shape[2], frames.shape[1], Fraction(fps)) as writer:
+def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: int = 10,
+                **writer_options) -> None:
+    """(h, w, 3) uint8 frames, a (T, h, w, 3) array or any iterable, -> an H.264 mp4
+    (`Writer`; writer_options: its container_format, pix_fmt, options)."""
+    frames = iter(frames)
+    first = next(frames)
+    with Writer(path, first.shape[1], first.shape[0], Fraction(fps), **writer_options) as writer:
+        writer.write(first)
         for frame in frames:
             writer.write(frame)
 

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import itertools
 import os
 from collections.abc import Iterator
-from fractions import Fraction
 
 import numpy as np
 from PIL import Image
@@ -154,16 +152,10 @@ def frames(scene: Scene) -> Iterator[np.ndarray]:
 
 
 def write_mp4(path: str | os.PathLike, frames_in, lossless: bool, fps: int = FPS) -> None:
-    """An H.264 mp4 (`video.Writer`): lossless (crf 0, 4:4:4) or as a camera would (crf 23,
-    4:2:0), at x264's default preset."""
-    frames_in = iter(frames_in)
-    first = next(frames_in)
-    with video.Writer(path, first.shape[1], first.shape[0], Fraction(fps),
-                      pix_fmt="yuv444p" if lossless else "yuv420p",
-                      options={"crf": "0" if lossless else str(CAMERA_CRF),
-                               "preset": "medium"}) as writer:
-        for frame in itertools.chain([first], frames_in):
-            writer.write(frame)
+    """An H.264 mp4 (`video.write_video`): lossless (crf 0, 4:4:4) or as a camera would (crf
+    23, 4:2:0), at x264's default preset."""
+    video.write_video(path, frames_in, fps, pix_fmt="yuv444p" if lossless else "yuv420p",
+                      options={"crf": "0" if lossless else str(CAMERA_CRF), "preset": "medium"})
 
 
 def write_video(scene: Scene, path: str | os.PathLike, lossless: bool = False

@@ -58,11 +58,15 @@ def add_options(parser: argparse.ArgumentParser, min_person_px: int | None = MIN
 
 
 def build(spec: str, **options) -> Detector:
-    """The detector `spec` names: 'hog', 'onnx:PATH[@LAYOUT]' or 'hf:HUB_ID_OR_FOLDER'."""
+    """The detector `spec` names: 'hog', 'onnx:PATH[@LAYOUT]' or 'hf:HUB_ID_OR_FOLDER'. A
+    detector's DetectorError says what is wrong; it is raised here after '--detector SPEC: '."""
     kind, _, argument = spec.partition(":")
     if kind not in REGISTRY:
         raise DetectorError(f"--detector {spec!r}: unknown kind {kind!r}; expected hog, "
                             "onnx:MODEL.onnx[@LAYOUT] or hf:HUB_ID_OR_FOLDER")
     module, cls = REGISTRY[kind]
-    return getattr(importlib.import_module(module), cls).from_argument(argument,
-                                                                       Options(**options))
+    try:
+        return getattr(importlib.import_module(module), cls).from_argument(argument,
+                                                                           Options(**options))
+    except DetectorError as e:
+        raise DetectorError(f"--detector {spec.rstrip(':')}: {e}") from None

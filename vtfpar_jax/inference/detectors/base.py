@@ -17,7 +17,8 @@ SCORE_THRESHOLD = 0.5      # a learned detector's person score, at least
 
 
 class DetectorError(UserError, ValueError):
-    """A detector that cannot be built: a missing file, an unknown layout, an unreachable hub."""
+    """A detector that cannot be built: a missing file, an unknown layout, an unreachable hub.
+    Detectors say what is wrong; detectors.build puts '--detector SPEC: ' before it."""
 
 
 class MissingExtraError(UserError, ImportError):
@@ -64,13 +65,12 @@ class LearnedDetector(Detector):
     """A trained model the user names after 'KIND:' (a file or a Hub id), keeping person
     boxes scored at least --score_threshold. Subclasses take (source, score_threshold)."""
 
-    kind: str = ""          # the KIND of --detector KIND:SOURCE
     source_hint: str = ""   # how SOURCE is written, for the error when it is missing
 
     @classmethod
     def from_argument(cls, argument: str, options) -> Detector:
         if not argument:
-            raise DetectorError(f"--detector {cls.kind}: give {cls.source_hint}")
+            raise DetectorError(f"give {cls.source_hint}")
         return cls(argument, options.score_threshold)
 
 

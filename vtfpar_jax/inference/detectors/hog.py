@@ -82,12 +82,11 @@ class HogDetector(base.Detector):
     @classmethod
     def from_argument(cls, argument: str, options) -> HogDetector:
         if argument:
-            raise base.DetectorError(f"--detector hog:{argument}: hog takes no argument")
+            raise base.DetectorError("hog takes no argument")
         return cls(options.min_person_px)
 
     def _enlarged(self, bgr: np.ndarray, window: _Window) -> np.ndarray:
-        if window.upscale == 1.0:
-            return bgr
+        """The frame enlarged for `window` (cv2.resize copies it at an upscale of 1)."""
         return self._cv2.resize(bgr, None, fx=window.upscale, fy=window.upscale,
                                 interpolation=self._cv2.INTER_LINEAR)
 

@@ -21,7 +21,6 @@ from vtfpar_jax.inference.detectors import base
 class HuggingFaceDetector(base.LearnedDetector):
     """A transformers object-detection checkpoint (Hub id or folder), its person class."""
 
-    kind = "hf"
     source_hint = "a Hub id or a folder, hf:ID_OR_FOLDER"
 
     def __init__(self, source: str, score_threshold: float = base.SCORE_THRESHOLD):
@@ -33,15 +32,13 @@ class HuggingFaceDetector(base.LearnedDetector):
         except (OSError, ValueError) as e:
             # Offline, a mistyped id, a folder without a checkpoint: one line that says which.
             raise base.DetectorError(
-                f"--detector hf:{source}: cannot load an object-detection checkpoint "
-                f"({reason(e)}); give a Hub id reachable from here (weights are "
-                "downloaded on first use) or a local folder written by save_pretrained"
-            ) from None
+                f"cannot load an object-detection checkpoint ({reason(e)}); give a Hub id "
+                "reachable from here (weights are downloaded on first use) or a local folder "
+                "written by save_pretrained") from None
         people = [int(i) for i, name in self._model.config.id2label.items()
                   if str(name).lower() == "person"]
         if len(people) != 1:
-            raise base.DetectorError(f"--detector hf:{source}: id2label has "
-                                     f"{len(people)} 'person' classes; expected one")
+            raise base.DetectorError(f"id2label has {len(people)} 'person' classes; expected one")
         self.person_class = people[0]
         self.score_threshold = score_threshold
         self.description = (f"hf:{source} ({type(self._model).__name__}, class "

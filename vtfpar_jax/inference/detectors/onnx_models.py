@@ -263,29 +263,23 @@ def _boxes_first(outputs) -> list[int]:
     return [boxes, 1 - boxes]
 
 
-
-def _shapes_said(outputs, size: tuple[int, int]) -> str:
-    return (f"outputs of shapes {[tuple(o.shape) for o in outputs]} for a "
-            f"{size[0]}x{size[1]} input")
-
-
 def _layout(outputs, size: tuple[int, int], names: dict[int, str] | None, spec: str,
             named: str | None) -> Layout:
     """The layout the user `named`, where the graph's outputs can be read so; else the one
     layout that matches them; or a DetectorError. `spec`: how the user names this model,
     onnx:PATH, for the message on how to pick."""
     shapes = [tuple(o.shape) for o in outputs]
+    said = f"outputs of shapes {shapes} for a {size[0]}x{size[1]} input"
     if named is not None:
         if BY_NAME[named].class_count(shapes, size) is None:
-            raise base.DetectorError(f"{_shapes_said(outputs, size)} cannot be read as "
-                                     f"{BY_NAME[named].written}")
+            raise base.DetectorError(f"{said} cannot be read as {BY_NAME[named].written}")
         return BY_NAME[named]
+    said += "" if names is None else f" and {len(names)} class names"
     found = [k for k in LAYOUTS if k.matches(outputs, size, names)]
     if len(found) > 1:
         raise base.DetectorError(
-            f"{_shapes_said(outputs, size)}{_names_said(names)} fit more than one layout ("
-            + "; ".join(k.written for k in found) + "); name the one it is: "
-            + " or ".join(f"{spec}@{k.name}" for k in found))
+            f"{said} fit more than one layout (" + "; ".join(k.written for k in found)
+            + "); name the one it is: " + " or ".join(f"{spec}@{k.name}" for k in found))
     if not found:
         shaped = [k for k in LAYOUTS if k.class_count(shapes, size) is not None]
         if shaped:
@@ -296,14 +290,9 @@ def _layout(outputs, size: tuple[int, int], names: dict[int, str] | None, spec: 
                       + " or ".join(f"{spec}@{k.name}" for k in shaped))
         else:
             advice = f"; if it is one of them, name it: {spec}@LAYOUT"
-        raise base.DetectorError(f"{_shapes_said(outputs, size)}{_names_said(names)}: not a "
-                                 "layout this reads (" + "; ".join(k.written for k in LAYOUTS)
-                                 + ")" + advice)
+        raise base.DetectorError(f"{said}: not a layout this reads ("
+                                 + "; ".join(k.written for k in LAYOUTS) + ")" + advice)
     return found[0]
-
-
-def _names_said(names: dict[int, str] | None) -> str:
-    return "" if names is None else f" and {len(names)} class names"
 
 
 def class_names(session, path: str) -> tuple[dict[int, str] | None, str]:
@@ -367,15 +356,14 @@ def split_layout(argument: str) -> tuple[str, str | None]:
         return argument, None
     path, _, name = argument.rpartition("@")
     if name not in BY_NAME:
-        raise base.DetectorError(f"--detector onnx:{argument}: unknown layout {name!r}; the "
-                                 "layouts are " + ", ".join(BY_NAME))
+        raise base.DetectorError(f"unknown layout {name!r}; the layouts are "
+                                 + ", ".join(BY_NAME))
     return path, name
 
 
 class OnnxDetector(base.LearnedDetector):
     """An exported detector under onnxruntime, in one of the layouts above, its person class."""
 
-    kind = "onnx"
     source_hint = "the model's path, onnx:MODEL.onnx (or onnx:MODEL.onnx@LAYOUT)"
 
     def __init__(self, argument: str, score_threshold: float = base.SCORE_THRESHOLD):
@@ -384,32 +372,27 @@ class OnnxDetector(base.LearnedDetector):
         self._cv2 = base.import_extra("cv2")
         self._sv = base.import_extra("supervision")
         if not os.path.isfile(path):
-            raise base.DetectorError(f"--detector onnx:{path}: no such file")
+            raise base.DetectorError("no such file")
         try:
             self._session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         except Exception as e:   # onnxruntime raises its own classes for every kind of bad file
-            raise base.DetectorError(f"--detector onnx:{path}: not a readable ONNX model "
-                                     f"({reason(e)})") from None
+            raise base.DetectorError(f"not a readable ONNX model ({reason(e)})") from None
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise base.DetectorError(f"--detector onnx:{path}: expected one image input "
-                                     f"(1, 3, H, W); the graph has {[i.shape for i in inputs]}")
+            raise base.DetectorError("expected one image input (1, 3, H, W); the graph has "
+                                     f"{[i.shape for i in inputs]}")
         self._input = inputs[0].name
         self.size = tuple(side if isinstance(side, int) else DEFAULT_SIDE
                           for side in inputs[0].shape[2:])
         outputs = self._session.get_outputs()
         self._order = _boxes_first(outputs)
-        try:
-            names, where = class_names(self._session, path)
-            self._layout = _layout(outputs, self.size, names, f"onnx:{path}", named)
-            self.person_class = _person_class(names, where, self._layout)
-            count = self._layout.class_count([tuple(o.shape) for o in outputs], self.size)
-            if count not in (UNSTATED, None) and self.person_class >= count:
-                raise base.DetectorError(
-                    f"the person class is {self.person_class}, but the {self._layout.name} "
-                    f"layout's outputs hold {count} classes")
-        except base.DetectorError as e:
-            raise base.DetectorError(f"--detector onnx:{argument}: {e}") from None
+        names, where = class_names(self._session, path)
+        self._layout = _layout(outputs, self.size, names, f"onnx:{path}", named)
+        self.person_class = _person_class(names, where, self._layout)
+        count = self._layout.class_count([tuple(o.shape) for o in outputs], self.size)
+        if count not in (UNSTATED, None) and self.person_class >= count:
+            raise base.DetectorError(f"the person class is {self.person_class}, but the "
+                                     f"{self._layout.name} layout's outputs hold {count} classes")
         self.layout = self._layout.name
         self.score_threshold = score_threshold
         self.description = (f"onnx:{path} ({self.layout} layout"
@@ -428,5 +411,4 @@ class OnnxDetector(base.LearnedDetector):
         found = base.Boxes(xyxy[keep], scores[keep])
         if self._layout.nms:
             found = found.select(base.nms(found.xyxy, found.scores, NMS_IOU))
-        fh, fw = frame.shape[:2]
-        return base.Boxes(self._sv.clip_boxes(found.xyxy, (fw, fh)), found.scores)
+        return base.Boxes(self._sv.clip_boxes(found.xyxy, frame.shape[1::-1]), found.scores)
