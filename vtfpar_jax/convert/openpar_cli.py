@@ -33,7 +33,8 @@ class OutputExistsError(UserError, FileExistsError):
     """--out already holds something: it is never overwritten."""
 
 
-DATASETS = {"mars": ("configs.mars", "mars"), "duke": ("configs.duke", "duke")}
+# Each a config module configs.<name> and an attribute set of the same name.
+DATASETS = ("duke", "mars")
 
 
 def check_new(out: str) -> None:
@@ -74,9 +75,8 @@ def convert_files(checkpoint: str, clip_path: str, dataset: str, out: str,
                   bpe_path: str | None = None, **options) -> str:
     import importlib
     check_new(out)   # before the minutes of reading and converting
-    module, set_name = DATASETS[dataset]
-    config = importlib.import_module(module).get_config()
-    attribute_set = attributes.get(set_name)
+    config = importlib.import_module(f"configs.{dataset}").get_config()
+    attribute_set = attributes.get(dataset)
     state = openpar.read_checkpoint(checkpoint)
     if os.path.isfile(clip_path):
         state.update({"clip/" + k: v for k, v in openai_clip.read_state_dict(clip_path).items()})
@@ -95,11 +95,10 @@ def convert_files(checkpoint: str, clip_path: str, dataset: str, out: str,
                                 f"{dataset!r} has {attribute_set.num_attributes}")
     m = config.model
     m.frames, m.dim, m.head = cfg.frames, cfg.dim, cfg.head
-    m.spatial_map = ",".join(f"{s}->{t}" for s, t in cfg.spatial_map)
-    m.temporal_map = ",".join(f"{s}->{t}" for s, t in cfg.temporal_map)
-    m.spatial_aggregation = cfg.spatial_aggregation
-    m.temporal_aggregation = cfg.temporal_aggregation
-    m.use_spatial, m.use_temporal = cfg.use_spatial, cfg.use_temporal
+    for side in ("spatial", "temporal"):
+        m[f"{side}_map"] = ",".join(f"{s}->{t}" for s, t in getattr(cfg, f"{side}_map"))
+        m[f"{side}_aggregation"] = getattr(cfg, f"{side}_aggregation")
+        m[f"use_{side}"] = getattr(cfg, f"use_{side}")
     origin = backbone_origin.of_path(clip_path)
     c = config.backbone
     c.source, c.path = "hf", os.path.join(os.path.abspath(out), old_names.FOLDER)

@@ -297,32 +297,30 @@ def compare(openpar_dir: str, steps: int, optimizer: str = "sgd", head: str = "a
                  for n in NOISE_THREADS}
     ours = our_run(start, batches, optimizer, lr, seed)
     before = start["published"]
-    runs = [*published.values(), ours]
-    keys = trained_keys(before, *runs)
-    reference, *others = (summary_of(published[n], before, keys, sampled=False)
-                          for n in NOISE_THREADS)
+    keys = trained_keys(before, *published.values(), ours)
+    summaries = [summary_of(published[n], before, keys, sampled=False) for n in NOISE_THREADS]
+    reference = summaries[0]
     result = {
         "steps": steps, "optimizer": optimizer, "head": head, "batch": batch, "frames": frames,
         "lr": lr, "seed": seed, "trained_tensors": len(keys), "noise_threads": NOISE_THREADS,
         "published_losses": reference["losses"].tolist(), "jax_losses": ours["losses"].tolist(),
         "jax_vs_published": trajectory_differences(
             summary_of(ours, before, keys, sampled=False), reference),
-        "noise_floor": noise_floor(others, reference),
+        "noise_floor": noise_floor(summaries),
     }
     if record:
-        sampled_reference, *sampled_others = (summary_of(published[n], before, keys,
-                                                         sampled=True) for n in NOISE_THREADS)
-        write_fixture(record, result, sampled_reference,
-                      noise_floor(sampled_others, sampled_reference), keys)
+        sampled = [summary_of(published[n], before, keys, sampled=True) for n in NOISE_THREADS]
+        write_fixture(record, result, sampled[0], noise_floor(sampled), keys)
     return result
 
 
-def noise_floor(others: list[dict], reference: dict) -> dict[str, Any]:
-    """The published code's own differences from its reference run: each figure's largest
-    over `others` (the same runs at other thread counts), per step and per tensor too."""
+def noise_floor(runs: list[dict]) -> dict[str, Any]:
+    """The published code's own differences from its reference run, `runs[0]`: each figure's
+    largest over the others (the same runs at other thread counts), per step and per tensor
+    too."""
+    reference, *others = runs
     each = [trajectory_differences(run, reference) for run in others]
-    floor = {k: max(d[k] for d in each) for k in each[0]
-             if isinstance(each[0][k], float)}
+    floor = {k: max(d[k] for d in each) for k in each[0] if isinstance(each[0][k], float)}
     floor["loss_rel_per_step"] = np.max([d["loss_rel_per_step"] for d in each], 0).tolist()
     per_tensor = {k: max(d["update_rel_per_tensor"][k] for d in each)
                   for k in each[0]["update_rel_per_tensor"]}

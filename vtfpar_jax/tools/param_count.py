@@ -25,9 +25,6 @@ from vtfpar_jax.tools.bench_setup import count_params
 # The published default model's trainable count (ImageNet ViT excluded: it is
 # loaded and discarded, never part of the model's state dict).
 PUBLISHED_TRAINABLE = 15_036_610
-# The published temporal side net always creates this many D->D projections
-# (docs/published-model.md §7); they never run.
-PUBLISHED_PROJECTION_LAYERS = 5
 
 def _block_size(cfg: vtfpar.VTFPARConfig) -> int:
     """Parameters of one side-ViT block of width D (shapes from our own module)."""
@@ -56,7 +53,8 @@ def published_unused(cfg: vtfpar.VTFPARConfig) -> dict[str, int]:
         unused["spatial_sidenet.blocks_beyond_7"] = block
     if cfg.use_temporal:
         p = cfg.side_patch_size
-        unused["crossframe_sidenet.projection_layers"] = PUBLISHED_PROJECTION_LAYERS * linear
+        # One D->D projection per temporal-map entry (CrossFrameSidenet.py, to_openpar._unused).
+        unused["crossframe_sidenet.projection_layers"] = len(cfg.temporal_map) * linear
         unused["crossframe_sidenet.blocks_beyond_frames"] = (SIDE_DEPTH - cfg.frames) * block
         unused["crossframe_sidenet.patch_embed"] = 3 * p * p * d + d
     return unused

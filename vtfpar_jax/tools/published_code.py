@@ -37,7 +37,6 @@ def _missing(name: str) -> bool:
 
 
 def _stand_ins() -> dict[str, types.ModuleType]:
-    import torch
     from torch import nn
 
     class CNNBlockBase(nn.Module):
@@ -72,7 +71,6 @@ def _stand_ins() -> dict[str, types.ModuleType]:
     if _missing("pkg_resources"):
         import packaging.version
         mods["pkg_resources"] = _module("pkg_resources", packaging=packaging)
-    del torch
     return mods
 
 
@@ -96,7 +94,7 @@ def check_checkout(openpar_dir: str) -> None:
 
 @contextlib.contextmanager
 def published_code(openpar_dir: str, options: dict, device: str):
-    """Import the checkout's `models.base_block` and `CLIP.clip` (see the module docstring),
+    """Import the checkout's `models.base_block` and `CLIP.clip.model` (see the module docstring),
     and, on call, `models.base_block_marco` and `batch_engine_marco`, its options parsed
     from `options` (published option names; `frames` at least)."""
     import torch
@@ -115,12 +113,11 @@ def published_code(openpar_dir: str, options: dict, device: str):
     try:
         base_block = importlib.import_module("models.base_block")
         clip_model = importlib.import_module("CLIP.clip.model")
-        clip_api = importlib.import_module("CLIP.clip.clip")
         importlib.import_module("models.vit").ViT.load_param = lambda self, path: None
         # The second recipe's modules, imported when asked for: a run of the first recipe
         # does not depend on them.
         yield types.SimpleNamespace(
-            base_block=base_block, clip_model=clip_model, clip=clip_api,
+            base_block=base_block, clip_model=clip_model,
             base_block_marco=lambda: importlib.import_module("models.base_block_marco"),
             batch_engine_marco=lambda: importlib.import_module("batch_engine_marco"))
     finally:
