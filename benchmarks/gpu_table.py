@@ -22,7 +22,7 @@ def row(out: Path, batch: int) -> str:
     train = p["train_s_per_step"] / j["train_s_per_step"]
     memory = j["train_peak_bytes"] / p["train_peak_bytes"]
     predict = j["predict_clips_per_s"] / p["predict_clips_per_s"]
-    backbone = bench["breakdown"]["backbone_bound"]
+    backbone = bench["breakdown"]["backbone_share"]   # also the backbone-bound ratio
     cells = [
         f"{batch}",
         f"{p['train_s_per_step']:.4f} / {j['train_s_per_step']:.4f} s = {train:.2f}x "

@@ -72,7 +72,7 @@ def toy():
         loaders={"hf": _load}, read_config=_read_config, save=_save, model_types=("toy",),
         byte_tokens=clip_tokenizer.byte_tokens,
         # Its saved folders carry no vocabulary either: bytes again.
-        tokens=lambda config, phrases, folder: clip_tokenizer.byte_tokens(phrases)))
+        tokens=lambda config, phrases: clip_tokenizer.byte_tokens(phrases)))
     yield entry
     del registry.REGISTRY["toy"], towers.BACKBONES["toy"]
 

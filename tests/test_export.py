@@ -167,8 +167,8 @@ def test_metadata_alone_reproduces_predict_on_a_camera_clip(demo_model, loaded, 
     clip = tmp_path / "walk.mp4"
     video.write_video(clip, np.stack(frames))
     size = loaded.model_cfg.backbone.image_size
-    _, expected_input = video.read_input(clip, loaded.model_cfg.frames, (size, size),
-                                         loaded.config.input.normalization)
+    _, expected_input = video.model_input(video.read_frames(clip, loaded.model_cfg.frames),
+                                          (size, size), loaded.normalization)
     expected = predict.predict_clips(loaded, expected_input[None])
 
     stablehlo, metadata = _export(demo_model, tmp_path, "stablehlo")

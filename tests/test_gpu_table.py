@@ -17,7 +17,7 @@ def test_table_gives_the_ratios_against_the_goals(tmp_path, capsys):
                    "jax": {"train_s_per_step": ours_s, "train_peak_bytes": 2 * 2**30,
                            "predict_clips_per_s": 700.0}}
         bench = {"device": "1x NVIDIA H200",
-                 "breakdown": {"backbone_share": 0.65, "side_share": 0.35, "backbone_bound": 0.65}}
+                 "breakdown": {"backbone_share": 0.65, "side_share": 0.35}}
         (tmp_path / f"compare_b{batch}.json").write_text(json.dumps(compare))
         (tmp_path / f"bench_b{batch}.json").write_text(json.dumps(bench))
     table = runpy.run_path(str(REPO / "benchmarks" / "gpu_table.py"))

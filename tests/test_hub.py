@@ -116,8 +116,8 @@ def test_hub_layout_gives_the_model_dirs_numbers(demo_model, offline_hub, tmp_pa
         out = str(tmp_path / f"{name}.stablehlo")
         export.main(["--model", m, "--format", "stablehlo", "--out", out])
         meta = json.loads(open(out + ".json").read())["input"]
-        clip_input = video.read_input(tmp_path / "walk.mp4", meta["frames"],
-                                      tuple(meta["image_size"]), "published")[1][None]
+        clip_input = video.model_input(video.read_frames(tmp_path / "walk.mp4", meta["frames"]),
+                                       tuple(meta["image_size"]), "published")[1][None]
         logits[name] = np.asarray(jax.export.deserialize(open(out, "rb").read()).call(clip_input))
     np.testing.assert_allclose(logits["hub"], logits["dir"], rtol=0, atol=1e-6)
 

@@ -108,10 +108,10 @@ def test_resize_matches_tensorflow_within_one_level(size):
 @pytest.mark.parametrize("size,normalization,frames",
                          [((64, 64), "published", 6), ((24, 16), "clip", 4),
                           ((224, 224), "published", 40)])
-def test_read_input_matches_the_eval_pipeline(demo_model, tmp_path, size, normalization,
+def test_read_frames_matches_the_eval_pipeline(demo_model, tmp_path, size, normalization,
                                               frames):
     """The first test tracklet through eval_batches and the device preprocessing, and
-    through read_input on its JPEGs.
+    through read_frames and model_input on its JPEGs.
 
     Tolerance 1/255 (in pixel levels, before normalisation): the resize differs
     by at most 1 level (test above); both decode JPEG with libjpeg's accurate
@@ -132,7 +132,8 @@ def test_read_input_matches_the_eval_pipeline(demo_model, tmp_path, size, normal
     batch = next(pipeline.eval_batches(builder, "test", batch_size=1, frames=frames))
     model_input = np.asarray(preprocess.model_input(
         batch["video"], size, preprocess.Preprocess(normalization, augment=False)))
-    frames_uint8, clip = video.read_input(tmp_path, frames, size, normalization)
+    frames_uint8, clip = video.model_input(video.read_frames(tmp_path, frames), size,
+                                           normalization)
     assert frames_uint8.shape == (frames, *size, 3) and frames_uint8.dtype == np.uint8
     assert clip.shape == (frames, *size, 3) and clip.dtype == np.float32
     std = np.asarray(video.NORMALIZATIONS[normalization][1], np.float32)
@@ -140,8 +141,8 @@ def test_read_input_matches_the_eval_pipeline(demo_model, tmp_path, size, normal
     assert levels.max() <= 1 + 1e-3
 
 
-def test_read_input_decodes_a_video(clips):
-    frames_uint8, clip = video.read_input(clips["mp4"], 4, (64, 64), "published")
+def test_read_frames_decodes_a_video(clips):
+    frames_uint8, clip = video.model_input(video.read_frames(clips["mp4"], 4), (64, 64))
     assert frames_uint8.shape == (4, 64, 64, 3) and clip.shape == (4, 64, 64, 3)
     chosen = clips["mp4_frames"][video.frame_indices(len(clips["mp4_frames"]), 4)]
     expected = np.stack([video.resize(f, (64, 64)) for f in chosen]).astype(np.float64)
@@ -155,7 +156,8 @@ def test_read_input_decodes_a_video(clips):
 def test_predict_clips_shapes_and_fewer_frames(loaded, clips):
     size = (loaded.model_cfg.backbone.image_size,) * 2
     t = loaded.model_cfg.frames
-    videos = np.stack([video.read_input(clips[k], t, size)[1] for k in ("folder", "mp4")])
+    videos = np.stack([video.model_input(video.read_frames(clips[k], t), size)[1]
+                       for k in ("folder", "mp4")])
     probs = predict.predict_clips(loaded, videos)
     assert probs.shape == (2, loaded.attribute_set.num_attributes)
     assert np.all((probs >= 0) & (probs <= 1))

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 import pytest
 from smoke_runs import REPO, SMOKE, smoke_config, subprocess_env
 
-from vtfpar_jax.state import model_dir, sharding
+from vtfpar_jax.state import checkpoint, model_dir, sharding
 from vtfpar_jax.state.checkpoint import CheckpointStore, NoCheckpointError, abstract
 from vtfpar_jax.training import train
 from vtfpar_jax.training.workdir_lock import WorkdirLock
@@ -398,7 +398,8 @@ def test_checkpoint_write_is_retried_as_configured(tmp_path, monkeypatch):
         return original(self, step, *args, **kwargs)
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", save)
-    store = CheckpointStore(str(tmp_path), async_save=False, retries=1, retry_wait_s=0)
+    monkeypatch.setattr(checkpoint, "RETRY_WAIT_S", 0)
+    store = CheckpointStore(str(tmp_path), async_save=False, retries=1)
     state = {"w": np.arange(3, dtype=np.float32)}
     assert store.save(1, state, {"step": 1})
     store.wait()

@@ -9,12 +9,12 @@ from vtfpar_jax.models import clip as clip_towers
 from vtfpar_jax.models import towers
 
 
-def _tokens(config, phrases, folder: str | None):
+def _tokens(config, phrases):
     """OpenAI's (A, 77) layout, with the tokenizer that fits the checkpoint
     (`clip_tokenizer.for_checkpoint`)."""
-    if config.backbone.source == "hf" and folder is None:
-        # A hub id resolves to its cached snapshot, which carries vocab.json/merges.txt.
-        folder = hf_clip.resolve_folder(config.backbone.path)
+    # A hub id resolves to its cached snapshot, which carries vocab.json/merges.txt.
+    folder = hf_clip.resolve_folder(config.backbone.path) if config.backbone.source == "hf" \
+        else None
     try:
         tok = clip_tokenizer.for_checkpoint(folder, config.text.bpe_path or None)
         return clip_tokenizer.tokenize(tok, phrases)

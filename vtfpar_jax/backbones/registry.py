@@ -39,9 +39,9 @@ class Backbone:
     model_types: tuple[str, ...]    # `model_type` in the config.json of such a folder
     # phrases -> (A, context) ids for random weights, which have no vocabulary: one id per byte.
     byte_tokens: Callable[[tuple[str, ...]], Any]
-    # (run config, phrases, backbone folder or None) -> (A, context) ids from the tokenizer of
-    # the checkpoint the config names (or of the folder); its errors are ConfigErrors.
-    tokens: Callable[[Any, tuple[str, ...], str | None], Any]
+    # (run config, phrases) -> (A, context) ids from the tokenizer of the checkpoint the config
+    # names; its errors are ConfigErrors.
+    tokens: Callable[[Any, tuple[str, ...]], Any]
 
     @property
     def name(self) -> str:          # config.backbone.name

@@ -10,9 +10,9 @@ from vtfpar_jax.models import siglip as siglip_towers
 from vtfpar_jax.models import towers
 
 
-def _tokens(config, phrases, folder: str | None):
+def _tokens(config, phrases):
     try:
-        folder = folder or hf_clip.resolve_folder(config.backbone.path, hf_siglip.HUB_PATTERNS)
+        folder = hf_clip.resolve_folder(config.backbone.path, hf_siglip.HUB_PATTERNS)
         return siglip_tokenizer.tokenize(siglip_tokenizer.from_pretrained(folder), phrases)
     except (OSError, ValueError) as e:  # no tokenizer files, a phrase too long
         raise ConfigError(f"config.text with the SigLIP at {config.backbone.path}: {e}") from None

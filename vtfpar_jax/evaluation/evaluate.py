@@ -135,9 +135,7 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
                      report_dir: str | None = None, data_dir: str | None = None) -> dict:
     """Evaluate a work dir's newest good checkpoint (or `step`) on `split`."""
     from vtfpar_jax.state import model_dir
-    loaded = model_dir.load(workdir, step=step)
-    if data_dir:
-        loaded.config.data_dir = data_dir
+    loaded = model_dir.load(workdir, step=step, data_dir=data_dir)
     return Evaluator.from_loaded(loaded).run(
         loaded.state, split, report_dir or model_dir.folder_inside(workdir, f"eval_{split}"))
 
@@ -164,10 +162,8 @@ def _evaluate(args) -> dict:
                                    "data_dir": args.data_dir and os.path.abspath(args.data_dir)},
             args.overwrite, reads=[args.model, args.data_dir or trained_on]) as out:
         model_dir.check_dataset(args.model, args.split, args.data_dir)
-        loaded = model_dir.load_announced(args.model, step=args.step)
+        loaded = model_dir.load_announced(args.model, step=args.step, data_dir=args.data_dir)
         out.check_step(loaded.step)
-        if args.data_dir:
-            loaded.config.data_dir = args.data_dir
         evaluator = Evaluator.from_loaded(loaded, args.split)
         stop_signals.on_stop(f"nothing was written to {out_path}; rerun the same command")
         with out.filling(loaded.step,

@@ -83,9 +83,7 @@ def run(model: str, split: str = "test", names=DEFAULT_CORRUPTIONS,
 
     names = corruptions.parse_names(names)
     severities = corruptions.parse_severities(severities)
-    loaded = model_dir.load(model, step=step)
-    if data_dir:
-        loaded.config.data_dir = data_dir
+    loaded = model_dir.load(model, step=step, data_dir=data_dir)
     out = out or model_dir.folder_inside(model, f"robustness_{split}")
     path = os.path.join(out, "robustness.json")
     identity = _identity(model, loaded, split, seed, names)

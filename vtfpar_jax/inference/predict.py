@@ -157,7 +157,7 @@ def _predict_into(out: out_folder.OutFolder, paths: list[Path],
     out.check_step(loaded.step)
     frames = args.frames or loaded.model_cfg.frames
     size = loaded.model_cfg.backbone.image_size
-    normalization = loaded.config.input.get("normalization", "published")
+    normalization = loaded.normalization
     config_for_frames(loaded.model_cfg, frames)   # a wrong --frames concerns every input
     head = loaded.model_cfg.head
     threshold = decisions.default_threshold(head) if args.threshold is None else args.threshold

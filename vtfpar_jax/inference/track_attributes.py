@@ -53,7 +53,6 @@ def predict_tracks(path: str, tracks: dict[int, mot.Track], loaded: model_dir.Lo
     Clips go to the model `batch` at a time; the last call is padded to `batch` by
     repeating a clip, so every call has one shape and compiles once."""
     cfg = loaded.model_cfg
-    statistics = loaded.config.input.get("normalization", "published")
     plans = tracklets.plan(tracks, cfg.frames, window)
     collector = tracklets.CropCollector(tracks, plans, cfg.backbone.image_size, aspect, context)
     probabilities: dict[tracklets.ClipPlan, np.ndarray] = {}
@@ -66,7 +65,7 @@ def predict_tracks(path: str, tracks: dict[int, mot.Track], loaded: model_dir.Lo
         crops = [c.crops for c in clips]
         crops += [crops[-1]] * (batch - len(crops))
         probs = predict.predict_clips(
-            loaded, normalization.normalize(np.stack(crops), statistics))
+            loaded, normalization.normalize(np.stack(crops), loaded.normalization))
         for clip, row in zip(clips, probs, strict=False):
             probabilities[clip.plan] = row
             if clip.plan.window is None:
@@ -175,7 +174,7 @@ def run(video: str, loaded: model_dir.LoadedModel, tracks: dict[int, mot.Track],
         "video_frames": info.frames, "width": info.width, "height": info.height,
         "fps": float(info.fps), "step": loaded.step, "frames_per_clip": cfg.frames,
         "image_size": [cfg.backbone.image_size] * 2,
-        "normalization": loaded.config.input.get("normalization", "published"),
+        "normalization": loaded.normalization,
         "crop": {"aspect": aspect, "context": context},
         "window": window, "attribute_set": loaded.attribute_set.name, "head": cfg.head,
         "threshold": threshold, "decision_rules": decisions.decision_rules(cfg.head, threshold),

@@ -9,7 +9,7 @@ Crops: the box grows by `context` of its size on every side, then widens or
 heightens about its centre to the training crops' aspect (height / width;
 MARS's and the synthetic set's crops are 2:1), and is cut from the frame, black
 where it reaches outside (the published crop padding is black too). It is then
-resized to the model's square input as `video.read_input` resizes a tracklet's
+resized to the model's square input as `video.model_input` resizes a tracklet's
 frames.
 
 `CropCollector` takes the frames in order and hands back each clip as soon as

@@ -3,8 +3,8 @@ here (PyAV).
 
 A clip for prediction, a folder of frames or a short video -> model input:
 
-    frames_uint8, video = read_input("walk.mp4", frames=6, image_size=(224, 224),
-                                     normalization="published")
+    frames_uint8, video = model_input(read_frames("walk.mp4", frames=6), image_size=(224, 224),
+                                      normalization="published")
 
 A long video, read and written one frame at a time, never held whole:
 
@@ -106,28 +106,14 @@ def _read_folder(folder: Path, frames: int) -> list[np.ndarray]:
     return [_read_image(files[i]) for i in frame_indices(len(files), frames)]
 
 
-def read_input(path: str | os.PathLike, frames: int, image_size: tuple[int, int],
-               normalization: str = "published") -> tuple[np.ndarray, np.ndarray]:
-    """One clip from a folder of frames (sorted by name) or a video file.
-
-    Args:
-      path: a folder of image files (one tracklet) or a video (mp4, avi, ...).
-      frames: T frames to sample uniformly (in order; repeated when fewer).
-      image_size: (H, W) the model takes (the CLIP image size).
-      normalization: 'published' (mean = std = 0.5) or 'clip'.
-
-    Returns:
-      frames_uint8 (T, H, W, 3) uint8 resized frames (for display) and
-      video (T, H, W, 3) float32 normalised (the model input).
+def read_frames(path: str | os.PathLike, frames: int) -> list[np.ndarray]:
+    """T `frames` of one clip, sampled uniformly (in order; repeated when fewer), (h, w, 3)
+    uint8 at their size on disk. `path`: a folder of image files (one tracklet, sorted by
+    name) or a video (mp4, avi, ...).
 
     Raises:
       InputError: a missing path, an empty folder, non-images, an unreadable video.
     """
-    return model_input(read_frames(path, frames), image_size, normalization)
-
-
-def read_frames(path: str | os.PathLike, frames: int) -> list[np.ndarray]:
-    """The T frames `read_input` samples, (h, w, 3) uint8 at their size on disk."""
     path = Path(path)
     if frames < 1:
         raise ValueError(f"frames={frames}: need at least 1")
@@ -145,14 +131,15 @@ def read_frames(path: str | os.PathLike, frames: int) -> list[np.ndarray]:
 
 def model_input(chosen: list[np.ndarray], image_size: tuple[int, int],
                 normalization: str = "published") -> tuple[np.ndarray, np.ndarray]:
-    """(frames resized to `image_size`, uint8; the same normalised, float32)."""
+    """(T, H, W, 3) frames resized to `image_size` (H, W), uint8 (for display); the same
+    normalised ('published': mean = std = 0.5, or 'clip'), float32 (the model input)."""
     frames_uint8 = np.stack([resize(f, tuple(image_size)) for f in chosen])
     return frames_uint8, normalize(frames_uint8, normalization)
 
 
 def preprocessing(frames: int, image_size: tuple[int, int], normalization: str) -> dict:
-    """What `read_input` does to a clip, stated for someone who must repeat it without
-    this package (the export metadata carries it): every step, in order."""
+    """What `read_frames` and `model_input` do to a clip, stated for someone who must repeat
+    it without this package (the export metadata carries it): every step, in order."""
     mean, std = NORMALIZATIONS[normalization]
     height, width = image_size
     return {

@@ -142,13 +142,13 @@ def model_config(config: ml_collections.ConfigDict, backbone_cfg: BackboneConfig
         raise ConfigError(str(e)) from None
 
 
-def attribute_tokens(config: ml_collections.ConfigDict, attribute_set: attributes.AttributeSet,
-                     backbone_folder: str | None = None) -> tuple[tuple[str, ...], np.ndarray]:
+def attribute_tokens(config: ml_collections.ConfigDict, attribute_set: attributes.AttributeSet
+                     ) -> tuple[tuple[str, ...], np.ndarray]:
     """(phrases, (A, context) ids) in the layout of the backbone (OpenAI's (A, 77) for CLIP,
-    SigLIP's padded (A, 64)), with the tokenizer that fits its checkpoint (`backbone_folder`, or
-    the one config.backbone names); random weights have no vocabulary, so one id per byte."""
+    SigLIP's padded (A, 64)), with the tokenizer that fits the checkpoint config.backbone
+    names; random weights have no vocabulary, so one id per byte."""
     phrases = attribute_set.phrases(config.text.phrases, config.text.template)
     entry = backbone(config)
     if config.backbone.source == "random":
         return phrases, entry.byte_tokens(phrases)
-    return phrases, entry.tokens(config, phrases, backbone_folder)
+    return phrases, entry.tokens(config, phrases)

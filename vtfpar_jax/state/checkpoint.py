@@ -23,6 +23,8 @@ import orbax.checkpoint as ocp
 from vtfpar_jax.errors import UserError, reason
 from vtfpar_jax.state import old_names
 
+RETRY_WAIT_S = 30.0   # between a failed checkpoint write and its retry
+
 
 class NoCheckpointError(UserError, FileNotFoundError):
     """A model dir without any loadable checkpoint."""
@@ -36,8 +38,8 @@ class CheckpointStore:
     """The checkpoints of one work dir."""
 
     def __init__(self, workdir: str, keep: int = 3, keep_every: int | None = None,
-                 async_save: bool = True, retries: int = 0, retry_wait_s: float = 30.0):
-        self.retries, self.retry_wait_s = retries, retry_wait_s
+                 async_save: bool = True, retries: int = 0):
+        self.retries = retries
         self.unreadable: list[str] = []
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         options = ocp.CheckpointManagerOptions(
@@ -49,7 +51,7 @@ class CheckpointStore:
     def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
         """Start writing `step` (asynchronously); a step already on disk is left as it is.
 
-        A failed write (e.g. disk full) is retried `retries` times, `retry_wait_s`
+        A failed write (e.g. disk full) is retried `retries` times, `RETRY_WAIT_S`
         apart, then reported; complete earlier checkpoints are never touched.
         """
         for attempt in range(self.retries + 1):
@@ -66,8 +68,8 @@ class CheckpointStore:
                         f"before it) failed in {self.directory}: {e.strerror or e}; the "
                         f"complete checkpoints {self.steps()} are kept") from e
                 logging.warning("checkpoint at step %d failed (%s); retry %d of %d in %.0f s",
-                                step, e, attempt + 1, self.retries, self.retry_wait_s)
-                time.sleep(self.retry_wait_s)
+                                step, e, attempt + 1, self.retries, RETRY_WAIT_S)
+                time.sleep(RETRY_WAIT_S)
         raise AssertionError("unreachable")
 
     def steps(self) -> list[int]:

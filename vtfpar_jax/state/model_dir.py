@@ -55,6 +55,11 @@ class LoadedModel:
     epoch: int | None   # the training epoch recorded with the step (None if not recorded)
     unreadable_newer: list[str] = dataclasses.field(default_factory=list)  # "step N (why)"
 
+    @property
+    def normalization(self) -> str:
+        """The input normalisation it was trained with ('published' before the option)."""
+        return self.config.input.get("normalization", "published")
+
     def builder(self, split: str | None = None):
         return dataset_builder(self.config, self.attribute_set.name, split)
 
@@ -161,10 +166,11 @@ def fresh_state(config, model_cfg, backbone_params, variables: dict | None = Non
         {k: real[k] for k in traverse_util.flatten_dict(frozen, sep="/")}, sep="/")
 
 
-def load_announced(model: str, step: int | None = None) -> LoadedModel:
+def load_announced(model: str, step: int | None = None,
+                   data_dir: str | None = None) -> LoadedModel:
     """`load`, and one `warning:` line on stderr when a newer checkpoint was unreadable and
     an older step is used."""
-    loaded = load(model, step)
+    loaded = load(model, step, data_dir)
     if loaded.unreadable_newer:
         print(f"warning: using step {loaded.step} of {model}: the newer checkpoint(s) cannot be "
               f"read ({'; '.join(loaded.unreadable_newer)}); the results are step "
@@ -172,16 +178,19 @@ def load_announced(model: str, step: int | None = None) -> LoadedModel:
     return loaded
 
 
-def load(model: str, step: int | None = None) -> LoadedModel:
+def load(model: str, step: int | None = None, data_dir: str | None = None) -> LoadedModel:
     """The model `model` (a folder of either layout, or hf://ORG/NAME[@REV]) at `step`
-    (default: its newest readable one), for inference: no optimiser state is read or built."""
+    (default: its newest readable one), for inference: no optimiser state is read or built.
+    `data_dir`, if given, replaces the TFDS data dir of its config (what `builder` reads)."""
     model = resolve(model)
     run = read_run_file(model)
-    if "hub" in run:   # a Hub layout's config.json (a model dir's has checkpoints instead)
-        return _load_layout(model, run, step)
     # The config in force: a restart may have changed e.g. data_dir since config.json.
     config = ml_collections.ConfigDict(fingerprint.current_config(
         run["config"], fingerprint.read_changes(model)))
+    if data_dir:
+        config.data_dir = data_dir
+    if "hub" in run:   # a Hub layout's config.json (a model dir's has checkpoints instead)
+        return _load_layout(model, run, config, step)
     saved = old_names.backbone_folder(model)
     digests.check_backbone(saved, model, run.get("backbone_files"))
     backbone_cfg, backbone_params = _backbone(model, config, saved)
@@ -205,13 +214,13 @@ def load(model: str, step: int | None = None) -> LoadedModel:
                    list(store.unreadable))
 
 
-def _load_layout(folder: str, run: dict, step: int | None) -> LoadedModel:
+def _load_layout(folder: str, run: dict, config: ml_collections.ConfigDict,
+                 step: int | None) -> LoadedModel:
     """The Hub layout in `folder`: its one step, every file checked as it is read."""
     hub = run["hub"]
     if step is not None and step != hub["step"]:
         raise ModelDirError(f"{folder}: --step {step}, but this Hub layout holds step "
                             f"{hub['step']} only")
-    config = ml_collections.ConfigDict(run["config"])
     backbone_cfg, backbone_params = _backbone(folder, config,
                                               hub_snapshot.backbone_folder(folder, run))
     model_cfg = _model_config(config, backbone_cfg, run)

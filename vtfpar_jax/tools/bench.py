@@ -193,8 +193,9 @@ def measure(setup: Setup, steps: int = 20, warmup: int = 2,
 def backbone_breakdown(s: Setup, step_s: float, steps: int, warmup: int) -> dict[str, float]:
     """The frozen backbone forward alone, in the step's shapes, against the whole step.
 
-    `backbone_bound` is step frames/s over backbone-only frames/s: the share of the
-    speed the step would have if the side networks, fusion and optimiser were free.
+    `backbone_share` is also the backbone-bound ratio, step frames/s over backbone-only
+    frames/s: the share of the speed the step would have if the side networks, fusion and
+    optimiser were free.
     """
     video = s.batch["video"]
     backbone_forward, _ = _compiled(s.backbone_forward, s.state.trainable, s.frozen, video)
@@ -202,8 +203,7 @@ def backbone_breakdown(s: Setup, step_s: float, steps: int, warmup: int) -> dict
         backbone_forward(s.state.trainable, s.frozen, video)), steps, warmup))
     return {"backbone_s_median": backbone_s,
             "backbone_frames_per_s": video.shape[0] * video.shape[1] / backbone_s,
-            "backbone_share": backbone_s / step_s, "side_share": 1 - backbone_s / step_s,
-            "backbone_bound": backbone_s / step_s}
+            "backbone_share": backbone_s / step_s, "side_share": 1 - backbone_s / step_s}
 
 
 def summary(r: dict[str, Any], shape: str) -> str:
@@ -219,9 +219,8 @@ def summary(r: dict[str, Any], shape: str) -> str:
         b = r["breakdown"]
         line += (f"\nbreakdown: backbone forward alone {b['backbone_s_median']:.4f} s "
                  f"({b['backbone_frames_per_s']:.0f} frames/s) = {b['backbone_share']:.0%} of "
-                 "the step, "
-                 f"side networks + optimiser {b['side_share']:.0%}; backbone-bound ratio "
-                 f"{b['backbone_bound']:.0%}")
+                 "the step (the backbone-bound ratio), "
+                 f"side networks + optimiser {b['side_share']:.0%}")
     return line
 
 

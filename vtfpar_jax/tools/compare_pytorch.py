@@ -215,8 +215,8 @@ def compare_model(openpar_dir: str, model: str, clips: list[str], device: str = 
     loaded = model_dir.load(model)
     cfg, attribute_set = loaded.model_cfg, loaded.attribute_set
     size = cfg.backbone.image_size
-    inputs = np.stack([video.read_input(c, cfg.frames, (size, size),
-                                        loaded.config.input.normalization)[1] for c in clips])
+    inputs = np.stack([video.model_input(video.read_frames(c, cfg.frames), (size, size),
+                                         loaded.normalization)[1] for c in clips])
     run = model_dir.read_run_file(model)
     published, written = _published_logits(openpar_dir, model, loaded, run["phrases"], inputs,
                                            device)

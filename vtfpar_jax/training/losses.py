@@ -12,45 +12,34 @@ import optax
 from vtfpar_jax.models import group_head, vtfpar
 
 
-def weighted_bce(logits: jax.Array, labels: jax.Array, positive_ratio: jax.Array,
-                 mask: jax.Array | None = None) -> jax.Array:
+def weighted_bce(logits: jax.Array, labels: jax.Array, positive_ratio: jax.Array) -> jax.Array:
     """docs/published-model.md §8: w = exp(m (1 - r) + (1 - m) r) with m = [y > 0.5];
     loss = sum over batch and attributes of w * BCE(logit, y), divided by B.
 
-    logits, labels (B, A); positive_ratio (A,) over the training labels; mask
-    (B,) drops padded rows (B then counts the real ones).
+    logits, labels (B, A); positive_ratio (A,) over the training labels.
     """
     logits = logits.astype(jnp.float32)
     labels = labels.astype(jnp.float32)
     positive = (labels > 0.5).astype(jnp.float32)
     weights = jnp.exp(positive * (1.0 - positive_ratio) + (1.0 - positive) * positive_ratio)
     per_example = (weights * optax.sigmoid_binary_cross_entropy(logits, labels)).sum(axis=-1)
-    return _batch_mean(per_example, mask)
+    return per_example.mean()
 
 
 def group_cross_entropy(logits: jax.Array, labels: jax.Array,
-                        group_columns: Sequence[Sequence[int]],
-                        mask: jax.Array | None = None) -> jax.Array:
+                        group_columns: Sequence[Sequence[int]]) -> jax.Array:
     """train_marco.py's loss (model.head = 'group'): for each group, the softmax
     cross-entropy of its logits against its true class (group_head.targets), averaged over
     the batch and divided by the group's class count; then summed over groups.
 
-    logits (B, L) in group_head's layout, labels (B, A) 0/1; mask (B,) drops padded rows.
+    logits (B, L) in group_head's layout, labels (B, A) 0/1.
     """
     classes = group_head.targets(labels, group_columns)
     blocks = group_head.split(logits.astype(jnp.float32), group_columns)
     per_example = sum(
         optax.softmax_cross_entropy_with_integer_labels(block, classes[:, g]) / block.shape[1]
         for g, block in enumerate(blocks))
-    return _batch_mean(per_example, mask)
-
-
-def _batch_mean(per_example: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """The mean of (B,) `per_example` over the rows that `mask` keeps (all without one)."""
-    if mask is None:
-        return per_example.sum() / per_example.shape[0]
-    mask = mask.astype(jnp.float32)
-    return (per_example * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    return per_example.mean()
 
 
 def head_loss(cfg: vtfpar.VTFPARConfig, logits: jax.Array, labels: jax.Array,

@@ -60,7 +60,8 @@ class MetricsLogger:
             return
         from matplotlib.figure import Figure
 
-        rows = [json.loads(line) for line in open(self.path)]
+        with open(self.path) as f:
+            rows = [json.loads(line) for line in f]
         panels = [("loss", "training loss"), ("learning_rate", "learning rate"),
                   ("eval/group_f1", "test group F1")]
         fig = Figure(figsize=(12, 3.5))
