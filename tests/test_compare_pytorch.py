@@ -61,15 +61,18 @@ def test_model_needs_clips(capsys):
 @pytest.mark.skipif(not os.environ.get("VTFPAR_OPENPAR"),
                     reason="set VTFPAR_OPENPAR to the VTFPAR++ folder of an OpenPAR checkout "
                     "(with torch and timm installed)")
-def test_model_dir_in_the_published_code(openpar_case, tmp_path):
+@pytest.mark.parametrize("case_name", ["default", "group_variant"])
+def test_model_dir_in_the_published_code(openpar_case, tmp_path, case_name):
     """The parity fixture as a model dir, exported and run by the published code on an
-    H.264 clip: the same logits (1e-4) and decisions on both sides."""
+    H.264 clip (base_block, or base_block_marco for the group head): the same logits (1e-4)
+    and decisions on both sides."""
     import torch
 
     from vtfpar_jax.convert import openpar_cli
     from vtfpar_jax.inference import video
 
-    state = openpar_case("default")["state_dict"]
+    case = openpar_case(case_name)
+    state, options = case["state_dict"], case["meta"].get("openpar_options", {})
     torch.save({"epoch": 30, "model_state_dict": {
         k.removeprefix("model/"): torch.from_numpy(v) for k, v in state.items()
         if k.startswith("model/")}}, tmp_path / "ckpt.pth")
@@ -77,7 +80,7 @@ def test_model_dir_in_the_published_code(openpar_case, tmp_path):
                 if k.startswith("clip/")}, tmp_path / "ViT-B-16.pt")
     openpar_cli.main(["--checkpoint", str(tmp_path / "ckpt.pth"), "--clip",
                       str(tmp_path / "ViT-B-16.pt"), "--dataset", "mars", "--out",
-                      str(tmp_path / "model")])
+                      str(tmp_path / "model"), *[f"--{k}={v}" for k, v in options.items()]])
     frames = np.random.default_rng(0).integers(0, 256, (12, 128, 64, 3), dtype=np.uint8)
     video.write_video(tmp_path / "walk.mp4", frames)
     r = compare_pytorch.main(["--openpar", os.environ["VTFPAR_OPENPAR"], "--model",

@@ -197,7 +197,7 @@ def _published_logits(openpar_dir: str, model: str, loaded, phrases: list[str],
     with published_code(openpar_dir, written["openpar_options"], device) as pub:
         net, clip_torch = published_net(
             pub, openai_clip.tensors_from_params(cfg.backbone, loaded.variables()["backbone"]),
-            phrases, checkpoint["model_state_dict"], device=device)
+            phrases, checkpoint["model_state_dict"], group=cfg.head == "group", device=device)
         net.eval()
         with torch.no_grad():
             frames = torch.from_numpy(video.transpose(0, 1, 4, 2, 3).copy()).to(device)
@@ -223,10 +223,11 @@ def compare_model(openpar_dir: str, model: str, clips: list[str], device: str = 
     ours = np.asarray(predict.compute_logits(cfg, loaded.variables(), inputs,
                                              np.asarray(run["tokens"], np.int32)))
     per_clip = []
+    threshold = decisions.default_threshold(cfg.head)
     for clip, mine, theirs in zip(clips, ours, published, strict=True):
-        jax_side, published_side = (decisions.prediction_record(metrics.sigmoid(logits),
-                                                                attribute_set)
-                                    for logits in (mine, theirs))
+        jax_side, published_side = (decisions.prediction_record(
+            metrics.probabilities(logits[None], cfg)[0], attribute_set, threshold, cfg.head)
+            for logits in (mine, theirs))
         per_clip.append({"clip": str(clip),
                          "max_abs_logit_diff": float(np.abs(mine - theirs).max()),
                          "jax": decisions.summary(jax_side),
