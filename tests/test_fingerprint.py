@@ -228,3 +228,17 @@ def test_a_corruption_definition_names_its_levels_and_code(monkeypatch):
     patched = fingerprint.corruption_definition(corruptions.CORRUPTIONS["occlusion"])
     assert [k for k, _, _ in fingerprint.differences(before, patched)] == ["function",
                                                                            "source"]
+
+
+def test_the_dataset_check_reads_the_data_dir_a_restart_set(tmp_path, monkeypatch):
+    """evaluate and robustness check the dataset before the model loads: in the data dir in
+    force (config.json's, changed by a restart), as the loaded model then reads it."""
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"data_dir": "/old/tfds"},
+                                                      "attribute_set": "mars"}))
+    fingerprint.record_changes(str(tmp_path), [("data_dir", "/old/tfds", "/new/tfds")], 100)
+    checked = []
+    monkeypatch.setattr(model_dir, "dataset_builder",
+                        lambda config, *args: checked.append(config.data_dir))
+    model_dir.check_dataset(str(tmp_path), "test")
+    model_dir.check_dataset(str(tmp_path), "test", data_dir="/given")
+    assert checked == ["/new/tfds", "/given"]

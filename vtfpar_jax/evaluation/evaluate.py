@@ -155,7 +155,8 @@ def _evaluate(args) -> dict:
     from vtfpar_jax.outputs import out_folder
     from vtfpar_jax.state import model_dir
     out_path = args.out or model_dir.folder_inside(args.model, f"eval_{args.split}")
-    trained_on = model_dir.read_run_file(args.model)["config"].get("data_dir")
+    trained_on = model_dir.config_in_force(args.model, model_dir.read_run_file(args.model)
+                                           ).get("data_dir")
     with out_folder.OutFolder(
             out_path, "evaluate", {"model": model_dir.identity(args.model),
                                    "split": args.split, "step": args.step,

@@ -120,10 +120,17 @@ def check_dataset(model: str, split: str, data_dir: str | None = None) -> None:
     """Before the model loads: its dataset (in `data_dir`, or the one it was trained with)
     is prepared and has `split`."""
     run = read_run_file(model)
-    config = ml_collections.ConfigDict(run["config"])
+    config = config_in_force(model, run)
     if data_dir:
         config.data_dir = data_dir
     dataset_builder(config, run["attribute_set"], split)
+
+
+def config_in_force(model: str, run: dict) -> ml_collections.ConfigDict:
+    """`run`'s config (`read_run_file(model)`) with the changes that restarts recorded since
+    (config_changes.jsonl): a restart may have changed e.g. data_dir."""
+    return ml_collections.ConfigDict(fingerprint.current_config(
+        run["config"], fingerprint.read_changes(resolve(model))))
 
 
 def read_run_file(model: str) -> dict:
@@ -184,9 +191,7 @@ def load(model: str, step: int | None = None, data_dir: str | None = None) -> Lo
     `data_dir`, if given, replaces the TFDS data dir of its config (what `builder` reads)."""
     model = resolve(model)
     run = read_run_file(model)
-    # The config in force: a restart may have changed e.g. data_dir since config.json.
-    config = ml_collections.ConfigDict(fingerprint.current_config(
-        run["config"], fingerprint.read_changes(model)))
+    config = config_in_force(model, run)
     if data_dir:
         config.data_dir = data_dir
     if "hub" in run:   # a Hub layout's config.json (a model dir's has checkpoints instead)
