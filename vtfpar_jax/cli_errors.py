@@ -66,7 +66,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def add_dataset_options(parser: argparse.ArgumentParser) -> None:
     """--split and --data_dir: the TFDS split a command evaluates the model on."""
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help="the TFDS split (default %(default)s)")
     parser.add_argument("--data_dir", default=None,
                         help="TFDS data dir (default: the one the model was trained with)")
 

@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 class Trainer:
     """Builds everything a run needs from a config and a work dir, then trains."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str, allow_change=False):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, allow_change: bool = False):
         from input_pipeline import pipeline
 
         self.config, self.workdir = config, workdir
